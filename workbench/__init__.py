@@ -1,0 +1,50 @@
+"""DP Workbench: differentially private LoRA fine-tuning with live privacy telemetry.
+
+Public API (imported lazily, so `import workbench` stays light and works without gradio):
+
+    from workbench import RunConfig, Session, train, privacy
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["RunConfig", "Session", "train", "privacy", "RunStore", "__version__"]
+
+
+def train(config: "RunConfig | dict | None" = None, **overrides: Any) -> dict:
+    """Run one DP-LoRA fine-tuning job in this thread and return its summary.
+
+    >>> summary = train(model="tiny", max_steps=2)   # doctest: +SKIP
+    """
+    from workbench.config import RunConfig
+    from workbench.session import Session
+
+    if config is None:
+        config = RunConfig()
+    elif isinstance(config, dict):
+        config = RunConfig.from_dict(config)
+    if overrides:
+        config = config.with_overrides(overrides)
+    return Session(config).run()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunConfig":
+        from workbench.config import RunConfig
+
+        return RunConfig
+    if name == "Session":
+        from workbench.session import Session
+
+        return Session
+    if name == "RunStore":
+        from workbench.store.runs import RunStore
+
+        return RunStore
+    if name == "privacy":
+        import importlib
+
+        return importlib.import_module("workbench.privacy")
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

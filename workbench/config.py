@@ -1,0 +1,207 @@
+"""One validated, frozen run configuration.
+
+Every field carries its help text once (``Field(description=...)``); the command line, the app's
+tooltips and the docs read it from here.  ``RunConfig.from_overrides`` turns ``key=value`` strings
+(``workbench train --set ...``) into typed values with messages that name the bad key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ACCOUNTANT_CHOICES = ("pld", "rdp", "prv", "edgeworth")
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is not usable; the message says which key and what to do."""
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a DP-LoRA fine-tuning run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    # what to train
+    name: str | None = Field(None, description="A label for the run, shown in lists.")
+    model: str = Field(
+        "default",
+        description="'default' (SmolLM2-135M-Instruct, offline GGUF), 'tiny' (a small random Llama for "
+        "tests), a Hugging Face hub id, a local model directory, or a path to a .gguf file.",
+    )
+    task: Literal["auto", "causal_lm", "classification"] = Field(
+        "auto", description="'auto' picks classification for text+label data, causal LM otherwise."
+    )
+    data: str = Field("demo", description="'demo', a .jsonl/.json/.csv/.tsv/.parquet file, or a hub dataset.")
+    validation_data: str | None = Field(None, description="A validation file; default: hold out a fraction.")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Held-out fraction (split by user when user_id exists)."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map schema roles to your column names, e.g. {text: sentence}."
+    )
+    max_seq_len: int = Field(256, ge=8, description="Longer sequences are truncated (prompt first).")
+
+    # how long
+    max_steps: int | None = Field(None, ge=1, description="Number of logical DP-SGD steps.")
+    epochs: float | None = Field(None, gt=0, description="Passes over the data in expectation (steps = epochs / q).")
+    batch_size: int = Field(32, ge=1, description="Expected logical batch size; the sampling rate is q = batch_size / N.")
+    physical_batch_size: int = Field(
+        16, ge=1, description="Examples per forward/backward pass; bounds memory whatever the sampled batch is."
+    )
+
+    # privacy
+    target_epsilon: float | None = Field(
+        8.0, gt=0, description="Privacy budget; the noise multiplier is calibrated to reach it at the last step."
+    )
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="Noise std / clipping norm. Set it instead of target_epsilon; 0 = non-private."
+    )
+    delta: float | None = Field(None, gt=0, lt=1, description="Delta of (epsilon, delta)-DP; default: below 1/N.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Per-example clipping norm C. Empty (None) means no clipping (non-private only)."
+    )
+    accountant: Literal["pld", "rdp", "prv", "edgeworth"] = Field(
+        "pld", description="Privacy accountant: pld (tightest, default), rdp, prv, or edgeworth (approximation)."
+    )
+    privacy_unit: Literal["example"] = Field("example", description="The unit protected by the guarantee.")
+
+    # optimisation
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer applied to the privatised gradient.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warm-up.")
+
+    # LoRA
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: str = Field(
+        "auto",
+        description="'auto' (attention query and value projections), 'all-linear', or comma-separated module names.",
+    )
+
+    # evaluation and output
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps; 0 = about five times per run.")
+    eval_max_examples: int = Field(64, ge=1, description="Validation examples used per evaluation.")
+    generate_max_new_tokens: int = Field(32, ge=0, description="Tokens generated per sample prompt (0 = none).")
+    seed: int = Field(0, description="Seeds sampling, noise (separate generators), LoRA init and dropout.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
+    output_dir: str | None = Field(None, description="Where the adapter goes; default: the run's folder.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("set max_steps or epochs, not both")
+        if self.noise_multiplier is not None and self.noise_multiplier > 0 and self.max_grad_norm is None:
+            raise ValueError("noise needs a clipping norm: set max_grad_norm (e.g. 1.0)")
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("set target_epsilon or noise_multiplier (noise_multiplier=0 is the non-private baseline)")
+        if self.physical_batch_size > 4096:
+            raise ValueError("physical_batch_size above 4096 is not supported")
+        return self
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def is_private(self) -> bool:
+        return not (self.noise_multiplier == 0)
+
+    def planned_steps(self, *, dataset_size: int) -> int:
+        """Logical steps the run plans: max_steps, or epochs / q, or one epoch by default."""
+        if self.max_steps is not None:
+            return self.max_steps
+        q = self.sample_rate(dataset_size=dataset_size)
+        return max(1, math.ceil((self.epochs if self.epochs is not None else 1.0) / q))
+
+    def sample_rate(self, *, dataset_size: int) -> float:
+        return min(1.0, self.batch_size / dataset_size)
+
+    def default_delta(self, *, dataset_size: int) -> float:
+        """A delta comfortably below 1/N: the largest power of ten not above 1/(10 N), at most 1e-5."""
+        return min(1e-5, 10.0 ** math.floor(math.log10(1.0 / (10 * dataset_size))))
+
+    # -- round trips -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(_explain(err)) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist. Check the path.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} is not valid YAML/JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values. Found {type(data).__name__}.")
+        return cls.from_dict(data)
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "RunConfig":
+        """Apply ``key=value`` strings (values parsed as YAML) or a dict on top of this config."""
+        data = self.to_dict()
+        if isinstance(overrides, dict):
+            items = overrides.items()
+        else:
+            items = [_split_override(item) for item in overrides]
+        for key, value in items:
+            if key not in RunConfig.model_fields:
+                close = [k for k in RunConfig.model_fields if key.replace("-", "_") == k]
+                hint = f" Did you mean {close[0]}?" if close else " Run `workbench train --help-keys` for the list."
+                raise ConfigError(f"unknown config key {key!r}.{hint}")
+            data[key] = value
+        return RunConfig.from_dict(data)
+
+    @staticmethod
+    def help_table() -> list[tuple[str, str, str]]:
+        """(key, default, help) for every field, for CLI and UI help."""
+        return [
+            (name, json.dumps(f.get_default(call_default_factory=True)), f.description or "")
+            for name, f in RunConfig.model_fields.items()
+        ]
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value, e.g. --set batch_size=64.")
+    key, raw = item.split("=", 1)
+    key = key.strip().replace("-", "_")
+    if raw.strip().lower() in ("none", "null", ""):
+        return key, None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _explain(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        found = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown config key {loc!r}")
+        elif e["loc"]:
+            parts.append(f"{loc}: {msg}. Found {found!r}.")
+        else:
+            parts.append(msg)
+    return "; ".join(parts)

@@ -1,0 +1,145 @@
+"""Immutable, JSON-serialisable records of what a training run did.
+
+The engine emits these; the run store, the app, the notebooks and the terminal progress bar
+subscribe to them.  ``to_dict`` / ``event_from_dict`` round-trip through JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+__all__ = [
+    "Event",
+    "RunStarted",
+    "StepMetrics",
+    "EvalMetrics",
+    "RunEnded",
+    "event_from_dict",
+    "GRAD_NORM_BIN_EDGES",
+]
+
+# Fixed bins for per-example gradient-norm histograms, in units of the clipping norm C
+# (edges 0, 0.1 C, ..., 3 C, then one overflow bin), so histograms of different steps and runs
+# line up in the heatmap.
+GRAD_NORM_BIN_EDGES: tuple[float, ...] = tuple(round(0.1 * i, 2) for i in range(31)) + (math.inf,)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _json_float(x: float | None) -> float | str | None:
+    """JSON has no infinity: store it as the string 'inf' (and NaN as 'nan')."""
+    if x is None:
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if math.isnan(x):
+        return "nan"
+    return x
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return _json_float(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _unclean(value: Any) -> Any:
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _unclean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unclean(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    run_id: str
+    time: float = field(default_factory=_now, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **_clean(asdict(self))}
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    """The run's resolved settings and its privacy plan."""
+
+    kind: ClassVar[str] = "run_started"
+    config: dict[str, Any]
+    dataset_size: int
+    sample_rate: float
+    noise_multiplier: float
+    delta: float
+    planned_steps: int
+    accountant: str
+    planned_epsilon: list[tuple[int, float]]  # (step, epsilon) at most 200 points
+    target_epsilon: float | None
+    modules: list[str]  # names of the LoRA modules (parameter groups) that train
+    trainable_parameters: int
+    device: str
+    model_name: str
+
+
+@dataclass(frozen=True)
+class StepMetrics(Event):
+    """One logical DP-SGD step."""
+
+    kind: ClassVar[str] = "step"
+    step: int
+    loss: float  # mean per-token loss of the sampled batch (nan for an empty batch)
+    learning_rate: float
+    batch_size: int  # the Poisson-sampled size, may be 0
+    epsilon: float  # spent after this step (inf when non-private)
+    grad_norm_hist: list[int]  # counts over GRAD_NORM_BIN_EDGES (units of C)
+    grad_norm_max: float  # largest per-example norm this step, before clipping
+    clipped_fraction: float  # fraction of examples whose norm exceeded C
+    module_grad_norm: dict[str, float]  # norm of each module's clipped, summed gradient (before noise)
+    module_noise_std: dict[str, float]  # std of the noise added to each module's summed gradient
+    step_time: float  # seconds
+    tokens_per_second: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class EvalMetrics(Event):
+    kind: ClassVar[str] = "eval"
+    step: int
+    val_loss: float
+    perplexity: float
+    accuracy: float | None  # task accuracy (classification, or routing for the demo data)
+    generations: list[dict[str, str]]  # {"prompt", "output"}
+
+
+@dataclass(frozen=True)
+class RunEnded(Event):
+    """The end of a run: status is 'finished', 'stopped' or 'failed' (with the reason)."""
+
+    kind: ClassVar[str] = "run_ended"
+    status: str
+    reason: str
+    summary: dict[str, Any]
+
+
+_KINDS: dict[str, type[Event]] = {c.kind: c for c in (RunStarted, StepMetrics, EvalMetrics, RunEnded)}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from ``Event.to_dict()`` output (e.g. read back from the run store)."""
+    cls = _KINDS[data["kind"]]
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: _unclean(v) for k, v in data.items() if k in names}
+    if cls is RunStarted:
+        kwargs["planned_epsilon"] = [tuple(p) for p in kwargs["planned_epsilon"]]
+    return cls(**kwargs)
