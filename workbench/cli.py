@@ -1,0 +1,373 @@
+"""The `workbench` command: train, epsilon, calibrate, runs, data.
+
+User errors print one line ("error: ...") and exit with code 2; nothing prints a traceback for
+bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+
+from workbench.config import ConfigError, RunConfig
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="DP Workbench: differentially private LoRA fine-tuning.")
+runs_app = typer.Typer(no_args_is_help=True, help="List, show, export and delete stored runs.")
+app.add_typer(runs_app, name="runs")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(_jsonable(value), indent=2))
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    from workbench.session import user_errors
+
+    return user_errors()
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("WORKBENCH_ONLINE") != "1" else None
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "peft", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A tqdm bar on stderr showing loss and epsilon; a subscriber like any other."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        kind = event.kind
+        if kind == "run_started":
+            self.bar = tqdm(total=event.planned_steps, desc="DP-LoRA", unit="step", file=sys.stderr, dynamic_ncols=True)
+            typer.echo(
+                f"run {event.run_id}: N={event.dataset_size} q={event.sample_rate:.4g} sigma={event.noise_multiplier:.4g} "
+                f"delta={event.delta:.2g} steps={event.planned_steps} accountant={event.accountant} device={event.device}",
+                err=True,
+            )
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{event.loss:.3f}", eps=f"{event.epsilon:.3g}", batch=event.batch_size)
+        elif kind == "eval" and self.bar is not None:
+            acc = "" if event.accuracy is None else f" accuracy={event.accuracy:.3f}"
+            self.bar.write(f"step {event.step}: val_loss={event.val_loss:.4f}{acc}", file=sys.stderr)
+        elif kind == "run_ended" and self.bar is not None:
+            self.bar.close()
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML or JSON config file."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set batch_size=64 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
+    help_keys: bool = typer.Option(False, "--help-keys", help="List every config key with its default and help."),
+) -> None:
+    """Fine-tune with DP-LoRA; a progress bar with loss and epsilon goes to stderr."""
+    if help_keys:
+        for key, default, text in RunConfig.help_table():
+            typer.echo(f"{key:24} {default:12} {text}")
+        return
+    _quiet_libraries()
+    try:
+        cfg = RunConfig.from_file(config) if config else RunConfig()
+        cfg = cfg.with_overrides(set_)
+    except ConfigError as err:
+        _fail(str(err))
+    from workbench.session import Session
+
+    session = Session(cfg, subscribers=(_Progress(),))
+    session.start()
+    try:
+        while not session.done:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        typer.echo("stopping after the current step...", err=True)
+        session.stop()
+        session.wait()
+    summary = session.summary or {}
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_summary(summary)
+    if summary.get("status") == "failed":
+        internal = str(summary.get("reason", "")).startswith("internal error")
+        if not as_json:
+            typer.echo(f"error: {summary.get('reason')}", err=True)
+        raise typer.Exit(1 if internal else 2)
+
+
+def _print_summary(s: dict) -> None:
+    if s.get("status") == "failed":
+        return
+    eps = s.get("epsilon")
+    eps_text = "inf (non-private)" if isinstance(eps, float) and math.isinf(eps) else f"{eps:.4g}"
+    lines = [
+        f"run {s.get('run_id')}: {s.get('status')} ({s.get('reason')})",
+        f"  privacy: epsilon={eps_text} delta={s.get('delta'):.2g} accountant={s.get('accountant')} "
+        f"sigma={s.get('noise_multiplier'):.4g} q={s.get('sample_rate'):.4g} steps={s.get('steps')}",
+    ]
+    metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
+    if metrics:
+        lines.append("  validation: " + " ".join(metrics))
+    if s.get("adapter_dir"):
+        lines.append(f"  adapter: {s['adapter_dir']}")
+    typer.echo("\n".join(lines), err=True)
+
+
+# -- accounting --------------------------------------------------------------------------------------
+
+
+def _accountant_option():
+    return typer.Option("pld", "--accountant", help="pld (default), rdp, prv, or edgeworth (an approximation).")
+
+
+@app.command()
+def epsilon(
+    noise_multiplier: float = typer.Option(..., "--noise-multiplier", help="sigma: noise std / clipping norm."),
+    sample_rate: float = typer.Option(..., "--sample-rate", help="q: Poisson sampling rate (batch / N)."),
+    steps: int = typer.Option(..., "--steps", help="T: number of steps."),
+    delta: float = typer.Option(..., "--delta", help="delta of (epsilon, delta)-DP."),
+    accountant: str = _accountant_option(),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Epsilon spent by the Poisson-subsampled Gaussian mechanism after T steps."""
+    from workbench import privacy
+
+    try:
+        eps = privacy.epsilon(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+        )
+    except privacy.PrivacyError as err:
+        _fail(str(err))
+    out = dict(epsilon=eps, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
+               accountant=accountant, approximation=privacy.is_approximation(accountant))
+    if as_json:
+        _print_json(out)
+    else:
+        note = " (Edgeworth approximation, not an upper bound)" if out["approximation"] else ""
+        typer.echo(f"epsilon = {eps:.6g}{note}")
+
+
+@app.command()
+def calibrate(
+    target_epsilon: float = typer.Option(..., "--target-epsilon", help="The epsilon to reach after T steps."),
+    sample_rate: float = typer.Option(..., "--sample-rate", help="q: Poisson sampling rate."),
+    steps: int = typer.Option(..., "--steps", help="T: number of steps."),
+    delta: float = typer.Option(..., "--delta"),
+    accountant: str = _accountant_option(),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The smallest noise multiplier whose epsilon does not exceed the target."""
+    from workbench import privacy
+
+    try:
+        sigma = privacy.calibrate(
+            target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+        )
+        eps = privacy.epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
+    except privacy.PrivacyError as err:
+        _fail(str(err))
+    out = dict(noise_multiplier=sigma, epsilon=eps, target_epsilon=target_epsilon, sample_rate=sample_rate,
+               steps=steps, delta=delta, accountant=accountant)
+    if as_json:
+        _print_json(out)
+    else:
+        typer.echo(f"noise_multiplier = {sigma:.6g} (epsilon = {eps:.6g} <= {target_epsilon:g})")
+
+
+# -- runs --------------------------------------------------------------------------------------------
+
+
+def _store():
+    from workbench.store.runs import RunStore
+
+    return RunStore()
+
+
+def _get_run(store, run_id: str):
+    from workbench.store.runs import RunNotFound
+
+    try:
+        return store.get(run_id)
+    except RunNotFound as err:
+        _fail(str(err))
+
+
+@runs_app.command("list")
+def runs_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every stored run with status, model, epsilon and metric."""
+    records = _store().list()
+    if as_json:
+        _print_json([r.to_dict() for r in records])
+        return
+    if not records:
+        typer.echo("no runs yet: `workbench train` starts one.")
+        return
+    typer.echo(f"{'run id':24} {'status':12} {'model':14} {'epsilon':>9} {'val_loss':>9} {'accuracy':>9}")
+    for r in records:
+        s = r.summary or {}
+        eps = s.get("epsilon")
+        eps_t = "-" if eps is None else ("inf" if eps == "inf" else f"{float(eps):.3g}")
+        vl = s.get("val_loss")
+        acc = s.get("accuracy")
+        typer.echo(
+            f"{r.id:24} {r.status:12} {str(r.config.get('model'))[:14]:14} {eps_t:>9} "
+            f"{('-' if vl is None else f'{vl:.4f}'):>9} {('-' if acc is None else f'{acc:.3f}'):>9}"
+        )
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One run: config, status, summary, and the number of events stored."""
+    store = _store()
+    rec = _get_run(store, run_id)
+    events = store.events(rec.id)
+    counts: dict[str, int] = {}
+    for _, e in events:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+    out = {**rec.to_dict(), "event_counts": counts}
+    if as_json:
+        _print_json(out)
+        return
+    typer.echo(f"run {rec.id}  status: {rec.status}" + (f" ({rec.reason})" if rec.reason else ""))
+    for k, v in (rec.summary or {}).items():
+        typer.echo(f"  {k}: {v}")
+    typer.echo(f"  events: {counts}")
+
+
+@runs_app.command("export")
+def runs_export(run_id: str, directory: Path, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Copy a run's adapter (PEFT format) with its privacy report, config and events to DIR."""
+    store = _store()
+    rec = _get_run(store, run_id)
+    adapter = (rec.summary or {}).get("adapter_dir")
+    if not adapter or not Path(adapter).exists():
+        _fail(f"run {rec.id} has no saved adapter (status: {rec.status}). Only runs that trained have one.")
+    target = directory / rec.id
+    if target.exists():
+        _fail(f"{target} already exists. Choose another directory or remove it.")
+    shutil.copytree(adapter, target / "adapter")
+    (target / "config.json").write_text(json.dumps(rec.config, indent=2))
+    (target / "summary.json").write_text(json.dumps(_jsonable(rec.summary), indent=2))
+    with open(target / "events.jsonl", "w") as fh:
+        for _, e in store.events(rec.id):
+            fh.write(json.dumps(e.to_dict()) + "\n")
+    out = {"run_id": rec.id, "exported_to": str(target)}
+    _print_json(out) if as_json else typer.echo(f"exported {rec.id} to {target}")
+
+
+@runs_app.command("delete")
+def runs_delete(
+    run_id: str,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Delete a run, its events and its adapter."""
+    store = _store()
+    rec = _get_run(store, run_id)
+    if not yes and not as_json and not typer.confirm(f"delete run {rec.id} ({rec.status})?"):
+        raise typer.Exit(1)
+    try:
+        store.delete(rec.id)
+    except ValueError as err:
+        _fail(str(err))
+    _print_json({"run_id": rec.id, "deleted": True}) if as_json else typer.echo(f"deleted {rec.id}")
+
+
+# -- data ----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def data(
+    path: str = typer.Argument(..., help="A data file, or 'demo'."),
+    column: list[str] = typer.Option([], "--column", help="Map a role to your column: --column text=sentence."),
+    model: str = typer.Option("tiny", "--model", help="Whose tokenizer counts tokens (default, tiny, a path, ...)."),
+    max_seq_len: int = typer.Option(256, "--max-seq-len"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """How a file will be read: schema, columns, examples, users, token lengths, rendered examples."""
+    _quiet_libraries()
+    from workbench.engine.data import describe_dataset, load_dataset
+
+    try:
+        columns = dict(_split_kv(c) for c in column) or None
+        ds = load_dataset(path, columns=columns)
+        tok = _tokenizer(model)
+        info = describe_dataset(ds, tok, max_seq_len=max_seq_len)
+    except _user_errors() as err:
+        _fail(str(err))
+    if as_json:
+        _print_json(info)
+        return
+    typer.echo(json.dumps(_jsonable(info), indent=2, ensure_ascii=False))
+
+
+def _split_kv(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"--column {text!r} is not role=column, e.g. --column text=sentence.")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _tokenizer(model: str):
+    from workbench.engine.models import ModelError, _source, tiny_tokenizer
+
+    if model == "tiny":
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    source, extra = _source(model)
+    try:
+        return AutoTokenizer.from_pretrained(source, **extra)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"could not load the tokenizer of {model!r}: {str(err).splitlines()[0][:200]}") from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

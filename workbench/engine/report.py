@@ -1,0 +1,76 @@
+"""The adapter in PEFT format, with the privacy report (JSON) and a model-card section."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.privacy import is_approximation
+
+if TYPE_CHECKING:
+    from workbench.engine.trainer import Prepared
+
+
+def privacy_report(prepared: "Prepared", *, steps_done: int, epsilon: float) -> dict[str, Any]:
+    plan, cfg = prepared.plan, prepared.config
+    return {
+        "epsilon": epsilon if math.isfinite(epsilon) else "inf",
+        "delta": plan.delta,
+        "accountant": plan.accountant,
+        "accountant_is_approximation": is_approximation(plan.accountant),
+        "mechanism": "DP-SGD: Poisson-subsampled Gaussian mechanism" if plan.private else "none (non-private)",
+        "sampling": "poisson",
+        "sample_rate": plan.sample_rate,
+        "expected_batch_size": cfg.batch_size,
+        "privacy_unit": cfg.privacy_unit,
+        "max_grad_norm": plan.max_grad_norm,
+        "clipping": "per-example, flat (all LoRA modules jointly)",
+        "noise_multiplier": plan.noise_multiplier,
+        "steps": steps_done,
+        "planned_steps": plan.steps,
+        "target_epsilon": plan.target_epsilon,
+        "dataset_size": plan.dataset_size,
+        "dataset": prepared.train.name,
+        "model": prepared.model_name,
+        "trainable": "LoRA adapters" + (" and the classification head" if prepared.task == "classification" else ""),
+    }
+
+
+def model_card_section(report: dict[str, Any]) -> str:
+    eps = report["epsilon"]
+    approx = " (Edgeworth approximation, not an upper bound)" if report["accountant_is_approximation"] else ""
+    lines = [
+        "## Differential privacy",
+        "",
+        f"This adapter was trained with differentially private SGD (DP-SGD) by DP Workbench."
+        if report["noise_multiplier"] > 0
+        else "This adapter was trained WITHOUT differential privacy (non-private baseline).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| epsilon | {eps if isinstance(eps, str) else f'{eps:.4g}'}{approx} |",
+        f"| delta | {report['delta']:.3g} |",
+        f"| accountant | {report['accountant']} |",
+        f"| sampling | {report['sampling']}, rate q = {report['sample_rate']:.5g} |",
+        f"| unit of privacy | one {report['privacy_unit']} |",
+        f"| clipping norm C | {report['max_grad_norm']} |",
+        f"| noise multiplier sigma | {report['noise_multiplier']:.5g} |",
+        f"| steps | {report['steps']} of {report['planned_steps']} planned |",
+        f"| dataset size N | {report['dataset_size']} ({report['dataset']}) |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def save_adapter(prepared: "Prepared", *, out_dir: Path, steps_done: int, epsilon: float) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prepared.model.save_pretrained(str(out_dir))
+    prepared.tokenizer.save_pretrained(str(out_dir))
+    report = privacy_report(prepared, steps_done=steps_done, epsilon=epsilon)
+    (out_dir / "privacy_report.json").write_text(json.dumps(report, indent=2))
+    card = out_dir / "README.md"
+    existing = card.read_text() if card.exists() else f"# LoRA adapter for {prepared.model_name}\n"
+    card.write_text(existing.rstrip() + "\n\n" + model_card_section(report))
+    return report

@@ -1,0 +1,316 @@
+"""The training loop: Poisson-sampled logical steps of DP-SGD on LoRA adapters, with events.
+
+One logical step (read top to bottom):
+    indices = poisson_sample(N, q)                     # batch size varies, may be 0
+    for micro in micro_batches(indices, P):            # memory bounded by P whatever q is
+        losses = per_example_loss(model, micro)        # (b,)
+        losses.sum().backward()                        # hooks record per-example grads
+        dp.add_microbatch(hooks.grads)                 # clip each example to C, add to sum
+    dp.finish(expected_batch_size=q*N)                 # + N(0, sigma^2 C^2) once, / qN
+    optimizer.step(); scheduler.step()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from workbench.config import RunConfig
+from workbench.engine import data as data_mod
+from workbench.engine.dp_step import DPGradient, StepStats
+from workbench.engine.evaluate import answer_choices, evaluate, generate_samples
+from workbench.engine.grad_sample import PerExampleGrads
+from workbench.engine.losses import per_example_loss
+from workbench.engine.models import attach_lora, load_model, resolve_device
+from workbench.engine.plan import PrivacyPlan, make_plan
+from workbench.engine.report import save_adapter
+from workbench.engine.sampling import micro_batches, poisson_sample
+from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, Event, RunStarted, StepMetrics
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested(Exception):
+    """Raised inside a step when a stop was asked for; the partial step is discarded (nothing released)."""
+
+
+@dataclass
+class Prepared:
+    """Everything the loop needs, built once before the first step."""
+
+    config: RunConfig
+    train: data_mod.Dataset
+    val: data_mod.Dataset
+    train_tok: list
+    val_tok: list
+    model: torch.nn.Module
+    tokenizer: object
+    task: str
+    device: torch.device
+    plan: PrivacyPlan
+    model_name: str
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load data and model, tokenise, and fix the privacy plan. Raises user errors with messages."""
+    train, val = load_splits(config)
+    task = train.task if config.task == "auto" else config.task
+    if task == "classification" and not train.label_names:
+        raise data_mod.DataError(f"{train.name}: task=classification needs a label column. Found none.")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)  # LoRA initialisation and dropout
+    model, tok, max_len = load_model(
+        config.model, task=task, num_labels=len(train.label_names or ()) or 2, device=device, seed=config.seed
+    )
+    model = attach_lora(
+        model,
+        task=task,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+    )
+    train_tok = data_mod.tokenize_dataset(train, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
+    val_tok = data_mod.tokenize_dataset(val, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
+    if not train_tok:
+        raise data_mod.DataError(f"{train.name}: no usable training examples after tokenisation.")
+    plan = make_plan(config, dataset_size=len(train_tok))
+    return Prepared(config, train, val, train_tok, val_tok, model, tok, task, device, plan, config.model)
+
+
+def load_splits(config: RunConfig) -> tuple[data_mod.Dataset, data_mod.Dataset]:
+    columns = dict(config.columns) or None
+    ds = data_mod.load_dataset(config.data, columns=columns)
+    if config.validation_data:
+        val = data_mod.load_dataset(config.validation_data, columns=columns)
+        train = ds
+    else:
+        train, val = data_mod.split_validation(ds, fraction=config.validation_fraction, seed=config.seed)
+    val = data_mod.align_labels(train, val)  # same label ids; val labels absent from train -> DataError
+    return train, val
+
+
+def make_optimizer(params, config: RunConfig, total_steps: int):
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum)
+    else:
+        opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warm, kind = config.warmup_steps, config.lr_schedule
+
+    def factor(step: int) -> float:  # step counts from 0
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        frac = (step - warm) / max(1, total_steps - warm)
+        return max(0.0, 1.0 - frac) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class Trainer:
+    """Runs one prepared job, emitting events; ``should_stop`` is polled within every step."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        *,
+        run_id: str,
+        emit: Callable[[Event], None],
+        should_stop: Callable[[], bool] = lambda: False,
+        run_dir: Path,
+    ) -> None:
+        self.p = prepared
+        self.run_id = run_id
+        self.emit = emit
+        self.should_stop = should_stop
+        self.run_dir = run_dir
+        cfg = prepared.config
+        seeds = np.random.SeedSequence(cfg.seed).spawn(2)  # independent streams: sampling, noise
+        self.sample_rng = np.random.default_rng(seeds[0])
+        self.noise_gen = torch.Generator(device=prepared.device).manual_seed(int(seeds[1].generate_state(1)[0]))
+        self.hooks = PerExampleGrads(prepared.model)
+        self.params = self.hooks.trainable_parameters()
+        flat = [p for ps in self.params.values() for _, p in ps]
+        self.optimizer, self.scheduler = make_optimizer(flat, cfg, prepared.plan.steps)
+        self.private_path = prepared.plan.private or cfg.max_grad_norm is not None
+        self.dp = DPGradient(
+            self.params,
+            max_grad_norm=cfg.max_grad_norm,
+            noise_multiplier=prepared.plan.noise_multiplier,
+            generator=self.noise_gen,
+        )
+        self.choices = answer_choices(prepared.val, prepared.tokenizer)
+        self.gold = self._gold_labels()
+        self.step = 0
+        self.last_eval: dict = {}
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> tuple[str, str]:
+        """Train until the planned steps, the budget, or a stop. Returns (status, reason)."""
+        plan, cfg = self.p.plan, self.p.config
+        self.emit(self._started_event())
+        every = cfg.eval_every or max(1, plan.steps // 5)
+        status, reason = "finished", f"completed {plan.steps} planned steps"
+        try:
+            for step in range(1, plan.steps + 1):
+                if self.should_stop():
+                    raise StopRequested
+                if not plan.budget_allows(step):
+                    reason = f"privacy budget spent: another step would exceed epsilon={plan.target_epsilon:g}"
+                    break
+                self.emit(self.train_step(step))
+                if step % every == 0 and step != plan.steps:
+                    self.emit(self.evaluation())
+        except StopRequested:
+            status, reason = "stopped", f"stopped by request after step {self.step}"
+        if status == "finished" or self.step > 0:
+            self.emit(self.evaluation())
+        return status, reason
+
+    def train_step(self, step: int) -> StepMetrics:
+        p, plan = self.p, self.p.plan
+        t0 = time.perf_counter()
+        indices = poisson_sample(plan.dataset_size, plan.sample_rate, self.sample_rng)
+        losses, tokens = [], 0
+        self.dp.start()
+        self.hooks.enabled = self.private_path
+        for micro in micro_batches(indices, p.config.physical_batch_size):
+            if self.should_stop():
+                raise StopRequested
+            batch = self._batch([p.train_tok[i] for i in micro])
+            tokens += int(batch["attention_mask"].sum())
+            self.hooks.reset()
+            with self._autocast():
+                loss, _ = per_example_loss(p.model, batch, task=p.task)  # (b,)
+            if self.private_path:
+                loss.sum().backward()
+                self.dp.add_microbatch(self.hooks.grads)
+                self._drop_grads()
+            else:  # the non-private baseline: ordinary autograd, same objective
+                (loss.sum() / (plan.sample_rate * plan.dataset_size)).backward()
+            losses.append(loss.detach().float().cpu())
+        stats = self._finish_gradient()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step
+        return self._step_event(step, stats, losses, tokens, time.perf_counter() - t0)
+
+    def _finish_gradient(self) -> StepStats:
+        plan = self.p.plan
+        if self.private_path:
+            return self.dp.finish(expected_batch_size=plan.sample_rate * plan.dataset_size)
+        norms = {}
+        for m, ps in self.params.items():
+            norms[m] = math.sqrt(sum(float(p.grad.pow(2).sum()) for _, p in ps if p.grad is not None))
+        return StepStats(0, torch.zeros(0), 0.0, 0, norms, {m: 0.0 for m in self.params})
+
+    def evaluation(self) -> EvalMetrics:
+        p = self.p
+        examples = p.val_tok[: p.config.eval_max_examples]
+        metrics = evaluate(
+            p.model,
+            examples,
+            task=p.task,
+            pad_id=p.tokenizer.pad_token_id,
+            device=p.device,
+            batch_size=p.config.physical_batch_size,
+            choices=self.choices,
+            gold=self.gold[: len(examples)],
+            autocast=self._autocast,
+        )
+        gens = []
+        if p.task == "causal_lm":
+            gens = generate_samples(
+                p.model,
+                p.tokenizer,
+                p.train.eval_prompts,
+                device=p.device,
+                max_new_tokens=p.config.generate_max_new_tokens,
+                autocast=self._autocast,
+            )
+        self.last_eval = metrics
+        return EvalMetrics(run_id=self.run_id, step=self.step, generations=gens, **metrics)
+
+    def save(self) -> Path:
+        cfg = self.p.config
+        out = Path(cfg.output_dir) if cfg.output_dir else self.run_dir / "adapter"
+        save_adapter(self.p, out_dir=out, steps_done=self.step, epsilon=self.p.plan.epsilon_at(self.step))
+        return out
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _batch(self, examples) -> dict[str, torch.Tensor]:
+        batch = data_mod.collate(examples, pad_id=self.p.tokenizer.pad_token_id)
+        return {k: v.to(self.p.device, non_blocking=True) for k, v in batch.items()}
+
+    def _drop_grads(self) -> None:
+        # Autograd also writes the summed (unclipped) gradient into p.grad; it must never be used.
+        for ps in self.params.values():
+            for _, prm in ps:
+                prm.grad = None
+
+    def _autocast(self):
+        if self.p.device.type == "cuda":
+            # bf16 backbone; LoRA weights stay fp32 and the hooks compute per-example grads in fp32.
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _gold_labels(self) -> list[int | None]:
+        """Label index of each tokenised validation example (records dropped by tokenisation skipped)."""
+        index = {n: i for i, n in enumerate(self.p.train.label_names or ())}
+        dropped = set(getattr(getattr(self.p.val_tok, "stats", None), "dropped_lines", ()))
+        kept = [r for r in self.p.val.records if r.line is None or r.line not in dropped]
+        return [index.get(r.label) if r.label is not None else None for r in kept][: len(self.p.val_tok)]
+
+    def _started_event(self) -> RunStarted:
+        p, plan = self.p, self.p.plan
+        n_params = sum(prm.numel() for ps in self.params.values() for _, prm in ps)
+        return RunStarted(
+            run_id=self.run_id,
+            config=p.config.to_dict(),
+            dataset_size=plan.dataset_size,
+            sample_rate=plan.sample_rate,
+            noise_multiplier=plan.noise_multiplier,
+            delta=plan.delta,
+            planned_steps=plan.steps,
+            accountant=plan.accountant,
+            planned_epsilon=plan.curve(),
+            target_epsilon=plan.target_epsilon,
+            modules=list(self.params),
+            trainable_parameters=n_params,
+            device=str(p.device),
+            model_name=p.model_name,
+        )
+
+    def _step_event(self, step: int, stats: StepStats, losses, tokens: int, seconds: float) -> StepMetrics:
+        plan = self.p.plan
+        unit = plan.max_grad_norm or 1.0
+        scaled = np.nan_to_num(stats.norms.numpy() / unit, nan=1e30, posinf=1e30)  # non-finite -> overflow bin
+        hist = np.histogram(scaled, bins=np.array(GRAD_NORM_BIN_EDGES[:-1] + (1e31,)))[0]
+        loss = float(torch.cat(losses).mean()) if losses else math.nan
+        finite = stats.norms[torch.isfinite(stats.norms)]
+        return StepMetrics(
+            run_id=self.run_id,
+            step=step,
+            loss=loss,
+            learning_rate=float(self.scheduler.get_last_lr()[0]),
+            batch_size=sum(len(x) for x in losses),
+            epsilon=plan.epsilon_at(step),
+            grad_norm_hist=[int(c) for c in hist],
+            grad_norm_max=float(finite.max()) if len(finite) else 0.0,
+            clipped_fraction=stats.clipped_fraction,
+            module_grad_norm=stats.module_grad_norm,
+            module_noise_std=stats.module_noise_std,
+            step_time=seconds,
+            tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
+            tokens=tokens,
+        )

@@ -1,0 +1,178 @@
+"""A training session: one run on a background thread, its events fanned out to subscribers.
+
+This is the only object a UI touches: ``start()``, ``stop()``, ``status``, ``wait()``, and
+``subscribe(fn)``.  The run store is always subscribed, so every event is persisted; a
+subscriber that raises is logged and never stops training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from workbench.config import ConfigError, RunConfig
+from workbench.events import Event, RunEnded
+from workbench.store.runs import RunStore, new_run_id
+
+log = logging.getLogger(__name__)
+Subscriber = Callable[[Event], None]
+
+# One training job at a time per device: a second session waits ("queued") for the first.
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: reported as a message, never a traceback."""
+    from workbench.engine.data import DataError
+    from workbench.engine.grad_sample import UnsupportedModelError
+    from workbench.engine.models import ModelError
+    from workbench.privacy import PrivacyError
+
+    return (ConfigError, DataError, ModelError, PrivacyError, UnsupportedModelError)
+
+
+def _device_lock(device: str) -> threading.Lock:
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with _LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
+
+
+class Session:
+    """Runs one DP fine-tuning job; see the module docstring."""
+
+    def __init__(self, config: RunConfig, *, store: RunStore | None = None, subscribers: tuple[Subscriber, ...] = ()) -> None:
+        self.config = config
+        self.store = store or RunStore()
+        self.run_id = new_run_id()
+        self.events: list[Event] = []  # in-memory copy for notebooks and tests
+        self._subscribers: list[Subscriber] = list(subscribers)
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.status = "created"
+        self.summary: dict[str, Any] | None = None
+
+    # -- control -----------------------------------------------------------------------------------
+    def subscribe(self, fn: Subscriber) -> None:
+        self._subscribers.append(fn)
+
+    def start(self) -> str:
+        """Start training on a background thread; returns the run id at once."""
+        if self._thread is not None:
+            raise RuntimeError("this session was already started; create a new Session for another run")
+        self._register()
+        self._thread = threading.Thread(target=self._run, name=f"workbench-{self.run_id}", daemon=True)
+        self._thread.start()
+        return self.run_id
+
+    def run(self) -> dict[str, Any]:
+        """Train in the calling thread and return the summary."""
+        self._register()
+        self._run()
+        return self.summary or {}
+
+    def stop(self) -> None:
+        """Ask the run to stop; it takes effect within one step (the partial step is discarded)."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
+        self._done.wait(timeout)
+        return self.summary
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _register(self) -> None:
+        self.store.create_run(self.run_id, config=self.config.to_dict(), name=self.config.name, status="queued")
+        self.status = "queued"
+
+    def _emit(self, event: Event) -> None:
+        self.events.append(event)
+        try:
+            self.store.append(event)
+        except Exception:  # the store failing must not kill training either; it is logged
+            log.exception("run store could not write %s", event.kind)
+        for fn in list(self._subscribers):
+            try:
+                fn(event)
+            except Exception:
+                log.exception("subscriber %r raised on %s; training goes on", fn, event.kind)
+
+    def _run(self) -> None:
+        lock = _device_lock(self.config.device)
+        try:
+            while not lock.acquire(timeout=0.2):
+                if self._stop.is_set():
+                    self._end("stopped", "stopped before it started", {})
+                    return
+            try:
+                self.status = "running"
+                self.store.set_status(self.run_id, "running")
+                self._train()
+            finally:
+                lock.release()
+        finally:
+            self._done.set()
+
+    def _train(self) -> None:
+        from workbench.engine.trainer import Trainer, prepare
+
+        started = time.time()
+        trainer = None
+        try:
+            prepared = prepare(self.config)
+            run_dir = self.store.run_dir(self.run_id)
+            trainer = Trainer(prepared, run_id=self.run_id, emit=self._emit, should_stop=self._stop.is_set, run_dir=run_dir)
+            status, reason = trainer.run()
+            adapter = str(trainer.save()) if trainer.step > 0 else None
+            self._end(status, reason, self._summary(trainer, status, adapter, started))
+        except user_errors() as err:
+            self._end("failed", str(err), self._summary(trainer, "failed", None, started))
+        except Exception as err:  # a bug, not bad input: keep the traceback in the run folder
+            path = self.store.run_dir(self.run_id)
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "error.log").write_text(traceback.format_exc())
+            reason = f"internal error {type(err).__name__}: {err} (traceback in {path / 'error.log'})"
+            self._end("failed", reason, self._summary(trainer, "failed", None, started))
+
+    def _end(self, status: str, reason: str, summary: dict[str, Any]) -> None:
+        summary = {**summary, "status": status, "reason": reason}
+        self.summary = summary
+        self.status = status
+        self._emit(RunEnded(run_id=self.run_id, status=status, reason=reason, summary=summary))
+
+    def _summary(self, trainer, status: str, adapter: str | None, started: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"run_id": self.run_id, "status": status, "adapter_dir": adapter}
+        if trainer is None:
+            return out
+        plan, cfg = trainer.p.plan, trainer.p.config
+        eps = plan.epsilon_at(trainer.step) if trainer.step else 0.0
+        out.update(
+            epsilon=eps,
+            delta=plan.delta,
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            steps=trainer.step,
+            planned_steps=plan.steps,
+            accountant=plan.accountant,
+            target_epsilon=plan.target_epsilon,
+            max_grad_norm=plan.max_grad_norm,
+            dataset_size=plan.dataset_size,
+            privacy_unit=cfg.privacy_unit,
+            sampling="poisson",
+            model=cfg.model,
+            data=cfg.data,
+            wall_time=time.time() - started,
+            **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in trainer.last_eval.items()},
+        )
+        return out

@@ -1,0 +1,230 @@
+"""The run store: every run, its config, status and every event, in one SQLite database (WAL).
+
+Writers commit each event as it arrives, so a process killed mid-run leaves every event written
+before the kill.  A run still marked 'running' whose process is gone reads as 'interrupted'.
+Readers (the app, other processes) open their own connections; WAL lets them read while a run
+writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from workbench.events import Event, RunEnded, RunStarted, StepMetrics, EvalMetrics, event_from_dict
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    pid INTEGER,
+    host TEXT,
+    config TEXT NOT NULL,
+    summary TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    time REAL NOT NULL,
+    step INTEGER,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX IF NOT EXISTS events_kind ON events(run_id, kind, seq);
+"""
+
+ACTIVE = ("running", "queued")
+
+
+class RunNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no run with id {self.args[0]!r}. `workbench runs list` shows the stored runs."
+
+
+def workbench_home() -> Path:
+    return Path(os.environ.get("WORKBENCH_HOME", Path.home() / ".workbench")).expanduser()
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    name: str | None
+    created: float
+    updated: float
+    status: str  # queued | running | finished | stopped | failed | interrupted
+    reason: str | None
+    config: dict[str, Any]
+    summary: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.id,
+            "name": self.name,
+            "created": self.created,
+            "updated": self.updated,
+            "status": self.status,
+            "reason": self.reason,
+            "config": self.config,
+            "summary": self.summary,
+        }
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """One SQLite database under ``home``; safe to share between threads (one connection each)."""
+
+    def __init__(self, home: str | Path | None = None) -> None:
+        self.home = Path(home) if home is not None else workbench_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "runs.sqlite"
+        self._local = threading.local()
+        self._seq_lock = threading.Lock()
+        with self._conn() as c:
+            c.executescript(SCHEMA)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.home / "runs" / run_id
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        yield conn
+
+    # -- writing -----------------------------------------------------------------------------------
+    def create_run(self, run_id: str, *, config: dict[str, Any], name: str | None = None, status: str = "running") -> None:
+        now = time.time()
+        with self._conn() as c:
+            c.execute(
+                "INSERT INTO runs (id, name, created, updated, status, pid, host, config) VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, name, now, now, status, os.getpid(), socket.gethostname(), json.dumps(config)),
+            )
+
+    def set_status(self, run_id: str, status: str, *, reason: str | None = None, summary: dict | None = None) -> None:
+        with self._conn() as c:
+            c.execute(
+                "UPDATE runs SET status=?, reason=COALESCE(?, reason), summary=COALESCE(?, summary), updated=?, pid=? WHERE id=?",
+                (status, reason, json.dumps(summary) if summary is not None else None, time.time(), os.getpid(), run_id),
+            )
+
+    def append(self, event: Event) -> None:
+        """Write one event (committed at once)."""
+        payload = json.dumps(event.to_dict())
+        step = getattr(event, "step", None)
+        with self._seq_lock, self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                (seq,) = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id=?", (event.run_id,)).fetchone()
+                c.execute(
+                    "INSERT INTO events (run_id, seq, kind, time, step, payload) VALUES (?,?,?,?,?,?)",
+                    (event.run_id, seq, event.kind, event.time, step, payload),
+                )
+                c.execute("UPDATE runs SET updated=? WHERE id=?", (event.time, event.run_id))
+                if isinstance(event, RunEnded):
+                    c.execute(
+                        "UPDATE runs SET status=?, reason=?, summary=? WHERE id=?",
+                        (event.status, event.reason, json.dumps(event.to_dict()["summary"]), event.run_id),
+                    )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def __call__(self, event: Event) -> None:
+        """A store is a subscriber."""
+        self.append(event)
+
+    def delete(self, run_id: str) -> None:
+        run = self.get(run_id)
+        if run.status == "running":
+            raise ValueError(f"run {run_id} is still running; stop it before deleting it.")
+        with self._conn() as c:
+            c.execute("DELETE FROM events WHERE run_id=?", (run_id,))
+            c.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _record(self, row) -> RunRecord:
+        run_id, name, created, updated, status, reason, pid, host, config, summary = row
+        if status in ACTIVE and host == socket.gethostname() and not _pid_alive(pid):
+            status, reason = "interrupted", reason or "the training process ended without finishing the run"
+        return RunRecord(
+            run_id, name, created, updated, status, reason, json.loads(config), json.loads(summary) if summary else None
+        )
+
+    def get(self, run_id: str) -> RunRecord:
+        with self._conn() as c:
+            row = c.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                matches = c.execute("SELECT * FROM runs WHERE id LIKE ?", (run_id + "%",)).fetchall()
+                if len(matches) != 1:
+                    raise RunNotFound(run_id)
+                row = matches[0]
+        return self._record(row)
+
+    def list(self) -> list[RunRecord]:
+        with self._conn() as c:
+            rows = c.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+        return [self._record(r) for r in rows]
+
+    def events(self, run_id: str, *, after_seq: int = 0, kinds: tuple[str, ...] | None = None) -> list[tuple[int, Event]]:
+        """(seq, event) pairs after ``after_seq``; readers poll with the last seq they saw."""
+        q = "SELECT seq, payload FROM events WHERE run_id=? AND seq>?"
+        args: list[Any] = [run_id, after_seq]
+        if kinds:
+            q += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += list(kinds)
+        with self._conn() as c:
+            rows = c.execute(q + " ORDER BY seq", args).fetchall()
+        return [(seq, event_from_dict(json.loads(p))) for seq, p in rows]
+
+    def latest(self, run_id: str, kind: str) -> Event | None:
+        with self._conn() as c:
+            row = c.execute(
+                "SELECT payload FROM events WHERE run_id=? AND kind=? ORDER BY seq DESC LIMIT 1", (run_id, kind)
+            ).fetchone()
+        return event_from_dict(json.loads(row[0])) if row else None
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+__all__ = ["RunStore", "RunRecord", "RunNotFound", "workbench_home", "new_run_id", "RunStarted", "StepMetrics", "EvalMetrics"]
