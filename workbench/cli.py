@@ -280,20 +280,14 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
 @runs_app.command("export")
 def runs_export(run_id: str, directory: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     """Copy a run's adapter (PEFT format) with its privacy report, config and events to DIR."""
+    from workbench.store.export import ExportError, export_run
+
     store = _store()
     rec = _get_run(store, run_id)
-    adapter = (rec.summary or {}).get("adapter_dir")
-    if not adapter or not Path(adapter).exists():
-        _fail(f"run {rec.id} has no saved adapter (status: {rec.status}). Only runs that trained have one.")
-    target = directory / rec.id
-    if target.exists():
-        _fail(f"{target} already exists. Choose another directory or remove it.")
-    shutil.copytree(adapter, target / "adapter")
-    (target / "config.json").write_text(json.dumps(rec.config, indent=2))
-    (target / "summary.json").write_text(json.dumps(_jsonable(rec.summary), indent=2))
-    with open(target / "events.jsonl", "w") as fh:
-        for _, e in store.events(rec.id):
-            fh.write(json.dumps(e.to_dict()) + "\n")
+    try:
+        target = export_run(store, rec.id, directory)
+    except ExportError as err:
+        _fail(str(err))
     out = {"run_id": rec.id, "exported_to": str(target)}
     _print_json(out) if as_json else typer.echo(f"exported {rec.id} to {target}")
 
@@ -363,6 +357,27 @@ def _tokenizer(model: str):
         return AutoTokenizer.from_pretrained(source, **extra)
     except (OSError, ValueError) as err:
         raise ModelError(f"could not load the tokenizer of {model!r}: {str(err).splitlines()[0][:200]}") from None
+
+
+@app.command("app")
+def app_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 127.0.0.1 keeps it on this machine."),
+    port: int = typer.Option(7860, "--port"),
+    share: bool = typer.Option(False, "--share", help="A public Gradio link; refused without --auth."),
+    auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS required to open the app."),
+    max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest data file accepted for upload."),
+) -> None:
+    """Open the Gradio workbench (Plan, Train, Compare, Runs)."""
+    _quiet_libraries()
+    if share and not auth:
+        _fail("--share publishes the app on the internet; add --auth USER:PASS to protect it.")
+    if auth is not None and (":" not in auth or not auth.split(":", 1)[0] or not auth.split(":", 1)[1]):
+        _fail("--auth must be USER:PASS, e.g. --auth alice:s3cret.")
+    try:
+        from workbench.app import launch
+    except ImportError as err:
+        _fail(f"the app needs gradio ({err}). Install it with `pip install 'dp-workbench[app]'` or `make install`.")
+    launch(host=host, port=port, share=share, auth=auth, max_upload_mb=max_upload_mb)
 
 
 def main() -> None:
