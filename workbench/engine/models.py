@@ -132,8 +132,9 @@ def tiny_model(*, task: str, vocab_size: int, num_labels: int = 2, pad_token_id:
 
 
 def _cache_dir() -> Path:
-    home = Path(os.environ.get("WORKBENCH_HOME", Path.home() / ".workbench")).expanduser()
-    return home / "cache" / "smollm2-135m-instruct"
+    """Where the de-quantised default model is kept: $WORKBENCH_CACHE, else ~/.cache/dp-workbench."""
+    root = os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "dp-workbench"
+    return Path(root).expanduser() / "smollm2-135m-instruct"
 
 
 def _source(spec: str) -> tuple[str, dict]:

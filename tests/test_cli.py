@@ -1,0 +1,161 @@
+"""The command line: bad input gives one clear message and exit code 2, never a traceback, and
+never a run left 'running'; killed runs read as 'interrupted' with their events; the engine
+trains without gradio."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from workbench.cli import app
+from workbench.store.runs import RunStore
+
+TINY = ["--set", "model=tiny", "--set", "batch_size=8", "--set", "physical_batch_size=8",
+        "--set", "generate_max_new_tokens=0", "--set", "eval_max_examples=8"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def write(path: Path, text: str | bytes) -> str:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def good_rows(n: int = 40) -> str:
+    return "\n".join(json.dumps({"prompt": f"question {i}?", "response": f"answer {i}."}) for i in range(n))
+
+
+BAD_INPUTS = {
+    "missing path": (lambda d: str(d / "nope.jsonl"), "nope.jsonl"),
+    "empty file": (lambda d: write(d / "empty.jsonl", ""), "empty.jsonl"),
+    "malformed json line": (lambda d: write(d / "bad.jsonl", good_rows(5) + '\n{"prompt": "x", \n'), "line 6"),
+    "unknown schema": (lambda d: write(d / "odd.jsonl", '{"foo": 1, "bar": 2}\n' * 20), "foo"),
+    "non-utf8": (lambda d: write(d / "latin.csv", b"text,label\ncaf\xe9 ok,a\nfine,b\n"), "latin.csv"),
+    "fewer examples than batch": (lambda d: write(d / "small.jsonl", good_rows(4)), "batch_size"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_data_is_a_message_not_a_traceback(tmp_path, case):
+    make, needle = BAD_INPUTS[case]
+    result = invoke("train", *TINY, "--set", f"data={make(tmp_path)}", "--set", "max_steps=1")
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output
+    assert all(r.status == "failed" for r in RunStore().list()), "no run is left running"
+
+
+def test_missing_column_mapping_names_the_column(tmp_path):
+    path = write(tmp_path / "d.csv", "sentence,label\nnice,a\nbad,b\n" * 20)
+    result = invoke("train", *TINY, "--set", f"data={path}", "--set", "columns={text: body}", "--set", "max_steps=1")
+    assert result.exit_code == 2 and "body" in result.output
+
+
+def test_validation_labels_absent_from_training(tmp_path):
+    train_path = write(tmp_path / "train.csv", "text,label\ngood,pos\nbad,neg\n" * 20)
+    val_path = write(tmp_path / "val.csv", "text,label\nmeh,neutral\n")
+    result = invoke("train", *TINY, "--set", f"data={train_path}", "--set", f"validation_data={val_path}", "--set", "max_steps=1")
+    assert result.exit_code == 2 and "neutral" in result.output
+
+
+def test_sequences_longer_than_the_model_allows():
+    result = invoke("train", *TINY, "--set", "max_seq_len=5000", "--set", "max_steps=1")
+    assert result.exit_code == 2 and "5000" in result.output
+
+
+def test_delta_not_below_one_over_n_is_refused():
+    result = invoke("train", *TINY, "--set", "delta=0.01", "--set", "max_steps=1")
+    assert result.exit_code == 2 and "1/N" in result.output
+
+
+@pytest.mark.parametrize("override,needle", [("batch_size=0", "batch_size"), ("nosuchkey=1", "nosuchkey"), ("model=/no/such/dir", "/no/such/dir")])
+def test_bad_config_values(override, needle):
+    result = invoke("train", *TINY, "--set", override, "--set", "max_steps=1")
+    assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
+
+
+def test_train_json_summary_and_runs_commands(tmp_path):
+    result = invoke("train", *TINY, "--set", "max_steps=2", "--set", "noise_multiplier=1.0", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    for key in ("run_id", "status", "epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant", "adapter_dir", "val_loss"):
+        assert key in summary
+    run_id = summary["run_id"]
+    listed = json.loads(invoke("runs", "list", "--json").stdout)
+    assert [r["run_id"] for r in listed] == [run_id]
+    shown = json.loads(invoke("runs", "show", run_id, "--json").stdout)
+    assert shown["status"] == "finished" and shown["event_counts"]["step"] == 2
+    out = json.loads(invoke("runs", "export", run_id, str(tmp_path / "exp"), "--json").stdout)
+    exported = Path(out["exported_to"])
+    assert (exported / "adapter" / "privacy_report.json").exists() and (exported / "events.jsonl").exists()
+    assert invoke("runs", "show", "no-such-run").exit_code == 2
+    assert json.loads(invoke("runs", "delete", run_id, "--json").stdout)["deleted"]
+    assert json.loads(invoke("runs", "list", "--json").stdout) == []
+
+
+def test_epsilon_and_calibrate_commands():
+    r = invoke("epsilon", "--noise-multiplier", "1.5", "--sample-rate", "0.04", "--steps", "2250", "--delta", "1e-5", "--accountant", "rdp", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["epsilon"] == pytest.approx(7.32911117143, rel=1e-3)
+    r = invoke("calibrate", "--target-epsilon", "8", "--sample-rate", "0.04", "--steps", "2250", "--delta", "1e-5", "--accountant", "rdp", "--json")
+    out = json.loads(r.stdout)
+    assert out["noise_multiplier"] == pytest.approx(1.416, abs=0.01) and out["epsilon"] <= 8
+    bad = invoke("epsilon", "--noise-multiplier", "1", "--sample-rate", "1.5", "--steps", "10", "--delta", "1e-5")
+    assert bad.exit_code == 2 and "1.5" in bad.output
+
+
+def test_data_command_describes_a_file(tmp_path):
+    path = write(tmp_path / "d.jsonl", "\n".join(json.dumps({"prompt": f"q{i}", "response": "a", "user_id": i % 3}) for i in range(12)))
+    r = invoke("data", path, "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["schema"] == "prompt_response" and info["num_examples"] == 12 and info["num_users"] == 3
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_a_killed_run_reads_interrupted_with_its_events():
+    proc = _cli("train", *TINY, "--set", "max_steps=2000", "--set", "noise_multiplier=1.0", "--set", "target_epsilon=null", "--set", "accountant=rdp")
+    store = RunStore()
+    deadline = time.time() + 180
+    run_id = None
+    while time.time() < deadline:
+        runs = store.list()
+        if runs:
+            run_id = runs[0].id
+            if len(store.events(run_id, kinds=("step",))) >= 2:
+                break
+        time.sleep(0.5)
+    assert run_id is not None, proc.communicate(timeout=5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    rec = store.get(run_id)
+    assert rec.status == "interrupted"
+    steps = store.events(run_id, kinds=("step",))
+    assert len(steps) >= 2 and steps[0][1].kind == "step"
+
+
+def test_engine_trains_without_gradio(tmp_path):
+    code = (
+        "import sys; sys.modules['gradio'] = None; sys.modules['gradio_client'] = None\n"
+        "from workbench import train\n"
+        "s = train(model='tiny', max_steps=1, batch_size=8, noise_multiplier=1.0, generate_max_new_tokens=0, eval_max_examples=4)\n"
+        "assert s['status'] == 'finished', s\n"
+        "assert 'gradio' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
