@@ -36,7 +36,7 @@ def test_default_model_loads_offline_with_chat_template(smollm):
 
 
 def test_real_model_per_example_grads_match_oracle(smollm):
-    from tests.test_dp_step import hook_grads, oracle_grads
+    from test_dp_step import hook_grads, oracle_grads
 
     model, tok, _ = smollm
     import copy

@@ -204,7 +204,8 @@ def load_model(
     if spec == "default" and "gguf_file" in extra:
         _cache_default(model, tok)
     max_len = getattr(model.config, "max_position_embeddings", None)
-    model = model.float()  # master weights in fp32; the CUDA path autocasts the backbone to bf16
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()  # master weights in fp32; the CUDA path autocasts the backbone to bf16
     return model.to(device), tok, max_len
 
 
