@@ -1,0 +1,435 @@
+"""The app's pure presentation layer and its server-side callbacks (no browser).
+
+Runs are written to a temporary run store as the engine would write them (synthetic events),
+except for the few tests that train the tiny model for a handful of steps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, RunEnded, RunStarted, StepMetrics
+from workbench.present import (
+    RunView,
+    compare_figures,
+    downsample,
+    epsilon_figure,
+    grad_norm_heatmap,
+    grad_norm_histogram,
+    loss_figure,
+    noise_allocation_figure,
+    plan_figure,
+    privacy_utility_scatter,
+    progress,
+    runs_table,
+    settings_diff_table,
+)
+from workbench.store.runs import RunStore
+
+MODULES = [f"base_model.model.model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in ("q", "v")]
+NBINS = len(GRAD_NORM_BIN_EDGES) - 1
+
+
+def started(run_id="r1", *, steps=30, target=8.0, t0=1000.0, config=None) -> RunStarted:
+    planned = [(s, target * math.sqrt(s / steps)) for s in range(steps + 1)]
+    return RunStarted(run_id=run_id, config={"model": "tiny", "max_grad_norm": 1.0, **(config or {})}, dataset_size=500,
+                      sample_rate=0.032, noise_multiplier=1.1, delta=1e-5, planned_steps=steps, accountant="pld",
+                      planned_epsilon=planned, target_epsilon=target, modules=MODULES, trainable_parameters=10,
+                      device="cpu", model_name="tiny", time=t0)
+
+
+def step(s, run_id="r1", *, eps=None, loss=None, t0=1000.0, hist=None) -> StepMetrics:
+    hist = hist or [0] * NBINS
+    if not sum(hist):
+        hist[s % NBINS] = 3
+        hist[12] = 1
+    return StepMetrics(run_id=run_id, step=s, loss=2.0 / s if loss is None else loss, learning_rate=1e-3, batch_size=4,
+                       epsilon=0.1 * s if eps is None else eps, grad_norm_hist=hist, grad_norm_max=1.3,
+                       clipped_fraction=0.25, module_grad_norm={m: 1.0 + i for i, m in enumerate(MODULES)},
+                       module_noise_std={m: 0.5 * (i + 1) for i, m in enumerate(MODULES)}, step_time=0.1,
+                       tokens_per_second=1.0, tokens=10, time=t0 + 2.0 * s)
+
+
+def evaluation(s, run_id="r1", *, accuracy=0.5, val_loss=1.5) -> EvalMetrics:
+    return EvalMetrics(run_id=run_id, step=s, val_loss=val_loss, perplexity=math.exp(val_loss), accuracy=accuracy,
+                       generations=[{"prompt": f"p{s}", "output": f"o{s}"}], time=1000.0 + 2 * s)
+
+
+def fake_run(store: RunStore, run_id: str, *, steps=10, finished=True, accuracy=0.5, eps_per_step=0.1, config=None):
+    events = [started(run_id, steps=steps, config=config)]
+    events += [step(s, run_id, eps=eps_per_step * s) for s in range(1, steps + 1)]
+    events.append(evaluation(steps, run_id, accuracy=accuracy))
+    if finished:
+        events.append(RunEnded(run_id=run_id, status="finished", reason="",
+                               summary={"epsilon": eps_per_step * steps, "steps": steps, "accuracy": accuracy}))
+    store.create_run(run_id, config=events[0].config, status="running")
+    for e in events:
+        store.append(e)
+    return events
+
+
+def trace_points(fig) -> int:
+    return max(len(t.x) for t in fig.data if t.x is not None)
+
+
+# -- present: pure functions ----------------------------------------------------------------------
+
+
+def test_downsample_keeps_ends_and_bounds_points():
+    xs = np.arange(10_001)
+    x, y = downsample(xs, xs * 2.0, n=2000)
+    assert len(x) <= 2000 and x[0] == 0 and x[-1] == 10_000
+    assert np.all(np.diff(x) > 0) and np.array_equal(y, x * 2)
+    x, _ = downsample([1, 2, 3], [4, 5, 6])
+    assert x.tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="differ in length"):
+        downsample([1, 2], [1])
+
+
+def test_runview_incremental_equals_batch_and_keeps_only_latest_module_dicts():
+    events = [started(), *[step(s) for s in range(1, 6)], evaluation(5),
+              RunEnded(run_id="r1", status="stopped", reason="", summary={})]
+    batch = RunView.from_events("r1", list(enumerate(events, 1)))
+    live = RunView(run_id="r1")
+    for seq, e in enumerate(events, 1):
+        assert live.add(e, seq=seq)
+    assert not live.add(events[0], seq=1)  # a replayed seq is ignored
+    assert [s.step for s in live.steps] == [s.step for s in batch.steps] == [1, 2, 3, 4, 5]
+    assert live.status == "stopped" and live.last_seq == len(events)
+    assert all(not s.module_noise_std for s in live.steps[:-1]) and live.latest_step.module_noise_std
+    assert live.final_epsilon == pytest.approx(0.5) and live.metric() == ("accuracy", 0.5)
+    no_acc = RunView.from_events("r2", [evaluation(1, "r2", accuracy=None, val_loss=1.25)])
+    assert no_acc.metric() == ("val_loss", 1.25)
+
+
+def test_loss_figure_downsamples_long_runs_and_skips_empty_batches():
+    steps = [step(s, loss=float("nan") if s == 3 else 1.0 / s) for s in range(1, 5001)]
+    fig = loss_figure(steps, [evaluation(100), evaluation(5000)])
+    assert all(len(t.x) <= 2000 for t in fig.data)
+    raw = fig.data[0]
+    assert raw.x[0] == 1 and raw.x[-1] == 5000 and 3 not in raw.x
+    assert fig.layout.xaxis.title.text == "step" and "loss" in fig.layout.yaxis.title.text
+    assert fig.data[-1].name == "validation" and list(fig.data[-1].x) == [100, 5000]
+
+
+def test_epsilon_figure_shows_spent_planned_and_target():
+    fig = epsilon_figure([step(s) for s in range(1, 11)], started().planned_epsilon, 8.0, accountant="edgeworth")
+    names = [t.name for t in fig.data]
+    assert names == ["planned", "spent"]
+    assert fig.data[1].y[-1] == pytest.approx(1.0)
+    assert any(s.y0 == 8.0 and s.y1 == 8.0 for s in fig.layout.shapes)  # the target line
+    assert "approximation" in fig.layout.title.text
+    nonpriv = epsilon_figure([step(1, eps=math.inf)], [], None)
+    assert "non-private" in nonpriv.layout.annotations[0].text
+
+
+def test_grad_norm_histogram_marks_clip_and_fraction():
+    hist = [0] * NBINS
+    hist[5], hist[15], hist[-1] = 3, 1, 2
+    fig = grad_norm_histogram(step(7, hist=hist), clip_norm=0.5)
+    bars = fig.data[0]
+    assert list(bars.y) == hist and "25% clipped" in fig.layout.title.text and "step 7" in fig.layout.title.text
+    assert any(s.x0 == 1.0 and s.x1 == 1.0 for s in fig.layout.shapes)  # clip line at 1 C
+    assert "C = 0.5" in fig.layout.xaxis.title.text
+    assert "no examples" in grad_norm_histogram(None, 1.0).layout.annotations[0].text
+
+
+def test_grad_norm_heatmap_columns_are_fractions_and_bounded():
+    fig = grad_norm_heatmap([step(s) for s in range(1, 1001)], max_columns=100)
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (NBINS, 100)
+    assert np.allclose(z.sum(axis=0), 1.0)
+    assert fig.data[0].x[-1] == 1000
+
+
+def test_noise_allocation_has_one_bar_per_module():
+    fig = noise_allocation_figure(step(3))
+    noise, grad = fig.data
+    assert list(noise.x) == ["layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj", "layers.1.v_proj"]
+    assert list(noise.y) == [0.5, 1.0, 1.5, 2.0] and list(grad.y) == [1.0, 2.0, 3.0, 4.0]
+    assert list(noise.customdata) == MODULES
+
+
+def test_plan_figure_labels_edgeworth_as_approximation():
+    curves = {a: [(s, 0.1 * s) for s in range(0, 101, 10)] for a in ("rdp", "prv", "pld", "edgeworth")}
+    fig = plan_figure(curves, 8.0, noise_multiplier=1.2, selected="pld")
+    names = [t.name for t in sorted(fig.data, key=lambda t: t.legendrank)]
+    assert names == ["RDP", "PRV", "PLD  ← selected", "Edgeworth (approximation)"]
+    assert fig.data[0].name.startswith("PLD")  # drawn first: underneath the others
+    assert any(s.y0 == 8.0 for s in fig.layout.shapes) and "1.2" in fig.layout.title.text
+
+
+def test_compare_and_scatter_pick_metric_and_place_nonprivate_runs():
+    a = RunView.from_events("a", [started("a"), step(1, "a", eps=2.0), evaluation(1, "a", accuracy=0.7)], name="A")
+    b = RunView.from_events("b", [started("b"), step(1, "b", eps=math.inf), evaluation(1, "b", accuracy=0.9)], name="B")
+    loss, eps = compare_figures([a, b])
+    assert {t.name for t in loss.data} >= {"A", "B"}
+    assert [t.name for t in eps.data] == ["A", "B (non-private, ε = ∞)"]
+    scatter = privacy_utility_scatter([a, b])
+    assert "accuracy" in scatter.layout.title.text
+    (xa,), (xb,) = scatter.data[0].x, scatter.data[1].x
+    assert xa == 2.0 and xb > xa  # ∞ drawn at the right edge
+    c = RunView.from_events("c", [started("c"), step(1, "c"), evaluation(1, "c", accuracy=None)])
+    assert "validation loss" in privacy_utility_scatter([a, c]).layout.title.text
+
+
+def test_settings_diff_table_lists_only_differences():
+    table = settings_diff_table({"A": {"lr": 1, "r": 8, "name": "A", "cols": {"x": 1}},
+                                 "B": {"lr": 2, "r": 8, "name": "B", "cols": {"x": 2}}})
+    assert table.headers == ["setting", "A", "B"]
+    assert table.rows == [["lr", 1, 2], ["cols", '{"x": 1}', '{"x": 2}']]
+
+
+def test_progress_eta_from_step_rate():
+    p = progress(started(steps=30, t0=1000.0), step(10, t0=1000.0), now=1025.0)  # step 10 at t=1020
+    assert p["fraction"] == pytest.approx(1 / 3)
+    assert p["eta"] == pytest.approx(20 * 2.0 - 5.0)  # 2 s per step, 5 s already since the last step
+    assert p["epsilon"] == pytest.approx(1.0) and "ε = 1" in p["text"] and "of 8" in p["text"]
+    assert progress(None, None, now=0)["text"] == "waiting to start"
+
+
+def test_present_does_not_import_gradio():
+    import subprocess
+    import sys
+
+    code = "import sys, workbench.present, workbench.app; assert 'gradio' not in sys.modules, 'gradio imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- app: callbacks called directly ---------------------------------------------------------------
+
+gr = pytest.importorskip("gradio")
+
+from workbench.app import forms  # noqa: E402
+from workbench.app import plan as plan_tab  # noqa: E402
+from workbench.app import runs as runs_tab  # noqa: E402
+from workbench.app import train as train_tab  # noqa: E402
+from workbench.app.state import AppContext, Selection  # noqa: E402
+
+PLAN_DEFAULTS = dict(data_mode="demo", upload_path=None, data_path="", batch_size=16, length_mode="steps", epochs=1.0,
+                     max_steps=4, delta=None, privacy_mode="target", target_epsilon=8.0, noise_multiplier=1.0,
+                     max_grad_norm=1.0, accountant="pld")
+TRAIN_DEFAULTS = dict(model="tiny", name="", lora_r=8, lora_alpha=16.0, lora_dropout=0.0, lora_target_modules="auto",
+                      optimizer="adamw", learning_rate=2e-3, physical_batch_size=16, eval_every=0, seed=0)
+
+
+@pytest.fixture
+def ctx(_workbench_home):
+    return AppContext(RunStore(_workbench_home))
+
+
+def values(**changes):
+    return {**PLAN_DEFAULTS, **TRAIN_DEFAULTS, **changes}
+
+
+def is_skip(x) -> bool:
+    return isinstance(x, dict) and x.get("__type__") == "update" and len(x) == 1
+
+
+def test_config_from_values_maps_controls_to_runconfig():
+    cfg = forms.config_from_values(values(length_mode="epochs", epochs=2.5, privacy_mode="sigma", noise_multiplier=0.7,
+                                          delta=1e-6, accountant="rdp", lora_r=4.0, name="  my run "))
+    assert (cfg.epochs, cfg.max_steps, cfg.noise_multiplier, cfg.target_epsilon) == (2.5, None, 0.7, None)
+    assert (cfg.delta, cfg.accountant, cfg.lora_r, cfg.name, cfg.data, cfg.model) == (1e-6, "rdp", 4, "my run", "demo", "tiny")
+    assert forms.config_from_values(values(data_mode="path", data_path=" /x.jsonl ")).data == "/x.jsonl"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(delta=1.5), "delta"),
+        (dict(target_epsilon=-1.0), "target_epsilon"),
+        (dict(batch_size=5000), "fewer than batch_size=5000"),
+        (dict(model="/no/such/model"), "no such file or folder"),
+        (dict(data_mode="path", data_path="/no/such.jsonl"), "no such file"),
+        (dict(data_mode="upload"), "no file uploaded"),
+        (dict(max_steps=None), "steps is empty"),
+        (dict(delta=0.01), "not below 1/N"),
+    ],
+)
+def test_bad_input_gives_a_message_and_starts_nothing(ctx, changes, message):
+    sel, text = train_tab.start_run(ctx, Selection(), values(**changes))
+    assert message in text and text.startswith("⚠️") and "Traceback" not in text
+    assert sel == Selection() and ctx.store.list() == [] and ctx.sessions == {}
+
+
+def test_broken_file_gives_a_message(ctx, tmp_path):
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{not json\n')
+    data_md, _, _, _ = plan_tab.update_plan(ctx, values(data_mode="path", data_path=str(bad)))
+    assert data_md.startswith("⚠️") and "broken.jsonl" in data_md
+    _, text = train_tab.start_run(ctx, Selection(), values(data_mode="path", data_path=str(bad)))
+    assert "broken.jsonl" in text and ctx.store.list() == []
+
+
+def test_plan_update_draws_three_accountants_and_the_noise_needed(ctx):
+    from workbench import privacy
+
+    t = time.perf_counter()
+    data_md, fig, summary, error = plan_tab.update_plan(ctx, values(max_steps=200, accountant="pld"))
+    elapsed = time.perf_counter() - t
+    assert error == "" and "N = " in data_md and "q = 16/" in data_md
+    traces = {trace.name.split()[0]: trace for trace in fig.data}
+    assert set(traces) == {"RDP", "PRV", "PLD"}
+    n = forms.dataset_info("demo").n_train
+    sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=16 / n, steps=200, delta=forms.RunConfig().default_delta(dataset_size=n),
+                              accountant="pld")
+    assert f"σ = {sigma:.4g}" in summary
+    assert traces["PLD"].y[-1] == pytest.approx(8.0, rel=0.02)  # PLD reaches the target at the last step
+    assert traces["PLD"].x[-1] == 200 and traces["RDP"].y[-1] > traces["PLD"].y[-1]  # RDP is the looser bound
+    print(f"plan update: {elapsed:.2f} s")
+
+
+def test_edgeworth_is_marked_as_approximation_in_the_plan(ctx):
+    _, fig, summary, _ = plan_tab.update_plan(ctx, values(accountant="edgeworth"))
+    assert "Edgeworth (approximation)" in summary
+    assert any("Edgeworth (approximation)" in t.name for t in fig.data)
+
+
+def test_upload_is_moved_into_the_app_folder_and_size_limited(ctx, tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_tab.tempfile, "gettempdir", lambda: str(tmp_path))
+    src = tmp_path / "gradio" / "abc" / "my data.jsonl"
+    src.parent.mkdir(parents=True)
+    src.write_text('{"prompt": "hi", "response": "there"}\n' * 40)
+    stored, msg = plan_tab.store_upload(ctx, str(src))
+    assert Path(stored).parent == ctx.uploads_dir and Path(stored).read_text().count("\n") == 40
+    assert not src.exists() and "Stored" in msg  # Gradio's served copy is gone
+    ctx.max_upload_mb = 0
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text("x" * 100)
+    stored, msg = plan_tab.store_upload(ctx, str(src))
+    assert stored is None and "limit is 0 MB" in msg and not src.exists()
+
+
+def test_refresh_sends_only_changed_panels(ctx):
+    fake_run(ctx.store, "20250101-000000-aaaaaa", steps=5, finished=False)
+    sel = ctx.default_selection()
+    assert sel.run_id == "20250101-000000-aaaaaa"  # the newest running run
+    out = train_tab.refresh(ctx, sel, now=1020.0)
+    sel, header, loss, eps, hist, heat, noise, gens = out
+    assert "ε = 0.5" in header and "step 5 / 5" in header and "running" in header
+    assert loss.data and eps.data and hist.data and heat.data and noise.data and gens["data"][0][0] == 5
+    again = train_tab.refresh(ctx, sel, now=1020.0)
+    assert all(is_skip(x) for x in again[1:])  # nothing new: nothing sent
+    ctx.store.append(step(6, "20250101-000000-aaaaaa"))
+    sel2, header2, loss2, eps2, hist2, heat2, noise2, gens2 = train_tab.refresh(ctx, again[0] if not is_skip(again[0]) else sel, now=1021.0)
+    assert not is_skip(loss2) and len(loss2.data[0].x) == 6 and "step 6" in hist2.layout.title.text
+    assert is_skip(gens2)  # no new evaluation
+
+
+def test_follow_switches_to_a_run_started_elsewhere(ctx):
+    fake_run(ctx.store, "20250101-000000-aaaaaa", steps=3)
+    sel = train_tab.refresh(ctx, ctx.default_selection(), now=0)[0]
+    assert sel.run_id == "20250101-000000-aaaaaa"
+    fake_run(ctx.store, "20250101-000001-bbbbbb", steps=2, finished=False)  # e.g. `workbench train` in a terminal
+    assert train_tab.refresh(ctx, sel, now=0)[0].run_id == "20250101-000001-bbbbbb"
+    pinned = Selection(run_id="20250101-000000-aaaaaa", follow=False)
+    assert train_tab.refresh(ctx, pinned, now=0)[0].run_id == "20250101-000000-aaaaaa"
+
+
+def test_stop_of_another_process_run_says_so(ctx):
+    fake_run(ctx.store, "20250101-000000-aaaaaa", finished=False)
+    msg = train_tab.stop_run(ctx, Selection(run_id="20250101-000000-aaaaaa"))
+    assert "another process" in msg and "cannot stop" in msg
+
+
+def test_runs_table_delete_and_export_messages(ctx):
+    fake_run(ctx.store, "20250101-000000-aaaaaa", accuracy=0.75)
+    fake_run(ctx.store, "20250101-000001-bbbbbb", finished=False)
+    table = runs_tab.list_runs(ctx)
+    assert [r[0] for r in table["data"]] == ["20250101-000001-bbbbbb", "20250101-000000-aaaaaa"]
+    assert table["data"][1][2:6] == ["finished", "tiny", "1", "accuracy 0.750"]
+    assert "stop it before deleting" in runs_tab.delete_run(ctx, "20250101-000001-bbbbbb")
+    path, msg = runs_tab.export_zip(ctx, "20250101-000000-aaaaaa")  # synthetic run: no adapter on disk
+    assert path is None and "no saved adapter" in msg
+    assert "Deleted" in runs_tab.delete_run(ctx, "20250101-000000-aaaaaa")
+    assert [r.id for r in ctx.store.list()] == ["20250101-000001-bbbbbb"]
+
+
+def test_compare_overlays_runs_and_lists_differences(ctx):
+    from workbench.app import compare as compare_tab
+
+    fake_run(ctx.store, "20250101-000000-aaaaaa", accuracy=0.6, config={"learning_rate": 0.001})
+    fake_run(ctx.store, "20250101-000001-bbbbbb", accuracy=0.8, eps_per_step=0.3, config={"learning_rate": 0.01})
+    loss, eps, scatter, diff, msg = compare_tab.compare(ctx, ["20250101-000000-aaaaaa", "20250101-000001-bbbbbb"])
+    assert len(eps.data) == 2 and eps.data[1].y[-1] == pytest.approx(3.0)
+    assert [t.x[0] for t in scatter.data] == pytest.approx([1.0, 3.0])
+    assert diff["data"] == [["learning_rate", 0.001, 0.01]] and msg == ""
+    assert "two or more" in compare_tab.compare(ctx, ["20250101-000000-aaaaaa"])[-1]
+
+
+# -- app: real runs on the tiny model -------------------------------------------------------------
+
+
+def test_start_trains_stop_stops_and_export_zips(ctx, tmp_path):
+    sel, msg = train_tab.start_run(ctx, Selection(), values(max_steps=2))
+    assert msg.startswith("Started run") and sel.run_id in ctx.sessions
+    ctx.sessions[sel.run_id].wait(120)
+    rec = ctx.store.get(sel.run_id)
+    assert rec.status == "finished", rec.reason
+    path, msg = runs_tab.export_zip(ctx, sel.run_id)
+    names = zipfile.ZipFile(path).namelist()
+    assert any(n.endswith("summary.json") for n in names) and any("/adapter/" in n for n in names), names
+    # a long run, stopped: it ends 'stopped' within a step or two
+    sel2, _ = train_tab.start_run(ctx, sel, values(max_steps=500))
+    session = ctx.sessions[sel2.run_id]
+    deadline = time.time() + 60
+    while not ctx.store.events(sel2.run_id, kinds=("step",)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert "Stopping" in train_tab.stop_run(ctx, sel2)
+    session.wait(60)
+    assert ctx.store.get(sel2.run_id).status == "stopped"
+    assert len(ctx.store.events(sel2.run_id, kinds=("step",))) < 500
+
+
+def test_second_start_is_queued(ctx):
+    sel, _ = train_tab.start_run(ctx, Selection(), values(max_steps=200))
+    sel2, msg = train_tab.start_run(ctx, sel, values(max_steps=2))
+    try:
+        assert "queued" in msg
+        assert ctx.store.get(sel2.run_id).status == "queued"
+    finally:
+        for s in ctx.sessions.values():
+            s.stop()
+        for s in ctx.sessions.values():
+            s.wait(60)
+
+
+# -- app: over HTTP with gradio_client ------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_api_exposes_no_training_or_deletion(_workbench_home):
+    from gradio_client import Client
+
+    from workbench.app import build_app, serve
+
+    app = build_app(RunStore(_workbench_home), defaults={"model": "tiny", "max_steps": 4, "batch_size": 16})
+    try:
+        _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
+        client = Client(url, verbose=False)
+        endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+        assert endpoints == {"/plan", "/compare", "/list_runs"}, endpoints
+        import requests
+
+        for path in ("monitoring", "monitoring/summary"):  # monitoring is off
+            assert requests.get(url + path, timeout=10).status_code == 403
+        args = [v for k, v in PLAN_DEFAULTS.items() if k != "upload_path"]  # gr.State is not an API input
+        data_md, _, summary, error = client.predict(*args, api_name="/plan")
+        assert "N = " in data_md and "σ = " in summary and error == ""
+    finally:
+        app.close()

@@ -1,0 +1,99 @@
+"""The Gradio workbench: Plan, Train, Compare and Runs tabs over the run store.
+
+``build_app()`` returns the ``gr.Blocks``; ``launch()`` serves it (``workbench app``).  Nothing is
+built at import time, and importing this package does not import gradio.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["build_app", "launch", "serve"]
+
+
+def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_upload_mb: int = 50):
+    """Build the app over ``store`` (default: the RunStore under $WORKBENCH_HOME).
+
+    ``defaults``: RunConfig overrides that preset the controls, e.g. ``{"model": "tiny"}``.
+    The app's shared state is ``app.workbench`` (an ``AppContext``), for tests and tooling.
+    """
+    # Gradio summarises per-event analytics in a pandas DataFrame after every event, monitoring on
+    # or off; with browsers polling each second that is CPU taken from training. Its queue reads
+    # these when the Blocks is created.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**9))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
+    import gradio as gr
+
+    from workbench.app import compare as compare_tab
+    from workbench.app import plan as plan_tab
+    from workbench.app import runs as runs_tab
+    from workbench.app import train as train_tab
+    from workbench.app.state import AppContext, Selection
+    from workbench.config import RunConfig
+    from workbench.store.runs import RunStore
+
+    RunConfig().with_overrides(dict(defaults or {}))  # a bad default fails here, with its message
+    ctx = AppContext(store or RunStore(), defaults=dict(defaults or {}), max_upload_mb=max_upload_mb)
+    with gr.Blocks(title="DP Workbench", delete_cache=(3600, 3600)) as app:
+        selection = gr.State(Selection())
+        gr.Markdown("## DP Workbench · differentially private LoRA fine-tuning")
+        with gr.Tabs(selected="plan") as tabs:
+            with gr.Tab("Plan", id="plan"):
+                plan = plan_tab.build(ctx)
+            with gr.Tab("Train", id="train"):
+                train = train_tab.build(ctx, plan, selection)
+            with gr.Tab("Compare", id="compare") as compare_page:
+                compare_tab.build(ctx, compare_page)
+            with gr.Tab("Runs", id="runs") as runs_page:
+                runs_tab.build(ctx, runs_page, selection, tabs)
+
+        def on_load():
+            sel = ctx.default_selection()
+            active = ctx.newest_active() is not None
+            return sel, gr.Tabs(selected="train") if active else gr.skip()
+
+        app.load(on_load, None, [selection, tabs], api_visibility="private")
+        refresh_plan, plan_inputs, plan_outputs = plan.load
+        app.load(refresh_plan, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
+        del train
+    app.workbench = ctx
+    app.max_upload_mb = max_upload_mb
+    return app
+
+
+def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, auth: str | None = None,
+          block: bool = True, quiet: bool = False):
+    """Launch a built app with the workbench's safety settings; returns (fastapi app, local url, share url)."""
+    from workbench.app.common import CSS
+
+    ctx = app.workbench
+    credentials = tuple(auth.split(":", 1)) if auth else None
+    home = Path(ctx.store.home)
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        auth=credentials,
+        max_file_size=f"{app.max_upload_mb}mb",
+        enable_monitoring=False,
+        mcp_server=False,
+        ssr_mode=False,
+        show_error=False,
+        footer_links=["gradio", "settings"],
+        blocked_paths=[str(home / "uploads"), str(home / "runs"), str(home / "runs.sqlite")],
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        css=CSS,
+        theme="soft",
+    )
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
+           max_upload_mb: int = 50) -> None:
+    """Serve the workbench until interrupted (``workbench app``): default model, demo data preselected."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if share and not auth:
+        raise ValueError("share=True publishes the app on the internet; pass auth='USER:PASS' too.")
+    serve(build_app(max_upload_mb=max_upload_mb), host=host, port=port, share=share, auth=auth, block=True)

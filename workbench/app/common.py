@@ -1,0 +1,59 @@
+"""Helpers every tab uses: error messages instead of tracebacks, and the page's styling."""
+
+from __future__ import annotations
+
+import html
+import logging
+
+log = logging.getLogger("workbench.app")
+
+CSS = """
+.wb-error { color: #b00020; font-weight: 500; min-height: 0; }
+.wb-error p { margin: 2px 0; }
+.wb-ok { color: #1b5e20; }
+.wb-header { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: center; padding: 10px 14px;
+             border: 1px solid #e0e0e0; border-radius: 8px; background: #fafafa; }
+.wb-header .wb-title { font-size: 15px; flex: 1 1 320px; }
+.wb-header .wb-eps { font-size: 28px; font-weight: 700; color: #2ca02c; font-variant-numeric: tabular-nums; }
+.wb-header .wb-eps small { font-size: 13px; color: #666; font-weight: 400; }
+.wb-bar { flex: 1 1 100%; height: 10px; background: #e8e8e8; border-radius: 5px; overflow: hidden; }
+.wb-bar > div { height: 100%; background: #1f77b4; transition: width 0.5s; }
+.wb-progress { flex: 1 1 100%; font-size: 13px; color: #333; font-variant-numeric: tabular-nums; }
+.wb-badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; color: white; }
+.wb-reason { flex: 1 1 100%; font-size: 13px; color: #b00020; }
+"""
+
+BADGE_COLORS = {
+    "running": "#1f77b4", "queued": "#8c564b", "finished": "#2ca02c", "stopped": "#ff7f0e",
+    "failed": "#d62728", "interrupted": "#7f7f7f",
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The engine's user errors, plus the store's; the bare config error if the engine cannot load."""
+    from workbench.config import ConfigError
+    from workbench.store.export import ExportError
+    from workbench.store.runs import RunNotFound
+
+    try:
+        from workbench.session import user_errors as engine_user_errors
+
+        engine = engine_user_errors()
+    except ImportError:
+        engine = (ConfigError,)
+    return (*engine, ExportError, RunNotFound)
+
+
+def error_text(err: BaseException) -> str:
+    """A user error as one Markdown line; anything else is logged with its traceback and summarised."""
+    if isinstance(err, user_errors()):
+        message = str(err).strip() or type(err).__name__
+    else:
+        log.exception("unexpected error in an app callback")
+        message = f"internal error ({type(err).__name__}: {err}). The server log has the details."
+    return "⚠️ " + html.escape(message)
+
+
+def badge(status: str) -> str:
+    color = BADGE_COLORS.get(status, "#7f7f7f")
+    return f'<span class="wb-badge" style="background:{color}">{html.escape(status)}</span>'

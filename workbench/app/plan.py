@@ -1,0 +1,253 @@
+"""The Plan tab: choose the data, move the privacy knobs, see epsilon against steps at once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from workbench.app import forms
+from workbench.app.common import error_text
+from workbench.app.state import AppContext
+from workbench.config import RunConfig
+from workbench.present import accountant_label, empty_figure, fmt_eps, plan_figure
+
+DATA_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+ACCOUNTANT_CHOICES = [(accountant_label(a), a) for a in ("pld", "rdp", "prv", "edgeworth")]
+
+
+@dataclass
+class PlanControls:
+    """The Plan tab's components, in forms.PLAN_FIELDS order (the Train tab reads them too)."""
+
+    components: dict[str, Any]
+    data_info: Any
+    error: Any
+    load: tuple = ()  # (fn, inputs, outputs) to run on page load
+
+    @property
+    def inputs(self) -> list[Any]:
+        return [self.components[name] for name in forms.PLAN_FIELDS]
+
+
+# -- callbacks (plain functions; the tests call them directly) ------------------------------------
+
+
+PLAN_TITLE = "ε against steps"
+
+
+def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any, ...] | None]:
+    """(data info, plot, plan summary, error), progressively: RDP within a second, then PLD and PRV.
+
+    ``None`` marks a point where the caller may stop (the Gradio wrapper sends no-op updates
+    there, so a newer knob change can cancel the rest).
+    """
+    base = ctx_base(ctx)
+    try:
+        source = forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
+        info = forms.dataset_info(source, validation_fraction=base.validation_fraction, seed=base.seed)
+    except Exception as err:  # noqa: BLE001 - shown beside the dataset choice
+        yield error_text(err), empty_figure(PLAN_TITLE, "choose a usable dataset"), "", ""
+        return
+    data_md = info.describe(_int_or_none(values.get("batch_size")))
+    try:
+        config = forms.config_from_values(values, base=base)
+        for stage in forms.plan_stages(config, dataset_size=info.n_train):
+            if stage is None:
+                yield None
+                continue
+            figure = plan_figure(stage.curves, stage.target_epsilon, noise_multiplier=stage.noise_multiplier,
+                                 selected=stage.accountant)
+            yield data_md, figure, plan_summary(stage), ""
+    except Exception as err:  # noqa: BLE001 - shown under the knobs
+        yield data_md, empty_figure(PLAN_TITLE, "no plan: see the message under the settings"), "", error_text(err)
+
+
+def update_plan(ctx: AppContext, values: dict[str, Any]) -> tuple[Any, ...]:
+    """The complete plan update (the last of ``plan_updates``)."""
+    *_, last = (u for u in plan_updates(ctx, values) if u is not None)
+    return last
+
+
+def plan_summary(plan: forms.PlanResult) -> str:
+    """The plan in two sentences, with epsilon at the last step for each accountant."""
+    head = f"{plan.steps:,} steps at q = {plan.sample_rate:.4g}, δ = {plan.delta:.0e}"
+    if plan.noise_multiplier == 0:
+        return f"**Non-private run** (noise multiplier 0): ε = ∞. {head}."
+    chosen = accountant_label(plan.accountant)
+    if plan.provisional:
+        text = (f"RDP needs **σ = {plan.noise_multiplier:.4g}** for ε = {fmt_eps(plan.target_epsilon)} over {head}; "
+                f"calibrating with {chosen}…")
+    elif plan.target_epsilon is not None:
+        text = (f"To stay within **ε = {fmt_eps(plan.target_epsilon)}** over {head}, the noise multiplier must be "
+                f"**σ = {plan.noise_multiplier:.4g}** ({chosen}).")
+    else:
+        text = f"With **σ = {plan.noise_multiplier:.4g}** over {head}."
+    shown = [a for a in ("rdp", "prv", "pld", "edgeworth") if a in plan.curves]
+    finals = [f"{accountant_label(a)} {fmt_eps(plan.final_epsilon(a))}" for a in shown]
+    if finals and not plan.provisional:
+        text += "  \nε after the last step: " + " · ".join(finals) + "."
+    if plan.pending and not plan.provisional:
+        text += f"  \n_computing {', '.join(accountant_label(a) for a in plan.pending)}…_"
+    return text
+
+
+def store_upload(ctx: AppContext, temp_path: str | None) -> tuple[str | None, str]:
+    """Move an uploaded file into $WORKBENCH_HOME/uploads and delete Gradio's copy.
+
+    Returns (stored path or None, message).  The stored copy is never served by the app.
+    """
+    if not temp_path:
+        return None, ""
+    src = Path(temp_path)
+    try:
+        size = src.stat().st_size
+        if size > ctx.max_upload_mb * 1024 * 1024:
+            raise _UploadError(f"{src.name} is {size / 2**20:.1f} MB; the limit is {ctx.max_upload_mb} MB.")
+        if src.suffix.lower() not in DATA_FORMATS:
+            raise _UploadError(f"{src.name}: unsupported file type {src.suffix or '(none)'}. Use one of {', '.join(DATA_FORMATS)}.")
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+        safe = re.sub(r"[^\w.\-]", "_", src.name)[-80:]
+        ctx.uploads_dir.mkdir(parents=True, exist_ok=True)
+        target = ctx.uploads_dir / f"{digest}-{safe}"
+        shutil.copyfile(src, target)
+        return str(target), f"Stored **{src.name}** ({size / 1024:.0f} kB) in the app's uploads folder."
+    except _UploadError as err:
+        return None, "⚠️ " + str(err)
+    finally:
+        _remove_gradio_copy(src)
+
+
+class _UploadError(ValueError):
+    pass
+
+
+def _remove_gradio_copy(path: Path) -> None:
+    """Delete the temporary upload (only inside the system temp dir or GRADIO_TEMP_DIR)."""
+    roots = [Path(tempfile.gettempdir()).resolve()]
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        roots.append(Path(os.environ["GRADIO_TEMP_DIR"]).resolve())
+    try:
+        resolved = path.resolve()
+        if any(resolved.is_relative_to(r) for r in roots) and resolved.is_file():
+            resolved.unlink()
+            if not any(resolved.parent.iterdir()):
+                resolved.parent.rmdir()
+    except OSError:
+        pass
+
+
+def ctx_base(ctx: AppContext) -> RunConfig:
+    return RunConfig().with_overrides(ctx.defaults)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+# -- layout ---------------------------------------------------------------------------------------
+
+
+def build(ctx: AppContext) -> PlanControls:
+    """Lay out the Plan tab and wire its events; call inside ``gr.Tab``."""
+    import gradio as gr
+
+    base = ctx_base(ctx)
+    help_ = {k: h for k, _, h in RunConfig.help_table()}
+    c: dict[str, Any] = {}
+    data_mode = "demo" if base.data == "demo" else "path"
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            gr.Markdown("### Data")
+            c["data_mode"] = gr.Radio([("Demo dataset", "demo"), ("Upload a file", "upload"), ("Path on this machine", "path")],
+                                      value=data_mode, label="Dataset", elem_id="data-mode")
+            upload = gr.File(label=f"Data file ({', '.join(DATA_FORMATS)}; at most {ctx.max_upload_mb} MB)",
+                             file_types=list(DATA_FORMATS), type="filepath", visible=data_mode == "upload", elem_id="data-upload")
+            upload_msg = gr.Markdown("", elem_id="upload-msg")
+            c["upload_path"] = gr.State(None)
+            c["data_path"] = gr.Textbox(value=base.data if data_mode == "path" else "", label="Path",
+                                        placeholder="/data/train.jsonl", visible=data_mode == "path", elem_id="data-path")
+            data_info = gr.Markdown("", elem_id="data-info")
+            gr.Markdown("### Privacy knobs")
+            with gr.Row():
+                c["batch_size"] = gr.Number(base.batch_size, label="Expected batch size", precision=0, minimum=1,
+                                            info=help_["batch_size"], elem_id="batch-size")
+                c["max_grad_norm"] = gr.Number(base.max_grad_norm, label="Clipping norm C", info=help_["max_grad_norm"])
+            with gr.Row():
+                c["length_mode"] = gr.Radio([("Epochs", "epochs"), ("Steps", "steps")],
+                                            value="steps" if base.max_steps else "epochs", label="Length in")
+                c["epochs"] = gr.Number(base.epochs or 1.0, label="Epochs", minimum=0, interactive=not base.max_steps)
+                c["max_steps"] = gr.Number(base.max_steps or 100, label="Steps", precision=0, minimum=1,
+                                           interactive=bool(base.max_steps), elem_id="max-steps")
+            with gr.Row():
+                c["privacy_mode"] = gr.Radio([("Target ε", "target"), ("Noise multiplier σ", "sigma")],
+                                             value="sigma" if base.noise_multiplier is not None else "target", label="Set")
+                sigma_mode = base.noise_multiplier is not None
+                c["target_epsilon"] = gr.Number(base.target_epsilon or 8.0, label="Target ε", interactive=not sigma_mode,
+                                                elem_id="target-epsilon")
+                c["noise_multiplier"] = gr.Number(base.noise_multiplier if sigma_mode else 1.0, label="Noise multiplier σ",
+                                                  minimum=0, interactive=sigma_mode, info="0 = non-private baseline")
+            with gr.Row():
+                c["delta"] = gr.Textbox("" if base.delta is None else f"{base.delta:g}", label="δ",
+                                        placeholder="auto: below 1/N", info="Empty: the largest power of ten ≤ 1/(10 N).",
+                                        elem_id="delta")
+                c["accountant"] = gr.Dropdown(ACCOUNTANT_CHOICES, value=base.accountant, label="Accountant",
+                                              info=help_["accountant"])
+            error = gr.Markdown("", elem_classes="wb-error", elem_id="plan-error")
+        with gr.Column(scale=3):
+            plot = gr.Plot(label="Privacy plan", elem_id="plan-plot")
+            summary = gr.Markdown("", elem_id="plan-summary")
+    controls = PlanControls(c, data_info, error)
+    _wire(ctx, controls, upload, upload_msg, plot, summary)
+    return controls
+
+
+def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any, plot: Any, summary: Any) -> None:
+    import gradio as gr
+
+    c = controls.components
+    outputs = [controls.data_info, plot, summary, controls.error]
+
+    def refresh(*values):
+        for update in plan_updates(ctx, dict(zip(forms.PLAN_FIELDS, values))):
+            yield (gr.skip(),) * len(outputs) if update is None else update
+
+    knobs = [c[n] for n in forms.PLAN_FIELDS if n not in ("upload_path", "data_path", "data_mode", "delta")]
+    typed = [c["data_path"], c["delta"]]  # text: refresh when typing is done, not on every key
+    triggers = [k.change for k in knobs] + [t.submit for t in typed] + [t.blur for t in typed]
+    plan_event = gr.on(triggers, refresh, controls.inputs, outputs, api_name="plan", trigger_mode="always_last",
+                       show_progress="hidden")
+    gr.on(triggers, None, None, None, cancels=[plan_event])  # a newer knob value cancels the rest of the old plan
+
+    def mode_changed(mode):
+        return gr.update(visible=mode == "upload"), gr.update(visible=mode == "path")
+
+    c["data_mode"].change(mode_changed, c["data_mode"], [upload, c["data_path"]], api_visibility="private").then(
+        refresh, controls.inputs, outputs, api_visibility="private", show_progress="hidden")
+
+    def length_mode(mode):  # only the field that counts is editable
+        return gr.update(interactive=mode == "epochs"), gr.update(interactive=mode == "steps")
+
+    def privacy_mode(mode):
+        return gr.update(interactive=mode == "target"), gr.update(interactive=mode == "sigma")
+
+    c["length_mode"].change(length_mode, c["length_mode"], [c["epochs"], c["max_steps"]], api_visibility="private",
+                            show_progress="hidden")
+    c["privacy_mode"].change(privacy_mode, c["privacy_mode"], [c["target_epsilon"], c["noise_multiplier"]],
+                             api_visibility="private", show_progress="hidden")
+
+    def uploaded(path):
+        stored, message = store_upload(ctx, path)
+        return None, stored, message
+
+    upload.upload(uploaded, upload, [upload, c["upload_path"], upload_msg], api_visibility="private").then(
+        refresh, controls.inputs, outputs, api_visibility="private", show_progress="hidden")
+    controls.load = (refresh, controls.inputs, outputs)

@@ -1,0 +1,112 @@
+"""The Runs tab: every stored run; open one's dashboard, export it as a zip, delete it (confirmed).
+
+(No ``from __future__ import annotations`` here: Gradio reads the ``gr.SelectData`` hint at run time.)
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workbench.app.common import error_text
+from workbench.app.state import AppContext, Selection
+from workbench.present import runs_table
+
+
+def list_runs(ctx: AppContext) -> dict[str, Any]:
+    """The runs table as Gradio's Dataframe value (headers + data)."""
+    table = runs_table(ctx.runs(), views=ctx.views.cached())
+    return {"headers": table.headers, "data": table.rows}
+
+
+def export_zip(ctx: AppContext, run_id: str | None) -> tuple[str | None, str]:
+    """Export the run (adapter, privacy report, config, events) and zip it; (zip path, message)."""
+    from workbench.store.export import export_run
+
+    if not run_id:
+        return None, "Choose a run first."
+    try:
+        folder = export_run(ctx.store, run_id, tempfile.mkdtemp(prefix="workbench-export-"))
+        archive = shutil.make_archive(str(folder), "zip", root_dir=folder.parent, base_dir=folder.name)
+        shutil.rmtree(folder, ignore_errors=True)
+    except Exception as err:  # noqa: BLE001 - e.g. a run without an adapter
+        return None, error_text(err)
+    size = Path(archive).stat().st_size
+    return archive, f"Exported `{run_id}` ({size / 1024:.0f} kB): adapter, privacy report, config and events."
+
+
+def delete_run(ctx: AppContext, run_id: str | None) -> str:
+    """Delete a run that is not active; the message says what happened."""
+    if not run_id:
+        return "Choose a run first."
+    session = ctx.sessions.get(run_id)
+    if session is not None and not session.done:
+        return f"⚠️ Run `{run_id}` is still active; stop it before deleting it."
+    try:
+        record = ctx.store.get(run_id)
+        if record.status in ("running", "queued"):
+            return f"⚠️ Run `{run_id}` is {record.status}; stop it before deleting it."
+        ctx.store.delete(record.id)
+    except Exception as err:  # noqa: BLE001
+        return error_text(err)
+    ctx.views.forget(run_id)
+    ctx.sessions.pop(run_id, None)
+    return f"Deleted run `{run_id}`."
+
+
+def build(ctx: AppContext, tab: Any, selection: Any, tabs: Any) -> dict[str, Any]:
+    """Lay out the Runs tab; ``selection`` is the Train tab's state, ``tabs`` switches to it."""
+    import gradio as gr
+
+    table = gr.Dataframe(headers=["run", "name", "status", "model", "ε", "metric", "steps", "created"],
+                         interactive=False, label="Stored runs (click a row to choose it)", elem_id="runs-table",
+                         max_height=360)
+    with gr.Row():
+        picker = gr.Dropdown([], label="Run", elem_id="runs-picker", scale=3)
+        refresh = gr.Button("Refresh", size="sm", scale=1)
+    with gr.Row():
+        open_btn = gr.Button("Open dashboard", elem_id="open-run")
+        export_btn = gr.Button("Export adapter + privacy report", elem_id="export-run")
+        delete_btn = gr.Button("Delete…", variant="stop", elem_id="delete-run")
+    with gr.Row(visible=False) as confirm_row:
+        confirm_text = gr.Markdown("")
+        confirm_btn = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
+        cancel_btn = gr.Button("Cancel", elem_id="cancel-delete")
+    message = gr.Markdown("", elem_id="runs-message")
+    download = gr.File(label="Export (zip)", interactive=False, elem_id="export-file", height=90)
+
+    def reload(current):
+        data = list_runs(ctx)
+        ids = [row[0] for row in data["data"]]
+        return data, gr.update(choices=ids, value=current if current in ids else (ids[0] if ids else None))
+
+    tab.select(reload, picker, [table, picker], api_visibility="private", show_progress="hidden")
+    refresh.click(reload, picker, [table, picker], api_name="list_runs")
+
+    def row_chosen(evt: gr.SelectData):
+        row = evt.row_value or []
+        return row[0] if row else gr.skip()
+
+    table.select(row_chosen, None, picker, api_visibility="private")
+
+    def open_run(run_id, sel):
+        if not run_id:
+            return gr.skip(), gr.skip(), "Choose a run first."
+        return Selection(run_id=run_id, follow=False), gr.Tabs(selected="train"), ""
+
+    open_btn.click(open_run, [picker, selection], [selection, tabs, message], api_visibility="private")
+    export_btn.click(lambda rid: export_zip(ctx, rid), picker, [download, message], api_visibility="private")
+
+    def ask(run_id):
+        if not run_id:
+            return gr.update(visible=False), "", "Choose a run first."
+        return gr.update(visible=True), f"Delete run **{run_id}** and its files permanently?", ""
+
+    delete_btn.click(ask, picker, [confirm_row, confirm_text, message], api_visibility="private")
+    cancel_btn.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
+
+    def confirmed(run_id):
+        return (gr.update(visible=False), delete_run(ctx, run_id), *reload(None))
+
+    confirm_btn.click(confirmed, picker, [confirm_row, message, table, picker], api_visibility="private")
+    return {"picker": picker, "table": table, "reload": reload}

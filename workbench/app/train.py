@@ -1,0 +1,259 @@
+"""The Train tab: model and optimiser settings, Start / Stop, and the live DP dashboard.
+
+The dashboard polls the run store once a second (``gr.Timer``), never the trainer; a refresh
+reads only the events after the last one seen and sends only the panels that changed.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from workbench.app import forms
+from workbench.app.common import badge, error_text
+from workbench.app.plan import PlanControls, ctx_base
+from workbench.app.state import AppContext, Selection
+from workbench.config import RunConfig
+from workbench.present import (
+    RunView,
+    accountant_label,
+    epsilon_figure,
+    fmt_eps,
+    generations_table,
+    grad_norm_heatmap,
+    grad_norm_histogram,
+    loss_figure,
+    noise_allocation_figure,
+    progress,
+)
+from workbench.store.runs import RunNotFound
+
+POLL_SECONDS = 1.0
+PANELS = ("header", "loss", "epsilon", "histogram", "heatmap", "noise", "generations")
+
+
+# -- callbacks ------------------------------------------------------------------------------------
+
+
+def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> tuple[Selection, str]:
+    """Validate everything, then start a Session on its background thread; (selection, message)."""
+    from workbench.session import Session
+
+    try:
+        config = forms.config_from_values(values, base=ctx_base(ctx))
+        forms.check_start(config)
+    except Exception as err:  # noqa: BLE001 - bad input: a message beside Start, nothing started
+        return selection, error_text(err)
+    busy = [rid for rid, s in ctx.sessions.items() if not s.done]
+    session = Session(config, store=ctx.store)
+    run_id = session.start()
+    ctx.sessions[run_id] = session
+    message = f"Started run `{run_id}`."
+    if busy:
+        message = f"Run `{run_id}` is **queued**: it starts when run `{busy[-1]}` ends (one job per device)."
+    return selection.select(run_id, follow=True), message
+
+
+def stop_run(ctx: AppContext, selection: Selection) -> str:
+    """Ask the selected run to stop; it takes effect within one step."""
+    run_id = selection.run_id
+    if run_id is None:
+        return "No run selected."
+    session = ctx.sessions.get(run_id)
+    if session is None:
+        try:
+            status = ctx.store.get(run_id).status
+        except RunNotFound as err:
+            return error_text(err)
+        if status in ("running", "queued"):
+            return (f"⚠️ Run `{run_id}` was started by another process (e.g. `workbench train`); this app cannot stop "
+                    "it. Stop it there (Ctrl-C in its terminal).")
+        return f"Run `{run_id}` is not running ({status})."
+    if session.done:
+        return f"Run `{run_id}` has already ended ({session.status})."
+    session.stop()
+    return f"Stopping run `{run_id}` after the current step…"
+
+
+def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) -> tuple[Any, ...]:
+    """One poll: (selection, *panels) with ``gr.skip()`` for every panel that has not changed."""
+    import gradio as gr
+
+    now = time.time() if now is None else now
+    if selection.follow:
+        newest = ctx.newest_active()
+        if newest is not None and newest != selection.run_id and _ended_or_missing(ctx, selection.run_id):
+            selection = selection.select(newest)
+    if selection.run_id is None:
+        if selection.seq == 0:
+            return (gr.skip(),) * (1 + len(PANELS))
+        return (Selection(follow=selection.follow, seq=0), *_empty_panels("No run yet: set up the Plan and press Start."))
+    try:
+        record = ctx.store.get(selection.run_id)
+    except RunNotFound:
+        return (Selection(follow=True, seq=0), *_empty_panels(f"Run {selection.run_id} was deleted."))
+    view = ctx.views.get(record.id)
+    header = header_html(view, record.status, record.reason, now=now)
+    new_header = hash(header) != selection.header_hash
+    new_steps = len(view.steps) != selection.n_steps
+    new_evals = len(view.evals) != selection.n_evals
+    panels = dashboard(view) if (new_steps or new_evals) else {}
+    out = [replace(selection.sent(view), header_hash=hash(header)), header if new_header else gr.skip()]
+    out.append(panels["loss"] if panels else gr.skip())
+    out.append(panels["epsilon"] if new_steps else gr.skip())
+    for name in ("histogram", "heatmap", "noise"):
+        out.append(panels[name] if new_steps else gr.skip())
+    out.append(panels["generations"] if new_evals else gr.skip())
+    return tuple(out)
+
+
+def _ended_or_missing(ctx: AppContext, run_id: str | None) -> bool:
+    if run_id is None:
+        return True
+    try:
+        return ctx.store.get(run_id).status not in ("running", "queued")
+    except RunNotFound:
+        return True
+
+
+_FIGURES: dict[str, tuple[int, dict[str, Any]]] = {}
+_FIGURES_LOCK = threading.Lock()
+
+
+def dashboard(view: RunView) -> dict[str, Any]:
+    """Every panel of one run, memoised per (run, last event) so several browsers share the work."""
+    with _FIGURES_LOCK:
+        hit = _FIGURES.get(view.run_id)
+        if hit is not None and hit[0] == view.last_seq:
+            return hit[1]
+    started = view.started
+    gens = generations_table(view.evals)
+    panels = {
+        "loss": loss_figure(view.steps, view.evals),
+        "epsilon": epsilon_figure(view.steps, started.planned_epsilon if started else (), view.target_epsilon,
+                                  accountant=started.accountant if started else None,
+                                  delta=started.delta if started else None),
+        "histogram": grad_norm_histogram(view.latest_step, view.clip_norm),
+        "heatmap": grad_norm_heatmap(view.steps),
+        "noise": noise_allocation_figure(view.latest_step),
+        "generations": {"headers": gens.headers, "data": gens.rows},
+    }
+    with _FIGURES_LOCK:
+        _FIGURES[view.run_id] = (view.last_seq, panels)
+        while len(_FIGURES) > 8:
+            _FIGURES.pop(next(iter(_FIGURES)))
+    return panels
+
+
+def header_html(view: RunView, status: str, reason: str | None, *, now: float) -> str:
+    """Run, status, a progress bar with ETA, and epsilon spent as a big number."""
+    p = progress(view.started, view.latest_step, now)
+    name = f" ({html.escape(view.name)})" if view.name else ""
+    model = html.escape(str(view.config.get("model", ""))) if view.config else ""
+    title = f'<div class="wb-title">Run <b>{html.escape(view.run_id)}</b>{name} {badge(status)}'
+    if view.started is not None:
+        s = view.started
+        title += (f"<br><small>{model} on {html.escape(s.device)} · N = {s.dataset_size:,} · q = {s.sample_rate:.3g} · "
+                  f"σ = {s.noise_multiplier:.3g} · δ = {s.delta:.0e} · {accountant_label(s.accountant)}</small>")
+    title += "</div>"
+    eps = p["epsilon"]
+    target = f"<small> of {fmt_eps(p['target_epsilon'])}</small>" if p["target_epsilon"] is not None else ""
+    eps_html = f'<div class="wb-eps" id="wb-epsilon">ε = {fmt_eps(eps)}{target}</div>'
+    if status == "queued":
+        text = "queued: waits for the run on this device to finish"
+    elif status == "running" and view.started is None:
+        text = "preparing: loading the model and the data…"
+    elif status == "running" or view.started is not None:
+        text = p["text"] if status == "running" else f"step {p['step']} / {p['planned_steps']} ({p['fraction']:.0%})"
+    else:
+        text = ""
+    bar = f'<div class="wb-bar"><div style="width:{100 * p["fraction"]:.1f}%"></div></div>'
+    out = f'<div class="wb-header">{title}{eps_html}{bar}<div class="wb-progress" id="wb-progress">{text}</div>'
+    if status in ("failed", "interrupted") and reason:
+        out += f'<div class="wb-reason">{html.escape(reason)}</div>'
+    return out + "</div>"
+
+
+def _empty_panels(message: str) -> tuple[Any, ...]:
+    from workbench.present import empty_figure
+
+    header = f'<div class="wb-header"><div class="wb-title">{html.escape(message)}</div></div>'
+    return (header, empty_figure("Loss", message), empty_figure("Privacy spent ε", message),
+            empty_figure("Per-example gradient norms", message), empty_figure("Gradient-norm distribution over steps", message),
+            empty_figure("Noise allocation per LoRA module", message, height=380), {"headers": ["step", "prompt", "output"], "data": []})
+
+
+# -- layout ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainControls:
+    components: dict[str, Any]
+    timer: Any
+    outputs: list[Any]
+
+
+def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
+    """Lay out the Train tab and wire Start, Stop and the polling timer; call inside ``gr.Tab``."""
+    import gradio as gr
+
+    base = ctx_base(ctx)
+    help_ = {k: h for k, _, h in RunConfig.help_table()}
+    c: dict[str, Any] = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=280):
+            c["model"] = gr.Dropdown(["default", "tiny"], value=base.model, allow_custom_value=True, label="Model",
+                                     info=help_["model"], elem_id="model")
+            c["name"] = gr.Textbox(base.name or "", label="Run name (optional)", elem_id="run-name")
+            with gr.Accordion("LoRA and optimiser", open=False):
+                with gr.Row():
+                    c["lora_r"] = gr.Number(base.lora_r, label="LoRA r", precision=0, minimum=1)
+                    c["lora_alpha"] = gr.Number(base.lora_alpha, label="LoRA alpha")
+                    c["lora_dropout"] = gr.Number(base.lora_dropout, label="LoRA dropout", minimum=0)
+                c["lora_target_modules"] = gr.Textbox(base.lora_target_modules, label="LoRA target modules",
+                                                      info=help_["lora_target_modules"])
+                with gr.Row():
+                    c["optimizer"] = gr.Dropdown(["adamw", "sgd"], value=base.optimizer, label="Optimizer")
+                    c["learning_rate"] = gr.Number(base.learning_rate, label="Learning rate")
+                with gr.Row():
+                    c["physical_batch_size"] = gr.Number(base.physical_batch_size, label="Physical batch", precision=0,
+                                                         minimum=1, info=help_["physical_batch_size"])
+                    c["eval_every"] = gr.Number(base.eval_every, label="Evaluate every (0 = auto)", precision=0, minimum=0)
+                    c["seed"] = gr.Number(base.seed, label="Seed", precision=0)
+            gr.Markdown("Data and privacy settings come from the **Plan** tab.")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="start")
+                stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            message = gr.Markdown("", elem_classes="wb-error", elem_id="train-message")
+        with gr.Column(scale=4):
+            header = gr.HTML(elem_id="run-header")
+            with gr.Row():
+                loss = gr.Plot(label="Loss", elem_id="loss-plot", show_label=False)
+                eps = gr.Plot(label="Epsilon", elem_id="epsilon-plot", show_label=False)
+            with gr.Row():
+                hist = gr.Plot(label="Gradient norms", elem_id="hist-plot", show_label=False)
+                heat = gr.Plot(label="Gradient-norm heatmap", elem_id="heatmap-plot", show_label=False)
+            noise = gr.Plot(label="Noise allocation", elem_id="noise-plot", show_label=False)
+            gens = gr.Dataframe(headers=["step", "prompt", "output"], label="Sample generations at each evaluation",
+                                wrap=True, interactive=False, elem_id="generations", max_height=320)
+    timer = gr.Timer(POLL_SECONDS)
+    outputs = [selection, header, loss, eps, hist, heat, noise, gens]
+
+    def tick(sel):
+        return refresh(ctx, sel)
+
+    timer.tick(tick, selection, outputs, api_visibility="private", show_progress="hidden", concurrency_limit=8,
+               trigger_mode="always_last")
+    inputs = plan.inputs + [c[n] for n in forms.TRAIN_FIELDS]
+
+    def on_start(sel, *values):
+        names = forms.PLAN_FIELDS + forms.TRAIN_FIELDS
+        return start_run(ctx, sel, dict(zip(names, values)))
+
+    start.click(on_start, [selection] + inputs, [selection, message], api_visibility="private",
+                concurrency_limit=1).then(tick, selection, outputs, api_visibility="private", show_progress="hidden")
+    stop.click(lambda sel: stop_run(ctx, sel), selection, message, api_visibility="private")
+    return TrainControls(c, timer, outputs)
