@@ -163,6 +163,20 @@ def _accountant_option():
     return typer.Option("pld", "--accountant", help="pld (default), rdp, prv, or edgeworth (an approximation).")
 
 
+def _unit_option():
+    return typer.Option("example", "--privacy-unit", help="example, or user (ELS: k examples per user, mixture-of-Gaussians PLD).")
+
+
+def _k_option():
+    return typer.Option(1, "--max-examples-per-user", help="k: most examples one user contributes (user level).")
+
+
+def _user_level(unit: str) -> bool:
+    if unit not in ("example", "user"):
+        _fail(f"--privacy-unit must be 'example' or 'user'. Found {unit!r}.")
+    return unit == "user"
+
+
 @app.command()
 def epsilon(
     noise_multiplier: float = typer.Option(..., "--noise-multiplier", help="sigma: noise std / clipping norm."),
@@ -170,19 +184,30 @@ def epsilon(
     steps: int = typer.Option(..., "--steps", help="T: number of steps."),
     delta: float = typer.Option(..., "--delta", help="delta of (epsilon, delta)-DP."),
     accountant: str = _accountant_option(),
+    privacy_unit: str = _unit_option(),
+    k: int = _k_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Epsilon spent by the Poisson-subsampled Gaussian mechanism after T steps."""
+    """Epsilon spent by the Poisson-subsampled Gaussian mechanism after T steps (user-level: ELS)."""
     from workbench import privacy
 
     try:
-        eps = privacy.epsilon(
-            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
-        )
+        if _user_level(privacy_unit):
+            accountant = "pld"
+            eps = privacy.user_epsilon_els(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+                                           delta=delta, max_examples_per_user=k)
+        else:
+            eps = privacy.epsilon(
+                noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+            )
     except privacy.PrivacyError as err:
         _fail(str(err))
     out = dict(epsilon=eps, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
-               accountant=accountant, approximation=privacy.is_approximation(accountant))
+               accountant=accountant, approximation=privacy.is_approximation(accountant), privacy_unit=privacy_unit)
+    if _user_level(privacy_unit):
+        ex = privacy.epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+        g_eps, g_delta = privacy.group_privacy_bound(epsilon=ex, delta=delta, group_size=k)
+        out.update(max_examples_per_user=k, example_level_epsilon=ex, group_privacy_epsilon=g_eps, group_privacy_delta=g_delta)
     if as_json:
         _print_json(out)
     else:
@@ -197,16 +222,26 @@ def calibrate(
     steps: int = typer.Option(..., "--steps", help="T: number of steps."),
     delta: float = typer.Option(..., "--delta"),
     accountant: str = _accountant_option(),
+    privacy_unit: str = _unit_option(),
+    k: int = _k_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The smallest noise multiplier whose epsilon does not exceed the target."""
+    """The smallest noise multiplier whose epsilon does not exceed the target (user-level: ELS)."""
     from workbench import privacy
 
     try:
-        sigma = privacy.calibrate(
-            target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
-        )
-        eps = privacy.epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
+        if _user_level(privacy_unit):
+            from workbench.engine.plan import calibrate_els
+
+            accountant = "pld"
+            sigma = calibrate_els(target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, k=k)
+            eps = privacy.user_epsilon_els(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
+                                           max_examples_per_user=k)
+        else:
+            sigma = privacy.calibrate(
+                target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+            )
+            eps = privacy.epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
     except privacy.PrivacyError as err:
         _fail(str(err))
     out = dict(noise_multiplier=sigma, epsilon=eps, target_epsilon=target_epsilon, sample_rate=sample_rate,

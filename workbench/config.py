@@ -69,7 +69,38 @@ class RunConfig(BaseModel):
     accountant: Literal["pld", "rdp", "prv", "edgeworth"] = Field(
         "pld", description="Privacy accountant: pld (tightest, default), rdp, prv, or edgeworth (approximation)."
     )
-    privacy_unit: Literal["example"] = Field("example", description="The unit protected by the guarantee.")
+    privacy_unit: Literal["example", "user"] = Field(
+        "example", description="The unit the guarantee protects: one example, or one user (needs user_id)."
+    )
+    user_sampling: Literal["els", "uls"] = Field(
+        "els",
+        description="User-level DP: 'els' samples examples (user epsilon by the mixture-of-Gaussians PLD); "
+        "'uls' samples users, each contributing the clipped mean of its examples.",
+    )
+    max_examples_per_user: int = Field(8, ge=1, description="k: each user's examples are capped at k (user-level DP).")
+    user_example_selection: Literal["random", "longest"] = Field(
+        "random", description="Which k examples a user keeps: a seeded random choice, or the longest."
+    )
+    clipping: Literal["auto", "flat", "per_layer"] = Field(
+        "auto",
+        description="'flat': one norm C over all LoRA modules; 'per_layer': module l clipped to C_l "
+        "(||(C_l)|| = C). 'auto': flat for uniform allocation, per_layer otherwise.",
+    )
+    allocation: Literal["uniform", "manual", "adaptive"] = Field(
+        "uniform",
+        description="Per-layer noise allocation keeping sum sigma_l^-2 = sigma^-2: uniform, manual (weights), "
+        "or adaptive (importance from released noisy gradients: post-processing, no extra privacy cost).",
+    )
+    allocation_weights: dict[str, float] = Field(
+        default_factory=dict, description="manual allocation: {module pattern: weight}; more weight, less noise."
+    )
+    clip_allocation: Literal["fixed", "importance"] = Field(
+        "fixed", description="Per-layer clip norms: equal shares C/sqrt(L), or shares by importance."
+    )
+    allocation_smoothing: float = Field(0.9, ge=0, lt=1, description="adaptive: moving-average factor of the score.")
+    allocation_bound: float = Field(
+        3.0, ge=1, description="Each sigma_l stays within [sigma sqrt(L)/b, sigma sqrt(L) b] (floor and ceiling)."
+    )
 
     # optimisation
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer applied to the privatised gradient.")
@@ -104,9 +135,20 @@ class RunConfig(BaseModel):
             raise ValueError("noise needs a clipping norm: set max_grad_norm (e.g. 1.0)")
         if self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("set target_epsilon or noise_multiplier (noise_multiplier=0 is the non-private baseline)")
+        if self.allocation != "uniform" and self.clipping == "flat":
+            raise ValueError(
+                "non-uniform noise with one flat clipping norm is only as private as its least noisy module; "
+                "use clipping=per_layer (or auto)"
+            )
         if self.physical_batch_size > 4096:
             raise ValueError("physical_batch_size above 4096 is not supported")
         return self
+
+    @property
+    def resolved_clipping(self) -> str:
+        if self.clipping != "auto":
+            return self.clipping
+        return "flat" if self.allocation == "uniform" else "per_layer"
 
     # -- derived ---------------------------------------------------------------------------------
     @property

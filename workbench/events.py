@@ -84,12 +84,14 @@ class RunStarted(Event):
     delta: float
     planned_steps: int
     accountant: str
-    planned_epsilon: list[tuple[int, float]]  # (step, epsilon) at most 200 points
+    planned_epsilon: list[tuple[int, float]]  # (step, epsilon) at most 200 points (user-level under privacy_unit=user)
     target_epsilon: float | None
     modules: list[str]  # names of the LoRA modules (parameter groups) that train
     trainable_parameters: int
     device: str
     model_name: str
+    privacy_unit: str = "example"
+    num_users: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,9 @@ class StepMetrics(Event):
     step_time: float  # seconds
     tokens_per_second: float
     tokens: int
+    module_clip_norm: dict[str, float] = field(default_factory=dict)  # C_l of each module (per-layer clipping)
+    module_noise_multiplier: dict[str, float] = field(default_factory=dict)  # sigma_l of each module
+    effective_noise_multiplier: float | None = None  # (sum sigma_l^-2)^-1/2, what the accountant sees
 
 
 @dataclass(frozen=True)

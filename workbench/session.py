@@ -169,7 +169,16 @@ class Session:
             max_grad_norm=plan.max_grad_norm,
             dataset_size=plan.dataset_size,
             privacy_unit=cfg.privacy_unit,
-            sampling="poisson",
+            sampling="poisson" + ({"els": " (examples, k per user)", "uls": " (users)"}.get(plan.user_sampling or "", "")),
+            clipping=trainer.dp.clipping,
+            effective_noise_multiplier=trainer._effective_sigma(trainer.dp.allocation),
+            noise_allocation={
+                g: {"clip_norm": trainer.dp.allocation.clip[g], "noise_multiplier": trainer.dp.allocation.sigma[g]}
+                for g in trainer.dp.groups
+            },
+            num_users=plan.num_users,
+            max_examples_per_user=plan.max_examples_per_user,
+            **plan.user_level_report(trainer.step),
             model=cfg.model,
             data=cfg.data,
             wall_time=time.time() - started,

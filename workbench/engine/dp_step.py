@@ -1,41 +1,48 @@
 """The privatised gradient of one logical DP-SGD step, in small readable stages.
 
-    start()                      zero the clipped-sum buffers
-    add_microbatch(grads)        per-example norms -> clip to C -> add to the sum   (per micro-batch)
-    finish(expected_batch_size)  add N(0, sigma^2 C^2) once, divide by q*N, write p.grad
+    start()                           zero the clipped-sum buffers
+    add_microbatch(grads, owners)     per-unit norms -> clip -> add to the sum   (per micro-batch)
+    finish(expected_batch_size)       add the Gaussian noise once, divide by q*N, write p.grad
 
-Sampling is done by the caller (Poisson, see ``sampling.py``).  Division is by the *expected*
-batch size q*N, not the realised one, as the accountant assumes (REFERENCES.md section 1).
-An example whose gradient is not finite (NaN/inf) contributes zero: its contribution then has
-norm 0 <= C, so the sensitivity bound still holds, and the count is reported.
+The unit of privacy is one example, or (user-level sampling, ULS) one user: then the examples of
+a user are averaged first (``owners`` says whose each example is) and that mean is clipped.
+Clipping is flat (all blocks jointly to C, noise sigma*C everywhere) or per layer (block l to C_l,
+noise sigma_l*C_l, see ``allocation.py``).  Sampling is done by the caller (Poisson, see
+``sampling.py``); division is by the *expected* batch size q*N, as the accountant assumes.
+A unit whose gradient is not finite (NaN/inf) contributes zero: its contribution then has norm
+0 <= C, so the sensitivity bound still holds, and the count is reported.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
+from workbench.engine.allocation import Allocation, group_modules
 from workbench.engine.grad_sample import ModuleGrads
 
 ParamTable = dict[str, list[tuple[str, nn.Parameter]]]  # module name -> [(param name, parameter)]
+UnitGrads = dict[str, list[torch.Tensor]]  # module name -> per-unit grads, one (U, *shape) per param
 
 
 @dataclass
 class StepStats:
     """What the step released and measured (for events; all Python numbers)."""
 
-    batch_size: int
-    norms: torch.Tensor  # (batch_size,) per-example gradient norms before clipping, cpu fp32
+    batch_size: int  # units (examples, or users under ULS)
+    norms: torch.Tensor  # (units,) per-unit gradient norms before clipping, cpu fp32
     clipped_fraction: float
     nonfinite: int
-    module_grad_norm: dict[str, float]  # norm of each module's clipped sum (before noise)
-    module_noise_std: dict[str, float]  # std of the noise added to each coordinate of that sum
+    module_grad_norm: dict[str, float]  # block -> norm of its clipped sum (before noise)
+    module_noise_std: dict[str, float]  # block -> std of the noise added to each coordinate
+    released_sq_norm: dict[str, float]  # block -> squared norm of the noised sum (what was released)
 
 
 class DPGradient:
-    """Clip per-example gradients, sum, noise once, and average over the expected batch size."""
+    """Clip per-unit gradients, sum, noise once, and average over the expected batch size."""
 
     def __init__(
         self,
@@ -44,69 +51,131 @@ class DPGradient:
         max_grad_norm: float | None,
         noise_multiplier: float,
         generator: torch.Generator,
+        clipping: str = "flat",
     ) -> None:
         if noise_multiplier > 0 and max_grad_norm is None:
             raise ValueError("noise needs a clipping norm")
+        if clipping not in ("flat", "per_layer"):
+            raise ValueError(f"clipping must be 'flat' or 'per_layer'. Found {clipping!r}.")
         self.params = params
+        self.groups = group_modules(list(params))  # block -> its modules
         self.max_grad_norm = max_grad_norm
         self.noise_multiplier = noise_multiplier
         self.generator = generator
+        self.clipping = clipping
+        self.allocation = self._flat_allocation()
         self._sums: dict[str, list[torch.Tensor]] = {}
         self._norms: list[torch.Tensor] = []
+        self._clipped = 0
         self._nonfinite = 0
+        self._pending: dict[object, tuple[UnitGrads, int]] = {}
+
+    def _flat_allocation(self) -> Allocation:
+        c = self.max_grad_norm or 0.0
+        return Allocation(clip={g: c for g in self.groups}, sigma={g: self.noise_multiplier for g in self.groups})
+
+    def set_allocation(self, allocation: Allocation) -> None:
+        """Per-layer C_l and sigma_l for the next step (per-layer clipping only)."""
+        if self.clipping != "per_layer":
+            raise ValueError("a per-layer allocation needs clipping='per_layer'")
+        self.allocation = allocation
+
+    def dims(self) -> dict[str, int]:
+        return {g: sum(p.numel() for m in ms for _, p in self.params[m]) for g, ms in self.groups.items()}
 
     def start(self) -> None:
         self._sums = {m: [torch.zeros_like(p, dtype=torch.float32) for _, p in ps] for m, ps in self.params.items()}
-        self._norms = []
-        self._nonfinite = 0
+        self._norms, self._clipped, self._nonfinite, self._pending = [], 0, 0, {}
 
     @torch.no_grad()
-    def add_microbatch(self, grads: dict[str, ModuleGrads]) -> None:
-        """Clip every example of the micro-batch to C (over all modules jointly) and add to the sums."""
+    def add_microbatch(self, grads: dict[str, ModuleGrads], owners: np.ndarray | None = None) -> None:
+        """Add one micro-batch: clip each example now, or (``owners`` given) hold per-user sums."""
         missing = [m for m in self.params if m not in grads]
         if missing:
             # A module that got no gradient would silently stay unprivatised and untrained:
             # fail loudly instead (this is how Opacus issue #820 went unnoticed).
             raise RuntimeError(f"no per-example gradient recorded for {missing[:3]}; the hooks are not attached")
-        sq = torch.stack([grads[m].sq_norms() for m in self.params]).sum(0)  # (B,)
-        norms = sq.sqrt()
-        finite = torch.isfinite(norms)
-        if self.max_grad_norm is None:
-            factor = torch.ones_like(norms)
+        unit = {m: [getattr(grads[m], pname) for pname, _ in ps] for m, ps in self.params.items()}
+        if owners is None:
+            self._clip_and_add(unit)
         else:
-            factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)  # (B,)
-        factor = torch.where(finite, factor, torch.zeros_like(factor))
+            self._hold_by_owner(unit, owners)
+
+    def _hold_by_owner(self, unit: UnitGrads, owners: np.ndarray) -> None:
+        for owner in dict.fromkeys(owners.tolist()):  # first-seen order
+            rows = torch.as_tensor(np.flatnonzero(owners == owner))
+            part = {m: [g.index_select(0, rows.to(g.device)).sum(0) for g in gs] for m, gs in unit.items()}
+            if owner in self._pending:
+                held, n = self._pending[owner]
+                part = {m: [a + b for a, b in zip(held[m], part[m])] for m in part}
+                self._pending[owner] = (part, n + len(rows))
+            else:
+                self._pending[owner] = (part, len(rows))
+
+    def _flush_owners(self) -> None:
+        """ULS: each user's gradient is the mean over its examples in the batch, clipped as one unit."""
+        if not self._pending:
+            return
+        held = list(self._pending.values())
+        unit = {m: [torch.stack([h[m][j] / n for h, n in held]) for j in range(len(self.params[m]))] for m in self.params}
+        self._pending = {}
+        self._clip_and_add(unit)
+
+    def _clip_and_add(self, unit: UnitGrads) -> None:
+        sq = {g: sum(x.flatten(1).pow(2).sum(1) for m in ms for x in unit[m]) for g, ms in self.groups.items()}
+        total = torch.stack(list(sq.values())).sum(0).sqrt()  # (U,)
+        finite = torch.isfinite(total)
+        factors = self._factors(sq, total)  # block -> (U,)
+        for g, ms in self.groups.items():
+            f = torch.where(finite, factors[g], torch.zeros_like(factors[g]))
+            for m in ms:
+                for buf, x in zip(self._sums[m], unit[m]):
+                    x = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x))
+                    buf.add_(torch.einsum("u,u...->...", f, x))
         self._nonfinite += int((~finite).sum())
-        for m, ps in self.params.items():
-            for buf, (pname, _) in zip(self._sums[m], ps):
-                g = getattr(grads[m], pname)  # (B, *shape)
-                g = torch.where(finite.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
-                buf.add_(torch.einsum("b,b...->...", factor, g))
-        self._norms.append(norms.detach().float().cpu())
+        self._clipped += int(self._was_clipped(sq, total).sum())
+        self._norms.append(total.detach().float().cpu())
+
+    def _factors(self, sq: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.max_grad_norm is None:
+            return {g: torch.ones_like(total) for g in sq}
+        if self.clipping == "flat":
+            f = (self.max_grad_norm / (total + 1e-6)).clamp(max=1.0)
+            return {g: f for g in sq}
+        return {g: (self.allocation.clip[g] / (s.sqrt() + 1e-6)).clamp(max=1.0) for g, s in sq.items()}
+
+    def _was_clipped(self, sq: dict[str, torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+        if self.max_grad_norm is None:
+            return torch.zeros_like(total, dtype=torch.bool)
+        bad = ~torch.isfinite(total)
+        if self.clipping == "flat":
+            return bad | (total > self.max_grad_norm)
+        over = torch.stack([s.sqrt() > self.allocation.clip[g] for g, s in sq.items()]).any(0)
+        return bad | over
 
     @torch.no_grad()
     def finish(self, *, expected_batch_size: float) -> StepStats:
         """Add the Gaussian noise once, scale by 1/(q N) and write ``p.grad``."""
-        std = self.noise_multiplier * (self.max_grad_norm or 0.0)
-        module_norm, module_std = {}, {}
-        for m, ps in self.params.items():
-            sq = 0.0
-            for buf, (_, p) in zip(self._sums[m], ps):
-                sq += float(buf.pow(2).sum())
-                if std > 0:
-                    buf.add_(torch.normal(0.0, std, size=buf.shape, generator=self.generator, device=buf.device))
-                p.grad = (buf / expected_batch_size).to(p.dtype)
-            module_norm[m] = sq**0.5
-            module_std[m] = std
+        self._flush_owners()
+        stds = self.allocation.noise_std() if self.max_grad_norm is not None else {g: 0.0 for g in self.groups}
+        grad_norm, released = {}, {}
+        for g, ms in self.groups.items():
+            clean = noisy = 0.0
+            for m in ms:
+                for buf, (_, p) in zip(self._sums[m], self.params[m]):
+                    clean += float(buf.pow(2).sum())
+                    if stds[g] > 0:
+                        buf.add_(torch.normal(0.0, stds[g], size=buf.shape, generator=self.generator, device=buf.device))
+                    noisy += float(buf.pow(2).sum())
+                    p.grad = (buf / expected_batch_size).to(p.dtype)
+            grad_norm[g], released[g] = clean**0.5, noisy
         norms = torch.cat(self._norms) if self._norms else torch.zeros(0)
-        clipped = 0.0
-        if self.max_grad_norm is not None and len(norms):
-            clipped = float((~torch.isfinite(norms) | (norms > self.max_grad_norm)).float().mean())
         return StepStats(
             batch_size=len(norms),
             norms=norms,
-            clipped_fraction=clipped,
+            clipped_fraction=self._clipped / len(norms) if len(norms) else 0.0,
             nonfinite=self._nonfinite,
-            module_grad_norm=module_norm,
-            module_noise_std=module_std,
+            module_grad_norm=grad_norm,
+            module_noise_std=stds,
+            released_sq_norm=released,
         )

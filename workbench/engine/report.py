@@ -13,20 +13,25 @@ if TYPE_CHECKING:
     from workbench.engine.trainer import Prepared
 
 
-def privacy_report(prepared: "Prepared", *, steps_done: int, epsilon: float) -> dict[str, Any]:
+def privacy_report(prepared: "Prepared", *, steps_done: int, epsilon: float, extra: dict | None = None) -> dict[str, Any]:
     plan, cfg = prepared.plan, prepared.config
-    return {
+    return {**(extra or {}), **plan.user_level_report(steps_done),
         "epsilon": epsilon if math.isfinite(epsilon) else "inf",
         "delta": plan.delta,
         "accountant": plan.accountant,
         "accountant_is_approximation": is_approximation(plan.accountant),
         "mechanism": "DP-SGD: Poisson-subsampled Gaussian mechanism" if plan.private else "none (non-private)",
-        "sampling": "poisson",
+        "sampling": "poisson" + (" over users" if plan.user_sampling == "uls" else " over examples"),
         "sample_rate": plan.sample_rate,
         "expected_batch_size": cfg.batch_size,
         "privacy_unit": cfg.privacy_unit,
+        "user_sampling": plan.user_sampling,
+        "max_examples_per_user": plan.max_examples_per_user,
+        "num_users": plan.num_users,
         "max_grad_norm": plan.max_grad_norm,
-        "clipping": "per-example, flat (all LoRA modules jointly)",
+        "clipping": f"per-{'user (mean of its examples)' if plan.user_sampling == 'uls' else 'example'}, "
+        f"{cfg.resolved_clipping if cfg.max_grad_norm is not None else 'none'}",
+        "allocation": cfg.allocation,
         "noise_multiplier": plan.noise_multiplier,
         "steps": steps_done,
         "planned_steps": plan.steps,
@@ -54,7 +59,9 @@ def model_card_section(report: dict[str, Any]) -> str:
         f"| delta | {report['delta']:.3g} |",
         f"| accountant | {report['accountant']} |",
         f"| sampling | {report['sampling']}, rate q = {report['sample_rate']:.5g} |",
-        f"| unit of privacy | one {report['privacy_unit']} |",
+        f"| unit of privacy | one {report['privacy_unit']}"
+        + (f" (at most {report['max_examples_per_user']} examples each, {report['user_sampling'].upper()})" if report.get("user_sampling") else "")
+        + " |",
         f"| clipping norm C | {report['max_grad_norm']} |",
         f"| noise multiplier sigma | {report['noise_multiplier']:.5g} |",
         f"| steps | {report['steps']} of {report['planned_steps']} planned |",
@@ -64,11 +71,11 @@ def model_card_section(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_adapter(prepared: "Prepared", *, out_dir: Path, steps_done: int, epsilon: float) -> dict[str, Any]:
+def save_adapter(prepared: "Prepared", *, out_dir: Path, steps_done: int, epsilon: float, extra: dict | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared.model.save_pretrained(str(out_dir))
     prepared.tokenizer.save_pretrained(str(out_dir))
-    report = privacy_report(prepared, steps_done=steps_done, epsilon=epsilon)
+    report = privacy_report(prepared, steps_done=steps_done, epsilon=epsilon, extra=extra)
     (out_dir / "privacy_report.json").write_text(json.dumps(report, indent=2))
     card = out_dir / "README.md"
     existing = card.read_text() if card.exists() else f"# LoRA adapter for {prepared.model_name}\n"

@@ -25,6 +25,13 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.engine import data as data_mod
+from workbench.engine.allocation import (
+    AdaptiveImportance,
+    Allocation,
+    clip_norms,
+    manual_weights,
+    solve_sigmas,
+)
 from workbench.engine.dp_step import DPGradient, StepStats
 from workbench.engine.evaluate import answer_choices, evaluate, generate_samples
 from workbench.engine.grad_sample import PerExampleGrads
@@ -82,8 +89,35 @@ def prepare(config: RunConfig) -> Prepared:
     val_tok = data_mod.tokenize_dataset(val, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
     if not train_tok:
         raise data_mod.DataError(f"{train.name}: no usable training examples after tokenisation.")
-    plan = make_plan(config, dataset_size=len(train_tok))
+    num_users = None
+    if config.privacy_unit == "user":
+        train_tok = cap_per_user(train, train_tok, k=config.max_examples_per_user, how=config.user_example_selection, seed=config.seed)
+        num_users = len({ex.user_id for ex in train_tok})
+    plan = make_plan(config, dataset_size=len(train_tok), num_users=num_users)
     return Prepared(config, train, val, train_tok, val_tok, model, tok, task, device, plan, config.model)
+
+
+def cap_per_user(ds: data_mod.Dataset, examples: list, *, k: int, how: str, seed: int) -> list:
+    """User-level DP: every example needs a user, and each user keeps at most k examples."""
+    if any(ex.user_id is None for ex in examples):
+        raise data_mod.DataError(
+            f"{ds.name}: privacy_unit=user needs a user_id for every example (a user_id column, or map one "
+            "with columns: {user_id: your_column}). Use privacy_unit=example otherwise."
+        )
+    by_user: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_user.setdefault(ex.user_id, []).append(i)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    keep: list[int] = []
+    for user in sorted(by_user):
+        idx = by_user[user]
+        if len(idx) > k:
+            if how == "longest":
+                idx = sorted(idx, key=lambda i: -len(examples[i].input_ids))[:k]
+            else:
+                idx = sorted(rng.choice(idx, size=k, replace=False).tolist())
+        keep.extend(idx)
+    return [examples[i] for i in sorted(keep)]
 
 
 def load_splits(config: RunConfig) -> tuple[data_mod.Dataset, data_mod.Dataset]:
@@ -114,6 +148,31 @@ def make_optimizer(params, config: RunConfig, total_steps: int):
         return max(0.0, 1.0 - frac) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class NoiseAllocator:
+    """Per-layer C_l and sigma_l for each step (see allocation.py); sum sigma_l^-2 = sigma^-2 always."""
+
+    def __init__(self, config: RunConfig, dp: DPGradient) -> None:
+        self.config, self.dp = config, dp
+        self.groups = list(dp.groups)
+        self.importance = AdaptiveImportance(self.groups, smoothing=config.allocation_smoothing)
+        weights = manual_weights(self.groups, config.allocation_weights) if config.allocation == "manual" else None
+        dp.set_allocation(self._allocation(weights))
+
+    def _allocation(self, weights: dict[str, float] | None) -> Allocation:
+        cfg, sigma = self.config, self.dp.noise_multiplier
+        w = weights or {g: 1.0 for g in self.groups}
+        sigmas = solve_sigmas(w, sigma=sigma, bound=cfg.allocation_bound)
+        clips = clip_norms(self.groups, max_grad_norm=cfg.max_grad_norm, weights=w if cfg.clip_allocation == "importance" else None)
+        return Allocation(clip=clips, sigma=sigmas)
+
+    def after_step(self, stats: StepStats) -> None:
+        if self.config.allocation != "adaptive":
+            return
+        # Post-processing: only the released noisy sums and public constants are read here.
+        self.importance.update(released_sq_norm=stats.released_sq_norm, dims=self.dp.dims(), allocation=self.dp.allocation)
+        self.dp.set_allocation(self._allocation(self.importance.weights()))
 
 
 class Trainer:
@@ -147,7 +206,10 @@ class Trainer:
             max_grad_norm=cfg.max_grad_norm,
             noise_multiplier=prepared.plan.noise_multiplier,
             generator=self.noise_gen,
+            clipping=cfg.resolved_clipping if cfg.max_grad_norm is not None else "flat",
         )
+        self.allocator = NoiseAllocator(cfg, self.dp) if self.dp.clipping == "per_layer" and prepared.plan.private else None
+        self.users = self._users() if prepared.plan.privacy_unit == "user" and prepared.plan.user_sampling == "uls" else None
         self.choices = answer_choices(prepared.val, prepared.tokenizer)
         self.gold = self._gold_labels()
         self.step = 0
@@ -179,11 +241,12 @@ class Trainer:
     def train_step(self, step: int) -> StepMetrics:
         p, plan = self.p, self.p.plan
         t0 = time.perf_counter()
-        indices = poisson_sample(plan.dataset_size, plan.sample_rate, self.sample_rng)
+        indices, owners = self._sample()
         losses, tokens = [], 0
         self.dp.start()
         self.hooks.enabled = self.private_path
-        for micro in micro_batches(indices, p.config.physical_batch_size):
+        pbs = p.config.physical_batch_size
+        for start, micro in zip(range(0, len(indices), pbs), micro_batches(indices, pbs)):
             if self.should_stop():
                 raise StopRequested
             batch = self._batch([p.train_tok[i] for i in micro])
@@ -193,26 +256,47 @@ class Trainer:
                 loss, _ = per_example_loss(p.model, batch, task=p.task)  # (b,)
             if self.private_path:
                 loss.sum().backward()
-                self.dp.add_microbatch(self.hooks.grads)
+                self.dp.add_microbatch(self.hooks.grads, None if owners is None else owners[start : start + len(micro)])
                 self._drop_grads()
             else:  # the non-private baseline: ordinary autograd, same objective
-                (loss.sum() / (plan.sample_rate * plan.dataset_size)).backward()
+                (loss.sum() / plan.expected_batch_size).backward()
             losses.append(loss.detach().float().cpu())
         stats = self._finish_gradient()
+        allocation = self.dp.allocation
+        if self.allocator is not None:  # the next step's allocation, from what this step released
+            self.allocator.after_step(stats)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step
-        return self._step_event(step, stats, losses, tokens, time.perf_counter() - t0)
+        return self._step_event(step, stats, losses, tokens, time.perf_counter() - t0, allocation)
+
+    def _sample(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Poisson-sample examples, or (ULS) users and then all of each sampled user's examples."""
+        plan = self.p.plan
+        if self.users is None:
+            return poisson_sample(plan.dataset_size, plan.sample_rate, self.sample_rng), None
+        chosen = poisson_sample(len(self.users), plan.sample_rate, self.sample_rng)
+        idx = [self.users[u] for u in chosen]
+        if not idx:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        owners = np.concatenate([np.full(len(ix), u) for u, ix in zip(chosen, idx)])
+        return np.concatenate(idx), owners
+
+    def _users(self) -> list[np.ndarray]:
+        by_user: dict[str, list[int]] = {}
+        for i, ex in enumerate(self.p.train_tok):
+            by_user.setdefault(ex.user_id, []).append(i)
+        return [np.array(by_user[u]) for u in sorted(by_user)]
 
     def _finish_gradient(self) -> StepStats:
         plan = self.p.plan
         if self.private_path:
-            return self.dp.finish(expected_batch_size=plan.sample_rate * plan.dataset_size)
+            return self.dp.finish(expected_batch_size=plan.expected_batch_size)
         norms = {}
-        for m, ps in self.params.items():
-            norms[m] = math.sqrt(sum(float(p.grad.pow(2).sum()) for _, p in ps if p.grad is not None))
-        return StepStats(0, torch.zeros(0), 0.0, 0, norms, {m: 0.0 for m in self.params})
+        for g, ms in self.dp.groups.items():
+            norms[g] = math.sqrt(sum(float(p.grad.pow(2).sum()) for m in ms for _, p in self.params[m] if p.grad is not None))
+        return StepStats(0, torch.zeros(0), 0.0, 0, norms, {g: 0.0 for g in norms}, {})
 
     def evaluation(self) -> EvalMetrics:
         p = self.p
@@ -244,7 +328,9 @@ class Trainer:
     def save(self) -> Path:
         cfg = self.p.config
         out = Path(cfg.output_dir) if cfg.output_dir else self.run_dir / "adapter"
-        save_adapter(self.p, out_dir=out, steps_done=self.step, epsilon=self.p.plan.epsilon_at(self.step))
+        allocation = {g: {"clip_norm": self.dp.allocation.clip[g], "noise_multiplier": self.dp.allocation.sigma[g]} for g in self.dp.groups}
+        extra = {"effective_noise_multiplier": self._effective_sigma(self.dp.allocation), "noise_allocation": allocation}
+        save_adapter(self.p, out_dir=out, steps_done=self.step, epsilon=self.p.plan.epsilon_at(self.step), extra=extra)
         return out
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -285,13 +371,15 @@ class Trainer:
             accountant=plan.accountant,
             planned_epsilon=plan.curve(),
             target_epsilon=plan.target_epsilon,
-            modules=list(self.params),
+            modules=list(self.dp.groups),
             trainable_parameters=n_params,
             device=str(p.device),
             model_name=p.model_name,
+            privacy_unit=plan.privacy_unit,
+            num_users=plan.num_users,
         )
 
-    def _step_event(self, step: int, stats: StepStats, losses, tokens: int, seconds: float) -> StepMetrics:
+    def _step_event(self, step: int, stats: StepStats, losses, tokens: int, seconds: float, allocation) -> StepMetrics:
         plan = self.p.plan
         unit = plan.max_grad_norm or 1.0
         scaled = np.nan_to_num(stats.norms.numpy() / unit, nan=1e30, posinf=1e30)  # non-finite -> overflow bin
@@ -313,4 +401,14 @@ class Trainer:
             step_time=seconds,
             tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
             tokens=tokens,
+            module_clip_norm=dict(allocation.clip) if self.private_path else {},
+            module_noise_multiplier=dict(allocation.sigma) if self.private_path else {},
+            effective_noise_multiplier=self._effective_sigma(allocation),
         )
+
+    def _effective_sigma(self, allocation) -> float:
+        if not self.p.plan.private:
+            return 0.0
+        if self.dp.clipping == "flat":
+            return self.p.plan.noise_multiplier
+        return allocation.effective_noise_multiplier

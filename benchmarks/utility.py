@@ -1,0 +1,91 @@
+"""Does DP fine-tuning learn?  Held-out metric of the untuned model, a DP run and a non-private
+run with the same settings, in one process.
+
+    python benchmarks/utility.py --task demo   [--model default] [--steps 12] [--json]
+    python benchmarks/utility.py --task sst2   [--model minilm]  [--steps 30] [--json]
+
+demo: the clinic inbox, routing accuracy on held-out patients (default model).
+sst2: SST-2 (../shared/data/sst2, or --sst2-dir), dev accuracy (MiniLM encoder + classifier head).
+A DP run that learns nothing is a bug to find, not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+from workbench.config import RunConfig  # noqa: E402
+from workbench.engine.trainer import Trainer, prepare  # noqa: E402
+from workbench.session import Session  # noqa: E402
+from workbench.store.runs import RunStore  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def settings(args) -> dict:
+    if args.task == "demo":
+        return dict(model=args.model or "default", data="demo", max_seq_len=128, batch_size=args.batch_size or 32,
+                    physical_batch_size=16, max_steps=args.steps or 12, learning_rate=5e-3, lr_schedule="constant",
+                    eval_max_examples=args.eval_examples or 96, generate_max_new_tokens=0, seed=args.seed)
+    sst2 = Path(args.sst2_dir or HERE.parent.parent / "shared" / "data" / "sst2")
+    return dict(model=args.model or "minilm", data=str(sst2 / "train.tsv"), validation_data=str(sst2 / "dev.tsv"),
+                max_seq_len=64, batch_size=args.batch_size or 256, physical_batch_size=64, max_steps=args.steps or 30,
+                learning_rate=5e-3, lr_schedule="constant", eval_max_examples=args.eval_examples or 872,
+                generate_max_new_tokens=0, seed=args.seed)
+
+
+def untuned(cfg: RunConfig) -> dict:
+    prepared = prepare(cfg)
+    trainer = Trainer(prepared, run_id="untuned", emit=lambda e: None, run_dir=Path("/tmp"))
+    return trainer.evaluation().__dict__
+
+
+def run(args) -> dict:
+    base = settings(args)
+    store = RunStore(args.home) if args.home else RunStore()
+    out: dict = {"task": args.task, "settings": base}
+    t0 = time.time()
+    out["untuned"] = {k: v for k, v in untuned(RunConfig(**base, noise_multiplier=0, max_grad_norm=None, target_epsilon=None)).items() if k in ("val_loss", "accuracy")}
+    for name, extra in (("dp", dict(target_epsilon=args.epsilon)),
+                        ("nonprivate", dict(noise_multiplier=0, max_grad_norm=None, target_epsilon=None))):
+        s = Session(RunConfig(**base, **extra), store=store).run()
+        if s.get("status") != "finished":
+            raise SystemExit(f"{name} run failed: {s.get('reason')}")
+        out[name] = {k: s.get(k) for k in ("run_id", "epsilon", "noise_multiplier", "val_loss", "accuracy", "steps", "wall_time")}
+    out["seconds"] = time.time() - t0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=("demo", "sst2"), default="demo")
+    ap.add_argument("--model")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--eval-examples", type=int)
+    ap.add_argument("--epsilon", type=float, default=8.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sst2-dir")
+    ap.add_argument("--home", help="a WORKBENCH_HOME for the runs (default: $WORKBENCH_HOME)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out = run(args)
+    if args.json:
+        print(json.dumps(out, indent=2, default=lambda x: "inf" if isinstance(x, float) and math.isinf(x) else str(x)))
+        return
+    print(f"{args.task}: untuned accuracy {out['untuned']['accuracy']}, val_loss {out['untuned']['val_loss']:.4f}")
+    for name in ("dp", "nonprivate"):
+        r = out[name]
+        print(f"  {name:10} epsilon={r['epsilon']:.3g} accuracy={r['accuracy']} val_loss={r['val_loss']:.4f} ({r['wall_time']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Per-layer noise allocation (ANADP, Li et al., EMNLP 2024, arXiv 2410.02912; REFERENCES.md s.1).
+
+Block l (one LoRA module: its A and B, or a trainable head) is clipped to C_l and gets noise
+N(0, sigma_l^2 C_l^2).  Rescaling block l by 1/(sigma_l C_l) turns the step into one Gaussian
+mechanism with unit noise and sensitivity sqrt(sum_l sigma_l^-2), i.e. with effective multiplier
+
+    sigma_eff = (sum_l sigma_l^-2)^(-1/2).
+
+Every allocation here keeps sum_l sigma_l^-2 = sigma^-2, so the accounting is exactly that of the
+uniform step with multiplier sigma.  Strategies:
+
+- uniform: sigma_l = sigma * sqrt(L) for every block.
+- manual: precision sigma_l^-2 proportional to a user weight per module pattern.
+- adaptive: precision proportional to an importance score computed ONLY from what earlier steps
+  released (the noised gradient sums) and public constants, so it is post-processing and costs no
+  privacy.  The score of block l is an exponential moving average of its estimated signal energy
+  per coordinate, max(||g~_l||^2 - d_l sigma_l^2 C_l^2, 0) / (d_l C_l^2) where g~_l is the released
+  noisy sum (the subtracted term is the expected energy of the noise that was added), taken to the
+  power 1/2.  Blocks whose gradients stand out of their noise get less noise.  The papers do not
+  publish their exact formula; this one follows ANADP's idea (importance from moving averages of
+  gradient statistics, normalised so that the overall guarantee holds).
+
+Each sigma_l is kept within [sigma sqrt(L) / bound, sigma sqrt(L) * bound] (floor and ceiling) and
+the precisions are then re-normalised by water-filling so the constraint holds exactly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass
+
+_ADAPTER_SUFFIX = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.[^.]+$|\.modules_to_save\.[^.]+$")
+
+
+def group_name(module_name: str) -> str:
+    """'base_model.model.model.layers.3.self_attn.q_proj.lora_A.default' -> 'layers.3.self_attn.q_proj'."""
+    name = _ADAPTER_SUFFIX.sub("", module_name)
+    for prefix in ("base_model.model.model.", "base_model.model."):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def group_modules(module_names: list[str]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for m in module_names:
+        groups.setdefault(group_name(m), []).append(m)
+    return groups
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Clip norm C_l and noise multiplier sigma_l of each block."""
+
+    clip: dict[str, float]
+    sigma: dict[str, float]
+
+    @property
+    def effective_noise_multiplier(self) -> float:
+        return effective_noise_multiplier(self.sigma.values())
+
+    def noise_std(self) -> dict[str, float]:
+        return {g: self.sigma[g] * self.clip[g] for g in self.sigma}
+
+
+def effective_noise_multiplier(sigmas) -> float:
+    sigmas = list(sigmas)
+    if any(s == 0 for s in sigmas):
+        return 0.0
+    return sum(s**-2 for s in sigmas) ** -0.5
+
+
+def solve_sigmas(weights: dict[str, float], *, sigma: float, bound: float) -> dict[str, float]:
+    """sigma_l with precision proportional to weight, within the bounds, and sum sigma_l^-2 = sigma^-2."""
+    n = len(weights)
+    total = sigma**-2
+    lo, hi = total / n / bound**2, total / n * bound**2  # precision bounds = sigma_l ceiling, floor
+    w = {g: max(float(v), 1e-12) for g, v in weights.items()}
+
+    def spent(lam: float) -> float:
+        return sum(min(max(lam * v, lo), hi) for v in w.values())
+
+    a, b = 0.0, 1.0
+    while spent(b) < total:
+        b *= 2
+    for _ in range(200):  # bisection on the scale: spent() is monotone
+        mid = (a + b) / 2
+        a, b = (mid, b) if spent(mid) < total else (a, mid)
+    prec = {g: min(max(b * v, lo), hi) for g, v in w.items()}
+    scale = total / sum(prec.values())  # remove the bisection's last rounding error exactly
+    return {g: (p * scale) ** -0.5 for g, p in prec.items()}
+
+
+def clip_norms(groups: list[str], *, max_grad_norm: float, weights: dict[str, float] | None) -> dict[str, float]:
+    """C_l with ||(C_1..C_L)||_2 = C: equal shares, or shares by importance weight."""
+    if not weights:
+        return {g: max_grad_norm / math.sqrt(len(groups)) for g in groups}
+    total = sum(max(weights[g], 1e-12) for g in groups)
+    return {g: max_grad_norm * math.sqrt(max(weights[g], 1e-12) / total) for g in groups}
+
+
+def manual_weights(groups: list[str], patterns: dict[str, float]) -> dict[str, float]:
+    """Weight of each block from {glob or substring: weight}; first matching pattern wins; default 1."""
+    out = {}
+    for g in groups:
+        out[g] = 1.0
+        for pat, weight in patterns.items():
+            if fnmatch.fnmatch(g, pat) or pat in g:
+                out[g] = float(weight)
+                break
+    return out
+
+
+class AdaptiveImportance:
+    """Smoothed importance scores from released (noised) gradient sums: post-processing only."""
+
+    def __init__(self, groups: list[str], *, smoothing: float) -> None:
+        self.smoothing = smoothing
+        self.score: dict[str, float] | None = None
+        self.groups = groups
+
+    def update(self, *, released_sq_norm: dict[str, float], dims: dict[str, int], allocation: Allocation) -> None:
+        fresh = {}
+        for g in self.groups:
+            noise_energy = dims[g] * (allocation.sigma[g] * allocation.clip[g]) ** 2
+            signal = max(released_sq_norm[g] - noise_energy, 0.0) / (dims[g] * allocation.clip[g] ** 2)
+            fresh[g] = math.sqrt(signal)
+        if self.score is None:
+            self.score = fresh
+        else:
+            b = self.smoothing
+            self.score = {g: b * self.score[g] + (1 - b) * fresh[g] for g in self.groups}
+
+    def weights(self) -> dict[str, float] | None:
+        if self.score is None or sum(self.score.values()) <= 0:
+            return None
+        mean = sum(self.score.values()) / len(self.score)
+        return {g: s / mean + 1e-3 for g, s in self.score.items()}
