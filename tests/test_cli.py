@@ -159,3 +159,15 @@ def test_engine_trains_without_gradio(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_user_level_epsilon_and_calibrate_commands():
+    r = invoke("epsilon", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "1000", "--delta", "1e-6",
+               "--privacy-unit", "user", "--max-examples-per-user", "2", "--json")
+    out = json.loads(r.stdout)
+    assert out["epsilon"] == pytest.approx(4.55, rel=0.02)  # REFERENCES.md: ELS, k=2
+    assert out["example_level_epsilon"] == pytest.approx(2.12, rel=0.02)
+    r = invoke("calibrate", "--target-epsilon", "4", "--sample-rate", "0.01", "--steps", "200", "--delta", "1e-6",
+               "--privacy-unit", "user", "--max-examples-per-user", "2", "--json")
+    out = json.loads(r.stdout)
+    assert out["epsilon"] <= 4 and out["epsilon"] > 3.9
