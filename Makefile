@@ -37,6 +37,12 @@ browser:
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+app: install
+	$(BIN)/workbench app --port $(PORT)
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
 demo: install
 	$(BIN)/workbench train --config assets/demo.yaml
 
