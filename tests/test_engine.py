@@ -161,3 +161,9 @@ def test_cuda_path_bf16_backbone_fp32_lora():
     assert summary["status"] == "finished"
     tensors = _lora_tensors(summary["adapter_dir"])
     assert all(t.dtype == torch.float32 for t in tensors.values())
+
+
+def test_lora_layers_limits_adapters_to_the_last_layers():
+    summary = train(**FAST, max_steps=1, noise_multiplier=1.0, lora_layers=1)
+    assert summary["status"] == "finished"
+    assert set(summary["noise_allocation"]) == {"layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"}

@@ -114,6 +114,9 @@ class RunConfig(BaseModel):
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_layers: int | None = Field(
+        None, ge=1, description="LoRA only in the last N transformer layers (the backward pass stops there: faster)."
+    )
     lora_target_modules: str = Field(
         "auto",
         description="'auto' (attention query and value projections), 'all-linear', or comma-separated module names.",

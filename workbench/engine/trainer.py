@@ -84,6 +84,7 @@ def prepare(config: RunConfig) -> Prepared:
         alpha=config.lora_alpha,
         dropout=config.lora_dropout,
         target_modules=config.lora_target_modules,
+        last_layers=config.lora_layers,
     )
     train_tok = data_mod.tokenize_dataset(train, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
     val_tok = data_mod.tokenize_dataset(val, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
