@@ -31,10 +31,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def settings(args) -> dict:
-    if args.task == "demo":
-        return dict(model=args.model or "default", data="demo", max_seq_len=128, batch_size=args.batch_size or 32,
-                    physical_batch_size=16, max_steps=args.steps or 12, learning_rate=5e-3, lr_schedule="constant",
-                    eval_max_examples=args.eval_examples or 96, generate_max_new_tokens=0, seed=args.seed)
+    if args.task == "demo":  # the settings of `make demo`, so the figures describe that run
+        import yaml
+
+        cfg = yaml.safe_load((HERE.parent / "assets" / "demo.yaml").read_text())
+        cfg.pop("target_epsilon", None)
+        cfg.update(generate_max_new_tokens=0, seed=args.seed)
+        for key, value in (("model", args.model), ("max_steps", args.steps), ("batch_size", args.batch_size),
+                           ("eval_max_examples", args.eval_examples)):
+            if value:
+                cfg[key] = value
+        return cfg
     sst2 = Path(args.sst2_dir or HERE.parent.parent / "shared" / "data" / "sst2")
     return dict(model=args.model or "minilm", data=str(sst2 / "train.tsv"), validation_data=str(sst2 / "dev.tsv"),
                 max_seq_len=64, batch_size=args.batch_size or 256, physical_batch_size=64, max_steps=args.steps or 30,
