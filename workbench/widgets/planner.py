@@ -1,0 +1,341 @@
+"""PrivacyPlanner: sliders for the privacy settings, epsilon curves for every accountant.
+
+Two modes: give the noise multiplier and read epsilon, or give a target epsilon and read the
+noise each accountant needs.  Either way the panel shows the noise that lands on the update:
+std sigma*C on the summed clipped gradient, sigma*C/(qN) on the averaged one.
+
+Accounting can take a second (PRV most), so it runs on a worker thread: moving a slider only
+records the newest settings, and the worker always computes the newest ones, dropping any that
+were overtaken.  ``update()`` computes synchronously (tests and scripts).
+
+Layout note: ``self.results`` is a row of result columns; the example-level column is the first.
+User-level accounting (issue 5) adds its column there.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import ipywidgets as w
+import numpy as np
+
+from workbench import privacy
+from workbench.present import accountant_label, fmt_eps, plan_figure
+from workbench.widgets._live import figure_widget, sync_figure
+
+NOISE, TARGET = "noise multiplier → ε", "target ε → noise"
+_SIZES = [int(m * 10**e) for e in range(1, 8) for m in (1, 2, 5)] + [100_000_000]
+_BATCHES = [2**i for i in range(0, 17)]
+_STEPS = [int(m * 10**e) for e in range(0, 6) for m in (1, 2, 5)] + [1_000_000]
+_DELTAS = [10.0**-e for e in range(3, 13)]
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """What the sliders say."""
+
+    dataset_size: int = 10_000
+    batch_size: int = 256
+    steps: int = 1000
+    delta: float = 1e-5
+    mode: str = NOISE
+    noise_multiplier: float = 1.0
+    target_epsilon: float = 8.0
+    max_grad_norm: float = 1.0
+    accountants: tuple[str, ...] = ("pld", "rdp", "prv", "edgeworth")
+    selected: str = "pld"
+
+    @property
+    def sample_rate(self) -> float:
+        return min(1.0, self.batch_size / self.dataset_size)
+
+    @property
+    def epochs(self) -> float:
+        return self.sample_rate * self.steps
+
+
+@dataclass
+class PlanResult:
+    """The numbers behind the panel, one entry per accountant (errors as messages, not tracebacks)."""
+
+    settings: PlanSettings
+    noise_multiplier: float | None = None  # the sigma the curves use (given, or the selected accountant's)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    epsilon: dict[str, float] = field(default_factory=dict)  # at the last step, at noise_multiplier
+    sigma_needed: dict[str, float] = field(default_factory=dict)  # target mode: each accountant's own sigma
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+# Points per curve: accounting cost per point differs by three orders of magnitude
+# (rdp < 1 ms, edgeworth ~5 ms, pld 5-50 ms, prv 0.05-1 s; see privacy.epsilon_curve).
+CURVE_POINTS = {"rdp": 200, "edgeworth": 60, "pld": 14, "prv": 7}
+
+
+def curve_steps(steps: int, points: int) -> list[int]:
+    """Steps to evaluate epsilon at: half evenly spaced, half geometric (epsilon bends most near 0).
+
+    >>> curve_steps(1000, 6)
+    [0, 1, 32, 333, 667, 1000]
+    """
+    if steps <= points:
+        return list(range(steps + 1))
+    even = np.linspace(0, steps, max(2, points // 2 + 1))
+    geometric = np.geomspace(1, steps, max(2, points - points // 2))
+    return sorted({0, steps, *(int(round(x)) for x in even), *(int(round(x)) for x in geometric)})
+
+
+def epsilon_curve(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str,
+                  points: int) -> list[tuple[int, float]]:
+    """(step, epsilon) at ``curve_steps``: the values of ``privacy.epsilon``, so they match the engine's."""
+    return [(t, privacy.epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=t, delta=delta,
+                                accountant=accountant)) for t in curve_steps(steps, points)]
+FAST_FIRST = ("rdp", "edgeworth", "pld", "prv")
+
+
+class _Stale(Exception):
+    """Newer settings arrived while computing; drop this result."""
+
+
+def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=None) -> PlanResult:
+    """Curves and readouts for ``settings``.
+
+    Cheap accountants go first and ``on_partial(result)`` is called after each curve, so a panel
+    can draw RDP at once and PRV when it arrives; ``is_current`` lets a worker abandon stale work.
+    """
+    s = settings
+    out = PlanResult(settings=s)
+    q, steps, delta = s.sample_rate, s.steps, s.delta
+    accountants = sorted(s.accountants, key=lambda a: FAST_FIRST.index(a) if a in FAST_FIRST else len(FAST_FIRST))
+    if s.mode == TARGET:
+        order = [s.selected] + [a for a in accountants if a != s.selected]
+        for acc in order:
+            if not is_current():
+                raise _Stale
+            try:
+                out.sigma_needed[acc] = privacy.calibrate(
+                    target_epsilon=s.target_epsilon, sample_rate=q, steps=steps, delta=delta, accountant=acc
+                )
+            except privacy.PrivacyError as err:
+                out.errors[acc] = str(err)
+        out.noise_multiplier = out.sigma_needed.get(s.selected)
+    else:
+        out.noise_multiplier = s.noise_multiplier
+    sigma = out.noise_multiplier
+    if sigma is None:
+        return out
+    for acc in accountants:
+        if not is_current():
+            raise _Stale
+        try:
+            curve = epsilon_curve(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=acc,
+                                  points=CURVE_POINTS.get(acc, 20))
+        except privacy.PrivacyError as err:
+            out.errors.setdefault(acc, str(err))
+            continue
+        out.curves[acc] = [(int(t), float(e)) for t, e in curve]
+        out.epsilon[acc] = out.curves[acc][-1][1] if out.curves[acc] else math.nan
+        if on_partial is not None and len(out.curves) < len(accountants):
+            on_partial(out)
+    return out
+
+
+def _options(values: list, fmt) -> list[tuple[str, Any]]:
+    return [(fmt(v), v) for v in values]
+
+
+class PrivacyPlanner:
+    """Sliders -> epsilon curves per accountant and the noise needed; display it in a notebook."""
+
+    def __init__(self, settings: PlanSettings | None = None, *, background: bool = True, width: int = 1080,
+                 **overrides: Any) -> None:
+        settings = replace(settings or PlanSettings(), **overrides)
+        self.plot_width = max(360, width - 490)  # the controls take 480 px; plotly widgets have a fixed size
+        self.background = background
+        self._lock = threading.Lock()
+        self._version = 0
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._worker: threading.Thread | None = None
+        self.result: PlanResult | None = None
+        self._build(settings)
+        self.update()
+
+    # -- widgets -----------------------------------------------------------------------------------
+    def _build(self, s: PlanSettings) -> None:
+        style = {"description_width": "150px"}
+
+        def wide() -> w.Layout:  # one Layout per control: hiding one must not hide the others
+            return w.Layout(width="460px")
+
+        def sel(description, values, value, fmt, tooltip):
+            values = sorted(set(values) | {value})
+            return w.SelectionSlider(options=_options(values, fmt), value=value, description=description,
+                                     style=style, layout=wide(), tooltip=tooltip)
+
+        self.dataset_size = sel("dataset size N", _SIZES, s.dataset_size, lambda v: f"{v:,}",
+                                "Training examples (the unit of privacy)")
+        self.batch_size = sel("expected batch qN", _BATCHES, s.batch_size, lambda v: f"{v:,}",
+                              "Expected Poisson batch size; the sampling rate is q = batch / N")
+        self.steps = sel("steps T", _STEPS, s.steps, lambda v: f"{v:,}", "Number of DP-SGD steps")
+        self.delta = sel("δ", _DELTAS, s.delta, lambda v: f"{v:.0e}", "δ of (ε, δ)-DP; keep it well below 1/N")
+        self.mode = w.ToggleButtons(options=[NOISE, TARGET], value=s.mode, style={"button_width": "170px"})
+        self.noise_multiplier = w.FloatSlider(value=s.noise_multiplier, min=0.3, max=10.0, step=0.05,
+                                              description="noise multiplier σ", style=style, layout=wide(),
+                                              readout_format=".2f")
+        self.target_epsilon = w.FloatLogSlider(value=s.target_epsilon, base=10, min=-1, max=2, step=0.02,
+                                               description="target ε", style=style, layout=wide(), readout_format=".3g")
+        self.max_grad_norm = w.FloatLogSlider(value=s.max_grad_norm, base=10, min=-2, max=2, step=0.05,
+                                              description="clipping norm C", style=style, layout=wide(),
+                                              readout_format=".3g")
+        self.accountants = w.SelectMultiple(options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS],
+                                            value=tuple(a for a in s.accountants if a in privacy.ACCOUNTANTS),
+                                            description="accountants", rows=4, style=style,
+                                            layout=w.Layout(width="400px"))
+        self.selected = w.Dropdown(options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS], value=s.selected,
+                                   description="calibrate with", style=style)
+        self.figure = figure_widget(plan_figure({}, None).update_layout(width=self.plot_width, autosize=False))
+        self.status = w.HTML()
+        self.example_level = w.HTML()
+        self.results = w.HBox([w.VBox([w.HTML("<b>Example-level DP</b>"), self.example_level])])
+        controls = [self.dataset_size, self.batch_size, self.steps, self.delta, self.mode, self.noise_multiplier,
+                    self.target_epsilon, self.max_grad_norm, self.accountants, self.selected]
+        for control in controls:
+            control.observe(self._changed, names="value")
+        left = w.VBox(controls + [self.status], layout=w.Layout(width="480px"))
+        self.widget = w.VBox([w.HBox([left, self.figure]), self.results])
+        self.widget.add_class("workbench-planner")
+        self._show_mode()
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    @property
+    def settings(self) -> PlanSettings:
+        return PlanSettings(
+            dataset_size=self.dataset_size.value,
+            batch_size=self.batch_size.value,
+            steps=self.steps.value,
+            delta=self.delta.value,
+            mode=self.mode.value,
+            noise_multiplier=float(self.noise_multiplier.value),
+            target_epsilon=float(self.target_epsilon.value),
+            max_grad_norm=float(self.max_grad_norm.value),
+            accountants=tuple(self.accountants.value),
+            selected=self.selected.value,
+        )
+
+    def _show_mode(self) -> None:
+        target = self.mode.value == TARGET
+        self.noise_multiplier.layout.display = "none" if target else None
+        self.target_epsilon.layout.display = None if target else "none"
+        self.selected.layout.display = None if target else "none"
+
+    # -- computing ---------------------------------------------------------------------------------
+    def _changed(self, change: dict) -> None:
+        if change.get("owner") is self.mode:
+            self._show_mode()
+        if self.background:
+            self.schedule()
+        else:
+            self.update()
+
+    def update(self) -> PlanResult:
+        """Recompute for the current sliders now, in this thread, and redraw."""
+        with self._lock:
+            self._version += 1
+        result = compute_plan(self.settings)
+        self._draw(result)
+        return result
+
+    def schedule(self) -> None:
+        """Recompute on the worker thread; only the newest settings are ever drawn."""
+        with self._lock:
+            self._version += 1
+            self._idle.clear()
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="workbench-planner", daemon=True)
+                self._worker.start()
+        self.status.value = "<i style='color:#777'>computing…</i>"
+        self._wake.set()
+
+    def wait(self, timeout: float | None = None) -> PlanResult | None:
+        """Block until the worker has drawn the newest settings."""
+        self._idle.wait(timeout)
+        return self.result
+
+    def _work(self) -> None:
+        while True:
+            self._wake.wait(30.0)
+            with self._lock:
+                if not self._wake.is_set():  # idle for 30 s: end the thread; schedule() restarts it
+                    self._worker = None
+                    return
+                self._wake.clear()
+                version = self._version
+            settings = self.settings
+            def partial(result: PlanResult, version=version) -> None:
+                if self._version == version:
+                    self._draw(result, busy=True)
+
+            try:
+                result = compute_plan(settings, is_current=lambda: self._version == version, on_partial=partial)
+            except _Stale:
+                continue
+            except Exception as err:  # shown in the panel: the planner must stay usable
+                result = PlanResult(settings=settings, errors={"planner": f"{type(err).__name__}: {err}"})
+            with self._lock:
+                if self._version != version:
+                    continue
+            self._draw(result)
+            with self._lock:
+                if self._version == version:
+                    self._idle.set()
+
+    # -- drawing -----------------------------------------------------------------------------------
+    def _draw(self, result: PlanResult, *, busy: bool = False) -> None:
+        s = result.settings
+        self.result = result
+        target = s.target_epsilon if s.mode == TARGET else None
+        fig = plan_figure(result.curves, target, noise_multiplier=result.noise_multiplier,
+                          selected=s.selected if s.mode == TARGET else None)
+        fig.update_layout(width=self.plot_width, autosize=False)
+        sync_figure(self.figure, fig)
+        self.example_level.value = self._table(result)
+        errors = "".join(f"<div style='color:#d62728'>{html.escape(a)}: {html.escape(m)}</div>"
+                         for a, m in result.errors.items())
+        waiting = [a for a in s.accountants if a not in result.curves and a not in result.errors]
+        self.status.value = errors + (
+            f"<span style='color:#555'>q = {s.sample_rate:.4g}, {s.epochs:.3g} epochs, "
+            f"δ = {s.delta:.0e}{'' if s.delta < 1 / s.dataset_size else ' — δ is not below 1/N!'}</span>"
+        ) + (f"<br><i style='color:#777'>computing {', '.join(waiting)}…</i>" if busy and waiting else "")
+
+    @staticmethod
+    def _table(result: PlanResult) -> str:
+        s = result.settings
+        cell = "border:1px solid #ddd;padding:3px 8px;text-align:right;"
+        expected = s.sample_rate * s.dataset_size
+        rows = []
+        for acc in s.accountants:
+            sigma = result.sigma_needed.get(acc) if s.mode == TARGET else result.noise_multiplier
+            eps = result.epsilon.get(acc)
+            if sigma is None and eps is None:
+                continue
+            std = sigma * s.max_grad_norm if sigma is not None else None
+            rows.append("<tr>" + "".join(f"<td style='{cell}'>{v}</td>" for v in (
+                html.escape(accountant_label(acc)),
+                f"{sigma:.4g}" if sigma is not None else "–",
+                fmt_eps(eps) if s.mode == NOISE else fmt_eps(s.target_epsilon),
+                f"{std:.4g}" if std is not None else "–",
+                f"{std / expected:.3g}" if std is not None else "–",
+            )) + "</tr>")
+        if not rows:
+            return "<i style='color:#777'>no accountant selected</i>"
+        head = "".join(f"<th style='{cell}background:#f5f5f5'>{h}</th>" for h in (
+            "accountant", "noise multiplier σ", f"ε after {s.steps:,} steps", "noise std σC (on the sum)",
+            "noise std σC/(qN) (on the update)"))
+        return f"<table style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>{''.join(rows)}</table>"
