@@ -41,7 +41,7 @@ app: install
 	$(BIN)/workbench app --port $(PORT)
 
 lab: install
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 demo: install
 	$(BIN)/workbench train --config assets/demo.yaml
