@@ -60,10 +60,10 @@ def run(args) -> dict:
     store = RunStore(args.home) if args.home else RunStore()
     out: dict = {"task": args.task, "settings": base}
     t0 = time.time()
-    out["untuned"] = {k: v for k, v in untuned(RunConfig(**base, noise_multiplier=0, max_grad_norm=None, target_epsilon=None)).items() if k in ("val_loss", "accuracy")}
-    for name, extra in (("dp", dict(target_epsilon=args.epsilon)),
+    out["untuned"] = {k: v for k, v in untuned(RunConfig(**{**base, "noise_multiplier": 0, "max_grad_norm": None, "target_epsilon": None})).items() if k in ("val_loss", "accuracy")}
+    for name, extra in (("dp", dict(target_epsilon=args.epsilon, max_grad_norm=base.get("max_grad_norm") or 1.0)),
                         ("nonprivate", dict(noise_multiplier=0, max_grad_norm=None, target_epsilon=None))):
-        s = Session(RunConfig(**base, **extra), store=store).run()
+        s = Session(RunConfig(**{**base, **extra}), store=store).run()
         if s.get("status") != "finished":
             raise SystemExit(f"{name} run failed: {s.get('reason')}")
         out[name] = {k: s.get(k) for k in ("run_id", "epsilon", "noise_multiplier", "val_loss", "accuracy", "steps", "wall_time")}
