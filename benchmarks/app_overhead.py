@@ -1,15 +1,23 @@
-"""Training throughput with the Gradio app attached and a browser watching, against `workbench train`.
+"""Training throughput with the Gradio app attached and a browser watching, against training alone.
 
-    python benchmarks/app_overhead.py [--model tiny|default] [--steps N] [--repeats R]
+    python benchmarks/app_overhead.py [--model tiny|default] [--pairs P] [--window S] [--cli-steps N]
 
-Each trial trains the same configuration twice, alternating so machine noise hits both alike:
-  cli  `workbench train --set ...` in its own process;
-  app  the app server (`workbench.app.serve`) in its own process, a headless Chromium on the Train
-       tab (it polls the run store once a second and redraws every panel), and the run started
-       by pressing Start in that browser.
-Throughput is steps per second between the first and the last step event of the run, read from
-the run store (so model loading is excluded and evaluations count for both alike).  Prints JSON
-with the medians and ``app_over_cli`` (>= 0.95 is the target).
+On a shared machine the speed of two separate runs differs by 3x from minute to minute, more
+than any overhead, so the comparison is made *inside one run*: the app server (its own process,
+`workbench.app.serve`) trains a long run started by pressing Start in a headless Chromium, and
+the benchmark alternates windows of ``--window`` seconds in which
+  watched  a browser page is open on the Train tab (polling the run store every second and
+           redrawing every panel as steps arrive), and
+  alone    no page is open: the app process then runs exactly the Session that
+           `workbench train` runs (same code, same thread), with nothing polling.
+Pairs alternate their order (watched/alone, alone/watched) so drifts in machine load cancel.
+For every window: steps per second as 1 / (mean step time of the steps in the window, as the
+engine measured it: a step slowed by the app or the browser takes longer), and the CPU the app
+process and the browser (this benchmark's Chromium processes) used per second.
+
+Prints JSON: ``app_over_cli`` = median over pairs of (watched steps/s) / (alone steps/s), the
+CPU that watching costs (app server and browser, CPU seconds per second), the per-window
+figures, and for context ``cli_steps_per_s`` of a separate `workbench train` run (noisy).
 """
 
 from __future__ import annotations
@@ -24,42 +32,69 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def settings(model: str, steps: int) -> dict:
+    """The same run for the app and the CLI: sigma given (no calibration), evaluations rare."""
     return {"model": model, "data": "demo", "max_steps": steps, "batch_size": 16, "physical_batch_size": 16,
-            "target_epsilon": 8.0, "max_seq_len": 128, "eval_every": max(1, steps // 3), "eval_max_examples": 16,
-            "generate_max_new_tokens": 8, "seed": 0}
-
-
-def steps_per_second(home: Path) -> float:
-    from workbench.store.runs import RunStore
-
-    store = RunStore(home)
-    (run,) = store.list()
-    steps = [e for _, e in store.events(run.id, kinds=("step",))]
-    if run.status != "finished" or len(steps) < 2:
-        raise RuntimeError(f"run {run.id} ended {run.status}: {run.reason}")
-    return (steps[-1].step - steps[0].step) / (steps[-1].time - steps[0].time)
+            "noise_multiplier": 1.0, "max_seq_len": 128, "eval_every": 100_000, "seed": 0}
 
 
 def env_for(home: Path) -> dict:
     return {**os.environ, "WORKBENCH_HOME": str(home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
 
 
+def steps(home: Path) -> list:
+    from workbench.store.runs import RunStore
+
+    store = RunStore(home)
+    return [e for run in store.list() for _, e in store.events(run.id, kinds=("step",))]
+
+
+def step_times(home: Path) -> list[float]:
+    return [e.time for e in steps(home)]
+
+
+def descendants_cpu(root: int, *, exclude: int) -> float:
+    """CPU seconds of the living processes below ``root`` (the browser), except ``exclude``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            todo.append(pid)
+            if pid != exclude:
+                try:
+                    total += cpu_seconds(pid)
+                except (OSError, IndexError, ValueError):
+                    pass
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def run_cli(cfg: dict) -> float:
     home = Path(tempfile.mkdtemp(prefix="wb-bench-cli-"))
     args = [str(BIN / "workbench"), "train"] + [a for k, v in cfg.items() for a in ("--set", f"{k}={v}")]
     subprocess.run(args, env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rate = steps_per_second(home)
+    times = step_times(home)
     shutil.rmtree(home, ignore_errors=True)
-    return rate
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def free_port() -> int:
@@ -68,27 +103,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_app(cfg: dict, *, timeout: float) -> float:
-    home = Path(tempfile.mkdtemp(prefix="wb-bench-app-"))
-    port = free_port()
-    code = ("import sys, json; from workbench.app import build_app, serve; "
-            f"serve(build_app(defaults=json.loads(sys.argv[1])), port={port}, block=True, quiet=True)")
-    server = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env_for(home),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_http(url, timeout=120)
-        _press_start_and_watch(url, timeout=timeout)
-        return steps_per_second(home)
-    finally:
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _wait_http(url: str, *, timeout: float) -> None:
-    import urllib.request
-
+def wait_http(url: str, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -99,47 +114,105 @@ def _wait_http(url: str, *, timeout: float) -> None:
     raise RuntimeError(f"the app did not answer at {url}")
 
 
-def _press_start_and_watch(url: str, *, timeout: float) -> None:
+def open_watcher(browser, url: str):
+    """A page on the Train tab, settled: the plan computed on load has finished."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.locator("#run-header .wb-badge", has_text="running").wait_for(timeout=600_000)
+    page.wait_for_function(
+        "() => { const s = document.querySelector('#plan-summary'); return s && s.innerText.includes('σ') "
+        "&& !s.innerText.includes('computing'); }", timeout=600_000)
+    return page
+
+
+def measure_app(cfg: dict, *, pairs: int, window: float) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.get_by_role("tab", name="Train").click()
-        page.locator("#start").click()
-        page.locator("#run-header .wb-badge", has_text="finished").wait_for(timeout=timeout * 1000)
-        browser.close()
+    home = Path(tempfile.mkdtemp(prefix="wb-bench-app-"))
+    port = free_port()
+    code = ("import sys, json; from workbench.app import build_app, serve; "
+            f"serve(build_app(defaults=json.loads(sys.argv[1])), port={port}, block=True, quiet=True)")
+    server = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env_for(home),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    windows = []
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_http(url)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_role("tab", name="Train").click()
+            page.locator("#start").click()
+            page.locator("#run-header .wb-badge", has_text="running").wait_for(timeout=600_000)
+            while len(step_times(home)) < 5:  # past model loading
+                time.sleep(1)
+            page.close()
+            for i in range(pairs):
+                for kind in (("watched", "alone") if i % 2 == 0 else ("alone", "watched")):
+                    watcher = open_watcher(browser, url) if kind == "watched" else None
+                    t0, s0, b0 = time.time(), cpu_seconds(server.pid), descendants_cpu(os.getpid(), exclude=server.pid)
+                    time.sleep(window)
+                    t1, s1, b1 = time.time(), cpu_seconds(server.pid), descendants_cpu(os.getpid(), exclude=server.pid)
+                    if watcher is not None:
+                        watcher.close()
+                    inside = [e for e in steps(home) if t0 <= e.time - e.step_time and e.time < t1]
+                    rate = len(inside) / sum(e.step_time for e in inside) if inside else None
+                    windows.append({"pair": i, "kind": kind, "steps": len(inside), "steps_per_s": rate,
+                                    "server_cpu_per_s": (s1 - s0) / (t1 - t0),
+                                    "browser_cpu_per_s": max(0.0, b1 - b0) / (t1 - t0)})
+                    w = windows[-1]
+                    print(f"pair {i + 1} {kind:7}: {rate or float('nan'):.2f} steps/s ({len(inside)} steps), "
+                          f"server {w['server_cpu_per_s']:.2f} CPU/s, browser {w['browser_cpu_per_s']:.2f} CPU/s",
+                          file=sys.stderr)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(home, ignore_errors=True)
+    return windows
+
+
+def paired_ratio(windows: list[dict], key: str) -> float:
+    ratios = []
+    for pair in sorted({w["pair"] for w in windows}):
+        watched = next(w[key] for w in windows if w["pair"] == pair and w["kind"] == "watched")
+        alone = next(w[key] for w in windows if w["pair"] == pair and w["kind"] == "alone")
+        if watched and alone:
+            ratios.append(watched / alone)
+    return statistics.median(ratios)
+
+
+def median_of(windows: list[dict], kind: str, key: str) -> float | None:
+    values = [w[key] for w in windows if w["kind"] == kind and w[key] is not None]
+    return statistics.median(values) if values else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny", choices=["tiny", "default"])
-    ap.add_argument("--steps", type=int, default=None, help="steps per run (default: 150 tiny, 20 default)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--window", type=float, default=None, help="seconds per window (default: 20 tiny, 90 default)")
+    ap.add_argument("--cli-steps", type=int, default=None, help="steps of the separate CLI run (0: skip; default 60 tiny, 10 default)")
     args = ap.parse_args()
-    steps = args.steps or (150 if args.model == "tiny" else 20)
-    cfg = settings(args.model, steps)
-    cli, app = [], []
-    for i in range(args.repeats):
-        order = (("cli", "app") if i % 2 == 0 else ("app", "cli"))
-        for kind in order:
-            if kind == "cli":
-                cli.append(run_cli(cfg))
-            else:
-                app.append(run_app(cfg, timeout=1800))
-            print(f"trial {i + 1} {kind}: {(cli if kind == 'cli' else app)[-1]:.2f} steps/s", file=sys.stderr)
+    args.window = args.window or (20.0 if args.model == "tiny" else 90.0)
+    windows = measure_app(settings(args.model, 3000), pairs=args.pairs, window=args.window)
     result = {
         "model": args.model,
-        "steps": steps,
-        "repeats": args.repeats,
-        "cli_steps_per_s": statistics.median(cli),
-        "app_steps_per_s": statistics.median(app),
-        "app_over_cli": statistics.median(app) / statistics.median(cli),
-        "cli_trials": cli,
-        "app_trials": app,
+        "pairs": args.pairs,
+        "window_s": args.window,
+        "app_over_cli": paired_ratio(windows, "steps_per_s"),
+        "watched_steps_per_s": median_of(windows, "watched", "steps_per_s"),
+        "alone_steps_per_s": median_of(windows, "alone", "steps_per_s"),
+        "watch_server_cpu_per_s": median_of(windows, "watched", "server_cpu_per_s"),
+        "alone_server_cpu_per_s": median_of(windows, "alone", "server_cpu_per_s"),
+        "watch_browser_cpu_per_s": median_of(windows, "watched", "browser_cpu_per_s"),
+        "windows": windows,
         "cpu_count": os.cpu_count(),
     }
+    cli_steps = args.cli_steps if args.cli_steps is not None else (60 if args.model == "tiny" else 10)
+    if cli_steps:
+        result["cli_steps_per_s"] = run_cli(settings(args.model, cli_steps))
     print(json.dumps(result, indent=2))
 
 

@@ -316,8 +316,8 @@ def test_refresh_sends_only_changed_panels(ctx):
     sel, header, loss, eps, hist, heat, noise, gens = out
     assert "ε = 0.5" in header and "step 5 / 5" in header and "running" in header
     assert loss.data and eps.data and hist.data and heat.data and noise.data and gens["data"][0][0] == 5
-    again = train_tab.refresh(ctx, sel, now=1020.0)
-    assert all(is_skip(x) for x in again[1:])  # nothing new: nothing sent
+    again = train_tab.refresh(ctx, sel, now=1030.0)
+    assert all(is_skip(x) for x in again[1:])  # nothing new, even seconds later: nothing sent
     ctx.store.append(step(6, "20250101-000000-aaaaaa"))
     sel2, header2, loss2, eps2, hist2, heat2, noise2, gens2 = train_tab.refresh(ctx, again[0] if not is_skip(again[0]) else sel, now=1021.0)
     assert not is_skip(loss2) and len(loss2.data[0].x) == 6 and "step 6" in hist2.layout.title.text
@@ -411,6 +411,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_launch_refuses_share_without_auth():
+    from workbench.app import launch
+
+    with pytest.raises(ValueError, match="auth"):
+        launch(share=True)
 
 
 def test_api_exposes_no_training_or_deletion(_workbench_home):

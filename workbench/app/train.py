@@ -96,7 +96,9 @@ def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) 
     except RunNotFound:
         return (Selection(follow=True, seq=0), *_empty_panels(f"Run {selection.run_id} was deleted."))
     view = ctx.views.get(record.id)
-    header = header_html(view, record.status, record.reason, now=now)
+    # progress as of the latest event, so the header (and the browser) changes only when the run does
+    as_of = view.latest_step.time if view.latest_step is not None and record.status == "running" else now
+    header = header_html(view, record.status, record.reason, now=as_of)
     new_header = hash(header) != selection.header_hash
     new_steps = len(view.steps) != selection.n_steps
     new_evals = len(view.evals) != selection.n_evals

@@ -43,18 +43,21 @@ def finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[np.ndarray, np.nda
 
 
 def ema(ys: Sequence[float], *, alpha: float | None = None) -> np.ndarray:
-    """Exponential moving average, bias-corrected; alpha defaults to about 1/20 of the series."""
+    """Exponential moving average, bias-corrected; alpha defaults to about 10 / len(ys).
+
+    >>> ema([1.0, 1.0, 4.0], alpha=0.5).round(3).tolist()
+    [1.0, 1.0, 2.714]
+    """
+    from scipy.signal import lfilter
+
     y = np.asarray(ys, dtype=float)
     if len(y) == 0:
         return y
-    a = alpha if alpha is not None else min(0.3, max(0.02, 10.0 / max(len(y), 1)))
-    out = np.empty_like(y)
-    acc, weight = 0.0, 0.0
-    for i, v in enumerate(y):
-        acc = (1 - a) * acc + a * v
-        weight = (1 - a) * weight + a
-        out[i] = acc / weight
-    return out
+    a = alpha if alpha is not None else min(0.3, max(0.02, 10.0 / len(y)))
+    # acc_t = (1 - a) acc_{t-1} + a y_t, divided by the same recursion over ones (bias correction)
+    acc = lfilter([a], [1.0, a - 1.0], y)
+    weight = lfilter([a], [1.0, a - 1.0], np.ones_like(y))
+    return acc / weight
 
 
 def accountant_label(name: str) -> str:
