@@ -1,6 +1,6 @@
 """Training throughput with the Gradio app attached and a browser watching, against training alone.
 
-    python benchmarks/app_overhead.py [--model tiny|default] [--pairs P] [--window S] [--cli-steps N]
+    python benchmarks/app_overhead.py [--model tiny|default] [--pairs P] [--window S] [--cli-steps N] [--poll-seconds T]
 
 On a shared machine the speed of two separate runs differs by 3x from minute to minute, more
 than any overhead, so the comparison is made *inside one run*: the app server (its own process,
@@ -11,9 +11,9 @@ the benchmark alternates windows of ``--window`` seconds in which
   alone    no page is open: the app process then runs exactly the Session that
            `workbench train` runs (same code, same thread), with nothing polling.
 Pairs alternate their order (watched/alone, alone/watched) so drifts in machine load cancel.
-For every window: steps per second as 1 / (mean step time of the steps in the window, as the
-engine measured it: a step slowed by the app or the browser takes longer), and the CPU the app
-process and the browser (this benchmark's Chromium processes) used per second.
+For every window: steps per second (steps completed in the window over its length, wall clock:
+the engine's own step_time leaves out the per-step privacy accounting and event writing), and
+the CPU the app process and the browser (this benchmark's Chromium processes) used per second.
 
 Prints JSON: ``app_over_cli`` = median over pairs of (watched steps/s) / (alone steps/s), the
 CPU that watching costs (app server and browser, CPU seconds per second), the per-window
@@ -156,8 +156,8 @@ def measure_app(cfg: dict, *, pairs: int, window: float) -> list[dict]:
                     t1, s1, b1 = time.time(), cpu_seconds(server.pid), descendants_cpu(os.getpid(), exclude=server.pid)
                     if watcher is not None:
                         watcher.close()
-                    inside = [e for e in steps(home) if t0 <= e.time - e.step_time and e.time < t1]
-                    rate = len(inside) / sum(e.step_time for e in inside) if inside else None
+                    inside = [e for e in steps(home) if t0 <= e.time < t1]
+                    rate = len(inside) / (t1 - t0)
                     windows.append({"pair": i, "kind": kind, "steps": len(inside), "steps_per_s": rate,
                                     "server_cpu_per_s": (s1 - s0) / (t1 - t0),
                                     "browser_cpu_per_s": max(0.0, b1 - b0) / (t1 - t0)})
@@ -192,15 +192,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny", choices=["tiny", "default"])
     ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--poll-seconds", type=float, default=None, help="the app's refresh period (default: the app's, 1 s)")
     ap.add_argument("--window", type=float, default=None, help="seconds per window (default: 20 tiny, 90 default)")
     ap.add_argument("--cli-steps", type=int, default=None, help="steps of the separate CLI run (0: skip; default 60 tiny, 10 default)")
     args = ap.parse_args()
     args.window = args.window or (20.0 if args.model == "tiny" else 90.0)
+    if args.poll_seconds:
+        os.environ["WORKBENCH_APP_POLL_SECONDS"] = str(args.poll_seconds)
     windows = measure_app(settings(args.model, 3000), pairs=args.pairs, window=args.window)
     result = {
         "model": args.model,
         "pairs": args.pairs,
         "window_s": args.window,
+        "poll_seconds": float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or 1.0),
         "app_over_cli": paired_ratio(windows, "steps_per_s"),
         "watched_steps_per_s": median_of(windows, "watched", "steps_per_s"),
         "alone_steps_per_s": median_of(windows, "alone", "steps_per_s"),

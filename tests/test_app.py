@@ -7,7 +7,6 @@ except for the few tests that train the tiny model for a handful of steps.
 from __future__ import annotations
 
 import math
-import random
 import time
 import zipfile
 from pathlib import Path
@@ -28,7 +27,6 @@ from workbench.present import (
     plan_figure,
     privacy_utility_scatter,
     progress,
-    runs_table,
     settings_diff_table,
 )
 from workbench.store.runs import RunStore

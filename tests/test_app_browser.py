@@ -13,7 +13,6 @@ import re
 import shutil
 import socket
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -176,8 +175,9 @@ def test_plan_train_stop_compare_export_delete(app_url, browser):
     page.wait_for_function(f"() => ({TRACES_JS})('compare-epsilon') == 2", timeout=WAIT)
     wait_text(page, "#compare-diff", r"max_steps")
     assert page.evaluate(TRACES_JS, "compare-scatter") == 2
-    page.keyboard.press("Escape")
-    page.mouse.click(5, 5)  # close the dropdown's list before the screenshot
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # close the dropdown's list
+    page.get_by_text("Settings that differ").click()
+    sync_api.expect(page.get_by_role("listbox")).to_have_count(0, timeout=WAIT)
     shot(page, "compare")
 
     # Runs: export the finished run as a zip, delete the stopped one (confirmed)

@@ -13,10 +13,14 @@ from typing import Any, Mapping
 __all__ = ["build_app", "launch", "serve"]
 
 
-def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_upload_mb: int = 50):
+def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_upload_mb: int = 50,
+              poll_seconds: float | None = None):
     """Build the app over ``store`` (default: the RunStore under $WORKBENCH_HOME).
 
     ``defaults``: RunConfig overrides that preset the controls, e.g. ``{"model": "tiny"}``.
+    ``poll_seconds``: how often the Train tab reads the run store (default 1, or the environment
+    variable WORKBENCH_APP_POLL_SECONDS); each refresh redraws the panels that changed, which
+    costs the *browser* CPU, so a larger value helps small machines that also train on the CPU.
     The app's shared state is ``app.workbench`` (an ``AppContext``), for tests and tooling.
     """
     # Gradio summarises per-event analytics in a pandas DataFrame after every event, monitoring on
@@ -43,7 +47,8 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
             with gr.Tab("Plan", id="plan"):
                 plan = plan_tab.build(ctx)
             with gr.Tab("Train", id="train"):
-                train = train_tab.build(ctx, plan, selection)
+                poll = poll_seconds or float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or train_tab.POLL_SECONDS)
+                train = train_tab.build(ctx, plan, selection, poll_seconds=poll)
             with gr.Tab("Compare", id="compare") as compare_page:
                 compare_tab.build(ctx, compare_page)
             with gr.Tab("Runs", id="runs") as runs_page:

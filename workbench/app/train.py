@@ -31,7 +31,7 @@ from workbench.present import (
 )
 from workbench.store.runs import RunNotFound
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.0  # default refresh period of the dashboard (build_app(poll_seconds=...))
 PANELS = ("header", "loss", "epsilon", "histogram", "heatmap", "noise", "generations")
 
 
@@ -198,7 +198,7 @@ class TrainControls:
     outputs: list[Any]
 
 
-def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
+def build(ctx: AppContext, plan: PlanControls, selection: Any, *, poll_seconds: float = POLL_SECONDS) -> TrainControls:
     """Lay out the Train tab and wire Start, Stop and the polling timer; call inside ``gr.Tab``."""
     import gradio as gr
 
@@ -240,8 +240,9 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                 heat = gr.Plot(label="Gradient-norm heatmap", elem_id="heatmap-plot", show_label=False)
             noise = gr.Plot(label="Noise allocation", elem_id="noise-plot", show_label=False)
             gens = gr.Dataframe(headers=["step", "prompt", "output"], label="Sample generations at each evaluation",
-                                wrap=True, interactive=False, elem_id="generations", max_height=320)
-    timer = gr.Timer(POLL_SECONDS)
+                                wrap=True, interactive=False, elem_id="generations", max_height=320,
+                                column_widths=["9%", "51%", "40%"])
+    timer = gr.Timer(poll_seconds)
     outputs = [selection, header, loss, eps, hist, heat, noise, gens]
 
     def tick(sel):

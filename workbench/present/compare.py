@@ -70,6 +70,7 @@ def privacy_utility_scatter(runs: Sequence[RunView]) -> go.Figure:
         y = ev.accuracy if use_acc else ev.val_loss
         x = e if math.isfinite(e) else inf_x
         fig.add_scatter(x=[x], y=[y], mode="markers+text", text=[run.label + ("" if math.isfinite(e) else " (ε=∞)")],
+                        cliponaxis=False,
                         textposition="top center", marker=dict(size=14, color=PALETTE[i % len(PALETTE)],
                                                                symbol="circle" if math.isfinite(e) else "diamond"),
                         hovertemplate=f"{run.label}<br>ε = {fmt_eps(e)}<br>{metric} = %{{y:.4g}}<extra></extra>")
