@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,24 +17,15 @@ from typing import Any, NoReturn, Optional
 import typer
 
 from workbench.config import ConfigError, RunConfig
+from workbench.events import jsonable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="DP Workbench: differentially private LoRA fine-tuning.")
 runs_app = typer.Typer(no_args_is_help=True, help="List, show, export and delete stored runs.")
 app.add_typer(runs_app, name="runs")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(_jsonable(value), indent=2))
+    typer.echo(json.dumps(jsonable(value), indent=2))
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -370,7 +360,7 @@ def data(
     if as_json:
         _print_json(info)
         return
-    typer.echo(json.dumps(_jsonable(info), indent=2, ensure_ascii=False))
+    typer.echo(json.dumps(jsonable(info), indent=2, ensure_ascii=False))
 
 
 def _split_kv(text: str) -> tuple[str, str]:

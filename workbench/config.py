@@ -158,16 +158,6 @@ class RunConfig(BaseModel):
     def is_private(self) -> bool:
         return not (self.noise_multiplier == 0)
 
-    def planned_steps(self, *, dataset_size: int) -> int:
-        """Logical steps the run plans: max_steps, or epochs / q, or one epoch by default."""
-        if self.max_steps is not None:
-            return self.max_steps
-        q = self.sample_rate(dataset_size=dataset_size)
-        return max(1, math.ceil((self.epochs if self.epochs is not None else 1.0) / q))
-
-    def sample_rate(self, *, dataset_size: int) -> float:
-        return min(1.0, self.batch_size / dataset_size)
-
     def default_delta(self, *, dataset_size: int) -> float:
         """A delta comfortably below 1/N: the largest power of ten not above 1/(10 N), at most 1e-5."""
         return min(1e-5, 10.0 ** math.floor(math.log10(1.0 / (10 * dataset_size))))

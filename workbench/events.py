@@ -19,6 +19,7 @@ __all__ = [
     "RunEnded",
     "event_from_dict",
     "GRAD_NORM_BIN_EDGES",
+    "jsonable",
 ]
 
 # Fixed bins for per-example gradient-norm histograms, in units of the clipping norm C
@@ -40,6 +41,11 @@ def _json_float(x: float | None) -> float | str | None:
     if math.isnan(x):
         return "nan"
     return x
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with infinities and NaN as the strings 'inf', '-inf', 'nan' (JSON has none)."""
+    return _clean(value)
 
 
 def _clean(value: Any) -> Any:

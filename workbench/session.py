@@ -171,11 +171,7 @@ class Session:
             privacy_unit=cfg.privacy_unit,
             sampling="poisson" + ({"els": " (examples, k per user)", "uls": " (users)"}.get(plan.user_sampling or "", "")),
             clipping=trainer.dp.clipping,
-            effective_noise_multiplier=trainer._effective_sigma(trainer.dp.allocation),
-            noise_allocation={
-                g: {"clip_norm": trainer.dp.allocation.clip[g], "noise_multiplier": trainer.dp.allocation.sigma[g]}
-                for g in trainer.dp.groups
-            },
+            **trainer.allocation_report(),
             num_users=plan.num_users,
             max_examples_per_user=plan.max_examples_per_user,
             **plan.user_level_report(trainer.step),

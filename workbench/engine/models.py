@@ -8,6 +8,7 @@ directory, or a path to a .gguf file.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -85,8 +86,12 @@ _TINY_CORPUS = (
 )
 
 
+@functools.lru_cache(maxsize=1)
 def tiny_tokenizer():
-    """A byte-level BPE tokenizer (512 tokens) trained in code on a fixed corpus, with a ChatML template."""
+    """A byte-level BPE tokenizer (512 tokens) trained in code on a fixed corpus, with a ChatML template.
+
+    Deterministic, so it is trained once per process (about 1 s) and shared; nothing mutates it.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

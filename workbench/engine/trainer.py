@@ -329,9 +329,8 @@ class Trainer:
     def save(self) -> Path:
         cfg = self.p.config
         out = Path(cfg.output_dir) if cfg.output_dir else self.run_dir / "adapter"
-        allocation = {g: {"clip_norm": self.dp.allocation.clip[g], "noise_multiplier": self.dp.allocation.sigma[g]} for g in self.dp.groups}
-        extra = {"effective_noise_multiplier": self._effective_sigma(self.dp.allocation), "noise_allocation": allocation}
-        save_adapter(self.p, out_dir=out, steps_done=self.step, epsilon=self.p.plan.epsilon_at(self.step), extra=extra)
+        save_adapter(self.p, out_dir=out, steps_done=self.step, epsilon=self.p.plan.epsilon_at(self.step),
+                     extra=self.allocation_report())
         return out
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -406,6 +405,14 @@ class Trainer:
             module_noise_multiplier=dict(allocation.sigma) if self.private_path else {},
             effective_noise_multiplier=self._effective_sigma(allocation),
         )
+
+    def allocation_report(self) -> dict:
+        """The current per-module clip norms and noise multipliers, and the multiplier the accountant sees."""
+        a = self.dp.allocation
+        return {
+            "effective_noise_multiplier": self._effective_sigma(a),
+            "noise_allocation": {g: {"clip_norm": a.clip[g], "noise_multiplier": a.sigma[g]} for g in self.dp.groups},
+        }
 
     def _effective_sigma(self, allocation) -> float:
         if not self.p.plan.private:

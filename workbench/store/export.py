@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
-from typing import Any
-
+from workbench.events import jsonable
 from workbench.store.runs import RunStore
 
 
 class ExportError(ValueError):
     """The run cannot be exported; the message says why."""
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def export_run(store: RunStore, run_id: str, directory: str | Path) -> Path:
@@ -36,7 +25,7 @@ def export_run(store: RunStore, run_id: str, directory: str | Path) -> Path:
         raise ExportError(f"{target} already exists. Choose another directory or remove it.")
     shutil.copytree(adapter, target / "adapter")
     (target / "config.json").write_text(json.dumps(rec.config, indent=2))
-    (target / "summary.json").write_text(json.dumps(_jsonable(rec.summary), indent=2))
+    (target / "summary.json").write_text(json.dumps(jsonable(rec.summary), indent=2))
     with open(target / "events.jsonl", "w") as fh:
         for _, e in store.events(rec.id):
             fh.write(json.dumps(e.to_dict()) + "\n")
