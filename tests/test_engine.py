@@ -167,3 +167,17 @@ def test_lora_layers_limits_adapters_to_the_last_layers():
     summary = train(**FAST, max_steps=1, noise_multiplier=1.0, lora_layers=1)
     assert summary["status"] == "finished"
     assert set(summary["noise_allocation"]) == {"layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"}
+
+
+def test_exported_adapter_names_a_portable_base_model_not_a_cache_path(tmp_path):
+    from workbench.engine.models import base_model_name
+
+    summary = train(**FAST, max_steps=1, noise_multiplier=1.0)
+    adapter = Path(summary["adapter_dir"])
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny"
+    report = json.loads((adapter / "privacy_report.json").read_text())
+    assert report["base_model"] == "tiny" and "built in code" in report["base_model_source"]
+    assert "| base model | tiny" in (adapter / "README.md").read_text()
+    assert base_model_name("default") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert ".cache" not in base_model_name("default")

