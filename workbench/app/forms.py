@@ -7,11 +7,12 @@ Everything raises the engine's user errors (ConfigError, DataError, PrivacyError
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -23,6 +24,7 @@ from workbench.config import ConfigError, RunConfig
 PLAN_FIELDS = (
     "data_mode", "upload_path", "data_path", "batch_size", "length_mode", "epochs", "max_steps",
     "delta", "privacy_mode", "target_epsilon", "noise_multiplier", "max_grad_norm", "accountant",
+    "max_examples_per_user",  # last: the /plan API's positional inputs keep their places
 )
 # Names of the Train tab's controls (each a RunConfig key).
 TRAIN_FIELDS = (
@@ -54,6 +56,30 @@ class DataInfo:
 
 
 @dataclass(frozen=True)
+class UserLevel:
+    """One user with up to k examples beside one example (REFERENCES.md section 2).
+
+    ELS: ``epsilon`` is the mixture-of-Gaussians PLD (None while it is being computed) and the
+    group-privacy bound (k eps, delta_k) is derived from ``example_epsilon``.  ULS: the sampled
+    unit is already the user, so ``epsilon`` is the example-level accounting with users as the unit.
+    """
+
+    k: int
+    example_epsilon: float | None = None  # the chosen accountant's, at delta
+    epsilon: float | None = None
+    group_epsilon: float | None = None
+    group_delta: float | None = None
+    num_users: int | None = None
+    sampling: str = "els"  # "uls" when the config samples users
+    charged: bool = False  # the run's budget is this epsilon (privacy_unit "user")
+    error: str = ""
+
+    @property
+    def pending(self) -> bool:
+        return self.epsilon is None and not self.error
+
+
+@dataclass(frozen=True)
 class PlanResult:
     """A privacy plan as the Plan tab shows it; ``pending`` accountants are still being computed."""
 
@@ -66,6 +92,7 @@ class PlanResult:
     curves: dict[str, list[tuple[int, float]]]  # accountant -> (step, epsilon)
     pending: tuple[str, ...] = ()
     provisional: bool = False  # noise_multiplier is RDP's while the chosen accountant calibrates
+    user_level: UserLevel | None = None  # computed last: the mixture PLD takes about a second
 
     def final_epsilon(self, accountant: str) -> float | None:
         curve = self.curves.get(accountant)
@@ -104,6 +131,20 @@ def _parse_float(name: str, value: Any) -> float | None:
         raise ConfigError(f"{name} must be a number such as 1e-5. Found {value!r}.") from None
 
 
+def parse_group_size(value: Any) -> int:
+    """The "max examples per user k" control: a whole number >= 1."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ConfigError("max examples per user k is empty: enter a whole number ≥ 1 such as 4 (1 = one example per user).")
+    try:
+        k = float(value)
+    except (TypeError, ValueError):
+        k = math.nan
+    if isinstance(value, bool) or not (k.is_integer() and k >= 1):
+        raise ConfigError(f"max examples per user k must be a whole number ≥ 1 (each user's examples are capped at k). "
+                          f"Found {value!r}; enter e.g. 4.")
+    return int(k)
+
+
 def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = None) -> RunConfig:
     """A RunConfig from the controls' values (PLAN_FIELDS and TRAIN_FIELDS by name)."""
     base = base or RunConfig()
@@ -129,6 +170,8 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
             o["noise_multiplier"], o["target_epsilon"] = None, _number(values.get("target_epsilon"))
             if o["target_epsilon"] is None:
                 raise ConfigError("target ε is empty: enter a privacy budget such as 8, or set a noise multiplier.")
+    if "max_examples_per_user" in values:
+        o["max_examples_per_user"] = parse_group_size(values["max_examples_per_user"])
     for key in ("max_grad_norm", "accountant", *TRAIN_FIELDS):
         if key in values and key != "name":
             o[key] = _number(values[key], integer=key in ("lora_r", "physical_batch_size", "eval_every", "seed"))
@@ -183,27 +226,40 @@ def curve_steps(steps: int, points: int) -> list[int]:
     return sorted({int(round(x)) for x in (*even, *early)})
 
 
-def plan_stages(config: RunConfig, *, dataset_size: int) -> Iterator[PlanResult | None]:
+def check_users(config: RunConfig, num_users: int | None) -> None:
+    """User-level runs need users: a user_id column."""
+    if config.privacy_unit == "user" and not num_users:
+        raise ConfigError("privacy_unit is 'user' but the data has no user_id column: add one (the person each "
+                          "example belongs to) or set privacy_unit to 'example'.")
+
+
+def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None = None) -> Iterator[PlanResult | None]:
     """The plan for ``config`` on N examples, progressively: each PlanResult adds a curve.
 
     Fast things come first (RDP's calibration and curve take well under a second); PLD and PRV
-    follow.  ``None`` is yielded between points of the slow accountants, as a place to stop
-    when the knobs moved on (the caller simply stops iterating).
+    follow, and the user-level epsilon (about a second) comes last.  ``None`` is yielded between
+    slow computations, as a place to stop when the knobs moved on (the caller stops iterating).
     """
     from workbench import privacy
     from workbench.engine.plan import make_plan
 
+    check_users(config, num_users)
     fixed = config.noise_multiplier is not None
     probe = make_plan(config.with_overrides({"noise_multiplier": config.noise_multiplier if fixed else 0.0}),
-                      dataset_size=dataset_size)  # the engine's checks: batch <= N, delta < 1/N
+                      dataset_size=dataset_size, num_users=num_users)  # the engine's checks: batch <= N, delta < 1/N
     q, steps, delta, chosen = probe.sample_rate, probe.steps, probe.delta, config.accountant
     target = None if fixed else config.target_epsilon
     order = [a for a in dict.fromkeys(("rdp", chosen, *PLAN_ACCOUNTANTS))]
+    uls = config.privacy_unit == "user" and config.user_sampling == "uls"
+    user = UserLevel(k=config.max_examples_per_user, num_users=num_users, sampling="uls" if uls else "els",
+                     charged=config.privacy_unit == "user")
 
     def result(sigma: float, curves: dict, done: int, provisional: bool = False) -> PlanResult:
+        chosen_curve = curves.get(chosen)
         return PlanResult(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=chosen,
                           target_epsilon=target if sigma > 0 else None, curves=dict(curves),
-                          pending=tuple(order[done:]), provisional=provisional)
+                          pending=tuple(order[done:]), provisional=provisional,
+                          user_level=replace(user, example_epsilon=chosen_curve[-1][1] if chosen_curve else None))
 
     def curve(name: str, sigma: float) -> Iterator[tuple[int, float] | None]:
         for t in curve_steps(steps, CURVE_POINTS.get(name, 25)):
@@ -220,7 +276,9 @@ def plan_stages(config: RunConfig, *, dataset_size: int) -> Iterator[PlanResult 
             yield result(sigma_rdp, {"rdp": [p for p in curve("rdp", sigma_rdp) if p]}, 0, provisional=True)
         sigma = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=chosen)
     if sigma == 0:
-        yield PlanResult(0.0, q, steps, delta, chosen, None, {})
+        yield PlanResult(0.0, q, steps, delta, chosen, None, {},
+                         user_level=replace(user, example_epsilon=math.inf, epsilon=math.inf, group_epsilon=math.inf,
+                                            group_delta=1.0))
         return
     curves: dict[str, list[tuple[int, float]]] = {}
     for i, name in enumerate(order):
@@ -232,16 +290,39 @@ def plan_stages(config: RunConfig, *, dataset_size: int) -> Iterator[PlanResult 
                 points.append(point)
         curves[name] = points
         yield result(sigma, curves, i + 1)
+    yield None
+    last = result(sigma, curves, len(order))
+    yield replace(last, user_level=user_level(last.user_level, noise_multiplier=sigma, sample_rate=q, steps=steps,
+                                              delta=delta))
 
 
-def compute_plan(config: RunConfig, *, dataset_size: int, curves: bool = True) -> PlanResult:
-    """The complete plan (every curve), or with ``curves=False`` just the engine's plan (sigma)."""
+def user_level(user: UserLevel, *, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> UserLevel:
+    """``user`` with its epsilon and group-privacy bound; privacy errors become ``user.error``."""
+    from workbench import privacy
+
+    if user.sampling == "uls":  # the sampled unit is the user: the example-level accounting is user-level
+        return replace(user, epsilon=user.example_epsilon)
+    try:
+        eps = privacy.user_epsilon_els(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+                                       delta=delta, max_examples_per_user=user.k)
+        group = privacy.group_privacy_bound(epsilon=user.example_epsilon, delta=delta, group_size=user.k)
+    except privacy.PrivacyError as err:
+        return replace(user, error=str(err))
+    return replace(user, epsilon=eps, group_epsilon=group[0], group_delta=group[1])
+
+
+def compute_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = None,
+                 curves: bool = True) -> PlanResult:
+    """The complete plan (every curve and the user-level epsilon), or with ``curves=False`` just the
+    engine's plan (sigma)."""
     if curves:
-        *_, last = (stage for stage in plan_stages(config, dataset_size=dataset_size) if stage is not None)
+        stages = plan_stages(config, dataset_size=dataset_size, num_users=num_users)
+        *_, last = (stage for stage in stages if stage is not None)
         return last
     from workbench.engine.plan import make_plan
 
-    plan = make_plan(config, dataset_size=dataset_size)  # checks batch <= N and delta < 1/N; calibrates sigma
+    check_users(config, num_users)
+    plan = make_plan(config, dataset_size=dataset_size, num_users=num_users)  # checks batch <= N, delta < 1/N; sigma
     return PlanResult(noise_multiplier=float(plan.noise_multiplier), sample_rate=plan.sample_rate, steps=plan.steps,
                       delta=plan.delta, accountant=plan.accountant, target_epsilon=plan.target_epsilon, curves={})
 
@@ -252,4 +333,4 @@ def check_start(config: RunConfig) -> PlanResult:
     if config.validation_data:
         dataset_info(config.validation_data)
     info = dataset_info(config.data, validation_fraction=config.validation_fraction, seed=config.seed)
-    return compute_plan(config, dataset_size=info.n_train, curves=False)
+    return compute_plan(config, dataset_size=info.n_train, num_users=info.n_users, curves=False)

@@ -42,7 +42,8 @@ PLAN_TITLE = "ε against steps"
 
 
 def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any, ...] | None]:
-    """(data info, plot, plan summary, error), progressively: RDP within a second, then PLD and PRV.
+    """(data info, plot, plan summary, error), progressively: RDP within a second, then PLD and PRV,
+    then the user-level epsilon (one user with up to k examples) in the summary.
 
     ``None`` marks a point where the caller may stop (the Gradio wrapper sends no-op updates
     there, so a newer knob change can cancel the rest).
@@ -57,7 +58,7 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
     data_md = info.describe(_int_or_none(values.get("batch_size")))
     try:
         config = forms.config_from_values(values, base=base)
-        for stage in forms.plan_stages(config, dataset_size=info.n_train):
+        for stage in forms.plan_stages(config, dataset_size=info.n_train, num_users=info.n_users):
             if stage is None:
                 yield None
                 continue
@@ -75,10 +76,11 @@ def update_plan(ctx: AppContext, values: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def plan_summary(plan: forms.PlanResult) -> str:
-    """The plan in two sentences, with epsilon at the last step for each accountant."""
+    """The plan in two sentences, with epsilon at the last step for each accountant, then the
+    example-level and user-level epsilon side by side."""
     head = f"{plan.steps:,} steps at q = {plan.sample_rate:.4g}, δ = {plan.delta:.0e}"
     if plan.noise_multiplier == 0:
-        return f"**Non-private run** (noise multiplier 0): ε = ∞. {head}."
+        return f"**Non-private run** (noise multiplier 0): ε = ∞ for one example and for one user. {head}."
     chosen = accountant_label(plan.accountant)
     if plan.provisional:
         text = (f"RDP needs **σ = {plan.noise_multiplier:.4g}** for ε = {fmt_eps(plan.target_epsilon)} over {head}; "
@@ -94,7 +96,46 @@ def plan_summary(plan: forms.PlanResult) -> str:
         text += "  \nε after the last step: " + " · ".join(finals) + "."
     if plan.pending and not plan.provisional:
         text += f"  \n_computing {', '.join(accountant_label(a) for a in plan.pending)}…_"
+    if plan.user_level is not None and not plan.provisional:
+        text += "\n\n" + user_level_summary(plan.user_level, plan)
     return text
+
+
+USER_LEVEL_HEAD = "| protects | ε | δ |\n|---|---|---|"
+
+
+def user_level_summary(user: forms.UserLevel, plan: forms.PlanResult) -> str:
+    """Example-level and user-level epsilon side by side, as a markdown table and a note."""
+    if user.sampling == "uls":
+        return (f"**User-level (ULS)**: users are sampled (q = users sampled / users = {plan.sample_rate:.4g}), so the "
+                f"ε above is already user-level: example-level accounting with users as the unit.{_users_note(user)}")
+    k = f"k = {user.k} example" + ("s" if user.k > 1 else "")
+    rows = [f"| one example ({accountant_label(plan.accountant)}) | {fmt_eps(user.example_epsilon)} | {plan.delta:.0e} |"]
+    if user.error:
+        rows.append(f"| one user with up to {k} | ⚠️ {user.error.replace('|', '/')} | |")
+    elif user.pending:
+        rows.append(f"| one user with up to {k} (ELS) | _computing user-level ε…_ | |")
+    else:
+        rows.append(f"| **one user with up to {k}** (ELS, mixture-of-Gaussians PLD) | "
+                    f"**{fmt_eps(user.epsilon)}** | {plan.delta:.0e} |")
+        rows.append(f"| one user, group-privacy bound (k ε at δ_k = δ (e^kε − 1)/(e^ε − 1)) | "
+                    f"{fmt_eps(user.group_epsilon)} | {_fmt_delta(user.group_delta)} |")
+    note = ("k = 1: one example per user, so user-level ε equals example-level ε." if user.k == 1 else
+            f"ELS: examples are sampled at q and each user keeps at most {user.k}.")
+    if user.charged:
+        note += " This run is user-level (privacy_unit = user): its budget is the user-level ε."
+    return f"**Example-level vs user-level ε** after {plan.steps:,} steps\n\n{USER_LEVEL_HEAD}\n" + "\n".join(rows) + (
+        f"\n\n{note}{_users_note(user)}")
+
+
+def _fmt_delta(delta: float) -> str:
+    return "1 (vacuous)" if delta >= 1 else f"{delta:.2g}"
+
+
+def _users_note(user: forms.UserLevel) -> str:
+    if user.num_users:
+        return f" The dataset has {user.num_users:,} users."
+    return " The dataset has no user_id column, so k is an assumption about how many examples one person gave."
 
 
 def store_upload(ctx: AppContext, temp_path: str | None) -> tuple[str | None, str]:
@@ -201,6 +242,10 @@ def build(ctx: AppContext) -> PlanControls:
                                         elem_id="delta")
                 c["accountant"] = gr.Dropdown(ACCOUNTANT_CHOICES, value=base.accountant, label="Accountant",
                                               info=help_["accountant"])
+            with gr.Row():  # no minimum=: a bad k gets the plan's message, not Gradio's
+                c["max_examples_per_user"] = gr.Number(base.max_examples_per_user, label="Max examples per user k",
+                                                       precision=0, info=help_["max_examples_per_user"],
+                                                       elem_id="max-examples-per-user")
             error = gr.Markdown("", elem_classes="wb-error", elem_id="plan-error")
         with gr.Column(scale=3):
             plot = gr.Plot(label="Privacy plan", elem_id="plan-plot")

@@ -8,8 +8,9 @@ Accounting can take a second (PRV most), so it runs on a worker thread: moving a
 records the newest settings, and the worker always computes the newest ones, dropping any that
 were overtaken.  ``update()`` computes synchronously (tests and scripts).
 
-Layout note: ``self.results`` is a row of result columns; the example-level column is the first.
-User-level accounting (issue 5) adds its column there.
+Layout note: ``self.results`` is a row of result columns: example-level DP per accountant, then
+user-level DP (ELS, one user with up to k examples: the mixture-of-Gaussians PLD, about a second,
+computed after the curves) beside the example-level epsilon and the older group-privacy bound.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class PlanSettings:
     max_grad_norm: float = 1.0
     accountants: tuple[str, ...] = ("pld", "rdp", "prv", "edgeworth")
     selected: str = "pld"
+    max_examples_per_user: int = 4  # k, for the user-level column
 
     @property
     def sample_rate(self) -> float:
@@ -68,6 +70,9 @@ class PlanResult:
     epsilon: dict[str, float] = field(default_factory=dict)  # at the last step, at noise_multiplier
     sigma_needed: dict[str, float] = field(default_factory=dict)  # target mode: each accountant's own sigma
     errors: dict[str, str] = field(default_factory=dict)
+    example_epsilon: float | None = None  # the selected accountant's, beside the user-level epsilon
+    user_epsilon: float | None = None  # ELS, k examples per user (mixture-of-Gaussians PLD)
+    group_bound: tuple[float, float] | None = None  # (eps_k, delta_k) by group privacy
 
 
 # Points per curve: accounting cost per point differs by three orders of magnitude
@@ -138,9 +143,30 @@ def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=
             continue
         out.curves[acc] = [(int(t), float(e)) for t, e in curve]
         out.epsilon[acc] = out.curves[acc][-1][1] if out.curves[acc] else math.nan
-        if on_partial is not None and len(out.curves) < len(accountants):
+        if on_partial is not None:  # the user-level column comes after the last curve
             on_partial(out)
+    if not is_current():
+        raise _Stale
+    add_user_level(out)
     return out
+
+
+USER_LEVEL = "user-level"  # the key of its message in PlanResult.errors
+
+
+def add_user_level(out: PlanResult) -> None:
+    """The example-level epsilon of the selected accountant, the ELS user-level epsilon and the
+    group-privacy bound, into ``out`` (a privacy error becomes a message)."""
+    s, sigma = out.settings, out.noise_multiplier
+    common = dict(noise_multiplier=sigma, sample_rate=s.sample_rate, steps=s.steps, delta=s.delta)
+    try:
+        eps = out.epsilon.get(s.selected)
+        out.example_epsilon = eps if eps is not None else privacy.epsilon(**common, accountant=s.selected)
+        out.user_epsilon = privacy.user_epsilon_els(**common, max_examples_per_user=s.max_examples_per_user)
+        out.group_bound = privacy.group_privacy_bound(epsilon=out.example_epsilon, delta=s.delta,
+                                                      group_size=s.max_examples_per_user)
+    except privacy.PrivacyError as err:
+        out.errors[USER_LEVEL] = str(err)
 
 
 def _options(values: list, fmt) -> list[tuple[str, Any]]:
@@ -198,12 +224,21 @@ class PrivacyPlanner:
                                             layout=w.Layout(width="400px"))
         self.selected = w.Dropdown(options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS], value=s.selected,
                                    description="calibrate with", style=style)
+        self.max_examples_per_user = w.IntSlider(value=min(64, max(1, s.max_examples_per_user)), min=1, max=64,
+                                                 description="max examples per user k", style=style, layout=wide(),
+                                                 tooltip="User-level DP: each user's examples are capped at k")
         self.figure = figure_widget(plan_figure({}, None).update_layout(width=self.plot_width, autosize=False))
         self.status = w.HTML()
         self.example_level = w.HTML()
-        self.results = w.HBox([w.VBox([w.HTML("<b>Example-level DP</b>"), self.example_level])])
+        self.user_level = w.HTML()
+        self.results = w.HBox([
+            w.VBox([w.HTML("<b>Example-level DP</b>"), self.example_level]),
+            w.VBox([w.HTML("<b>User-level DP (ELS, k examples per user)</b>"), self.user_level],
+                   layout=w.Layout(margin="0 0 0 24px")),
+        ])
         controls = [self.dataset_size, self.batch_size, self.steps, self.delta, self.mode, self.noise_multiplier,
-                    self.target_epsilon, self.max_grad_norm, self.accountants, self.selected]
+                    self.target_epsilon, self.max_grad_norm, self.accountants, self.selected,
+                    self.max_examples_per_user]
         for control in controls:
             control.observe(self._changed, names="value")
         left = w.VBox(controls + [self.status], layout=w.Layout(width="480px"))
@@ -227,6 +262,7 @@ class PrivacyPlanner:
             max_grad_norm=float(self.max_grad_norm.value),
             accountants=tuple(self.accountants.value),
             selected=self.selected.value,
+            max_examples_per_user=int(self.max_examples_per_user.value),
         )
 
     def _show_mode(self) -> None:
@@ -306,9 +342,12 @@ class PrivacyPlanner:
         fig.update_layout(width=self.plot_width, autosize=False)
         sync_figure(self.figure, fig)
         self.example_level.value = self._table(result)
+        self.user_level.value = self._user_table(result)
         errors = "".join(f"<div style='color:#d62728'>{html.escape(a)}: {html.escape(m)}</div>"
                          for a, m in result.errors.items())
         waiting = [a for a in s.accountants if a not in result.curves and a not in result.errors]
+        if result.noise_multiplier is not None and result.user_epsilon is None and USER_LEVEL not in result.errors:
+            waiting.append("user-level ε")
         self.status.value = errors + (
             f"<span style='color:#555'>q = {s.sample_rate:.4g}, {s.epochs:.3g} epochs, "
             f"δ = {s.delta:.0e}{'' if s.delta < 1 / s.dataset_size else ' — δ is not below 1/N!'}</span>"
@@ -339,3 +378,29 @@ class PrivacyPlanner:
             "accountant", "noise multiplier σ", f"ε after {s.steps:,} steps", "noise std σC (on the sum)",
             "noise std σC/(qN) (on the update)"))
         return f"<table style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>{''.join(rows)}</table>"
+
+    @staticmethod
+    def _user_table(result: PlanResult) -> str:
+        """Example-level epsilon, user-level epsilon (ELS) and the group-privacy bound, one row each."""
+        s = result.settings
+        if result.noise_multiplier is None:
+            return "<i style='color:#777'>no noise multiplier</i>"
+        if result.user_epsilon is None:
+            text = html.escape(result.errors.get(USER_LEVEL, "computing user-level ε…"))
+            return f"<i style='color:#777'>{text}</i>"
+        cell = "border:1px solid #ddd;padding:3px 8px;text-align:right;"
+        k = s.max_examples_per_user
+        eps_k, delta_k = result.group_bound
+        rows = [
+            (f"one example ({accountant_label(s.selected)})", fmt_eps(result.example_epsilon), f"{s.delta:.0e}"),
+            (f"<b>one user, up to k = {k}</b> (ELS, mixture-of-Gaussians PLD)", f"<b>{fmt_eps(result.user_epsilon)}</b>",
+             f"{s.delta:.0e}"),
+            ("one user, group-privacy bound (k ε at δ_k)", fmt_eps(eps_k),
+             "1 (vacuous)" if delta_k >= 1 else f"{delta_k:.2g}"),
+        ]
+        heads = ("protects", f"ε after {s.steps:,} steps", "δ")
+        head = "".join(f"<th style='{cell}background:#f5f5f5'>{h}</th>" for h in heads)
+        body = "".join("<tr>" + "".join(f"<td style='{cell}'>{v}</td>" for v in row) + "</tr>" for row in rows)
+        note = "k = 1: user-level equals example-level." if k == 1 else f"Each user keeps at most {k} examples."
+        return (f"<table style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>{body}</table>"
+                f"<div style='color:#555;font-size:12px'>{note}</div>")
