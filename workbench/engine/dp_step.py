@@ -125,13 +125,15 @@ class DPGradient:
         sq = {g: sum(x.flatten(1).pow(2).sum(1) for m in ms for x in unit[m]) for g, ms in self.groups.items()}
         total = torch.stack(list(sq.values())).sum(0).sqrt()  # (U,)
         finite = torch.isfinite(total)
+        all_finite = bool(finite.all())  # the common case: no masking copies of the per-unit grads
         factors = self._factors(sq, total)  # block -> (U,)
         for g, ms in self.groups.items():
-            f = torch.where(finite, factors[g], torch.zeros_like(factors[g]))
+            f = factors[g] if all_finite else torch.where(finite, factors[g], torch.zeros_like(factors[g]))
             for m in ms:
                 for buf, x in zip(self._sums[m], unit[m]):
-                    x = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x))
-                    buf.add_(torch.einsum("u,u...->...", f, x))
+                    if not all_finite:  # zero the non-finite units (0 * NaN would still be NaN)
+                        x = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x))
+                    buf.add_(torch.tensordot(f, x, dims=1))  # sum_u f_u x_u
         self._nonfinite += int((~finite).sum())
         self._clipped += int(self._was_clipped(sq, total).sum())
         self._norms.append(total.detach().float().cpu())
