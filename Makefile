@@ -38,7 +38,7 @@ browser:
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 app: install
-	$(BIN)/workbench app --port $(PORT)
+	$(BIN)/workbench app --port $(PORT) --config assets/demo.yaml
 
 lab: install
 	$(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

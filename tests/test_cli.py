@@ -171,3 +171,17 @@ def test_user_level_epsilon_and_calibrate_commands():
                "--privacy-unit", "user", "--max-examples-per-user", "2", "--json")
     out = json.loads(r.stdout)
     assert out["epsilon"] <= 4 and out["epsilon"] > 3.9
+
+
+def test_app_command_presets_the_controls_from_a_config(monkeypatch, tmp_path):
+    import workbench.app
+
+    seen = {}
+    monkeypatch.setattr(workbench.app, "launch", lambda **kw: seen.update(kw))
+    demo = Path(__file__).resolve().parent.parent / "assets" / "demo.yaml"
+    r = invoke("app", "--config", str(demo))
+    assert r.exit_code == 0, r.output
+    assert seen["defaults"]["lora_layers"] == 8 and seen["defaults"]["target_epsilon"] == 8.0
+    assert seen["host"] == "127.0.0.1"
+    r = invoke("app", "--config", str(tmp_path / "missing.yaml"))
+    assert r.exit_code == 2 and "does not exist" in r.output and "Traceback" not in r.output

@@ -391,9 +391,17 @@ def app_cmd(
     share: bool = typer.Option(False, "--share", help="A public Gradio link; refused without --auth."),
     auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS required to open the app."),
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest data file accepted for upload."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Preset the controls from a run config (YAML/JSON), e.g. assets/demo.yaml."),
 ) -> None:
     """Open the Gradio workbench (Plan, Train, Compare, Runs)."""
     _quiet_libraries()
+    defaults: dict = {}
+    if config is not None:
+        try:
+            defaults = RunConfig.from_file(config).to_dict()
+        except ConfigError as err:
+            _fail(str(err))
     if share and not auth:
         _fail("--share publishes the app on the internet; add --auth USER:PASS to protect it.")
     if auth is not None and (":" not in auth or not auth.split(":", 1)[0] or not auth.split(":", 1)[1]):
@@ -402,7 +410,7 @@ def app_cmd(
         from workbench.app import launch
     except ImportError as err:
         _fail(f"the app needs gradio ({err}). Install it with `pip install 'dp-workbench[app]'` or `make install`.")
-    launch(host=host, port=port, share=share, auth=auth, max_upload_mb=max_upload_mb)
+    launch(host=host, port=port, share=share, auth=auth, max_upload_mb=max_upload_mb, defaults=defaults)
 
 
 def main() -> None:

@@ -96,9 +96,10 @@ def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool 
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
-           max_upload_mb: int = 50) -> None:
-    """Serve the workbench until interrupted (``workbench app``): default model, demo data preselected."""
+           max_upload_mb: int = 50, defaults: Mapping[str, Any] | None = None) -> None:
+    """Serve the workbench until interrupted (``workbench app``): default model, demo data preselected
+    (``defaults``: RunConfig keys that preset the controls, e.g. those of assets/demo.yaml)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if share and not auth:
         raise ValueError("share=True publishes the app on the internet; pass auth='USER:PASS' too.")
-    serve(build_app(max_upload_mb=max_upload_mb), host=host, port=port, share=share, auth=auth, block=True)
+    serve(build_app(max_upload_mb=max_upload_mb, defaults=defaults), host=host, port=port, share=share, auth=auth, block=True)
