@@ -20,9 +20,10 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_workshop_notebooks_exist_and_are_stored_without_outputs():
+def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
     names = [p.name for p in NOTEBOOKS]
-    for stem in ("01_dp_sgd_by_hand", "02_privacy_accounting", "03_tuning_privacy_settings", "04_dp_lora_fine_tune"):
+    for stem in ("01_dp_sgd_by_hand", "02_privacy_accounting", "03_tuning_privacy_settings", "04_dp_lora_fine_tune",
+                 "05_user_level_dp_and_noise_allocation"):
         assert f"{stem}.ipynb" in names
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
