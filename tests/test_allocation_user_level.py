@@ -221,3 +221,31 @@ def test_privacy_unit_user_needs_user_ids(tmp_path):
     path.write_text("\n".join('{"prompt": "q%d", "response": "a"}' % i for i in range(40)))
     summary = train(**FAST, data=str(path), max_steps=1, noise_multiplier=1.0, privacy_unit="user")
     assert summary["status"] == "failed" and "user_id" in summary["reason"]
+
+
+def test_els_epsilon_is_dp_accountings_mixture_pld_and_a_run_tracks_it_cheaply():
+    import time
+
+    from dp_accounting.pld import pld_privacy_accountant
+
+    from workbench.engine.plan import PrivacyPlan
+    from workbench.privacy.user_level import _mixture_event, mixture_grid
+
+    sigma, q, steps, delta, k = 1.0, 0.01, 1000, 1e-6, 2
+    grid = mixture_grid(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
+    oracle = pld_privacy_accountant.PLDAccountant(value_discretization_interval=grid)
+    expected = oracle.compose(_mixture_event(sigma, q, steps, k)).get_epsilon(delta)
+    got = privacy.user_epsilon_els(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, max_examples_per_user=k)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got == pytest.approx(4.55, rel=0.01)  # REFERENCES.md
+    plan = PrivacyPlan(dataset_size=10_000, sample_rate=q, steps=steps, delta=delta, noise_multiplier=sigma,
+                       accountant="pld", target_epsilon=None, max_grad_norm=1.0, privacy_unit="user",
+                       user_sampling="els", max_examples_per_user=k, num_users=5_000)
+    start = time.perf_counter()
+    per_step = [plan.epsilon_at(t) for t in range(1, 41)]
+    assert time.perf_counter() - start < 20, "per-step ELS accounting must not rebuild the mixture PLD"
+    assert plan.epsilon_at(steps) == pytest.approx(got, rel=1e-9)  # the last step: exactly the plan's value
+    assert all(a <= b for a, b in zip(per_step, per_step[1:]))
+    for t in (1, 10, 40):  # earlier steps on the run's (coarser) grid: an upper bound, within 2%
+        fine = privacy.user_epsilon_els(noise_multiplier=sigma, sample_rate=q, steps=t, delta=delta, max_examples_per_user=k)
+        assert fine <= plan.epsilon_at(t) <= fine * 1.02 + 1e-3
