@@ -97,7 +97,14 @@ def test_train_json_summary_and_runs_commands(tmp_path):
     assert shown["status"] == "finished" and shown["event_counts"]["step"] == 2
     out = json.loads(invoke("runs", "export", run_id, str(tmp_path / "exp"), "--json").stdout)
     exported = Path(out["exported_to"])
-    assert (exported / "adapter" / "privacy_report.json").exists() and (exported / "events.jsonl").exists()
+    assert (exported / "adapter" / "privacy_report.json").exists() and (exported / "summary.json").exists()
+    released = json.loads((exported / "summary.json").read_text())
+    assert "epsilon" in released and "val_loss" not in released  # metrics on private data stay out
+    assert not (exported / "telemetry").exists() and not list(exported.rglob("events.jsonl"))
+    out = json.loads(invoke("runs", "export", run_id, str(tmp_path / "exp2"), "--with-telemetry", "--json").stdout)
+    telemetry = Path(out["exported_to"]) / "telemetry"
+    assert (telemetry / "events.jsonl").exists() and "not covered" in (telemetry / "README.md").read_text()
+    assert "val_loss" in json.loads((telemetry / "summary.json").read_text())
     assert invoke("runs", "show", "no-such-run").exit_code == 2
     assert json.loads(invoke("runs", "delete", run_id, "--json").stdout)["deleted"]
     assert json.loads(invoke("runs", "list", "--json").stdout) == []

@@ -303,14 +303,21 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
 
 
 @runs_app.command("export")
-def runs_export(run_id: str, directory: Path, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Copy a run's adapter (PEFT format) with its privacy report, config and events to DIR."""
+def runs_export(
+    run_id: str,
+    directory: Path,
+    with_telemetry: bool = typer.Option(
+        False, "--with-telemetry",
+        help="Also export every event and the validation metrics (computed from the raw data: NOT covered by DP)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Copy a run's adapter (PEFT format) with its privacy report and config to DIR."""
     from workbench.store.export import ExportError, export_run
 
     store = _store()
     rec = _get_run(store, run_id)
     try:
-        target = export_run(store, rec.id, directory)
+        target = export_run(store, rec.id, directory, telemetry=with_telemetry)
     except ExportError as err:
         _fail(str(err))
     out = {"run_id": rec.id, "exported_to": str(target)}

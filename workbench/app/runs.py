@@ -20,7 +20,7 @@ def list_runs(ctx: AppContext) -> dict[str, Any]:
 
 
 def export_zip(ctx: AppContext, run_id: str | None) -> tuple[str | None, str]:
-    """Export the run (adapter, privacy report, config, events) and zip it; (zip path, message)."""
+    """Export the run (adapter, privacy report, config; no telemetry) and zip it; (zip path, message)."""
     from workbench.store.export import export_run
 
     if not run_id:
@@ -32,7 +32,9 @@ def export_zip(ctx: AppContext, run_id: str | None) -> tuple[str | None, str]:
     except Exception as err:  # noqa: BLE001 - e.g. a run without an adapter
         return None, error_text(err)
     size = Path(archive).stat().st_size
-    return archive, f"Exported `{run_id}` ({size / 1024:.0f} kB): adapter, privacy report, config and events."
+    return archive, (f"Exported `{run_id}` ({size / 1024:.0f} kB): adapter, privacy report and config. The training "
+                     "telemetry is left out: it is computed from the raw data and not covered by DP "
+                     "(`workbench runs export --with-telemetry` includes it).")
 
 
 def delete_run(ctx: AppContext, run_id: str | None) -> str:
