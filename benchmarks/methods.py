@@ -3,8 +3,9 @@
     python benchmarks/methods.py allocation --task sst2|demo [--seeds 0 1 2] [--steps 20] [--json]
     python benchmarks/methods.py user --task demo [--seeds 0 1 2] [--steps 20] [--json]
 
-allocation: uniform noise (flat clipping, standard DP-SGD) against adaptive per-layer allocation
-            (per-layer clipping, importance from released noisy gradients), same target epsilon.
+allocation: uniform noise (flat clipping, standard DP-SGD), uniform noise with per-layer clipping,
+            and adaptive per-layer allocation (per-layer clipping, importance from released noisy
+            gradients), same target epsilon.
 user:       ELS (examples sampled, k per user, mixture-of-Gaussians PLD) against ULS (users sampled,
             per-user clipped means), same user-level target epsilon and the same number of steps.
 
@@ -56,7 +57,11 @@ def base(task: str, steps: int, tmp: Path, sst2_dir: str | None) -> dict:
 
 
 ARMS = {
-    "allocation": {"uniform": dict(allocation="uniform"), "adaptive": dict(allocation="adaptive")},
+    # uniform_per_layer separates the two changes adaptive makes: per-layer clipping (C_l = C/sqrt(L))
+    # and the importance-driven noise split.
+    "allocation": {"uniform": dict(allocation="uniform"),
+                   "uniform_per_layer": dict(allocation="uniform", clipping="per_layer"),
+                   "adaptive": dict(allocation="adaptive")},
     "user": {
         "els": dict(privacy_unit="user", user_sampling="els", max_examples_per_user=4),
         "uls": dict(privacy_unit="user", user_sampling="uls", max_examples_per_user=4, batch_size=32),
@@ -70,6 +75,8 @@ def run(args) -> dict:
     settings = base(args.task, args.steps, tmp, args.sst2_dir)
     results: dict[str, list[dict]] = {}
     for arm, extra in ARMS[args.experiment].items():
+        if args.arms and arm not in args.arms:
+            continue
         for seed in args.seeds:
             s = Session(RunConfig(**{**settings, **extra, "seed": seed}), store=store).run()
             if s.get("status") != "finished":
@@ -91,6 +98,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--sst2-dir")
+    ap.add_argument("--arms", nargs="+", help="run only these arms (default: all)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = run(args)
