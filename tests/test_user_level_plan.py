@@ -177,3 +177,14 @@ def test_planner_worker_draws_the_user_level_column():
     result = planner.wait(60)
     assert result.settings.max_examples_per_user == 4 and result.user_epsilon is not None
     assert "computing" not in planner.status.value and "k = 4" in planner.user_level.value
+
+
+def test_plan_for_an_els_target_uses_the_engines_user_level_sigma():
+    from workbench.config import RunConfig
+    from workbench.engine.plan import make_plan
+
+    config = RunConfig(data="demo", batch_size=32, max_steps=20, target_epsilon=8.0, privacy_unit="user",
+                       user_sampling="els", max_examples_per_user=4)
+    plan = forms.compute_plan(config, dataset_size=1000, num_users=300)
+    engine = make_plan(config, dataset_size=1000, num_users=300)
+    assert plan.noise_multiplier == pytest.approx(engine.noise_multiplier, rel=1e-9)

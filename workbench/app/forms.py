@@ -274,7 +274,12 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
         if chosen in SLOW_ACCOUNTANTS:  # show RDP's answer while the chosen accountant calibrates
             sigma_rdp = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant="rdp")
             yield result(sigma_rdp, {"rdp": [p for p in curve("rdp", sigma_rdp) if p]}, 0, provisional=True)
-        sigma = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=chosen)
+        if user.charged and not uls:  # ELS: the target is user-level; the engine calibrates the mixture PLD
+            from workbench.engine.plan import calibrate_els
+
+            sigma = calibrate_els(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, k=user.k)
+        else:
+            sigma = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=chosen)
     if sigma == 0:
         yield PlanResult(0.0, q, steps, delta, chosen, None, {},
                          user_level=replace(user, example_epsilon=math.inf, epsilon=math.inf, group_epsilon=math.inf,
