@@ -267,7 +267,9 @@ def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any,
 
     knobs = [c[n] for n in forms.PLAN_FIELDS if n not in ("upload_path", "data_path", "data_mode", "delta")]
     typed = [c["data_path"], c["delta"]]  # text: refresh when typing is done, not on every key
-    triggers = [k.change for k in knobs] + [t.submit for t in typed] + [t.blur for t in typed]
+    # The dataset choice is a trigger of the one plan event too (not a chained refresh of its own): a
+    # separate chain reading the same controls could run with the old choice and be dropped.
+    triggers = [k.change for k in knobs] + [t.submit for t in typed] + [t.blur for t in typed] + [c["data_mode"].change]
     plan_event = gr.on(triggers, refresh, controls.inputs, outputs, api_name="plan", trigger_mode="always_last",
                        show_progress="hidden")
     gr.on(triggers, None, None, None, cancels=[plan_event])  # a newer knob value cancels the rest of the old plan
@@ -275,8 +277,8 @@ def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any,
     def mode_changed(mode):
         return gr.update(visible=mode == "upload"), gr.update(visible=mode == "path")
 
-    c["data_mode"].change(mode_changed, c["data_mode"], [upload, c["data_path"]], api_visibility="private").then(
-        refresh, controls.inputs, outputs, api_visibility="private", show_progress="hidden")
+    c["data_mode"].change(mode_changed, c["data_mode"], [upload, c["data_path"]], api_visibility="private",
+                          show_progress="hidden")
 
     def length_mode(mode):  # only the field that counts is editable
         return gr.update(interactive=mode == "epochs"), gr.update(interactive=mode == "steps")
