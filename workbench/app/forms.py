@@ -241,7 +241,7 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
     slow computations, as a place to stop when the knobs moved on (the caller stops iterating).
     """
     from workbench import privacy
-    from workbench.engine.plan import make_plan
+    from workbench.engine.plan import calibrate_els, make_plan
 
     check_users(config, num_users)
     fixed = config.noise_multiplier is not None
@@ -275,8 +275,6 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
             sigma_rdp = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant="rdp")
             yield result(sigma_rdp, {"rdp": [p for p in curve("rdp", sigma_rdp) if p]}, 0, provisional=True)
         if user.charged and not uls:  # ELS: the target is user-level; the engine calibrates the mixture PLD
-            from workbench.engine.plan import calibrate_els
-
             sigma = calibrate_els(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, k=user.k)
         else:
             sigma = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=chosen)
@@ -305,12 +303,13 @@ def user_level(user: UserLevel, *, noise_multiplier: float, sample_rate: float, 
     """``user`` with its epsilon and group-privacy bound; privacy errors become ``user.error``."""
     from workbench import privacy
 
+    from workbench.privacy.user_level import els_beside_group_bound
+
     if user.sampling == "uls":  # the sampled unit is the user: the example-level accounting is user-level
         return replace(user, epsilon=user.example_epsilon)
     try:
-        eps = privacy.user_epsilon_els(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
-                                       delta=delta, max_examples_per_user=user.k)
-        group = privacy.group_privacy_bound(epsilon=user.example_epsilon, delta=delta, group_size=user.k)
+        eps, group = els_beside_group_bound(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+                                            delta=delta, k=user.k, example_epsilon=user.example_epsilon)
     except privacy.PrivacyError as err:
         return replace(user, error=str(err))
     return replace(user, epsilon=eps, group_epsilon=group[0], group_delta=group[1])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from workbench import privacy
 from workbench.config import ConfigError, RunConfig
-from workbench.privacy.user_level import mixture_epsilon, mixture_grid
+from workbench.privacy.user_level import mixture_grid
 
 ELS_CURVE_POINTS = 12  # the mixture PLD costs seconds per point
 
@@ -58,15 +58,13 @@ class PrivacyPlan:
         if not self.private:
             return math.inf
         if self.els:
-            if step == 0:
-                return 0.0
-            if self.max_examples_per_user == 1:
-                return self.example_epsilon_at(step)
             # every step on the grid of the planned length: one mixture PLD per run, not per step
             grid = mixture_grid(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
                                 steps=max(step, self.steps), delta=self.delta)
-            return mixture_epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=step,
-                                   delta=self.delta, k=self.max_examples_per_user, grid=grid)
+            return privacy.user_epsilon_els(
+                noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=step,
+                delta=self.delta, max_examples_per_user=self.max_examples_per_user, grid=grid,
+            )
         return self.example_epsilon_at(step)
 
     def example_epsilon_at(self, step: int) -> float:

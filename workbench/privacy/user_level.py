@@ -36,11 +36,13 @@ def user_epsilon_els(
     steps: int,
     delta: float,
     max_examples_per_user: int,
+    grid: float | None = None,
 ) -> float:
     """User-level epsilon at ``delta`` under ELS with at most ``max_examples_per_user`` examples
     per user (PLD of a mixture of Gaussians, composed ``steps`` times).
 
     With one example per user this is example-level DP and equals ``epsilon(accountant="pld")``.
+    ``grid``: the PLD discretisation (see ``mixture_epsilon``); a run passes its planned length's.
     """
     sigma = check_noise_multiplier(noise_multiplier)
     q = check_sample_rate(sample_rate)
@@ -53,7 +55,17 @@ def user_epsilon_els(
         return 0.0
     if sigma == 0:
         return math.inf
-    return mixture_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, k=k)
+    return mixture_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, k=k, grid=grid)
+
+
+def els_beside_group_bound(
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, k: int, example_epsilon: float
+) -> tuple[float, tuple[float, float]]:
+    """(ELS user-level epsilon at ``delta``, the group-privacy bound (eps_k, delta_k) from
+    ``example_epsilon``): the pair the Plan tab and the PrivacyPlanner show side by side."""
+    user = user_epsilon_els(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
+                            max_examples_per_user=k)
+    return user, group_privacy_bound(epsilon=example_epsilon, delta=delta, group_size=k)
 
 
 def _mixture_probs(q: float, k: int) -> tuple[list[int], list[float]]:

@@ -25,6 +25,7 @@ import ipywidgets as w
 import numpy as np
 
 from workbench import privacy
+from workbench.privacy.user_level import els_beside_group_bound
 from workbench.present import accountant_label, fmt_eps, plan_figure
 from workbench.widgets._live import figure_widget, sync_figure
 
@@ -162,9 +163,8 @@ def add_user_level(out: PlanResult) -> None:
     try:
         eps = out.epsilon.get(s.selected)
         out.example_epsilon = eps if eps is not None else privacy.epsilon(**common, accountant=s.selected)
-        out.user_epsilon = privacy.user_epsilon_els(**common, max_examples_per_user=s.max_examples_per_user)
-        out.group_bound = privacy.group_privacy_bound(epsilon=out.example_epsilon, delta=s.delta,
-                                                      group_size=s.max_examples_per_user)
+        out.user_epsilon, out.group_bound = els_beside_group_bound(**common, k=s.max_examples_per_user,
+                                                                   example_epsilon=out.example_epsilon)
     except privacy.PrivacyError as err:
         out.errors[USER_LEVEL] = str(err)
 
