@@ -18,9 +18,9 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
     """Build the app over ``store`` (default: the RunStore under $WORKBENCH_HOME).
 
     ``defaults``: RunConfig overrides that preset the controls, e.g. ``{"model": "tiny"}``.
-    ``poll_seconds``: how often the Train tab reads the run store (default 1, or the environment
-    variable WORKBENCH_APP_POLL_SECONDS); each refresh redraws the panels that changed, which
-    costs the *browser* CPU, so a larger value helps small machines that also train on the CPU.
+    ``poll_seconds``: how often the page asks whether the run store changed (default 1, or the
+    environment variable WORKBENCH_APP_POLL_SECONDS); the dashboard redraws only then, and only the
+    panels that changed.
     The app's shared state is ``app.workbench`` (an ``AppContext``), for tests and tooling.
     """
     # Gradio summarises per-event analytics in a pandas DataFrame after every event, monitoring on
@@ -47,23 +47,24 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
             with gr.Tab("Plan", id="plan"):
                 plan = plan_tab.build(ctx)
             with gr.Tab("Train", id="train"):
-                poll = poll_seconds or float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or train_tab.POLL_SECONDS)
-                train = train_tab.build(ctx, plan, selection, poll_seconds=poll)
+                train = train_tab.build(ctx, plan, selection)
             with gr.Tab("Compare", id="compare") as compare_page:
                 compare_tab.build(ctx, compare_page)
             with gr.Tab("Runs", id="runs") as runs_page:
-                runs_tab.build(ctx, runs_page, selection, tabs)
+                runs = runs_tab.build(ctx, runs_page, selection, tabs)
+        runs["opened"].then(train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
 
         def on_load():
             sel = ctx.default_selection()
             active = ctx.newest_active() is not None
             return sel, gr.Tabs(selected="train") if active else gr.skip()
 
-        app.load(on_load, None, [selection, tabs], api_visibility="private")
+        app.load(on_load, None, [selection, tabs], api_visibility="private").then(
+            train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
         refresh_plan, plan_inputs, plan_outputs = plan.load
         app.load(refresh_plan, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
-        del train
     app.workbench = ctx
+    app.poll_seconds = poll_seconds or float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or train_tab.POLL_SECONDS)
     app.max_upload_mb = max_upload_mb
     return app
 
@@ -71,7 +72,10 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
 def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, auth: str | None = None,
           block: bool = True, quiet: bool = False):
     """Launch a built app with the workbench's safety settings; returns (fastapi app, local url, share url)."""
+    from starlette.middleware import Middleware
+
     from workbench.app.common import CSS
+    from workbench.app.page import PageMiddleware
 
     ctx = app.workbench
     credentials = tuple(auth.split(":", 1)) if auth else None
@@ -92,6 +96,8 @@ def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool 
         quiet=quiet,
         css=CSS,
         theme="soft",
+        # the page's script and the store-version endpoint its poller reads: see workbench/app/page.py
+        app_kwargs={"middleware": [Middleware(PageMiddleware, store=ctx.store, poll_seconds=app.poll_seconds)]},
     )
 
 

@@ -20,6 +20,7 @@ CSS = """
 .wb-bar > div { height: 100%; background: #1f77b4; transition: width 0.5s; }
 .wb-progress { flex: 1 1 100%; font-size: 13px; color: #333; font-variant-numeric: tabular-nums; }
 .wb-badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; color: white; }
+.wb-hidden { display: none !important; }
 .wb-reason { flex: 1 1 100%; font-size: 13px; color: #b00020; }
 """
 

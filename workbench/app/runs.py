@@ -96,7 +96,7 @@ def build(ctx: AppContext, tab: Any, selection: Any, tabs: Any) -> dict[str, Any
             return gr.skip(), gr.skip(), "Choose a run first."
         return Selection(run_id=run_id, follow=False), gr.Tabs(selected="train"), ""
 
-    open_btn.click(open_run, [picker, selection], [selection, tabs, message], api_visibility="private")
+    opened = open_btn.click(open_run, [picker, selection], [selection, tabs, message], api_visibility="private")
     export_btn.click(lambda rid: export_zip(ctx, rid), picker, [download, message], api_visibility="private")
 
     def ask(run_id):
@@ -111,4 +111,4 @@ def build(ctx: AppContext, tab: Any, selection: Any, tabs: Any) -> dict[str, Any
         return (gr.update(visible=False), delete_run(ctx, run_id), *reload(None))
 
     confirm_btn.click(confirmed, picker, [confirm_row, message, table, picker], api_visibility="private")
-    return {"picker": picker, "table": table, "reload": reload}
+    return {"picker": picker, "table": table, "reload": reload, "opened": opened}

@@ -1,7 +1,10 @@
 """The Train tab: model and optimiser settings, Start / Stop, and the live DP dashboard.
 
-The dashboard polls the run store once a second (``gr.Timer``), never the trainer; a refresh
-reads only the events after the last one seen and sends only the panels that changed.
+The dashboard follows the run store, never the trainer.  The page's script (workbench/app/page.py)
+reads the store's version token once a second with a plain GET and, only when it changed, clicks
+the hidden refresh button; a refresh reads only the events after the last one seen and sends only
+the panels that changed.  (A ``gr.Timer`` would run a Gradio event every second, which costs the
+browser about 0.15 CPU-s/s even when nothing is sent; see page.py.)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from workbench.app import forms
 from workbench.app.common import badge, error_text
+from workbench.app.page import REFRESH_ELEM_ID
 from workbench.app.plan import PlanControls, ctx_base
 from workbench.app.state import AppContext, Selection
 from workbench.config import RunConfig
@@ -31,7 +35,7 @@ from workbench.present import (
 )
 from workbench.store.runs import RunNotFound
 
-POLL_SECONDS = 1.0  # default refresh period of the dashboard (build_app(poll_seconds=...))
+POLL_SECONDS = 1.0  # default period of the page's store poll (build_app(poll_seconds=...))
 PANELS = ("header", "loss", "epsilon", "histogram", "heatmap", "noise", "generations")
 
 
@@ -83,10 +87,7 @@ def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) 
     import gradio as gr
 
     now = time.time() if now is None else now
-    if selection.follow:
-        newest = ctx.newest_active()
-        if newest is not None and newest != selection.run_id and _ended_or_missing(ctx, selection.run_id):
-            selection = selection.select(newest)
+    selection = _followed(ctx, selection)
     if selection.run_id is None:
         if selection.seq == 0:
             return (gr.skip(),) * (1 + len(PANELS))
@@ -110,6 +111,15 @@ def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) 
         out.append(panels[name] if new_steps else gr.skip())
     out.append(panels["generations"] if new_evals else gr.skip())
     return tuple(out)
+
+
+def _followed(ctx: AppContext, selection: Selection) -> Selection:
+    """The selection, switched to a newer active run when it follows and its own run has ended."""
+    if selection.follow:
+        newest = ctx.newest_active()
+        if newest is not None and newest != selection.run_id and _ended_or_missing(ctx, selection.run_id):
+            return selection.select(newest)
+    return selection
 
 
 def _ended_or_missing(ctx: AppContext, run_id: str | None) -> bool:
@@ -194,12 +204,12 @@ def _empty_panels(message: str) -> tuple[Any, ...]:
 @dataclass
 class TrainControls:
     components: dict[str, Any]
-    timer: Any
     outputs: list[Any]
+    refresh: Any  # (selection) -> (selection, *panels): chain it after anything that changes the selection
 
 
-def build(ctx: AppContext, plan: PlanControls, selection: Any, *, poll_seconds: float = POLL_SECONDS) -> TrainControls:
-    """Lay out the Train tab and wire Start, Stop and the polling timer; call inside ``gr.Tab``."""
+def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
+    """Lay out the Train tab and wire Start, Stop and the dashboard refresh; call inside ``gr.Tab``."""
     import gradio as gr
 
     base = ctx_base(ctx)
@@ -242,14 +252,15 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any, *, poll_seconds: 
             gens = gr.Dataframe(headers=["step", "prompt", "output"], label="Sample generations at each evaluation",
                                 wrap=True, interactive=False, elem_id="generations", max_height=320,
                                 column_widths=["9%", "51%", "40%"])
-    timer = gr.Timer(poll_seconds)
+    # clicked by the page's poller when the run store changed (hidden: workbench/app/page.py)
+    refresh_btn = gr.Button("Refresh dashboard", elem_id=REFRESH_ELEM_ID, elem_classes="wb-hidden")
     outputs = [selection, header, loss, eps, hist, heat, noise, gens]
 
     def tick(sel):
         return refresh(ctx, sel)
 
-    timer.tick(tick, selection, outputs, api_visibility="private", show_progress="hidden", concurrency_limit=8,
-               trigger_mode="always_last")
+    refresh_btn.click(tick, selection, outputs, api_visibility="private", show_progress="hidden", concurrency_limit=8,
+                      trigger_mode="always_last")
     inputs = plan.inputs + [c[n] for n in forms.TRAIN_FIELDS]
 
     def on_start(sel, *values):
@@ -259,4 +270,4 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any, *, poll_seconds: 
     start.click(on_start, [selection] + inputs, [selection, message], api_visibility="private",
                 concurrency_limit=1).then(tick, selection, outputs, api_visibility="private", show_progress="hidden")
     stop.click(lambda sel: stop_run(ctx, sel), selection, message, api_visibility="private")
-    return TrainControls(c, timer, outputs)
+    return TrainControls(c, outputs, tick)

@@ -8,6 +8,7 @@ writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -201,6 +202,16 @@ class RunStore:
         with self._conn() as c:
             rows = c.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
         return [self._record(r) for r in rows]
+
+    def version(self) -> str:
+        """A short token that changes whenever a run is created, deleted, written to or ends (also by
+        dying: a dead process's run reads as interrupted).  Pollers compare it to skip work."""
+        with self._conn() as c:
+            rows = c.execute("SELECT id, status, updated, pid, host FROM runs ORDER BY id").fetchall()
+        here = socket.gethostname()
+        state = [(rid, "interrupted" if status in ACTIVE and host == here and not _pid_alive(pid) else status, updated)
+                 for rid, status, updated, pid, host in rows]
+        return hashlib.sha1(repr(state).encode()).hexdigest()[:16]
 
     def events(self, run_id: str, *, after_seq: int = 0, kinds: tuple[str, ...] | None = None) -> list[tuple[int, Event]]:
         """(seq, event) pairs after ``after_seq``; readers poll with the last seq they saw."""

@@ -1,0 +1,162 @@
+"""The script placed first in the app's HTML page, and the tiny endpoint its poller reads.
+
+Both exist for one reason: a browser watching a run must cost the training machine next to no CPU
+(issue: 95 % of `workbench train`'s throughput with a browser watching, measured on 2 cores where
+the browser and the trainer share them).  Profiling the page in Chromium showed two costs that
+Gradio 6 has on every page, and neither is ours to fix upstream from here:
+
+1. Frames.  Gradio's status tracker (``statustracker-*.js``) animates its elapsed-time counter with
+   a ``requestAnimationFrame`` loop, and a tracker that is removed while its event is pending never
+   stops that loop.  Every Gradio page, even one with a single Markdown, is left with one running:
+   the browser renders 60 frames a second on an idle page, about 0.07 CPU-s/s here.  The script
+   routes the frame requests of that module (only those: it looks at the caller's script) through
+   a 10 Hz timer.  The counter shows tenths of a second, so it looks the same, and no frame is
+   rendered unless something changed.  If a Gradio release renames the module, nothing happens.
+
+2. Events.  Each Gradio event, even one whose outputs are all ``gr.skip()``, re-sends the loading
+   status of *every* component that was ever an event's output, which snapshots each one's value
+   (deep copies of the Plotly figures): a ``gr.Timer`` polling once a second cost the browser about
+   0.15 CPU-s/s before anything was drawn.  So the dashboard does not poll with a Gradio event.
+   The script fetches ``<root>/workbench/version`` (``RunStore.version()``: a 16-character token
+   that changes when any run is written) every ``poll_seconds`` and clicks the Train tab's hidden
+   refresh button only when the token changed; the refresh then sends only the panels that changed.
+
+``launch(head=...)`` cannot carry the script: Gradio adds that HTML after its modules have loaded,
+when the status tracker already holds the original ``requestAnimationFrame``.  Hence this ASGI
+middleware, which inserts the script right after ``<head>`` of the HTML pages the app serves and
+answers the version endpoint itself (behind the app's login when ``--auth`` is set).  No library
+offers either, so both are ours.
+"""
+
+from __future__ import annotations
+
+import json
+
+VERSION_PATH = "/workbench/version"
+REFRESH_ELEM_ID = "wb-refresh"
+
+_SCRIPT = """<script data-workbench="page">
+(() => {
+  // 1. Gradio's status-tracker frame loop at 10 Hz instead of 60 (workbench/app/page.py).
+  const raf = window.requestAnimationFrame.bind(window), caf = window.cancelAnimationFrame.bind(window);
+  const timers = new Map();
+  let next = -1;
+  window.requestAnimationFrame = function (callback) {
+    if (!(new Error().stack || "").includes("/statustracker-")) return raf(callback);
+    const id = next--;  // negative ids: never equal to a real frame request's
+    timers.set(id, setTimeout(() => { timers.delete(id); callback(performance.now()); }, 100));
+    return id;
+  };
+  window.cancelAnimationFrame = function (id) {
+    if (timers.has(id)) { clearTimeout(timers.get(id)); timers.delete(id); } else caf(id);
+  };
+  // 2. The dashboard's poll: a plain GET of the store's version; a Gradio event only when it changed.
+  const PERIOD_MS = __PERIOD_MS__, PATH = __PATH__, BUTTON = __BUTTON__;
+  let last = null, busy = false;
+  async function poll() {
+    if (busy || document.hidden) return;
+    busy = true;
+    try {
+      const root = ((window.gradio_config && window.gradio_config.root) || "").replace(/\\/$/, "");
+      const response = await fetch(root + PATH, { cache: "no-store", credentials: "same-origin" });
+      if (!response.ok) return;
+      const version = await response.text();
+      if (version === last) return;
+      const button = document.getElementById(BUTTON);
+      if (!button) return;  // the Train tab is not drawn yet: try again next time
+      button.click();
+      last = version;
+    } catch (err) {
+      // the server is restarting or unreachable: Gradio shows its own message; keep polling
+    } finally {
+      busy = false;
+    }
+  }
+  setInterval(poll, PERIOD_MS);
+  document.addEventListener("visibilitychange", poll);
+})();
+</script>"""
+
+
+def page_script(poll_seconds: float) -> str:
+    return (_SCRIPT.replace("__PERIOD_MS__", str(max(100, int(poll_seconds * 1000))))
+            .replace("__PATH__", json.dumps(VERSION_PATH)).replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID)))
+
+
+class PageMiddleware:
+    """ASGI middleware over the Gradio app: the page script in every HTML page (GET), and the version
+    endpoint.  ``store``: the app's RunStore; ``poll_seconds``: the dashboard's refresh period."""
+
+    def __init__(self, app, *, store, poll_seconds: float) -> None:
+        self.app = app
+        self.store = store
+        self.script = page_script(poll_seconds).encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "").rstrip("/")
+        if path in (VERSION_PATH, scope.get("root_path", "").rstrip("/") + VERSION_PATH):
+            await self._version(scope, send)
+            return
+        start: dict | None = None
+        body: list[bytes] = []
+
+        async def patched_send(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = {k.lower(): v for k, v in message.get("headers", [])}
+                is_html = headers.get(b"content-type", b"").startswith(b"text/html")
+                if is_html and b"content-encoding" not in headers:
+                    start = message  # held back: the length changes
+                    return
+                await send(message)
+            elif message["type"] == "http.response.body" and start is not None:
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                page = b"".join(body)
+                head = page.find(b"<head>")
+                if head >= 0 and self.script not in page:
+                    page = page[: head + 6] + self.script + page[head + 6:]
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                headers.append((b"content-length", str(len(page)).encode()))
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": page})
+            else:
+                await send(message)
+
+        await self.app(scope, receive, patched_send)
+
+    async def _version(self, scope, send) -> None:
+        import anyio
+
+        if await _logged_in(scope):
+            status, body = 200, (await anyio.to_thread.run_sync(self.store.version)).encode()
+        else:
+            status, body = 401, b"log in first"
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"text/plain"), (b"cache-control", b"no-store"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _logged_in(scope) -> bool:
+    """Gradio's own rule (routes.py, login_check): no auth configured, or a valid login cookie."""
+    import inspect
+
+    from starlette.requests import Request
+
+    app = scope.get("app")
+    if app is None or (getattr(app, "auth", None) is None and getattr(app, "auth_dependency", None) is None):
+        return True
+    request = Request(scope)
+    if app.auth_dependency is not None:
+        user = app.auth_dependency(request)
+        if inspect.isawaitable(user):
+            user = await user
+        return user is not None
+    cookie = app.cookie_id
+    token = request.cookies.get(f"access-token-{cookie}") or request.cookies.get(f"access-token-unsecure-{cookie}")
+    return app.tokens.get(token) is not None
