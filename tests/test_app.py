@@ -438,3 +438,63 @@ def test_api_exposes_no_training_or_deletion(_workbench_home):
         assert "N = " in data_md and "σ = " in summary and error == ""
     finally:
         app.close()
+
+
+def test_store_version_changes_exactly_when_a_run_does(_workbench_home):
+    store = RunStore(_workbench_home)
+    empty = store.version()
+    assert store.version() == empty  # stable while nothing is written
+    fake_run(store, "20250101-000000-aaaaaa", steps=2, finished=False)
+    running = store.version()
+    assert running != empty and store.version() == running
+    store.append(step(3, "20250101-000000-aaaaaa", t0=2000.0))
+    stepped = store.version()
+    assert stepped != running
+    store.set_status("20250101-000000-aaaaaa", "stopped")
+    assert store.version() != stepped
+    store.delete("20250101-000000-aaaaaa")
+    assert store.version() == empty  # the same runs (none): the same token
+
+
+def test_page_carries_the_script_first_and_the_version_endpoint_follows_the_store(_workbench_home):
+    import requests
+
+    from workbench.app import build_app, serve
+    from workbench.app.page import VERSION_PATH
+
+    store = RunStore(_workbench_home)
+    app = build_app(store, defaults={"model": "tiny"}, poll_seconds=2)
+    try:
+        _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
+        page = requests.get(url, timeout=30)
+        assert page.status_code == 200
+        head = page.text.index("<head>")
+        script = page.text.index('<script data-workbench="page">')
+        assert script == head + len("<head>")  # before Gradio's own scripts and modules
+        assert page.text.index("window.gradio_config") > script and "const PERIOD_MS = 2000" in page.text
+        assert int(page.headers["content-length"]) == len(page.content)
+        v0 = requests.get(url.rstrip("/") + VERSION_PATH, timeout=10)
+        assert v0.status_code == 200 and v0.text == store.version() and v0.headers["cache-control"] == "no-store"
+        fake_run(store, "20250101-000000-aaaaaa", steps=1, finished=False)
+        assert requests.get(url.rstrip("/") + VERSION_PATH, timeout=10).text not in ("", v0.text)
+    finally:
+        app.close()
+
+
+def test_version_endpoint_needs_the_login_when_auth_is_set(_workbench_home):
+    import requests
+
+    from workbench.app import build_app, serve
+    from workbench.app.page import VERSION_PATH
+
+    app = build_app(RunStore(_workbench_home), defaults={"model": "tiny"})
+    try:
+        _, url, _ = serve(app, port=free_port(), block=False, quiet=True, auth="ann:secret")
+        endpoint = url.rstrip("/") + VERSION_PATH
+        assert requests.get(endpoint, timeout=10).status_code == 401
+        with requests.Session() as s:
+            assert s.post(url.rstrip("/") + "/login", data={"username": "ann", "password": "secret"}, timeout=10).ok
+            answer = s.get(endpoint, timeout=10)
+            assert answer.status_code == 200 and len(answer.text) == 16
+    finally:
+        app.close()

@@ -203,3 +203,47 @@ def test_plan_train_stop_compare_export_delete(app_url, browser):
     page.locator("#confirm-delete").click()
     wait_text(page, "#runs-message", r"Deleted run")
     assert [r.id for r in store.list()] == [second]
+
+
+COUNT_FRAMES_JS = """
+window.__frames = 0;
+const realFrame = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => { window.__frames++; return realFrame(callback); };
+"""
+
+
+def test_a_watched_idle_dashboard_runs_no_gradio_event_and_renders_no_frames(app_url, browser):
+    """What keeps a watching browser light (workbench/app/page.py): while the store does not change,
+    the page's poll is a plain GET of the version token (no Gradio event), and Gradio's status
+    tracker no longer renders 60 frames a second."""
+    url, store, ctx = app_url
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.add_init_script(COUNT_FRAMES_JS)  # runs before the page's own script wraps the frame requests
+    page.goto(url)
+    page.get_by_role("tab", name="Plan").click()
+    page.locator("#max-steps input").fill("6")
+    page.locator("#max-steps input").press("Enter")
+    wait_text(page, "#plan-summary", r"over 6 steps")
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#start").click()
+    run_id = re.search(r"Started run ([\w-]+)", wait_text(page, "#train-message", r"Started run")).group(1)
+    wait_text(page, "#run-header .wb-badge", r"finished", timeout=180_000)
+    page.wait_for_function(f"() => ({POINTS_JS})(['loss-plot', 0]) == 6", timeout=WAIT)  # drawn from the store
+    page.wait_for_timeout(1500)  # the last refresh settles
+
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    frames0 = page.evaluate("window.__frames")
+    page.wait_for_timeout(4000)
+    frames = page.evaluate("window.__frames") - frames0
+    polls = [u for u in requests if u.rstrip("/").endswith("/workbench/version")]
+    events = [u for u in requests if "/queue/join" in u]
+    assert len(polls) >= 3, requests  # once a second
+    assert events == [], events  # nothing changed, so no Gradio event
+    assert frames < 20, f"{frames} frames in 4 s on an idle page (Gradio's status tracker loop runs at 60 fps)"
+
+    # a change made to the store outside this page (here: the run deleted directly) reaches it through that poll
+    assert store.get(run_id).status == "finished"
+    store.delete(run_id)
+    wait_text(page, "#run-header", r"was deleted|No run yet")
+    assert any("/queue/join" in u for u in requests)

@@ -42,6 +42,9 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
     ctx = AppContext(store or RunStore(), defaults=dict(defaults or {}), max_upload_mb=max_upload_mb)
     with gr.Blocks(title="DP Workbench", delete_cache=(3600, 3600)) as app:
         selection = gr.State(Selection())
+        # Set by callbacks that want the Train tab shown; a script switches tabs.  (A gr.Tabs output
+        # would make every later event re-read the whole app in the browser: see SHOW_TRAIN_JS.)
+        show_train = gr.Checkbox(False, label="show the Train tab", elem_classes="wb-hidden", elem_id="show-train")
         gr.Markdown("## DP Workbench · differentially private LoRA fine-tuning")
         with gr.Tabs(selected="plan") as tabs:
             with gr.Tab("Plan", id="plan"):
@@ -51,15 +54,15 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
             with gr.Tab("Compare", id="compare") as compare_page:
                 compare_tab.build(ctx, compare_page)
             with gr.Tab("Runs", id="runs") as runs_page:
-                runs = runs_tab.build(ctx, runs_page, selection, tabs)
-        runs["opened"].then(train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
+                runs = runs_tab.build(ctx, runs_page, selection, show_train)
+        runs["opened"].then(None, show_train, None, js=SHOW_TRAIN_JS).then(
+            train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
 
         def on_load():
-            sel = ctx.default_selection()
-            active = ctx.newest_active() is not None
-            return sel, gr.Tabs(selected="train") if active else gr.skip()
+            return ctx.default_selection(), ctx.newest_active() is not None  # an active run: show it
 
-        app.load(on_load, None, [selection, tabs], api_visibility="private").then(
+        app.load(on_load, None, [selection, show_train], api_visibility="private").then(
+            None, show_train, None, js=SHOW_TRAIN_JS).then(
             train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
         refresh_plan, plan_inputs, plan_outputs = plan.load
         app.load(refresh_plan, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
@@ -67,6 +70,20 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
     app.poll_seconds = poll_seconds or float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or train_tab.POLL_SECONDS)
     app.max_upload_mb = max_upload_mb
     return app
+
+
+# Switches to the Train tab when ``show`` is true, in the browser.  Gradio 6 re-sends the loading
+# status of every component that was ever an event's output at every event, and for a layout
+# component (gr.Tabs) that means copying the value of everything inside it, all the plots
+# included: with `gr.Tabs(selected=...)` as an output, each dashboard refresh cost the browser a
+# third more.  Clicking the tab button, as a user would, has no such cost.
+SHOW_TRAIN_JS = """(show) => {
+  if (show) {
+    const tab = [...document.querySelectorAll('button[role="tab"]')].find((b) => b.textContent.trim() === "Train");
+    if (tab && tab.getAttribute("aria-selected") !== "true") tab.click();
+  }
+  return [];
+}"""
 
 
 def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, auth: str | None = None,

@@ -3,7 +3,7 @@
 Both exist for one reason: a browser watching a run must cost the training machine next to no CPU
 (issue: 95 % of `workbench train`'s throughput with a browser watching, measured on 2 cores where
 the browser and the trainer share them).  Profiling the page in Chromium showed two costs that
-Gradio 6 has on every page, and neither is ours to fix upstream from here:
+Gradio 6 has on every page, and a third in its Plot component; none is ours to fix upstream:
 
 1. Frames.  Gradio's status tracker (``statustracker-*.js``) animates its elapsed-time counter with
    a ``requestAnimationFrame`` loop, and a tracker that is removed while its event is pending never
@@ -21,6 +21,14 @@ Gradio 6 has on every page, and neither is ours to fix upstream from here:
    that changes when any run is written) every ``poll_seconds`` and clicks the Train tab's hidden
    refresh button only when the token changed; the refresh then sends only the panels that changed.
 
+3. Redraws.  Gradio's Plot component re-creates its Plotly div for every new value (a ``{#key}``
+   block) and draws twice: once into the old div, once into the new one, each a full Plotly render
+   (20-70 ms of JavaScript here, plus the repaint).  The Train tab's live panels are therefore
+   ``workbench.app.liveplot`` panels: a ``gr.HTML`` whose script keeps one Plotly div and calls
+   ``Plotly.react`` on it once per new value.  That module also serves Plotly's own bundle at
+   ``<root>/workbench/plotly.min.js`` (from the plotly package), for pages where Gradio has not
+   loaded its copy yet.
+
 ``launch(head=...)`` cannot carry the script: Gradio adds that HTML after its modules have loaded,
 when the status tracker already holds the original ``requestAnimationFrame``.  Hence this ASGI
 middleware, which inserts the script right after ``<head>`` of the HTML pages the app serves and
@@ -31,6 +39,8 @@ offers either, so both are ours.
 from __future__ import annotations
 
 import json
+
+from workbench.app.liveplot import PLOTLY_PATH
 
 VERSION_PATH = "/workbench/version"
 REFRESH_ELEM_ID = "wb-refresh"
@@ -91,14 +101,19 @@ class PageMiddleware:
         self.app = app
         self.store = store
         self.script = page_script(poll_seconds).encode()
+        self._plotly_js: bytes | None = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "GET":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "").rstrip("/")
-        if path in (VERSION_PATH, scope.get("root_path", "").rstrip("/") + VERSION_PATH):
+        root = scope.get("root_path", "").rstrip("/")
+        if path in (VERSION_PATH, root + VERSION_PATH):
             await self._version(scope, send)
+            return
+        if path in (PLOTLY_PATH, root + PLOTLY_PATH):
+            await self._plotly(send)
             return
         start: dict | None = None
         body: list[bytes] = []
@@ -128,6 +143,18 @@ class PageMiddleware:
                 await send(message)
 
         await self.app(scope, receive, patched_send)
+
+    async def _plotly(self, send) -> None:
+        """The plotly package's own plotly.js bundle (a public library file: no login needed)."""
+        if self._plotly_js is None:
+            from importlib.resources import files
+
+            self._plotly_js = files("plotly").joinpath("package_data", "plotly.min.js").read_bytes()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/javascript; charset=utf-8"),
+                                (b"cache-control", b"public, max-age=86400"),
+                                (b"content-length", str(len(self._plotly_js)).encode())]})
+        await send({"type": "http.response.body", "body": self._plotly_js})
 
     async def _version(self, scope, send) -> None:
         import anyio

@@ -56,8 +56,8 @@ def delete_run(ctx: AppContext, run_id: str | None) -> str:
     return f"Deleted run `{run_id}`."
 
 
-def build(ctx: AppContext, tab: Any, selection: Any, tabs: Any) -> dict[str, Any]:
-    """Lay out the Runs tab; ``selection`` is the Train tab's state, ``tabs`` switches to it."""
+def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[str, Any]:
+    """Lay out the Runs tab; ``selection`` is the Train tab's state, ``show_train`` asks for that tab."""
     import gradio as gr
 
     table = gr.Dataframe(headers=["run", "name", "status", "model", "ε", "metric", "steps", "created"],
@@ -93,10 +93,10 @@ def build(ctx: AppContext, tab: Any, selection: Any, tabs: Any) -> dict[str, Any
 
     def open_run(run_id, sel):
         if not run_id:
-            return gr.skip(), gr.skip(), "Choose a run first."
-        return Selection(run_id=run_id, follow=False), gr.Tabs(selected="train"), ""
+            return gr.skip(), False, "Choose a run first."
+        return Selection(run_id=run_id, follow=False), True, ""
 
-    opened = open_btn.click(open_run, [picker, selection], [selection, tabs, message], api_visibility="private")
+    opened = open_btn.click(open_run, [picker, selection], [selection, show_train, message], api_visibility="private")
     export_btn.click(lambda rid: export_zip(ctx, rid), picker, [download, message], api_visibility="private")
 
     def ask(run_id):

@@ -211,6 +211,9 @@ class TrainControls:
 def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
     """Lay out the Train tab and wire Start, Stop and the dashboard refresh; call inside ``gr.Tab``."""
     import gradio as gr
+    import plotly.graph_objects as go
+
+    from workbench.app.liveplot import live_plot, plot_value
 
     base = ctx_base(ctx)
     help_ = {k: h for k, _, h in RunConfig.help_table()}
@@ -242,13 +245,14 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
             message = gr.Markdown("", elem_classes="wb-error", elem_id="train-message")
         with gr.Column(scale=4):
             header = gr.HTML(elem_id="run-header")
+            # live panels: one Plotly div each, updated in place (workbench/app/liveplot.py)
             with gr.Row():
-                loss = gr.Plot(label="Loss", elem_id="loss-plot", show_label=False)
-                eps = gr.Plot(label="Epsilon", elem_id="epsilon-plot", show_label=False)
+                loss = live_plot("loss-plot")
+                eps = live_plot("epsilon-plot")
             with gr.Row():
-                hist = gr.Plot(label="Gradient norms", elem_id="hist-plot", show_label=False)
-                heat = gr.Plot(label="Gradient-norm heatmap", elem_id="heatmap-plot", show_label=False)
-            noise = gr.Plot(label="Noise allocation", elem_id="noise-plot", show_label=False)
+                hist = live_plot("hist-plot")
+                heat = live_plot("heatmap-plot")
+            noise = live_plot("noise-plot")
             gens = gr.Dataframe(headers=["step", "prompt", "output"], label="Sample generations at each evaluation",
                                 wrap=True, interactive=False, elem_id="generations", max_height=320,
                                 column_widths=["9%", "51%", "40%"])
@@ -257,7 +261,7 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
     outputs = [selection, header, loss, eps, hist, heat, noise, gens]
 
     def tick(sel):
-        return refresh(ctx, sel)
+        return tuple(plot_value(x) if isinstance(x, go.Figure) else x for x in refresh(ctx, sel))
 
     refresh_btn.click(tick, selection, outputs, api_visibility="private", show_progress="hidden", concurrency_limit=8,
                       trigger_mode="always_last")

@@ -31,7 +31,12 @@ MAX_HEATMAP_COLUMNS = 400
 
 
 def base_layout(title: str, x_title: str, y_title: str, *, height: int = 320, **extra) -> dict:
-    """A light, template-free layout (a template adds ~20 ms and ~10 kB per figure)."""
+    """A light, template-free layout (a template adds ~20 ms and ~10 kB per figure).
+
+    ``template="none"``: without it plotly fills in its default template (6.5 kB of JSON in every
+    figure, sent to the browser and copied there at every refresh); every colour and line style
+    the panels use is set here or on the traces.
+    """
     axis = dict(gridcolor="#e5e5e5", zerolinecolor="#cccccc", linecolor="#999999", showline=True)
     layout = dict(
         title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)),
@@ -44,6 +49,7 @@ def base_layout(title: str, x_title: str, y_title: str, *, height: int = 320, **
         font=dict(size=12),
         legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom", bgcolor="rgba(0,0,0,0)"),
         hovermode="x unified",
+        template="none",
         shapes=[],
         annotations=[],
     )
