@@ -1,13 +1,14 @@
 """Training throughput with the Gradio app attached and a browser watching, against training alone.
 
     python benchmarks/app_overhead.py [--model tiny|default] [--pairs P] [--window S] [--cli-steps N] [--poll-seconds T]
+                                      [--screenshot PNG]
 
 On a shared machine the speed of two separate runs differs by 3x from minute to minute, more
 than any overhead, so the comparison is made *inside one run*: the app server (its own process,
 `workbench.app.serve`) trains a long run started by pressing Start in a headless Chromium, and
 the benchmark alternates windows of ``--window`` seconds in which
-  watched  a browser page is open on the Train tab (polling the run store every second and
-           redrawing every panel as steps arrive), and
+  watched  a browser page is open on the Train tab (asking the app every second whether the run
+           store changed, and redrawing the panels as steps arrive), and
   alone    no page is open: the app process then runs exactly the Session that
            `workbench train` runs (same code, same thread), with nothing polling.
 Pairs alternate their order (watched/alone, alone/watched) so drifts in machine load cancel.
@@ -91,6 +92,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def split_server_cpu(before: dict[int, float], after: dict[int, float], seconds: float) -> tuple[float, float]:
+    """(training, other) CPU per second of the app process: the two busiest threads are PyTorch's
+    (the training thread and its one intra-op worker on 2 cores), the rest serve the app."""
+    used = sorted((after[t] - before.get(t, 0.0) for t in after), reverse=True)
+    n = min(len(used), max(1, torch_threads()))
+    return sum(used[:n]) / seconds, sum(used[n:]) / seconds
+
+
+def torch_threads() -> int:
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
 def run_cli(cfg: dict) -> float:
     home = Path(tempfile.mkdtemp(prefix="wb-bench-cli-"))
     args = [str(BIN / "workbench"), "train"] + [a for k, v in cfg.items() for a in ("--set", f"{k}={v}")]
@@ -117,18 +142,27 @@ def wait_http(url: str, timeout: float = 180) -> None:
     raise RuntimeError(f"the app did not answer at {url}")
 
 
+SETTLE_S = 10.0
+
+
 def open_watcher(browser, url: str):
-    """A page on the Train tab, settled: the plan computed on load has finished."""
+    """A page on the Train tab, settled: the plan computed on load has finished, every live panel
+    has drawn, and SETTLE_S more seconds have passed (opening a page is a one-off cost: JavaScript
+    compiled, the Plan tab's privacy curves computed; the windows measure watching)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.locator("#run-header .wb-badge", has_text="running").wait_for(timeout=600_000)
     page.wait_for_function(
         "() => { const s = document.querySelector('#plan-summary'); return s && s.innerText.includes('σ') "
-        "&& !s.innerText.includes('computing'); }", timeout=600_000)
+        "&& !s.innerText.includes('computing') && /ε after the last step: RDP .* PRV .* PLD/.test(s.innerText); }",
+        timeout=600_000)
+    page.wait_for_function("() => document.querySelectorAll('#loss-plot .js-plotly-plot, #epsilon-plot .js-plotly-plot')"
+                           ".length == 2", timeout=600_000)
+    page.wait_for_timeout(SETTLE_S * 1000)
     return page
 
 
-def measure_app(cfg: dict, *, pairs: int, window: float) -> list[dict]:
+def measure_app(cfg: dict, *, pairs: int, window: float, screenshot: str | None = None) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     home = Path(tempfile.mkdtemp(prefix="wb-bench-app-"))
@@ -155,18 +189,24 @@ def measure_app(cfg: dict, *, pairs: int, window: float) -> list[dict]:
                 for kind in (("watched", "alone") if i % 2 == 0 else ("alone", "watched")):
                     watcher = open_watcher(browser, url) if kind == "watched" else None
                     t0, s0, b0 = time.time(), cpu_seconds(server.pid), descendants_cpu(os.getpid(), exclude=server.pid)
+                    th0 = thread_cpu(server.pid)
                     time.sleep(window)
                     t1, s1, b1 = time.time(), cpu_seconds(server.pid), descendants_cpu(os.getpid(), exclude=server.pid)
+                    training_cpu, other_cpu = split_server_cpu(th0, thread_cpu(server.pid), t1 - t0)
                     if watcher is not None:
+                        if screenshot and i == pairs - 1:  # the Train tab mid-run, as the watcher saw it
+                            watcher.screenshot(path=screenshot, full_page=True)
                         watcher.close()
                     inside = [e for e in steps(home) if t0 <= e.time < t1]
                     rate = window_rate(inside, t0, t1)
                     windows.append({"pair": i, "kind": kind, "steps": len(inside), "steps_per_s": rate,
                                     "server_cpu_per_s": (s1 - s0) / (t1 - t0),
+                                    "training_threads_cpu_per_s": training_cpu, "other_threads_cpu_per_s": other_cpu,
                                     "browser_cpu_per_s": max(0.0, b1 - b0) / (t1 - t0)})
                     w = windows[-1]
                     print(f"pair {i + 1} {kind:7}: {rate or float('nan'):.2f} steps/s ({len(inside)} steps), "
-                          f"server {w['server_cpu_per_s']:.2f} CPU/s, browser {w['browser_cpu_per_s']:.2f} CPU/s",
+                          f"server {w['server_cpu_per_s']:.2f} CPU/s (training threads {training_cpu:.2f}, "
+                          f"other threads {other_cpu:.2f}), browser {w['browser_cpu_per_s']:.2f} CPU/s",
                           file=sys.stderr)
             browser.close()
     finally:
@@ -208,12 +248,13 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--poll-seconds", type=float, default=None, help="the app's refresh period (default: the app's, 1 s)")
     ap.add_argument("--window", type=float, default=None, help="seconds per window (default: 20 tiny, 90 default)")
+    ap.add_argument("--screenshot", default=None, help="save the watched Train tab (last watched window) to this PNG")
     ap.add_argument("--cli-steps", type=int, default=None, help="steps of the separate CLI run (0: skip; default 60 tiny, 10 default)")
     args = ap.parse_args()
     args.window = args.window or (20.0 if args.model == "tiny" else 90.0)
     if args.poll_seconds:
         os.environ["WORKBENCH_APP_POLL_SECONDS"] = str(args.poll_seconds)
-    windows = measure_app(settings(args.model, 3000), pairs=args.pairs, window=args.window)
+    windows = measure_app(settings(args.model, 3000), pairs=args.pairs, window=args.window, screenshot=args.screenshot)
     result = {
         "model": args.model,
         "pairs": args.pairs,
@@ -225,6 +266,8 @@ def main() -> None:
         "watch_server_cpu_per_s": median_of(windows, "watched", "server_cpu_per_s"),
         "alone_server_cpu_per_s": median_of(windows, "alone", "server_cpu_per_s"),
         "watch_browser_cpu_per_s": median_of(windows, "watched", "browser_cpu_per_s"),
+        "watch_other_threads_cpu_per_s": median_of(windows, "watched", "other_threads_cpu_per_s"),
+        "alone_other_threads_cpu_per_s": median_of(windows, "alone", "other_threads_cpu_per_s"),
         "windows": windows,
         "cpu_count": os.cpu_count(),
     }

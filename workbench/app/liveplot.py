@@ -4,7 +4,9 @@
 dashboard that changes at every step that is most of what a watching browser costs.  A live panel
 is a ``gr.HTML`` whose value is the figure as Plotly JSON (``plot_value``), and whose script
 (Gradio 6's ``js_on_load`` with ``watch``) keeps one div and calls ``Plotly.react`` on it once per
-new value, so Plotly updates the traces instead of building the whole plot again.  The figures
+new value, so Plotly updates the traces instead of building the whole plot again.  A panel that is
+off screen (scrolled away, or on a hidden tab) is not drawn until it comes into view, and then
+only its latest value.  The figures
 are the same ``workbench.present`` figures the widgets and the other tabs draw.
 
 Plotly itself: the one Gradio loaded for its own plots (``window.Plotly``), else the plotly
@@ -35,19 +37,24 @@ function withPlotly(then) {
   }
   window.__workbenchPlotly.then(then).catch((err) => console.error("workbench: Plotly did not load", err));
 }
+let onScreen = false, drawn = null;  // drawn: the value on show
 function draw() {
-  const fig = props.value;
-  if (!fig || !fig.data) return;
+  const value = props.value;
+  if (!value || value === drawn || !onScreen) return;  // off screen: drawn when scrolled into view
   withPlotly((Plotly) => {
-    const layout = Object.assign({}, fig.layout, { autosize: true });
-    Plotly.react(host, fig.data, layout, config);
+    const fig = typeof value === "string" ? JSON.parse(value) : value;
+    Plotly.react(host, fig.data, Object.assign({}, fig.layout, { autosize: true }), config);
+    drawn = value;
     host.dataset.draws = String(Number(host.dataset.draws || 0) + 1);  // for tests and the curious
   });
 }
+new IntersectionObserver((entries) => {
+  onScreen = entries[entries.length - 1].isIntersecting;
+  draw();
+}, { rootMargin: "200px" }).observe(host);
 // drawn while its tab was hidden (zero width): fit it once it is shown
 new ResizeObserver(() => { if (host._fullLayout && host.offsetWidth) window.Plotly.Plots.resize(host); }).observe(host);
 watch("value", draw);
-draw();
 """.replace("__PATH__", json.dumps(PLOTLY_PATH))
 
 
@@ -59,6 +66,8 @@ def live_plot(elem_id: str, *, height: int = 380):
                    js_on_load=LIVE_PLOT_JS, elem_id=elem_id, show_label=False, padding=False)
 
 
-def plot_value(figure: Any) -> dict[str, Any]:
-    """A plotly Figure as the live panel's value: its Plotly JSON (arrays as Plotly's base64 form)."""
-    return json.loads(figure.to_json())
+def plot_value(figure: Any) -> str:
+    """A plotly Figure as the live panel's value: its Plotly JSON as a string (arrays in Plotly's
+    base64 form).  A string, not a dict: Gradio's browser side copies every output's value at every
+    event (see page.py), and copying one string is far cheaper than copying a figure's objects."""
+    return figure.to_json()
