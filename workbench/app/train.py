@@ -247,12 +247,12 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
             header = gr.HTML(elem_id="run-header")
             # live panels: one Plotly div each, updated in place (workbench/app/liveplot.py)
             with gr.Row():
-                loss = live_plot("loss-plot")
-                eps = live_plot("epsilon-plot")
+                loss = live_plot("loss-plot", height=320)  # the figures' heights (workbench.present)
+                eps = live_plot("epsilon-plot", height=320)
             with gr.Row():
-                hist = live_plot("hist-plot")
-                heat = live_plot("heatmap-plot")
-            noise = live_plot("noise-plot")
+                hist = live_plot("hist-plot", height=320)
+                heat = live_plot("heatmap-plot", height=320)
+            noise = live_plot("noise-plot", height=380)
             gens = gr.Dataframe(headers=["step", "prompt", "output"], label="Sample generations at each evaluation",
                                 wrap=True, interactive=False, elem_id="generations", max_height=320,
                                 column_widths=["9%", "51%", "40%"])
