@@ -477,6 +477,11 @@ def test_page_carries_the_script_first_and_the_version_endpoint_follows_the_stor
         assert v0.status_code == 200 and v0.text == store.version() and v0.headers["cache-control"] == "no-store"
         fake_run(store, "20250101-000000-aaaaaa", steps=1, finished=False)
         assert requests.get(url.rstrip("/") + VERSION_PATH, timeout=10).text not in ("", v0.text)
+        from workbench.app.liveplot import PLOTLY_PATH
+
+        bundle = requests.get(url.rstrip("/") + PLOTLY_PATH, timeout=30)  # the live panels' fallback Plotly
+        assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+        assert "plotly.js" in bundle.text[:2000] and len(bundle.content) > 1_000_000
     finally:
         app.close()
 
