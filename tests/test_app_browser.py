@@ -89,6 +89,19 @@ def wait_text(page, selector: str, pattern: str, timeout: int = WAIT) -> str:
     return page.locator(selector).inner_text()
 
 
+def train_to_the_end(page, steps: int) -> str:
+    """Plan ``steps`` steps, press Start on the Train tab, wait until the run has finished; its id."""
+    page.get_by_role("tab", name="Plan").click()
+    page.locator("#max-steps input").fill(str(steps))
+    page.locator("#max-steps input").press("Enter")
+    wait_text(page, "#plan-summary", rf"over {steps} steps")
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#start").click()
+    run_id = re.search(r"Started run ([\w-]+)", wait_text(page, "#train-message", r"Started run")).group(1)
+    wait_text(page, "#run-header .wb-badge", r"finished", timeout=180_000)
+    return run_id
+
+
 def test_plan_train_stop_compare_export_delete(app_url, browser):
     url, store, ctx = app_url
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -155,15 +168,8 @@ def test_plan_train_stop_compare_export_delete(app_url, browser):
 
     # a second run, shorter and named, to the end
     page.locator("#run-name input, #run-name textarea").first.fill("second")
-    page.get_by_role("tab", name="Plan").click()
-    page.locator("#max-steps input").fill("12")
-    page.locator("#max-steps input").press("Enter")
-    wait_text(page, "#plan-summary", r"over 12 steps")
-    page.get_by_role("tab", name="Train").click()
-    page.locator("#start").click()
-    second = re.search(r"Started run ([\w-]+)", wait_text(page, "#train-message", r"Started run")).group(1)
+    second = train_to_the_end(page, 12)
     wait_text(page, "#run-header", second)
-    wait_text(page, "#run-header .wb-badge", r"finished", timeout=180_000)
     page.wait_for_function(f"() => ({POINTS_JS})(['loss-plot', 0]) == 12", timeout=WAIT)
     shot(page, "train_finished")
 
@@ -220,14 +226,7 @@ def test_a_watched_idle_dashboard_runs_no_gradio_event_and_renders_no_frames(app
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.add_init_script(COUNT_FRAMES_JS)  # runs before the page's own script wraps the frame requests
     page.goto(url)
-    page.get_by_role("tab", name="Plan").click()
-    page.locator("#max-steps input").fill("6")
-    page.locator("#max-steps input").press("Enter")
-    wait_text(page, "#plan-summary", r"over 6 steps")
-    page.get_by_role("tab", name="Train").click()
-    page.locator("#start").click()
-    run_id = re.search(r"Started run ([\w-]+)", wait_text(page, "#train-message", r"Started run")).group(1)
-    wait_text(page, "#run-header .wb-badge", r"finished", timeout=180_000)
+    run_id = train_to_the_end(page, 6)
     page.wait_for_function(f"() => ({POINTS_JS})(['loss-plot', 0]) == 6", timeout=WAIT)  # drawn from the store
     page.wait_for_timeout(1500)  # the last refresh settles
 
