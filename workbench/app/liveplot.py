@@ -6,8 +6,8 @@ is a ``gr.HTML`` whose value is the figure as Plotly JSON (``plot_value``), and 
 (Gradio 6's ``js_on_load`` with ``watch``) keeps one div and calls ``Plotly.react`` on it once per
 new value, so Plotly updates the traces instead of building the whole plot again.  A panel that is
 off screen (scrolled away, or on a hidden tab) is not drawn until it comes into view, and then
-only its latest value.  The figures
-are the same ``workbench.present`` figures the widgets and the other tabs draw.
+only its latest value.  The figures are the same ``workbench.present`` figures the widgets and
+the other tabs draw.
 
 Plotly itself: the one Gradio loaded for its own plots (``window.Plotly``), else the plotly
 package's bundle, served by the app at ``<root>/workbench/plotly.min.js`` (page.py).
@@ -19,6 +19,8 @@ import json
 from typing import Any
 
 PLOTLY_PATH = "/workbench/plotly.min.js"
+# The app's root URL in the page (no trailing slash), for the workbench's own endpoints; page.py too.
+ROOT_JS = '((window.gradio_config && window.gradio_config.root) || "").replace(/\\/$/, "")'
 
 LIVE_PLOT_JS = """
 const host = element.querySelector(".wb-live-plot");
@@ -27,9 +29,8 @@ function withPlotly(then) {
   if (window.Plotly) return then(window.Plotly);
   if (!window.__workbenchPlotly) {
     window.__workbenchPlotly = new Promise((resolve, reject) => {
-      const root = ((window.gradio_config && window.gradio_config.root) || "").replace(/\\/$/, "");
       const script = document.createElement("script");
-      script.src = root + __PATH__;
+      script.src = __ROOT__ + __PATH__;
       script.onload = () => resolve(window.Plotly);
       script.onerror = reject;
       document.head.appendChild(script);
@@ -55,7 +56,7 @@ new IntersectionObserver((entries) => {
 // drawn while its tab was hidden (zero width): fit it once it is shown
 new ResizeObserver(() => { if (host._fullLayout && host.offsetWidth) window.Plotly.Plots.resize(host); }).observe(host);
 watch("value", draw);
-""".replace("__PATH__", json.dumps(PLOTLY_PATH))
+""".replace("__PATH__", json.dumps(PLOTLY_PATH)).replace("__ROOT__", ROOT_JS)
 
 
 def live_plot(elem_id: str, *, height: int = 380):

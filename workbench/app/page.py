@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 
-from workbench.app.liveplot import PLOTLY_PATH
+from workbench.app.liveplot import PLOTLY_PATH, ROOT_JS
 
 VERSION_PATH = "/workbench/version"
 REFRESH_ELEM_ID = "wb-refresh"
@@ -67,8 +67,7 @@ _SCRIPT = """<script data-workbench="page">
     if (busy || document.hidden) return;
     busy = true;
     try {
-      const root = ((window.gradio_config && window.gradio_config.root) || "").replace(/\\/$/, "");
-      const response = await fetch(root + PATH, { cache: "no-store", credentials: "same-origin" });
+      const response = await fetch(__ROOT__ + PATH, { cache: "no-store", credentials: "same-origin" });
       if (!response.ok) return;
       const version = await response.text();
       if (version === last) return;
@@ -90,7 +89,8 @@ _SCRIPT = """<script data-workbench="page">
 
 def page_script(poll_seconds: float) -> str:
     return (_SCRIPT.replace("__PERIOD_MS__", str(max(100, int(poll_seconds * 1000))))
-            .replace("__PATH__", json.dumps(VERSION_PATH)).replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID)))
+            .replace("__PATH__", json.dumps(VERSION_PATH)).replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID))
+            .replace("__ROOT__", ROOT_JS))
 
 
 class PageMiddleware:

@@ -89,6 +89,11 @@ class RunRecord:
         }
 
 
+def _died(status: str, pid: int | None, host: str | None) -> bool:
+    """An active run whose training process (on this host) is gone: it reads as interrupted."""
+    return status in ACTIVE and host == socket.gethostname() and not _pid_alive(pid)
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -182,7 +187,7 @@ class RunStore:
     # -- reading -----------------------------------------------------------------------------------
     def _record(self, row) -> RunRecord:
         run_id, name, created, updated, status, reason, pid, host, config, summary = row
-        if status in ACTIVE and host == socket.gethostname() and not _pid_alive(pid):
+        if _died(status, pid, host):
             status, reason = "interrupted", reason or "the training process ended without finishing the run"
         return RunRecord(
             run_id, name, created, updated, status, reason, json.loads(config), json.loads(summary) if summary else None
@@ -208,8 +213,7 @@ class RunStore:
         dying: a dead process's run reads as interrupted).  Pollers compare it to skip work."""
         with self._conn() as c:
             rows = c.execute("SELECT id, status, updated, pid, host FROM runs ORDER BY id").fetchall()
-        here = socket.gethostname()
-        state = [(rid, "interrupted" if status in ACTIVE and host == here and not _pid_alive(pid) else status, updated)
+        state = [(rid, "interrupted" if _died(status, pid, host) else status, updated)
                  for rid, status, updated, pid, host in rows]
         return hashlib.sha1(repr(state).encode()).hexdigest()[:16]
 
