@@ -503,3 +503,69 @@ def test_version_endpoint_needs_the_login_when_auth_is_set(_workbench_home):
             assert answer.status_code == 200 and len(answer.text) == 16
     finally:
         app.close()
+
+
+def test_live_update_sends_the_changed_panels_of_a_running_run_and_defers_the_rest_to_gradio(_workbench_home):
+    import json
+
+    from workbench.app.state import AppContext
+    from workbench.app.liveplot import plot_value
+    from workbench.app.train import LIVE_PANELS, dashboard, live_update
+
+    store = RunStore(_workbench_home)
+    ctx = AppContext(store)
+    rid = "20250101-000000-aaaaaa"
+    fake_run(store, rid, steps=3, finished=False)  # 3 steps and 1 evaluation, running
+    update = json.loads(live_update(ctx, rid, steps=2, evals=1))
+    assert set(update["panels"]) == set(LIVE_PANELS)  # one new step: every live panel
+    figures = dashboard(ctx.views.get(rid))  # the figures the Gradio refresh sends too
+    assert update["panels"]["loss-plot"] == json.loads(plot_value(figures["loss"]))
+    assert update["panels"]["heatmap-plot"] == json.loads(plot_value(figures["heatmap"]))
+    assert f'data-run="{rid}"' in update["header"] and 'data-steps="3"' in update["header"]
+    assert 'data-evals="1"' in update["header"] and 'data-status="running"' in update["header"]
+    same = json.loads(live_update(ctx, rid, steps=3, evals=1))
+    assert same["panels"] == {} and same["header"] == update["header"]  # nothing new: no figure
+    assert live_update(ctx, rid, steps=3, evals=0) is None  # a new evaluation: the table is Gradio's
+    assert live_update(ctx, "20250101-000000-ffffff", steps=0, evals=0) is None  # no such run
+    store.append(RunEnded(run_id=rid, status="stopped", reason="", summary={}))
+    assert live_update(ctx, rid, steps=3, evals=1) is None  # ended: the page may follow another run
+
+
+def test_live_endpoint_answers_the_page_and_needs_the_login(_workbench_home):
+    import requests
+
+    from workbench.app import build_app, serve
+    from workbench.app.page import LIVE_PATH
+
+    store = RunStore(_workbench_home)
+    rid = "20250101-000000-aaaaaa"
+    fake_run(store, rid, steps=2, finished=False)
+    app = build_app(store, defaults={"model": "tiny"})
+    try:
+        _, url, _ = serve(app, port=free_port(), block=False, quiet=True, auth="ann:secret")
+        endpoint = url.rstrip("/") + LIVE_PATH
+        query = {"run": rid, "steps": 1, "evals": 1}
+        assert requests.get(endpoint, params=query, timeout=10).status_code == 401
+        with requests.Session() as s:
+            assert s.post(url.rstrip("/") + "/login", data={"username": "ann", "password": "secret"}, timeout=10).ok
+            answer = s.get(endpoint, params=query, timeout=30)
+            assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+            assert "loss-plot" in answer.json()["panels"]
+            assert s.get(endpoint, params={**query, "evals": 0}, timeout=10).status_code == 204
+            bad = s.get(endpoint, params={"run": rid, "steps": "x", "evals": 0}, timeout=10)
+            assert bad.status_code == 400 and "steps" in bad.text
+    finally:
+        app.close()
+
+
+def test_served_app_quiets_gradios_idle_queue_polling(_workbench_home):
+    from workbench.app import QUEUE_IDLE_POLL_S, QUEUE_PROGRESS_POLL_S, build_app, serve
+
+    app = build_app(RunStore(_workbench_home), defaults={"model": "tiny"})
+    assert app._queue.sleep_when_free < QUEUE_IDLE_POLL_S  # Gradio's own: 1 ms
+    try:
+        serve(app, port=free_port(), block=False, quiet=True)
+        assert app._queue.sleep_when_free == QUEUE_IDLE_POLL_S
+        assert app._queue.progress_update_sleep_when_free == QUEUE_PROGRESS_POLL_S
+    finally:
+        app.close()

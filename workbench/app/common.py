@@ -21,6 +21,7 @@ CSS = """
 .wb-progress { flex: 1 1 100%; font-size: 13px; color: #333; font-variant-numeric: tabular-nums; }
 .wb-badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; color: white; }
 .wb-hidden { display: none !important; }
+.wb-live-plot { contain: layout paint; will-change: transform; }
 .wb-reason { flex: 1 1 100%; font-size: 13px; color: #b00020; }
 """
 

@@ -38,9 +38,11 @@ function withPlotly(then) {
   }
   window.__workbenchPlotly.then(then).catch((err) => console.error("workbench: Plotly did not load", err));
 }
-let onScreen = false, drawn = null;  // drawn: the value on show
+// latest: the newest figure, from Gradio (props.value) or from the page's live path (host.__wbShow,
+// workbench/app/page.py); drawn: the one on show
+let onScreen = false, latest = null, drawn = null;
 function draw() {
-  const value = props.value;
+  const value = latest;
   if (!value || value === drawn || !onScreen) return;  // off screen: drawn when scrolled into view
   withPlotly((Plotly) => {
     const fig = typeof value === "string" ? JSON.parse(value) : value;
@@ -55,7 +57,9 @@ new IntersectionObserver((entries) => {
 }, { rootMargin: "200px" }).observe(host);
 // drawn while its tab was hidden (zero width): fit it once it is shown
 new ResizeObserver(() => { if (host._fullLayout && host.offsetWidth) window.Plotly.Plots.resize(host); }).observe(host);
-watch("value", draw);
+watch("value", () => { latest = props.value; draw(); });
+host.__wbShow = (figure) => { latest = figure; draw(); };
+latest = props.value;
 """.replace("__PATH__", json.dumps(PLOTLY_PATH)).replace("__ROOT__", ROOT_JS)
 
 

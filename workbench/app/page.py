@@ -43,6 +43,7 @@ import json
 from workbench.app.liveplot import PLOTLY_PATH, ROOT_JS
 
 VERSION_PATH = "/workbench/version"
+LIVE_PATH = "/workbench/live"
 REFRESH_ELEM_ID = "wb-refresh"
 
 _SCRIPT = """<script data-workbench="page">
@@ -61,7 +62,7 @@ _SCRIPT = """<script data-workbench="page">
     if (timers.has(id)) { clearTimeout(timers.get(id)); timers.delete(id); } else caf(id);
   };
   // 2. The dashboard's poll: a plain GET of the store's version; a Gradio event only when it changed.
-  const PERIOD_MS = __PERIOD_MS__, PATH = __PATH__, BUTTON = __BUTTON__;
+  const PERIOD_MS = __PERIOD_MS__, PATH = __PATH__, LIVE = __LIVE__, BUTTON = __BUTTON__;
   let last = null, busy = false;
   async function poll() {
     if (busy || document.hidden) return;
@@ -71,15 +72,35 @@ _SCRIPT = """<script data-workbench="page">
       if (!response.ok) return;
       const version = await response.text();
       if (version === last) return;
-      const button = document.getElementById(BUTTON);
-      if (!button) return;  // the Train tab is not drawn yet: try again next time
-      button.click();
+      if (!(await live())) {
+        const button = document.getElementById(BUTTON);
+        if (!button) return;  // the Train tab is not drawn yet: try again next time
+        button.click();
+      }
       last = version;
     } catch (err) {
       // the server is restarting or unreachable: Gradio shows its own message; keep polling
     } finally {
       busy = false;
     }
+  }
+  // 3. The live path: while the run on show is running and has no new evaluation, the header and
+  // the live panels come from <root>/workbench/live and are drawn here, with no Gradio event.
+  // False: the Gradio refresh must run (nothing on show, the run ended, a new evaluation).
+  async function live() {
+    const head = document.querySelector("#run-header .wb-header[data-run]");
+    if (!head || head.dataset.status !== "running") return false;
+    const query = new URLSearchParams({ run: head.dataset.run, steps: head.dataset.steps, evals: head.dataset.evals });
+    const response = await fetch(__ROOT__ + LIVE + "?" + query, { cache: "no-store", credentials: "same-origin" });
+    if (response.status !== 200) return false;  // 204: only a Gradio refresh can update the page
+    const update = await response.json();
+    for (const [id, figure] of Object.entries(update.panels)) {
+      const host = document.querySelector("#" + id + " .wb-live-plot");
+      if (!host || !host.__wbShow) return false;
+      host.__wbShow(figure);
+    }
+    head.outerHTML = update.header;
+    return true;
   }
   setInterval(poll, PERIOD_MS);
   document.addEventListener("visibilitychange", poll);
@@ -89,7 +110,7 @@ _SCRIPT = """<script data-workbench="page">
 
 def page_script(poll_seconds: float) -> str:
     return (_SCRIPT.replace("__PERIOD_MS__", str(max(100, int(poll_seconds * 1000))))
-            .replace("__PATH__", json.dumps(VERSION_PATH)).replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID))
+            .replace("__PATH__", json.dumps(VERSION_PATH)).replace("__LIVE__", json.dumps(LIVE_PATH)).replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID))
             .replace("__ROOT__", ROOT_JS))
 
 
@@ -97,9 +118,10 @@ class PageMiddleware:
     """ASGI middleware over the Gradio app: the page script in every HTML page (GET), and the version
     endpoint.  ``store``: the app's RunStore; ``poll_seconds``: the dashboard's refresh period."""
 
-    def __init__(self, app, *, store, poll_seconds: float) -> None:
+    def __init__(self, app, *, store, poll_seconds: float, live=None) -> None:
         self.app = app
         self.store = store
+        self.live = live
         self.script = page_script(poll_seconds).encode()
         self._plotly_js: bytes | None = None
 
@@ -111,6 +133,9 @@ class PageMiddleware:
         root = scope.get("root_path", "").rstrip("/")
         if path in (VERSION_PATH, root + VERSION_PATH):
             await self._version(scope, send)
+            return
+        if path in (LIVE_PATH, root + LIVE_PATH) and self.live is not None:
+            await self._live(scope, send)
             return
         if path in (PLOTLY_PATH, root + PLOTLY_PATH):
             await self._plotly(send)
@@ -156,17 +181,43 @@ class PageMiddleware:
                                 (b"content-length", str(len(self._plotly_js)).encode())]})
         await send({"type": "http.response.body", "body": self._plotly_js})
 
+    async def _live(self, scope, send) -> None:
+        """``?run=ID&steps=N&evals=M`` -> 200 with ``live(ID, steps=N, evals=M)``'s JSON, or 204 when
+        only a Gradio refresh can update that page; 400 for a malformed query, 401 without login."""
+        import anyio
+        from urllib.parse import parse_qs
+
+        if not await _logged_in(scope):
+            await _respond(send, 401, b"log in first")
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            run_id = query["run"][0]
+            steps, evals = int(query["steps"][0]), int(query["evals"][0])
+        except (KeyError, IndexError, ValueError):
+            await _respond(send, 400, b"expected ?run=ID&steps=N&evals=M")
+            return
+        text = await anyio.to_thread.run_sync(lambda: self.live(run_id, steps=steps, evals=evals))
+        if text is None:
+            await _respond(send, 204, b"")
+        else:
+            await _respond(send, 200, text.encode(), content_type=b"application/json")
+
     async def _version(self, scope, send) -> None:
         import anyio
 
         if await _logged_in(scope):
-            status, body = 200, (await anyio.to_thread.run_sync(self.store.version)).encode()
+            await _respond(send, 200, (await anyio.to_thread.run_sync(self.store.version)).encode())
         else:
-            status, body = 401, b"log in first"
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/plain"), (b"cache-control", b"no-store"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+            await _respond(send, 401, b"log in first")
+
+
+async def _respond(send, status: int, body: bytes, *, content_type: bytes = b"text/plain") -> None:
+    headers = [(b"content-type", content_type), (b"cache-control", b"no-store")]
+    if status != 204:
+        headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _logged_in(scope) -> bool:

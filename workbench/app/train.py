@@ -10,6 +10,7 @@ browser about 0.15 CPU-s/s even when nothing is sent; see page.py.)
 from __future__ import annotations
 
 import html
+import json
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -113,6 +114,49 @@ def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) 
     return tuple(out)
 
 
+# The live panels by element id, and the dashboard() entry each one draws.
+LIVE_PANELS = {"loss-plot": "loss", "epsilon-plot": "epsilon", "hist-plot": "histogram", "heatmap-plot": "heatmap",
+               "noise-plot": "noise"}
+
+
+def live_update(ctx: AppContext, run_id: str, *, steps: int, evals: int, now: float | None = None) -> str | None:
+    """The page's live path (page.py): the header and the changed live panels of a running run, as
+    JSON text ``{"header": html, "panels": {elem_id: plotly figure}}``, for a page whose header says
+    it shows ``steps`` steps and ``evals`` evaluations of ``run_id``.  ``None`` when only a Gradio
+    refresh (``refresh``) can bring the page up to date: the run is gone or no longer running (the
+    page may follow another run), or it has new evaluations (the generations table is a Gradio
+    component).  Between those moments, which is every step, the page updates itself from this
+    and runs no Gradio event (see page.py for why that matters)."""
+    from workbench.app.liveplot import plot_value
+
+    try:
+        record = ctx.store.get(run_id)
+    except RunNotFound:
+        return None
+    if record.status != "running":
+        return None
+    view = ctx.views.get(record.id)
+    if len(view.evals) != evals:
+        return None
+    now = time.time() if now is None else now
+    as_of = view.latest_step.time if view.latest_step is not None else now
+    header = header_html(view, record.status, record.reason, now=as_of)
+    panels = ""
+    if len(view.steps) != steps:
+        with _FIGURES_LOCK:
+            hit = _LIVE_JSON.get(view.run_id)
+        if hit is not None and hit[0] == view.last_seq:
+            panels = hit[1]
+        else:  # once per new event, however many pages watch
+            figures = dashboard(view)
+            panels = ", ".join(f"{json.dumps(elem)}: {plot_value(figures[name])}" for elem, name in LIVE_PANELS.items())
+            with _FIGURES_LOCK:
+                _LIVE_JSON[view.run_id] = (view.last_seq, panels)
+                while len(_LIVE_JSON) > 8:
+                    _LIVE_JSON.pop(next(iter(_LIVE_JSON)))
+    return f'{{"header": {json.dumps(header)}, "panels": {{{panels}}}}}'
+
+
 def _followed(ctx: AppContext, selection: Selection) -> Selection:
     """The selection, switched to a newer active run when it follows and its own run has ended."""
     if selection.follow:
@@ -133,6 +177,7 @@ def _ended_or_missing(ctx: AppContext, run_id: str | None) -> bool:
 
 _FIGURES: dict[str, tuple[int, dict[str, Any]]] = {}
 _FIGURES_LOCK = threading.Lock()
+_LIVE_JSON: dict[str, tuple[int, str]] = {}  # run -> (last seq, the live panels' JSON): live_update
 
 
 def dashboard(view: RunView) -> dict[str, Any]:
@@ -183,7 +228,10 @@ def header_html(view: RunView, status: str, reason: str | None, *, now: float) -
     else:
         text = ""
     bar = f'<div class="wb-bar"><div style="width:{100 * p["fraction"]:.1f}%"></div></div>'
-    out = f'<div class="wb-header">{title}{eps_html}{bar}<div class="wb-progress" id="wb-progress">{text}</div>'
+    # what this header (and the panels sent with it) shows, for the page's live path (page.py)
+    data = (f'data-run="{html.escape(view.run_id)}" data-status="{html.escape(status)}" '
+            f'data-steps="{len(view.steps)}" data-evals="{len(view.evals)}"')
+    out = f'<div class="wb-header" {data}>{title}{eps_html}{bar}<div class="wb-progress" id="wb-progress">{text}</div>'
     if status in ("failed", "interrupted") and reason:
         out += f'<div class="wb-reason">{html.escape(reason)}</div>'
     return out + "</div>"
