@@ -101,12 +101,9 @@ QUEUE_PROGRESS_POLL_S = 0.25
 def quiet_queue(app) -> None:
     """Slow Gradio's idle queue polling to QUEUE_IDLE_POLL_S / QUEUE_PROGRESS_POLL_S (see above)."""
     queue = getattr(app, "_queue", None)
-    if queue is None:
-        return
-    if hasattr(queue, "sleep_when_free"):
-        queue.sleep_when_free = max(queue.sleep_when_free, QUEUE_IDLE_POLL_S)
-    if hasattr(queue, "progress_update_sleep_when_free"):
-        queue.progress_update_sleep_when_free = max(queue.progress_update_sleep_when_free, QUEUE_PROGRESS_POLL_S)
+    for name, seconds in (("sleep_when_free", QUEUE_IDLE_POLL_S), ("progress_update_sleep_when_free", QUEUE_PROGRESS_POLL_S)):
+        if hasattr(queue, name):  # a Gradio release without it: nothing to do
+            setattr(queue, name, max(getattr(queue, name), seconds))
 
 
 def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, auth: str | None = None,
@@ -138,7 +135,7 @@ def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool 
         quiet=quiet,
         css=CSS,
         theme="soft",
-        # the page's script and the store-version endpoint its poller reads: see workbench/app/page.py
+        # the page's script and the version and live endpoints it reads: see workbench/app/page.py
         app_kwargs={"middleware": [Middleware(PageMiddleware, store=ctx.store, poll_seconds=app.poll_seconds,
                                               live=partial(live_update, ctx))]},
     )

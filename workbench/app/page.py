@@ -18,8 +18,11 @@ Gradio 6 has on every page, and a third in its Plot component; none is ours to f
    (deep copies of the Plotly figures): a ``gr.Timer`` polling once a second cost the browser about
    0.15 CPU-s/s before anything was drawn.  So the dashboard does not poll with a Gradio event.
    The script fetches ``<root>/workbench/version`` (``RunStore.version()``: a 16-character token
-   that changes when any run is written) every ``poll_seconds`` and clicks the Train tab's hidden
-   refresh button only when the token changed; the refresh then sends only the panels that changed.
+   that changes when any run is written) every ``poll_seconds``, and acts only when it changed.
+   While the run on show is running, it then GETs ``<root>/workbench/live`` (``train.live_update``:
+   the header and the live panels as JSON) and draws them itself, so a step costs no Gradio event
+   at all; otherwise (the run ended, another run is followed, a new evaluation) it clicks the Train
+   tab's hidden refresh button, and that refresh sends only the panels that changed.
 
 3. Redraws.  Gradio's Plot component re-creates its Plotly div for every new value (a ``{#key}``
    block) and draws twice: once into the old div, once into the new one, each a full Plotly render
@@ -32,7 +35,7 @@ Gradio 6 has on every page, and a third in its Plot component; none is ours to f
 ``launch(head=...)`` cannot carry the script: Gradio adds that HTML after its modules have loaded,
 when the status tracker already holds the original ``requestAnimationFrame``.  Hence this ASGI
 middleware, which inserts the script right after ``<head>`` of the HTML pages the app serves and
-answers the version endpoint itself (behind the app's login when ``--auth`` is set).  No library
+answers the version and live endpoints itself (behind the app's login when ``--auth`` is set).  No library
 offers either, so both are ours.
 """
 
@@ -110,15 +113,17 @@ _SCRIPT = """<script data-workbench="page">
 
 def page_script(poll_seconds: float) -> str:
     return (_SCRIPT.replace("__PERIOD_MS__", str(max(100, int(poll_seconds * 1000))))
-            .replace("__PATH__", json.dumps(VERSION_PATH)).replace("__LIVE__", json.dumps(LIVE_PATH)).replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID))
+            .replace("__PATH__", json.dumps(VERSION_PATH)).replace("__LIVE__", json.dumps(LIVE_PATH))
+            .replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID))
             .replace("__ROOT__", ROOT_JS))
 
 
 class PageMiddleware:
     """ASGI middleware over the Gradio app: the page script in every HTML page (GET), and the version
-    endpoint.  ``store``: the app's RunStore; ``poll_seconds``: the dashboard's refresh period."""
+    and live endpoints.  ``store``: the app's RunStore; ``poll_seconds``: the dashboard's refresh
+    period; ``live(run_id, steps=, evals=)``: the live path's JSON text or None (train.live_update)."""
 
-    def __init__(self, app, *, store, poll_seconds: float, live=None) -> None:
+    def __init__(self, app, *, store, poll_seconds: float, live) -> None:
         self.app = app
         self.store = store
         self.live = live
@@ -134,7 +139,7 @@ class PageMiddleware:
         if path in (VERSION_PATH, root + VERSION_PATH):
             await self._version(scope, send)
             return
-        if path in (LIVE_PATH, root + LIVE_PATH) and self.live is not None:
+        if path in (LIVE_PATH, root + LIVE_PATH):
             await self._live(scope, send)
             return
         if path in (PLOTLY_PATH, root + PLOTLY_PATH):

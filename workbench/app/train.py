@@ -1,9 +1,10 @@
 """The Train tab: model and optimiser settings, Start / Stop, and the live DP dashboard.
 
 The dashboard follows the run store, never the trainer.  The page's script (workbench/app/page.py)
-reads the store's version token once a second with a plain GET and, only when it changed, clicks
-the hidden refresh button; a refresh reads only the events after the last one seen and sends only
-the panels that changed.  (A ``gr.Timer`` would run a Gradio event every second, which costs the
+reads the store's version token once a second with a plain GET.  When it changed and the run on
+show is still running, the script fetches ``live_update`` (the header and the live panels) and
+draws it itself; otherwise it clicks the hidden refresh button, and ``refresh`` reads only the
+events after the last one seen and sends only the panels that changed.  (A ``gr.Timer`` would run a Gradio event every second, which costs the
 browser about 0.15 CPU-s/s even when nothing is sent; see page.py.)
 """
 
@@ -98,9 +99,7 @@ def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) 
     except RunNotFound:
         return (Selection(follow=True, seq=0), *_empty_panels(f"Run {selection.run_id} was deleted."))
     view = ctx.views.get(record.id)
-    # progress as of the latest event, so the header (and the browser) changes only when the run does
-    as_of = view.latest_step.time if view.latest_step is not None and record.status == "running" else now
-    header = header_html(view, record.status, record.reason, now=as_of)
+    header = _header(view, record, now)
     new_header = hash(header) != selection.header_hash
     new_steps = len(view.steps) != selection.n_steps
     new_evals = len(view.evals) != selection.n_evals
@@ -138,23 +137,19 @@ def live_update(ctx: AppContext, run_id: str, *, steps: int, evals: int, now: fl
     view = ctx.views.get(record.id)
     if len(view.evals) != evals:
         return None
-    now = time.time() if now is None else now
-    as_of = view.latest_step.time if view.latest_step is not None else now
-    header = header_html(view, record.status, record.reason, now=as_of)
+    header = _header(view, record, time.time() if now is None else now)
     panels = ""
     if len(view.steps) != steps:
-        with _FIGURES_LOCK:
-            hit = _LIVE_JSON.get(view.run_id)
-        if hit is not None and hit[0] == view.last_seq:
-            panels = hit[1]
-        else:  # once per new event, however many pages watch
-            figures = dashboard(view)
-            panels = ", ".join(f"{json.dumps(elem)}: {plot_value(figures[name])}" for elem, name in LIVE_PANELS.items())
-            with _FIGURES_LOCK:
-                _LIVE_JSON[view.run_id] = (view.last_seq, panels)
-                while len(_LIVE_JSON) > 8:
-                    _LIVE_JSON.pop(next(iter(_LIVE_JSON)))
+        panels = _memoised(view, "live", lambda: ", ".join(
+            f"{json.dumps(elem)}: {plot_value(dashboard(view)[name])}" for elem, name in LIVE_PANELS.items()))
     return f'{{"header": {json.dumps(header)}, "panels": {{{panels}}}}}'
+
+
+def _header(view: RunView, record, now: float) -> str:
+    """The header of a run; a running run's progress as of its latest step, so the header (and the
+    browser) changes only when the run does."""
+    as_of = view.latest_step.time if view.latest_step is not None and record.status == "running" else now
+    return header_html(view, record.status, record.reason, now=as_of)
 
 
 def _followed(ctx: AppContext, selection: Selection) -> Selection:
@@ -175,20 +170,34 @@ def _ended_or_missing(ctx: AppContext, run_id: str | None) -> bool:
         return True
 
 
-_FIGURES: dict[str, tuple[int, dict[str, Any]]] = {}
-_FIGURES_LOCK = threading.Lock()
-_LIVE_JSON: dict[str, tuple[int, str]] = {}  # run -> (last seq, the live panels' JSON): live_update
+_MEMO: dict[tuple[str, str], tuple[int, Any]] = {}  # (run, what) -> (last seq, value)
+_MEMO_LOCK = threading.Lock()
+
+
+def _memoised(view: RunView, what: str, build):
+    """``build()``, once per (run, last event), so several browsers share the work; 16 entries."""
+    key = (view.run_id, what)
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+        if hit is not None and hit[0] == view.last_seq:
+            return hit[1]
+    value = build()
+    with _MEMO_LOCK:
+        _MEMO[key] = (view.last_seq, value)
+        while len(_MEMO) > 16:
+            _MEMO.pop(next(iter(_MEMO)))
+    return value
 
 
 def dashboard(view: RunView) -> dict[str, Any]:
     """Every panel of one run, memoised per (run, last event) so several browsers share the work."""
-    with _FIGURES_LOCK:
-        hit = _FIGURES.get(view.run_id)
-        if hit is not None and hit[0] == view.last_seq:
-            return hit[1]
+    return _memoised(view, "figures", lambda: _dashboard(view))
+
+
+def _dashboard(view: RunView) -> dict[str, Any]:
     started = view.started
     gens = generations_table(view.evals)
-    panels = {
+    return {
         "loss": loss_figure(view.steps, view.evals),
         "epsilon": epsilon_figure(view.steps, started.planned_epsilon if started else (), view.target_epsilon,
                                   accountant=started.accountant if started else None,
@@ -198,11 +207,6 @@ def dashboard(view: RunView) -> dict[str, Any]:
         "noise": noise_allocation_figure(view.latest_step),
         "generations": {"headers": gens.headers, "data": gens.rows},
     }
-    with _FIGURES_LOCK:
-        _FIGURES[view.run_id] = (view.last_seq, panels)
-        while len(_FIGURES) > 8:
-            _FIGURES.pop(next(iter(_FIGURES)))
-    return panels
 
 
 def header_html(view: RunView, status: str, reason: str | None, *, now: float) -> str:
