@@ -486,6 +486,39 @@ def test_page_carries_the_script_first_and_the_version_endpoint_follows_the_stor
         app.close()
 
 
+def test_version_long_poll_answers_when_the_store_changes_or_the_wait_ends(_workbench_home):
+    import threading
+    import time
+
+    import requests
+
+    from workbench.app import build_app, serve
+    from workbench.app.page import LONG_POLL_S, VERSION_PATH
+
+    store = RunStore(_workbench_home)
+    app = build_app(store, defaults={"model": "tiny"}, poll_seconds=0.2)
+    try:
+        _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
+        endpoint = url.rstrip("/") + VERSION_PATH
+        v0 = requests.get(endpoint, timeout=10).text
+        t = time.monotonic()  # nothing changes: held for the wait, then the same token
+        assert requests.get(endpoint, params={"since": v0, "wait": 1}, timeout=10).text == v0
+        assert 0.9 <= time.monotonic() - t < 5
+        t = time.monotonic()  # a stale token: answered at once
+        assert requests.get(endpoint, params={"since": "stale", "wait": 10}, timeout=10).text == v0
+        assert time.monotonic() - t < 2
+        writer = threading.Timer(1.0, fake_run, (store, "20250101-000000-aaaaaa"), {"steps": 1, "finished": False})
+        writer.start()
+        t = time.monotonic()  # a run written while the page waits: answered within a poll period
+        changed = requests.get(endpoint, params={"since": v0, "wait": 10}, timeout=20).text
+        writer.join()
+        assert changed == store.version() != v0 and 1.0 <= time.monotonic() - t < 3
+        assert requests.get(endpoint, params={"since": v0, "wait": "soon"}, timeout=10).status_code == 400
+        assert LONG_POLL_S <= 30  # a held request never outlives proxies' idle timeouts
+    finally:
+        app.close()
+
+
 def test_version_endpoint_needs_the_login_when_auth_is_set(_workbench_home):
     import requests
 
