@@ -7,9 +7,9 @@ threads, and a parallel region ends only when both have finished their half; whe
 process takes one core, the other thread waits.  This benchmark runs one `workbench train` and
 alternates windows in which a child process does nothing, and in which it busy-loops for
 ``--busy-ms`` every ``--every-ms`` (default 40 ms a second: 0.04 CPU-s/s, about what a browser
-watching the dashboard uses).  Steps per second come from the step spacing inside each window, as
-in app_overhead.py.  Prints JSON: ``loaded_over_quiet`` (median of paired ratios) and the CPU the
-load used.
+watching the dashboard uses).  Throughput is tokens per second from the steps inside each window,
+as in app_overhead.py.  Prints JSON: ``loaded_over_quiet`` (median of paired ratios) and the CPU
+the load used.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_overhead import BIN, cpu_seconds, env_for, settings, steps, window_rate  # noqa: E402
+from app_overhead import BIN, cpu_seconds, env_for, pair_ratios, settings, steps, token_rate, window_rate  # noqa: E402
 
 
 def burn(busy_s: float, every_s: float, on) -> None:
@@ -66,20 +66,19 @@ def main() -> None:
                 t1, b1 = time.time(), cpu_seconds(burner.pid)
                 inside = [e for e in steps(home) if t0 <= e.time < t1]
                 windows.append({"pair": i, "kind": kind, "steps": len(inside), "steps_per_s": window_rate(inside, t0, t1),
+                                "tokens_per_s": token_rate(inside),
                                 "load_cpu_per_s": (b1 - b0) / (t1 - t0)})
                 w = windows[-1]
-                print(f"pair {i + 1} {kind:6}: {w['steps_per_s']:.3f} steps/s ({len(inside)} steps), "
+                print(f"pair {i + 1} {kind:6}: {w['tokens_per_s'] or float('nan'):.0f} tokens/s, "
+                      f"{w['steps_per_s']:.3f} steps/s ({len(inside)} steps), "
                       f"load {w['load_cpu_per_s']:.3f} CPU/s", file=sys.stderr)
     finally:
         trainer.terminate()
         trainer.wait(60)
         burner.terminate()
         shutil.rmtree(home, ignore_errors=True)
-    ratios = []
-    for i in range(args.pairs):
-        loaded = next(w for w in windows if w["pair"] == i and w["kind"] == "loaded")["steps_per_s"]
-        quiet = next(w for w in windows if w["pair"] == i and w["kind"] == "quiet")["steps_per_s"]
-        ratios.append(loaded / quiet)
+    ratios = pair_ratios([{**w, "kind": {"loaded": "watched", "quiet": "alone"}[w["kind"]]} for w in windows],
+                         "tokens_per_s")  # loaded / quiet
     print(json.dumps({"model": args.model, "busy_ms": args.busy_ms, "every_ms": args.every_ms, "window_s": args.window,
                       "loaded_over_quiet": statistics.median(ratios), "pair_ratios": ratios,
                       "load_cpu_per_s": statistics.median(w["load_cpu_per_s"] for w in windows if w["kind"] == "loaded"),
