@@ -21,7 +21,7 @@ varies by +-25 % with the batches it happened to draw, more than the effect meas
 
 Prints JSON: ``app_over_cli`` = median over pairs of (watched tokens/s) / (alone tokens/s), the
 CPU that watching costs (app server and browser, CPU seconds per second), the per-window
-figures, and for context ``cli_steps_per_s`` of a separate `workbench train` run (noisy).
+figures, and for context ``cli_tokens_per_s`` of a separate `workbench train` run (noisy).
 """
 
 from __future__ import annotations
@@ -62,10 +62,6 @@ def steps(home: Path) -> list:
 
     store = RunStore(home)
     return [e for run in store.list() for _, e in store.events(run.id, kinds=("step",))]
-
-
-def step_times(home: Path) -> list[float]:
-    return [e.time for e in steps(home)]
 
 
 def descendants_cpu(root: int, *, exclude: int) -> float:
@@ -119,10 +115,14 @@ def torch_threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
+def train_command(cfg: dict) -> list[str]:
+    """`workbench train --set key=value ...` for these settings."""
+    return [str(BIN / "workbench"), "train"] + [a for k, v in cfg.items() for a in ("--set", f"{k}={v}")]
+
+
 def run_cli(cfg: dict) -> float:
     home = Path(tempfile.mkdtemp(prefix="wb-bench-cli-"))
-    args = [str(BIN / "workbench"), "train"] + [a for k, v in cfg.items() for a in ("--set", f"{k}={v}")]
-    subprocess.run(args, env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(train_command(cfg), env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = steps(home)
     shutil.rmtree(home, ignore_errors=True)
     return token_rate(done)
@@ -203,7 +203,7 @@ def measure_app(cfg: dict, *, pairs: int, window: float, screenshot: str | None 
             page.get_by_role("tab", name="Train").click()
             page.locator("#start").click()
             page.locator("#run-header .wb-badge", has_text="running").wait_for(timeout=600_000)
-            while len(step_times(home)) < 5:  # past model loading
+            while len(steps(home)) < 5:  # past model loading
                 time.sleep(1)
             page.close()
             for i in range(pairs):
@@ -260,14 +260,13 @@ def token_rate(inside: list) -> float | None:
     return sum(e.tokens for e in inside[1:]) / (inside[-1].time - inside[0].time)
 
 
-def pair_ratios(windows: list[dict], key: str) -> list[float]:
-    """(watched / alone) of ``key`` for each pair, in pair order."""
+def pair_ratios(windows: list[dict], key: str, kinds: tuple[str, str] = ("watched", "alone")) -> list[float]:
+    """(first kind / second kind) of ``key`` for each pair, in pair order."""
     ratios = []
     for pair in sorted({w["pair"] for w in windows}):
-        watched = next(w[key] for w in windows if w["pair"] == pair and w["kind"] == "watched")
-        alone = next(w[key] for w in windows if w["pair"] == pair and w["kind"] == "alone")
-        if watched and alone:
-            ratios.append(round(watched / alone, 3))
+        top, bottom = (next(w[key] for w in windows if w["pair"] == pair and w["kind"] == kind) for kind in kinds)
+        if top and bottom:
+            ratios.append(round(top / bottom, 3))
     return ratios
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_overhead import BIN, cpu_seconds, env_for, pair_ratios, settings, steps, token_rate, window_rate  # noqa: E402
+from app_overhead import cpu_seconds, env_for, pair_ratios, settings, steps, token_rate, train_command, window_rate  # noqa: E402
 
 
 def burn(busy_s: float, every_s: float, on) -> None:
@@ -48,9 +48,7 @@ def main() -> None:
     ap.add_argument("--every-ms", type=float, default=1000.0)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="wb-bench-load-"))
-    cfg = settings(args.model, 3000)
-    cmd = [str(BIN / "workbench"), "train"] + [a for k, v in cfg.items() for a in ("--set", f"{k}={v}")]
-    trainer = subprocess.Popen(cmd, env=env_for(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trainer = subprocess.Popen(train_command(settings(args.model, 3000)), env=env_for(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     on = mp.Value("b", 0)
     burner = mp.Process(target=burn, args=(args.busy_ms / 1000, args.every_ms / 1000, on), daemon=True)
     burner.start()
@@ -77,8 +75,7 @@ def main() -> None:
         trainer.wait(60)
         burner.terminate()
         shutil.rmtree(home, ignore_errors=True)
-    ratios = pair_ratios([{**w, "kind": {"loaded": "watched", "quiet": "alone"}[w["kind"]]} for w in windows],
-                         "tokens_per_s")  # loaded / quiet
+    ratios = pair_ratios(windows, "tokens_per_s", kinds=("loaded", "quiet"))
     print(json.dumps({"model": args.model, "busy_ms": args.busy_ms, "every_ms": args.every_ms, "window_s": args.window,
                       "loaded_over_quiet": statistics.median(ratios), "pair_ratios": ratios,
                       "load_cpu_per_s": statistics.median(w["load_cpu_per_s"] for w in windows if w["kind"] == "loaded"),

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_overhead import BIN, CHROMIUM_ARGS, descendants_cpu, env_for, free_port, wait_http  # noqa: E402
+from app_overhead import CHROMIUM_ARGS, descendants_cpu, env_for, free_port, train_command, wait_http  # noqa: E402
 
 # Replays the source store's run into the target store: ``n_first`` steps at once, then one step
 # every ``period`` seconds (the benchmark pauses and resumes it with SIGSTOP/SIGCONT).
@@ -82,8 +82,7 @@ def source_run(home: Path) -> None:
     """A 30-step run of the tiny model in ``home``."""
     cfg = {"model": "tiny", "data": "demo", "max_steps": 30, "batch_size": 16, "noise_multiplier": 1.0,
            "eval_every": 100_000, "seed": 0}
-    args = [str(BIN / "workbench"), "train"] + [a for k, v in cfg.items() for a in ("--set", f"{k}={v}")]
-    subprocess.run(args, env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(train_command(cfg), env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> None:

@@ -45,7 +45,10 @@ offers either, so both are ours.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from urllib.parse import parse_qs
 
 from workbench.app.liveplot import PLOTLY_PATH, ROOT_JS
 
@@ -142,7 +145,6 @@ class PageMiddleware:
 
     def __init__(self, app, *, store, poll_seconds: float, live) -> None:
         self.app = app
-        self.store = store
         self.live = live
         self.script = page_script(poll_seconds).encode()
         self.watch = VersionWatch(store.version, poll_seconds)
@@ -208,12 +210,10 @@ class PageMiddleware:
         """``?run=ID&steps=N&evals=M`` -> 200 with ``live(ID, steps=N, evals=M)``'s JSON, or 204 when
         only a Gradio refresh can update that page; 400 for a malformed query, 401 without login."""
         import anyio
-        from urllib.parse import parse_qs
 
-        if not await _logged_in(scope):
-            await _respond(send, 401, b"log in first")
+        query = await _query(scope, send)
+        if query is None:
             return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         try:
             run_id = query["run"][0]
             steps, evals = int(query["steps"][0]), int(query["evals"][0])
@@ -230,12 +230,9 @@ class PageMiddleware:
         """The store's version token.  ``?since=TOKEN&wait=S`` (the page's long-poll): answer when the
         version differs from TOKEN, or after S seconds (at most LONG_POLL_S) with the same TOKEN; the
         store is read once per ``poll_seconds`` however many pages wait.  401 without login."""
-        from urllib.parse import parse_qs
-
-        if not await _logged_in(scope):
-            await _respond(send, 401, b"log in first")
+        query = await _query(scope, send)
+        if query is None:
             return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         try:
             since = query.get("since", [None])[0]
             wait = min(max(float(query.get("wait", ["0"])[0]), 0.0), LONG_POLL_S) if since is not None else 0.0
@@ -257,20 +254,15 @@ class VersionWatch:
     def __init__(self, version, period: float) -> None:
         self._version = version
         self.period = period
-        self._value: str | None = None
-        self._at = float("-inf")
-        self._lock = None  # an asyncio.Lock, made on the server's event loop
+        self._value = ""
+        self._at = float("-inf")  # when _value was read: never yet
+        self._lock = asyncio.Lock()  # one read at a time; later waiters take its value
 
     async def read(self, *, max_age: float) -> str:
-        import asyncio
-        import time
-
         import anyio
 
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
-            if self._value is None or time.monotonic() - self._at > max_age:
+            if time.monotonic() - self._at > max_age:
                 self._value = await anyio.to_thread.run_sync(self._version)
                 self._at = time.monotonic()
             return self._value
@@ -278,9 +270,6 @@ class VersionWatch:
     async def changed(self, since: str, wait: float, receive) -> str | None:
         """The version once it differs from ``since``, or ``since`` after ``wait`` seconds; None when
         the client disconnects first."""
-        import asyncio
-        import time
-
         deadline = time.monotonic() + wait
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
@@ -296,6 +285,14 @@ class VersionWatch:
                     return version
         finally:
             gone.cancel()
+
+
+async def _query(scope, send) -> dict[str, list[str]] | None:
+    """The request's query parameters; None (after answering 401) without the app's login."""
+    if not await _logged_in(scope):
+        await _respond(send, 401, b"log in first")
+        return None
+    return parse_qs(scope.get("query_string", b"").decode("latin-1"))
 
 
 async def _disconnected(receive) -> None:
