@@ -155,6 +155,21 @@ def test_noise_allocation_has_one_bar_per_module():
     assert list(noise.customdata) == MODULES
 
 
+def test_live_panels_skip_plotlys_per_label_overflow_check():
+    """Plotly's default tick-label overflow check forces a browser layout per label per redraw
+    (a fifth of a watching browser's time); every axis and colour bar of the live panels opts out."""
+    steps = [step(s) for s in range(1, 11)]
+    figures = [loss_figure(steps), epsilon_figure(steps, started().planned_epsilon, 8.0),
+               grad_norm_histogram(steps[-1], 0.5), grad_norm_heatmap(steps), noise_allocation_figure(steps[-1])]
+    for fig in figures:
+        layout = fig.to_plotly_json()["layout"]
+        axes = [k for k in layout if k.startswith(("xaxis", "yaxis"))]
+        assert axes and all(layout[k].get("ticklabeloverflow") == "allow" for k in axes), (fig.layout.title.text, axes)
+        for trace in fig.data:
+            if trace.type == "heatmap":
+                assert trace.colorbar.ticklabeloverflow == "allow"
+
+
 def test_plan_figure_labels_edgeworth_as_approximation():
     curves = {a: [(s, 0.1 * s) for s in range(0, 101, 10)] for a in ("rdp", "prv", "pld", "edgeworth")}
     fig = plan_figure(curves, 8.0, noise_multiplier=1.2, selected="pld")

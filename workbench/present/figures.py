@@ -37,7 +37,12 @@ def base_layout(title: str, x_title: str, y_title: str, *, height: int = 320, **
     figure, sent to the browser and copied there at every refresh); every colour and line style
     the panels use is set here or on the traces.
     """
-    axis = dict(gridcolor="#e5e5e5", zerolinecolor="#cccccc", linecolor="#999999", showline=True)
+    # ticklabeloverflow="allow": plotly's default for a linear axis ("hide past div") checks every
+    # tick label against the div once per label drawn, each a forced browser layout (quadratic in
+    # the labels); at every redraw of a live panel that was a fifth of the watching browser's time
+    # (benchmarks/dashboard_cost.py).  The margins keep the labels inside the figure anyway.
+    axis = dict(gridcolor="#e5e5e5", zerolinecolor="#cccccc", linecolor="#999999", showline=True,
+                ticklabeloverflow="allow")
     layout = dict(
         title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)),
         xaxis=dict(title=dict(text=x_title), **axis),
@@ -186,7 +191,7 @@ def grad_norm_heatmap(steps: Sequence[StepMetrics], *, max_columns: int = MAX_HE
     layout["yaxis"]["range"] = [0, 3.1]
     _hline(layout, 1.0, "clip C", "white", right=True)
     heat = dict(type="heatmap", x=x, y=y, z=frac.T, colorscale="Viridis", zmin=0,
-                colorbar=dict(title=dict(text="fraction"), len=0.8),
+                colorbar=dict(title=dict(text="fraction"), len=0.8, ticklabeloverflow="allow"),
                 hovertemplate="step %{x}<br>norm %{y:.2f} C<br>%{z:.0%} of batch<extra></extra>")
     return _figure([heat], layout)
 
