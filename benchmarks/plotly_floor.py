@@ -40,11 +40,11 @@ from dashboard_cost import source_run  # noqa: E402
 
 UPDATE_JS = """async ([steps, mode, reps]) => {
   const ids = Object.keys(steps[0].five);
+  const react = (id, fig, extra) => Plotly.react(id, fig.data, Object.assign({}, fig.layout, extra || {}), { responsive: true });
   const times = [];
   for (let r = 0; r < reps; r++) {
     const step = steps[r % steps.length];
     const t = performance.now();
-    const react = (id, fig, extra) => Plotly.react(id, fig.data, Object.assign({}, fig.layout, extra || {}), { responsive: true });
     if (mode === "five") ids.forEach((id) => react(id, step.five[id]));
     else if (mode === "transition") ids.forEach((id) => react(id, step.five[id], { transition: { duration: 0 } }));
     else if (mode === "one") react("one", step.one);
@@ -61,7 +61,7 @@ def step_figures(home: Path, last: int = 12) -> list[dict]:
     """The live panels (by element id) and one combined figure, for each of the run's last steps."""
     from plotly.subplots import make_subplots
 
-    from workbench.app.train import LIVE_PANELS, _dashboard
+    from workbench.app.train import LIVE_PANELS, dashboard
     from workbench.present.view import RunView
     from workbench.store.runs import RunStore
 
@@ -70,7 +70,7 @@ def step_figures(home: Path, last: int = 12) -> list[dict]:
     events = list(store.events(run.id))
     out = []
     for k in range(len(events) - last, len(events)):
-        panels = _dashboard(RunView.from_events(run.id, events[:k]))
+        panels = dashboard(RunView.from_events(run.id, events[:k]))
         five = {elem: panels[name] for elem, name in LIVE_PANELS.items()}
         one = make_subplots(rows=3, cols=2, specs=[[{}, {}], [{}, {}], [{"colspan": 2}, None]],
                             subplot_titles=[f.layout.title.text for f in five.values()], vertical_spacing=0.08)
