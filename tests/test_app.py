@@ -606,6 +606,78 @@ def test_live_endpoint_answers_the_page_and_needs_the_login(_workbench_home):
         app.close()
 
 
+def _events(response, n: int) -> list[tuple[str, str]]:
+    """The first ``n`` server-sent events of a streamed response, as (event, data)."""
+    out, name, data = [], None, []
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and name is not None:
+            out.append((name, "\n".join(data)))
+            name, data = None, []
+            if len(out) == n:
+                break
+    return out
+
+
+def test_stream_pushes_a_running_runs_steps_and_asks_for_a_refresh_when_it_ends(_workbench_home):
+    """The page's one connection (page.py): while the run on show is running, every new step comes
+    as a live event on the open stream (no request per step); when the run ends, a refresh event
+    ends the stream; with nothing new the stream ends after its wait; bad queries are refused."""
+    import json
+    import threading
+    import time
+
+    import requests
+
+    from workbench.app import build_app, serve
+    from workbench.app.page import STREAM_PATH
+
+    store = RunStore(_workbench_home)
+    rid = "20250101-000000-aaaaaa"
+    fake_run(store, rid, steps=2, finished=False)
+    app = build_app(store, defaults={"model": "tiny"}, poll_seconds=0.2)
+    try:
+        _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
+        endpoint = url.rstrip("/") + STREAM_PATH
+
+        def more_steps():
+            for s in (3, 4):
+                time.sleep(0.8)
+                store.append(step(s, rid, t0=2000.0))
+            time.sleep(0.8)
+            store.set_status(rid, "finished")
+
+        writer = threading.Thread(target=more_steps)
+        t = time.monotonic()
+        with requests.get(endpoint, params={"since": store.version(), "wait": 10, "run": rid, "steps": 2, "evals": 1},
+                          stream=True, timeout=30) as answer:
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+            writer.start()
+            events = _events(answer, 3)
+        writer.join()
+        assert [name for name, _ in events] == ["live", "live", "refresh"], events
+        first, second = (json.loads(data) for _, data in events[:2])
+        assert first["update"]["steps"] == 3 and second["update"]["steps"] == 4
+        assert set(first["update"]["panels"]) == {"loss-plot", "epsilon-plot", "hist-plot", "heatmap-plot", "noise-plot"}
+        assert 'data-steps="4"' in second["update"]["header"] and first["version"] != second["version"]
+        assert events[2][1] == store.version()  # the refresh carries the version it answers
+        assert time.monotonic() - t < 10
+
+        t = time.monotonic()  # nothing changes: the stream ends after its wait, with no event
+        with requests.get(endpoint, params={"since": store.version(), "wait": 1}, stream=True, timeout=10) as quiet:
+            assert _events(quiet, 1) == []
+        assert 0.9 <= time.monotonic() - t < 5
+        with requests.get(endpoint, params={"since": "stale"}, stream=True, timeout=10) as stale:  # no run: refresh
+            assert _events(stale, 1) == [("refresh", store.version())]
+        bad = requests.get(endpoint, params={"since": "x", "steps": "many"}, timeout=10)
+        assert bad.status_code == 400 and "steps" in bad.text
+    finally:
+        app.close()
+
+
 def test_served_app_quiets_gradios_idle_queue_polling(_workbench_home):
     from workbench.app import QUEUE_IDLE_POLL_S, QUEUE_PROGRESS_POLL_S, build_app, serve
 

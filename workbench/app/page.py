@@ -1,4 +1,4 @@
-"""The script placed first in the app's HTML page, and the tiny endpoint its poller reads.
+"""The script placed first in the app's HTML page, and the endpoints it reads.
 
 Both exist for one reason: a browser watching a run must cost the training machine next to no CPU
 (issue: 95 % of `workbench train`'s throughput with a browser watching, measured on 2 cores where
@@ -17,29 +17,35 @@ Gradio 6 has on every page, and a third in its Plot component; none is ours to f
    status of *every* component that was ever an event's output, which snapshots each one's value
    (deep copies of the Plotly figures): a ``gr.Timer`` polling once a second cost the browser about
    0.15 CPU-s/s before anything was drawn.  So the dashboard does not poll with a Gradio event.
-   The script long-polls ``<root>/workbench/version?since=TOKEN`` (``RunStore.version()``: a
-   16-character token that changes when any run is written): the server holds the request until
-   the token differs (it reads the store once per ``poll_seconds`` for all waiting pages) or 15 s
-   pass.  A page that asked once a second cost the browser about 100 thread wake-ups and
-   0.02-0.04 CPU-s a second, and that alone took 10 % off a training run on the same 2 cores; a
-   waiting page costs nothing.  The page acts on a change at most once per ``poll_seconds``.
-   While the run on show is running, it then GETs ``<root>/workbench/live`` (``train.live_update``:
-   the header and the live panels as JSON) and draws them itself, so a step costs no Gradio event
-   at all; otherwise (the run ended, another run is followed, a new evaluation) it clicks the Train
-   tab's hidden refresh button, and that refresh sends only the panels that changed.
+   Polling of any kind costs more than its CPU shows: a page that GOT a token once a second cost
+   the browser about 100 thread wake-ups and 0.02-0.04 CPU-s a second, and that alone took 10 %
+   off a training run on the same 2 cores.  So the page opens one stream (server-sent events,
+   ``<root>/workbench/stream?since=TOKEN``) that the server holds and writes to only when
+   ``RunStore.version()`` (a 16-character token that changes when any run is written) differs;
+   it reads the store once per ``poll_seconds`` for all open streams.  While the run on show is
+   running, each change is a ``live`` event: the header and the changed live panels as JSON
+   (``train.live_update``), which the page draws itself, so a step costs no Gradio event and no
+   new request.  Otherwise (the run ended, another run is followed, a new evaluation) it is a
+   ``refresh`` event: the page clicks the Train tab's hidden refresh button, and that refresh
+   sends only the panels that changed.  A stream with nothing new for 15 s ends and the page opens
+   the next.  ``<root>/workbench/version`` (the token, with an optional long-poll) and
+   ``<root>/workbench/live`` (one live update) answer the same questions for scripts.
 
 3. Redraws.  Gradio's Plot component re-creates its Plotly div for every new value (a ``{#key}``
    block) and draws twice: once into the old div, once into the new one, each a full Plotly render
    (20-70 ms of JavaScript here, plus the repaint).  The Train tab's live panels are therefore
    ``workbench.app.liveplot`` panels: a ``gr.HTML`` whose script keeps one Plotly div and calls
-   ``Plotly.react`` on it once per new value.  That module also serves Plotly's own bundle at
+   ``Plotly.react`` on it once per new value; and while the run trains, not even that: even a
+   ``Plotly.react`` of the five panels rebuilds and lays out an SVG document (0.28 CPU-s a step),
+   so a running run's panels are drawn on a canvas by ``canvasplot.js`` (0.02), which this
+   middleware places in the page after the script below.  Plotly's own bundle is served at
    ``<root>/workbench/plotly.min.js`` (from the plotly package), for pages where Gradio has not
    loaded its copy yet.
 
 ``launch(head=...)`` cannot carry the script: Gradio adds that HTML after its modules have loaded,
 when the status tracker already holds the original ``requestAnimationFrame``.  Hence this ASGI
 middleware, which inserts the script right after ``<head>`` of the HTML pages the app serves and
-answers the version and live endpoints itself (behind the app's login when ``--auth`` is set).  No library
+answers the stream, version and live endpoints itself (behind the app's login when ``--auth`` is set).  No library
 offers either, so both are ours.
 """
 
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from urllib.parse import parse_qs
 
@@ -54,10 +61,14 @@ from workbench.app.liveplot import PLOTLY_PATH, ROOT_JS
 
 VERSION_PATH = "/workbench/version"
 LIVE_PATH = "/workbench/live"
+STREAM_PATH = "/workbench/stream"
 REFRESH_ELEM_ID = "wb-refresh"
 # How long the version endpoint holds a request whose ``since`` is still current.  Short enough that
 # a server shutdown or a proxy's idle timeout never waits on it for long.
 LONG_POLL_S = 15.0
+# The longest a stream stays open, however busy: then the page opens a new one (a server that shuts
+# down, or a proxy, never waits on a stream for longer than this).
+STREAM_S = 300.0
 
 _SCRIPT = """<script data-workbench="page">
 (() => {
@@ -74,68 +85,77 @@ _SCRIPT = """<script data-workbench="page">
   window.cancelAnimationFrame = function (id) {
     if (timers.has(id)) { clearTimeout(timers.get(id)); timers.delete(id); } else caf(id);
   };
-  // 2. The dashboard's poll: a long-poll of the store's version (the server answers when it differs
-  // from `since`, or after WAIT_S), so a page costs no wake-up while nothing changes; acted on at most
-  // once per PERIOD_MS, with a Gradio event only when the live path cannot do.
-  const PERIOD_MS = __PERIOD_MS__, WAIT_S = __WAIT_S__, PATH = __PATH__, LIVE = __LIVE__, BUTTON = __BUTTON__;
-  let last = null, waiting = null;  // waiting: the pending request's AbortController
-  async function poll() {
-    if (waiting || document.hidden) return;  // a hidden tab holds no request (browsers allow 6 a host)
-    waiting = new AbortController();
-    let again = PERIOD_MS;  // ms before the next request
-    try {
-      again = await check(waiting.signal);
-    } catch (err) {
-      // aborted (the tab was hidden), or the server is restarting: Gradio shows its own message
-    } finally {
-      waiting = null;
-    }
-    if (!document.hidden) setTimeout(poll, again);
-  }
-  async function check(signal) {
-    const query = last === null ? "" : "?" + new URLSearchParams({ since: last, wait: WAIT_S });
-    const response = await fetch(__ROOT__ + PATH + query, { cache: "no-store", credentials: "same-origin", signal });
-    if (!response.ok) return PERIOD_MS;
-    const version = await response.text();
-    if (version === last) return 0;  // the wait ran out with nothing new: ask again at once
-    if (!(await live())) {
-      const button = document.getElementById(BUTTON);
-      if (!button) return PERIOD_MS;  // the Train tab is not drawn yet: try again
-      button.click();
-    }
-    last = version;
-    return PERIOD_MS;
-  }
-  // 3. The live path: while the run on show is running and has no new evaluation, the header and
-  // the live panels come from <root>/workbench/live and are drawn here, with no Gradio event.
-  // False: the Gradio refresh must run (nothing on show, the run ended, a new evaluation).
-  async function live() {
+  // 2. The dashboard's stream: one EventSource on <root>/workbench/stream, which the server holds open
+  // and writes to when the run store changes (its version token differs from `since`): while the run
+  // on show is running and has no new evaluation, a "live" event with the header and the changed
+  // panels, drawn here with no Gradio event and no request; otherwise a "refresh" event, which clicks
+  // the Train tab's hidden refresh button and ends the stream.  A stream also ends after WAIT_S
+  // with nothing new; the page opens the next one PERIOD_MS later, with its header's new state.
+  const PERIOD_MS = __PERIOD_MS__, WAIT_S = __WAIT_S__, STREAM = __STREAM__, BUTTON = __BUTTON__;
+  let last = null, source = null, retry = null;  // last: the version on show; source: the open stream
+  function connect() {
+    if (source || document.hidden) return;  // a hidden tab holds no stream (browsers allow 6 connections a host)
+    const params = { since: last === null ? "" : last, wait: WAIT_S };
     const head = document.querySelector("#run-header .wb-header[data-run]");
-    if (!head || head.dataset.status !== "running") return false;
-    const query = new URLSearchParams({ run: head.dataset.run, steps: head.dataset.steps, evals: head.dataset.evals });
-    const response = await fetch(__ROOT__ + LIVE + "?" + query, { cache: "no-store", credentials: "same-origin" });
-    if (response.status !== 200) return false;  // 204: only a Gradio refresh can update the page
-    const update = await response.json();
+    if (head && head.dataset.status === "running") {
+      Object.assign(params, { run: head.dataset.run, steps: head.dataset.steps, evals: head.dataset.evals });
+    }
+    source = new EventSource(__ROOT__ + STREAM + "?" + new URLSearchParams(params));
+    source.addEventListener("live", (event) => {
+      const { version, update } = JSON.parse(event.data);
+      if (show(update)) last = version; else refresh(version);
+    });
+    source.addEventListener("refresh", (event) => refresh(event.data));
+    // the stream ended (nothing new for WAIT_S, or the server's bound) or failed (the server restarts:
+    // Gradio shows its own message): the next one, with the page's state as it is then
+    source.onerror = () => reopen(PERIOD_MS);
+  }
+  function close() {
+    if (source) source.close();
+    source = null;
+  }
+  function reopen(ms) {
+    close();
+    if (retry === null && !document.hidden) retry = setTimeout(() => { retry = null; connect(); }, ms);
+  }
+  function refresh(version) {
+    const button = document.getElementById(BUTTON);
+    if (button) {  // else the Train tab is not drawn yet: `last` stays, and the next stream tries again
+      button.click();
+      last = version;
+    }
+    reopen(PERIOD_MS);  // after the refresh the page may show another run, or new counts
+  }
+  // 3. A live event: the header and the live panels (workbench/app/liveplot.py) of the running run.
+  // False: only the Gradio refresh can update the page (a panel is not drawn yet).
+  function show(update) {
     for (const [id, figure] of Object.entries(update.panels)) {
       const host = document.querySelector("#" + id + " .wb-live-plot");
       if (!host || !host.__wbShow) return false;
       host.__wbShow(figure);
     }
-    head.outerHTML = update.header;
+    const head = document.querySelector("#run-header .wb-header[data-run]");
+    if (head) head.outerHTML = update.header;
     return true;
   }
-  document.addEventListener("visibilitychange", () => { if (document.hidden) waiting?.abort(); else poll(); });
-  poll();
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) { close(); clearTimeout(retry); retry = null; } else connect();
+  });
+  connect();
 })();
 </script>"""
 
 
 def page_script(poll_seconds: float) -> str:
+    """The page's script, then the live panels' light renderer (canvasplot.js, ``window.__wbCanvasPlot``)."""
+    from importlib.resources import files
+
+    canvas = files("workbench.app").joinpath("canvasplot.js").read_text(encoding="utf-8")
     return (_SCRIPT.replace("__PERIOD_MS__", str(max(100, int(poll_seconds * 1000))))
             .replace("__WAIT_S__", json.dumps(LONG_POLL_S))
-            .replace("__PATH__", json.dumps(VERSION_PATH)).replace("__LIVE__", json.dumps(LIVE_PATH))
+            .replace("__STREAM__", json.dumps(STREAM_PATH))
             .replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID))
-            .replace("__ROOT__", ROOT_JS))
+            .replace("__ROOT__", ROOT_JS)) + '<script data-workbench="canvasplot">\n' + canvas + "</script>"
 
 
 class PageMiddleware:
@@ -161,6 +181,9 @@ class PageMiddleware:
             return
         if path in (LIVE_PATH, root + LIVE_PATH):
             await self._live(scope, send)
+            return
+        if path in (STREAM_PATH, root + STREAM_PATH):
+            await self._stream(scope, receive, send)
             return
         if path in (PLOTLY_PATH, root + PLOTLY_PATH):
             await self._plotly(send)
@@ -241,10 +264,64 @@ class PageMiddleware:
             return
         version = await self.watch.read(max_age=0.0)
         if version == since and wait > 0:
-            version = await self.watch.changed(since, wait, receive)
+            gone = asyncio.ensure_future(_disconnected(receive))
+            try:
+                version = await self.watch.changed(since, wait, gone)
+            finally:
+                gone.cancel()
             if version is None:
                 return  # the page went away (closed, or hidden and aborted): nobody to answer
         await _respond(send, 200, version.encode())
+
+    async def _stream(self, scope, receive, send) -> None:
+        """The page's stream (server-sent events).  ``?since=TOKEN&wait=S[&run=ID&steps=N&evals=M]``:
+        whenever the store's version differs from the last one sent (first: TOKEN), a ``live`` event
+        (``{"version", "update"}``: ``live(ID, ...)``'s JSON, for a page showing N steps and M
+        evaluations of the running run ID, then N and M follow what was sent) or, when there is no
+        such run or only a Gradio refresh can update the page, a ``refresh`` event (the version) that
+        ends the stream.  It also ends after S seconds (at most LONG_POLL_S) with nothing new, or
+        after STREAM_S in all.  400 for a malformed query, 401 without login."""
+        import anyio
+
+        query = await _query(scope, send)
+        if query is None:
+            return
+        try:
+            since = query.get("since", [""])[0]
+            wait = min(max(float(query.get("wait", [str(LONG_POLL_S)])[0]), 0.1), LONG_POLL_S)
+            run_id = query.get("run", [None])[0]
+            steps, evals = int(query.get("steps", ["0"])[0]), int(query.get("evals", ["0"])[0])
+        except ValueError:
+            await _respond(send, 400, b"expected ?since=TOKEN&wait=SECONDS[&run=ID&steps=N&evals=M]")
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
+                                (b"x-accel-buffering", b"no")]})
+        gone = asyncio.ensure_future(_disconnected(receive))
+        end = time.monotonic() + STREAM_S
+        try:
+            while not gone.done() and time.monotonic() < end:
+                version = await self.watch.read(max_age=self.watch.period / 2)
+                if version == since:
+                    version = await self.watch.changed(since, min(wait, max(end - time.monotonic(), 0.0)), gone)
+                if version is None or version == since:
+                    break  # the page went away, or nothing new for `wait`: the page opens the next stream
+                since = version
+                text = None
+                if run_id is not None:
+                    text = await anyio.to_thread.run_sync(lambda: self.live(run_id, steps=steps, evals=evals))
+                if text is None:
+                    await send({"type": "http.response.body", "body": _event("refresh", version), "more_body": True})
+                    break
+                counts = _COUNTS.match(text)
+                steps, evals = int(counts.group(1)), int(counts.group(2))
+                data = f'{{"version": {json.dumps(version)}, "update": {text}}}'
+                await send({"type": "http.response.body", "body": _event("live", data), "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except OSError:
+            pass  # the connection went away while writing
+        finally:
+            gone.cancel()
 
 
 class VersionWatch:
@@ -267,24 +344,20 @@ class VersionWatch:
                 self._at = time.monotonic()
             return self._value
 
-    async def changed(self, since: str, wait: float, receive) -> str | None:
+    async def changed(self, since: str, wait: float, gone: asyncio.Future) -> str | None:
         """The version once it differs from ``since``, or ``since`` after ``wait`` seconds; None when
-        the client disconnects first."""
+        ``gone`` (the client's disconnect) is done first."""
         deadline = time.monotonic() + wait
-        gone = asyncio.ensure_future(_disconnected(receive))
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return since
-                await asyncio.wait({gone}, timeout=min(self.period, left))
-                if gone.done():
-                    return None
-                version = await self.read(max_age=self.period / 2)
-                if version != since:
-                    return version
-        finally:
-            gone.cancel()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return since
+            await asyncio.wait({gone}, timeout=min(self.period, left))
+            if gone.done():
+                return None
+            version = await self.read(max_age=self.period / 2)
+            if version != since:
+                return version
 
 
 async def _query(scope, send) -> dict[str, list[str]] | None:
@@ -293,6 +366,15 @@ async def _query(scope, send) -> dict[str, list[str]] | None:
         await _respond(send, 401, b"log in first")
         return None
     return parse_qs(scope.get("query_string", b"").decode("latin-1"))
+
+
+# the counts that live_update's JSON starts with: what the page shows after this update
+_COUNTS = re.compile(r'\{"steps": (\d+), "evals": (\d+),')
+
+
+def _event(name: str, data: str) -> bytes:
+    """One server-sent event; each line of ``data`` its own ``data:`` field (the browser rejoins them)."""
+    return (f"event: {name}\n" + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n").encode()
 
 
 async def _disconnected(receive) -> None:

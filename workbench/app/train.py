@@ -121,7 +121,8 @@ LIVE_PANELS = {"loss-plot": "loss", "epsilon-plot": "epsilon", "hist-plot": "his
 
 def live_update(ctx: AppContext, run_id: str, *, steps: int, evals: int, now: float | None = None) -> str | None:
     """The page's live path (page.py): the header and the changed live panels of a running run, as
-    JSON text ``{"header": html, "panels": {elem_id: plotly figure}}``, for a page whose header says
+    JSON text ``{"steps": n, "evals": m, "header": html, "panels": {elem_id: plotly figure}}`` (n, m:
+    what the page shows after it; first, for page.py's stream), for a page whose header says
     it shows ``steps`` steps and ``evals`` evaluations of ``run_id``.  ``None`` when only a Gradio
     refresh (``refresh``) can bring the page up to date: the run is gone or no longer running (the
     page may follow another run), or it has new evaluations (the generations table is a Gradio
@@ -143,7 +144,8 @@ def live_update(ctx: AppContext, run_id: str, *, steps: int, evals: int, now: fl
     if len(view.steps) != steps:
         panels = _memoised(view, "live", lambda: ", ".join(
             f"{json.dumps(elem)}: {plot_value(dashboard(view)[name])}" for elem, name in LIVE_PANELS.items()))
-    return f'{{"header": {json.dumps(header)}, "panels": {{{panels}}}}}'
+    return (f'{{"steps": {len(view.steps)}, "evals": {len(view.evals)}, '
+            f'"header": {json.dumps(header)}, "panels": {{{panels}}}}}')
 
 
 def _header(view: RunView, record, now: float) -> str:
