@@ -159,13 +159,15 @@ def open_watcher(browser, url: str):
         "() => { const s = document.querySelector('#plan-summary'); return s && s.innerText.includes('σ') "
         "&& !s.innerText.includes('computing') && /ε after the last step: RDP .* PRV .* PLD/.test(s.innerText); }",
         timeout=600_000)
-    page.wait_for_function("() => document.querySelectorAll('#loss-plot .js-plotly-plot, #epsilon-plot .js-plotly-plot')"
-                           ".length == 2", timeout=600_000)
+    page.wait_for_function("() => [...document.querySelectorAll('#loss-plot .wb-live-plot, #epsilon-plot .wb-live-plot')]"
+                           ".filter((h) => Number(h.dataset.draws || 0) > 0).length == 2", timeout=600_000)
     page.wait_for_timeout(SETTLE_S * 1000)
     return page
 
 
 DRAWS_JS = "() => [...document.querySelectorAll('.wb-live-plot')].reduce((n, h) => n + Number(h.dataset.draws || 0), 0)"
+# which renderer drew each live panel last (workbench/app/liveplot.py): "canvas" while a run trains
+RENDERERS_JS = "() => [...new Set([...document.querySelectorAll('.wb-live-plot')].map((h) => h.dataset.renderer || 'none'))]"
 
 
 def chromium_for(sched: str, folder: Path) -> str:
@@ -214,6 +216,7 @@ def measure_app(cfg: dict, *, pairs: int, window: float, screenshot: str | None 
                     draws0 = watcher.evaluate(DRAWS_JS) if watcher is not None else 0
                     time.sleep(window)
                     draws = watcher.evaluate(DRAWS_JS) - draws0 if watcher is not None else 0
+                    drawn_by = watcher.evaluate(RENDERERS_JS) if watcher is not None else []
                     t1, s1, b1 = time.time(), cpu_seconds(server.pid), descendants_cpu(os.getpid(), exclude=server.pid)
                     training_cpu, other_cpu = split_server_cpu(th0, thread_cpu(server.pid), t1 - t0)
                     if watcher is not None:
@@ -223,7 +226,7 @@ def measure_app(cfg: dict, *, pairs: int, window: float, screenshot: str | None 
                     inside = [e for e in steps(home) if t0 <= e.time < t1]
                     rate = window_rate(inside, t0, t1)
                     windows.append({"pair": i, "kind": kind, "steps": len(inside), "steps_per_s": rate,
-                                    "tokens_per_s": token_rate(inside), "panel_draws": draws,
+                                    "tokens_per_s": token_rate(inside), "panel_draws": draws, "drawn_by": drawn_by,
                                     "server_cpu_per_s": (s1 - s0) / (t1 - t0),
                                     "training_threads_cpu_per_s": training_cpu, "other_threads_cpu_per_s": other_cpu,
                                     "browser_cpu_per_s": max(0.0, b1 - b0) / (t1 - t0)})

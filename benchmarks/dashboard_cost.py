@@ -8,9 +8,10 @@ a stored run (``--source``: a WORKBENCH_HOME; default: a fresh 30-step run of th
 an empty store as a live run, one step every ``--period`` seconds, while the app serves it and a
 headless Chromium watches the Train tab.  Windows of ``--window`` seconds: first with no new steps
 (the idle page), then with steps, once with every live panel drawing and once with each panel
-alone (the page's ``Plotly.react`` calls of the other panels are skipped).  For each: the browser's
-CPU per step beyond the idle page (all Chromium processes, from /proc) and the milliseconds of
-JavaScript each panel's ``Plotly.react`` took per step.  Prints JSON.
+alone (``--each``: the other panels' draws are skipped), for each renderer of the live panels
+(``--renderers``: the light canvas renderer the Train tab uses while a run trains, and Plotly).  For
+each: the browser's CPU per step beyond the idle page (all Chromium processes, from /proc) and the
+milliseconds of JavaScript each panel's draw took per step.  Prints JSON.
 """
 
 from __future__ import annotations
@@ -57,24 +58,30 @@ while True:
     emit()
 """
 
-# Times each live panel's Plotly.react, and skips those not in window.__wbOnly (when set).
+# Times each live panel's draw (Plotly.react, or the light renderer's draw on its canvas), and skips
+# those not in window.__wbOnly (when set).  window.__wbRenderer = "plotly" keeps the live panels on
+# Plotly while the run trains (workbench/app/liveplot.py), for the comparison.
 PANELS = ("loss-plot", "epsilon-plot", "hist-plot", "heatmap-plot", "noise-plot")
 TIMING_JS = """
 window.__wbOnly = null; window.__wbMs = {};
-let plotly;
-Object.defineProperty(window, "Plotly", { configurable: true, get() { return plotly; }, set(value) {
-  plotly = value;
-  const react = value.react;
-  value.react = function (host, ...rest) {
+function timed(object, name, pass) {
+  const original = object[name];
+  object[name] = function (host, ...rest) {
     const panel = host.closest(__PANELS__);
     const id = panel ? panel.id : "other";
-    if (window.__wbOnly && !window.__wbOnly.includes(id)) return Promise.resolve(host);
+    if (window.__wbOnly && !window.__wbOnly.includes(id)) return pass(host);
     const t = performance.now();
-    const out = react.call(this, host, ...rest);
+    const out = original.call(this, host, ...rest);
     window.__wbMs[id] = (window.__wbMs[id] || 0) + performance.now() - t;
     return out;
   };
-}});
+}
+for (const [global, name, pass] of [["Plotly", "react", (h) => Promise.resolve(h)], ["__wbCanvasPlot", "draw", () => ({ points: [], ranges: {} })]]) {
+  let value;
+  Object.defineProperty(window, global, { configurable: true, get() { return value; }, set(v) {
+    value = v; timed(v, name, pass);
+  }});
+}
 """.replace("__PANELS__", json.dumps(",".join("#" + p for p in PANELS)))
 
 
@@ -92,6 +99,9 @@ def main() -> None:
     ap.add_argument("--source", default=None, help="a WORKBENCH_HOME whose first run is replayed (default: a new tiny run)")
     ap.add_argument("--period", type=float, default=2.0, help="seconds between replayed steps")
     ap.add_argument("--window", type=float, default=30.0, help="seconds per window")
+    ap.add_argument("--renderers", default="canvas,plotly",
+                    help="the live panels' renderers to measure, in turn: canvas (the default while a run trains), plotly")
+    ap.add_argument("--each", action="store_true", help="also measure each panel alone")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="wb-dashboard-cost-"))
     source = Path(args.source) if args.source else scratch / "source"
@@ -132,12 +142,16 @@ def main() -> None:
 
             idle, _ = window(False)
             result["idle_browser_cpu_per_s"] = round(idle, 4)
-            for only in ("all", *PANELS):
-                page.evaluate("(o) => { window.__wbOnly = o; }", None if only == "all" else [only])
-                cpu, ms = window(True)
-                result[only] = {"browser_cpu_per_step": round((cpu - idle) * args.period, 4),
-                                "react_ms_per_step": {k: round(v * args.period / args.window, 1) for k, v in ms.items()}}
-                print(only, json.dumps(result[only]), file=sys.stderr)
+            for renderer in args.renderers.split(","):
+                page.evaluate("(r) => { window.__wbRenderer = r; }", None if renderer == "canvas" else renderer)
+                for only in ("all", *(PANELS if args.each else ())):
+                    page.evaluate("(o) => { window.__wbOnly = o; }", None if only == "all" else [only])
+                    cpu, ms = window(True)
+                    kinds = page.evaluate("() => [...document.querySelectorAll('.wb-live-plot')].map(h => h.dataset.renderer)")
+                    row = {"browser_cpu_per_step": round((cpu - idle) * args.period, 4), "drawn_by": sorted(set(kinds) - {None}),
+                           "draw_ms_per_step": {k: round(v * args.period / args.window, 1) for k, v in ms.items()}}
+                    result.setdefault(renderer, {})[only] = row
+                    print(renderer, only, json.dumps(row), file=sys.stderr)
             browser.close()
     finally:
         server.terminate()
