@@ -342,6 +342,7 @@
         const scale = (t.colorscale || [[0, "#440154"], [1, "#fde725"]]).map(([f, c]) => [Number(f), parseColor(c)]);
         tr.scale = scale; tr.zr = [zmin, zmax];
         const cols = tr.px.length, rows = tr.py.length;
+        if (!cols || !rows) { ctx.restore(); counts[tr.i] = 0; continue; }
         const img = document.createElement("canvas"); img.width = cols; img.height = rows;
         const ictx = img.getContext("2d"), data = ictx.createImageData(cols, rows);
         for (let r = 0; r < rows; r++) {

@@ -74,15 +74,21 @@ function draw() {
   if (!value || !onScreen) return;  // off screen: drawn when scrolled into view
   if (parsed === null || parsed.value !== value) parsed = { value, fig: typeof value === "string" ? JSON.parse(value) : value };
   const fig = parsed.fig, light = window.__wbCanvasPlot;
-  const kind = light && !pointer && running() && !light.unsupported(fig) && window.__wbRenderer !== "plotly" ? "canvas" : "plotly";
+  const kind = light && !pointer && !parsed.failed && running() && !light.unsupported(fig)
+    && window.__wbRenderer !== "plotly" ? "canvas" : "plotly";
   if (value === drawn && kind === renderer && (kind === "plotly" || width === host.clientWidth)) return;
   if (kind === "canvas") {
-    if (renderer === "plotly" && window.Plotly) window.Plotly.purge(plot);  // its SVG and state go
-    plot.style.display = "none"; canvas.style.display = "block";
-    width = host.clientWidth;
-    const { points } = light.draw(canvas, fig, width);
-    drawn = value; shown("canvas", points);
-    return;
+    try {
+      width = host.clientWidth;
+      const { points } = light.draw(canvas, fig, width);
+      if (renderer === "plotly" && window.Plotly) window.Plotly.purge(plot);  // its SVG and state go
+      plot.style.display = "none"; canvas.style.display = "block";
+      drawn = value; shown("canvas", points);
+      return;
+    } catch (err) {  // a figure the light renderer got wrong: Plotly draws it (and this value stays Plotly's)
+      console.error("workbench: the light renderer failed, Plotly draws this figure", err);
+      parsed.failed = true;
+    }
   }
   withPlotly((Plotly) => {
     if (latest !== value) return;  // a newer value came while Plotly loaded: that one draws

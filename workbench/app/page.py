@@ -325,7 +325,7 @@ class PageMiddleware:
 
 
 class VersionWatch:
-    """The run store's version for the long-polls of every open page: one store read (in a worker
+    """The run store's version for every open stream and long-poll: one store read (in a worker
     thread, off the event loop) per ``period`` while any page waits, shared by all of them."""
 
     def __init__(self, version, period: float) -> None:

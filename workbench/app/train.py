@@ -1,10 +1,11 @@
 """The Train tab: model and optimiser settings, Start / Stop, and the live DP dashboard.
 
 The dashboard follows the run store, never the trainer.  The page's script (workbench/app/page.py)
-long-polls the store's version token with a plain GET.  When it changed and the run on show is
-still running, the script fetches ``live_update`` (the header and the live panels) and draws it
-itself; otherwise it clicks the hidden refresh button, and ``refresh`` reads only the events after
-the last one seen and sends only the panels that changed.  (A ``gr.Timer`` would run a Gradio
+holds one stream that the server writes to when the store's version token changes.  While the run
+on show is running, each change brings ``live_update`` (the header and the live panels), which the
+script draws itself (on a canvas: workbench/app/liveplot.py); otherwise it clicks the hidden
+refresh button, and ``refresh`` reads only the events after the last one seen and sends only the
+panels that changed.  (A ``gr.Timer`` would run a Gradio
 event every second, which costs the browser about 0.15 CPU-s/s even when nothing is sent; see
 page.py.)
 """
