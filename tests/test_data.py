@@ -11,14 +11,15 @@ import statistics
 import sys
 import types
 from collections import Counter
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
 
 from workbench.engine.data import (
     IGNORE_INDEX, SCHEMAS, DataError, Dataset, Record, TokenizedExample, align_labels,
-    check_labels, collate, describe_dataset, encode_prompt, load_dataset, render_plain,
-    split_validation, tokenize_dataset)
+    apply_labels, cap_per_user, check_labels, collate, describe_dataset, encode_prompt,
+    load_dataset, render_plain, split_validation, tokenize_dataset)
 from workbench.engine.demo_data import (
     ANSWER_TEMPLATE, DEPARTMENTS, EVAL_MESSAGES, demo_dataset, demo_secrets)
 
@@ -522,7 +523,8 @@ def test_split_by_user_has_no_overlap_and_is_deterministic():
     train_users = {r.user_id for r in train.records}
     val_users = {r.user_id for r in val.records}
     assert not train_users & val_users
-    assert len(val_users) == 60 and len(train) + len(val) == len(ds)
+    # Each user is held out on its own (keyed hash), so the count is binomial, not exactly 60.
+    assert 40 <= len(val_users) <= 80 and len(train) + len(val) == len(ds)
     assert sorted(r.line for r in train.records + val.records) == list(range(1, len(ds) + 1))
     again = split_validation(ds, fraction=0.2, seed=3)
     assert again == (train, val)
@@ -535,10 +537,159 @@ def test_split_without_users_splits_examples(tmp_path):
     rows = [{"text": f"doc {i}"} for i in range(50)]
     ds = load_dataset(str(write_rows(tmp_path / "docs.jsonl", rows)))
     train, val = split_validation(ds, fraction=0.1, seed=0)
-    assert (len(train), len(val)) == (45, 5)
+    # Each record is held out on its own (keyed hash of its content): binomial(50, 0.1), not 5.
+    assert len(train) + len(val) == 50 and 1 <= len(val) <= 12
     assert not {r.line for r in train.records} & {r.line for r in val.records}
     with pytest.raises(DataError, match="between 0 and 1"):
         split_validation(ds, fraction=1.5, seed=0)
+
+
+def _sides(ds: Dataset, *, fraction: float, seed: int, key) -> dict:
+    """key(record) -> "train" / "val" for every record of ds."""
+    train, val = split_validation(ds, fraction=fraction, seed=seed)
+    sides = {key(r): "train" for r in train.records}
+    sides.update({key(r): "val" for r in val.records})
+    assert len(sides) == len(ds)  # keys are unique
+    return sides
+
+
+def test_split_by_user_is_stable_when_one_user_is_removed():
+    ds = demo_dataset()
+    key = lambda r: (r.user_id, r.line)  # noqa: E731
+    full = _sides(ds, fraction=0.2, seed=3, key=key)
+    val_users = sorted({u for (u, _), side in full.items() if side == "val"})
+    train_users = sorted({u for (u, _), side in full.items() if side == "train"})
+    by_size = Counter(r.user_id for r in ds.records).most_common()
+    removed = {val_users[0], val_users[-1], train_users[0], train_users[-1],
+               by_size[0][0], by_size[-1][0]}
+    assert any(full[(u, r.line)] == "val" for u in removed for r in ds.records
+               if r.user_id == u)  # at least one held-out user is removed
+    for user in removed:
+        smaller = replace(ds, records=tuple(r for r in ds.records if r.user_id != user))
+        after = _sides(smaller, fraction=0.2, seed=3, key=key)
+        assert after == {k: v for k, v in full.items() if k[0] != user}, user
+
+
+def test_split_without_users_is_stable_when_one_record_is_removed():
+    labels = ("neg", "pos")
+    records = tuple(Record(None, f"review number {i}: {'good' if i % 3 else 'bad'}",
+                           labels[i % 2], None, i + 1) for i in range(200))
+    ds = Dataset("reviews.jsonl", "classification", "classification", records,
+                 {"text": "text", "label": "label"}, labels)
+    key = lambda r: r.text  # noqa: E731  (lines shift after a removal; content does not)
+    full = _sides(ds, fraction=0.25, seed=11, key=key)
+    assert 0 < sum(v == "val" for v in full.values()) < len(ds)
+    for i in (0, 1, 57, 123, 199):
+        # remove record i and renumber the lines, as re-reading the shorter file would
+        rest = [r for j, r in enumerate(records) if j != i]
+        smaller = replace(ds, records=tuple(replace(r, line=n + 1) for n, r in enumerate(rest)))
+        after = _sides(smaller, fraction=0.25, seed=11, key=key)
+        assert after == {k: v for k, v in full.items() if k != records[i].text}, i
+
+
+def test_split_without_users_from_file_is_stable_when_a_line_is_removed(tmp_path):
+    rows = [{"text": f"sentence {i}", "label": "pos" if i % 2 else "neg"} for i in range(60)]
+    key = lambda r: r.text  # noqa: E731
+    full = _sides(load_dataset(str(write_rows(tmp_path / "a.jsonl", rows))),
+                  fraction=0.3, seed=0, key=key)
+    smaller = load_dataset(str(write_rows(tmp_path / "b.jsonl", rows[:10] + rows[11:])))
+    assert _sides(smaller, fraction=0.3, seed=0, key=key) == {
+        k: v for k, v in full.items() if k != "sentence 10"}
+
+
+def test_split_fraction_is_close_and_seed_dependent():
+    ds = demo_dataset()
+    n_users = ds.num_users
+    for fraction in (0.1, 0.2, 0.5):
+        train, val = split_validation(ds, fraction=fraction, seed=0)
+        held = len({r.user_id for r in val.records})
+        sd = (n_users * fraction * (1 - fraction)) ** 0.5  # binomial standard deviation
+        assert abs(held - n_users * fraction) <= 4 * sd, (fraction, held)
+        assert [r.line for r in train.records] == sorted(r.line for r in train.records)
+        assert [r.line for r in val.records] == sorted(r.line for r in val.records)
+        assert train.label_names == val.label_names == ds.label_names
+    assert split_validation(ds, fraction=0.2, seed=5) == split_validation(ds, fraction=0.2, seed=5)
+    val5 = {r.user_id for r in split_validation(ds, fraction=0.2, seed=5)[1].records}
+    val6 = {r.user_id for r in split_validation(ds, fraction=0.2, seed=6)[1].records}
+    assert val5 != val6
+
+
+def test_split_with_an_empty_side_says_what_to_do():
+    records = tuple(Record(None, f"doc {i}", None, None, i + 1) for i in range(3))
+    ds = Dataset("tiny.jsonl", "text", "causal_lm", records, {"text": "text"}, None)
+    seeds = {}
+    for seed in range(200):  # find seeds that put all three on one side
+        try:
+            split_validation(ds, fraction=0.5, seed=seed)
+        except DataError as err:
+            seeds.setdefault("Raise" in str(err), str(err))
+    assert set(seeds) == {True, False}
+    for msg in seeds.values():
+        assert "tiny.jsonl" in msg and "of 3 examples" in msg and "validation_data" in msg
+    assert "Raise validation_fraction" in seeds[True]
+    assert "Lower validation_fraction" in seeds[False]
+
+
+@dataclass(frozen=True, eq=False)  # equality is identity: examples may repeat
+class _Ex:
+    user_id: str | None
+    input_ids: tuple
+
+
+def _examples(counts: dict[str, int]) -> list:
+    out = []
+    for n in range(max(counts.values())):  # interleave users, as real files do
+        for user, count in counts.items():
+            if n < count:
+                out.append(_Ex(user, tuple(range((n * 7 + len(user)) % 11 + 1))))
+    return out
+
+
+@pytest.mark.parametrize("how", ["random", "longest"])
+def test_cap_per_user_is_stable_when_one_user_is_removed(how):
+    counts = {"ann": 9, "bob": 2, "cy": 6, "dee": 12, "eve": 5, "fay": 3, "gus": 7}
+    examples = _examples(counts)
+    k = 4
+    kept = cap_per_user(examples, k=k, how=how, seed=1, name="inbox")
+    per_user = Counter(ex.user_id for ex in kept)
+    assert per_user == {u: min(c, k) for u, c in counts.items()}
+    assert [examples.index(ex) for ex in kept] == sorted(examples.index(ex) for ex in kept)
+    for user in counts:
+        rest = [ex for ex in examples if ex.user_id != user]
+        again = cap_per_user(rest, k=k, how=how, seed=1, name="inbox")
+        assert [id(ex) for ex in again] == [id(ex) for ex in kept if ex.user_id != user], user
+    if how == "random":
+        other = cap_per_user(examples, k=k, how=how, seed=2, name="inbox")
+        assert [id(ex) for ex in other] != [id(ex) for ex in kept]
+        assert [id(ex) for ex in cap_per_user(examples, k=k, how=how, seed=1, name="inbox")] \
+            == [id(ex) for ex in kept]
+
+
+def test_cap_per_user_longest_breaks_ties_by_file_order_and_needs_users():
+    examples = [_Ex("u", (1, 2)), _Ex("u", (1,)), _Ex("u", (3, 4)), _Ex("u", (5, 6, 7))]
+    kept = cap_per_user(examples, k=2, how="longest", seed=0, name="d")
+    assert [id(ex) for ex in kept] == [id(examples[0]), id(examples[3])]
+    with pytest.raises(DataError, match="d: privacy_unit=user needs a user_id"):
+        cap_per_user(examples + [_Ex(None, (1,))], k=2, how="random", seed=0, name="d")
+
+
+def test_apply_labels():
+    records = tuple(Record(None, f"t{i}", lab, None, i + 1)
+                    for i, lab in enumerate(["pos", "neg", "pos", "meh"]))
+    ds = Dataset("r.csv", "classification", "classification", records,
+                 {"text": "text", "label": "label"}, ("meh", "neg", "pos"))
+    fixed, warning = apply_labels(ds, ["neg", "pos", "meh", "unused"])
+    assert warning is None and fixed.label_names == ("neg", "pos", "meh", "unused")
+    assert fixed.records == ds.records
+    with pytest.raises(DataError) as err:
+        apply_labels(ds, ["neg", "pos"])
+    assert "'meh'" in str(err.value) and "r.csv" in str(err.value)
+    assert "`labels`" in str(err.value) and "fix the data" in str(err.value)
+    same, warning = apply_labels(ds, None)
+    assert same is ds
+    assert "inferred" in warning and "labels: [...]" in warning
+    chat = demo_dataset()
+    assert chat.task != "classification" and apply_labels(chat, None) == (chat, None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -111,7 +111,9 @@ def test_uls_config_notes_that_the_epsilon_is_already_user_level(_workbench_home
 
 def test_user_unit_without_user_id_is_a_message(ctx, tmp_path):
     data = tmp_path / "no_users.jsonl"
-    data.write_text('{"prompt": "a", "response": "b"}\n' * 200)
+    # distinct records: the validation split hashes each record's content, so 200 identical
+    # records would be one unit and all land on one side
+    data.write_text("".join(f'{{"prompt": "a{i}", "response": "b"}}\n' for i in range(200)))
     ctx.defaults = {"privacy_unit": "user"}
     _, _, _, error = plan_tab.update_plan(ctx, values(data_mode="path", data_path=str(data)))
     assert "no user_id column" in error and "Traceback" not in error
