@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
+from workbench.engine.randomness import RunRandomness
 from workbench.engine.data import collate, tokenize_dataset  # noqa: E402
 from workbench.engine.demo_data import demo_dataset  # noqa: E402
 from workbench.engine.dp_step import DPGradient  # noqa: E402
@@ -97,7 +98,7 @@ class Workbench:
         self.hooks = PerExampleGrads(model)
         self.hooks.enabled = True
         params = self.hooks.trainable_parameters()
-        self.dp = DPGradient(params, max_grad_norm=C, noise_multiplier=SIGMA, generator=torch.Generator(device=batch["input_ids"].device).manual_seed(0))
+        self.dp = DPGradient(params, max_grad_norm=C, noise_multiplier=SIGMA, noise=RunRandomness.secret().noise())
         self.params = [p for ps in params.values() for _, p in ps]
         self.opt = torch.optim.AdamW(self.params, lr=LR)
         self.b = batch["input_ids"].shape[0]

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from test_dp_step import make_batch, make_model
+from workbench.engine.randomness import RunRandomness
 from workbench import train
 from workbench.config import ConfigError, RunConfig
 from workbench.engine.allocation import (
@@ -86,7 +87,8 @@ def test_allocation_constraint_holds_at_every_step_and_accountant_sees_sigma(all
         for g in sig:
             assert e.module_noise_std[g] == pytest.approx(sig[g] * e.module_clip_norm[g])
         sigmas_seen.add(tuple(round(v, 6) for v in sig.values()))
-        oracle = privacy.epsilon(noise_multiplier=1.2, sample_rate=summary["sample_rate"], steps=e.step, delta=summary["delta"])
+        oracle = privacy.epsilon(noise_multiplier=1.2, sample_rate=summary["sample_rate"], steps=e.step, delta=summary["delta"],
+                                 neighboring=summary["neighboring"])
         assert e.epsilon == pytest.approx(oracle, rel=0.01)
     assert len(next(iter(sigmas_seen))) >= 2
     if allocation == "adaptive":
@@ -100,7 +102,7 @@ def test_allocation_constraint_holds_at_every_step_and_accountant_sees_sigma(all
 
 
 def _released(model, dp, hooks, batch, *, owners=None, seed=0):
-    dp.generator.manual_seed(seed)  # the same noise on both datasets: differences are the clean sums
+    dp.noise = RunRandomness.seeded(seed).noise()  # the same noise on both datasets: differences are the clean sums
     dp.start()
     hooks.enabled = True
     hooks.reset()
@@ -131,7 +133,7 @@ def test_per_layer_clipping_bounds_the_rescaled_sensitivity():
     model = make_model("causal_lm")
     hooks = PerExampleGrads(model)
     dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=1.0, noise_multiplier=1.0,
-                    generator=torch.Generator().manual_seed(0), clipping="per_layer")
+                    noise=RunRandomness.seeded(0).noise(), clipping="per_layer")
     groups = list(dp.groups)
     weights = {g: float(i + 1) ** 2 for i, g in enumerate(groups)}
     alloc = Allocation(clip=clip_norms(groups, max_grad_norm=0.02, weights=weights),
@@ -154,7 +156,7 @@ def test_uls_bounds_the_change_from_one_whole_user_by_c():
     model = make_model("causal_lm")
     hooks = PerExampleGrads(model)
     C = 0.03
-    dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=C, noise_multiplier=1.0, generator=torch.Generator())
+    dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=C, noise_multiplier=1.0, noise=RunRandomness.seeded(0).noise())
     base, both = _neighbours([8, 6, 9])  # the extra user has three examples
     a = _released(model, dp, hooks, base, owners=np.array([0, 0, 1, 2]))
     b = _released(model, dp, hooks, both, owners=np.array([0, 0, 1, 2, 3, 3, 3]))
@@ -166,7 +168,7 @@ def test_uls_user_mean_spans_micro_batches():
     """A user's examples split over two micro-batches give the same clipped mean as one pass."""
     model = make_model("causal_lm")
     hooks = PerExampleGrads(model)
-    dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=0.05, noise_multiplier=0.0, generator=torch.Generator())
+    dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=0.05, noise_multiplier=0.0, noise=RunRandomness.seeded(0).noise())
     batch = make_batch("causal_lm", [7, 5, 9, 3], seed=3)
     owners = np.array([0, 1, 1, 1])
     one = _released(model, dp, hooks, batch, owners=owners)
@@ -202,7 +204,8 @@ def test_uls_samples_users_at_rate_q():
 
     cfg = RunConfig(**FAST, max_steps=1, noise_multiplier=1.0, privacy_unit="user", user_sampling="uls", max_examples_per_user=2)
     prepared = prepare(cfg)
-    trainer = Trainer(prepared, run_id="t", emit=lambda e: None, run_dir=__import__("pathlib").Path("/tmp"))
+    trainer = Trainer(prepared, run_id="t", emit=lambda e: None, run_dir=__import__("pathlib").Path("/tmp"),
+                      randomness=RunRandomness.secret())
     users = len(trainer.users)
     assert all(len(ix) <= 2 for ix in trainer.users)
     counts = np.zeros(users)

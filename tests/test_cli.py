@@ -41,14 +41,17 @@ BAD_INPUTS = {
     "malformed json line": (lambda d: write(d / "bad.jsonl", good_rows(5) + '\n{"prompt": "x", \n'), "line 6"),
     "unknown schema": (lambda d: write(d / "odd.jsonl", '{"foo": 1, "bar": 2}\n' * 20), "foo"),
     "non-utf8": (lambda d: write(d / "latin.csv", b"text,label\ncaf\xe9 ok,a\nfine,b\n"), "latin.csv"),
-    "fewer examples than batch": (lambda d: write(d / "small.jsonl", good_rows(4)), "batch_size"),
+    "fewer examples than batch": (lambda d: write(d / "small.jsonl", good_rows(40)), "batch_size"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_data_is_a_message_not_a_traceback(tmp_path, case):
     make, needle = BAD_INPUTS[case]
-    result = invoke("train", *TINY, "--set", f"data={make(tmp_path)}", "--set", "max_steps=1")
+    # (the split is a keyed hash per record, so a file of a handful of rows may hold out none: the
+    # "fewer than batch" case uses 40 rows and a batch of 64 instead)
+    extra = ["--set", "batch_size=64"] if case == "fewer examples than batch" else []
+    result = invoke("train", *TINY, "--set", f"data={make(tmp_path)}", "--set", "max_steps=1", *extra)
     assert result.exit_code == 2, result.output
     assert needle in result.output
     assert "Traceback" not in result.output

@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
+from workbench.engine.randomness import RunRandomness
 from workbench.engine.dp_step import DPGradient
 from workbench.engine.grad_sample import PerExampleGrads, UnsupportedModelError
 from workbench.engine.losses import per_example_loss
@@ -125,7 +126,7 @@ def test_trainable_non_linear_parameter_is_refused():
 def _dp(model, *, C, sigma, seed=0):
     hooks = PerExampleGrads(model)
     dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=C, noise_multiplier=sigma,
-                    generator=torch.Generator().manual_seed(seed))
+                    noise=RunRandomness.seeded(seed).noise())
     return hooks, dp
 
 

@@ -144,12 +144,18 @@ def test_calibration_matches_opacus(accountant, expected):
     assert sigma == pytest.approx(expected, rel=2e-3)
 
 
-@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+@pytest.mark.parametrize("accountant", [a for a in ACCOUNTANTS if a != "edgeworth"])
 def test_calibration_never_overshoots_and_is_smallest(accountant):
     sigma = calibrate(**CALIBRATION, accountant=accountant)
     kwargs = dict(sample_rate=0.04, steps=2250, delta=1e-5, accountant=accountant)
     assert epsilon(noise_multiplier=sigma, **kwargs) <= CALIBRATION["target_epsilon"]
     assert epsilon(noise_multiplier=sigma * (1 - 1e-3), **kwargs) > CALIBRATION["target_epsilon"]
+
+
+def test_edgeworth_never_calibrates():
+    # An approximation can understate epsilon: the noise it set spent 8.26 by PLD when asked for 8.
+    with pytest.raises(PrivacyError, match="approximation"):
+        calibrate(**CALIBRATION, accountant="edgeworth")
 
 
 def test_calibration_pld_sits_between_rdp_and_nothing():

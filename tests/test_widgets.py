@@ -8,7 +8,6 @@ Most tests feed synthetic events (fast, deterministic); one trains the tiny mode
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 

@@ -74,9 +74,14 @@ class _Progress:
             self.bar = tqdm(total=event.planned_steps, desc="DP-LoRA", unit="step", file=sys.stderr, dynamic_ncols=True)
             typer.echo(
                 f"run {event.run_id}: N={event.dataset_size} q={event.sample_rate:.4g} sigma={event.noise_multiplier:.4g} "
-                f"delta={event.delta:.2g} steps={event.planned_steps} accountant={event.accountant} device={event.device}",
+                f"delta={event.delta:.2g} steps={event.planned_steps} accountant={event.accountant} "
+                f"neighbouring={event.neighboring} device={event.device}",
                 err=True,
             )
+            if event.checks:
+                from workbench.privacy.checks import Finding, format_findings
+
+                typer.echo(format_findings([Finding(**c) for c in event.checks if c.get("severity") != "info"]), err=True)
         elif kind == "step" and self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{event.loss:.3f}", eps=f"{event.epsilon:.3g}", batch=event.batch_size)
@@ -136,8 +141,15 @@ def _print_summary(s: dict) -> None:
     lines = [
         f"run {s.get('run_id')}: {s.get('status')} ({s.get('reason')})",
         f"  privacy: epsilon={eps_text} delta={s.get('delta'):.2g} accountant={s.get('accountant')} "
-        f"sigma={s.get('noise_multiplier'):.4g} q={s.get('sample_rate'):.4g} steps={s.get('steps')}",
+        f"sigma={s.get('noise_multiplier'):.4g} q={s.get('sample_rate'):.4g} steps={s.get('steps')} "
+        f"neighbouring={s.get('neighboring')}",
     ]
+    if s.get("seeded_randomness"):
+        lines.insert(1, f"  WARNING: {s.get('randomness')} (noise_seed is set; the epsilon does not hold)")
+    if s.get("edgeworth_epsilon") is not None:
+        lines.append(f"  Edgeworth approximation (comparison, not a bound): epsilon~{s['edgeworth_epsilon']:.4g}")
+    if s.get("planned_epsilon") is not None:
+        lines.append(f"  planned epsilon {s['planned_epsilon']:.4g}: {s.get('stop_note')}")
     metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
     if metrics:
         lines.append("  validation: " + " ".join(metrics))
@@ -155,6 +167,11 @@ def _accountant_option():
 
 def _unit_option():
     return typer.Option("example", "--privacy-unit", help="example, or user (ELS: k examples per user, mixture-of-Gaussians PLD).")
+
+
+def _neighboring_option():
+    return typer.Option("add_remove", "--neighboring",
+                        help="add_remove (dp_accounting's default) or replace_one (pld only; the size is public).")
 
 
 def _k_option():
@@ -176,6 +193,7 @@ def epsilon(
     accountant: str = _accountant_option(),
     privacy_unit: str = _unit_option(),
     k: int = _k_option(),
+    neighboring: str = _neighboring_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Epsilon spent by the Poisson-subsampled Gaussian mechanism after T steps (user-level: ELS)."""
@@ -184,16 +202,21 @@ def epsilon(
     try:
         if _user_level(privacy_unit):
             accountant = "pld"
+            if neighboring != "add_remove":
+                raise privacy.PrivacyError("user-level ELS (mixture of Gaussians) is analysed for add_remove only. "
+                                           "Use --neighboring add_remove.")
             eps = privacy.user_epsilon_els(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
                                            delta=delta, max_examples_per_user=k)
         else:
             eps = privacy.epsilon(
-                noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+                noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant,
+                neighboring=neighboring,
             )
     except privacy.PrivacyError as err:
         _fail(str(err))
     out = dict(epsilon=eps, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
-               accountant=accountant, approximation=privacy.is_approximation(accountant), privacy_unit=privacy_unit)
+               accountant=accountant, approximation=privacy.is_approximation(accountant), privacy_unit=privacy_unit,
+               neighboring=neighboring)
     if _user_level(privacy_unit):
         ex = privacy.epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
         g_eps, g_delta = privacy.group_privacy_bound(epsilon=ex, delta=delta, group_size=k)
@@ -214,32 +237,108 @@ def calibrate(
     accountant: str = _accountant_option(),
     privacy_unit: str = _unit_option(),
     k: int = _k_option(),
+    neighboring: str = _neighboring_option(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The smallest noise multiplier whose epsilon does not exceed the target (user-level: ELS)."""
+    """The smallest noise multiplier whose epsilon does not exceed the target (user-level: ELS).
+
+    Only upper bounds calibrate: with --accountant edgeworth, PLD sets sigma and Edgeworth's
+    approximation of the epsilon at that sigma is shown beside it."""
     from workbench import privacy
 
+    comparison = None
     try:
         if _user_level(privacy_unit):
             from workbench.engine.plan import calibrate_els
 
             accountant = "pld"
+            if neighboring != "add_remove":
+                raise privacy.PrivacyError("user-level ELS (mixture of Gaussians) is analysed for add_remove only. "
+                                           "Use --neighboring add_remove.")
             sigma = calibrate_els(target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, k=k)
             eps = privacy.user_epsilon_els(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
                                            max_examples_per_user=k)
         else:
-            sigma = privacy.calibrate(
-                target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
-            )
-            eps = privacy.epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
+            bound = "pld" if accountant == "edgeworth" else accountant
+            common = dict(sample_rate=sample_rate, steps=steps, delta=delta, neighboring=neighboring)
+            sigma = privacy.calibrate(target_epsilon=target_epsilon, accountant=bound, **common)
+            eps = privacy.epsilon(noise_multiplier=sigma, accountant=bound, **common)
+            if accountant == "edgeworth":
+                comparison = privacy.epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
+                                             accountant="edgeworth")
+            accountant = bound
     except privacy.PrivacyError as err:
         _fail(str(err))
     out = dict(noise_multiplier=sigma, epsilon=eps, target_epsilon=target_epsilon, sample_rate=sample_rate,
-               steps=steps, delta=delta, accountant=accountant)
+               steps=steps, delta=delta, accountant=accountant, neighboring=neighboring)
+    if comparison is not None:
+        out["edgeworth_epsilon"] = comparison
     if as_json:
         _print_json(out)
     else:
-        typer.echo(f"noise_multiplier = {sigma:.6g} (epsilon = {eps:.6g} <= {target_epsilon:g})")
+        typer.echo(f"noise_multiplier = {sigma:.6g} (epsilon = {eps:.6g} <= {target_epsilon:g}, {accountant}, {neighboring})")
+        if comparison is not None:
+            typer.echo(f"Edgeworth approximation at this sigma: epsilon ~ {comparison:.6g} (not an upper bound)")
+
+
+# -- check -------------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML or JSON config file."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set batch_size=64 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as a JSON list on stdout."),
+) -> None:
+    """Pre-flight privacy check of a run config: the DP pitfalls it walks into, one line each.
+
+    Reads the data and resolves the privacy plan (q, steps, delta, sigma) without loading the model.
+    Exit code: 0 when no finding is an error, 1 when any is (e.g. seeded randomness: no DP guarantee),
+    so scripts can gate a run on it; 2 for a config or data error.
+    """
+    _quiet_libraries()
+    try:
+        cfg = RunConfig.from_file(config) if config else RunConfig()
+        cfg = cfg.with_overrides(set_)
+    except ConfigError as err:
+        _fail(str(err))
+    from workbench.privacy.checks import format_findings, preflight
+
+    try:
+        task, plan = _plan_without_model(cfg)
+        findings = preflight(cfg, plan, task=task)
+    except _user_errors() as err:
+        _fail(str(err))
+    if as_json:
+        _print_json([f.to_dict() for f in findings])
+    else:
+        typer.echo(
+            f"plan: N={plan.dataset_size} q={plan.sample_rate:.4g} steps={plan.steps} sigma={plan.noise_multiplier:.4g} "
+            f"delta={plan.delta:.2g} accountant={plan.accountant} unit={plan.privacy_unit}",
+            err=True,
+        )
+        typer.echo(format_findings(findings) or "no findings")
+    if any(f.severity == "error" for f in findings):
+        raise typer.Exit(1)
+
+
+def _plan_without_model(cfg: RunConfig):
+    """(task, PrivacyPlan) from the data splits alone; under user-level DP N counts each user's first k."""
+    from collections import Counter
+
+    from workbench.engine.plan import make_plan
+    from workbench.engine.trainer import load_splits
+
+    train, _ = load_splits(cfg)
+    task = train.task if cfg.task == "auto" else cfg.task
+    if cfg.privacy_unit != "user":
+        return task, make_plan(cfg, dataset_size=len(train), num_users=None)
+    per_user = Counter(r.user_id for r in train.records)
+    if not train.num_users or None in per_user:
+        raise ConfigError("privacy_unit is 'user' but some examples have no user_id: add a user_id column (or map "
+                          "one with columns: {user_id: your_column}), or set privacy_unit to 'example'.")
+    size = sum(min(n, cfg.max_examples_per_user) for n in per_user.values())  # the per-user cap of the trainer
+    return task, make_plan(cfg, dataset_size=size, num_users=len(per_user))
 
 
 # -- runs --------------------------------------------------------------------------------------------
@@ -309,19 +408,62 @@ def runs_export(
     with_telemetry: bool = typer.Option(
         False, "--with-telemetry",
         help="Also export every event and the validation metrics (computed from the raw data: NOT covered by DP)."),
+    force: bool = typer.Option(
+        False, "--force", help="Export a run with seeded randomness (noise_seed: no DP guarantee); the card keeps the warning."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Copy a run's adapter (PEFT format) with its privacy report and config to DIR."""
+    """Copy a run's adapter (PEFT format) with its privacy report and config to DIR (never its secret key)."""
     from workbench.store.export import ExportError, export_run
 
     store = _store()
     rec = _get_run(store, run_id)
     try:
-        target = export_run(store, rec.id, directory, telemetry=with_telemetry)
+        target = export_run(store, rec.id, directory, telemetry=with_telemetry, force=force)
     except ExportError as err:
         _fail(str(err))
     out = {"run_id": rec.id, "exported_to": str(target)}
     _print_json(out) if as_json else typer.echo(f"exported {rec.id} to {target}")
+
+
+@runs_app.command("replay")
+def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Retrain a stored run with its own secret key (kept beside it, mode 0600): the same Poisson batches and
+    the same noise, so the same adapter bit for bit. For the data owner, on the machine that trained it."""
+    _quiet_libraries()
+    from workbench.engine.randomness import ReplayError, RunRandomness
+    from workbench.session import Session
+
+    store = _store()
+    rec = _get_run(store, run_id)
+    try:
+        cfg = RunConfig.from_dict({**rec.config, "output_dir": None})  # never overwrite the original's adapter
+        randomness = (RunRandomness.seeded(cfg.noise_seed) if cfg.noise_seed is not None
+                      else RunRandomness.load(store.run_dir(rec.id), run_id=rec.id))
+    except (ConfigError, ReplayError) as err:
+        _fail(str(err))
+    done = (rec.summary or {}).get("steps")
+    session = Session(cfg, store=store, randomness=randomness, subscribers=(_Progress(),),
+                      stop_after=done if rec.status == "stopped" else None, name=f"replay of {rec.id}")
+    summary = session.run()
+    if summary.get("status") == "failed":
+        _fail(f"the replay failed: {summary.get('reason')}")
+    same = _same_adapter((rec.summary or {}).get("adapter_dir"), summary.get("adapter_dir"))
+    out = {"run_id": rec.id, "replay_id": session.run_id, "identical_adapter": same}
+    if as_json:
+        _print_json(out)
+    else:
+        verdict = {True: "identical to the original, bit for bit", False: "DIFFERENT from the original (data or code changed?)",
+                   None: "not compared (the original has no adapter)"}[same]
+        typer.echo(f"replayed {rec.id} as {session.run_id}: adapter {verdict}")
+
+
+def _same_adapter(first: str | None, second: str | None) -> bool | None:
+    """Whether two adapter folders hold the same weights (every .safetensors / .bin file, byte for byte)."""
+    if not first or not second or not Path(first).exists():
+        return None
+    def weights(folder: str) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.suffix in (".safetensors", ".bin")}
+    return weights(first) == weights(second)
 
 
 @runs_app.command("delete")

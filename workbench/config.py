@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ACCOUNTANT_CHOICES = ("pld", "rdp", "prv", "edgeworth")
+NEIGHBORING_CHOICES = ("auto", "replace_one", "add_remove")
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,11 @@ class RunConfig(BaseModel):
     columns: dict[str, str] = Field(
         default_factory=dict, description="Map schema roles to your column names, e.g. {text: sentence}."
     )
+    labels: list[str] | None = Field(
+        None,
+        description="Classification labels, in order (e.g. [negative, positive]). Given here, the head's width and "
+        "label ids come from the config, not from the private data; data with a label not listed is refused.",
+    )
     max_seq_len: int = Field(256, ge=8, description="Longer sequences are truncated (prompt first).")
 
     # how long
@@ -67,7 +73,16 @@ class RunConfig(BaseModel):
         1.0, gt=0, description="Per-example clipping norm C. Empty (None) means no clipping (non-private only)."
     )
     accountant: Literal["pld", "rdp", "prv", "edgeworth"] = Field(
-        "pld", description="Privacy accountant: pld (tightest, default), rdp, prv, or edgeworth (approximation)."
+        "pld",
+        description="Privacy accountant: pld (tightest, default), rdp or prv (upper bounds). 'edgeworth' is an "
+        "approximation: it is shown beside PLD, and PLD still sets the noise and the budget stop.",
+    )
+    neighboring: Literal["auto", "replace_one", "add_remove"] = Field(
+        "auto",
+        description="Neighbouring datasets the epsilon is for. replace_one: one unit replaced (the dataset size is "
+        "public and published exactly); add_remove: one unit added or removed (the size is published only rounded to "
+        "2 significant figures, and q comes from that rounded size). auto: replace_one where the accountant has it "
+        "(PLD over examples or ULS users), add_remove otherwise (rdp, prv, ELS).",
     )
     privacy_unit: Literal["example", "user"] = Field(
         "example", description="The unit the guarantee protects: one example, or one user (needs user_id)."
@@ -126,7 +141,17 @@ class RunConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps; 0 = about five times per run.")
     eval_max_examples: int = Field(64, ge=1, description="Validation examples used per evaluation.")
     generate_max_new_tokens: int = Field(32, ge=0, description="Tokens generated per sample prompt (0 = none).")
-    seed: int = Field(0, description="Seeds sampling, noise (separate generators), LoRA init and dropout.")
+    seed: int = Field(
+        0,
+        description="Seeds only what may be public: LoRA and head initialisation, dropout, the demo data, the "
+        "validation split's salt. Poisson sampling and noise come from a fresh secret key from the OS every run.",
+    )
+    noise_seed: int | None = Field(
+        None,
+        description="Seed the Poisson sampling and the noise instead of a secret key: reproducible for teaching and "
+        "debugging, but with NO differential-privacy guarantee (anyone with the seed can replay the noise). Such runs "
+        "are labelled 'seeded randomness' everywhere and export refuses them unless forced.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
     output_dir: str | None = Field(None, description="Where the adapter goes; default: the run's folder.")
 
@@ -143,6 +168,10 @@ class RunConfig(BaseModel):
                 "non-uniform noise with one flat clipping norm is only as private as its least noisy module; "
                 "use clipping=per_layer (or auto)"
             )
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be distinct. Found {self.labels}")
+        if self.labels is not None and len(self.labels) < 2:
+            raise ValueError(f"labels needs at least two classes. Found {self.labels}")
         if self.physical_batch_size > 4096:
             raise ValueError("physical_batch_size above 4096 is not supported")
         return self
@@ -157,6 +186,11 @@ class RunConfig(BaseModel):
     @property
     def is_private(self) -> bool:
         return not (self.noise_multiplier == 0)
+
+    @property
+    def seeded_randomness(self) -> bool:
+        """True when sampling and noise come from ``noise_seed``: reproducible, and no DP guarantee."""
+        return self.noise_seed is not None
 
     def default_delta(self, *, dataset_size: int) -> float:
         """A delta comfortably below 1/N: the largest power of ten not above 1/(10 N), at most 1e-5."""

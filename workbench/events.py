@@ -98,6 +98,9 @@ class RunStarted(Event):
     model_name: str
     privacy_unit: str = "example"
     num_users: int | None = None
+    neighboring: str = "add_remove"  # the relation the epsilon is for (replace_one or add_remove)
+    seeded_randomness: bool = False  # sampling and noise from a public noise_seed: NO DP guarantee
+    checks: list[dict[str, str]] = field(default_factory=list)  # the pre-flight privacy findings
 
 
 @dataclass(frozen=True)

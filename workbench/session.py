@@ -31,9 +31,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from workbench.engine.data import DataError
     from workbench.engine.grad_sample import UnsupportedModelError
     from workbench.engine.models import ModelError
+    from workbench.engine.randomness import ReplayError
     from workbench.privacy import PrivacyError
 
-    return (ConfigError, DataError, ModelError, PrivacyError, UnsupportedModelError)
+    return (ConfigError, DataError, ModelError, PrivacyError, ReplayError, UnsupportedModelError)
 
 
 def _device_lock(device: str) -> threading.Lock:
@@ -48,8 +49,25 @@ def _device_lock(device: str) -> threading.Lock:
 class Session:
     """Runs one DP fine-tuning job; see the module docstring."""
 
-    def __init__(self, config: RunConfig, *, store: RunStore | None = None, subscribers: tuple[Subscriber, ...] = ()) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        store: RunStore | None = None,
+        subscribers: tuple[Subscriber, ...] = (),
+        randomness=None,
+        stop_after: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        """``randomness``: the run's key (default: a fresh secret one, or the labelled seeded mode when the
+        config sets noise_seed); ``replay`` passes a stored run's key. ``stop_after``: stop after that many
+        steps (a replay of a stopped run)."""
+        from workbench.engine.randomness import RunRandomness
+
         self.config = config
+        self.randomness = randomness or RunRandomness.for_config(config)
+        self.stop_after = stop_after
+        self.name = name or config.name
         self.store = store or RunStore()
         self.run_id = new_run_id()
         self.events: list[Event] = []  # in-memory copy for notebooks and tests
@@ -93,7 +111,9 @@ class Session:
 
     # -- internals ---------------------------------------------------------------------------------
     def _register(self) -> None:
-        self.store.create_run(self.run_id, config=self.config.to_dict(), name=self.config.name, status="queued")
+        self.store.create_run(self.run_id, config=self.config.to_dict(), name=self.name, status="queued")
+        # The key stays beside the run (mode 0600) so the data owner can replay it; never exported.
+        self.randomness.save(self.store.run_dir(self.run_id))
         self.status = "queued"
 
     def _emit(self, event: Event) -> None:
@@ -132,9 +152,10 @@ class Session:
         try:
             prepared = prepare(self.config)
             run_dir = self.store.run_dir(self.run_id)
-            trainer = Trainer(prepared, run_id=self.run_id, emit=self._emit, should_stop=self._stop.is_set, run_dir=run_dir)
+            trainer = Trainer(prepared, run_id=self.run_id, emit=self._emit, should_stop=self._should_stop(lambda: trainer),
+                              run_dir=run_dir, randomness=self.randomness)
             status, reason = trainer.run()
-            adapter = str(trainer.save()) if trainer.step > 0 else None
+            adapter = str(trainer.save(stopped=status == "stopped")) if trainer.step > 0 else None
             self._end(status, reason, self._summary(trainer, status, adapter, started))
         except user_errors() as err:
             self._end("failed", str(err), self._summary(trainer, "failed", None, started))
@@ -145,6 +166,11 @@ class Session:
             reason = f"internal error {type(err).__name__}: {err} (traceback in {path / 'error.log'})"
             self._end("failed", reason, self._summary(trainer, "failed", None, started))
 
+    def _should_stop(self, trainer: Callable[[], Any]) -> Callable[[], bool]:
+        if self.stop_after is None:
+            return self._stop.is_set
+        return lambda: self._stop.is_set() or trainer().step >= self.stop_after
+
     def _end(self, status: str, reason: str, summary: dict[str, Any]) -> None:
         summary = {**summary, "status": status, "reason": reason}
         self.summary = summary
@@ -152,13 +178,26 @@ class Session:
         self._emit(RunEnded(run_id=self.run_id, status=status, reason=reason, summary=summary))
 
     def _summary(self, trainer, status: str, adapter: str | None, started: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"run_id": self.run_id, "status": status, "adapter_dir": adapter}
+        from workbench.engine.report import STOP_NOTE, published_sizes
+        from workbench.engine.randomness import SEEDED_LABEL
+
+        # adapter_dir is where the adapter lies on this machine: local, never exported (store/export.py)
+        out: dict[str, Any] = {"run_id": self.run_id, "status": status, "adapter_dir": adapter,
+                               "seeded_randomness": self.randomness.is_seeded}
+        if self.randomness.is_seeded:
+            out["randomness"] = SEEDED_LABEL
         if trainer is None:
             return out
         plan, cfg = trainer.p.plan, trainer.p.config
         eps = plan.epsilon_at(trainer.step) if trainer.step else 0.0
+        if status == "stopped" and plan.private:
+            out.update(planned_epsilon=plan.epsilon_at(plan.steps), stop_note=STOP_NOTE)
+        comparison = plan.comparison_epsilon_at(trainer.step) if trainer.step else None
+        if comparison is not None:
+            out["edgeworth_epsilon"] = comparison
         out.update(
             epsilon=eps,
+            neighboring=plan.neighboring,
             delta=plan.delta,
             noise_multiplier=plan.noise_multiplier,
             sample_rate=plan.sample_rate,
@@ -167,12 +206,11 @@ class Session:
             accountant=plan.accountant,
             target_epsilon=plan.target_epsilon,
             max_grad_norm=plan.max_grad_norm,
-            dataset_size=plan.dataset_size,
             privacy_unit=cfg.privacy_unit,
             sampling="poisson" + ({"els": " (examples, k per user)", "uls": " (users)"}.get(plan.user_sampling or "", "")),
             clipping=trainer.dp.clipping,
             **trainer.allocation_report(),
-            num_users=plan.num_users,
+            **published_sizes(trainer.p),
             max_examples_per_user=plan.max_examples_per_user,
             **plan.user_level_report(trainer.step),
             model=cfg.model,

@@ -93,6 +93,8 @@ class PlanResult:
     pending: tuple[str, ...] = ()
     provisional: bool = False  # noise_multiplier is RDP's while the chosen accountant calibrates
     user_level: UserLevel | None = None  # computed last: the mixture PLD takes about a second
+    neighboring: str = "add_remove"  # the relation every curve and sigma here is for
+    bound: str = "pld"  # the upper-bound accountant that set sigma (edgeworth never does)
 
     def final_epsilon(self, accountant: str) -> float | None:
         curve = self.curves.get(accountant)
@@ -248,36 +250,41 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
     probe = make_plan(config.with_overrides({"noise_multiplier": config.noise_multiplier if fixed else 0.0}),
                       dataset_size=dataset_size, num_users=num_users)  # the engine's checks: batch <= N, delta < 1/N
     q, steps, delta, chosen = probe.sample_rate, probe.steps, probe.delta, config.accountant
+    neighboring, bound = probe.neighboring, probe.accountant
     target = None if fixed else config.target_epsilon
     order = [a for a in dict.fromkeys(("rdp", chosen, *PLAN_ACCOUNTANTS))]
+    if neighboring == "replace_one":  # only dp_accounting's PLD analyses replace-one (privacy/accountants.py)
+        order = ["pld"]
     uls = config.privacy_unit == "user" and config.user_sampling == "uls"
     user = UserLevel(k=config.max_examples_per_user, num_users=num_users, sampling="uls" if uls else "els",
                      charged=config.privacy_unit == "user")
 
     def result(sigma: float, curves: dict, done: int, provisional: bool = False) -> PlanResult:
-        chosen_curve = curves.get(chosen)
+        bound_curve = curves.get(bound)
         return PlanResult(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=chosen,
                           target_epsilon=target if sigma > 0 else None, curves=dict(curves),
                           pending=tuple(order[done:]), provisional=provisional,
-                          user_level=replace(user, example_epsilon=chosen_curve[-1][1] if chosen_curve else None))
+                          user_level=replace(user, example_epsilon=bound_curve[-1][1] if bound_curve else None),
+                          neighboring=neighboring, bound=bound)
 
     def curve(name: str, sigma: float) -> Iterator[tuple[int, float] | None]:
         for t in curve_steps(steps, CURVE_POINTS.get(name, 25)):
             yield (t, privacy.epsilon_curve(noise_multiplier=sigma, sample_rate=q, steps=t, delta=delta,
-                                            accountant=name, max_points=1)[-1][1] if t else 0.0)
+                                            accountant=name, max_points=1, neighboring=neighboring)[-1][1] if t else 0.0)
             if name in SLOW_ACCOUNTANTS:
                 yield None
 
     if fixed:
         sigma = float(config.noise_multiplier)
     else:
-        if chosen in SLOW_ACCOUNTANTS:  # show RDP's answer while the chosen accountant calibrates
+        if bound in SLOW_ACCOUNTANTS and neighboring == "add_remove":  # RDP's answer while the bound calibrates
             sigma_rdp = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant="rdp")
             yield result(sigma_rdp, {"rdp": [p for p in curve("rdp", sigma_rdp) if p]}, 0, provisional=True)
         if user.charged and not uls:  # ELS: the target is user-level; the engine calibrates the mixture PLD
             sigma = calibrate_els(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, k=user.k)
-        else:
-            sigma = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=chosen)
+        else:  # the engine's calibration: an upper bound, for the plan's neighbouring relation
+            sigma = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=bound,
+                                      neighboring=neighboring)
     if sigma == 0:
         yield PlanResult(0.0, q, steps, delta, chosen, None, {},
                          user_level=replace(user, example_epsilon=math.inf, epsilon=math.inf, group_epsilon=math.inf,

@@ -15,6 +15,7 @@ from workbench.app import forms
 from workbench.app.common import error_text
 from workbench.app.state import AppContext
 from workbench.config import RunConfig
+from workbench.engine.report import relation_text
 from workbench.present import accountant_label, empty_figure, fmt_eps, plan_figure
 
 DATA_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -81,7 +82,9 @@ def plan_summary(plan: forms.PlanResult) -> str:
     head = f"{plan.steps:,} steps at q = {plan.sample_rate:.4g}, δ = {plan.delta:.0e}"
     if plan.noise_multiplier == 0:
         return f"**Non-private run** (noise multiplier 0): ε = ∞ for one example and for one user. {head}."
-    chosen = accountant_label(plan.accountant)
+    chosen = accountant_label(plan.bound)
+    if plan.accountant != plan.bound:
+        chosen += f"; {accountant_label(plan.accountant)} is shown beside it, never sets σ"
     if plan.provisional:
         text = (f"RDP needs **σ = {plan.noise_multiplier:.4g}** for ε = {fmt_eps(plan.target_epsilon)} over {head}; "
                 f"calibrating with {chosen}…")
@@ -94,6 +97,10 @@ def plan_summary(plan: forms.PlanResult) -> str:
     finals = [f"{accountant_label(a)} {fmt_eps(plan.final_epsilon(a))}" for a in shown]
     if finals and not plan.provisional:
         text += "  \nε after the last step: " + " · ".join(finals) + "."
+    unit = "user" if plan.user_level is not None and plan.user_level.charged else "example"
+    text += f"  \nε is for neighbouring datasets with {relation_text(plan.neighboring, unit)}" + (
+        " (the exact dataset size is public)." if plan.neighboring == "replace_one"
+        else " (the dataset size is published only rounded).")
     if plan.pending and not plan.provisional:
         text += f"  \n_computing {', '.join(accountant_label(a) for a in plan.pending)}…_"
     if plan.user_level is not None and not plan.provisional:

@@ -25,6 +25,8 @@ from workbench.app.page import REFRESH_ELEM_ID
 from workbench.app.plan import PlanControls, ctx_base
 from workbench.app.state import AppContext, Selection
 from workbench.config import RunConfig
+from workbench.engine.randomness import SEEDED_LABEL
+from workbench.engine.report import relation_text
 from workbench.present import (
     RunView,
     accountant_label,
@@ -222,7 +224,10 @@ def header_html(view: RunView, status: str, reason: str | None, *, now: float) -
     if view.started is not None:
         s = view.started
         title += (f"<br><small>{model} on {html.escape(s.device)} · N = {s.dataset_size:,} · q = {s.sample_rate:.3g} · "
-                  f"σ = {s.noise_multiplier:.3g} · δ = {s.delta:.0e} · {accountant_label(s.accountant)}</small>")
+                  f"σ = {s.noise_multiplier:.3g} · δ = {s.delta:.0e} · {accountant_label(s.accountant)} · "
+                  f"{relation_text(s.neighboring, s.privacy_unit)}</small>")
+        if s.seeded_randomness:
+            title += f'<br><b class="wb-seeded" style="color:#b91c1c">⚠ {SEEDED_LABEL} (noise_seed is set)</b>'
     title += "</div>"
     eps = p["epsilon"]
     target = f"<small> of {fmt_eps(p['target_epsilon'])}</small>" if p["target_epsilon"] is not None else ""

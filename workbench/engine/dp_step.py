@@ -23,6 +23,7 @@ from torch import nn
 
 from workbench.engine.allocation import Allocation, group_modules
 from workbench.engine.grad_sample import ModuleGrads
+from workbench.engine.randomness import GaussianNoise
 
 ParamTable = dict[str, list[tuple[str, nn.Parameter]]]  # module name -> [(param name, parameter)]
 UnitGrads = dict[str, list[torch.Tensor]]  # module name -> per-unit grads, one (U, *shape) per param
@@ -50,7 +51,7 @@ class DPGradient:
         *,
         max_grad_norm: float | None,
         noise_multiplier: float,
-        generator: torch.Generator,
+        noise: GaussianNoise,
         clipping: str = "flat",
     ) -> None:
         if noise_multiplier > 0 and max_grad_norm is None:
@@ -61,7 +62,7 @@ class DPGradient:
         self.groups = group_modules(list(params))  # block -> its modules
         self.max_grad_norm = max_grad_norm
         self.noise_multiplier = noise_multiplier
-        self.generator = generator
+        self.noise = noise  # secret by default (randomness.py): never a public seed
         self.clipping = clipping
         self.allocation = self._flat_allocation()
         self._sums: dict[str, list[torch.Tensor]] = {}
@@ -166,10 +167,11 @@ class DPGradient:
             for m in ms:
                 for buf, (_, p) in zip(self._sums[m], self.params[m]):
                     clean += float(buf.pow(2).sum())
+                    out = buf.double()  # the noise is added in float64 (see randomness.GaussianNoise)
                     if stds[g] > 0:
-                        buf.add_(torch.normal(0.0, stds[g], size=buf.shape, generator=self.generator, device=buf.device))
-                    noisy += float(buf.pow(2).sum())
-                    p.grad = (buf / expected_batch_size).to(p.dtype)
+                        out += self.noise.sample(buf.shape, stds[g], device=buf.device)
+                    noisy += float(out.pow(2).sum())
+                    p.grad = (out / expected_batch_size).to(p.dtype)
             grad_norm[g], released[g] = clean**0.5, noisy
         norms = torch.cat(self._norms) if self._norms else torch.zeros(0)
         return StepStats(

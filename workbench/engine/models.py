@@ -86,9 +86,13 @@ def base_model_name(spec: str) -> str:
     >>> base_model_name("default")
     'HuggingFaceTB/SmolLM2-135M-Instruct'
     >>> base_model_name("/models/my-llama")
-    '/models/my-llama'
+    'my-llama'
+
+    A local path is published by its last part only: no path of the training machine is exported.
     """
-    return PUBLISHED_BASE.get(spec, spec)
+    if spec in PUBLISHED_BASE:
+        return PUBLISHED_BASE[spec]
+    return Path(spec).name if (Path(spec).is_absolute() or spec.startswith((".", "~"))) else spec
 
 
 def resolve_device(name: str) -> torch.device:

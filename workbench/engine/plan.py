@@ -6,6 +6,18 @@ Units of privacy (REFERENCES.md section 2):
   epsilon is the mixture-of-Gaussians PLD (``privacy.user_epsilon_els``).
 - user, ULS: Poisson-sampled users (q = batch_size / number of users), each contributing the
   clipped mean of its examples; accounting as example-level with users as the unit.
+
+Upper bounds decide: sigma and the budget stop always come from an upper-bound accountant (PLD,
+or RDP / PRV if chosen). ``accountant=edgeworth`` keeps PLD as the bound and reports Edgeworth's
+approximation beside it (``comparison_epsilon_at``), never as what sets the noise or stops.
+
+Neighbouring relation (REFERENCES.md section 7): the report publishes the number of sampled units.
+- replace_one: neighbours have the same size, so the exact size is public and q = B / N is too.
+- add_remove: the size itself would reveal membership, so q is computed from the size rounded to
+  two significant figures (at least to the nearest 10), which is all the report publishes, and
+  the sum is divided by the expected batch size q * N_rounded (a public number).
+- auto: replace_one where dp_accounting can analyse it (PLD over examples, or over users under
+  ULS), add_remove otherwise (RDP, PRV, Edgeworth's comparison, and the ELS mixture of Gaussians).
 """
 
 from __future__ import annotations
@@ -34,6 +46,9 @@ class PrivacyPlan:
     user_sampling: str | None = None
     max_examples_per_user: int | None = None
     num_users: int | None = None
+    neighboring: str = "add_remove"
+    published_population: int | None = None  # the number of sampled units the report publishes
+    comparison_accountant: str | None = None  # "edgeworth": shown beside the bound, never deciding
     _tracker: privacy.EpsilonTracker | None = field(default=None, repr=False)
 
     @property
@@ -51,7 +66,12 @@ class PrivacyPlan:
 
     @property
     def expected_batch_size(self) -> float:
-        return self.sample_rate * self.population
+        """q times the published population: the public divisor of the noisy sum."""
+        return self.sample_rate * (self.published_population or self.population)
+
+    @property
+    def size_published_as(self) -> str:
+        return "exact" if self.neighboring == "replace_one" else "rounded to 2 significant figures (at least to 10)"
 
     def epsilon_at(self, step: int) -> float:
         """Epsilon spent after ``step`` logical steps, for the run's unit (inf when non-private)."""
@@ -74,9 +94,19 @@ class PrivacyPlan:
         if self._tracker is None:
             self._tracker = privacy.EpsilonTracker(
                 noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, delta=self.delta,
-                accountant=self.accountant,
+                accountant=self.accountant, neighboring=self.neighboring,
             )
         return self._tracker.epsilon_at(step)
+
+    def comparison_epsilon_at(self, step: int) -> float | None:
+        """Edgeworth's approximation of the example-level epsilon, when asked for (display only)."""
+        if self.comparison_accountant is None or not self.private or self.neighboring != "add_remove":
+            return None
+        try:
+            return privacy.epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=step,
+                                   delta=self.delta, accountant=self.comparison_accountant)
+        except privacy.PrivacyError:
+            return None
 
     def curve(self) -> list[tuple[int, float]]:
         if not self.private:
@@ -87,7 +117,7 @@ class PrivacyPlan:
             return [(0, 0.0)] + [(t, self.epsilon_at(t)) for t in points]
         return privacy.epsilon_curve(
             noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps,
-            delta=self.delta, accountant=self.accountant,
+            delta=self.delta, accountant=self.accountant, neighboring=self.neighboring,
         )
 
     def budget_allows(self, step: int) -> bool:
@@ -123,6 +153,36 @@ def calibrate_els(*, target_epsilon: float, sample_rate: float, steps: int, delt
     return hi
 
 
+def published_size(n: int) -> int:
+    """``n`` rounded to two significant figures, and at least to the nearest 10 (add/remove reports).
+
+    >>> published_size(1185), published_size(57), published_size(67349)
+    (1200, 60, 67000)
+    """
+    step = 10 ** max(1, len(str(int(n))) - 2)
+    return max(step, int(round(n / step)) * step)
+
+
+def resolve_neighboring(config: RunConfig) -> str:
+    """The relation the epsilon is for: the config's, or (auto) replace_one where it can be analysed."""
+    els = config.privacy_unit == "user" and config.user_sampling == "els"
+    bound = "pld" if config.accountant == "edgeworth" else config.accountant
+    if config.neighboring == "auto":
+        return "replace_one" if bound == "pld" and config.accountant != "edgeworth" and not els else "add_remove"
+    if config.neighboring == "replace_one":
+        if els:
+            raise ConfigError(
+                "neighboring=replace_one is not available for user-level ELS: dp_accounting's mixture-of-Gaussians PLD "
+                "analyses add/remove only. Use neighboring=add_remove (or auto), or user_sampling=uls."
+            )
+        if bound != "pld":
+            raise ConfigError(
+                f"neighboring=replace_one needs accountant=pld: the {bound} accountant analyses add/remove neighbours "
+                "only. Use accountant=pld, or neighboring=add_remove (or auto)."
+            )
+    return config.neighboring
+
+
 def make_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = None) -> PrivacyPlan:
     """Resolve q, T, delta and sigma; calibrate sigma to the target when no noise is given."""
     user = config.privacy_unit == "user"
@@ -134,7 +194,9 @@ def make_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = N
             f"the training set has {population} {unit}, fewer than batch_size={config.batch_size}. "
             "Lower batch_size or add data."
         )
-    q = min(1.0, config.batch_size / population)
+    neighboring = resolve_neighboring(config)
+    published = population if neighboring == "replace_one" else published_size(population)
+    q = min(1.0, config.batch_size / published)
     if config.max_steps is not None:
         steps = config.max_steps
     else:
@@ -149,13 +211,15 @@ def make_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = N
             f"leaking a whole {who[:-1]}. Choose delta <= {default_delta:g} or leave it empty."
         )
     k = config.max_examples_per_user if user else None
+    bound = "pld" if config.accountant == "edgeworth" or (user and not uls) else config.accountant
     sigma = config.noise_multiplier
     if sigma is None:
         if user and not uls:
             sigma = calibrate_els(target_epsilon=config.target_epsilon, sample_rate=q, steps=steps, delta=delta, k=k)
         else:
             sigma = privacy.calibrate(
-                target_epsilon=config.target_epsilon, sample_rate=q, steps=steps, delta=delta, accountant=config.accountant
+                target_epsilon=config.target_epsilon, sample_rate=q, steps=steps, delta=delta, accountant=bound,
+                neighboring=neighboring,
             )
     return PrivacyPlan(
         dataset_size=dataset_size,
@@ -163,11 +227,14 @@ def make_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = N
         steps=steps,
         delta=delta,
         noise_multiplier=float(sigma),
-        accountant="pld" if (user and not uls) else config.accountant,
+        accountant=bound,
         target_epsilon=config.target_epsilon if sigma > 0 else None,
         max_grad_norm=config.max_grad_norm,
         privacy_unit=config.privacy_unit,
         user_sampling=config.user_sampling if user else None,
         max_examples_per_user=k,
         num_users=num_users,
+        neighboring=neighboring,
+        published_population=published,
+        comparison_accountant="edgeworth" if config.accountant == "edgeworth" and not (user and not uls) else None,
     )

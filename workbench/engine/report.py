@@ -1,26 +1,69 @@
-"""The adapter in PEFT format, with the privacy report (JSON) and a model-card section."""
+"""The adapter in PEFT format, with the privacy report (JSON) and the model card's DP section.
+
+Everything here is exported with the adapter, so it holds only what may be published: the
+mechanism's public settings and the epsilon. Never the randomness key (randomness.py), never an
+absolute path of the training machine, and the dataset's size only as the neighbouring relation
+allows (exact under replace_one, rounded under add_remove: plan.py).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.engine.models import BASE_SOURCE, base_model_name
-from workbench.privacy import is_approximation
+from workbench.engine.plan import published_size
+from workbench.engine.randomness import SEEDED_LABEL
 
 if TYPE_CHECKING:
-    from workbench.engine.trainer import Prepared
+    from workbench.engine.prepare import Prepared
+
+CARD_START = "<!-- dp-workbench: differential privacy -->"
+CARD_END = "<!-- /dp-workbench -->"
+STOP_NOTE = (
+    "A run stopped by hand: the epsilon of the steps done covers the adapter only if the decision to stop did not "
+    "look at the training telemetry (loss, gradient norms, validation metrics on private data); if it did, "
+    "the planned epsilon is the one that covers it."
+)
 
 
-def privacy_report(prepared: "Prepared", *, steps_done: int, epsilon: float, extra: dict | None = None) -> dict[str, Any]:
+def _finite(x: float | None) -> float | str | None:
+    return x if x is None or math.isfinite(x) else "inf"
+
+
+def published_sizes(prepared: "Prepared") -> dict[str, Any]:
+    """The dataset sizes the report may publish under the run's neighbouring relation."""
+    plan = prepared.plan
+    uls = plan.privacy_unit == "user" and plan.user_sampling == "uls"
+    exact = plan.neighboring == "replace_one"
+    examples = plan.published_population if not uls else None  # under ULS the examples per user vary
+    users = plan.published_population if uls else (None if plan.num_users is None else
+                                                   (plan.num_users if exact else published_size(plan.num_users)))
+    return {"dataset_size": examples, "num_users": users, "dataset_size_published_as": plan.size_published_as}
+
+
+def privacy_report(
+    prepared: "Prepared", *, steps_done: int, epsilon: float, stopped: bool = False, seeded: bool = False,
+    extra: dict | None = None,
+) -> dict[str, Any]:
     plan, cfg = prepared.plan, prepared.config
-    return {**(extra or {}), **plan.user_level_report(steps_done),
-        "epsilon": epsilon if math.isfinite(epsilon) else "inf",
+    planned = plan.epsilon_at(plan.steps) if plan.private else math.inf
+    comparison = plan.comparison_epsilon_at(steps_done)
+    report = {
+        **(extra or {}),
+        **plan.user_level_report(steps_done),
+        "epsilon": _finite(epsilon),
+        "planned_epsilon": _finite(planned),
+        "stopped_early": stopped,
         "delta": plan.delta,
+        "neighboring": plan.neighboring,
         "accountant": plan.accountant,
-        "accountant_is_approximation": is_approximation(plan.accountant),
+        "accountant_is_approximation": False,  # upper bounds decide (plan.py)
+        "randomness": SEEDED_LABEL if seeded else "secret: a fresh key from the OS per run, never exported",
+        "seeded_randomness": seeded,
         "mechanism": "DP-SGD: Poisson-subsampled Gaussian mechanism" if plan.private else "none (non-private)",
         "sampling": "poisson" + (" over users" if plan.user_sampling == "uls" else " over examples"),
         "sample_rate": plan.sample_rate,
@@ -28,7 +71,7 @@ def privacy_report(prepared: "Prepared", *, steps_done: int, epsilon: float, ext
         "privacy_unit": cfg.privacy_unit,
         "user_sampling": plan.user_sampling,
         "max_examples_per_user": plan.max_examples_per_user,
-        "num_users": plan.num_users,
+        **published_sizes(prepared),
         "max_grad_norm": plan.max_grad_norm,
         "clipping": f"per-{'user (mean of its examples)' if plan.user_sampling == 'uls' else 'example'}, "
         f"{cfg.resolved_clipping if cfg.max_grad_norm is not None else 'none'}",
@@ -37,42 +80,88 @@ def privacy_report(prepared: "Prepared", *, steps_done: int, epsilon: float, ext
         "steps": steps_done,
         "planned_steps": plan.steps,
         "target_epsilon": plan.target_epsilon,
-        "dataset_size": plan.dataset_size,
-        "dataset": prepared.train.name,
-        "model": prepared.model_name,
+        "dataset": Path(prepared.train.name).name,
+        "model": prepared.model_name if not Path(prepared.model_name).is_absolute() else Path(prepared.model_name).name,
         "base_model": base_model_name(prepared.model_name),
-        "base_model_source": BASE_SOURCE.get(prepared.model_name, prepared.model_name),
+        "base_model_source": BASE_SOURCE.get(prepared.model_name, base_model_name(prepared.model_name)),
         "trainable": "LoRA adapters" + (" and the classification head" if prepared.task == "classification" else ""),
     }
+    if comparison is not None:
+        report["edgeworth_epsilon"] = comparison
+        report["edgeworth_note"] = "Edgeworth approximation for comparison, not an upper bound; epsilon above is PLD's"
+    if stopped:
+        report["stop_note"] = STOP_NOTE
+    return report
+
+
+def relation_text(neighboring: str, unit: str) -> str:
+    """Plain words for the neighbouring relation, e.g. 'one example replaced by another'."""
+    return f"one {unit} replaced by another" if neighboring == "replace_one" else f"one {unit} added or removed"
+
+
+def _eps_text(x: Any) -> str:
+    return x if isinstance(x, str) else f"{x:.4g}"
 
 
 def model_card_section(report: dict[str, Any]) -> str:
-    eps = report["epsilon"]
-    approx = " (Edgeworth approximation, not an upper bound)" if report["accountant_is_approximation"] else ""
-    lines = [
-        "## Differential privacy",
-        "",
-        f"This adapter was trained with differentially private SGD (DP-SGD) by DP Workbench."
-        if report["noise_multiplier"] > 0
-        else "This adapter was trained WITHOUT differential privacy (non-private baseline).",
+    private = report["noise_multiplier"] > 0
+    sizes = []
+    if report.get("dataset_size") is not None:
+        sizes.append(f"{report['dataset_size']} examples")
+    if report.get("num_users") is not None:
+        sizes.append(f"{report['num_users']} users")
+    size_text = (", ".join(sizes) or "not published") + f" ({report['dataset_size_published_as']})"
+    lines = [CARD_START, "## Differential privacy", ""]
+    if report.get("seeded_randomness"):
+        lines += [f"**Warning: {SEEDED_LABEL}.** The sampling and the noise were drawn from a public seed "
+                  "(`noise_seed`): anyone with it can replay them, so the epsilon below does not hold.", ""]
+    lines += [
+        "This adapter was trained with differentially private SGD (DP-SGD) by DP Workbench."
+        if private else "This adapter was trained WITHOUT differential privacy (non-private baseline).",
         "",
         "| | |",
         "|---|---|",
-        f"| epsilon | {eps if isinstance(eps, str) else f'{eps:.4g}'}{approx} |",
+        f"| epsilon | {_eps_text(report['epsilon'])} (steps done) |",
+        f"| planned epsilon | {_eps_text(report['planned_epsilon'])} ({report['planned_steps']} steps) |",
         f"| delta | {report['delta']:.3g} |",
-        f"| accountant | {report['accountant']} |",
+        f"| neighbouring datasets | {relation_text(report['neighboring'], report['privacy_unit'])} |",
+        f"| accountant | {report['accountant']} (upper bound) |",
+        f"| randomness | {report['randomness']} |",
         f"| sampling | {report['sampling']}, rate q = {report['sample_rate']:.5g} |",
         f"| unit of privacy | one {report['privacy_unit']}"
-        + (f" (at most {report['max_examples_per_user']} examples each, {report['user_sampling'].upper()})" if report.get("user_sampling") else "")
-        + " |",
+        + (f" (at most {report['max_examples_per_user']} examples each, {report['user_sampling'].upper()})"
+           if report.get("user_sampling") else "") + " |",
         f"| clipping norm C | {report['max_grad_norm']} |",
         f"| noise multiplier sigma | {report['noise_multiplier']:.5g} |",
         f"| steps | {report['steps']} of {report['planned_steps']} planned |",
-        f"| dataset size N | {report['dataset_size']} ({report['dataset']}) |",
+        f"| dataset size | {size_text}, {report['dataset']} |",
         f"| base model | {report['base_model']} ({report['base_model_source']}) |",
-        "",
     ]
+    if "edgeworth_epsilon" in report:
+        lines.append(f"| Edgeworth epsilon | {_eps_text(report['edgeworth_epsilon'])} (approximation, for comparison) |")
+    lines.append("")
+    if report.get("stopped_early"):
+        lines += [report["stop_note"], ""]
+    lines += ["The guarantee covers this adapter, not the training telemetry (loss curves, gradient norms, "
+              "validation metrics), which was computed from the raw private data.", "", CARD_END, ""]
     return "\n".join(lines)
+
+
+_OLD_SECTION = re.compile(r"\n*## Differential privacy\n.*?(?=\n## |\Z)", re.S)
+_OUR_SECTION = re.compile(re.escape(CARD_START) + r".*?" + re.escape(CARD_END) + r"\n*", re.S)
+
+
+def place_card_section(card: str, section: str) -> str:
+    """``card`` with its DP section replaced by ``section``, right after the front matter.
+
+    An older card (a reused output_dir) may hold an earlier run's section, marked or, from
+    before the markers, as a plain "## Differential privacy" heading: both are removed.
+    """
+    card = _OUR_SECTION.sub("", card)
+    card = _OLD_SECTION.sub("", card)
+    front = re.match(r"---\n.*?\n---\n", card, re.S)
+    head, body = (card[: front.end()], card[front.end():]) if front else ("", card)
+    return head + "\n" + section + "\n" + body.lstrip("\n")
 
 
 def _name_base_model(out_dir: Path, name: str) -> None:
@@ -91,14 +180,17 @@ def _name_base_model(out_dir: Path, name: str) -> None:
         card.write_text(card.read_text().replace(local, name))  # front matter: base_model and its tag
 
 
-def save_adapter(prepared: "Prepared", *, out_dir: Path, steps_done: int, epsilon: float, extra: dict | None = None) -> dict[str, Any]:
+def save_adapter(
+    prepared: "Prepared", *, out_dir: Path, steps_done: int, epsilon: float, stopped: bool = False,
+    seeded: bool = False, extra: dict | None = None,
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared.model.save_pretrained(str(out_dir))
     _name_base_model(out_dir, base_model_name(prepared.model_name))
     prepared.tokenizer.save_pretrained(str(out_dir))
-    report = privacy_report(prepared, steps_done=steps_done, epsilon=epsilon, extra=extra)
+    report = privacy_report(prepared, steps_done=steps_done, epsilon=epsilon, stopped=stopped, seeded=seeded, extra=extra)
     (out_dir / "privacy_report.json").write_text(json.dumps(report, indent=2))
     card = out_dir / "README.md"
-    existing = card.read_text() if card.exists() else f"# LoRA adapter for {prepared.model_name}\n"
-    card.write_text(existing.rstrip() + "\n\n" + model_card_section(report))
+    existing = card.read_text() if card.exists() else f"# LoRA adapter for {report['base_model']}\n"
+    card.write_text(place_card_section(existing, model_card_section(report)))
     return report

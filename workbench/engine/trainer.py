@@ -16,7 +16,6 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,101 +35,18 @@ from workbench.engine.dp_step import DPGradient, StepStats
 from workbench.engine.evaluate import answer_choices, evaluate, generate_samples
 from workbench.engine.grad_sample import PerExampleGrads
 from workbench.engine.losses import per_example_loss
-from workbench.engine.models import attach_lora, load_model, resolve_device
-from workbench.engine.plan import PrivacyPlan, make_plan
+from workbench.engine.prepare import Prepared, load_splits, prepare  # noqa: F401 (re-exported for callers)
+from workbench.engine.randomness import RunRandomness
 from workbench.engine.report import save_adapter
 from workbench.engine.sampling import micro_batches, poisson_sample
 from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, Event, RunStarted, StepMetrics
+from workbench.privacy.checks import preflight
 
 log = logging.getLogger(__name__)
 
 
 class StopRequested(Exception):
     """Raised inside a step when a stop was asked for; the partial step is discarded (nothing released)."""
-
-
-@dataclass
-class Prepared:
-    """Everything the loop needs, built once before the first step."""
-
-    config: RunConfig
-    train: data_mod.Dataset
-    val: data_mod.Dataset
-    train_tok: list
-    val_tok: list
-    model: torch.nn.Module
-    tokenizer: object
-    task: str
-    device: torch.device
-    plan: PrivacyPlan
-    model_name: str
-
-
-def prepare(config: RunConfig) -> Prepared:
-    """Load data and model, tokenise, and fix the privacy plan. Raises user errors with messages."""
-    train, val = load_splits(config)
-    task = train.task if config.task == "auto" else config.task
-    if task == "classification" and not train.label_names:
-        raise data_mod.DataError(f"{train.name}: task=classification needs a label column. Found none.")
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)  # LoRA initialisation and dropout
-    model, tok, max_len = load_model(
-        config.model, task=task, num_labels=len(train.label_names or ()) or 2, device=device, seed=config.seed
-    )
-    model = attach_lora(
-        model,
-        task=task,
-        r=config.lora_r,
-        alpha=config.lora_alpha,
-        dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules,
-        last_layers=config.lora_layers,
-    )
-    train_tok = data_mod.tokenize_dataset(train, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
-    val_tok = data_mod.tokenize_dataset(val, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
-    if not train_tok:
-        raise data_mod.DataError(f"{train.name}: no usable training examples after tokenisation.")
-    num_users = None
-    if config.privacy_unit == "user":
-        train_tok = cap_per_user(train, train_tok, k=config.max_examples_per_user, how=config.user_example_selection, seed=config.seed)
-        num_users = len({ex.user_id for ex in train_tok})
-    plan = make_plan(config, dataset_size=len(train_tok), num_users=num_users)
-    return Prepared(config, train, val, train_tok, val_tok, model, tok, task, device, plan, config.model)
-
-
-def cap_per_user(ds: data_mod.Dataset, examples: list, *, k: int, how: str, seed: int) -> list:
-    """User-level DP: every example needs a user, and each user keeps at most k examples."""
-    if any(ex.user_id is None for ex in examples):
-        raise data_mod.DataError(
-            f"{ds.name}: privacy_unit=user needs a user_id for every example (a user_id column, or map one "
-            "with columns: {user_id: your_column}). Use privacy_unit=example otherwise."
-        )
-    by_user: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        by_user.setdefault(ex.user_id, []).append(i)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
-    keep: list[int] = []
-    for user in sorted(by_user):
-        idx = by_user[user]
-        if len(idx) > k:
-            if how == "longest":
-                idx = sorted(idx, key=lambda i: -len(examples[i].input_ids))[:k]
-            else:
-                idx = sorted(rng.choice(idx, size=k, replace=False).tolist())
-        keep.extend(idx)
-    return [examples[i] for i in sorted(keep)]
-
-
-def load_splits(config: RunConfig) -> tuple[data_mod.Dataset, data_mod.Dataset]:
-    columns = dict(config.columns) or None
-    ds = data_mod.load_dataset(config.data, columns=columns)
-    if config.validation_data:
-        val = data_mod.load_dataset(config.validation_data, columns=columns)
-        train = ds
-    else:
-        train, val = data_mod.split_validation(ds, fraction=config.validation_fraction, seed=config.seed)
-    val = data_mod.align_labels(train, val)  # same label ids; val labels absent from train -> DataError
-    return train, val
 
 
 def make_optimizer(params, config: RunConfig, total_steps: int):
@@ -187,6 +103,7 @@ class Trainer:
         emit: Callable[[Event], None],
         should_stop: Callable[[], bool] = lambda: False,
         run_dir: Path,
+        randomness: RunRandomness,
     ) -> None:
         self.p = prepared
         self.run_id = run_id
@@ -194,9 +111,10 @@ class Trainer:
         self.should_stop = should_stop
         self.run_dir = run_dir
         cfg = prepared.config
-        seeds = np.random.SeedSequence(cfg.seed).spawn(2)  # independent streams: sampling, noise
-        self.sample_rng = np.random.default_rng(seeds[0])
-        self.noise_gen = torch.Generator(device=prepared.device).manual_seed(int(seeds[1].generate_state(1)[0]))
+        # Sampling and noise come from the run's key (secret unless noise_seed: randomness.py),
+        # never from cfg.seed, which is public (it is in the exported config).
+        self.randomness = randomness
+        self.sample_rng = randomness.sampling_rng()
         self.hooks = PerExampleGrads(prepared.model)
         self.params = self.hooks.trainable_parameters()
         flat = [p for ps in self.params.values() for _, p in ps]
@@ -206,7 +124,7 @@ class Trainer:
             self.params,
             max_grad_norm=cfg.max_grad_norm,
             noise_multiplier=prepared.plan.noise_multiplier,
-            generator=self.noise_gen,
+            noise=randomness.noise(),
             clipping=cfg.resolved_clipping if cfg.max_grad_norm is not None else "flat",
         )
         self.allocator = NoiseAllocator(cfg, self.dp) if self.dp.clipping == "per_layer" and prepared.plan.private else None
@@ -326,11 +244,11 @@ class Trainer:
         self.last_eval = metrics
         return EvalMetrics(run_id=self.run_id, step=self.step, generations=gens, **metrics)
 
-    def save(self) -> Path:
+    def save(self, *, stopped: bool = False) -> Path:
         cfg = self.p.config
         out = Path(cfg.output_dir) if cfg.output_dir else self.run_dir / "adapter"
         save_adapter(self.p, out_dir=out, steps_done=self.step, epsilon=self.p.plan.epsilon_at(self.step),
-                     extra=self.allocation_report())
+                     stopped=stopped, seeded=self.randomness.is_seeded, extra=self.allocation_report())
         return out
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -377,6 +295,9 @@ class Trainer:
             model_name=p.model_name,
             privacy_unit=plan.privacy_unit,
             num_users=plan.num_users,
+            neighboring=plan.neighboring,
+            seeded_randomness=self.randomness.is_seeded,
+            checks=[f.to_dict() for f in preflight(p.config, plan, task=p.task)],
         )
 
     def _step_event(self, step: int, stats: StepStats, losses, tokens: int, seconds: float, allocation) -> StepMetrics:

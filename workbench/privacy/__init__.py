@@ -6,8 +6,10 @@ and ``edgeworth`` (our approximation; not an upper bound, see ``is_approximation
 
 from workbench.privacy.accountants import (
     ACCOUNTANTS,
+    NEIGHBORING,
     EpsilonTracker,
     PrivacyError,
+    check_neighboring,
     epsilon,
     is_approximation,
 )
@@ -16,6 +18,8 @@ from workbench.privacy.user_level import group_privacy_bound, user_epsilon_els
 
 __all__ = [
     "ACCOUNTANTS",
+    "NEIGHBORING",
+    "check_neighboring",
     "EpsilonTracker",
     "PrivacyError",
     "calibrate",

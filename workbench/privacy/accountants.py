@@ -9,8 +9,14 @@ One small interface over four backends (REFERENCES.md section 2):
 - ``prv``: Opacus ``PRVAccountant`` (Gopi et al. 2021), an upper bound within about 0.01 of PLD.
 - ``edgeworth``: our Edgeworth expansion (``edgeworth.py``). An *approximation*, not a bound.
 
-Every value is a pure function of (noise_multiplier, sample_rate, steps, delta, accountant), so
-``EpsilonTracker`` (called once per training step) and ``epsilon`` always agree exactly.
+Every value is a pure function of (noise_multiplier, sample_rate, steps, delta, accountant,
+neighboring), so ``EpsilonTracker`` (called once per training step) and ``epsilon`` always agree.
+
+Neighbouring relation (REFERENCES.md section 7): ``add_remove`` (one unit added or removed,
+dp_accounting's default) or ``replace_one`` (one unit replaced by another; the dataset size is
+then the same in both worlds and may be published). dp_accounting's PLD analyses both for the
+Poisson-subsampled Gaussian; its RDP accountant, Opacus' PRV and the Edgeworth expansion analyse
+add/remove only, so asking them for replace_one is refused with a message, never approximated.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ import math
 import numbers
 
 import numpy as np
-from dp_accounting import dp_event
+from dp_accounting import dp_event, privacy_accountant
 from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
 ACCOUNTANTS = ("pld", "rdp", "prv", "edgeworth")
+NEIGHBORING = ("add_remove", "replace_one")
+_RELATION = {
+    "add_remove": privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE,
+    "replace_one": privacy_accountant.NeighboringRelation.REPLACE_ONE,
+}
 
 
 class PrivacyError(ValueError):
@@ -42,6 +53,18 @@ def check_accountant(accountant: str) -> str:
             f"accountant must be one of {', '.join(ACCOUNTANTS)}. Found {accountant!r}."
         )
     return accountant
+
+
+def check_neighboring(neighboring: str, *, accountant: str = "pld") -> str:
+    """Return ``neighboring`` if it is known and ``accountant`` can analyse it, else PrivacyError."""
+    if not isinstance(neighboring, str) or neighboring not in NEIGHBORING:
+        raise PrivacyError(f"neighboring must be one of {', '.join(NEIGHBORING)}. Found {neighboring!r}.")
+    if neighboring == "replace_one" and accountant != "pld":
+        raise PrivacyError(
+            f"the {accountant} accountant has no replace-one analysis of Poisson sampling (dp_accounting's PLD has); "
+            "use accountant=pld, or neighboring=add_remove (the dataset size is then published only rounded)."
+        )
+    return neighboring
 
 
 def check_real(name: str, value: object) -> float:
@@ -119,12 +142,13 @@ def _one_step_loss_width(sigma: float, q: float) -> float:
 
 @functools.lru_cache(maxsize=16)
 def _pld_one_step(
-    sigma: float, q: float, grid: float
+    sigma: float, q: float, grid: float, neighboring: str = "add_remove"
 ) -> privacy_loss_distribution.PrivacyLossDistribution:
-    # Exactly what PLDAccountant builds for PoissonSampledDpEvent(q, GaussianDpEvent(sigma)),
-    # add-or-remove-one neighbours; cached because it is half the cost of one epsilon.
+    # Exactly what PLDAccountant(neighboring_relation) builds for PoissonSampledDpEvent(q,
+    # GaussianDpEvent(sigma)); cached because it is half the cost of one epsilon.
     return privacy_loss_distribution.from_gaussian_mechanism(
-        standard_deviation=sigma, sampling_prob=q, value_discretization_interval=grid
+        standard_deviation=sigma, sampling_prob=q, value_discretization_interval=grid,
+        neighboring_relation=_RELATION[neighboring],
     )
 
 
@@ -136,14 +160,16 @@ def pld_grid(*, noise_multiplier: float, sample_rate: float, steps: int, delta: 
     return next((g for g in PLD_GRIDS if g <= wanted), PLD_GRIDS[-1])
 
 
-def _pld_epsilon_at(sigma: float, q: float, steps: int, delta: float, grid: float) -> float:
-    composed = _pld_one_step(sigma, q, grid).self_compose(steps)
+def _pld_epsilon_at(
+    sigma: float, q: float, steps: int, delta: float, grid: float, neighboring: str = "add_remove"
+) -> float:
+    composed = _pld_one_step(sigma, q, grid, neighboring).self_compose(steps)
     return float(composed.get_epsilon_for_delta(delta))
 
 
-def _pld_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+def _pld_epsilon(sigma: float, q: float, steps: int, delta: float, neighboring: str = "add_remove") -> float:
     grid = pld_grid(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
-    return _pld_epsilon_at(sigma, q, steps, delta, grid)
+    return _pld_epsilon_at(sigma, q, steps, delta, grid, neighboring)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,11 +263,15 @@ _BACKENDS = {
 
 
 @functools.lru_cache(maxsize=4096)
-def _epsilon_cached(accountant: str, sigma: float, q: float, steps: int, delta: float) -> float:
+def _epsilon_cached(
+    accountant: str, sigma: float, q: float, steps: int, delta: float, neighboring: str = "add_remove"
+) -> float:
     if steps == 0:
         return 0.0
     if sigma == 0:
         return math.inf
+    if neighboring == "replace_one":  # only PLD (check_neighboring refused the others)
+        return _pld_epsilon(sigma, q, steps, delta, "replace_one")
     return _BACKENDS[accountant](sigma, q, steps, delta)
 
 
@@ -252,9 +282,11 @@ def epsilon(
     steps: int,
     delta: float,
     accountant: str = "pld",
+    neighboring: str = "add_remove",
 ) -> float:
     """Epsilon at ``delta`` of DP-SGD: Poisson sampling at ``sample_rate``, Gaussian noise of
-    std ``noise_multiplier`` * clip norm, composed ``steps`` times (add/remove-one neighbours).
+    std ``noise_multiplier`` * clip norm, composed ``steps`` times, for ``neighboring`` datasets
+    (``add_remove``, dp_accounting's default, or ``replace_one``: pld only).
 
     ``steps == 0`` gives 0.0; ``noise_multiplier == 0`` (and steps > 0) gives ``math.inf``.
     pld, rdp and prv are upper bounds; edgeworth is an approximation (see ``is_approximation``).
@@ -262,12 +294,14 @@ def epsilon(
     >>> round(epsilon(noise_multiplier=1.5, sample_rate=0.04, steps=2250, delta=1e-5), 2)
     6.77
     """
+    accountant = check_accountant(accountant)
     return _epsilon_cached(
-        check_accountant(accountant),
+        accountant,
         check_noise_multiplier(noise_multiplier),
         check_sample_rate(sample_rate),
         check_count("steps", steps, minimum=0),
         check_delta(delta),
+        check_neighboring(neighboring, accountant=accountant),
     )
 
 
@@ -288,11 +322,13 @@ class EpsilonTracker:
         sample_rate: float,
         delta: float,
         accountant: str = "pld",
+        neighboring: str = "add_remove",
     ) -> None:
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         self.sample_rate = check_sample_rate(sample_rate)
         self.delta = check_delta(delta)
         self.accountant = check_accountant(accountant)
+        self.neighboring = check_neighboring(neighboring, accountant=self.accountant)
         self._cache: dict[int, float] = {}
 
     def epsilon_at(self, steps: int) -> float:
@@ -300,7 +336,7 @@ class EpsilonTracker:
         steps = check_count("steps", steps, minimum=0)
         if steps not in self._cache:
             self._cache[steps] = _epsilon_cached(
-                self.accountant, self.noise_multiplier, self.sample_rate, steps, self.delta
+                self.accountant, self.noise_multiplier, self.sample_rate, steps, self.delta, self.neighboring
             )
         return self._cache[steps]
 
@@ -308,5 +344,5 @@ class EpsilonTracker:
         return (
             f"EpsilonTracker(noise_multiplier={self.noise_multiplier}, "
             f"sample_rate={self.sample_rate}, delta={self.delta}, "
-            f"accountant={self.accountant!r})"
+            f"accountant={self.accountant!r}, neighboring={self.neighboring!r})"
         )

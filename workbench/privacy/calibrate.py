@@ -18,9 +18,11 @@ from dp_accounting import dp_event, mechanism_calibration, privacy_accountant
 from workbench.privacy.accountants import (
     PrivacyError,
     _epsilon_cached,
+    _RELATION,
     check_accountant,
     check_count,
     check_delta,
+    check_neighboring,
     check_noise_multiplier,
     check_real,
     check_sample_rate,
@@ -38,9 +40,10 @@ class _WorkbenchAccountant(privacy_accountant.PrivacyAccountant):
     Supports ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(sigma)), T)``.
     """
 
-    def __init__(self, accountant: str) -> None:
-        super().__init__(privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE)
+    def __init__(self, accountant: str, neighboring: str = "add_remove") -> None:
+        super().__init__(_RELATION[neighboring])
         self._backend = accountant
+        self._neighboring = neighboring
         self._run: Optional[tuple[float, float, int]] = None  # (sigma, q, steps)
 
     def _maybe_compose(self, event, count, do_compose):
@@ -60,14 +63,16 @@ class _WorkbenchAccountant(privacy_accountant.PrivacyAccountant):
         if self._run is None:
             return 0.0
         sigma, q, steps = self._run
-        return _epsilon_or_inf(self._backend, float(sigma), float(q), int(steps), target_delta)
+        return _epsilon_or_inf(self._backend, float(sigma), float(q), int(steps), target_delta, self._neighboring)
 
 
-def _epsilon_or_inf(accountant: str, sigma: float, q: float, steps: int, delta: float) -> float:
-    # Where a backend cannot answer (prv's grid too large, edgeworth undefined: only ever at
-    # small sigma, where epsilon is huge) the search treats sigma as too small.
+def _epsilon_or_inf(
+    accountant: str, sigma: float, q: float, steps: int, delta: float, neighboring: str = "add_remove"
+) -> float:
+    # Where a backend cannot answer (prv's grid too large: only ever at small sigma, where
+    # epsilon is huge) the search treats sigma as too small.
     try:
-        return _epsilon_cached(accountant, sigma, q, steps, delta)
+        return _epsilon_cached(accountant, sigma, q, steps, delta, neighboring)
     except PrivacyError:
         return math.inf
 
@@ -84,10 +89,14 @@ def calibrate(
     steps: int,
     delta: float,
     accountant: str = "pld",
+    neighboring: str = "add_remove",
 ) -> float:
     """Smallest noise_multiplier (to a relative 1e-4) whose epsilon is <= ``target_epsilon``.
 
     Never overshoots: ``epsilon(noise_multiplier=calibrate(...), ...) <= target_epsilon``.
+    Only upper-bound accountants calibrate: asking for ``edgeworth`` (an approximation) is
+    refused, because noise set by an approximation can spend more than the target (REFERENCES.md
+    section 2); calibrate with pld and show Edgeworth beside it.
     The search covers sigma in [0.1, 1e4]: if sigma = 0.1 already meets the target, 0.1 is
     returned; if sigma = 1e4 does not, PrivacyError says what to change.
     """
@@ -98,16 +107,22 @@ def calibrate(
     steps = check_count("steps", steps, minimum=1)
     delta = check_delta(delta)
     accountant = check_accountant(accountant)
+    if accountant == "edgeworth":
+        raise PrivacyError(
+            "the edgeworth accountant is an approximation, not an upper bound, and never sets the noise: "
+            "calibrate with accountant=pld (or rdp, prv) and compare Edgeworth's estimate beside it."
+        )
+    neighboring = check_neighboring(neighboring, accountant=accountant)
 
     def eps(sigma: float) -> float:
-        return _epsilon_or_inf(accountant, sigma, q, steps, delta)
+        return _epsilon_or_inf(accountant, sigma, q, steps, delta, neighboring)
 
     bracket = _bracket(eps, target, q=q, steps=steps, delta=delta, accountant=accountant)
     if isinstance(bracket, float):
         return bracket
     low, high = bracket
     sigma = mechanism_calibration.calibrate_dp_mechanism(
-        make_fresh_accountant=lambda: _WorkbenchAccountant(accountant),
+        make_fresh_accountant=lambda: _WorkbenchAccountant(accountant, neighboring),
         make_event_from_param=lambda s: _event(s, q, steps),
         target_epsilon=target,
         target_delta=delta,
@@ -148,6 +163,7 @@ def epsilon_curve(
     delta: float,
     accountant: str = "pld",
     max_points: int = 200,
+    neighboring: str = "add_remove",
 ) -> list[tuple[int, float]]:
     """(step, epsilon) at up to ``max_points`` evenly spaced steps from 0 to ``steps`` inclusive;
     the last pair is ``(steps, epsilon(steps=steps, ...))``. For plotting a plan.
@@ -160,9 +176,10 @@ def epsilon_curve(
     delta = check_delta(delta)
     accountant = check_accountant(accountant)
     max_points = check_count("max_points", max_points, minimum=1)
+    neighboring = check_neighboring(neighboring, accountant=accountant)
     if max_points == 1:
         points = [steps]
     else:
         count = min(max_points, steps + 1)
         points = sorted({int(round(s)) for s in np.linspace(0, steps, count)})
-    return [(t, _epsilon_cached(accountant, sigma, q, t, delta)) for t in points]
+    return [(t, _epsilon_cached(accountant, sigma, q, t, delta, neighboring)) for t in points]

@@ -33,6 +33,8 @@ from workbench.present import (
 )
 from workbench.session import Session
 from workbench.store.runs import ACTIVE, RunStore
+from workbench.engine.randomness import SEEDED_LABEL
+from workbench.engine.report import relation_text
 from workbench.widgets._html import STATUS_COLORS, status_html, table_html
 from workbench.widgets._live import Refresher, figure_widget, sync_figure
 
@@ -302,7 +304,12 @@ class Dashboard:
         line = f"{status}: {info['text']}" if view.started else status
         if view.ended is not None and view.ended.reason:
             line += f" — {view.ended.reason}"
-        self.status.value = status_html(line, color=STATUS_COLORS.get(status, "#333"), bold=status == "failed")
+        if view.started is not None:
+            line += f" · {relation_text(view.started.neighboring, view.started.privacy_unit)}"
+        seeded = view.started is not None and view.started.seeded_randomness
+        if seeded:
+            line += f" · WARNING: {SEEDED_LABEL} (noise_seed is set)"
+        self.status.value = status_html(line, color=STATUS_COLORS.get(status, "#333"), bold=status == "failed" or seeded)
         self.start_button.disabled = self.config is None or self.running
         self.stop_button.disabled = not (self.session is not None and self.running)
 

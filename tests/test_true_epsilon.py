@@ -1,0 +1,263 @@
+"""The reported epsilon is true for what ran (issue 15): secret randomness, the noise's tail, upper
+bounds deciding, the neighbouring relation, and nothing exported that lets anyone replay a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from workbench import privacy
+from workbench.cli import app
+from workbench.config import ConfigError, RunConfig
+from workbench.engine.plan import make_plan, published_size
+from workbench.engine.randomness import KEY_FILE, SEEDED_LABEL, GaussianNoise, RunRandomness
+from workbench.engine.report import CARD_START, place_card_section
+from workbench.session import Session
+from workbench.store.export import ExportError, export_run
+from workbench.store.runs import RunStore
+
+FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8,
+            max_steps=3, noise_multiplier=1.0)
+NeighborRel = dp_accounting.NeighboringRelation
+
+
+def adapter_bytes(summary: dict) -> bytes:
+    return (Path(summary["adapter_dir"]) / "adapter_model.safetensors").read_bytes()
+
+
+# -- the noise ------------------------------------------------------------------------------------
+
+
+def test_noise_ks_accepts_sigma_and_rejects_30_percent_off():
+    sigma = 2.5
+    draws = RunRandomness.secret().noise().sample((40_000,), sigma).numpy()
+    assert draws.dtype == np.float64
+    assert stats.kstest(draws, "norm", args=(0, sigma)).pvalue > 1e-4
+    for wrong in (0.7 * sigma, 1.3 * sigma):
+        assert stats.kstest(draws, "norm", args=(0, wrong)).pvalue < 1e-8
+
+
+def test_noise_is_one_discarded_draw_then_four_float64_draws_over_two():
+    key = RunRandomness.secret()
+    got = key.noise().standard(1000)
+    rng = key._generator(b"gaussian-noise")  # the same ChaCha20 stream, replayed by hand
+    rng.standard_normal()
+    parts = [rng.standard_normal(1000) for _ in range(4)]
+    expected = parts[0].copy()
+    for p in parts[1:]:
+        expected += p
+    np.testing.assert_array_equal(got, expected * 0.5)
+
+
+def test_noise_tail_beyond_6_sigma_is_present():
+    """fp32 torch.normal on the CPU never exceeds ~5.77 sigma (24-bit uniforms). A value of the sum
+    of four float64 draws / 2 exceeds 6 sigma whenever the four draws sum to 12, typically four
+    draws near 3 sigma, which the stream produces plentifully. The four-fold convolution of the
+    stream's own empirical draw distribution must put the normal mass beyond 6 sigma."""
+    draws = RunRandomness.secret()._generator(b"gaussian-noise").standard_normal(4_000_000)
+    width = 0.01
+    edges = np.arange(-9.0, 9.0 + width, width)
+    density = np.histogram(draws, bins=edges)[0] / len(draws)
+    total = density
+    for _ in range(3):
+        total = np.convolve(total, density)
+    sums = 4 * edges[0] + width * (np.arange(len(total)) + 2.0)  # centre of each bin of z1+z2+z3+z4
+    beyond = float(total[np.abs(sums / 2) > 6.0].sum())
+    normal = 2 * stats.norm.sf(6.0)
+    assert normal * 0.6 < beyond < normal * 1.6, (beyond, normal)
+
+
+def test_noise_frequency_beyond_4_sigma_matches_the_normal_tail():
+    x = GaussianNoise(RunRandomness.secret()._generator(b"t")).standard(4_000_000)
+    count = int((np.abs(x) > 4.0).sum())
+    expected = 4_000_000 * 2 * stats.norm.sf(4.0)  # ~253
+    assert stats.poisson.cdf(count, expected) > 1e-4 and stats.poisson.sf(count - 1, expected) > 1e-4
+
+
+def test_keys_are_fresh_and_never_shown():
+    a, b = RunRandomness.secret(), RunRandomness.secret()
+    assert a.key != b.key and len(a.key) == 32
+    assert a.key.hex() not in repr(a) and "secret" in repr(a)
+    assert RunRandomness.seeded(3).key == RunRandomness.seeded(3).key
+
+
+# -- runs: fresh randomness, replay, seeded mode, export -----------------------------------------------
+
+
+def test_same_settings_differ_replay_is_identical_and_exports_hold_no_key(tmp_path):
+    store = RunStore()
+    cfg = RunConfig(**FAST)
+    first, second = Session(cfg, store=store), Session(cfg, store=store)
+    s1, s2 = first.run(), second.run()
+    assert s1["status"] == s2["status"] == "finished"
+    assert adapter_bytes(s1) != adapter_bytes(s2), "two runs of the same settings must draw different noise"
+    key_file = store.run_dir(first.run_id) / KEY_FILE
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    replay = CliRunner().invoke(app, ["runs", "replay", first.run_id, "--json"])
+    assert replay.exit_code == 0, replay.output
+    assert json.loads(replay.stdout[replay.stdout.index("{"):])["identical_adapter"] is True
+    key_hex = key_file.read_text().strip()
+    out = export_run(store, first.run_id, tmp_path / "out")
+    exported = [p for p in out.rglob("*") if p.is_file()]
+    assert not any(p.name == KEY_FILE for p in exported)
+    for p in exported:
+        text = p.read_bytes()
+        assert key_hex.encode() not in text
+        if p.suffix == ".json":
+            assert str(store.home) not in p.read_text(), f"{p.name} names a path of the training machine"
+    summary = json.loads((out / "summary.json").read_text())
+    assert "adapter_dir" not in summary
+    # what the report publishes lets nobody recompute the noise: no seed of the sampling or noise in it
+    config = json.loads((out / "config.json").read_text())
+    assert config["noise_seed"] is None
+
+
+def test_seeded_mode_is_reproducible_and_labelled_everywhere(tmp_path):
+    store = RunStore()
+    cfg = RunConfig(**FAST, noise_seed=7)
+    a, b = Session(cfg, store=store), Session(cfg, store=store)
+    sa, sb = a.run(), b.run()
+    assert adapter_bytes(sa) == adapter_bytes(sb)
+    assert sa["seeded_randomness"] is True and sa["randomness"] == SEEDED_LABEL
+    started = next(e for _, e in store.events(a.run_id) if e.kind == "run_started")
+    assert started.seeded_randomness and any(c["code"] == "seeded-randomness" for c in started.checks)
+    adapter = Path(sa["adapter_dir"])
+    report = json.loads((adapter / "privacy_report.json").read_text())
+    assert report["seeded_randomness"] is True and report["randomness"] == SEEDED_LABEL
+    assert SEEDED_LABEL in (adapter / "README.md").read_text()
+    with pytest.raises(ExportError, match="noise_seed"):
+        export_run(store, a.run_id, tmp_path / "refused")
+    cli = CliRunner().invoke(app, ["runs", "export", a.run_id, str(tmp_path / "cli")])
+    assert cli.exit_code == 2 and "--force" in cli.output and "Traceback" not in cli.output
+    forced = export_run(store, a.run_id, tmp_path / "forced", force=True)
+    assert SEEDED_LABEL in (forced / "adapter" / "README.md").read_text()
+    train = CliRunner().invoke(app, ["train", "--set", "model=tiny", "--set", "max_steps=1", "--set", "noise_seed=1",
+                                     "--set", "generate_max_new_tokens=0", "--set", "eval_max_examples=4"])
+    assert train.exit_code == 0 and "no differential-privacy guarantee" in train.output
+
+
+def test_replay_without_key_or_with_a_damaged_key_is_a_message():
+    store = RunStore()
+    s = Session(RunConfig(**{**FAST, "max_steps": 1}), store=store)
+    s.run()
+    key = store.run_dir(s.run_id) / KEY_FILE
+    key.write_text("not hex")
+    out = CliRunner().invoke(app, ["runs", "replay", s.run_id])
+    assert out.exit_code == 2 and "damaged" in out.output and "Traceback" not in out.output
+    key.unlink()
+    out = CliRunner().invoke(app, ["runs", "replay", s.run_id])
+    assert out.exit_code == 2 and "no key file" in out.output
+    assert store.get(s.run_id).status == "finished"  # nothing lost, nothing left running
+    assert all(r.status not in ("running", "queued") for r in store.list())
+
+
+def test_manual_stop_reports_done_and_planned_epsilon():
+    store = RunStore()
+    s = Session(RunConfig(**{**FAST, "max_steps": 50}), store=store, stop_after=2)
+    summary = s.run()
+    assert summary["status"] == "stopped" and summary["steps"] == 2
+    assert summary["planned_epsilon"] > summary["epsilon"] > 0
+    assert "telemetry" in summary["stop_note"]
+    report = json.loads((Path(summary["adapter_dir"]) / "privacy_report.json").read_text())
+    assert report["stopped_early"] and report["planned_epsilon"] == pytest.approx(summary["planned_epsilon"])
+
+
+# -- upper bounds decide; the neighbouring relation --------------------------------------------------
+
+
+def _plan(**kw):
+    return make_plan(RunConfig(model="tiny", **kw), dataset_size=kw.pop("n", 2000))
+
+
+@pytest.mark.parametrize(("q", "steps"), [(0.05, 200), (0.01, 1000)])
+def test_edgeworth_never_sets_sigma(q, steps):
+    n = 10_000
+    cfg = RunConfig(model="tiny", batch_size=int(q * n), max_steps=steps, target_epsilon=8.0, delta=1e-5,
+                    accountant="edgeworth", neighboring="add_remove")
+    plan = make_plan(cfg, dataset_size=n)
+    assert plan.accountant == "pld" and plan.comparison_accountant == "edgeworth"
+    pld_sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=plan.sample_rate, steps=steps, delta=1e-5)
+    assert plan.noise_multiplier == pytest.approx(pld_sigma)
+    oracle = dp_accounting.pld.PLDAccountant()
+    oracle.compose(dp_accounting.PoissonSampledDpEvent(plan.sample_rate, dp_accounting.GaussianDpEvent(plan.noise_multiplier)),
+                   steps)
+    assert oracle.get_epsilon(1e-5) <= 8.0 * (1 + 1e-3)
+    assert plan.epsilon_at(steps) <= 8.0 and plan.budget_allows(steps)
+    # Edgeworth shown beside, and it understates here: had it set sigma, PLD would exceed 8
+    assert plan.comparison_epsilon_at(steps) < plan.epsilon_at(steps)
+
+
+def test_replace_one_values_match_dp_accounting():
+    kw = dict(noise_multiplier=0.5863, sample_rate=0.01, steps=1000, delta=1e-5)
+    assert privacy.epsilon(**kw) == pytest.approx(8.00, abs=0.01)
+    assert privacy.epsilon(**kw, neighboring="replace_one") == pytest.approx(9.374, abs=0.01)
+    oracle = dp_accounting.pld.PLDAccountant(neighboring_relation=NeighborRel.REPLACE_ONE)
+    oracle.compose(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(0.5863)), 1000)
+    assert privacy.epsilon(**kw, neighboring="replace_one") == pytest.approx(oracle.get_epsilon(1e-5), abs=0.01)
+    sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=0.01, steps=1000, delta=1e-5, neighboring="replace_one")
+    assert privacy.epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=1000, delta=1e-5, neighboring="replace_one") <= 8.0
+    assert sigma > 0.5863
+    with pytest.raises(privacy.PrivacyError, match="replace-one"):
+        privacy.epsilon(**kw, accountant="rdp", neighboring="replace_one")
+
+
+def test_neighboring_resolution_and_published_size():
+    example = make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10), dataset_size=1185)
+    assert example.neighboring == "replace_one" and example.sample_rate == 32 / 1185
+    rdp = make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, accountant="rdp"), dataset_size=1185)
+    assert rdp.neighboring == "add_remove" and rdp.sample_rate == 32 / 1200 and rdp.expected_batch_size == 32
+    els = make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, privacy_unit="user"), dataset_size=1185,
+                    num_users=140)
+    assert els.neighboring == "add_remove"
+    with pytest.raises(ConfigError, match="accountant=pld"):
+        make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, accountant="prv", neighboring="replace_one"),
+                  dataset_size=1185)
+    with pytest.raises(ConfigError, match="ELS"):
+        make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, privacy_unit="user", neighboring="replace_one"),
+                  dataset_size=1185, num_users=140)
+    assert [published_size(n) for n in (7, 57, 1185, 67_349)] == [10, 60, 1200, 67_000]
+
+
+def test_add_remove_report_publishes_only_the_rounded_size():
+    store = RunStore()
+    summary = Session(RunConfig(**FAST, neighboring="add_remove"), store=store).run()
+    report = json.loads((Path(summary["adapter_dir"]) / "privacy_report.json").read_text())
+    assert report["neighboring"] == "add_remove"
+    assert report["dataset_size"] == published_size(report["dataset_size"]) and "rounded" in report["dataset_size_published_as"]
+    assert report["sample_rate"] == pytest.approx(16 / report["dataset_size"])
+    assert "added or removed" in (Path(summary["adapter_dir"]) / "README.md").read_text()
+
+
+def test_unknown_neighboring_is_a_one_line_message(tmp_path):
+    out = CliRunner().invoke(app, ["train", "--set", "model=tiny", "--set", "neighboring=swap"])
+    assert out.exit_code == 2 and "neighboring" in out.output and "Traceback" not in out.output
+
+
+# -- the model card ---------------------------------------------------------------------------------------
+
+
+def test_card_section_is_replaced_at_the_top_not_appended():
+    card = "---\nlibrary_name: peft\n---\n\n# Model Card\n\n[More Information Needed]\n\n## Differential privacy\n\nold\n"
+    once = place_card_section(card, f"{CARD_START}\n## Differential privacy\n\nnew one\n<!-- /dp-workbench -->\n")
+    twice = place_card_section(once, f"{CARD_START}\n## Differential privacy\n\nnew two\n<!-- /dp-workbench -->\n")
+    assert twice.count("## Differential privacy") == 1 and "new two" in twice and "old" not in twice
+    assert twice.index("## Differential privacy") < twice.index("# Model Card")
+    assert twice.startswith("---\nlibrary_name: peft\n---\n")
+
+
+def test_reused_output_dir_keeps_one_dp_section(tmp_path):
+    store = RunStore()
+    for _ in range(2):
+        Session(RunConfig(**{**FAST, "max_steps": 1}, output_dir=str(tmp_path / "adapter")), store=store).run()
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert card.count("## Differential privacy") == 1
+    lines = card.splitlines()
+    assert lines.index("## Differential privacy") < 20

@@ -1,0 +1,87 @@
+"""Everything a run needs before its first step: data splits, model with LoRA, tokens, privacy plan.
+
+Kept apart from the loop (trainer.py) and the report (report.py), which both read ``Prepared``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench.config import RunConfig
+from workbench.engine import data as data_mod
+from workbench.engine.models import attach_lora, load_model, resolve_device
+from workbench.engine.plan import PrivacyPlan, make_plan
+
+
+@dataclass
+class Prepared:
+    """Everything the loop needs, built once before the first step."""
+
+    config: RunConfig
+    train: data_mod.Dataset
+    val: data_mod.Dataset
+    train_tok: list
+    val_tok: list
+    model: torch.nn.Module
+    tokenizer: object
+    task: str
+    device: torch.device
+    plan: PrivacyPlan
+    model_name: str
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load data and model, tokenise, and fix the privacy plan. Raises user errors with messages."""
+    train, val = load_splits(config)
+    task = train.task if config.task == "auto" else config.task
+    if task == "classification" and not train.label_names:
+        raise data_mod.DataError(f"{train.name}: task=classification needs a label column. Found none.")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)  # LoRA initialisation and dropout
+    # the head's width: the config's labels when given (public), else the labels seen in the data
+    # (a privacy pitfall the pre-flight check names: privacy/checks.py)
+    model, tok, max_len = load_model(
+        config.model, task=task, num_labels=len(train.label_names or ()) or 2, device=device, seed=config.seed
+    )
+    model = attach_lora(
+        model,
+        task=task,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        last_layers=config.lora_layers,
+    )
+    train_tok = data_mod.tokenize_dataset(train, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
+    val_tok = data_mod.tokenize_dataset(val, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
+    if not train_tok:
+        raise data_mod.DataError(f"{train.name}: no usable training examples after tokenisation.")
+    num_users = None
+    if config.privacy_unit == "user":
+        train_tok = data_mod.cap_per_user(
+            train_tok, k=config.max_examples_per_user, how=config.user_example_selection, seed=config.seed, name=train.name
+        )
+        num_users = len({ex.user_id for ex in train_tok})
+    plan = make_plan(config, dataset_size=len(train_tok), num_users=num_users)
+    return Prepared(config, train, val, train_tok, val_tok, model, tok, task, device, plan, config.model)
+
+
+def load_splits(config: RunConfig) -> tuple[data_mod.Dataset, data_mod.Dataset]:
+    """Train and validation sets. The split is neighbour-stable (a keyed hash of each unit's identity,
+    data.split_validation); with ``labels`` in the config the label set and ids are public, not read
+    from the private data, and a label the config does not list is refused."""
+    columns = dict(config.columns) or None
+    ds = data_mod.load_dataset(config.data, columns=columns)
+    if config.validation_data:
+        val = data_mod.load_dataset(config.validation_data, columns=columns)
+        train = ds
+    else:
+        train, val = data_mod.split_validation(ds, fraction=config.validation_fraction, seed=config.seed)
+    if config.labels is not None:
+        train, _ = data_mod.apply_labels(train, config.labels)
+        val, _ = data_mod.apply_labels(val, config.labels)
+        return train, val
+    val = data_mod.align_labels(train, val)  # same label ids; val labels absent from train -> DataError
+    return train, val
