@@ -63,8 +63,10 @@ ARMS = {
                    "uniform_per_layer": dict(allocation="uniform", clipping="per_layer"),
                    "adaptive": dict(allocation="adaptive")},
     "user": {
-        "els": dict(privacy_unit="user", user_sampling="els", max_examples_per_user=4),
-        "uls": dict(privacy_unit="user", user_sampling="uls", max_examples_per_user=4, batch_size=32),
+        # add/remove for both: the one relation ELS's mixture PLD and ULS are both analysed for
+        "els": dict(privacy_unit="user", user_sampling="els", max_examples_per_user=4, neighboring="add_remove"),
+        "uls": dict(privacy_unit="user", user_sampling="uls", max_examples_per_user=4, batch_size=32,
+                    neighboring="add_remove"),
     },
 }
 

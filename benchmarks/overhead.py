@@ -19,6 +19,7 @@ import argparse
 import copy
 import gc
 import json
+import math
 import os
 import statistics
 import sys
@@ -31,13 +32,13 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from workbench.engine.randomness import RunRandomness
 from workbench.engine.data import collate, tokenize_dataset  # noqa: E402
 from workbench.engine.demo_data import demo_dataset  # noqa: E402
 from workbench.engine.dp_step import DPGradient  # noqa: E402
 from workbench.engine.grad_sample import PerExampleGrads  # noqa: E402
 from workbench.engine.losses import per_example_loss  # noqa: E402
 from workbench.engine.models import attach_lora, load_model  # noqa: E402
+from workbench.engine.randomness import RunRandomness  # noqa: E402
 
 C, SIGMA, LR = 1.0, 1.0, 1e-3
 
@@ -140,6 +141,28 @@ class Opacus:
         self.opt.zero_grad(set_to_none=True)
 
 
+def noise_cost(method: "Workbench", *, rounds: int) -> dict:
+    """Seconds per step of the noise alone, for every LoRA parameter of the model: the secret path
+    (ChaCha20 stream, float64, one discarded draw then four draws / 2, as DPGradient draws it) against
+    the old fp32 torch.normal from a seeded generator."""
+    shapes = [p.shape for p in method.params]
+    device = method.params[0].device
+    secure, plain = RunRandomness.secret().noise(), torch.Generator(device=device).manual_seed(0)
+    t_secure, t_plain = [], []
+    for _ in range(max(3, rounds)):
+        t0 = time.perf_counter()
+        for shape in shapes:
+            secure.sample(shape, SIGMA * C, device=device)
+        t_secure.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for shape in shapes:
+            torch.normal(0.0, SIGMA * C, size=shape, generator=plain, device=device)
+        t_plain.append(time.perf_counter() - t0)
+    return {"noise_coordinates": sum(math.prod(s) for s in shapes),
+            "noise_seconds_per_step": statistics.median(t_secure),
+            "fp32_torch_normal_seconds_per_step": statistics.median(t_plain)}
+
+
 def run(args) -> dict:
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
@@ -178,6 +201,7 @@ def run(args) -> dict:
                 torch.cuda.synchronize()
             times[m.name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    noise = noise_cost(next(m for m in methods if m.name == "workbench"), rounds=args.steps)
     out = {
         "model": args.model, "device": str(device), "batch_size": int(batch["input_ids"].shape[0]),
         "seq_len": int(batch["input_ids"].shape[1]), "steps": args.steps, "threads": torch.get_num_threads(),
@@ -185,6 +209,8 @@ def run(args) -> dict:
         "dp_over_nonprivate": med["workbench"] / med["nonprivate"],
         "memory_dp_over_nonprivate": memory["workbench"] / max(1, memory["nonprivate"]),
     }
+    out.update(noise)
+    out["noise_share_of_dp_step"] = noise["noise_seconds_per_step"] / med["workbench"]
     if "opacus" in med:
         out["dp_over_opacus"] = med["workbench"] / med["opacus"]
         out["memory_dp_over_opacus"] = memory["workbench"] / max(1, memory["opacus"])
@@ -213,6 +239,9 @@ def main() -> None:
     if "dp_over_opacus" in out:
         print(f"  dp_over_opacus            {out['dp_over_opacus']:.3f}")
     print(f"  memory_dp_over_nonprivate {out['memory_dp_over_nonprivate']:.3f}")
+    print(f"  noise ({out['noise_coordinates']:,} coordinates): {out['noise_seconds_per_step'] * 1e3:.1f} ms/step secure "
+          f"(fp32 torch.normal {out['fp32_torch_normal_seconds_per_step'] * 1e3:.1f} ms), "
+          f"{out['noise_share_of_dp_step']:.2%} of the DP step")
 
 
 if __name__ == "__main__":

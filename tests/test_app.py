@@ -286,18 +286,29 @@ def test_plan_update_draws_three_accountants_and_the_noise_needed(ctx):
     from workbench import privacy
 
     t = time.perf_counter()
-    data_md, fig, summary, error = plan_tab.update_plan(ctx, values(max_steps=200, accountant="pld"))
+    # add/remove: RDP and PRV analyse it too, so all three are drawn (replace-one is PLD's alone, below)
+    data_md, fig, summary, error = plan_tab.update_plan(ctx, values(max_steps=200, accountant="pld",
+                                                                    neighboring="add_remove"))
     elapsed = time.perf_counter() - t
     assert error == "" and "N = " in data_md and "q = 16/" in data_md
     traces = {trace.name.split()[0]: trace for trace in fig.data}
     assert set(traces) == {"RDP", "PRV", "PLD"}
     n = forms.dataset_info("demo").n_train
-    sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=16 / n, steps=200, delta=forms.RunConfig().default_delta(dataset_size=n),
+    from workbench.engine.plan import published_size
+
+    sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=16 / published_size(n), steps=200,
+                              delta=forms.RunConfig().default_delta(dataset_size=n),
                               accountant="pld")
     assert f"σ = {sigma:.4g}" in summary
     assert traces["PLD"].y[-1] == pytest.approx(8.0, rel=0.02)  # PLD reaches the target at the last step
     assert traces["PLD"].x[-1] == 200 and traces["RDP"].y[-1] > traces["PLD"].y[-1]  # RDP is the looser bound
+    assert "added or removed" in summary and "Privacy check" in summary
     print(f"plan update: {elapsed:.2f} s")
+    _, fig, summary, error = plan_tab.update_plan(ctx, values(max_steps=200, accountant="pld"))  # auto: replace one
+    assert error == "" and {trace.name.split()[0] for trace in fig.data} == {"PLD"} and "replaced by another" in summary
+    sigma_one = privacy.calibrate(target_epsilon=8.0, sample_rate=16 / n, steps=200, neighboring="replace_one",
+                                  delta=forms.RunConfig().default_delta(dataset_size=n))
+    assert f"σ = {sigma_one:.4g}" in summary and sigma_one > sigma
 
 
 def test_edgeworth_is_marked_as_approximation_in_the_plan(ctx):

@@ -120,13 +120,13 @@ def test_plan_train_stop_compare_export_delete(app_url, browser):
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(url)
 
-    # Plan: N of the demo data, the noise needed, curves for RDP, PRV and PLD
-    wait_text(page, "#data-info", r"N = 1,185")
+    # Plan: N of the demo data, the noise needed; by default (replace one example) PLD's curve alone, the
+    # relation stated and the pre-flight privacy check under the plan
+    wait_text(page, "#data-info", r"N = 1,098")
     wait_text(page, "#plan-summary", r"must be\s+σ = [0-9.]+ \(PLD")
-    page.wait_for_function(TRACES_JS, arg="plan-plot", timeout=WAIT)
-    wait_text(page, "#plan-summary", r"ε after the last step: RDP .* PRV .* PLD")
-    assert page.evaluate(TRACES_JS, "plan-plot") == 3
-    shot(page, "plan")
+    wait_text(page, "#plan-summary", r"one example replaced by another")
+    wait_text(page, "#plan-summary", r"Privacy check")
+    assert page.evaluate(TRACES_JS, "plan-plot") == 1
 
     # Upload: the file lands in the app's own folder and its N is shown; then back to the demo data
     data = Path(store.home).parent / "mine.jsonl"
@@ -134,11 +134,25 @@ def test_plan_train_stop_compare_export_delete(app_url, browser):
     page.get_by_label("Upload a file").check()
     page.locator("#data-upload input[type=file]").set_input_files(str(data))
     wait_text(page, "#upload-msg", r"Stored mine.jsonl")
-    wait_text(page, "#data-info", r"N = 108 training examples")
+    wait_text(page, "#data-info", r"N = 109 training examples")
     assert [p.name.split("-", 1)[1] for p in (Path(store.home) / "uploads").iterdir()] == ["mine.jsonl"]
     assert not list(Path(tempfile.gettempdir(), "gradio").rglob("mine.jsonl"))  # Gradio's copy is gone
     page.get_by_label("Demo dataset").check()
-    wait_text(page, "#data-info", r"N = 1,185")
+    wait_text(page, "#data-info", r"N = 1,098")
+    wait_text(page, "#plan-summary", r"Privacy check")
+
+    # add/remove neighbours: curves for RDP, PRV and PLD
+    page.locator("#neighboring input").click()
+    page.get_by_role("option", name="add or remove one unit").click()
+    wait_text(page, "#plan-summary", r"ε after the last step: RDP .* PRV .* PLD")
+    wait_text(page, "#plan-summary", r"one example added or removed")
+    wait_text(page, "#plan-summary", r"Privacy check")
+    assert page.evaluate(TRACES_JS, "plan-plot") == 3
+    shot(page, "plan")
+    page.locator("#neighboring input").click()  # back to the default for the runs below
+    page.get_by_role("option", name="auto (replace one where PLD has it)").click()
+    wait_text(page, "#plan-summary", r"one example replaced by another")
+    wait_text(page, "#plan-summary", r"Privacy check")
 
     # Bad input: a message beside the control, and Start starts nothing
     page.locator("#delta input, #delta textarea").first.fill("2")

@@ -70,3 +70,12 @@ def test_default_model_dp_run():
                     noise_multiplier=1.0, eval_max_examples=4, generate_max_new_tokens=4)
     assert summary["status"] == "finished", summary
     assert summary["steps"] == 1 and 0 < summary["epsilon"] < float("inf")
+    # nothing in the adapter folder (what is exported) names a path of this machine: the GGUF cache, the home
+    import os
+    from pathlib import Path
+
+    machine_paths = [os.environ["WORKBENCH_CACHE"], os.environ["WORKBENCH_HOME"], str(Path.home())]
+    for f in Path(summary["adapter_dir"]).iterdir():
+        if f.suffix in (".json", ".md", ".jinja", ".txt"):
+            text = f.read_text()
+            assert not any(p in text for p in machine_paths), f"{f.name} names a local path"

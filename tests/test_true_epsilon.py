@@ -133,6 +133,16 @@ def test_seeded_mode_is_reproducible_and_labelled_everywhere(tmp_path):
     report = json.loads((adapter / "privacy_report.json").read_text())
     assert report["seeded_randomness"] is True and report["randomness"] == SEEDED_LABEL
     assert SEEDED_LABEL in (adapter / "README.md").read_text()
+    from workbench.app.train import header_html
+    from workbench.present.view import RunView
+    from workbench.widgets.dashboard import Dashboard
+
+    view = RunView.from_events(a.run_id, store.events(a.run_id))
+    assert SEEDED_LABEL in header_html(view, "finished", None, now=0.0)
+    dash = Dashboard(run_id=a.run_id, store=store)
+    dash.refresh()
+    assert SEEDED_LABEL in dash.status.value
+    dash.close()
     with pytest.raises(ExportError, match="noise_seed"):
         export_run(store, a.run_id, tmp_path / "refused")
     cli = CliRunner().invoke(app, ["runs", "export", a.run_id, str(tmp_path / "cli")])
@@ -261,3 +271,31 @@ def test_reused_output_dir_keeps_one_dp_section(tmp_path):
     assert card.count("## Differential privacy") == 1
     lines = card.splitlines()
     assert lines.index("## Differential privacy") < 20
+
+
+def test_planner_widget_never_calibrates_with_edgeworth_and_states_the_relation():
+    from workbench.widgets.planner import TARGET, PlanSettings, compute_plan
+
+    settings = PlanSettings(dataset_size=10_000, batch_size=500, steps=200, mode=TARGET, target_epsilon=8.0,
+                            selected="edgeworth", accountants=("pld", "edgeworth"), max_examples_per_user=1)
+    result = compute_plan(settings)
+    pld_sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=0.05, steps=200, delta=1e-5)
+    assert result.noise_multiplier == pytest.approx(pld_sigma) and "edgeworth" not in result.sigma_needed
+    replaced = compute_plan(PlanSettings(dataset_size=10_000, batch_size=100, steps=1000, noise_multiplier=0.5863,
+                                         accountants=("pld", "rdp"), neighboring="replace_one", max_examples_per_user=1))
+    assert replaced.epsilon["pld"] == pytest.approx(9.374, abs=0.01) and "replace-one" in replaced.errors["rdp"]
+
+
+def test_labels_from_the_config_set_the_head_and_refuse_unlisted_labels(tmp_path):
+    rows = [{"text": f"review number {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"} for i in range(60)]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    store = RunStore()
+    ok = Session(RunConfig(**{**FAST, "max_steps": 1}, data=str(data), labels=["neg", "pos", "neutral"]), store=store).run()
+    assert ok["status"] == "finished", ok
+    head = [e for _, e in store.events(ok["run_id"]) if e.kind == "run_started"][0]
+    assert not any(c["code"] == "label-set-from-data" for c in head.checks)
+    out = CliRunner().invoke(app, ["train", "--set", "model=tiny", "--set", f"data={data}", "--set", "labels=[neg, neutral]",
+                                   "--set", "max_steps=1"])
+    assert out.exit_code == 2 and "pos" in out.output and "labels" in out.output and "Traceback" not in out.output
+    assert all(r.status != "running" for r in store.list())

@@ -60,7 +60,9 @@ def test_plan_tab_shows_user_level_epsilon_beside_example_level(ctx, monkeypatch
     updates, stages = run_plan(ctx, monkeypatch, max_examples_per_user=3)
     *_, summary, error = updates[-1]
     assert error == ""
-    assert "computing user-level ε…" in updates[-2][2], "the user-level value comes after the curves"
+    # (the last update adds the pre-flight privacy check under the finished plan)
+    assert "computing user-level ε…" in updates[-3][2], "the user-level value comes after the curves"
+    assert "Privacy check" in summary and "Privacy check" not in updates[-2][2]
     assert all(s.user_level.pending for s in stages[:-1]) and not stages[-1].user_level.pending
     user, last = stages[-1].user_level, stages[-1]
     expected = oracle(last, 3)
@@ -122,7 +124,8 @@ def test_user_unit_without_user_id_is_a_message(ctx, tmp_path):
 def test_k_control_is_last_in_plan_fields_and_defaults_to_the_config(_workbench_home):
     from workbench.app import build_app
 
-    assert forms.PLAN_FIELDS[-1] == "max_examples_per_user"  # the /plan API's positional inputs keep their places
+    # controls added later go last, so the /plan API's positional inputs keep their places
+    assert forms.PLAN_FIELDS[-2:] == ("max_examples_per_user", "neighboring")
     app = build_app(RunStore(_workbench_home), defaults={"max_examples_per_user": 5})
     try:
         [k] = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "max-examples-per-user"]

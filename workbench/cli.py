@@ -83,6 +83,10 @@ class _Progress:
 
                 typer.echo(format_findings([Finding(**c) for c in event.checks if c.get("severity") != "info"]), err=True)
         elif kind == "step" and self.bar is not None:
+            if event.notices:
+                from workbench.privacy.checks import Finding, format_findings
+
+                self.bar.write(format_findings([Finding(**n) for n in event.notices]), file=sys.stderr)
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{event.loss:.3f}", eps=f"{event.epsilon:.3g}", batch=event.batch_size)
         elif kind == "eval" and self.bar is not None:

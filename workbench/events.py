@@ -124,6 +124,8 @@ class StepMetrics(Event):
     module_clip_norm: dict[str, float] = field(default_factory=dict)  # C_l of each module (per-layer clipping)
     module_noise_multiplier: dict[str, float] = field(default_factory=dict)  # sigma_l of each module
     effective_noise_multiplier: float | None = None  # (sum sigma_l^-2)^-1/2, what the accountant sees
+    nonfinite: int = 0  # units whose gradient was NaN/inf: they contributed zero
+    notices: list[dict[str, str]] = field(default_factory=list)  # run-time privacy findings (privacy/checks.py)
 
 
 @dataclass(frozen=True)

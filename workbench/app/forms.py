@@ -24,7 +24,8 @@ from workbench.config import ConfigError, RunConfig
 PLAN_FIELDS = (
     "data_mode", "upload_path", "data_path", "batch_size", "length_mode", "epochs", "max_steps",
     "delta", "privacy_mode", "target_epsilon", "noise_multiplier", "max_grad_norm", "accountant",
-    "max_examples_per_user",  # last: the /plan API's positional inputs keep their places
+    "max_examples_per_user",  # added later ones go last: the /plan API's positional inputs keep their places
+    "neighboring",
 )
 # Names of the Train tab's controls (each a RunConfig key).
 TRAIN_FIELDS = (
@@ -174,6 +175,8 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
                 raise ConfigError("target ε is empty: enter a privacy budget such as 8, or set a noise multiplier.")
     if "max_examples_per_user" in values:
         o["max_examples_per_user"] = parse_group_size(values["max_examples_per_user"])
+    if values.get("neighboring"):
+        o["neighboring"] = values["neighboring"]
     for key in ("max_grad_norm", "accountant", *TRAIN_FIELDS):
         if key in values and key != "name":
             o[key] = _number(values[key], integer=key in ("lora_r", "physical_batch_size", "eval_every", "seed"))

@@ -20,6 +20,8 @@ from workbench.present import accountant_label, empty_figure, fmt_eps, plan_figu
 
 DATA_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 ACCOUNTANT_CHOICES = [(accountant_label(a), a) for a in ("pld", "rdp", "prv", "edgeworth")]
+NEIGHBORING_CHOICES = [("auto (replace one where PLD has it)", "auto"), ("replace one unit", "replace_one"),
+                       ("add or remove one unit", "add_remove")]
 
 
 @dataclass
@@ -59,13 +61,18 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
     data_md = info.describe(_int_or_none(values.get("batch_size")))
     try:
         config = forms.config_from_values(values, base=base)
+        last = None
         for stage in forms.plan_stages(config, dataset_size=info.n_train, num_users=info.n_users):
             if stage is None:
                 yield None
                 continue
             figure = plan_figure(stage.curves, stage.target_epsilon, noise_multiplier=stage.noise_multiplier,
                                  selected=stage.accountant)
-            yield data_md, figure, plan_summary(stage), ""
+            last = (stage, figure, plan_summary(stage))
+            yield data_md, figure, last[2], ""
+        if last is not None:  # the finished plan, with the pre-flight privacy check under it
+            stage, figure, text = last
+            yield data_md, figure, text + "\n\n" + checks_markdown(config, info, stage), ""
     except Exception as err:  # noqa: BLE001 - shown under the knobs
         yield data_md, empty_figure(PLAN_TITLE, "no plan: see the message under the settings"), "", error_text(err)
 
@@ -74,6 +81,21 @@ def update_plan(ctx: AppContext, values: dict[str, Any]) -> tuple[Any, ...]:
     """The complete plan update (the last of ``plan_updates``)."""
     *_, last = (u for u in plan_updates(ctx, values) if u is not None)
     return last
+
+
+SEVERITY_MARK = {"error": "⛔", "warning": "⚠", "info": "ℹ"}
+
+
+def checks_markdown(config: RunConfig, info: forms.DataInfo, plan: forms.PlanResult) -> str:
+    """The pre-flight privacy check of these settings (privacy/checks.py), one line per finding."""
+    from workbench.engine.plan import make_plan
+    from workbench.privacy.checks import preflight
+
+    fixed = config.with_overrides({"noise_multiplier": plan.noise_multiplier})  # the sigma the plan found
+    resolved = make_plan(fixed, dataset_size=info.n_train, num_users=info.n_users)
+    findings = preflight(config, resolved, task=info.task)
+    lines = [f"- {SEVERITY_MARK[f.severity]} **{f.severity}**: {f.message} → {f.advice}" for f in findings]
+    return "**Privacy check** (`workbench check`)\n\n" + ("\n".join(lines) or "- nothing to report")
 
 
 def plan_summary(plan: forms.PlanResult) -> str:
@@ -253,6 +275,8 @@ def build(ctx: AppContext) -> PlanControls:
                 c["max_examples_per_user"] = gr.Number(base.max_examples_per_user, label="Max examples per user k",
                                                        precision=0, info=help_["max_examples_per_user"],
                                                        elem_id="max-examples-per-user")
+                c["neighboring"] = gr.Dropdown(NEIGHBORING_CHOICES, value=base.neighboring, label="Neighbouring datasets",
+                                               info=help_["neighboring"], elem_id="neighboring")
             error = gr.Markdown("", elem_classes="wb-error", elem_id="plan-error")
         with gr.Column(scale=3):
             plot = gr.Plot(label="Privacy plan", elem_id="plan-plot")

@@ -298,7 +298,7 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                     c["physical_batch_size"] = gr.Number(base.physical_batch_size, label="Physical batch", precision=0,
                                                          minimum=1, info=help_["physical_batch_size"])
                     c["eval_every"] = gr.Number(base.eval_every, label="Evaluate every (0 = auto)", precision=0, minimum=0)
-                    c["seed"] = gr.Number(base.seed, label="Seed", precision=0)
+                    c["seed"] = gr.Number(base.seed, label="Seed", precision=0, info=help_["seed"])
             gr.Markdown("Data and privacy settings come from the **Plan** tab.")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="start")

@@ -40,7 +40,9 @@ from workbench.engine.randomness import RunRandomness
 from workbench.engine.report import save_adapter
 from workbench.engine.sampling import micro_batches, poisson_sample
 from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, Event, RunStarted, StepMetrics
-from workbench.privacy.checks import preflight
+from workbench.privacy.checks import clipping_activity, preflight
+
+CLIPPING_CHECK_STEPS = 3  # the per-example norms of this many first steps feed the "clipping never active" check
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ class Trainer:
         self.gold = self._gold_labels()
         self.step = 0
         self.last_eval: dict = {}
+        self._early_norms: list[torch.Tensor] = []
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> tuple[str, str]:
@@ -325,7 +328,20 @@ class Trainer:
             module_clip_norm=dict(allocation.clip) if self.private_path else {},
             module_noise_multiplier=dict(allocation.sigma) if self.private_path else {},
             effective_noise_multiplier=self._effective_sigma(allocation),
+            nonfinite=stats.nonfinite,
+            notices=self._notices(step, stats),
         )
+
+    def _notices(self, step: int, stats: StepStats) -> list[dict[str, str]]:
+        """After the first CLIPPING_CHECK_STEPS steps: a warning when clipping never acted (telemetry:
+        computed from raw norms, for the data owner only, privacy/checks.py)."""
+        if not self.private_path or step > CLIPPING_CHECK_STEPS:
+            return []
+        self._early_norms.append(stats.norms)
+        if step < min(CLIPPING_CHECK_STEPS, self.p.plan.steps):
+            return []
+        finding = clipping_activity(torch.cat(self._early_norms), self.p.config.max_grad_norm)
+        return [finding.to_dict()] if finding is not None else []
 
     def allocation_report(self) -> dict:
         """The current per-module clip norms and noise multipliers, and the multiplier the accountant sees."""

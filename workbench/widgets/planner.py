@@ -26,6 +26,7 @@ import numpy as np
 
 from workbench import privacy
 from workbench.privacy.user_level import els_beside_group_bound
+from workbench.engine.report import relation_text
 from workbench.present import accountant_label, fmt_eps, plan_figure
 from workbench.widgets._live import figure_widget, sync_figure
 
@@ -51,6 +52,7 @@ class PlanSettings:
     accountants: tuple[str, ...] = ("pld", "rdp", "prv", "edgeworth")
     selected: str = "pld"
     max_examples_per_user: int = 4  # k, for the user-level column
+    neighboring: str = "add_remove"  # a calculator at a given q; replace_one is PLD's alone (privacy/accountants.py)
 
     @property
     def sample_rate(self) -> float:
@@ -95,10 +97,10 @@ def curve_steps(steps: int, points: int) -> list[int]:
 
 
 def epsilon_curve(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str,
-                  points: int) -> list[tuple[int, float]]:
+                  points: int, neighboring: str = "add_remove") -> list[tuple[int, float]]:
     """(step, epsilon) at ``curve_steps``: the values of ``privacy.epsilon``, so they match the engine's."""
     return [(t, privacy.epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=t, delta=delta,
-                                accountant=accountant)) for t in curve_steps(steps, points)]
+                                accountant=accountant, neighboring=neighboring)) for t in curve_steps(steps, points)]
 FAST_FIRST = ("rdp", "edgeworth", "pld", "prv")
 
 
@@ -117,17 +119,19 @@ def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=
     q, steps, delta = s.sample_rate, s.steps, s.delta
     accountants = sorted(s.accountants, key=lambda a: FAST_FIRST.index(a) if a in FAST_FIRST else len(FAST_FIRST))
     if s.mode == TARGET:
-        order = [s.selected] + [a for a in accountants if a != s.selected]
+        bound = "pld" if s.selected == "edgeworth" else s.selected  # an approximation never sets the noise
+        order = [bound] + [a for a in accountants if a not in (bound, "edgeworth")]
         for acc in order:
             if not is_current():
                 raise _Stale
             try:
                 out.sigma_needed[acc] = privacy.calibrate(
-                    target_epsilon=s.target_epsilon, sample_rate=q, steps=steps, delta=delta, accountant=acc
+                    target_epsilon=s.target_epsilon, sample_rate=q, steps=steps, delta=delta, accountant=acc,
+                    neighboring=s.neighboring,
                 )
             except privacy.PrivacyError as err:
                 out.errors[acc] = str(err)
-        out.noise_multiplier = out.sigma_needed.get(s.selected)
+        out.noise_multiplier = out.sigma_needed.get(bound)
     else:
         out.noise_multiplier = s.noise_multiplier
     sigma = out.noise_multiplier
@@ -138,7 +142,7 @@ def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=
             raise _Stale
         try:
             curve = epsilon_curve(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=acc,
-                                  points=CURVE_POINTS.get(acc, 20))
+                                  points=CURVE_POINTS.get(acc, 20), neighboring=s.neighboring)
         except privacy.PrivacyError as err:
             out.errors.setdefault(acc, str(err))
             continue
@@ -161,8 +165,10 @@ def add_user_level(out: PlanResult) -> None:
     s, sigma = out.settings, out.noise_multiplier
     common = dict(noise_multiplier=sigma, sample_rate=s.sample_rate, steps=s.steps, delta=s.delta)
     try:
-        eps = out.epsilon.get(s.selected)
-        out.example_epsilon = eps if eps is not None else privacy.epsilon(**common, accountant=s.selected)
+        bound = "pld" if s.selected == "edgeworth" else s.selected
+        eps = out.epsilon.get(bound)
+        out.example_epsilon = eps if eps is not None else privacy.epsilon(**common, accountant=bound,
+                                                                          neighboring=s.neighboring)
         out.user_epsilon, out.group_bound = els_beside_group_bound(**common, k=s.max_examples_per_user,
                                                                    example_epsilon=out.example_epsilon)
     except privacy.PrivacyError as err:
@@ -224,6 +230,10 @@ class PrivacyPlanner:
                                             layout=w.Layout(width="400px"))
         self.selected = w.Dropdown(options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS], value=s.selected,
                                    description="calibrate with", style=style)
+        self.neighboring = w.Dropdown(options=[("add or remove one example", "add_remove"),
+                                               ("replace one example (PLD only)", "replace_one")],
+                                      value=s.neighboring, description="neighbouring datasets", style=style,
+                                      tooltip="The relation every epsilon here is for (replace one: N is public)")
         self.max_examples_per_user = w.IntSlider(value=min(64, max(1, s.max_examples_per_user)), min=1, max=64,
                                                  description="max examples per user k", style=style, layout=wide(),
                                                  tooltip="User-level DP: each user's examples are capped at k")
@@ -237,7 +247,7 @@ class PrivacyPlanner:
                    layout=w.Layout(margin="0 0 0 24px")),
         ])
         controls = [self.dataset_size, self.batch_size, self.steps, self.delta, self.mode, self.noise_multiplier,
-                    self.target_epsilon, self.max_grad_norm, self.accountants, self.selected,
+                    self.target_epsilon, self.max_grad_norm, self.accountants, self.selected, self.neighboring,
                     self.max_examples_per_user]
         for control in controls:
             control.observe(self._changed, names="value")
@@ -263,6 +273,7 @@ class PrivacyPlanner:
             accountants=tuple(self.accountants.value),
             selected=self.selected.value,
             max_examples_per_user=int(self.max_examples_per_user.value),
+            neighboring=self.neighboring.value,
         )
 
     def _show_mode(self) -> None:
@@ -350,7 +361,10 @@ class PrivacyPlanner:
             waiting.append("user-level ε")
         self.status.value = errors + (
             f"<span style='color:#555'>q = {s.sample_rate:.4g}, {s.epochs:.3g} epochs, "
-            f"δ = {s.delta:.0e}{'' if s.delta < 1 / s.dataset_size else ' — δ is not below 1/N!'}</span>"
+            f"δ = {s.delta:.0e}{'' if s.delta < 1 / s.dataset_size else ' — δ is not below 1/N!'}; "
+            f"ε for neighbouring datasets with {relation_text(s.neighboring, 'example')}"
+            + ("; Edgeworth is an approximation: PLD sets σ" if "edgeworth" in s.accountants and s.mode == TARGET else "")
+            + "</span>"
         ) + (f"<br><i style='color:#777'>computing {', '.join(waiting)}…</i>" if busy and waiting else "")
 
     @staticmethod
