@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 7860
 PYTEST_ARGS ?=
 
-.PHONY: install app demo test lab bench clean browser
+.PHONY: install app demo test test-fast lint lab bench clean browser
 
 install: $(STAMP)
 
@@ -48,6 +48,15 @@ demo: install
 
 test: install browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: no browser, notebook or default-model tests.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not browser and not notebook and not slow" $(PYTEST_ARGS)
+
+# ruff: lint and format, configured in pyproject.toml (CI runs it before the tests).
+lint: install
+	$(BIN)/ruff check workbench tests benchmarks
+	$(BIN)/ruff format --check workbench tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py --model default
