@@ -579,7 +579,7 @@ def test_live_update_sends_the_changed_panels_of_a_running_run_and_defers_the_re
     assert set(update["panels"]) == set(LIVE_PANELS)  # one new step: every live panel
     figures = dashboard(ctx.views.get(rid))  # the figures the Gradio refresh sends too
     assert update["panels"]["loss-plot"] == json.loads(plot_value(figures["loss"]))
-    assert update["panels"]["heatmap-plot"] == json.loads(plot_value(figures["heatmap"]))
+    assert update["panels"]["heatmap-plot"] == json.loads(plot_value(figures["grad_norm_evolution"]))
     assert f'data-run="{rid}"' in update["header"] and 'data-steps="3"' in update["header"]
     assert 'data-evals="1"' in update["header"] and 'data-status="running"' in update["header"]
     same = json.loads(live_update(ctx, rid, steps=3, evals=1))

@@ -313,7 +313,7 @@ def test_the_light_renderer_draws_the_live_panels_as_plotly_does(browser):
         if s % 10 == 0:
             events.append(evaluation(s, "r1", val_loss=2.0 - s / 40))
     panels = dashboard(RunView.from_events("r1", events))
-    figures = {name: plot_value(panels[name]) for name in ("loss", "epsilon", "histogram", "heatmap", "noise")}
+    figures = {name: plot_value(panels[name]) for name in ("loss", "epsilon", "grad_norms", "grad_norm_evolution", "noise_allocation")}
     log_axis = panels["loss"].to_dict()
     log_axis["layout"]["yaxis"]["type"] = "log"
 

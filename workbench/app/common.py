@@ -25,10 +25,6 @@ CSS = """
 .wb-reason { flex: 1 1 100%; font-size: 13px; color: #b00020; }
 """
 
-BADGE_COLORS = {
-    "running": "#1f77b4", "queued": "#8c564b", "finished": "#2ca02c", "stopped": "#ff7f0e",
-    "failed": "#d62728", "interrupted": "#7f7f7f",
-}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -57,5 +53,7 @@ def error_text(err: BaseException) -> str:
 
 
 def badge(status: str) -> str:
-    color = BADGE_COLORS.get(status, "#7f7f7f")
+    from workbench.present import STATUS_COLORS
+
+    color = STATUS_COLORS.get(status, "#7f7f7f")
     return f'<span class="wb-badge" style="background:{color}">{html.escape(status)}</span>'

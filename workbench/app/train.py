@@ -27,22 +27,12 @@ from workbench.app.state import AppContext, Selection
 from workbench.config import RunConfig
 from workbench.engine.randomness import SEEDED_LABEL
 from workbench.engine.report import relation_text
-from workbench.present import (
-    RunView,
-    accountant_label,
-    epsilon_figure,
-    fmt_eps,
-    generations_table,
-    grad_norm_heatmap,
-    grad_norm_histogram,
-    loss_figure,
-    noise_allocation_figure,
-    progress,
-)
+from workbench import present
+from workbench.present import RunView, accountant_label, fmt_eps, generations_table, progress
 from workbench.store.runs import RunNotFound
 
 POLL_SECONDS = 1.0  # default period of the page's store poll (build_app(poll_seconds=...))
-PANELS = ("header", "loss", "epsilon", "histogram", "heatmap", "noise", "generations")
+PANELS = ("header", *present.PANELS, "generations")
 
 
 # -- callbacks ------------------------------------------------------------------------------------
@@ -111,15 +101,15 @@ def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) 
     out = [replace(selection.sent(view), header_hash=hash(header)), header if new_header else gr.skip()]
     out.append(panels["loss"] if panels else gr.skip())
     out.append(panels["epsilon"] if new_steps else gr.skip())
-    for name in ("histogram", "heatmap", "noise"):
+    for name in ("grad_norms", "grad_norm_evolution", "noise_allocation"):
         out.append(panels[name] if new_steps else gr.skip())
     out.append(panels["generations"] if new_evals else gr.skip())
     return tuple(out)
 
 
 # The live panels by element id, and the dashboard() entry each one draws.
-LIVE_PANELS = {"loss-plot": "loss", "epsilon-plot": "epsilon", "hist-plot": "histogram", "heatmap-plot": "heatmap",
-               "noise-plot": "noise"}
+LIVE_PANELS = {"loss-plot": "loss", "epsilon-plot": "epsilon", "hist-plot": "grad_norms",
+               "heatmap-plot": "grad_norm_evolution", "noise-plot": "noise_allocation"}
 
 
 def live_update(ctx: AppContext, run_id: str, *, steps: int, evals: int, now: float | None = None) -> str | None:
@@ -201,18 +191,8 @@ def dashboard(view: RunView) -> dict[str, Any]:
 
 
 def _dashboard(view: RunView) -> dict[str, Any]:
-    started = view.started
     gens = generations_table(view.evals)
-    return {
-        "loss": loss_figure(view.steps, view.evals),
-        "epsilon": epsilon_figure(view.steps, started.planned_epsilon if started else (), view.target_epsilon,
-                                  accountant=started.accountant if started else None,
-                                  delta=started.delta if started else None),
-        "histogram": grad_norm_histogram(view.latest_step, view.clip_norm),
-        "heatmap": grad_norm_heatmap(view.steps),
-        "noise": noise_allocation_figure(view.latest_step),
-        "generations": {"headers": gens.headers, "data": gens.rows},
-    }
+    return {**present.panels(view), "generations": {"headers": gens.headers, "data": gens.rows}}
 
 
 def header_html(view: RunView, status: str, reason: str | None, *, now: float) -> str:

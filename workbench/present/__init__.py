@@ -27,6 +27,7 @@ from workbench.present.figures import (
     noise_allocation_figure,
     plan_figure,
 )
+from workbench.present.panels import PANELS, STATUS_COLORS, panels
 from workbench.present.progress import progress
 from workbench.present.series import (
     MAX_POINTS,
@@ -65,4 +66,7 @@ __all__ = [
     "runs_table",
     "generations_table",
     "progress",
+    "PANELS",
+    "STATUS_COLORS",
+    "panels",
 ]

@@ -6,6 +6,7 @@ import html
 import math
 from typing import Any
 
+from workbench.present import STATUS_COLORS as present_status_colors
 from workbench.present import Table
 
 _TABLE_STYLE = (
@@ -42,12 +43,4 @@ def status_html(text: str, *, color: str = "#333", bold: bool = False) -> str:
     return f"<span style='color:{color};font-weight:{weight}'>{html.escape(text)}</span>"
 
 
-STATUS_COLORS = {
-    "created": "#777",
-    "queued": "#777",
-    "running": "#1f77b4",
-    "finished": "#2ca02c",
-    "stopped": "#ff7f0e",
-    "failed": "#d62728",
-    "interrupted": "#d62728",
-}
+STATUS_COLORS = present_status_colors  # one definition: workbench.present.panels

@@ -21,43 +21,15 @@ import ipywidgets as w
 
 from workbench.config import RunConfig
 from workbench.events import Event
-from workbench.present import (
-    RunView,
-    epsilon_figure,
-    generations_table,
-    grad_norm_heatmap,
-    grad_norm_histogram,
-    loss_figure,
-    noise_allocation_figure,
-    progress,
-)
+from workbench.present import PANELS, STATUS_COLORS, RunView, generations_table, panels, progress
 from workbench.session import Session
 from workbench.store.runs import ACTIVE, RunStore
 from workbench.engine.randomness import SEEDED_LABEL
 from workbench.engine.report import relation_text
-from workbench.widgets._html import STATUS_COLORS, status_html, table_html
+from workbench.widgets._html import status_html, table_html
 from workbench.widgets._live import Refresher, figure_widget, sync_figure
 
-PANELS = ("loss", "epsilon", "grad_norms", "grad_norm_evolution", "noise_allocation")
 DEFAULT_WIDTH = 980  # pixels; fits JupyterLab's output area on a laptop screen
-
-
-def _panel_figures(view: RunView) -> dict[str, Any]:
-    """The Train tab's panels for ``view``, built by workbench.present (one place for each figure)."""
-    started = view.started
-    return {
-        "loss": loss_figure(view.steps, view.evals),
-        "epsilon": epsilon_figure(
-            view.steps,
-            started.planned_epsilon if started else (),
-            view.target_epsilon,
-            accountant=started.accountant if started else None,
-            delta=started.delta if started else None,
-        ),
-        "grad_norms": grad_norm_histogram(view.latest_step, view.clip_norm),
-        "grad_norm_evolution": grad_norm_heatmap(view.steps),
-        "noise_allocation": noise_allocation_figure(view.latest_step),
-    }
 
 
 class Dashboard:
@@ -137,7 +109,7 @@ class Dashboard:
         self.widget.add_class("workbench-dashboard")
 
     def _figures(self) -> dict[str, Any]:
-        figures = _panel_figures(self.view)
+        figures = panels(self.view)
         for name, fig in figures.items():
             fig.update_layout(width=self._widths[name], autosize=False)
         return figures
