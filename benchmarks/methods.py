@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 from workbench.config import RunConfig  # noqa: E402
-from workbench.engine.demo_data import demo_dataset  # noqa: E402
+from workbench.engine.data.demo import demo_dataset  # noqa: E402
 from workbench.session import Session  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
 

@@ -33,7 +33,7 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 from workbench.engine.data import collate, tokenize_dataset  # noqa: E402
-from workbench.engine.demo_data import demo_dataset  # noqa: E402
+from workbench.engine.data.demo import demo_dataset  # noqa: E402
 from workbench.engine.dp_step import DPGradient  # noqa: E402
 from workbench.engine.grad_sample import PerExampleGrads  # noqa: E402
 from workbench.engine.losses import per_example_loss  # noqa: E402

@@ -20,7 +20,7 @@ from workbench.engine.data import (
     IGNORE_INDEX, SCHEMAS, DataError, Dataset, Record, TokenizedExample, align_labels,
     apply_labels, cap_per_user, check_labels, collate, describe_dataset, encode_prompt,
     load_dataset, render_plain, split_validation, tokenize_dataset)
-from workbench.engine.demo_data import (
+from workbench.engine.data.demo import (
     ANSWER_TEMPLATE, DEPARTMENTS, EVAL_MESSAGES, demo_dataset, demo_secrets)
 
 SST2 = pathlib.Path("/work/shared/data/sst2")

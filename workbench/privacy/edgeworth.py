@@ -30,7 +30,7 @@ import math
 import numpy as np
 from scipy import optimize, stats
 
-from workbench.privacy.accountants import (
+from workbench.privacy.validation import (
     PrivacyError,
     check_count,
     check_delta,

@@ -15,7 +15,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from .data import Dataset, Record
+from workbench.engine.data.records import Dataset, Record
 
 CLINIC = "Harbourview Family Clinic"
 SYSTEM_PROMPT = (f"You are the {CLINIC} help desk. Route the patient's message to one "
