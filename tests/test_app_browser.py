@@ -8,6 +8,7 @@ two runs, exports one and deletes the other.  Screenshots of each tab go to arti
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -345,3 +346,62 @@ def test_the_light_renderer_draws_the_live_panels_as_plotly_does(browser):
                 (name, axis, mine["ranges"][axis], [lo, hi])
     assert page.evaluate("(f) => __wbCanvasPlot.unsupported(f)", log_axis) == "yaxis type log"
     page.close()
+
+
+def _plan_now(page, pattern: str) -> str:
+    """The plan summary once it shows ``pattern`` and is no longer marked out of date."""
+    sync_api.expect(page.locator("#plan-summary")).to_contain_text(re.compile(pattern), timeout=WAIT)
+    sync_api.expect(page.locator("#plan-summary")).not_to_contain_text("computing the plan", timeout=WAIT)
+    text = page.locator("#plan-summary").inner_text()
+    assert re.search(pattern, text), f"the plan went stale after showing {pattern!r}: {text[:300]}"
+    return text
+
+
+def _type(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(value)
+    box.press("Enter")
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).click()
+
+
+def test_the_plan_shown_is_always_the_plan_of_the_fields(app_url, browser, tmp_path):
+    """Every plan field in turn: after each change the plan is the plan of the values on screen (issue:
+    a batch change never landed, Steps showed the plan one value behind)."""
+    url, store, ctx = app_url
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(url)
+    n = 1098
+    _plan_now(page, r"Privacy check")
+    _type(page, "batch-size", "64")
+    _plan_now(page, rf"at q = {64 / n:.4g}")
+    _type(page, "max-steps", "60")
+    _plan_now(page, r"over 60 steps")
+    _type(page, "max-steps", "30")
+    _plan_now(page, r"over 30 steps")
+    page.get_by_role("radio", name="Epochs").check()
+    _type(page, "epochs", "2")
+    _plan_now(page, rf"over {math.ceil(2 / (64 / n))} steps")
+    _type(page, "target-epsilon", "3")
+    _plan_now(page, r"within ε = 3 over")
+    _type(page, "delta", "1e-6")
+    _plan_now(page, r"δ = 1e-06")
+    _type(page, "max-examples-per-user", "3")
+    _plan_now(page, r"k = 3 examples")
+    _choose(page, "accountant", "RDP")
+    _plan_now(page, r"one example added or removed")
+    page.get_by_role("radio", name="Noise multiplier σ").check()
+    _type(page, "noise-multiplier", "1.5")
+    _plan_now(page, r"With σ = 1.5 over")
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(f'{{"prompt": "question {i}", "response": "answer {i}"}}\n' for i in range(300)))
+    page.get_by_role("radio", name="Path on this machine").check()
+    _type(page, "data-path", str(data))
+    info = wait_text(page, "#data-info", r"N = \d+ training examples \(300 loaded")
+    m = int(re.search(r"N = (\d+)", info).group(1))
+    from workbench.engine.plan import published_size
+
+    _plan_now(page, rf"at q = {64 / published_size(m):.4g}")  # RDP: add/remove, q from the rounded size

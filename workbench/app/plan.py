@@ -250,11 +250,13 @@ def build(ctx: AppContext) -> PlanControls:
             with gr.Row():
                 c["batch_size"] = gr.Number(base.batch_size, label="Expected batch size", precision=0, minimum=1,
                                             info=help_["batch_size"], elem_id="batch-size")
-                c["max_grad_norm"] = gr.Number(base.max_grad_norm, label="Clipping norm C", info=help_["max_grad_norm"])
+                c["max_grad_norm"] = gr.Number(base.max_grad_norm, label="Clipping norm C", info=help_["max_grad_norm"],
+                                                 elem_id="max-grad-norm")
             with gr.Row():
                 c["length_mode"] = gr.Radio([("Epochs", "epochs"), ("Steps", "steps")],
                                             value="steps" if base.max_steps else "epochs", label="Length in")
-                c["epochs"] = gr.Number(base.epochs or 1.0, label="Epochs", minimum=0, interactive=not base.max_steps)
+                c["epochs"] = gr.Number(base.epochs or 1.0, label="Epochs", minimum=0, interactive=not base.max_steps,
+                                        elem_id="epochs")
                 c["max_steps"] = gr.Number(base.max_steps or 100, label="Steps", precision=0, minimum=1,
                                            interactive=bool(base.max_steps), elem_id="max-steps")
             with gr.Row():
@@ -264,12 +266,13 @@ def build(ctx: AppContext) -> PlanControls:
                 c["target_epsilon"] = gr.Number(base.target_epsilon or 8.0, label="Target ε", interactive=not sigma_mode,
                                                 elem_id="target-epsilon")
                 c["noise_multiplier"] = gr.Number(base.noise_multiplier if sigma_mode else 1.0, label="Noise multiplier σ",
+                                                  elem_id="noise-multiplier",
                                                   minimum=0, interactive=sigma_mode, info="0 = non-private baseline")
             with gr.Row():
                 c["delta"] = gr.Textbox("" if base.delta is None else f"{base.delta:g}", label="δ",
                                         placeholder="auto: below 1/N", info="Empty: the largest power of ten ≤ 1/(10 N).",
                                         elem_id="delta")
-                c["accountant"] = gr.Dropdown(ACCOUNTANT_CHOICES, value=base.accountant, label="Accountant",
+                c["accountant"] = gr.Dropdown(ACCOUNTANT_CHOICES, value=base.accountant, label="Accountant", elem_id="accountant",
                                               info=help_["accountant"])
             with gr.Row():  # no minimum=: a bad k gets the plan's message, not Gradio's
                 c["max_examples_per_user"] = gr.Number(base.max_examples_per_user, label="Max examples per user k",
@@ -286,14 +289,31 @@ def build(ctx: AppContext) -> PlanControls:
     return controls
 
 
+STALE_NOTE = "⏳ *computing the plan for the values in the fields…*"
+
+
 def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any, plot: Any, summary: Any) -> None:
     import gradio as gr
 
     c = controls.components
     outputs = [controls.data_info, plot, summary, controls.error]
 
+    # The newest field values this browser session asked a plan for: a State is one object per session
+    # (Gradio keeps it in the session, not in the page, and it is not an API input).
+    latest = gr.State({})
+    inputs = [*controls.inputs, latest]
+
+    def register(*values):  # unqueued: runs at once on every change
+        values[-1]["values"] = values[:-1]
+
     def refresh(*values):
+        # A newer change to the fields makes this computation stale: it stops at its next stage
+        # boundary (the queue then runs the newer one), so an older plan never lands after a newer one.
+        session, values = values[-1] if isinstance(values[-1], dict) else {}, values[:-1]
+        session["values"] = values  # the queue runs only the newest pending trigger (always_last)
         for update in plan_updates(ctx, dict(zip(forms.PLAN_FIELDS, values))):
+            if session.get("values") != values:
+                return
             yield (gr.skip(),) * len(outputs) if update is None else update
 
     knobs = [c[n] for n in forms.PLAN_FIELDS if n not in ("upload_path", "data_path", "data_mode", "delta")]
@@ -301,9 +321,10 @@ def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any,
     # The dataset choice is a trigger of the one plan event too (not a chained refresh of its own): a
     # separate chain reading the same controls could run with the old choice and be dropped.
     triggers = [k.change for k in knobs] + [t.submit for t in typed] + [t.blur for t in typed] + [c["data_mode"].change]
-    plan_event = gr.on(triggers, refresh, controls.inputs, outputs, api_name="plan", trigger_mode="always_last",
-                       show_progress="hidden")
-    gr.on(triggers, None, None, None, cancels=[plan_event])  # a newer knob value cancels the rest of the old plan
+    gr.on(triggers, register, inputs, None, queue=False, api_visibility="private", show_progress="hidden")
+    # the shown plan is marked out of date at once, in the browser, until the new one arrives
+    gr.on(triggers, None, None, summary, js=f"() => {STALE_NOTE!r}", api_visibility="private", show_progress="hidden")
+    gr.on(triggers, refresh, inputs, outputs, api_name="plan", trigger_mode="always_last", show_progress="hidden")
 
     def mode_changed(mode):
         return gr.update(visible=mode == "upload"), gr.update(visible=mode == "path")
@@ -327,5 +348,5 @@ def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any,
         return None, stored, message
 
     upload.upload(uploaded, upload, [upload, c["upload_path"], upload_msg], api_visibility="private").then(
-        refresh, controls.inputs, outputs, api_visibility="private", show_progress="hidden")
-    controls.load = (refresh, controls.inputs, outputs)
+        refresh, inputs, outputs, api_visibility="private", show_progress="hidden")
+    controls.load = (refresh, inputs, outputs)
