@@ -23,7 +23,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
     names = [p.name for p in NOTEBOOKS]
     for stem in ("01_dp_sgd_by_hand", "02_privacy_accounting", "03_tuning_privacy_settings", "04_dp_lora_fine_tune",
-                 "05_user_level_dp_and_noise_allocation"):
+                 "05_user_level_dp_and_noise_allocation", "06_auditing_and_the_cost_of_tuning"):
         assert f"{stem}.ipynb" in names
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)

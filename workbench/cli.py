@@ -1,4 +1,4 @@
-"""The `workbench` command: train, epsilon, calibrate, runs, data.
+"""The `workbench` command: train, epsilon, calibrate, runs, ledger, audit, data.
 
 User errors print one line ("error: ...") and exit with code 2; nothing prints a traceback for
 bad input.
@@ -152,6 +152,10 @@ def _print_summary(s: dict) -> None:
         lines.insert(1, f"  WARNING: {s.get('randomness')} (noise_seed is set; the epsilon does not hold)")
     if s.get("edgeworth_epsilon") is not None:
         lines.append(f"  Edgeworth approximation (comparison, not a bound): epsilon~{s['edgeworth_epsilon']:.4g}")
+    if isinstance(s.get("audit"), dict):
+        a = s["audit"]
+        lines.append(f"  audit: empirical epsilon lower bound {a['epsilon_lower_bound']:.4g} ({a['canaries']} canaries, "
+                     f"{a['correct']} of {a['guesses']} guesses correct, {a['confidence']:.0%}); `workbench audit {s.get('run_id')}`")
     if s.get("planned_epsilon") is not None:
         lines.append(f"  planned epsilon {s['planned_epsilon']:.4g}: {s.get('stop_note')}")
     metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
@@ -486,6 +490,141 @@ def runs_delete(
     except ValueError as err:
         _fail(str(err))
     _print_json({"run_id": rec.id, "deleted": True}) if as_json else typer.echo(f"deleted {rec.id}")
+
+
+# -- ledger --------------------------------------------------------------------------------------------
+
+
+@app.command("ledger")
+def ledger_cmd(
+    data_path: Optional[str] = typer.Option(
+        None, "--data", help="Show the ledger of this data file ('demo' for the demo data), found by its content."),
+    column: list[str] = typer.Option([], "--column", help="Map a role to your column as the runs did: --column text=sentence."),
+    forget: Optional[str] = typer.Option(None, "--forget", metavar="RUN_ID",
+                                         help="Take a run out of the totals; who, when and why are recorded."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why the run is forgotten (asked for when not given)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The privacy ledger: per dataset, every DP run on it, its epsilon, and the total of all of them composed
+    (PLD over the stored events, not a sum). Deleted runs stay in it; --forget takes one out, on the record."""
+    from workbench.store.ledger import Ledger, LedgerError
+
+    ledger = Ledger(_store())
+    if forget is not None:
+        try:
+            entry = ledger.get(forget)
+        except LedgerError as err:
+            _fail(str(err))
+        if not yes and not typer.confirm(
+            f"forget run {entry.label} (epsilon {entry.epsilon:.4g} on {entry.dataset_name})? Do this only if none of "
+            "its outputs (adapter, metrics, logs) was seen by anyone who must not learn the data"
+        ):
+            raise typer.Exit(1)
+        if reason is None and not yes:
+            reason = typer.prompt("why", default="", show_default=False)
+        try:
+            record = ledger.forget(entry.run_id, reason or "")
+        except LedgerError as err:
+            _fail(str(err))
+        _print_json(record.to_dict()) if as_json else typer.echo(f"forgot {entry.run_id} ({record.who}): {record.reason}")
+        return
+    fingerprints = None
+    if data_path is not None:
+        fingerprints = _data_fingerprints(data_path, column)
+    datasets = ledger.datasets(fingerprints)
+    if data_path is not None and not datasets:
+        _fail(f"{data_path}: never trained on: no run in the ledger used this data (fingerprint "
+              f"{fingerprints[0][:12]} as examples, {fingerprints[1][:12]} as users).")
+    if as_json:
+        _print_json([{**d.to_dict(), "path_given": data_path, "tuning_sessions": _sessions_json(d)} for d in datasets])
+        return
+    if not datasets:
+        typer.echo("the privacy ledger is empty: no run has trained yet.")
+        return
+    for d in datasets:
+        _print_dataset(d, data_path)
+
+
+def _data_fingerprints(path: str, column: list[str]) -> list[str]:
+    """The fingerprints of ``path`` as example-level and as user-level data (the ledger keys)."""
+    _quiet_libraries()
+    from workbench.engine.data import load_dataset
+    from workbench.engine.fingerprint import dataset_fingerprint
+
+    try:
+        ds = load_dataset(path, columns=dict(_split_kv(c) for c in column) or None)
+    except _user_errors() as err:
+        _fail(str(err))
+    return [dataset_fingerprint(ds, privacy_unit=unit) for unit in ("example", "user")]
+
+
+def _sessions_json(d) -> dict:
+    return {name: (cost if isinstance(cost, str) else {**cost.__dict__, "epsilon": cost.epsilon})
+            for name, cost in d.tuning_sessions().items()}
+
+
+def _print_dataset(d, path_given: str | None) -> None:
+    from workbench.present.ledger import dataset_title, forgotten_lines, ledger_table, total_text
+
+    given = f" (path given: {path_given})" if path_given else ""
+    typer.echo(dataset_title(d) + given)
+    table = ledger_table(d)
+    if table.rows:
+        typer.echo(f"  {'run':24} {'name':16} {'steps':>6} {'delta':>8} {'epsilon':>9}  relation")
+        for run, name, _, steps, delta, eps, relation, note in table.rows:
+            typer.echo(f"  {run:24} {name[:16]:16} {steps:>6} {delta:>8} {eps:>9}  {relation}"
+                       + (f"  ({note})" if note else ""))
+    typer.echo("  " + total_text(d))
+    for name, cost in d.tuning_sessions().items():
+        if isinstance(cost, str):
+            typer.echo(f"  tuning session {name}: {cost}")
+        elif cost.repeat_and_select is not None:
+            typer.echo(f"  tuning session {name}: best of its {cost.runs} runs costs at most epsilon "
+                       f"{cost.epsilon:.4g} (RepeatAndSelect, {cost.distribution}, mean {cost.mean:g}; "
+                       f"composition {cost.composition:.4g})")
+    for line in forgotten_lines(d):
+        typer.echo("  " + line)
+
+
+# -- audit ---------------------------------------------------------------------------------------------
+
+
+@app.command("audit")
+def audit_cmd(run_id: str, as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")) -> None:
+    """The one-run privacy audit of a stored run (trained with --set audit=gradient_canaries): the empirical
+    epsilon lower bound beside the claimed epsilon. Exit code 1 when the lower bound exceeds the claim (the
+    implementation is less private than its accounting says, or a 1 - confidence accident); 2 for an unknown
+    run or one without an audit."""
+    store = _store()
+    rec = _get_run(store, run_id)
+    summary = rec.summary or {}
+    result = summary.get("audit")
+    if not result:
+        if rec.status in ("queued", "running"):
+            _fail(f"run {rec.id} is still {rec.status}: its audit is reported when it ends.")
+        kind = (rec.config or {}).get("audit", "none")
+        _fail(f"run {rec.id} has no audit (audit={kind}, status {rec.status}). "
+              "Train with --set audit=gradient_canaries to audit a run.")
+    claimed = summary.get("epsilon")
+    claimed_f = math.inf if claimed in ("inf", None) else float(claimed)
+    exceeds = result["epsilon_lower_bound"] > claimed_f
+    if as_json:
+        _print_json({"run_id": rec.id, **result, "claimed_epsilon": claimed_f, "delta": summary.get("delta"),
+                     "exceeds_claim": exceeds})
+    else:
+        claim_text = "inf (non-private)" if math.isinf(claimed_f) else f"{claimed_f:.4g}"
+        typer.echo(
+            f"run {rec.id}: empirical epsilon lower bound {result['epsilon_lower_bound']:.4g} at "
+            f"{result['confidence']:.0%} confidence ({result['canaries']} {result['kind'].replace('_', ' ')}, "
+            f"{result['correct']} of {result['guesses']} guesses correct); claimed upper bound {claim_text} "
+            f"(delta {summary.get('delta', float('nan')):.2g})"
+        )
+        if exceeds:
+            typer.echo("the lower bound EXCEEDS the claimed epsilon: the implementation is less private than its "
+                       "accounting says (or a rare statistical accident); investigate before trusting the claim.", err=True)
+    if exceeds:
+        raise typer.Exit(1)
 
 
 # -- data ----------------------------------------------------------------------------------------------

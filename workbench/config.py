@@ -117,6 +117,19 @@ class RunConfig(BaseModel):
         3.0, ge=1, description="Each sigma_l stays within [sigma sqrt(L)/b, sigma sqrt(L) b] (floor and ceiling)."
     )
 
+    # empirical privacy audit (privacy/audit.py, engine/canaries.py)
+    audit: Literal["none", "gradient_canaries"] = Field(
+        "none",
+        description="An empirical privacy audit in one run (Steinke, Nasr, Jagielski 2023). 'gradient_canaries': "
+        "audit_canaries secret canary gradients (each included with probability 1/2, a unit of norm C along a random "
+        "direction) go through the same clipping and noise, and the run reports an epsilon lower bound beside the "
+        "claimed epsilon. The real data's guarantee is unchanged, but the canaries perturb the adapter: an audit run "
+        "is for checking the implementation, not for release. Needs max_grad_norm and flat clipping.",
+    )
+    audit_canaries: int = Field(
+        1000, ge=2, description="m: the number of canaries of the audit, each included with probability 1/2."
+    )
+
     # optimisation
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer applied to the privatised gradient.")
     learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")
@@ -167,6 +180,17 @@ class RunConfig(BaseModel):
             raise ValueError(
                 "non-uniform noise with one flat clipping norm is only as private as its least noisy module; "
                 "use clipping=per_layer (or auto)"
+            )
+        if self.audit != "none" and self.max_grad_norm is None:
+            raise ValueError(
+                f"audit={self.audit} needs a clipping norm: without max_grad_norm nothing bounds a unit's influence, "
+                "so there is no privacy claim to audit. Set max_grad_norm (e.g. 1.0), or audit=none"
+            )
+        if self.audit == "gradient_canaries" and self.resolved_clipping == "per_layer":
+            raise ValueError(
+                "audit=gradient_canaries needs flat clipping: a canary is one unit of norm C along a direction over all "
+                "LoRA modules, which per-layer clip norms would cut differently per module. Use clipping=flat and "
+                "allocation=uniform for the audit run"
             )
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be distinct. Found {self.labels}")

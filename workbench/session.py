@@ -156,26 +156,39 @@ class Session:
                               run_dir=run_dir, randomness=self.randomness)
             status, reason = trainer.run()
             adapter = str(trainer.save(stopped=status == "stopped")) if trainer.step > 0 else None
-            self._end(status, reason, self._summary(trainer, status, adapter, started))
+            self._end(status, reason, self._summary(trainer, status, adapter, started), trainer=trainer)
         except user_errors() as err:
-            self._end("failed", str(err), self._summary(trainer, "failed", None, started))
+            self._end("failed", str(err), self._summary(trainer, "failed", None, started), trainer=trainer)
         except Exception as err:  # a bug, not bad input: keep the traceback in the run folder
             path = self.store.run_dir(self.run_id)
             path.mkdir(parents=True, exist_ok=True)
             (path / "error.log").write_text(traceback.format_exc())
             reason = f"internal error {type(err).__name__}: {err} (traceback in {path / 'error.log'})"
-            self._end("failed", reason, self._summary(trainer, "failed", None, started))
+            self._end("failed", reason, self._summary(trainer, "failed", None, started), trainer=trainer)
 
     def _should_stop(self, trainer: Callable[[], Any]) -> Callable[[], bool]:
         if self.stop_after is None:
             return self._stop.is_set
         return lambda: self._stop.is_set() or trainer().step >= self.stop_after
 
-    def _end(self, status: str, reason: str, summary: dict[str, Any]) -> None:
+    def _end(self, status: str, reason: str, summary: dict[str, Any], *, trainer=None) -> None:
         summary = {**summary, "status": status, "reason": reason}
         self.summary = summary
         self.status = status
+        self._record_ledger(trainer)  # before RunEnded: whoever sees the run end finds its ledger row
         self._emit(RunEnded(run_id=self.run_id, status=status, reason=reason, summary=summary))
+
+    def _record_ledger(self, trainer) -> None:
+        """The run's row in the privacy ledger (store/ledger.py) when it took a step; a failure is logged."""
+        if trainer is None or not trainer.step:
+            return
+        try:
+            from workbench.store.ledger import Ledger
+
+            Ledger(self.store).record_run(run_id=self.run_id, name=self.name, prepared=trainer.p, steps=trainer.step,
+                                          seeded=self.randomness.is_seeded)
+        except Exception:  # noqa: BLE001 - the ledger failing must not lose the run's end
+            log.exception("the privacy ledger could not record run %s", self.run_id)
 
     def _summary(self, trainer, status: str, adapter: str | None, started: float) -> dict[str, Any]:
         from workbench.engine.report import STOP_NOTE, published_sizes
@@ -210,6 +223,7 @@ class Session:
             sampling="poisson" + ({"els": " (examples, k per user)", "uls": " (users)"}.get(plan.user_sampling or "", "")),
             clipping=trainer.dp.clipping,
             **trainer.allocation_report(),
+            **trainer.audit_report(),  # audit runs: the one-run audit's lower bound (privacy/audit.py)
             **published_sizes(trainer.p),
             max_examples_per_user=plan.max_examples_per_user,
             **plan.user_level_report(trainer.step),

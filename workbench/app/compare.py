@@ -36,6 +36,21 @@ def compare(ctx: AppContext, run_ids: Sequence[str] | None) -> tuple[Any, Any, A
     return loss, eps, privacy_utility_scatter(views), {"headers": table.headers, "data": table.rows}, note
 
 
+def selection_cost(ctx: AppContext, run_ids: Sequence[str] | None) -> str:
+    """The plain line under the comparison: what choosing the best of these runs costs (the PLD composition
+    of all of them, per dataset, from the privacy ledger), and that a private validation metric is part of it."""
+    from workbench.present.ledger import selection_cost_text
+    from workbench.store.ledger import Ledger
+
+    run_ids = list(run_ids or [])
+    if len(run_ids) < 2:
+        return ""
+    try:
+        return selection_cost_text(Ledger(ctx.store).entries_for(run_ids), run_ids)
+    except Exception as err:  # noqa: BLE001
+        return error_text(err)
+
+
 def _unique_labels(views) -> list[str]:
     labels = [v.label for v in views]
     return [v.run_id if labels.count(label) > 1 else label for v, label in zip(views, labels)]
@@ -49,6 +64,7 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
         picker = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)", elem_id="compare-picker", scale=5)
         refresh = gr.Button("Refresh list", scale=1, size="sm")
     message = gr.Markdown("", elem_id="compare-message")
+    cost = gr.Markdown("", elem_id="compare-selection-cost")
     with gr.Row():
         loss = gr.Plot(elem_id="compare-loss", show_label=False)
         eps = gr.Plot(elem_id="compare-epsilon", show_label=False)
@@ -66,4 +82,6 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
     refresh.click(choices, picker, picker, api_visibility="private")
     picker.change(lambda ids: compare(ctx, ids), picker, [loss, eps, scatter, diff, message], api_name="compare",
                   trigger_mode="always_last")
-    return {"picker": picker, "outputs": [loss, eps, scatter, diff, message]}
+    picker.change(lambda ids: selection_cost(ctx, ids), picker, cost, api_visibility="private",
+                  trigger_mode="always_last", show_progress="hidden")
+    return {"picker": picker, "outputs": [loss, eps, scatter, diff, message], "cost": cost}

@@ -1,4 +1,5 @@
-"""The Runs tab: every stored run; open one's dashboard, export it as a zip, delete it (confirmed).
+"""The Runs tab: every stored run; open one's dashboard, export it as a zip, delete it (confirmed); the privacy
+ledger below (per dataset, every run that trained and the composed ε).
 
 (No ``from __future__ import annotations`` here: Gradio reads the ``gr.SelectData`` hint at run time.)
 """
@@ -17,6 +18,18 @@ def list_runs(ctx: AppContext) -> dict[str, Any]:
     """The runs table as Gradio's Dataframe value (headers + data)."""
     table = runs_table(ctx.runs(), views=ctx.views.cached())
     return {"headers": table.headers, "data": table.rows}
+
+
+def ledger_view(ctx: AppContext) -> str:
+    """The privacy ledger as HTML: per dataset, every run that trained on it, its ε and the composed total
+    (store/ledger.py); deleted runs stay in it."""
+    from workbench.present.ledger import ledger_html
+    from workbench.store.ledger import Ledger
+
+    try:
+        return ledger_html(Ledger(ctx.store).datasets())
+    except Exception as err:  # noqa: BLE001 - a ledger problem must not break the Runs tab
+        return error_text(err)
 
 
 def export_zip(ctx: AppContext, run_id: str | None) -> tuple[str | None, str]:
@@ -76,14 +89,20 @@ def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[st
         cancel_btn = gr.Button("Cancel", elem_id="cancel-delete")
     message = gr.Markdown("", elem_id="runs-message")
     download = gr.File(label="Export (zip)", interactive=False, elem_id="export-file", height=90)
+    gr.Markdown("### Privacy ledger\nEvery run that trained, by the data it trained on (a fingerprint of its records), "
+                "and the ε of all of them composed (PLD). Deleting a run does not take it out; "
+                "`workbench ledger --forget RUN_ID` does, and records why.")
+    ledger = gr.HTML("", elem_id="runs-ledger")  # filled when the tab opens, like the runs table
 
     def reload(current):
         data = list_runs(ctx)
         ids = [row[0] for row in data["data"]]
         return data, gr.update(choices=ids, value=current if current in ids else (ids[0] if ids else None))
 
-    tab.select(reload, picker, [table, picker], api_visibility="private", show_progress="hidden")
-    refresh.click(reload, picker, [table, picker], api_name="list_runs")
+    tab.select(reload, picker, [table, picker], api_visibility="private", show_progress="hidden").then(
+        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden")
+    refresh.click(reload, picker, [table, picker], api_name="list_runs").then(
+        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden")
 
     def row_chosen(evt: gr.SelectData):
         row = evt.row_value or []
@@ -110,5 +129,6 @@ def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[st
     def confirmed(run_id):
         return (gr.update(visible=False), delete_run(ctx, run_id), *reload(None))
 
-    confirm_btn.click(confirmed, picker, [confirm_row, message, table, picker], api_visibility="private")
-    return {"picker": picker, "table": table, "reload": reload, "opened": opened}
+    confirm_btn.click(confirmed, picker, [confirm_row, message, table, picker], api_visibility="private").then(
+        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden")
+    return {"picker": picker, "table": table, "reload": reload, "opened": opened, "ledger": ledger}

@@ -2,6 +2,7 @@
 
     start()                           zero the clipped-sum buffers
     add_microbatch(grads, owners)     per-unit norms -> clip -> add to the sum   (per micro-batch)
+    add_canaries(unit)                audit runs only: canary units, clipped and added alike (canaries.py)
     finish(expected_batch_size)       add the Gaussian noise once, divide by q*N, write p.grad
 
 The unit of privacy is one example, or (user-level sampling, ULS) one user: then the examples of
@@ -16,6 +17,7 @@ A unit whose gradient is not finite (NaN/inf) contributes zero: its contribution
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -70,6 +72,9 @@ class DPGradient:
         self._clipped = 0
         self._nonfinite = 0
         self._pending: dict[object, tuple[UnitGrads, int]] = {}
+        # Called with (module, param index, released noisy sum in float64) for every parameter at
+        # finish(): the audit's scoring reads what the mechanism released (engine/canaries.py).
+        self.on_release: Callable[[str, int, torch.Tensor], None] | None = None
 
     def _flat_allocation(self) -> Allocation:
         c = self.max_grad_norm or 0.0
@@ -122,7 +127,13 @@ class DPGradient:
         self._pending = {}
         self._clip_and_add(unit)
 
-    def _clip_and_add(self, unit: UnitGrads) -> None:
+    @torch.no_grad()
+    def add_canaries(self, unit: UnitGrads) -> None:
+        """Add audit canaries (engine/canaries.py): extra units, clipped and summed like any unit, and
+        left out of the telemetry (norms, clipped fraction), which describes the real data."""
+        self._clip_and_add(unit, record=False)
+
+    def _clip_and_add(self, unit: UnitGrads, *, record: bool = True) -> None:
         sq = {g: sum(x.flatten(1).pow(2).sum(1) for m in ms for x in unit[m]) for g, ms in self.groups.items()}
         total = torch.stack(list(sq.values())).sum(0).sqrt()  # (U,)
         finite = torch.isfinite(total)
@@ -135,9 +146,10 @@ class DPGradient:
                     if not all_finite:  # zero the non-finite units (0 * NaN would still be NaN)
                         x = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros_like(x))
                     buf.add_(torch.tensordot(f, x, dims=1))  # sum_u f_u x_u
-        self._nonfinite += int((~finite).sum())
-        self._clipped += int(self._was_clipped(sq, total).sum())
-        self._norms.append(total.detach().float().cpu())
+        if record:
+            self._nonfinite += int((~finite).sum())
+            self._clipped += int(self._was_clipped(sq, total).sum())
+            self._norms.append(total.detach().float().cpu())
 
     def _factors(self, sq: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.max_grad_norm is None:
@@ -165,11 +177,13 @@ class DPGradient:
         for g, ms in self.groups.items():
             clean = noisy = 0.0
             for m in ms:
-                for buf, (_, p) in zip(self._sums[m], self.params[m]):
+                for j, (buf, (_, p)) in enumerate(zip(self._sums[m], self.params[m])):
                     clean += float(buf.pow(2).sum())
                     out = buf.double()  # the noise is added in float64 (see randomness.GaussianNoise)
                     if stds[g] > 0:
                         out += self.noise.sample(buf.shape, stds[g], device=buf.device)
+                    if self.on_release is not None:
+                        self.on_release(m, j, out)
                     noisy += float(out.pow(2).sum())
                     p.grad = (out / expected_batch_size).to(p.dtype)
             grad_norm[g], released[g] = clean**0.5, noisy

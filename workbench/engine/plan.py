@@ -134,6 +134,25 @@ class PrivacyPlan:
         eps_g, delta_g = privacy.group_privacy_bound(epsilon=eps_ex, delta=self.delta, group_size=self.max_examples_per_user)
         return {"example_level_epsilon": eps_ex, "group_privacy_epsilon": eps_g, "group_privacy_delta": delta_g}
 
+    def dp_event(self, steps: int):
+        """The mechanism of ``steps`` steps as the dp_accounting event ``epsilon_at(steps)`` accounts (for the
+        plan's unit, under ``self.neighboring``): the one place the ledger and the report take it from.
+
+        Non-private: NonPrivateDpEvent. ELS with k > 1: the mixture of Gaussians (user_level.py). Otherwise
+        Poisson sampling at q of a Gaussian with the effective sigma, self-composed ``steps`` times."""
+        from dp_accounting import dp_event
+
+        from workbench.privacy.user_level import _mixture_event
+
+        if steps <= 0:
+            return dp_event.NoOpDpEvent()
+        if not self.private:
+            return dp_event.NonPrivateDpEvent()
+        if self.els and (self.max_examples_per_user or 1) > 1:
+            return _mixture_event(self.noise_multiplier, self.sample_rate, steps, self.max_examples_per_user)
+        step = dp_event.PoissonSampledDpEvent(self.sample_rate, dp_event.GaussianDpEvent(self.noise_multiplier))
+        return dp_event.SelfComposedDpEvent(step, steps)
+
 
 def calibrate_els(*, target_epsilon: float, sample_rate: float, steps: int, delta: float, k: int) -> float:
     """Smallest sigma (to 0.5%) whose ELS user-level epsilon is <= target; never overshoots."""

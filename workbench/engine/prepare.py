@@ -11,6 +11,7 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.engine import data as data_mod
+from workbench.engine.fingerprint import dataset_fingerprint
 from workbench.engine.models import attach_lora, load_model, resolve_device
 from workbench.engine.plan import PrivacyPlan, make_plan
 
@@ -30,11 +31,15 @@ class Prepared:
     device: torch.device
     plan: PrivacyPlan
     model_name: str
+    dataset_fingerprint: str | None = None  # the whole loaded dataset and the unit (engine/fingerprint.py)
+    dataset_name: str | None = None
 
 
 def prepare(config: RunConfig) -> Prepared:
     """Load data and model, tokenise, and fix the privacy plan. Raises user errors with messages."""
-    train, val = load_splits(config)
+    source = load_source(config)
+    fingerprint = dataset_fingerprint(source, privacy_unit=config.privacy_unit)  # before the split: see fingerprint.py
+    train, val = load_splits(config, source=source)
     task = train.task if config.task == "auto" else config.task
     if task == "classification" and not train.label_names:
         raise data_mod.DataError(f"{train.name}: task=classification needs a label column. Found none.")
@@ -65,15 +70,21 @@ def prepare(config: RunConfig) -> Prepared:
         )
         num_users = len({ex.user_id for ex in train_tok})
     plan = make_plan(config, dataset_size=len(train_tok), num_users=num_users)
-    return Prepared(config, train, val, train_tok, val_tok, model, tok, task, device, plan, config.model)
+    return Prepared(config, train, val, train_tok, val_tok, model, tok, task, device, plan, config.model,
+                    dataset_fingerprint=fingerprint, dataset_name=source.name)
 
 
-def load_splits(config: RunConfig) -> tuple[data_mod.Dataset, data_mod.Dataset]:
+def load_source(config: RunConfig) -> data_mod.Dataset:
+    """The whole dataset ``config.data`` names (the training file, before any split)."""
+    return data_mod.load_dataset(config.data, columns=dict(config.columns) or None)
+
+
+def load_splits(config: RunConfig, *, source: data_mod.Dataset | None = None) -> tuple[data_mod.Dataset, data_mod.Dataset]:
     """Train and validation sets. The split is neighbour-stable (a keyed hash of each unit's identity,
     data.split_validation); with ``labels`` in the config the label set and ids are public, not read
     from the private data, and a label the config does not list is refused."""
     columns = dict(config.columns) or None
-    ds = data_mod.load_dataset(config.data, columns=columns)
+    ds = source if source is not None else load_source(config)
     if config.validation_data:
         val = data_mod.load_dataset(config.validation_data, columns=columns)
         train = ds

@@ -140,11 +140,25 @@ def model_card_section(report: dict[str, Any]) -> str:
     if "edgeworth_epsilon" in report:
         lines.append(f"| Edgeworth epsilon | {_eps_text(report['edgeworth_epsilon'])} (approximation, for comparison) |")
     lines.append("")
+    if report.get("audit"):
+        lines += [audit_text(report["audit"], claimed=report["epsilon"]), ""]
     if report.get("stopped_early"):
         lines += [report["stop_note"], ""]
     lines += ["The guarantee covers this adapter, not the training telemetry (loss curves, gradient norms, "
               "validation metrics), which was computed from the raw private data.", "", CARD_END, ""]
     return "\n".join(lines)
+
+
+def audit_text(audit: dict[str, Any], *, claimed: Any) -> str:
+    """The model card's audit line: the empirical lower bound beside the claimed upper bound."""
+    return (
+        f"empirical lower bound from a one-run audit: {audit['epsilon_lower_bound']:.3g} "
+        f"(claimed upper bound: {_eps_text(claimed)}). {audit['canaries']} {audit['kind'].replace('_', ' ')}, "
+        f"{audit['correct']} of {audit['guesses']} guesses correct, {audit['confidence']:.0%} confidence "
+        "(Steinke, Nasr and Jagielski 2023). A lower bound above the claim would mean the implementation is less "
+        "private than its accounting says. The canaries were trained into this adapter: an audit run is for "
+        "checking the implementation, not for release."
+    )
 
 
 _OLD_SECTION = re.compile(r"\n*## Differential privacy\n.*?(?=\n## |\Z)", re.S)

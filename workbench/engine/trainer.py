@@ -6,6 +6,7 @@ One logical step (read top to bottom):
         losses = per_example_loss(model, micro)        # (b,)
         losses.sum().backward()                        # hooks record per-example grads
         dp.add_microbatch(hooks.grads)                 # clip each example to C, add to sum
+    canaries.add_to(dp)                                # audit runs only: sampled canary units, norm C
     dp.finish(expected_batch_size=q*N)                 # + N(0, sigma^2 C^2) once, / qN
     optimizer.step(); scheduler.step()
 """
@@ -31,6 +32,7 @@ from workbench.engine.allocation import (
     manual_weights,
     solve_sigmas,
 )
+from workbench.engine.canaries import GradientCanaries
 from workbench.engine.dp_step import DPGradient, StepStats
 from workbench.engine.evaluate import answer_choices, evaluate, generate_samples
 from workbench.engine.grad_sample import PerExampleGrads
@@ -43,6 +45,7 @@ from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, Event, RunStarted
 from workbench.privacy.checks import clipping_activity, preflight
 
 CLIPPING_CHECK_STEPS = 3  # the per-example norms of this many first steps feed the "clipping never active" check
+AUDIT_POINTS = 10  # audit runs: the running lower bound is computed about this many times, and at the last step
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,7 @@ class Trainer:
             clipping=cfg.resolved_clipping if cfg.max_grad_norm is not None else "flat",
         )
         self.allocator = NoiseAllocator(cfg, self.dp) if self.dp.clipping == "per_layer" and prepared.plan.private else None
+        self.canaries = self._canaries() if cfg.audit == "gradient_canaries" else None
         self.users = self._users() if prepared.plan.privacy_unit == "user" and prepared.plan.user_sampling == "uls" else None
         self.choices = answer_choices(prepared.val, prepared.tokenizer)
         self.gold = self._gold_labels()
@@ -183,6 +187,8 @@ class Trainer:
             else:  # the non-private baseline: ordinary autograd, same objective
                 (loss.sum() / plan.expected_batch_size).backward()
             losses.append(loss.detach().float().cpu())
+        if self.canaries is not None:  # audit runs: the sampled canaries join the clipped sum before the noise
+            self.canaries.add_to(self.dp)
         stats = self._finish_gradient()
         allocation = self.dp.allocation
         if self.allocator is not None:  # the next step's allocation, from what this step released
@@ -251,7 +257,8 @@ class Trainer:
         cfg = self.p.config
         out = Path(cfg.output_dir) if cfg.output_dir else self.run_dir / "adapter"
         save_adapter(self.p, out_dir=out, steps_done=self.step, epsilon=self.p.plan.epsilon_at(self.step),
-                     stopped=stopped, seeded=self.randomness.is_seeded, extra=self.allocation_report())
+                     stopped=stopped, seeded=self.randomness.is_seeded,
+                     extra={**self.allocation_report(), **self.audit_report()})
         return out
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -330,6 +337,7 @@ class Trainer:
             effective_noise_multiplier=self._effective_sigma(allocation),
             nonfinite=stats.nonfinite,
             notices=self._notices(step, stats),
+            audit_epsilon_lower_bound=self._audit_bound(step),
         )
 
     def _notices(self, step: int, stats: StepStats) -> list[dict[str, str]]:
@@ -342,6 +350,33 @@ class Trainer:
             return []
         finding = clipping_activity(torch.cat(self._early_norms), self.p.config.max_grad_norm)
         return [finding.to_dict()] if finding is not None else []
+
+    # -- the one-run audit (audit=gradient_canaries; engine/canaries.py) -------------------------------
+    def _canaries(self) -> GradientCanaries:
+        """Secret canaries from the run's key. An extra unit each: the real data's accounting is unchanged."""
+        plan = self.p.plan
+        canaries = GradientCanaries(self.params, count=self.p.config.audit_canaries, sample_rate=plan.sample_rate,
+                                    clip_norm=plan.max_grad_norm, delta=plan.delta, rng=self.randomness.canary_rng())
+        self.dp.on_release = canaries.record_release  # scores read the released noisy sums
+        return canaries
+
+    def _audit_bound(self, step: int) -> float | None:
+        if self.canaries is None:
+            return None
+        every = max(1, self.p.plan.steps // AUDIT_POINTS)
+        if step % every and step != self.p.plan.steps:
+            return None
+        return self.canaries.result().epsilon_lower_bound
+
+    def audit_report(self) -> dict:
+        """{"audit": the result so far} for audit runs (summary, privacy report), {} otherwise."""
+        if self.canaries is None or self.step == 0:
+            return {}
+        try:
+            return {"audit": self.canaries.result().to_dict()}
+        except ValueError as err:  # e.g. non-finite released sums: say so rather than lose the summary
+            log.error("the audit could not be computed: %s", err)
+            return {}
 
     def allocation_report(self) -> dict:
         """The current per-module clip norms and noise multipliers, and the multiplier the accountant sees."""

@@ -66,7 +66,7 @@ def preflight(config: Any, plan: Any = None, *, task: str | None = None) -> list
     ``config.task`` is "auto" (the data decides it). Pure: nothing changes but the plan's own epsilon cache.
     """
     private = _private(config, plan)
-    found = [_seeded(config), _clipping(config, private), _non_private(config, plan)]
+    found = [_seeded(config), _clipping(config, private), _non_private(config, plan), _audit(config)]
     if private:
         found += [_delta(plan), _epsilon(config, plan), _accountant(config), _neighbouring(config, plan),
                   _labels(config, task), _cross_example(config), _sampling(), _telemetry(), _tuning(config)]
@@ -114,6 +114,18 @@ def _private(config: Any, plan: Any) -> bool:
 
 def _unit(config: Any) -> str:
     return "user" if config.privacy_unit == "user" else "example"
+
+
+def _audit(config: Any) -> Finding | None:
+    if getattr(config, "audit", "none") != "gradient_canaries":
+        return None
+    return Finding(
+        "audit-canaries-in-adapter", "warning",
+        f"audit run: {config.audit_canaries} secret gradient canaries (about half of them included) are trained into "
+        "the adapter beside the data; the data's guarantee is unchanged, but the adapter is perturbed by them",
+        "use this run to check the implementation (`workbench audit RUN_ID`: the empirical lower bound must stay "
+        "below the claimed epsilon) and train the adapter you release without audit",
+    )
 
 
 def _seeded(config: Any) -> Finding | None:
