@@ -405,3 +405,33 @@ def test_the_plan_shown_is_always_the_plan_of_the_fields(app_url, browser, tmp_p
     from workbench.engine.plan import published_size
 
     _plan_now(page, rf"at q = {64 / published_size(m):.4g}")  # RDP: add/remove, q from the rounded size
+
+
+TRACE_NAMES_JS = ("(id) => { const el = document.querySelector(`#${id} .js-plotly-plot`);"
+                  " return el && el.data ? el.data.map((t) => t.name) : []; }")
+
+
+def test_an_audited_run_shows_its_lower_bound_and_the_ledger_counts_it(app_url, browser):
+    url, store, ctx = app_url
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(url)
+    _plan_now(page, r"Privacy check")
+    _type(page, "max-steps", "6")
+    _plan_now(page, r"over 6 steps")
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#audit input").check()
+    page.locator("#start").click()
+    run_id = re.search(r"Started run ([\w-]+)", wait_text(page, "#train-message", r"Started run")).group(1)
+    wait_text(page, "#run-header .wb-badge", r"finished", timeout=180_000)
+    summary = store.get(run_id).summary
+    assert summary["audit"]["kind"] == "gradient_canaries"
+    assert summary["audit"]["epsilon_lower_bound"] <= summary["epsilon"], "a lower bound above the claim is a bug"
+    # the epsilon panel (Plotly for a finished run) carries the audit's running lower bound beside the spent curve
+    page.wait_for_function(f"() => ({TRACE_NAMES_JS})('epsilon-plot').includes('audit: empirical lower bound')",
+                           timeout=WAIT)
+    assert "spent" in page.evaluate(TRACE_NAMES_JS, "epsilon-plot")
+    # the Runs tab's ledger lists the run under the demo data, with the composed total
+    page.get_by_role("tab", name="Runs").click()
+    ledger = wait_text(page, "#runs-ledger", run_id)
+    assert "demo" in ledger and re.search(r"total|composed", ledger, re.I)
+    shot(page, "ledger")

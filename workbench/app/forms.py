@@ -30,7 +30,7 @@ PLAN_FIELDS = (
 # Names of the Train tab's controls (each a RunConfig key).
 TRAIN_FIELDS = (
     "model", "name", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "optimizer", "learning_rate", "physical_batch_size", "eval_every", "seed",
+    "optimizer", "learning_rate", "physical_batch_size", "eval_every", "seed", "audit",
 )
 BUILTIN_MODELS = ("default", "tiny")
 PLAN_ACCOUNTANTS = ("rdp", "prv", "pld")  # always drawn; the selected one is added when it is another
@@ -177,8 +177,10 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
         o["max_examples_per_user"] = parse_group_size(values["max_examples_per_user"])
     if values.get("neighboring"):
         o["neighboring"] = values["neighboring"]
+    if "audit" in values:  # a checkbox: the white-box one-run audit (privacy/audit.py)
+        o["audit"] = "gradient_canaries" if values["audit"] else "none"
     for key in ("max_grad_norm", "accountant", *TRAIN_FIELDS):
-        if key in values and key != "name":
+        if key in values and key not in ("name", "audit"):
             o[key] = _number(values[key], integer=key in ("lora_r", "physical_batch_size", "eval_every", "seed"))
     if "name" in values:
         o["name"] = (values["name"] or "").strip() or None

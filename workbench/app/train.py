@@ -280,6 +280,9 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                     c["eval_every"] = gr.Number(base.eval_every, label="Evaluate every (0 = auto)", precision=0, minimum=0)
                     c["seed"] = gr.Number(base.seed, label="Seed", precision=0, info=help_["seed"])
             gr.Markdown("Data and privacy settings come from the **Plan** tab.")
+            c["audit"] = gr.Checkbox(base.audit != "none", label="Audit this run (gradient canaries)",
+                                     info="An empirical ε lower bound beside the claimed ε; the canaries perturb "
+                                     "the adapter, so an audited run is for checking, not release.", elem_id="audit")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="start")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")

@@ -117,12 +117,14 @@ def epsilon_figure(
     accountant: str | None = None,
     delta: float | None = None,
 ) -> go.Figure:
-    """Epsilon spent per step over the planned curve, with the target as a horizontal line."""
+    """Epsilon spent per step over the planned curve, with the target as a horizontal line, and, for an
+    audited run, the audit's empirical lower bound as it trains (privacy/audit.py): it must stay below."""
     title = "Privacy spent ε"
     if accountant:
         title += f" ({accountant_label(accountant)}" + (f", δ = {delta:.0e})" if delta else ")")
     eps = [s.epsilon for s in steps]
-    if eps and all(math.isinf(e) for e in eps):
+    audited = [(s.step, s.audit_epsilon_lower_bound) for s in steps if s.audit_epsilon_lower_bound is not None]
+    if eps and all(math.isinf(e) for e in eps) and not audited:
         return empty_figure(title, "non-private run (noise multiplier 0): ε = ∞")
     layout = base_layout(title, "step", "ε")
     layout["yaxis"]["rangemode"] = "tozero"
@@ -135,6 +137,11 @@ def epsilon_figure(
     if len(x):
         x, y = downsample(x, y)
         traces.append(dict(type="scatter", x=x, y=y, mode="lines", name="spent", line=dict(color=GREEN, width=3)))
+    if audited:
+        traces.append(dict(type="scatter", x=[a[0] for a in audited], y=[a[1] for a in audited], mode="lines+markers",
+                           name="audit: empirical lower bound", line=dict(color=PURPLE, width=2)))
+        if eps and all(math.isinf(e) for e in eps):
+            layout["annotations"].append(_note("claimed ε = ∞ (non-private run)"))
     if target is not None:
         _hline(layout, target, f"target ε = {fmt_eps(target)}", RED)
     if not planned and not len(x):
