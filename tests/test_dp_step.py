@@ -236,3 +236,36 @@ def test_micro_batches_bound_memory_whatever_q():
     assert [len(p) for p in parts] == [8, 8, 8, 8, 5]
     assert np.array_equal(np.concatenate(parts), idx)
     assert micro_batches(np.arange(0), 8) == []
+
+
+@pytest.mark.parametrize("kind", ["flat", "per_layer", "none"])
+def test_clipping_strategies_return_factors_and_mask_that_agree(kind):
+    from workbench.engine.clipping import make_clipping
+
+    gen = torch.Generator().manual_seed(0)
+    sq = {"a": torch.rand(50, generator=gen) * 4, "b": torch.rand(50, generator=gen) * 4}
+    total = (sq["a"] + sq["b"]).sqrt()
+    clip = make_clipping(kind if kind != "none" else "flat", max_grad_norm=None if kind == "none" else 1.5,
+                         blocks=["a", "b"])
+    factors, clipped = clip.factors(sq, total)
+    scaled = {g: (sq[g].sqrt() * factors[g]) for g in sq}
+    shrunk = torch.stack([factors[g] < 1 for g in sq]).any(0)
+    assert torch.equal(shrunk, clipped), "a unit is clipped exactly when one of its factors is below 1"
+    if kind == "flat":
+        assert bool(((scaled["a"] ** 2 + scaled["b"] ** 2).sqrt() <= 1.5 + 1e-5).all()) and bool(clipped.any())
+    if kind == "per_layer":
+        assert all(bool((scaled[g] <= 1.5 + 1e-5).all()) for g in sq) and bool(clipped.any())
+    if kind == "none":
+        assert not bool(clipped.any()) and all(bool((f == 1).all()) for f in factors.values())
+
+
+def test_lora_on_embeddings_is_refused_in_one_place():
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model("causal_lm")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for p in base.parameters():
+        p.requires_grad_(False)
+    emb = get_peft_model(base, LoraConfig(r=2, target_modules=["embed_tokens"]))
+    with pytest.raises(UnsupportedModelError, match="embedding"):
+        PerExampleGrads(emb)

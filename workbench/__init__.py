@@ -7,7 +7,10 @@ Public API (imported lazily, so `import workbench` stays light and works without
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the public names are imported lazily (see __getattr__)
+    from workbench.config import RunConfig
 
 __version__ = "0.1.0"
 __all__ = ["RunConfig", "Session", "train", "privacy", "RunStore", "__version__"]

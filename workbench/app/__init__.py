@@ -47,7 +47,7 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
         # would make every later event re-read the whole app in the browser: see SHOW_TRAIN_JS.)
         show_train = gr.Checkbox(False, label="show the Train tab", elem_classes="wb-hidden", elem_id="show-train")
         gr.Markdown("## DP Workbench · differentially private LoRA fine-tuning")
-        with gr.Tabs(selected="plan") as tabs:
+        with gr.Tabs(selected="plan"):
             with gr.Tab("Plan", id="plan"):
                 plan = plan_tab.build(ctx)
             with gr.Tab("Train", id="train"):

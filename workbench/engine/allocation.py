@@ -31,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass
 
-_ADAPTER_SUFFIX = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.[^.]+$|\.modules_to_save\.[^.]+$")
+_ADAPTER_SUFFIX = re.compile(r"\.(lora_A|lora_B)\.[^.]+$|\.modules_to_save\.[^.]+$")
 
 
 def group_name(module_name: str) -> str:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from workbench.engine.allocation import Allocation, group_modules
+from workbench.engine.clipping import NoClipping, PerLayerClipping, make_clipping
 from workbench.engine.grad_sample import ModuleGrads
 from workbench.engine.randomness import GaussianNoise
 
@@ -58,13 +59,12 @@ class DPGradient:
     ) -> None:
         if noise_multiplier > 0 and max_grad_norm is None:
             raise ValueError("noise needs a clipping norm")
-        if clipping not in ("flat", "per_layer"):
-            raise ValueError(f"clipping must be 'flat' or 'per_layer'. Found {clipping!r}.")
         self.params = params
         self.groups = group_modules(list(params))  # block -> its modules
         self.max_grad_norm = max_grad_norm
         self.noise_multiplier = noise_multiplier
         self.noise = noise  # secret by default (randomness.py): never a public seed
+        self.clip = make_clipping(clipping, max_grad_norm=max_grad_norm, blocks=list(self.groups))  # clipping.py
         self.clipping = clipping
         self.allocation = self._flat_allocation()
         self._sums: dict[str, list[torch.Tensor]] = {}
@@ -82,9 +82,10 @@ class DPGradient:
 
     def set_allocation(self, allocation: Allocation) -> None:
         """Per-layer C_l and sigma_l for the next step (per-layer clipping only)."""
-        if self.clipping != "per_layer":
+        if not isinstance(self.clip, PerLayerClipping):
             raise ValueError("a per-layer allocation needs clipping='per_layer'")
         self.allocation = allocation
+        self.clip.clip_norms = dict(allocation.clip)
 
     def dims(self) -> dict[str, int]:
         return {g: sum(p.numel() for m in ms for _, p in self.params[m]) for g, ms in self.groups.items()}
@@ -138,7 +139,7 @@ class DPGradient:
         total = torch.stack(list(sq.values())).sum(0).sqrt()  # (U,)
         finite = torch.isfinite(total)
         all_finite = bool(finite.all())  # the common case: no masking copies of the per-unit grads
-        factors = self._factors(sq, total)  # block -> (U,)
+        factors, clipped = self.clip.factors(sq, total)  # block -> (U,), and (U,) which units were clipped
         for g, ms in self.groups.items():
             f = factors[g] if all_finite else torch.where(finite, factors[g], torch.zeros_like(factors[g]))
             for m in ms:
@@ -148,31 +149,15 @@ class DPGradient:
                     buf.add_(torch.tensordot(f, x, dims=1))  # sum_u f_u x_u
         if record:
             self._nonfinite += int((~finite).sum())
-            self._clipped += int(self._was_clipped(sq, total).sum())
+            if not isinstance(self.clip, NoClipping):  # a non-finite unit counts as clipped (to zero)
+                self._clipped += int((clipped | ~finite).sum())
             self._norms.append(total.detach().float().cpu())
-
-    def _factors(self, sq: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.max_grad_norm is None:
-            return {g: torch.ones_like(total) for g in sq}
-        if self.clipping == "flat":
-            f = (self.max_grad_norm / (total + 1e-6)).clamp(max=1.0)
-            return {g: f for g in sq}
-        return {g: (self.allocation.clip[g] / (s.sqrt() + 1e-6)).clamp(max=1.0) for g, s in sq.items()}
-
-    def _was_clipped(self, sq: dict[str, torch.Tensor], total: torch.Tensor) -> torch.Tensor:
-        if self.max_grad_norm is None:
-            return torch.zeros_like(total, dtype=torch.bool)
-        bad = ~torch.isfinite(total)
-        if self.clipping == "flat":
-            return bad | (total > self.max_grad_norm)
-        over = torch.stack([s.sqrt() > self.allocation.clip[g] for g, s in sq.items()]).any(0)
-        return bad | over
 
     @torch.no_grad()
     def finish(self, *, expected_batch_size: float) -> StepStats:
         """Add the Gaussian noise once, scale by 1/(q N) and write ``p.grad``."""
         self._flush_owners()
-        stds = self.allocation.noise_std() if self.max_grad_norm is not None else {g: 0.0 for g in self.groups}
+        stds = {g: 0.0 for g in self.groups} if isinstance(self.clip, NoClipping) else self.allocation.noise_std()
         grad_norm, released = {}, {}
         for g, ms in self.groups.items():
             clean = noisy = 0.0
