@@ -226,20 +226,8 @@ from workbench.app import runs as runs_tab  # noqa: E402
 from workbench.app import train as train_tab  # noqa: E402
 from workbench.app.state import AppContext, Selection  # noqa: E402
 
-PLAN_DEFAULTS = dict(data_mode="demo", upload_path=None, data_path="", batch_size=16, length_mode="steps", epochs=1.0,
-                     max_steps=4, delta=None, privacy_mode="target", target_epsilon=8.0, noise_multiplier=1.0,
-                     max_grad_norm=1.0, accountant="pld")
-TRAIN_DEFAULTS = dict(model="tiny", name="", lora_r=8, lora_alpha=16.0, lora_dropout=0.0, lora_target_modules="auto",
-                      optimizer="adamw", learning_rate=2e-3, physical_batch_size=16, eval_every=0, seed=0)
-
-
-@pytest.fixture
-def ctx(_workbench_home):
-    return AppContext(RunStore(_workbench_home))
-
-
-def values(**changes):
-    return {**PLAN_DEFAULTS, **TRAIN_DEFAULTS, **changes}
+from conftest import PLAN_VALUES as PLAN_DEFAULTS  # noqa: E402  (shared factories)
+from conftest import app_values as values  # noqa: E402
 
 
 def is_skip(x) -> bool:
@@ -567,7 +555,6 @@ def test_version_endpoint_needs_the_login_when_auth_is_set(_workbench_home):
 def test_live_update_sends_the_changed_panels_of_a_running_run_and_defers_the_rest_to_gradio(_workbench_home):
     import json
 
-    from workbench.app.state import AppContext
     from workbench.app.liveplot import plot_value
     from workbench.app.train import LIVE_PANELS, dashboard, live_update
 

@@ -23,20 +23,12 @@ from workbench.app import plan as plan_tab  # noqa: E402
 from workbench.app import train as train_tab  # noqa: E402
 from workbench.app.state import AppContext, Selection  # noqa: E402
 
-PLAN = dict(data_mode="demo", upload_path=None, data_path="", batch_size=16, length_mode="steps", epochs=1.0,
-            max_steps=200, delta=None, privacy_mode="sigma", target_epsilon=8.0, noise_multiplier=1.0,
-            max_grad_norm=1.0, accountant="pld", max_examples_per_user=3)
-TRAIN = dict(model="tiny", name="", lora_r=8, lora_alpha=16.0, lora_dropout=0.0, lora_target_modules="auto",
-             optimizer="adamw", learning_rate=2e-3, physical_batch_size=16, eval_every=0, seed=0)
-
-
-@pytest.fixture
-def ctx(_workbench_home):
-    return AppContext(RunStore(_workbench_home))
+from conftest import app_values  # noqa: E402  (shared factories)
 
 
 def values(**changes):
-    return {**PLAN, **TRAIN, **changes}
+    """The user-level plans here: 200 steps at sigma 1, k = 3."""
+    return app_values(**{"max_steps": 200, "privacy_mode": "sigma", "max_examples_per_user": 3, **changes})
 
 
 def run_plan(ctx, monkeypatch, **changes):

@@ -39,6 +39,14 @@ def _user_errors():
     return user_errors()
 
 
+def _load_config(path: Optional[Path], overrides: list[str]) -> RunConfig:
+    """The config file (or the defaults) with ``--set`` overrides; a bad one exits 2 with its message."""
+    try:
+        return (RunConfig.from_file(path) if path else RunConfig()).with_overrides(overrides)
+    except ConfigError as err:
+        _fail(str(err))
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("WORKBENCH_ONLINE") != "1" else None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -109,11 +117,7 @@ def train(
             typer.echo(f"{key:24} {default:12} {text}")
         return
     _quiet_libraries()
-    try:
-        cfg = RunConfig.from_file(config) if config else RunConfig()
-        cfg = cfg.with_overrides(set_)
-    except ConfigError as err:
-        _fail(str(err))
+    cfg = _load_config(config, set_)
     from workbench.session import Session
 
     session = Session(cfg, subscribers=(_Progress(),))
@@ -305,11 +309,7 @@ def check(
     so scripts can gate a run on it; 2 for a config or data error.
     """
     _quiet_libraries()
-    try:
-        cfg = RunConfig.from_file(config) if config else RunConfig()
-        cfg = cfg.with_overrides(set_)
-    except ConfigError as err:
-        _fail(str(err))
+    cfg = _load_config(config, set_)
     from workbench.privacy.checks import format_findings, preflight
 
     try:

@@ -210,16 +210,9 @@ class Session:
             out["edgeworth_epsilon"] = comparison
         out.update(
             epsilon=eps,
-            neighboring=plan.neighboring,
-            delta=plan.delta,
-            noise_multiplier=plan.noise_multiplier,
-            sample_rate=plan.sample_rate,
             steps=trainer.step,
-            planned_steps=plan.steps,
-            accountant=plan.accountant,
-            target_epsilon=plan.target_epsilon,
+            **plan.settings(),
             max_grad_norm=plan.max_grad_norm,
-            privacy_unit=cfg.privacy_unit,
             sampling="poisson" + ({"els": " (examples, k per user)", "uls": " (users)"}.get(plan.user_sampling or "", "")),
             clipping=trainer.dp.clipping,
             **trainer.allocation_report(),

@@ -98,6 +98,12 @@ class PrivacyPlan:
             )
         return self._tracker.epsilon_at(step)
 
+    def settings(self) -> dict:
+        """The plan's public settings under the names the run-started event and the summary both use."""
+        return dict(sample_rate=self.sample_rate, noise_multiplier=self.noise_multiplier, delta=self.delta,
+                    planned_steps=self.steps, accountant=self.accountant, target_epsilon=self.target_epsilon,
+                    neighboring=self.neighboring, privacy_unit=self.privacy_unit)
+
     def comparison_epsilon_at(self, step: int) -> float | None:
         """Edgeworth's approximation of the example-level epsilon, when asked for (display only)."""
         if self.comparison_accountant is None or not self.private or self.neighboring != "add_remove":

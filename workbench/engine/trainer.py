@@ -7,6 +7,7 @@ One logical step (read top to bottom):
         losses.sum().backward()                        # hooks record per-example grads
         dp.add_microbatch(hooks.grads)                 # clip each example to C, add to sum
     canaries.add_to(dp)                                # audit runs only: sampled canary units, norm C
+    (audit=input_canaries: sampled canary examples, clipped and added like the micro-batches above)
     dp.finish(expected_batch_size=q*N)                 # + N(0, sigma^2 C^2) once, / qN
     optimizer.step(); scheduler.step()
 """
@@ -32,7 +33,9 @@ from workbench.engine.allocation import (
     manual_weights,
     solve_sigmas,
 )
+from workbench.engine import canaries as gradient_canaries
 from workbench.engine.canaries import GradientCanaries
+from workbench.engine.input_canaries import InputCanaries, canary_count
 from workbench.engine.dp_step import DPGradient, StepStats
 from workbench.engine.evaluate import answer_choices, evaluate, generate_samples
 from workbench.engine.grad_sample import PerExampleGrads
@@ -134,6 +137,8 @@ class Trainer:
         )
         self.allocator = NoiseAllocator(cfg, self.dp) if self.dp.clipping == "per_layer" and prepared.plan.private else None
         self.canaries = self._canaries() if cfg.audit == "gradient_canaries" else None
+        self.input_canaries = self._input_canaries() if cfg.audit == "input_canaries" else None
+        self._audit: tuple[int, dict] | None = None  # audit_report's result, per step (scoring is costly)
         self.users = self._users() if prepared.plan.privacy_unit == "user" and prepared.plan.user_sampling == "uls" else None
         self.choices = answer_choices(prepared.val, prepared.tokenizer)
         self.gold = self._gold_labels()
@@ -189,6 +194,8 @@ class Trainer:
             losses.append(loss.detach().float().cpu())
         if self.canaries is not None:  # audit runs: the sampled canaries join the clipped sum before the noise
             self.canaries.add_to(self.dp)
+        if self.input_canaries is not None:
+            self._train_input_canaries()
         stats = self._finish_gradient()
         allocation = self.dp.allocation
         if self.allocator is not None:  # the next step's allocation, from what this step released
@@ -291,21 +298,14 @@ class Trainer:
         return RunStarted(
             run_id=self.run_id,
             config=p.config.to_dict(),
+            **plan.settings(),
             dataset_size=plan.dataset_size,
-            sample_rate=plan.sample_rate,
-            noise_multiplier=plan.noise_multiplier,
-            delta=plan.delta,
-            planned_steps=plan.steps,
-            accountant=plan.accountant,
+            num_users=plan.num_users,
             planned_epsilon=plan.curve(),
-            target_epsilon=plan.target_epsilon,
             modules=list(self.dp.groups),
             trainable_parameters=n_params,
             device=str(p.device),
             model_name=p.model_name,
-            privacy_unit=plan.privacy_unit,
-            num_users=plan.num_users,
-            neighboring=plan.neighboring,
             seeded_randomness=self.randomness.is_seeded,
             checks=[f.to_dict() for f in preflight(p.config, plan, task=p.task)],
         )
