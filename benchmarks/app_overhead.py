@@ -40,14 +40,30 @@ import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def settings(model: str, steps: int) -> dict:
     """The same run for the app and the CLI: sigma given (no calibration), evaluations rare."""
-    out = {"model": model, "data": "demo", "max_steps": steps, "batch_size": 16, "physical_batch_size": 16,
-           "noise_multiplier": 1.0, "max_seq_len": 128, "eval_every": 100_000, "seed": 0}
+    out = {
+        "model": model,
+        "data": "demo",
+        "max_steps": steps,
+        "batch_size": 16,
+        "physical_batch_size": 16,
+        "noise_multiplier": 1.0,
+        "max_seq_len": 128,
+        "eval_every": 100_000,
+        "seed": 0,
+    }
     if model == "default":  # as `make demo` (assets/demo.yaml): adapters in the last 8 of 30 layers
         out["lora_layers"] = 8
     return out
@@ -122,7 +138,9 @@ def train_command(cfg: dict) -> list[str]:
 
 def run_cli(cfg: dict) -> float:
     home = Path(tempfile.mkdtemp(prefix="wb-bench-cli-"))
-    subprocess.run(train_command(cfg), env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        train_command(cfg), env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     done = steps(home)
     shutil.rmtree(home, ignore_errors=True)
     return token_rate(done)
@@ -158,16 +176,22 @@ def open_watcher(browser, url: str):
     page.wait_for_function(
         "() => { const s = document.querySelector('#plan-summary'); return s && s.innerText.includes('σ') "
         "&& !s.innerText.includes('computing') && /ε after the last step: RDP .* PRV .* PLD/.test(s.innerText); }",
-        timeout=600_000)
-    page.wait_for_function("() => [...document.querySelectorAll('#loss-plot .wb-live-plot, #epsilon-plot .wb-live-plot')]"
-                           ".filter((h) => Number(h.dataset.draws || 0) > 0).length == 2", timeout=600_000)
+        timeout=600_000,
+    )
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#loss-plot .wb-live-plot, #epsilon-plot .wb-live-plot')]"
+        ".filter((h) => Number(h.dataset.draws || 0) > 0).length == 2",
+        timeout=600_000,
+    )
     page.wait_for_timeout(SETTLE_S * 1000)
     return page
 
 
 DRAWS_JS = "() => [...document.querySelectorAll('.wb-live-plot')].reduce((n, h) => n + Number(h.dataset.draws || 0), 0)"
 # which renderer drew each live panel last (workbench/app/liveplot.py): "canvas" while a run trains
-RENDERERS_JS = "() => [...new Set([...document.querySelectorAll('.wb-live-plot')].map((h) => h.dataset.renderer || 'none'))]"
+RENDERERS_JS = (
+    "() => [...new Set([...document.querySelectorAll('.wb-live-plot')].map((h) => h.dataset.renderer || 'none'))]"
+)
 
 
 def chromium_for(sched: str, folder: Path) -> str:
@@ -184,16 +208,23 @@ def chromium_for(sched: str, folder: Path) -> str:
     return str(wrapper)
 
 
-def measure_app(cfg: dict, *, pairs: int, window: float, screenshot: str | None = None,
-                browser_sched: str = "normal") -> list[dict]:
+def measure_app(
+    cfg: dict, *, pairs: int, window: float, screenshot: str | None = None, browser_sched: str = "normal"
+) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     home = Path(tempfile.mkdtemp(prefix="wb-bench-app-"))
     port = free_port()
-    code = ("import sys, json; from workbench.app import build_app, serve; "
-            f"serve(build_app(defaults=json.loads(sys.argv[1])), port={port}, block=True, quiet=True)")
-    server = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env_for(home),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "import sys, json; from workbench.app import build_app, serve; "
+        f"serve(build_app(defaults=json.loads(sys.argv[1])), port={port}, block=True, quiet=True)"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(cfg)],
+        env=env_for(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     windows = []
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -209,7 +240,7 @@ def measure_app(cfg: dict, *, pairs: int, window: float, screenshot: str | None 
                 time.sleep(1)
             page.close()
             for i in range(pairs):
-                for kind in (("watched", "alone") if i % 2 == 0 else ("alone", "watched")):
+                for kind in ("watched", "alone") if i % 2 == 0 else ("alone", "watched"):
                     watcher = open_watcher(browser, url) if kind == "watched" else None
                     t0, s0, b0 = time.time(), cpu_seconds(server.pid), descendants_cpu(os.getpid(), exclude=server.pid)
                     th0 = thread_cpu(server.pid)
@@ -225,17 +256,29 @@ def measure_app(cfg: dict, *, pairs: int, window: float, screenshot: str | None 
                         watcher.close()
                     inside = [e for e in steps(home) if t0 <= e.time < t1]
                     rate = window_rate(inside, t0, t1)
-                    windows.append({"pair": i, "kind": kind, "steps": len(inside), "steps_per_s": rate,
-                                    "tokens_per_s": token_rate(inside), "panel_draws": draws, "drawn_by": drawn_by,
-                                    "server_cpu_per_s": (s1 - s0) / (t1 - t0),
-                                    "training_threads_cpu_per_s": training_cpu, "other_threads_cpu_per_s": other_cpu,
-                                    "browser_cpu_per_s": max(0.0, b1 - b0) / (t1 - t0)})
+                    windows.append(
+                        {
+                            "pair": i,
+                            "kind": kind,
+                            "steps": len(inside),
+                            "steps_per_s": rate,
+                            "tokens_per_s": token_rate(inside),
+                            "panel_draws": draws,
+                            "drawn_by": drawn_by,
+                            "server_cpu_per_s": (s1 - s0) / (t1 - t0),
+                            "training_threads_cpu_per_s": training_cpu,
+                            "other_threads_cpu_per_s": other_cpu,
+                            "browser_cpu_per_s": max(0.0, b1 - b0) / (t1 - t0),
+                        }
+                    )
                     w = windows[-1]
-                    print(f"pair {i + 1} {kind:7}: {w['tokens_per_s'] or float('nan'):.0f} tokens/s, "
-                          f"{rate or float('nan'):.3f} steps/s ({len(inside)} steps), "
-                          f"server {w['server_cpu_per_s']:.2f} CPU/s (training threads {training_cpu:.2f}, "
-                          f"other threads {other_cpu:.2f}), browser {w['browser_cpu_per_s']:.2f} CPU/s, {draws} panel draws",
-                          file=sys.stderr)
+                    print(
+                        f"pair {i + 1} {kind:7}: {w['tokens_per_s'] or float('nan'):.0f} tokens/s, "
+                        f"{rate or float('nan'):.3f} steps/s ({len(inside)} steps), "
+                        f"server {w['server_cpu_per_s']:.2f} CPU/s (training threads {training_cpu:.2f}, "
+                        f"other threads {other_cpu:.2f}), browser {w['browser_cpu_per_s']:.2f} CPU/s, {draws} panel draws",
+                        file=sys.stderr,
+                    )
             browser.close()
     finally:
         server.terminate()
@@ -286,18 +329,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny", choices=["tiny", "default"])
     ap.add_argument("--pairs", type=int, default=5)
-    ap.add_argument("--poll-seconds", type=float, default=None, help="the app's refresh period (default: the app's, 1 s)")
+    ap.add_argument(
+        "--poll-seconds", type=float, default=None, help="the app's refresh period (default: the app's, 1 s)"
+    )
     ap.add_argument("--window", type=float, default=None, help="seconds per window (default: 20 tiny, 90 default)")
-    ap.add_argument("--browser-sched", default="normal", choices=["normal", "idle"],
-                    help="idle: the browser runs under SCHED_IDLE, standing in for a browser on another machine")
+    ap.add_argument(
+        "--browser-sched",
+        default="normal",
+        choices=["normal", "idle"],
+        help="idle: the browser runs under SCHED_IDLE, standing in for a browser on another machine",
+    )
     ap.add_argument("--screenshot", default=None, help="save the watched Train tab (last watched window) to this PNG")
-    ap.add_argument("--cli-steps", type=int, default=None, help="steps of the separate CLI run (0: skip; default 60 tiny, 10 default)")
+    ap.add_argument(
+        "--cli-steps",
+        type=int,
+        default=None,
+        help="steps of the separate CLI run (0: skip; default 60 tiny, 10 default)",
+    )
     args = ap.parse_args()
     args.window = args.window or (20.0 if args.model == "tiny" else 90.0)
     if args.poll_seconds:
         os.environ["WORKBENCH_APP_POLL_SECONDS"] = str(args.poll_seconds)
-    windows = measure_app(settings(args.model, 3000), pairs=args.pairs, window=args.window, screenshot=args.screenshot,
-                          browser_sched=args.browser_sched)
+    windows = measure_app(
+        settings(args.model, 3000),
+        pairs=args.pairs,
+        window=args.window,
+        screenshot=args.screenshot,
+        browser_sched=args.browser_sched,
+    )
     result = {
         "model": args.model,
         "pairs": args.pairs,

@@ -48,7 +48,12 @@ def main() -> None:
     ap.add_argument("--every-ms", type=float, default=1000.0)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="wb-bench-load-"))
-    trainer = subprocess.Popen(train_command(settings(args.model, 3000)), env=env_for(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trainer = subprocess.Popen(
+        train_command(settings(args.model, 3000)),
+        env=env_for(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     on = mp.Value("b", 0)
     burner = mp.Process(target=burn, args=(args.busy_ms / 1000, args.every_ms / 1000, on), daemon=True)
     burner.start()
@@ -57,30 +62,51 @@ def main() -> None:
         while len(steps(home)) < 5:  # past model loading
             time.sleep(1)
         for i in range(args.pairs):
-            for kind in (("loaded", "quiet") if i % 2 == 0 else ("quiet", "loaded")):
+            for kind in ("loaded", "quiet") if i % 2 == 0 else ("quiet", "loaded"):
                 on.value = 1 if kind == "loaded" else 0
                 t0, b0 = time.time(), cpu_seconds(burner.pid)
                 time.sleep(args.window)
                 t1, b1 = time.time(), cpu_seconds(burner.pid)
                 inside = [e for e in steps(home) if t0 <= e.time < t1]
-                windows.append({"pair": i, "kind": kind, "steps": len(inside), "steps_per_s": window_rate(inside, t0, t1),
-                                "tokens_per_s": token_rate(inside),
-                                "load_cpu_per_s": (b1 - b0) / (t1 - t0)})
+                windows.append(
+                    {
+                        "pair": i,
+                        "kind": kind,
+                        "steps": len(inside),
+                        "steps_per_s": window_rate(inside, t0, t1),
+                        "tokens_per_s": token_rate(inside),
+                        "load_cpu_per_s": (b1 - b0) / (t1 - t0),
+                    }
+                )
                 w = windows[-1]
-                print(f"pair {i + 1} {kind:6}: {w['tokens_per_s'] or float('nan'):.0f} tokens/s, "
-                      f"{w['steps_per_s']:.3f} steps/s ({len(inside)} steps), "
-                      f"load {w['load_cpu_per_s']:.3f} CPU/s", file=sys.stderr)
+                print(
+                    f"pair {i + 1} {kind:6}: {w['tokens_per_s'] or float('nan'):.0f} tokens/s, "
+                    f"{w['steps_per_s']:.3f} steps/s ({len(inside)} steps), "
+                    f"load {w['load_cpu_per_s']:.3f} CPU/s",
+                    file=sys.stderr,
+                )
     finally:
         trainer.terminate()
         trainer.wait(60)
         burner.terminate()
         shutil.rmtree(home, ignore_errors=True)
     ratios = pair_ratios(windows, "tokens_per_s", kinds=("loaded", "quiet"))
-    print(json.dumps({"model": args.model, "busy_ms": args.busy_ms, "every_ms": args.every_ms, "window_s": args.window,
-                      "loaded_over_quiet": statistics.median(ratios), "pair_ratios": ratios,
-                      "load_cpu_per_s": statistics.median(w["load_cpu_per_s"] for w in windows if w["kind"] == "loaded"),
-                      "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1), "windows": windows},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "busy_ms": args.busy_ms,
+                "every_ms": args.every_ms,
+                "window_s": args.window,
+                "loaded_over_quiet": statistics.median(ratios),
+                "pair_ratios": ratios,
+                "load_cpu_per_s": statistics.median(w["load_cpu_per_s"] for w in windows if w["kind"] == "loaded"),
+                "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
+                "windows": windows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

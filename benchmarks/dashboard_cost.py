@@ -87,20 +87,34 @@ for (const [global, name, pass] of [["Plotly", "react", (h) => Promise.resolve(h
 
 def source_run(home: Path) -> None:
     """A 30-step run of the tiny model in ``home``."""
-    cfg = {"model": "tiny", "data": "demo", "max_steps": 30, "batch_size": 16, "noise_multiplier": 1.0,
-           "eval_every": 100_000, "seed": 0}
-    subprocess.run(train_command(cfg), env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = {
+        "model": "tiny",
+        "data": "demo",
+        "max_steps": 30,
+        "batch_size": 16,
+        "noise_multiplier": 1.0,
+        "eval_every": 100_000,
+        "seed": 0,
+    }
+    subprocess.run(
+        train_command(cfg), env=env_for(home), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--source", default=None, help="a WORKBENCH_HOME whose first run is replayed (default: a new tiny run)")
+    ap.add_argument(
+        "--source", default=None, help="a WORKBENCH_HOME whose first run is replayed (default: a new tiny run)"
+    )
     ap.add_argument("--period", type=float, default=2.0, help="seconds between replayed steps")
     ap.add_argument("--window", type=float, default=30.0, help="seconds per window")
-    ap.add_argument("--renderers", default="canvas,plotly",
-                    help="the live panels' renderers to measure, in turn: canvas (the default while a run trains), plotly")
+    ap.add_argument(
+        "--renderers",
+        default="canvas,plotly",
+        help="the live panels' renderers to measure, in turn: canvas (the default while a run trains), plotly",
+    )
     ap.add_argument("--each", action="store_true", help="also measure each panel alone")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="wb-dashboard-cost-"))
@@ -109,14 +123,22 @@ def main() -> None:
         source_run(source)
     home = scratch / "live"
     env = env_for(home)
-    replay = subprocess.Popen([sys.executable, "-c", REPLAY, str(source), str(home), str(args.period), "30"],
-                              env=env, stdout=subprocess.PIPE, text=True)
+    replay = subprocess.Popen(
+        [sys.executable, "-c", REPLAY, str(source), str(home), str(args.period), "30"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     replay.stdout.readline()
     os.kill(replay.pid, signal.SIGSTOP)
     port = free_port()
-    code = ("from workbench.app import build_app, serve; "
-            f"serve(build_app(defaults={{'model': 'tiny'}}), port={port}, block=True, quiet=True)")
-    server = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "from workbench.app import build_app, serve; "
+        f"serve(build_app(defaults={{'model': 'tiny'}}), port={port}, block=True, quiet=True)"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     result: dict = {"period_s": args.period, "window_s": args.window}
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -147,9 +169,14 @@ def main() -> None:
                 for only in ("all", *(PANELS if args.each else ())):
                     page.evaluate("(o) => { window.__wbOnly = o; }", None if only == "all" else [only])
                     cpu, ms = window(True)
-                    kinds = page.evaluate("() => [...document.querySelectorAll('.wb-live-plot')].map(h => h.dataset.renderer)")
-                    row = {"browser_cpu_per_step": round((cpu - idle) * args.period, 4), "drawn_by": sorted(set(kinds) - {None}),
-                           "draw_ms_per_step": {k: round(v * args.period / args.window, 1) for k, v in ms.items()}}
+                    kinds = page.evaluate(
+                        "() => [...document.querySelectorAll('.wb-live-plot')].map(h => h.dataset.renderer)"
+                    )
+                    row = {
+                        "browser_cpu_per_step": round((cpu - idle) * args.period, 4),
+                        "drawn_by": sorted(set(kinds) - {None}),
+                        "draw_ms_per_step": {k: round(v * args.period / args.window, 1) for k, v in ms.items()},
+                    }
                     result.setdefault(renderer, {})[only] = row
                     print(renderer, only, json.dumps(row), file=sys.stderr)
             browser.close()

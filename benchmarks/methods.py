@@ -47,26 +47,42 @@ def demo_as_classification(folder: Path) -> str:
 
 def base(task: str, steps: int, tmp: Path, sst2_dir: str | None) -> dict:
     # lr 2e-2: at 5e-3 a 20-step DP run of MiniLM stays at chance on the demo (1e-2: 0.57, 2e-2: 0.80, 5e-2 diverges)
-    common = dict(model="minilm", max_steps=steps, learning_rate=2e-2, lr_schedule="constant",
-                  generate_max_new_tokens=0, max_seq_len=64, target_epsilon=8.0)
+    common = dict(
+        model="minilm",
+        max_steps=steps,
+        learning_rate=2e-2,
+        lr_schedule="constant",
+        generate_max_new_tokens=0,
+        max_seq_len=64,
+        target_epsilon=8.0,
+    )
     if task == "sst2":
         d = Path(sst2_dir or HERE.parent.parent / "shared" / "data" / "sst2")
-        return dict(common, data=str(d / "train.tsv"), validation_data=str(d / "dev.tsv"), batch_size=256,
-                    physical_batch_size=128, eval_max_examples=1000)
+        return dict(
+            common,
+            data=str(d / "train.tsv"),
+            validation_data=str(d / "dev.tsv"),
+            batch_size=256,
+            physical_batch_size=128,
+            eval_max_examples=1000,
+        )
     return dict(common, data=demo_as_classification(tmp), batch_size=64, physical_batch_size=64, eval_max_examples=400)
 
 
 ARMS = {
     # uniform_per_layer separates the two changes adaptive makes: per-layer clipping (C_l = C/sqrt(L))
     # and the importance-driven noise split.
-    "allocation": {"uniform": dict(allocation="uniform"),
-                   "uniform_per_layer": dict(allocation="uniform", clipping="per_layer"),
-                   "adaptive": dict(allocation="adaptive")},
+    "allocation": {
+        "uniform": dict(allocation="uniform"),
+        "uniform_per_layer": dict(allocation="uniform", clipping="per_layer"),
+        "adaptive": dict(allocation="adaptive"),
+    },
     "user": {
         # add/remove for both: the one relation ELS's mixture PLD and ULS are both analysed for
         "els": dict(privacy_unit="user", user_sampling="els", max_examples_per_user=4, neighboring="add_remove"),
-        "uls": dict(privacy_unit="user", user_sampling="uls", max_examples_per_user=4, batch_size=32,
-                    neighboring="add_remove"),
+        "uls": dict(
+            privacy_unit="user", user_sampling="uls", max_examples_per_user=4, batch_size=32, neighboring="add_remove"
+        ),
     },
 }
 
@@ -83,13 +99,26 @@ def run(args) -> dict:
             s = Session(RunConfig(**{**settings, **extra, "seed": seed}), store=store).run()
             if s.get("status") != "finished":
                 raise SystemExit(f"{arm} seed {seed} failed: {s.get('reason')}")
-            results.setdefault(arm, []).append({k: s.get(k) for k in ("seed", "epsilon", "noise_multiplier", "accuracy", "val_loss", "steps", "wall_time")} | {"seed": seed})
-            print(f"{arm} seed {seed}: accuracy={s.get('accuracy'):.4f} epsilon={s['epsilon']:.3f} sigma={s['noise_multiplier']:.3f}", flush=True)
+            results.setdefault(arm, []).append(
+                {
+                    k: s.get(k)
+                    for k in ("seed", "epsilon", "noise_multiplier", "accuracy", "val_loss", "steps", "wall_time")
+                }
+                | {"seed": seed}
+            )
+            print(
+                f"{arm} seed {seed}: accuracy={s.get('accuracy'):.4f} epsilon={s['epsilon']:.3f} sigma={s['noise_multiplier']:.3f}",
+                flush=True,
+            )
     summary = {}
     for arm, rs in results.items():
         acc = [r["accuracy"] for r in rs]
-        summary[arm] = {"accuracy_mean": statistics.mean(acc), "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                        "epsilon": rs[0]["epsilon"], "runs": rs}
+        summary[arm] = {
+            "accuracy_mean": statistics.mean(acc),
+            "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "epsilon": rs[0]["epsilon"],
+            "runs": rs,
+        }
     return {"experiment": args.experiment, "task": args.task, "settings": settings, "summary": summary}
 
 

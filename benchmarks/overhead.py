@@ -130,7 +130,11 @@ class Opacus:
         loader = DataLoader(TensorDataset(torch.zeros(b * 10, 1)), batch_size=b)
         engine = PrivacyEngine(accountant="rdp")
         self.model, self.opt, _ = engine.make_private(
-            module=model, optimizer=opt, data_loader=loader, noise_multiplier=SIGMA, max_grad_norm=C,
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            noise_multiplier=SIGMA,
+            max_grad_norm=C,
             poisson_sampling=False,
         )
 
@@ -158,9 +162,11 @@ def noise_cost(method: "Workbench", *, rounds: int) -> dict:
         for shape in shapes:
             torch.normal(0.0, SIGMA * C, size=shape, generator=plain, device=device)
         t_plain.append(time.perf_counter() - t0)
-    return {"noise_coordinates": sum(math.prod(s) for s in shapes),
-            "noise_seconds_per_step": statistics.median(t_secure),
-            "fp32_torch_normal_seconds_per_step": statistics.median(t_plain)}
+    return {
+        "noise_coordinates": sum(math.prod(s) for s in shapes),
+        "noise_seconds_per_step": statistics.median(t_secure),
+        "fp32_torch_normal_seconds_per_step": statistics.median(t_plain),
+    }
 
 
 def run(args) -> dict:
@@ -180,7 +186,8 @@ def run(args) -> dict:
     memory: dict[str, int] = {}
     for m in methods:  # warm-up and memory, one method at a time
         if device.type == "cuda":
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
             for _ in range(args.warmup):
                 m.step()
@@ -203,9 +210,14 @@ def run(args) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     noise = noise_cost(next(m for m in methods if m.name == "workbench"), rounds=args.steps)
     out = {
-        "model": args.model, "device": str(device), "batch_size": int(batch["input_ids"].shape[0]),
-        "seq_len": int(batch["input_ids"].shape[1]), "steps": args.steps, "threads": torch.get_num_threads(),
-        "median_step_seconds": med, "peak_memory_bytes": memory,
+        "model": args.model,
+        "device": str(device),
+        "batch_size": int(batch["input_ids"].shape[0]),
+        "seq_len": int(batch["input_ids"].shape[1]),
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "median_step_seconds": med,
+        "peak_memory_bytes": memory,
         "dp_over_nonprivate": med["workbench"] / med["nonprivate"],
         "memory_dp_over_nonprivate": memory["workbench"] / max(1, memory["nonprivate"]),
     }
@@ -232,16 +244,20 @@ def main() -> None:
         print(json.dumps(out, indent=2))
         return
     med, mem = out["median_step_seconds"], out["peak_memory_bytes"]
-    print(f"{out['model']} on {out['device']}: batch {out['batch_size']} x {out['seq_len']} tokens, {out['steps']} rounds")
+    print(
+        f"{out['model']} on {out['device']}: batch {out['batch_size']} x {out['seq_len']} tokens, {out['steps']} rounds"
+    )
     for k in med:
         print(f"  {k:11} {med[k]:8.3f} s/step   peak memory +{mem[k] / 2**20:8.1f} MiB")
     print(f"  dp_over_nonprivate        {out['dp_over_nonprivate']:.3f}")
     if "dp_over_opacus" in out:
         print(f"  dp_over_opacus            {out['dp_over_opacus']:.3f}")
     print(f"  memory_dp_over_nonprivate {out['memory_dp_over_nonprivate']:.3f}")
-    print(f"  noise ({out['noise_coordinates']:,} coordinates): {out['noise_seconds_per_step'] * 1e3:.1f} ms/step secure "
-          f"(fp32 torch.normal {out['fp32_torch_normal_seconds_per_step'] * 1e3:.1f} ms), "
-          f"{out['noise_share_of_dp_step']:.2%} of the DP step")
+    print(
+        f"  noise ({out['noise_coordinates']:,} coordinates): {out['noise_seconds_per_step'] * 1e3:.1f} ms/step secure "
+        f"(fp32 torch.normal {out['fp32_torch_normal_seconds_per_step'] * 1e3:.1f} ms), "
+        f"{out['noise_share_of_dp_step']:.2%} of the DP step"
+    )
 
 
 if __name__ == "__main__":

@@ -72,14 +72,20 @@ def step_figures(home: Path, last: int = 12) -> list[dict]:
     for k in range(len(events) - last, len(events)):
         panels = dashboard(RunView.from_events(run.id, events[:k]))
         five = {elem: panels[name] for elem, name in LIVE_PANELS.items()}
-        one = make_subplots(rows=3, cols=2, specs=[[{}, {}], [{}, {}], [{"colspan": 2}, None]],
-                            subplot_titles=[f.layout.title.text for f in five.values()], vertical_spacing=0.08)
+        one = make_subplots(
+            rows=3,
+            cols=2,
+            specs=[[{}, {}], [{}, {}], [{"colspan": 2}, None]],
+            subplot_titles=[f.layout.title.text for f in five.values()],
+            vertical_spacing=0.08,
+        )
         for fig, (row, col) in zip(five.values(), [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)]):
             for trace in fig.data:
                 one.add_trace(trace, row=row, col=col)
         one.update_layout(height=1100, template="none", showlegend=False, margin=dict(l=60, r=20, t=48, b=48))
-        out.append({"five": {elem: json.loads(fig.to_json()) for elem, fig in five.items()},
-                    "one": json.loads(one.to_json())})
+        out.append(
+            {"five": {elem: json.loads(fig.to_json()) for elem, fig in five.items()}, "one": json.loads(one.to_json())}
+        )
     return out
 
 
@@ -87,7 +93,9 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--source", default=None, help="a WORKBENCH_HOME whose first run is drawn (default: a new tiny run)")
+    ap.add_argument(
+        "--source", default=None, help="a WORKBENCH_HOME whose first run is drawn (default: a new tiny run)"
+    )
     ap.add_argument("--updates", type=int, default=40, help="updates measured per mode")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="wb-plotly-floor-"))
@@ -98,10 +106,14 @@ def main() -> None:
         steps = step_figures(source)
         ids = list(steps[0]["five"])
         heights = {elem: steps[0]["five"][elem]["layout"].get("height", 320) for elem in ids}
-        page_html = ("<html><body style='margin:0;width:1400px'>"
-                     + "".join(f'<div id="{elem}" style="width:650px;height:{heights[elem]}px;display:inline-block"></div>'
-                               for elem in ids)
-                     + '<div id="one" style="width:1300px;height:1100px"></div></body></html>')
+        page_html = (
+            "<html><body style='margin:0;width:1400px'>"
+            + "".join(
+                f'<div id="{elem}" style="width:650px;height:{heights[elem]}px;display:inline-block"></div>'
+                for elem in ids
+            )
+            + '<div id="one" style="width:1300px;height:1100px"></div></body></html>'
+        )
         result: dict = {"figure_json_bytes": {elem: len(json.dumps(steps[-1]["five"][elem])) for elem in ids}}
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
@@ -112,7 +124,9 @@ def main() -> None:
             cdp.send("Performance.enable")
 
             def task_seconds() -> float:
-                return next(m["value"] for m in cdp.send("Performance.getMetrics")["metrics"] if m["name"] == "TaskDuration")
+                return next(
+                    m["value"] for m in cdp.send("Performance.getMetrics")["metrics"] if m["name"] == "TaskDuration"
+                )
 
             base = 0.0
             for mode in ("none", "five", *ids, "one", "transition"):
@@ -124,8 +138,10 @@ def main() -> None:
                     base = task_ms
                     continue
                 task_ms -= base
-                result[mode] = {"main_thread_ms_per_update": round(task_ms, 1),
-                                "react_js_ms_median": round(statistics.median(sync), 1)}
+                result[mode] = {
+                    "main_thread_ms_per_update": round(task_ms, 1),
+                    "react_js_ms_median": round(statistics.median(sync), 1),
+                }
                 print(mode, json.dumps(result[mode]), file=sys.stderr)
             result["harness_ms_per_update"] = round(base, 1)
             browser.close()

@@ -37,16 +37,30 @@ def settings(args) -> dict:
         cfg = yaml.safe_load((HERE.parent / "assets" / "demo.yaml").read_text())
         cfg.pop("target_epsilon", None)
         cfg.update(generate_max_new_tokens=0, seed=args.seed)
-        for key, value in (("model", args.model), ("max_steps", args.steps), ("batch_size", args.batch_size),
-                           ("eval_max_examples", args.eval_examples)):
+        for key, value in (
+            ("model", args.model),
+            ("max_steps", args.steps),
+            ("batch_size", args.batch_size),
+            ("eval_max_examples", args.eval_examples),
+        ):
             if value:
                 cfg[key] = value
         return cfg
     sst2 = Path(args.sst2_dir or HERE.parent.parent / "shared" / "data" / "sst2")
-    return dict(model=args.model or "minilm", data=str(sst2 / "train.tsv"), validation_data=str(sst2 / "dev.tsv"),
-                max_seq_len=64, batch_size=args.batch_size or 256, physical_batch_size=64, max_steps=args.steps or 30,
-                learning_rate=5e-3, lr_schedule="constant", eval_max_examples=args.eval_examples or 872,
-                generate_max_new_tokens=0, seed=args.seed)
+    return dict(
+        model=args.model or "minilm",
+        data=str(sst2 / "train.tsv"),
+        validation_data=str(sst2 / "dev.tsv"),
+        max_seq_len=64,
+        batch_size=args.batch_size or 256,
+        physical_batch_size=64,
+        max_steps=args.steps or 30,
+        learning_rate=5e-3,
+        lr_schedule="constant",
+        eval_max_examples=args.eval_examples or 872,
+        generate_max_new_tokens=0,
+        seed=args.seed,
+    )
 
 
 def untuned(cfg: RunConfig) -> dict:
@@ -60,13 +74,23 @@ def run(args) -> dict:
     store = RunStore(args.home) if args.home else RunStore()
     out: dict = {"task": args.task, "settings": base}
     t0 = time.time()
-    out["untuned"] = {k: v for k, v in untuned(RunConfig(**{**base, "noise_multiplier": 0, "max_grad_norm": None, "target_epsilon": None})).items() if k in ("val_loss", "accuracy")}
-    for name, extra in (("dp", dict(target_epsilon=args.epsilon, max_grad_norm=base.get("max_grad_norm") or 1.0)),
-                        ("nonprivate", dict(noise_multiplier=0, max_grad_norm=None, target_epsilon=None))):
+    out["untuned"] = {
+        k: v
+        for k, v in untuned(
+            RunConfig(**{**base, "noise_multiplier": 0, "max_grad_norm": None, "target_epsilon": None})
+        ).items()
+        if k in ("val_loss", "accuracy")
+    }
+    for name, extra in (
+        ("dp", dict(target_epsilon=args.epsilon, max_grad_norm=base.get("max_grad_norm") or 1.0)),
+        ("nonprivate", dict(noise_multiplier=0, max_grad_norm=None, target_epsilon=None)),
+    ):
         s = Session(RunConfig(**{**base, **extra}), store=store).run()
         if s.get("status") != "finished":
             raise SystemExit(f"{name} run failed: {s.get('reason')}")
-        out[name] = {k: s.get(k) for k in ("run_id", "epsilon", "noise_multiplier", "val_loss", "accuracy", "steps", "wall_time")}
+        out[name] = {
+            k: s.get(k) for k in ("run_id", "epsilon", "noise_multiplier", "val_loss", "accuracy", "steps", "wall_time")
+        }
     out["seconds"] = time.time() - t0
     return out
 
@@ -91,7 +115,9 @@ def main() -> None:
     print(f"{args.task}: untuned accuracy {out['untuned']['accuracy']}, val_loss {out['untuned']['val_loss']:.4f}")
     for name in ("dp", "nonprivate"):
         r = out[name]
-        print(f"  {name:10} epsilon={r['epsilon']:.3g} accuracy={r['accuracy']} val_loss={r['val_loss']:.4f} ({r['wall_time']:.0f} s)")
+        print(
+            f"  {name:10} epsilon={r['epsilon']:.3g} accuracy={r['accuracy']} val_loss={r['val_loss']:.4f} ({r['wall_time']:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -25,11 +25,34 @@ def _workbench_home(tmp_path, monkeypatch):
 
 # -- shared factories -------------------------------------------------------------------------------
 # The app's Plan and Train controls as the callbacks receive them (by forms.PLAN_FIELDS / TRAIN_FIELDS name).
-PLAN_VALUES = dict(data_mode="demo", upload_path=None, data_path="", batch_size=16, length_mode="steps", epochs=1.0,
-                   max_steps=4, delta=None, privacy_mode="target", target_epsilon=8.0, noise_multiplier=1.0,
-                   max_grad_norm=1.0, accountant="pld")
-TRAIN_VALUES = dict(model="tiny", name="", lora_r=8, lora_alpha=16.0, lora_dropout=0.0, lora_target_modules="auto",
-                    optimizer="adamw", learning_rate=2e-3, physical_batch_size=16, eval_every=0, seed=0)
+PLAN_VALUES = dict(
+    data_mode="demo",
+    upload_path=None,
+    data_path="",
+    batch_size=16,
+    length_mode="steps",
+    epochs=1.0,
+    max_steps=4,
+    delta=None,
+    privacy_mode="target",
+    target_epsilon=8.0,
+    noise_multiplier=1.0,
+    max_grad_norm=1.0,
+    accountant="pld",
+)
+TRAIN_VALUES = dict(
+    model="tiny",
+    name="",
+    lora_r=8,
+    lora_alpha=16.0,
+    lora_dropout=0.0,
+    lora_target_modules="auto",
+    optimizer="adamw",
+    learning_rate=2e-3,
+    physical_batch_size=16,
+    eval_every=0,
+    seed=0,
+)
 
 
 def app_values(**changes):

@@ -13,10 +13,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from test_dp_step import make_batch, make_model
-from workbench.engine.randomness import RunRandomness
-from workbench import train
+
+from workbench import privacy, train
 from workbench.config import ConfigError, RunConfig
 from workbench.engine.allocation import (
     Allocation,
@@ -29,9 +28,9 @@ from workbench.engine.allocation import (
 from workbench.engine.dp_step import DPGradient
 from workbench.engine.grad_sample import PerExampleGrads
 from workbench.engine.losses import per_example_loss
+from workbench.engine.randomness import RunRandomness
 from workbench.session import Session
 from workbench.store.runs import RunStore
-from workbench import privacy
 
 FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8)
 
@@ -42,7 +41,9 @@ def test_group_names_join_lora_a_and_b():
     assert group_name("base_model.model.score.modules_to_save.default") == "score"
 
 
-@pytest.mark.parametrize("weights", [{"a": 1, "b": 1, "c": 1}, {"a": 10, "b": 1, "c": 0.1}, {"a": 1e6, "b": 1e-6, "c": 1}])
+@pytest.mark.parametrize(
+    "weights", [{"a": 1, "b": 1, "c": 1}, {"a": 10, "b": 1, "c": 0.1}, {"a": 1e6, "b": 1e-6, "c": 1}]
+)
 def test_solve_sigmas_keeps_the_constraint_within_bounds(weights):
     sigma, bound = 1.3, 2.0
     out = solve_sigmas(weights, sigma=sigma, bound=bound)
@@ -71,8 +72,13 @@ def test_flat_clipping_with_uneven_noise_is_refused():
 @pytest.mark.parametrize("allocation", ["adaptive", "manual"])
 def test_allocation_constraint_holds_at_every_step_and_accountant_sees_sigma(allocation):
     store = RunStore()
-    cfg = RunConfig(**FAST, max_steps=4, noise_multiplier=1.2, allocation=allocation,
-                    allocation_weights={"*v_proj": 5.0} if allocation == "manual" else {})
+    cfg = RunConfig(
+        **FAST,
+        max_steps=4,
+        noise_multiplier=1.2,
+        allocation=allocation,
+        allocation_weights={"*v_proj": 5.0} if allocation == "manual" else {},
+    )
     s = Session(cfg, store=store)
     summary = s.run()
     assert summary["status"] == "finished", summary
@@ -87,8 +93,13 @@ def test_allocation_constraint_holds_at_every_step_and_accountant_sees_sigma(all
         for g in sig:
             assert e.module_noise_std[g] == pytest.approx(sig[g] * e.module_clip_norm[g])
         sigmas_seen.add(tuple(round(v, 6) for v in sig.values()))
-        oracle = privacy.epsilon(noise_multiplier=1.2, sample_rate=summary["sample_rate"], steps=e.step, delta=summary["delta"],
-                                 neighboring=summary["neighboring"])
+        oracle = privacy.epsilon(
+            noise_multiplier=1.2,
+            sample_rate=summary["sample_rate"],
+            steps=e.step,
+            delta=summary["delta"],
+            neighboring=summary["neighboring"],
+        )
         assert e.epsilon == pytest.approx(oracle, rel=0.01)
     assert len(next(iter(sigmas_seen))) >= 2
     if allocation == "adaptive":
@@ -124,7 +135,10 @@ def _neighbours(extra_lengths):
     def pad(x, fill):
         return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=fill)
 
-    both = {k: torch.cat([pad(base[k], -100 if k == "labels" else 0), pad(extra[k], -100 if k == "labels" else 0)]) for k in base}
+    both = {
+        k: torch.cat([pad(base[k], -100 if k == "labels" else 0), pad(extra[k], -100 if k == "labels" else 0)])
+        for k in base
+    }
     return base, both
 
 
@@ -132,12 +146,18 @@ def test_per_layer_clipping_bounds_the_rescaled_sensitivity():
     """Blocks rescaled by 1/(sigma_l C_l): one extra example moves the release by <= 1/sigma_eff."""
     model = make_model("causal_lm")
     hooks = PerExampleGrads(model)
-    dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=1.0, noise_multiplier=1.0,
-                    noise=RunRandomness.seeded(0).noise(), clipping="per_layer")
+    dp = DPGradient(
+        hooks.trainable_parameters(),
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+        noise=RunRandomness.seeded(0).noise(),
+        clipping="per_layer",
+    )
     groups = list(dp.groups)
     weights = {g: float(i + 1) ** 2 for i, g in enumerate(groups)}
-    alloc = Allocation(clip=clip_norms(groups, max_grad_norm=0.02, weights=weights),
-                       sigma=solve_sigmas(weights, sigma=1.0, bound=3.0))
+    alloc = Allocation(
+        clip=clip_norms(groups, max_grad_norm=0.02, weights=weights), sigma=solve_sigmas(weights, sigma=1.0, bound=3.0)
+    )
     dp.set_allocation(alloc)
     base, both = _neighbours([8])
     a = _released(model, dp, hooks, base)
@@ -156,7 +176,9 @@ def test_uls_bounds_the_change_from_one_whole_user_by_c():
     model = make_model("causal_lm")
     hooks = PerExampleGrads(model)
     C = 0.03
-    dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=C, noise_multiplier=1.0, noise=RunRandomness.seeded(0).noise())
+    dp = DPGradient(
+        hooks.trainable_parameters(), max_grad_norm=C, noise_multiplier=1.0, noise=RunRandomness.seeded(0).noise()
+    )
     base, both = _neighbours([8, 6, 9])  # the extra user has three examples
     a = _released(model, dp, hooks, base, owners=np.array([0, 0, 1, 2]))
     b = _released(model, dp, hooks, both, owners=np.array([0, 0, 1, 2, 3, 3, 3]))
@@ -168,7 +190,9 @@ def test_uls_user_mean_spans_micro_batches():
     """A user's examples split over two micro-batches give the same clipped mean as one pass."""
     model = make_model("causal_lm")
     hooks = PerExampleGrads(model)
-    dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=0.05, noise_multiplier=0.0, noise=RunRandomness.seeded(0).noise())
+    dp = DPGradient(
+        hooks.trainable_parameters(), max_grad_norm=0.05, noise_multiplier=0.0, noise=RunRandomness.seeded(0).noise()
+    )
     batch = make_batch("causal_lm", [7, 5, 9, 3], seed=3)
     owners = np.array([0, 1, 1, 1])
     one = _released(model, dp, hooks, batch, owners=owners)
@@ -191,8 +215,13 @@ def test_uls_user_mean_spans_micro_batches():
 def test_els_caps_users_and_reports_user_level_epsilon():
     summary = train(**FAST, max_steps=2, noise_multiplier=1.0, privacy_unit="user", max_examples_per_user=3)
     assert summary["status"] == "finished", summary
-    expected = privacy.user_epsilon_els(noise_multiplier=1.0, sample_rate=summary["sample_rate"], steps=2,
-                                        delta=summary["delta"], max_examples_per_user=3)
+    expected = privacy.user_epsilon_els(
+        noise_multiplier=1.0,
+        sample_rate=summary["sample_rate"],
+        steps=2,
+        delta=summary["delta"],
+        max_examples_per_user=3,
+    )
     assert summary["epsilon"] == pytest.approx(expected, rel=1e-6)
     assert summary["example_level_epsilon"] < summary["epsilon"]
     assert summary["delta"] < 1 / summary["num_users"]
@@ -202,10 +231,17 @@ def test_els_caps_users_and_reports_user_level_epsilon():
 def test_uls_samples_users_at_rate_q():
     from workbench.engine.trainer import Trainer, prepare
 
-    cfg = RunConfig(**FAST, max_steps=1, noise_multiplier=1.0, privacy_unit="user", user_sampling="uls", max_examples_per_user=2)
+    cfg = RunConfig(
+        **FAST, max_steps=1, noise_multiplier=1.0, privacy_unit="user", user_sampling="uls", max_examples_per_user=2
+    )
     prepared = prepare(cfg)
-    trainer = Trainer(prepared, run_id="t", emit=lambda e: None, run_dir=__import__("pathlib").Path("/tmp"),
-                      randomness=RunRandomness.secret())
+    trainer = Trainer(
+        prepared,
+        run_id="t",
+        emit=lambda e: None,
+        run_dir=__import__("pathlib").Path("/tmp"),
+        randomness=RunRandomness.secret(),
+    )
     users = len(trainer.users)
     assert all(len(ix) <= 2 for ix in trainer.users)
     counts = np.zeros(users)
@@ -238,17 +274,32 @@ def test_els_epsilon_is_dp_accountings_mixture_pld_and_a_run_tracks_it_cheaply()
     grid = mixture_grid(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
     oracle = pld_privacy_accountant.PLDAccountant(value_discretization_interval=grid)
     expected = oracle.compose(_mixture_event(sigma, q, steps, k)).get_epsilon(delta)
-    got = privacy.user_epsilon_els(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, max_examples_per_user=k)
+    got = privacy.user_epsilon_els(
+        noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, max_examples_per_user=k
+    )
     assert got == pytest.approx(expected, rel=1e-9)
     assert got == pytest.approx(4.55, rel=0.01)  # REFERENCES.md
-    plan = PrivacyPlan(dataset_size=10_000, sample_rate=q, steps=steps, delta=delta, noise_multiplier=sigma,
-                       accountant="pld", target_epsilon=None, max_grad_norm=1.0, privacy_unit="user",
-                       user_sampling="els", max_examples_per_user=k, num_users=5_000)
+    plan = PrivacyPlan(
+        dataset_size=10_000,
+        sample_rate=q,
+        steps=steps,
+        delta=delta,
+        noise_multiplier=sigma,
+        accountant="pld",
+        target_epsilon=None,
+        max_grad_norm=1.0,
+        privacy_unit="user",
+        user_sampling="els",
+        max_examples_per_user=k,
+        num_users=5_000,
+    )
     start = time.perf_counter()
     per_step = [plan.epsilon_at(t) for t in range(1, 41)]
     assert time.perf_counter() - start < 20, "per-step ELS accounting must not rebuild the mixture PLD"
     assert plan.epsilon_at(steps) == pytest.approx(got, rel=1e-9)  # the last step: exactly the plan's value
     assert all(a <= b for a, b in zip(per_step, per_step[1:]))
     for t in (1, 10, 40):  # earlier steps on the run's (coarser) grid: an upper bound, within 2%
-        fine = privacy.user_epsilon_els(noise_multiplier=sigma, sample_rate=q, steps=t, delta=delta, max_examples_per_user=k)
+        fine = privacy.user_epsilon_els(
+            noise_multiplier=sigma, sample_rate=q, steps=t, delta=delta, max_examples_per_user=k
+        )
         assert fine <= plan.epsilon_at(t) <= fine * 1.02 + 1e-3

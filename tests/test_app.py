@@ -37,10 +37,23 @@ NBINS = len(GRAD_NORM_BIN_EDGES) - 1
 
 def started(run_id="r1", *, steps=30, target=8.0, t0=1000.0, config=None) -> RunStarted:
     planned = [(s, target * math.sqrt(s / steps)) for s in range(steps + 1)]
-    return RunStarted(run_id=run_id, config={"model": "tiny", "max_grad_norm": 1.0, **(config or {})}, dataset_size=500,
-                      sample_rate=0.032, noise_multiplier=1.1, delta=1e-5, planned_steps=steps, accountant="pld",
-                      planned_epsilon=planned, target_epsilon=target, modules=MODULES, trainable_parameters=10,
-                      device="cpu", model_name="tiny", time=t0)
+    return RunStarted(
+        run_id=run_id,
+        config={"model": "tiny", "max_grad_norm": 1.0, **(config or {})},
+        dataset_size=500,
+        sample_rate=0.032,
+        noise_multiplier=1.1,
+        delta=1e-5,
+        planned_steps=steps,
+        accountant="pld",
+        planned_epsilon=planned,
+        target_epsilon=target,
+        modules=MODULES,
+        trainable_parameters=10,
+        device="cpu",
+        model_name="tiny",
+        time=t0,
+    )
 
 
 def step(s, run_id="r1", *, eps=None, loss=None, t0=1000.0, hist=None) -> StepMetrics:
@@ -48,16 +61,35 @@ def step(s, run_id="r1", *, eps=None, loss=None, t0=1000.0, hist=None) -> StepMe
     if not sum(hist):
         hist[s % NBINS] = 3
         hist[12] = 1
-    return StepMetrics(run_id=run_id, step=s, loss=2.0 / s if loss is None else loss, learning_rate=1e-3, batch_size=4,
-                       epsilon=0.1 * s if eps is None else eps, grad_norm_hist=hist, grad_norm_max=1.3,
-                       clipped_fraction=0.25, module_grad_norm={m: 1.0 + i for i, m in enumerate(MODULES)},
-                       module_noise_std={m: 0.5 * (i + 1) for i, m in enumerate(MODULES)}, step_time=0.1,
-                       tokens_per_second=1.0, tokens=10, time=t0 + 2.0 * s)
+    return StepMetrics(
+        run_id=run_id,
+        step=s,
+        loss=2.0 / s if loss is None else loss,
+        learning_rate=1e-3,
+        batch_size=4,
+        epsilon=0.1 * s if eps is None else eps,
+        grad_norm_hist=hist,
+        grad_norm_max=1.3,
+        clipped_fraction=0.25,
+        module_grad_norm={m: 1.0 + i for i, m in enumerate(MODULES)},
+        module_noise_std={m: 0.5 * (i + 1) for i, m in enumerate(MODULES)},
+        step_time=0.1,
+        tokens_per_second=1.0,
+        tokens=10,
+        time=t0 + 2.0 * s,
+    )
 
 
 def evaluation(s, run_id="r1", *, accuracy=0.5, val_loss=1.5) -> EvalMetrics:
-    return EvalMetrics(run_id=run_id, step=s, val_loss=val_loss, perplexity=math.exp(val_loss), accuracy=accuracy,
-                       generations=[{"prompt": f"p{s}", "output": f"o{s}"}], time=1000.0 + 2 * s)
+    return EvalMetrics(
+        run_id=run_id,
+        step=s,
+        val_loss=val_loss,
+        perplexity=math.exp(val_loss),
+        accuracy=accuracy,
+        generations=[{"prompt": f"p{s}", "output": f"o{s}"}],
+        time=1000.0 + 2 * s,
+    )
 
 
 def fake_run(store: RunStore, run_id: str, *, steps=10, finished=True, accuracy=0.5, eps_per_step=0.1, config=None):
@@ -65,8 +97,14 @@ def fake_run(store: RunStore, run_id: str, *, steps=10, finished=True, accuracy=
     events += [step(s, run_id, eps=eps_per_step * s) for s in range(1, steps + 1)]
     events.append(evaluation(steps, run_id, accuracy=accuracy))
     if finished:
-        events.append(RunEnded(run_id=run_id, status="finished", reason="",
-                               summary={"epsilon": eps_per_step * steps, "steps": steps, "accuracy": accuracy}))
+        events.append(
+            RunEnded(
+                run_id=run_id,
+                status="finished",
+                reason="",
+                summary={"epsilon": eps_per_step * steps, "steps": steps, "accuracy": accuracy},
+            )
+        )
     store.create_run(run_id, config=events[0].config, status="running")
     for e in events:
         store.append(e)
@@ -92,8 +130,12 @@ def test_downsample_keeps_ends_and_bounds_points():
 
 
 def test_runview_incremental_equals_batch_and_keeps_only_latest_module_dicts():
-    events = [started(), *[step(s) for s in range(1, 6)], evaluation(5),
-              RunEnded(run_id="r1", status="stopped", reason="", summary={})]
+    events = [
+        started(),
+        *[step(s) for s in range(1, 6)],
+        evaluation(5),
+        RunEnded(run_id="r1", status="stopped", reason="", summary={}),
+    ]
     batch = RunView.from_events("r1", list(enumerate(events, 1)))
     live = RunView(run_id="r1")
     for seq, e in enumerate(events, 1):
@@ -159,8 +201,13 @@ def test_live_panels_skip_plotlys_per_label_overflow_check():
     """Plotly's default tick-label overflow check forces a browser layout per label per redraw
     (a fifth of a watching browser's time); every axis and colour bar of the live panels opts out."""
     steps = [step(s) for s in range(1, 11)]
-    figures = [loss_figure(steps), epsilon_figure(steps, started().planned_epsilon, 8.0),
-               grad_norm_histogram(steps[-1], 0.5), grad_norm_heatmap(steps), noise_allocation_figure(steps[-1])]
+    figures = [
+        loss_figure(steps),
+        epsilon_figure(steps, started().planned_epsilon, 8.0),
+        grad_norm_histogram(steps[-1], 0.5),
+        grad_norm_heatmap(steps),
+        noise_allocation_figure(steps[-1]),
+    ]
     for fig in figures:
         layout = fig.to_plotly_json()["layout"]
         axes = [k for k in layout if k.startswith(("xaxis", "yaxis"))]
@@ -194,8 +241,9 @@ def test_compare_and_scatter_pick_metric_and_place_nonprivate_runs():
 
 
 def test_settings_diff_table_lists_only_differences():
-    table = settings_diff_table({"A": {"lr": 1, "r": 8, "name": "A", "cols": {"x": 1}},
-                                 "B": {"lr": 2, "r": 8, "name": "B", "cols": {"x": 2}}})
+    table = settings_diff_table(
+        {"A": {"lr": 1, "r": 8, "name": "A", "cols": {"x": 1}}, "B": {"lr": 2, "r": 8, "name": "B", "cols": {"x": 2}}}
+    )
     assert table.headers == ["setting", "A", "B"]
     assert table.rows == [["lr", 1, 2], ["cols", '{"x": 1}', '{"x": 2}']]
 
@@ -220,14 +268,14 @@ def test_present_does_not_import_gradio():
 
 gr = pytest.importorskip("gradio")
 
+from conftest import PLAN_VALUES as PLAN_DEFAULTS  # noqa: E402  (shared factories)
+from conftest import app_values as values  # noqa: E402
+
 from workbench.app import forms  # noqa: E402
 from workbench.app import plan as plan_tab  # noqa: E402
 from workbench.app import runs as runs_tab  # noqa: E402
 from workbench.app import train as train_tab  # noqa: E402
 from workbench.app.state import AppContext, Selection  # noqa: E402
-
-from conftest import PLAN_VALUES as PLAN_DEFAULTS  # noqa: E402  (shared factories)
-from conftest import app_values as values  # noqa: E402
 
 
 def is_skip(x) -> bool:
@@ -235,10 +283,27 @@ def is_skip(x) -> bool:
 
 
 def test_config_from_values_maps_controls_to_runconfig():
-    cfg = forms.config_from_values(values(length_mode="epochs", epochs=2.5, privacy_mode="sigma", noise_multiplier=0.7,
-                                          delta=1e-6, accountant="rdp", lora_r=4.0, name="  my run "))
+    cfg = forms.config_from_values(
+        values(
+            length_mode="epochs",
+            epochs=2.5,
+            privacy_mode="sigma",
+            noise_multiplier=0.7,
+            delta=1e-6,
+            accountant="rdp",
+            lora_r=4.0,
+            name="  my run ",
+        )
+    )
     assert (cfg.epochs, cfg.max_steps, cfg.noise_multiplier, cfg.target_epsilon) == (2.5, None, 0.7, None)
-    assert (cfg.delta, cfg.accountant, cfg.lora_r, cfg.name, cfg.data, cfg.model) == (1e-6, "rdp", 4, "my run", "demo", "tiny")
+    assert (cfg.delta, cfg.accountant, cfg.lora_r, cfg.name, cfg.data, cfg.model) == (
+        1e-6,
+        "rdp",
+        4,
+        "my run",
+        "demo",
+        "tiny",
+    )
     assert forms.config_from_values(values(data_mode="path", data_path=" /x.jsonl ")).data == "/x.jsonl"
 
 
@@ -275,8 +340,9 @@ def test_plan_update_draws_three_accountants_and_the_noise_needed(ctx):
 
     t = time.perf_counter()
     # add/remove: RDP and PRV analyse it too, so all three are drawn (replace-one is PLD's alone, below)
-    data_md, fig, summary, error = plan_tab.update_plan(ctx, values(max_steps=200, accountant="pld",
-                                                                    neighboring="add_remove"))
+    data_md, fig, summary, error = plan_tab.update_plan(
+        ctx, values(max_steps=200, accountant="pld", neighboring="add_remove")
+    )
     elapsed = time.perf_counter() - t
     assert error == "" and "N = " in data_md and "q = 16/" in data_md
     traces = {trace.name.split()[0]: trace for trace in fig.data}
@@ -284,9 +350,13 @@ def test_plan_update_draws_three_accountants_and_the_noise_needed(ctx):
     n = forms.dataset_info("demo").n_train
     from workbench.engine.plan import published_size
 
-    sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=16 / published_size(n), steps=200,
-                              delta=forms.RunConfig().default_delta(dataset_size=n),
-                              accountant="pld")
+    sigma = privacy.calibrate(
+        target_epsilon=8.0,
+        sample_rate=16 / published_size(n),
+        steps=200,
+        delta=forms.RunConfig().default_delta(dataset_size=n),
+        accountant="pld",
+    )
     assert f"σ = {sigma:.4g}" in summary
     assert traces["PLD"].y[-1] == pytest.approx(8.0, rel=0.02)  # PLD reaches the target at the last step
     assert traces["PLD"].x[-1] == 200 and traces["RDP"].y[-1] > traces["PLD"].y[-1]  # RDP is the looser bound
@@ -294,8 +364,13 @@ def test_plan_update_draws_three_accountants_and_the_noise_needed(ctx):
     print(f"plan update: {elapsed:.2f} s")
     _, fig, summary, error = plan_tab.update_plan(ctx, values(max_steps=200, accountant="pld"))  # auto: replace one
     assert error == "" and {trace.name.split()[0] for trace in fig.data} == {"PLD"} and "replaced by another" in summary
-    sigma_one = privacy.calibrate(target_epsilon=8.0, sample_rate=16 / n, steps=200, neighboring="replace_one",
-                                  delta=forms.RunConfig().default_delta(dataset_size=n))
+    sigma_one = privacy.calibrate(
+        target_epsilon=8.0,
+        sample_rate=16 / n,
+        steps=200,
+        neighboring="replace_one",
+        delta=forms.RunConfig().default_delta(dataset_size=n),
+    )
     assert f"σ = {sigma_one:.4g}" in summary and sigma_one > sigma
 
 
@@ -331,7 +406,9 @@ def test_refresh_sends_only_changed_panels(ctx):
     again = train_tab.refresh(ctx, sel, now=1030.0)
     assert all(is_skip(x) for x in again[1:])  # nothing new, even seconds later: nothing sent
     ctx.store.append(step(6, "20250101-000000-aaaaaa"))
-    sel2, header2, loss2, eps2, hist2, heat2, noise2, gens2 = train_tab.refresh(ctx, again[0] if not is_skip(again[0]) else sel, now=1021.0)
+    sel2, header2, loss2, eps2, hist2, heat2, noise2, gens2 = train_tab.refresh(
+        ctx, again[0] if not is_skip(again[0]) else sel, now=1021.0
+    )
     assert not is_skip(loss2) and len(loss2.data[0].x) == 6 and "step 6" in hist2.layout.title.text
     assert is_skip(gens2)  # no new evaluation
 
@@ -650,8 +727,12 @@ def test_stream_pushes_a_running_runs_steps_and_asks_for_a_refresh_when_it_ends(
 
         writer = threading.Thread(target=more_steps)
         t = time.monotonic()
-        with requests.get(endpoint, params={"since": store.version(), "wait": 10, "run": rid, "steps": 2, "evals": 1},
-                          stream=True, timeout=30) as answer:
+        with requests.get(
+            endpoint,
+            params={"since": store.version(), "wait": 10, "run": rid, "steps": 2, "evals": 1},
+            stream=True,
+            timeout=30,
+        ) as answer:
             assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
             writer.start()
             events = _events(answer, 3)
@@ -659,7 +740,13 @@ def test_stream_pushes_a_running_runs_steps_and_asks_for_a_refresh_when_it_ends(
         assert [name for name, _ in events] == ["live", "live", "refresh"], events
         first, second = (json.loads(data) for _, data in events[:2])
         assert first["update"]["steps"] == 3 and second["update"]["steps"] == 4
-        assert set(first["update"]["panels"]) == {"loss-plot", "epsilon-plot", "hist-plot", "heatmap-plot", "noise-plot"}
+        assert set(first["update"]["panels"]) == {
+            "loss-plot",
+            "epsilon-plot",
+            "hist-plot",
+            "heatmap-plot",
+            "noise-plot",
+        }
         assert 'data-steps="4"' in second["update"]["header"] and first["version"] != second["version"]
         assert events[2][1] == store.version()  # the refresh carries the version it answers
         assert time.monotonic() - t < 10

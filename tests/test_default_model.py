@@ -60,14 +60,24 @@ def test_real_model_per_example_grads_match_oracle(smollm):
         # each per-example gradient as a whole, relative to its own size.
         for f, o in zip(fast[name], slow[name]):
             err = float((f - o).norm())
-            assert err <= 1e-3 * float(o.norm()) + 1e-6, f"{name}: relative error {err / max(float(o.norm()), 1e-12):.2e}"
+            assert err <= 1e-3 * float(o.norm()) + 1e-6, (
+                f"{name}: relative error {err / max(float(o.norm()), 1e-12):.2e}"
+            )
 
 
 def test_default_model_dp_run():
     from workbench import train
 
-    summary = train(model="default", max_steps=1, batch_size=4, physical_batch_size=4, max_seq_len=96,
-                    noise_multiplier=1.0, eval_max_examples=4, generate_max_new_tokens=4)
+    summary = train(
+        model="default",
+        max_steps=1,
+        batch_size=4,
+        physical_batch_size=4,
+        max_seq_len=96,
+        noise_multiplier=1.0,
+        eval_max_examples=4,
+        generate_max_new_tokens=4,
+    )
     assert summary["status"] == "finished", summary
     assert summary["steps"] == 1 and 0 < summary["epsilon"] < float("inf")
     # nothing in the adapter folder (what is exported) names a path of this machine: the GGUF cache, the home

@@ -15,11 +15,11 @@ import pytest
 import torch
 from scipy import stats
 
-from workbench.engine.randomness import RunRandomness
 from workbench.engine.dp_step import DPGradient
 from workbench.engine.grad_sample import PerExampleGrads, UnsupportedModelError
 from workbench.engine.losses import per_example_loss
 from workbench.engine.models import attach_lora, tiny_model
+from workbench.engine.randomness import RunRandomness
 from workbench.engine.sampling import micro_batches, poisson_sample
 
 VOCAB = 97
@@ -125,8 +125,9 @@ def test_trainable_non_linear_parameter_is_refused():
 
 def _dp(model, *, C, sigma, seed=0):
     hooks = PerExampleGrads(model)
-    dp = DPGradient(hooks.trainable_parameters(), max_grad_norm=C, noise_multiplier=sigma,
-                    noise=RunRandomness.seeded(seed).noise())
+    dp = DPGradient(
+        hooks.trainable_parameters(), max_grad_norm=C, noise_multiplier=sigma, noise=RunRandomness.seeded(seed).noise()
+    )
     return hooks, dp
 
 
@@ -172,9 +173,20 @@ def test_clipping_bounds_sensitivity_on_neighbouring_datasets(poison):
     model = make_model("causal_lm")
     base = make_batch("causal_lm", [7, 5, 9, 3], seed=1)
     extra = make_batch("causal_lm", [8], seed=2)
-    neighbour = {k: torch.cat([base[k], torch.nn.functional.pad(extra[k], (0, base[k].shape[1] - extra[k].shape[1]), value=(-100 if k == "labels" else 0))[:, : base[k].shape[1]]]) for k in base}
+    neighbour = {
+        k: torch.cat(
+            [
+                base[k],
+                torch.nn.functional.pad(
+                    extra[k], (0, base[k].shape[1] - extra[k].shape[1]), value=(-100 if k == "labels" else 0)
+                )[:, : base[k].shape[1]],
+            ]
+        )
+        for k in base
+    }
     hooks, dp = _dp(model, C=C, sigma=0.0)
     a, _ = _released(model, hooks, dp, base, "causal_lm", expected=1.0)
+
     def poisoned(m, b, task):
         # The extra (last) example's loss is scaled to NaN or 1e30: its gradient is non-finite or huge.
         loss, logits = per_example_loss(m, b, task=task)
@@ -245,8 +257,9 @@ def test_clipping_strategies_return_factors_and_mask_that_agree(kind):
     gen = torch.Generator().manual_seed(0)
     sq = {"a": torch.rand(50, generator=gen) * 4, "b": torch.rand(50, generator=gen) * 4}
     total = (sq["a"] + sq["b"]).sqrt()
-    clip = make_clipping(kind if kind != "none" else "flat", max_grad_norm=None if kind == "none" else 1.5,
-                         blocks=["a", "b"])
+    clip = make_clipping(
+        kind if kind != "none" else "flat", max_grad_norm=None if kind == "none" else 1.5, blocks=["a", "b"]
+    )
     factors, clipped = clip.factors(sq, total)
     scaled = {g: (sq[g].sqrt() * factors[g]) for g in sq}
     shrunk = torch.stack([factors[g] < 1 for g in sq]).any(0)

@@ -23,8 +23,10 @@ FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new
 def pld_epsilon(q, sigma, steps, delta, neighboring="replace_one") -> float:
     """Independent oracle: Google's dp_accounting PLD for the Poisson-subsampled Gaussian (the engine's
     default relation for example-level PLD runs is replace-one: plan.py)."""
-    relation = {"replace_one": dp_accounting.NeighboringRelation.REPLACE_ONE,
-                "add_remove": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE}[neighboring]
+    relation = {
+        "replace_one": dp_accounting.NeighboringRelation.REPLACE_ONE,
+        "add_remove": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+    }[neighboring]
     acc = dp_accounting.pld.PLDAccountant(neighboring_relation=relation)
     acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     return acc.get_epsilon(delta)
@@ -59,7 +61,17 @@ def test_private_run_reports_the_accountants_epsilon_and_saves_adapter(tmp_path)
     assert report["sampling"].startswith("poisson") and report["privacy_unit"] == "example"
     assert report["epsilon"] == pytest.approx(summary["epsilon"])
     card = (adapter / "README.md").read_text()
-    for word in ("epsilon", "delta", "accountant", "sampling", "unit of privacy", "clipping norm", "noise multiplier", "steps", "dataset size"):
+    for word in (
+        "epsilon",
+        "delta",
+        "accountant",
+        "sampling",
+        "unit of privacy",
+        "clipping norm",
+        "noise multiplier",
+        "steps",
+        "dataset size",
+    ):
         assert word in card
 
 
@@ -128,7 +140,9 @@ def test_stop_takes_effect_within_one_step():
     assert summary["status"] == "stopped"
     assert summary["steps"] <= 3
     assert store.get(session.run_id).status == "stopped"
-    assert summary["epsilon"] == pytest.approx(pld_epsilon(summary["sample_rate"], 1.0, summary["steps"], summary["delta"]), rel=0.01)
+    assert summary["epsilon"] == pytest.approx(
+        pld_epsilon(summary["sample_rate"], 1.0, summary["steps"], summary["delta"]), rel=0.01
+    )
 
 
 def test_a_raising_subscriber_never_stops_training():
@@ -140,7 +154,11 @@ def test_a_raising_subscriber_never_stops_training():
 
 
 def test_classification_trains_the_peft_head_under_dp(tmp_path):
-    rows = [{"text": f"{w} movie number {i}", "label": lab} for i in range(40) for w, lab in (("great", "pos"), ("awful", "neg"))]
+    rows = [
+        {"text": f"{w} movie number {i}", "label": lab}
+        for i in range(40)
+        for w, lab in (("great", "pos"), ("awful", "neg"))
+    ]
     path = tmp_path / "reviews.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     summary = train(**FAST, data=str(path), max_steps=3, noise_multiplier=0.8, learning_rate=1e-2)

@@ -29,8 +29,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "04_dp_lora_fine_tune.ipynb"
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _free_port() -> int:
@@ -78,10 +85,25 @@ def lab(tmp_path):
     }
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
-         "--ServerApp.port_retries=0", "--LabApp.news_url=None"] + (["--allow-root"] if os.geteuid() == 0 else []),
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.port_retries=0",
+            "--LabApp.news_url=None",
+        ]
+        + (["--allow-root"] if os.geteuid() == 0 else []),
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -146,7 +168,8 @@ def test_jupyterlab_runs_notebook_04_and_renders_the_live_dashboard(lab):
             dashboard.scroll_into_view_if_needed()
             page.wait_for_function(
                 """() => /finished|failed/.test(document.querySelector('.workbench-dashboard').innerText)""",
-                timeout=180_000)
+                timeout=180_000,
+            )
             text = dashboard.inner_text()
             assert "finished" in text and "step 8 / 8" in text, text[:500]
             # Every panel drew its data (each FigureWidget loads plotly.js on its own: give them time).
@@ -155,7 +178,8 @@ def test_jupyterlab_runs_notebook_04_and_renders_the_live_dashboard(lab):
                            return plots.length >= 5 && Array.from(plots).every(p =>
                                p.querySelector('.gtitle') &&
                                p.querySelectorAll('.scatterlayer .trace, .barlayer .trace, .heatmaplayer .hm').length > 0); }""",
-                timeout=120_000)
+                timeout=120_000,
+            )
             titles = page.evaluate("""() => Array.from(document.querySelectorAll('.workbench-dashboard .js-plotly-plot'))
                                               .map(p => p.querySelector('.gtitle').textContent)""")
             assert any(t.startswith("Loss") for t in titles) and any("Privacy spent" in t for t in titles), titles
@@ -166,9 +190,13 @@ def test_jupyterlab_runs_notebook_04_and_renders_the_live_dashboard(lab):
             # The rest of the notebook ran too (export, peft load, generation) without an error.
             page.wait_for_function(
                 """() => document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator')
-                                 .getAttribute('data-status') === 'idle'""", timeout=120_000)
+                                 .getAttribute('data-status') === 'idle'""",
+                timeout=120_000,
+            )
             stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-            tracebacks = [t for t in stderr.all_inner_texts() if "Traceback" in t or "Error" in t.splitlines()[0:1][0:1]]
+            tracebacks = [
+                t for t in stderr.all_inner_texts() if "Traceback" in t or "Error" in t.splitlines()[0:1][0:1]
+            ]
             assert not tracebacks, tracebacks[0][:2000]
             page.screenshot(path=str(ARTIFACTS / "lab_notebook.png"))
         except Exception as err:

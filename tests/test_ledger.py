@@ -28,7 +28,9 @@ from workbench.store.ledger import Ledger, LedgerError, compose_entries
 from workbench.store.runs import RunStore
 
 RELATION = {"add_remove": pa.NeighboringRelation.ADD_OR_REMOVE_ONE, "replace_one": pa.NeighboringRelation.REPLACE_ONE}
-TINY = dict(model="tiny", max_steps=2, batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8)
+TINY = dict(
+    model="tiny", max_steps=2, batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8
+)
 
 
 def oracle(events, *, delta: float, neighboring: str) -> float:
@@ -48,8 +50,11 @@ def trained_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("ledger-home")
     store = RunStore(home)
     ids = {}
-    for name, overrides in (("a", dict(noise_multiplier=1.0)), ("b", dict(noise_multiplier=0.7)),
-                            ("c", dict(noise_multiplier=1.0, neighboring="add_remove", delta=1e-6))):
+    for name, overrides in (
+        ("a", dict(noise_multiplier=1.0)),
+        ("b", dict(noise_multiplier=0.7)),
+        ("c", dict(noise_multiplier=1.0, neighboring="add_remove", delta=1e-6)),
+    ):
         summary = train(store, name, **overrides)
         assert summary["status"] == "finished", summary.get("reason")
         ids[name] = summary["run_id"]
@@ -79,12 +84,20 @@ def test_each_run_is_recorded_with_the_event_its_accountant_composed(home, ids):
     ledger = Ledger(store)
     for name, run_id in ids.items():
         entry, summary = ledger.get(run_id), store.get(run_id).summary
-        step = dp_event.PoissonSampledDpEvent(summary["sample_rate"], dp_event.GaussianDpEvent(summary["noise_multiplier"]))
+        step = dp_event.PoissonSampledDpEvent(
+            summary["sample_rate"], dp_event.GaussianDpEvent(summary["noise_multiplier"])
+        )
         assert entry.event == dp_event.SelfComposedDpEvent(step, summary["steps"])
         assert (entry.neighboring, entry.delta, entry.name, entry.privacy_unit) == (
-            summary["neighboring"], summary["delta"], name, "example")
+            summary["neighboring"],
+            summary["delta"],
+            name,
+            "example",
+        )
         assert entry.epsilon == pytest.approx(summary["epsilon"])
-        assert oracle([entry.event], delta=entry.delta, neighboring=entry.neighboring) == pytest.approx(entry.epsilon, rel=0.01)
+        assert oracle([entry.event], delta=entry.delta, neighboring=entry.neighboring) == pytest.approx(
+            entry.epsilon, rel=0.01
+        )
     assert len({ledger.get(r).fingerprint for r in ids.values()}) == 1  # the same data, whatever the settings
 
 
@@ -100,7 +113,8 @@ def test_total_is_the_pld_composition_of_the_stored_events(home, ids):
     assert data.total.epsilon < sum(e.epsilon for e in data.entries)  # composed, not summed
     pair = compose_entries([entries["a"], entries["b"]])
     assert pair.note is None and pair.epsilon == pytest.approx(
-        oracle([entries["a"].event, entries["b"].event], delta=1e-5, neighboring="replace_one"), rel=0.01)
+        oracle([entries["a"].event, entries["b"].event], delta=1e-5, neighboring="replace_one"), rel=0.01
+    )
     alone = compose_entries([entries["c"]])
     assert alone.neighboring == "add_remove" and alone.epsilon == pytest.approx(entries["c"].epsilon, rel=0.01)
 
@@ -143,10 +157,19 @@ def test_a_non_private_run_makes_the_total_infinite_and_is_named(home):
 
 
 def test_seeded_randomness_counts_as_non_private(tmp_path):
-    plan = PrivacyPlan(dataset_size=1000, sample_rate=0.01, steps=10, delta=1e-5, noise_multiplier=1.0,
-                       accountant="pld", target_epsilon=None, max_grad_norm=1.0)
-    prepared = SimpleNamespace(plan=plan, config=SimpleNamespace(data="x.jsonl"), dataset_fingerprint="f" * 64,
-                               dataset_name="x.jsonl")
+    plan = PrivacyPlan(
+        dataset_size=1000,
+        sample_rate=0.01,
+        steps=10,
+        delta=1e-5,
+        noise_multiplier=1.0,
+        accountant="pld",
+        target_epsilon=None,
+        max_grad_norm=1.0,
+    )
+    prepared = SimpleNamespace(
+        plan=plan, config=SimpleNamespace(data="x.jsonl"), dataset_fingerprint="f" * 64, dataset_name="x.jsonl"
+    )
     ledger = Ledger(RunStore(tmp_path))
     entry = ledger.record_run(run_id="r1", name=None, prepared=prepared, steps=10, seeded=True)
     assert entry.non_private and entry.epsilon == math.inf and "seed" in entry.note
@@ -159,16 +182,38 @@ def test_seeded_randomness_counts_as_non_private(tmp_path):
 
 @pytest.mark.parametrize("neighboring", ["add_remove", "replace_one"])
 def test_plan_event_is_what_epsilon_at_accounts(neighboring):
-    plan = PrivacyPlan(dataset_size=1000, sample_rate=0.01, steps=300, delta=1e-5, noise_multiplier=0.9,
-                       accountant="pld", target_epsilon=None, max_grad_norm=1.0, neighboring=neighboring)
-    assert oracle([plan.dp_event(300)], delta=1e-5, neighboring=neighboring) == pytest.approx(plan.epsilon_at(300), rel=0.01)
+    plan = PrivacyPlan(
+        dataset_size=1000,
+        sample_rate=0.01,
+        steps=300,
+        delta=1e-5,
+        noise_multiplier=0.9,
+        accountant="pld",
+        target_epsilon=None,
+        max_grad_norm=1.0,
+        neighboring=neighboring,
+    )
+    assert oracle([plan.dp_event(300)], delta=1e-5, neighboring=neighboring) == pytest.approx(
+        plan.epsilon_at(300), rel=0.01
+    )
     assert isinstance(plan.dp_event(0), dp_event.NoOpDpEvent)
 
 
 def test_plan_event_of_user_level_els_is_the_mixture_of_gaussians():
-    plan = PrivacyPlan(dataset_size=1000, sample_rate=0.02, steps=20, delta=1e-5, noise_multiplier=2.0,
-                       accountant="pld", target_epsilon=None, max_grad_norm=1.0, privacy_unit="user",
-                       user_sampling="els", max_examples_per_user=2, num_users=500)
+    plan = PrivacyPlan(
+        dataset_size=1000,
+        sample_rate=0.02,
+        steps=20,
+        delta=1e-5,
+        noise_multiplier=2.0,
+        accountant="pld",
+        target_epsilon=None,
+        max_grad_norm=1.0,
+        privacy_unit="user",
+        user_sampling="els",
+        max_examples_per_user=2,
+        num_users=500,
+    )
     event = plan.dp_event(20)
     assert isinstance(event.event, dp_event.MixtureOfGaussiansDpEvent) and event.count == 20
     accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
@@ -179,8 +224,13 @@ def test_plan_event_of_user_level_els_is_the_mixture_of_gaussians():
 def test_event_json_round_trips_every_type_used():
     one = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(0.01, dp_event.GaussianDpEvent(0.5863)), 1000)
     mixture = dp_event.MixtureOfGaussiansDpEvent(1.0, [0, 1, 2], [0.98, 0.0199, 0.0001])
-    for event in (one, mixture, dp_event.NonPrivateDpEvent(), dp_event.RepeatAndSelectDpEvent(one, 10, math.inf),
-                  dp_event.ComposedDpEvent([one, mixture, dp_event.NonPrivateDpEvent()])):
+    for event in (
+        one,
+        mixture,
+        dp_event.NonPrivateDpEvent(),
+        dp_event.RepeatAndSelectDpEvent(one, 10, math.inf),
+        dp_event.ComposedDpEvent([one, mixture, dp_event.NonPrivateDpEvent()]),
+    ):
         text = dp_events.event_to_json(event)
         assert dp_events.event_from_json(text) == event
         json.loads(text)  # plain JSON: no Infinity literal
@@ -206,11 +256,19 @@ def test_tuning_reference_values():
     # best of 10 by fixed composition: the table's 25.0; dp_accounting 0.6.0 gives 24.84 at its default grid
     fixed = tuning.composition_epsilon([ONE_RUN] * 10, delta=1e-5)
     assert fixed == pytest.approx(25.0, abs=0.2)
-    ten = dp_event.SelfComposedDpEvent(ONE_RUN, 10)  # the same composition as ComposedDpEvent([ONE_RUN] * 10), 8x faster
+    ten = dp_event.SelfComposedDpEvent(
+        ONE_RUN, 10
+    )  # the same composition as ComposedDpEvent([ONE_RUN] * 10), 8x faster
     assert fixed == pytest.approx(oracle([ten], delta=1e-5, neighboring="add_remove"), rel=0.01)
-    for distribution, shape, expected in (("poisson", None, 16.3), ("geometric", None, 14.6),
-                                          ("truncated_negative_binomial", 0.5, 14.0), ("logarithmic", None, 13.4)):
-        value = tuning.repeat_and_select_epsilon(ONE_RUN, mean=10, shape=tuning.shape_of(distribution, shape), delta=1e-5)
+    for distribution, shape, expected in (
+        ("poisson", None, 16.3),
+        ("geometric", None, 14.6),
+        ("truncated_negative_binomial", 0.5, 14.0),
+        ("logarithmic", None, 13.4),
+    ):
+        value = tuning.repeat_and_select_epsilon(
+            ONE_RUN, mean=10, shape=tuning.shape_of(distribution, shape), delta=1e-5
+        )
         assert value == pytest.approx(expected, abs=0.05), distribution
 
 
@@ -224,7 +282,8 @@ def test_tuning_cost_gives_both_bounds_and_says_when_one_does_not_apply():
     # candidates drawn at random: the pointwise worst RDP curve (here the less noisy run's)
     noisier = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(0.01, dp_event.GaussianDpEvent(0.8)), 1000)
     assert tuning.repeat_and_select_epsilon([ONE_RUN, noisier], mean=10, shape=1, delta=1e-5) == pytest.approx(
-        tuning.repeat_and_select_epsilon(ONE_RUN, mean=10, shape=1, delta=1e-5))
+        tuning.repeat_and_select_epsilon(ONE_RUN, mean=10, shape=1, delta=1e-5)
+    )
     with pytest.raises(tuning.PrivacyError, match="distribution"):
         tuning.shape_of("uniform")
 
@@ -242,7 +301,9 @@ def test_cli_ledger_shows_runs_and_total(home, ids):
     assert all(run_id in result.output for run_id in ids.values()) and "total ε =" in result.output
     out = json.loads(invoke("ledger", "--json", "--data", "demo").stdout)
     assert len(out) == 1 and out[0]["path_given"] == "demo" and len(out[0]["runs"]) == 3
-    expected = oracle([dp_events.event_from_dict(r["dp_event"]) for r in out[0]["runs"]], delta=1e-5, neighboring="replace_one")
+    expected = oracle(
+        [dp_events.event_from_dict(r["dp_event"]) for r in out[0]["runs"]], delta=1e-5, neighboring="replace_one"
+    )
     assert out[0]["total"]["epsilon"] == pytest.approx(expected, rel=0.01)
 
 
@@ -323,6 +384,8 @@ def test_fingerprint_is_the_records_and_the_unit_not_the_file_or_split(tmp_path)
     (tmp_path / "e.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:-1]))
     assert fp(tmp_path / "e.jsonl") != fp(tmp_path / "d.jsonl")
     # the whole file, before the split: the validation fraction and the seed do not change it
-    for cfg in (RunConfig(data=str(tmp_path / "d.jsonl"), noise_multiplier=1.0),
-                RunConfig(data=str(tmp_path / "d.jsonl"), noise_multiplier=1.0, validation_fraction=0.3, seed=7)):
+    for cfg in (
+        RunConfig(data=str(tmp_path / "d.jsonl"), noise_multiplier=1.0),
+        RunConfig(data=str(tmp_path / "d.jsonl"), noise_multiplier=1.0, validation_fraction=0.3, seed=7),
+    ):
         assert dataset_fingerprint(load_source(cfg), privacy_unit="example") == fp(tmp_path / "d.jsonl")

@@ -22,8 +22,14 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
     names = [p.name for p in NOTEBOOKS]
-    for stem in ("01_dp_sgd_by_hand", "02_privacy_accounting", "03_tuning_privacy_settings", "04_dp_lora_fine_tune",
-                 "05_user_level_dp_and_noise_allocation", "06_auditing_and_the_cost_of_tuning"):
+    for stem in (
+        "01_dp_sgd_by_hand",
+        "02_privacy_accounting",
+        "03_tuning_privacy_settings",
+        "04_dp_lora_fine_tune",
+        "05_user_level_dp_and_noise_allocation",
+        "06_auditing_and_the_cost_of_tuning",
+    ):
         assert f"{stem}.ipynb" in names
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
@@ -31,7 +37,8 @@ def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has stored outputs"
         assert any("parameters" in c.metadata.get("tags", []) and "WORKBENCH_FAST" in c.source for c in code), (
-            f"{path.name} needs a parameters cell with the WORKBENCH_FAST switch")
+            f"{path.name} needs a parameters cell with the WORKBENCH_FAST switch"
+        )
         solutions = [c for c in nb.cells if "solution" in c.metadata.get("tags", [])]
         assert len(solutions) >= 2, f"{path.name}: exercises need solutions"
         assert all(c.metadata.get("jupyter", {}).get("source_hidden") for c in solutions), "solutions start folded"

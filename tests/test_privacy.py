@@ -20,15 +20,16 @@ from workbench.privacy import (
     ACCOUNTANTS,
     EpsilonTracker,
     PrivacyError,
+    accountants,
     calibrate,
+    edgeworth,
     epsilon,
     epsilon_curve,
     group_privacy_bound,
     is_approximation,
     user_epsilon_els,
+    user_level,
 )
-from workbench.privacy import accountants, edgeworth, user_level
-
 
 # Opacus's PRV sizes its grid with its own RDP accountant, which warns about its order range;
 # that does not touch the reported epsilon.
@@ -99,8 +100,7 @@ DIRECT_SETTINGS = [
 @pytest.mark.parametrize("q, sigma, steps, delta", DIRECT_SETTINGS)
 def test_rdp_equals_rdp_accountant(q, sigma, steps, delta):
     direct = rdp_privacy_accountant.RdpAccountant().compose(dpsgd_event(q, sigma, steps))
-    ours = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
-                   accountant="rdp")
+    ours = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant="rdp")
     assert ours == pytest.approx(direct.get_epsilon(delta), rel=1e-12)
 
 
@@ -342,13 +342,13 @@ def test_tracker_validates():
 
 
 def test_curve_is_evenly_spaced_and_ends_at_the_last_step():
-    curve = epsilon_curve(noise_multiplier=1.0, sample_rate=0.01, steps=2250, delta=1e-5,
-                          accountant="rdp", max_points=200)
+    curve = epsilon_curve(
+        noise_multiplier=1.0, sample_rate=0.01, steps=2250, delta=1e-5, accountant="rdp", max_points=200
+    )
     steps = [t for t, _ in curve]
     assert len(curve) <= 200 and steps[0] == 0 and steps[-1] == 2250
     assert max(np.diff(steps)) - min(np.diff(steps)) <= 1
-    assert curve[-1][1] == epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=2250,
-                                   delta=1e-5, accountant="rdp")
+    assert curve[-1][1] == epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=2250, delta=1e-5, accountant="rdp")
     assert all(a[1] < b[1] for a, b in zip(curve, curve[1:]))
 
 
@@ -400,8 +400,7 @@ def gaussian_epsilon(mu: float, delta: float) -> float:
 @pytest.mark.parametrize("sigma, steps", [(1.0, 1), (0.3, 1), (5.0, 100), (20.0, 10000)])
 def test_edgeworth_is_exact_without_subsampling(sigma, steps):
     # q = 1: the loss is Gaussian, higher cumulants vanish, the expansion is exact.
-    got = epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=1e-5,
-                  accountant="edgeworth")
+    got = epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=1e-5, accountant="edgeworth")
     assert got == pytest.approx(gaussian_epsilon(math.sqrt(steps) / sigma, 1e-5), rel=1e-6)
 
 
@@ -432,13 +431,22 @@ def test_edgeworth_cumulants_match_quadrature(q, sigma):
 
 @pytest.mark.parametrize(
     "q, sigma, steps",
-    [(0.999, 0.3, 1), (1.0, 0.3, 1), (0.5, 0.3, 1), (0.01, 50.0, 1), (1e-5, 50.0, 1),
-     (0.01, 0.3, 10000), (1.0, 0.3, 10000), (0.999, 50.0, 10000), (1e-9, 1.0, 1), (0.01, 1e4, 1)],
+    [
+        (0.999, 0.3, 1),
+        (1.0, 0.3, 1),
+        (0.5, 0.3, 1),
+        (0.01, 50.0, 1),
+        (1e-5, 50.0, 1),
+        (0.01, 0.3, 10000),
+        (1.0, 0.3, 10000),
+        (0.999, 50.0, 10000),
+        (1e-9, 1.0, 1),
+        (0.01, 1e4, 1),
+    ],
 )
 def test_edgeworth_extremes_give_a_float_or_a_message(q, sigma, steps):
     try:
-        value = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5,
-                        accountant="edgeworth")
+        value = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant="edgeworth")
     except PrivacyError as err:
         assert "pld" in str(err)
     else:
@@ -481,8 +489,7 @@ def test_els_reference_values(k, expected):
 def test_group_privacy_is_looser_than_els():
     example_eps = epsilon(**ELS)
     for k in (2,):  # k=4 holds too (6.6 <= 8.5) but costs another few seconds
-        group_eps, group_delta = group_privacy_bound(epsilon=example_eps, delta=ELS["delta"],
-                                                     group_size=k)
+        group_eps, group_delta = group_privacy_bound(epsilon=example_eps, delta=ELS["delta"], group_size=k)
         els = user_epsilon_els(**{**ELS, "delta": group_delta}, max_examples_per_user=k)
         assert els <= group_eps
 

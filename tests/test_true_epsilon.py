@@ -24,8 +24,15 @@ from workbench.session import Session
 from workbench.store.export import ExportError, export_run
 from workbench.store.runs import RunStore
 
-FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8,
-            max_steps=3, noise_multiplier=1.0)
+FAST = dict(
+    model="tiny",
+    batch_size=16,
+    physical_batch_size=8,
+    generate_max_new_tokens=0,
+    eval_max_examples=8,
+    max_steps=3,
+    noise_multiplier=1.0,
+)
 NeighborRel = dp_accounting.NeighboringRelation
 
 
@@ -103,7 +110,7 @@ def test_same_settings_differ_replay_is_identical_and_exports_hold_no_key(tmp_pa
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
     replay = CliRunner().invoke(app, ["runs", "replay", first.run_id, "--json"])
     assert replay.exit_code == 0, replay.output
-    assert json.loads(replay.stdout[replay.stdout.index("{"):])["identical_adapter"] is True
+    assert json.loads(replay.stdout[replay.stdout.index("{") :])["identical_adapter"] is True
     key_hex = key_file.read_text().strip()
     out = export_run(store, first.run_id, tmp_path / "out")
     exported = [p for p in out.rglob("*") if p.is_file()]
@@ -149,8 +156,22 @@ def test_seeded_mode_is_reproducible_and_labelled_everywhere(tmp_path):
     assert cli.exit_code == 2 and "--force" in cli.output and "Traceback" not in cli.output
     forced = export_run(store, a.run_id, tmp_path / "forced", force=True)
     assert SEEDED_LABEL in (forced / "adapter" / "README.md").read_text()
-    train = CliRunner().invoke(app, ["train", "--set", "model=tiny", "--set", "max_steps=1", "--set", "noise_seed=1",
-                                     "--set", "generate_max_new_tokens=0", "--set", "eval_max_examples=4"])
+    train = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--set",
+            "model=tiny",
+            "--set",
+            "max_steps=1",
+            "--set",
+            "noise_seed=1",
+            "--set",
+            "generate_max_new_tokens=0",
+            "--set",
+            "eval_max_examples=4",
+        ],
+    )
     assert train.exit_code == 0 and "no differential-privacy guarantee" in train.output
 
 
@@ -190,15 +211,24 @@ def _plan(**kw):
 @pytest.mark.parametrize(("q", "steps"), [(0.05, 200), (0.01, 1000)])
 def test_edgeworth_never_sets_sigma(q, steps):
     n = 10_000
-    cfg = RunConfig(model="tiny", batch_size=int(q * n), max_steps=steps, target_epsilon=8.0, delta=1e-5,
-                    accountant="edgeworth", neighboring="add_remove")
+    cfg = RunConfig(
+        model="tiny",
+        batch_size=int(q * n),
+        max_steps=steps,
+        target_epsilon=8.0,
+        delta=1e-5,
+        accountant="edgeworth",
+        neighboring="add_remove",
+    )
     plan = make_plan(cfg, dataset_size=n)
     assert plan.accountant == "pld" and plan.comparison_accountant == "edgeworth"
     pld_sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=plan.sample_rate, steps=steps, delta=1e-5)
     assert plan.noise_multiplier == pytest.approx(pld_sigma)
     oracle = dp_accounting.pld.PLDAccountant()
-    oracle.compose(dp_accounting.PoissonSampledDpEvent(plan.sample_rate, dp_accounting.GaussianDpEvent(plan.noise_multiplier)),
-                   steps)
+    oracle.compose(
+        dp_accounting.PoissonSampledDpEvent(plan.sample_rate, dp_accounting.GaussianDpEvent(plan.noise_multiplier)),
+        steps,
+    )
     assert oracle.get_epsilon(1e-5) <= 8.0 * (1 + 1e-3)
     assert plan.epsilon_at(steps) <= 8.0 and plan.budget_allows(steps)
     # Edgeworth shown beside, and it understates here: had it set sigma, PLD would exceed 8
@@ -213,7 +243,10 @@ def test_replace_one_values_match_dp_accounting():
     oracle.compose(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(0.5863)), 1000)
     assert privacy.epsilon(**kw, neighboring="replace_one") == pytest.approx(oracle.get_epsilon(1e-5), abs=0.01)
     sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=0.01, steps=1000, delta=1e-5, neighboring="replace_one")
-    assert privacy.epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=1000, delta=1e-5, neighboring="replace_one") <= 8.0
+    assert (
+        privacy.epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=1000, delta=1e-5, neighboring="replace_one")
+        <= 8.0
+    )
     assert sigma > 0.5863
     with pytest.raises(privacy.PrivacyError, match="replace-one"):
         privacy.epsilon(**kw, accountant="rdp", neighboring="replace_one")
@@ -224,15 +257,21 @@ def test_neighboring_resolution_and_published_size():
     assert example.neighboring == "replace_one" and example.sample_rate == 32 / 1185
     rdp = make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, accountant="rdp"), dataset_size=1185)
     assert rdp.neighboring == "add_remove" and rdp.sample_rate == 32 / 1200 and rdp.expected_batch_size == 32
-    els = make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, privacy_unit="user"), dataset_size=1185,
-                    num_users=140)
+    els = make_plan(
+        RunConfig(model="tiny", batch_size=32, max_steps=10, privacy_unit="user"), dataset_size=1185, num_users=140
+    )
     assert els.neighboring == "add_remove"
     with pytest.raises(ConfigError, match="accountant=pld"):
-        make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, accountant="prv", neighboring="replace_one"),
-                  dataset_size=1185)
+        make_plan(
+            RunConfig(model="tiny", batch_size=32, max_steps=10, accountant="prv", neighboring="replace_one"),
+            dataset_size=1185,
+        )
     with pytest.raises(ConfigError, match="ELS"):
-        make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, privacy_unit="user", neighboring="replace_one"),
-                  dataset_size=1185, num_users=140)
+        make_plan(
+            RunConfig(model="tiny", batch_size=32, max_steps=10, privacy_unit="user", neighboring="replace_one"),
+            dataset_size=1185,
+            num_users=140,
+        )
     assert [published_size(n) for n in (7, 57, 1185, 67_349)] == [10, 60, 1200, 67_000]
 
 
@@ -241,7 +280,10 @@ def test_add_remove_report_publishes_only_the_rounded_size():
     summary = Session(RunConfig(**FAST, neighboring="add_remove"), store=store).run()
     report = json.loads((Path(summary["adapter_dir"]) / "privacy_report.json").read_text())
     assert report["neighboring"] == "add_remove"
-    assert report["dataset_size"] == published_size(report["dataset_size"]) and "rounded" in report["dataset_size_published_as"]
+    assert (
+        report["dataset_size"] == published_size(report["dataset_size"])
+        and "rounded" in report["dataset_size_published_as"]
+    )
     assert report["sample_rate"] == pytest.approx(16 / report["dataset_size"])
     assert "added or removed" in (Path(summary["adapter_dir"]) / "README.md").read_text()
 
@@ -255,7 +297,9 @@ def test_unknown_neighboring_is_a_one_line_message(tmp_path):
 
 
 def test_card_section_is_replaced_at_the_top_not_appended():
-    card = "---\nlibrary_name: peft\n---\n\n# Model Card\n\n[More Information Needed]\n\n## Differential privacy\n\nold\n"
+    card = (
+        "---\nlibrary_name: peft\n---\n\n# Model Card\n\n[More Information Needed]\n\n## Differential privacy\n\nold\n"
+    )
     once = place_card_section(card, f"{CARD_START}\n## Differential privacy\n\nnew one\n<!-- /dp-workbench -->\n")
     twice = place_card_section(once, f"{CARD_START}\n## Differential privacy\n\nnew two\n<!-- /dp-workbench -->\n")
     assert twice.count("## Differential privacy") == 1 and "new two" in twice and "old" not in twice
@@ -276,26 +320,60 @@ def test_reused_output_dir_keeps_one_dp_section(tmp_path):
 def test_planner_widget_never_calibrates_with_edgeworth_and_states_the_relation():
     from workbench.widgets.planner import TARGET, PlanSettings, compute_plan
 
-    settings = PlanSettings(dataset_size=10_000, batch_size=500, steps=200, mode=TARGET, target_epsilon=8.0,
-                            selected="edgeworth", accountants=("pld", "edgeworth"), max_examples_per_user=1)
+    settings = PlanSettings(
+        dataset_size=10_000,
+        batch_size=500,
+        steps=200,
+        mode=TARGET,
+        target_epsilon=8.0,
+        selected="edgeworth",
+        accountants=("pld", "edgeworth"),
+        max_examples_per_user=1,
+    )
     result = compute_plan(settings)
     pld_sigma = privacy.calibrate(target_epsilon=8.0, sample_rate=0.05, steps=200, delta=1e-5)
     assert result.noise_multiplier == pytest.approx(pld_sigma) and "edgeworth" not in result.sigma_needed
-    replaced = compute_plan(PlanSettings(dataset_size=10_000, batch_size=100, steps=1000, noise_multiplier=0.5863,
-                                         accountants=("pld", "rdp"), neighboring="replace_one", max_examples_per_user=1))
+    replaced = compute_plan(
+        PlanSettings(
+            dataset_size=10_000,
+            batch_size=100,
+            steps=1000,
+            noise_multiplier=0.5863,
+            accountants=("pld", "rdp"),
+            neighboring="replace_one",
+            max_examples_per_user=1,
+        )
+    )
     assert replaced.epsilon["pld"] == pytest.approx(9.374, abs=0.01) and "replace-one" in replaced.errors["rdp"]
 
 
 def test_labels_from_the_config_set_the_head_and_refuse_unlisted_labels(tmp_path):
-    rows = [{"text": f"review number {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"} for i in range(60)]
+    rows = [
+        {"text": f"review number {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
+        for i in range(60)
+    ]
     data = tmp_path / "reviews.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     store = RunStore()
-    ok = Session(RunConfig(**{**FAST, "max_steps": 1}, data=str(data), labels=["neg", "pos", "neutral"]), store=store).run()
+    ok = Session(
+        RunConfig(**{**FAST, "max_steps": 1}, data=str(data), labels=["neg", "pos", "neutral"]), store=store
+    ).run()
     assert ok["status"] == "finished", ok
     head = [e for _, e in store.events(ok["run_id"]) if e.kind == "run_started"][0]
     assert not any(c["code"] == "label-set-from-data" for c in head.checks)
-    out = CliRunner().invoke(app, ["train", "--set", "model=tiny", "--set", f"data={data}", "--set", "labels=[neg, neutral]",
-                                   "--set", "max_steps=1"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--set",
+            "model=tiny",
+            "--set",
+            f"data={data}",
+            "--set",
+            "labels=[neg, neutral]",
+            "--set",
+            "max_steps=1",
+        ],
+    )
     assert out.exit_code == 2 and "pos" in out.output and "labels" in out.output and "Traceback" not in out.output
     assert all(r.status != "running" for r in store.list())

@@ -18,12 +18,12 @@ from workbench.store.runs import RunStore
 
 gr = pytest.importorskip("gradio")
 
+from conftest import app_values  # noqa: E402  (shared factories)
+
 from workbench.app import forms  # noqa: E402
 from workbench.app import plan as plan_tab  # noqa: E402
 from workbench.app import train as train_tab  # noqa: E402
 from workbench.app.state import AppContext, Selection  # noqa: E402
-
-from conftest import app_values  # noqa: E402  (shared factories)
 
 
 def values(**changes):
@@ -41,8 +41,13 @@ def run_plan(ctx, monkeypatch, **changes):
 
 
 def oracle(stage: forms.PlanResult, k: int) -> float:
-    return privacy.user_epsilon_els(noise_multiplier=stage.noise_multiplier, sample_rate=stage.sample_rate,
-                                    steps=stage.steps, delta=stage.delta, max_examples_per_user=k)
+    return privacy.user_epsilon_els(
+        noise_multiplier=stage.noise_multiplier,
+        sample_rate=stage.sample_rate,
+        steps=stage.steps,
+        delta=stage.delta,
+        max_examples_per_user=k,
+    )
 
 
 # -- Plan tab ---------------------------------------------------------------------------------------
@@ -72,8 +77,9 @@ def test_plan_tab_shows_user_level_epsilon_beside_example_level(ctx, monkeypatch
 def test_plan_tab_k1_user_level_equals_example_level_pld(ctx, monkeypatch):
     updates, stages = run_plan(ctx, monkeypatch, max_examples_per_user=1, max_steps=50)
     user, last = stages[-1].user_level, stages[-1]
-    pld = privacy.epsilon(noise_multiplier=1.0, sample_rate=last.sample_rate, steps=50, delta=last.delta,
-                          accountant="pld")
+    pld = privacy.epsilon(
+        noise_multiplier=1.0, sample_rate=last.sample_rate, steps=50, delta=last.delta, accountant="pld"
+    )
     assert user.epsilon == pytest.approx(pld, rel=1e-6) and user.epsilon == pytest.approx(oracle(last, 1), rel=1e-6)
     assert "user-level ε equals example-level ε" in updates[-1][2]
 
@@ -144,8 +150,9 @@ def test_planner_shows_example_and_user_level_side_by_side():
     assert r.user_epsilon == pytest.approx(privacy.user_epsilon_els(**common, max_examples_per_user=2), rel=1e-6)
     assert r.user_epsilon == pytest.approx(4.55, abs=0.02), "REFERENCES.md section 2"
     assert r.example_epsilon == pytest.approx(privacy.epsilon(**common, accountant="pld"), rel=1e-9)
-    assert r.group_bound == pytest.approx(privacy.group_privacy_bound(epsilon=r.example_epsilon, delta=1e-6,
-                                                                      group_size=2), rel=1e-12)
+    assert r.group_bound == pytest.approx(
+        privacy.group_privacy_bound(epsilon=r.example_epsilon, delta=1e-6, group_size=2), rel=1e-12
+    )
     assert r.user_epsilon >= r.example_epsilon
     table = planner.user_level.value
     assert all(fmt_eps(e) in table for e in (r.user_epsilon, r.example_epsilon, r.group_bound[0]))
@@ -180,8 +187,15 @@ def test_plan_for_an_els_target_uses_the_engines_user_level_sigma():
     from workbench.config import RunConfig
     from workbench.engine.plan import make_plan
 
-    config = RunConfig(data="demo", batch_size=32, max_steps=20, target_epsilon=8.0, privacy_unit="user",
-                       user_sampling="els", max_examples_per_user=4)
+    config = RunConfig(
+        data="demo",
+        batch_size=32,
+        max_steps=20,
+        target_epsilon=8.0,
+        privacy_unit="user",
+        user_sampling="els",
+        max_examples_per_user=4,
+    )
     plan = forms.compute_plan(config, dataset_size=1000, num_users=300)
     engine = make_plan(config, dataset_size=1000, num_users=300)
     assert plan.noise_multiplier == pytest.approx(engine.noise_multiplier, rel=1e-9)

@@ -36,9 +36,20 @@ BINS = len(GRAD_NORM_BIN_EDGES) - 1
 def started(run_id: str, *, steps: int = 10, clip: float = 1.0, sigma: float = 1.0, **config) -> RunStarted:
     cfg = RunConfig(model="tiny", max_steps=steps, noise_multiplier=sigma, max_grad_norm=clip, **config).to_dict()
     return RunStarted(
-        run_id=run_id, config=cfg, dataset_size=1000, sample_rate=0.032, noise_multiplier=sigma, delta=1e-5,
-        planned_steps=steps, accountant="pld", planned_epsilon=[(t, 0.2 * t) for t in range(1, steps + 1)],
-        target_epsilon=None, modules=MODULES, trainable_parameters=1024, device="cpu", model_name="tiny",
+        run_id=run_id,
+        config=cfg,
+        dataset_size=1000,
+        sample_rate=0.032,
+        noise_multiplier=sigma,
+        delta=1e-5,
+        planned_steps=steps,
+        accountant="pld",
+        planned_epsilon=[(t, 0.2 * t) for t in range(1, steps + 1)],
+        target_epsilon=None,
+        modules=MODULES,
+        trainable_parameters=1024,
+        device="cpu",
+        model_name="tiny",
     )
 
 
@@ -47,25 +58,54 @@ def step(run_id: str, t: int, *, loss: float | None = None, sigma: float = 1.0) 
     hist[t % 10] = 20  # below C
     hist[15] = 12  # some examples above C (bin 1.5 C)
     return StepMetrics(
-        run_id=run_id, step=t, loss=loss if loss is not None else 3.0 / t, learning_rate=1e-3, batch_size=32,
-        epsilon=0.2 * t if sigma > 0 else math.inf, grad_norm_hist=hist, grad_norm_max=1.5, clipped_fraction=12 / 32,
-        module_grad_norm={m: 0.5 * t for m in MODULES}, module_noise_std={m: sigma for m in MODULES},
-        step_time=0.01, tokens_per_second=1000.0, tokens=10,
+        run_id=run_id,
+        step=t,
+        loss=loss if loss is not None else 3.0 / t,
+        learning_rate=1e-3,
+        batch_size=32,
+        epsilon=0.2 * t if sigma > 0 else math.inf,
+        grad_norm_hist=hist,
+        grad_norm_max=1.5,
+        clipped_fraction=12 / 32,
+        module_grad_norm={m: 0.5 * t for m in MODULES},
+        module_noise_std={m: sigma for m in MODULES},
+        step_time=0.01,
+        tokens_per_second=1000.0,
+        tokens=10,
     )
 
 
 def evaluation(run_id: str, t: int, *, accuracy: float = 0.5) -> EvalMetrics:
-    return EvalMetrics(run_id=run_id, step=t, val_loss=2.0 / t, perplexity=math.exp(2.0 / t), accuracy=accuracy,
-                       generations=[{"prompt": "My bill is wrong", "output": "Department: Billing"}])
+    return EvalMetrics(
+        run_id=run_id,
+        step=t,
+        val_loss=2.0 / t,
+        perplexity=math.exp(2.0 / t),
+        accuracy=accuracy,
+        generations=[{"prompt": "My bill is wrong", "output": "Department: Billing"}],
+    )
 
 
 def ended(run_id: str, *, status: str = "finished", steps: int = 10) -> RunEnded:
-    return RunEnded(run_id=run_id, status=status, reason=f"completed {steps} planned steps",
-                    summary={"epsilon": 0.2 * steps, "steps": steps})
+    return RunEnded(
+        run_id=run_id,
+        status=status,
+        reason=f"completed {steps} planned steps",
+        summary={"epsilon": 0.2 * steps, "steps": steps},
+    )
 
 
-def stored_run(store: RunStore, run_id: str, *, steps: int = 10, finished: bool = True, name: str | None = None,
-               sigma: float = 1.0, accuracy: float = 0.5, **config) -> str:
+def stored_run(
+    store: RunStore,
+    run_id: str,
+    *,
+    steps: int = 10,
+    finished: bool = True,
+    name: str | None = None,
+    sigma: float = 1.0,
+    accuracy: float = 0.5,
+    **config,
+) -> str:
     ev = started(run_id, steps=steps, sigma=sigma, **config)
     store.create_run(run_id, config=ev.config, name=name, status="running")
     store.append(ev)
@@ -240,8 +280,17 @@ def test_dashboard_rejects_ambiguous_sources(store):
 
 def test_dashboard_trains_the_tiny_model_for_real(store):
     """The whole path: Start -> Session thread -> engine events -> panels (a few seconds on a CPU)."""
-    dash = Dashboard(model="tiny", max_steps=3, batch_size=8, physical_batch_size=8, noise_multiplier=1.0,
-                     generate_max_new_tokens=4, eval_max_examples=8, store=store, interval=0.1)
+    dash = Dashboard(
+        model="tiny",
+        max_steps=3,
+        batch_size=8,
+        physical_batch_size=8,
+        noise_multiplier=1.0,
+        generate_max_new_tokens=4,
+        eval_max_examples=8,
+        store=store,
+        interval=0.1,
+    )
     dash.start_button.click()
     summary = dash.wait(300)
     assert summary["status"] == "finished", summary
@@ -261,22 +310,28 @@ def test_planner_draws_a_curve_per_accountant_and_follows_the_sliders():
     fig = planner.figure
     assert {t.name for t in fig.data} == {"RDP", "Edgeworth (approximation)"}
     eps_rdp = planner.result.epsilon["rdp"]
-    assert eps_rdp == pytest.approx(privacy.epsilon(noise_multiplier=1.0, sample_rate=256 / 10_000, steps=500,
-                                                    delta=1e-5, accountant="rdp"), rel=1e-9)
+    assert eps_rdp == pytest.approx(
+        privacy.epsilon(noise_multiplier=1.0, sample_rate=256 / 10_000, steps=500, delta=1e-5, accountant="rdp"),
+        rel=1e-9,
+    )
     before = np.asarray(fig.data[0].y).max()
     planner.noise_multiplier.value = 2.0  # the observer recomputes and redraws
     assert np.asarray(fig.data[0].y).max() < before, "more noise, less epsilon"
     planner.steps.value = 1000
     assert np.asarray(fig.data[0].x).max() == 1000
-    planner.max_grad_norm.value = 10 ** 0.5
-    assert f"{2.0 * 10 ** 0.5:.4g}" in planner.example_level.value, "noise std sigma*C on the sum"
+    planner.max_grad_norm.value = 10**0.5
+    assert f"{2.0 * 10**0.5:.4g}" in planner.example_level.value, "noise std sigma*C on the sum"
 
 
 def test_planner_target_mode_reports_the_noise_each_accountant_needs():
     from workbench import privacy
 
-    planner = PrivacyPlanner(PlanSettings(mode="target ε → noise", target_epsilon=4.0, accountants=("pld", "rdp"),
-                                          steps=200, batch_size=128), background=False)
+    planner = PrivacyPlanner(
+        PlanSettings(
+            mode="target ε → noise", target_epsilon=4.0, accountants=("pld", "rdp"), steps=200, batch_size=128
+        ),
+        background=False,
+    )
     r = planner.result
     expected = privacy.calibrate(target_epsilon=4.0, sample_rate=128 / 10_000, steps=200, delta=1e-5, accountant="pld")
     assert r.sigma_needed["pld"] == pytest.approx(expected)

@@ -14,8 +14,9 @@ from typing import Any, Mapping
 __all__ = ["build_app", "launch", "serve"]
 
 
-def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_upload_mb: int = 50,
-              poll_seconds: float | None = None):
+def build_app(
+    store=None, *, defaults: Mapping[str, Any] | None = None, max_upload_mb: int = 50, poll_seconds: float | None = None
+):
     """Build the app over ``store`` (default: the RunStore under $WORKBENCH_HOME).
 
     ``defaults``: RunConfig overrides that preset the controls, e.g. ``{"model": "tiny"}``.
@@ -57,14 +58,15 @@ def build_app(store=None, *, defaults: Mapping[str, Any] | None = None, max_uplo
             with gr.Tab("Runs", id="runs") as runs_page:
                 runs = runs_tab.build(ctx, runs_page, selection, show_train)
         runs["opened"].then(None, show_train, None, js=SHOW_TRAIN_JS).then(
-            train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
+            train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden"
+        )
 
         def on_load():
             return ctx.default_selection(), ctx.newest_active() is not None  # an active run: show it
 
         app.load(on_load, None, [selection, show_train], api_visibility="private").then(
-            None, show_train, None, js=SHOW_TRAIN_JS).then(
-            train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
+            None, show_train, None, js=SHOW_TRAIN_JS
+        ).then(train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
         refresh_plan, plan_inputs, plan_outputs = plan.load
         app.load(refresh_plan, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
     app.workbench = ctx
@@ -101,13 +103,24 @@ QUEUE_PROGRESS_POLL_S = 0.25
 def quiet_queue(app) -> None:
     """Slow Gradio's idle queue polling to QUEUE_IDLE_POLL_S / QUEUE_PROGRESS_POLL_S (see above)."""
     queue = getattr(app, "_queue", None)
-    for name, seconds in (("sleep_when_free", QUEUE_IDLE_POLL_S), ("progress_update_sleep_when_free", QUEUE_PROGRESS_POLL_S)):
+    for name, seconds in (
+        ("sleep_when_free", QUEUE_IDLE_POLL_S),
+        ("progress_update_sleep_when_free", QUEUE_PROGRESS_POLL_S),
+    ):
         if hasattr(queue, name):  # a Gradio release without it: nothing to do
             setattr(queue, name, max(getattr(queue, name), seconds))
 
 
-def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, auth: str | None = None,
-          block: bool = True, quiet: bool = False):
+def serve(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    share: bool = False,
+    auth: str | None = None,
+    block: bool = True,
+    quiet: bool = False,
+):
     """Launch a built app with the workbench's safety settings; returns (fastapi app, local url, share url)."""
     from starlette.middleware import Middleware
 
@@ -136,16 +149,34 @@ def serve(app, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool 
         css=CSS,
         theme="soft",
         # the page's script and the version and live endpoints it reads: see workbench/app/page.py
-        app_kwargs={"middleware": [Middleware(PageMiddleware, store=ctx.store, poll_seconds=app.poll_seconds,
-                                              live=partial(live_update, ctx))]},
+        app_kwargs={
+            "middleware": [
+                Middleware(
+                    PageMiddleware, store=ctx.store, poll_seconds=app.poll_seconds, live=partial(live_update, ctx)
+                )
+            ]
+        },
     )
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
-           max_upload_mb: int = 50, defaults: Mapping[str, Any] | None = None) -> None:
+def launch(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    auth: str | None = None,
+    max_upload_mb: int = 50,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
     """Serve the workbench until interrupted (``workbench app``): default model, demo data preselected
     (``defaults``: RunConfig keys that preset the controls, e.g. those of assets/demo.yaml)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if share and not auth:
         raise ValueError("share=True publishes the app on the internet; pass auth='USER:PASS' too.")
-    serve(build_app(max_upload_mb=max_upload_mb, defaults=defaults), host=host, port=port, share=share, auth=auth, block=True)
+    serve(
+        build_app(max_upload_mb=max_upload_mb, defaults=defaults),
+        host=host,
+        port=port,
+        share=share,
+        auth=auth,
+        block=True,
+    )

@@ -26,7 +26,6 @@ CSS = """
 """
 
 
-
 def user_errors() -> tuple[type[BaseException], ...]:
     """The engine's user errors, plus the store's; the bare config error if the engine cannot load."""
     from workbench.config import ConfigError

@@ -19,13 +19,21 @@ def compare(ctx: AppContext, run_ids: Sequence[str] | None) -> tuple[Any, Any, A
     run_ids = list(run_ids or [])
     if len(run_ids) < 2:
         msg = "Choose two or more runs to compare."
-        blank = empty_figure("Loss", msg), empty_figure("Privacy spent ε", msg), empty_figure("Privacy–utility trade-off", msg)
+        blank = (
+            empty_figure("Loss", msg),
+            empty_figure("Privacy spent ε", msg),
+            empty_figure("Privacy–utility trade-off", msg),
+        )
         return (*blank, {"headers": ["setting"], "data": []}, msg)
     try:
         views = [ctx.views.get(rid) for rid in run_ids]
         records = {rid: ctx.store.get(rid) for rid in run_ids}
     except Exception as err:  # noqa: BLE001 - e.g. a run deleted meanwhile
-        blank = empty_figure("Loss", ""), empty_figure("Privacy spent ε", ""), empty_figure("Privacy–utility trade-off", "")
+        blank = (
+            empty_figure("Loss", ""),
+            empty_figure("Privacy spent ε", ""),
+            empty_figure("Privacy–utility trade-off", ""),
+        )
         return (*blank, {"headers": ["setting"], "data": []}, error_text(err))
     for view in views:  # label runs by name where they have one, keeping labels unique
         view.name = view.name or records[view.run_id].name
@@ -61,7 +69,9 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
     import gradio as gr
 
     with gr.Row():
-        picker = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)", elem_id="compare-picker", scale=5)
+        picker = gr.Dropdown(
+            [], multiselect=True, label="Runs to compare (two or more)", elem_id="compare-picker", scale=5
+        )
         refresh = gr.Button("Refresh list", scale=1, size="sm")
     message = gr.Markdown("", elem_id="compare-message")
     cost = gr.Markdown("", elem_id="compare-selection-cost")
@@ -70,8 +80,9 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
         eps = gr.Plot(elem_id="compare-epsilon", show_label=False)
     with gr.Row():
         scatter = gr.Plot(elem_id="compare-scatter", show_label=False)
-        diff = gr.Dataframe(headers=["setting"], label="Settings that differ", interactive=False, elem_id="compare-diff",
-                            wrap=True)
+        diff = gr.Dataframe(
+            headers=["setting"], label="Settings that differ", interactive=False, elem_id="compare-diff", wrap=True
+        )
 
     def choices(current):
         options = run_choices(ctx)
@@ -80,8 +91,19 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
 
     tab.select(choices, picker, picker, api_visibility="private", show_progress="hidden")
     refresh.click(choices, picker, picker, api_visibility="private")
-    picker.change(lambda ids: compare(ctx, ids), picker, [loss, eps, scatter, diff, message], api_name="compare",
-                  trigger_mode="always_last")
-    picker.change(lambda ids: selection_cost(ctx, ids), picker, cost, api_visibility="private",
-                  trigger_mode="always_last", show_progress="hidden")
+    picker.change(
+        lambda ids: compare(ctx, ids),
+        picker,
+        [loss, eps, scatter, diff, message],
+        api_name="compare",
+        trigger_mode="always_last",
+    )
+    picker.change(
+        lambda ids: selection_cost(ctx, ids),
+        picker,
+        cost,
+        api_visibility="private",
+        trigger_mode="always_last",
+        show_progress="hidden",
+    )
     return {"picker": picker, "outputs": [loss, eps, scatter, diff, message], "cost": cost}

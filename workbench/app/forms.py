@@ -22,15 +22,36 @@ from workbench.config import ConfigError, RunConfig
 
 # Names of the Plan tab's controls, in the order the app passes them to callbacks.
 PLAN_FIELDS = (
-    "data_mode", "upload_path", "data_path", "batch_size", "length_mode", "epochs", "max_steps",
-    "delta", "privacy_mode", "target_epsilon", "noise_multiplier", "max_grad_norm", "accountant",
+    "data_mode",
+    "upload_path",
+    "data_path",
+    "batch_size",
+    "length_mode",
+    "epochs",
+    "max_steps",
+    "delta",
+    "privacy_mode",
+    "target_epsilon",
+    "noise_multiplier",
+    "max_grad_norm",
+    "accountant",
     "max_examples_per_user",  # added later ones go last: the /plan API's positional inputs keep their places
     "neighboring",
 )
 # Names of the Train tab's controls (each a RunConfig key).
 TRAIN_FIELDS = (
-    "model", "name", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "optimizer", "learning_rate", "physical_batch_size", "eval_every", "seed", "audit",
+    "model",
+    "name",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "optimizer",
+    "learning_rate",
+    "physical_batch_size",
+    "eval_every",
+    "seed",
+    "audit",
 )
 BUILTIN_MODELS = ("default", "tiny")
 PLAN_ACCOUNTANTS = ("rdp", "prv", "pld")  # always drawn; the selected one is added when it is another
@@ -106,7 +127,9 @@ def resolve_data(mode: str, upload_path: str | None, data_path: str | None) -> s
     """The data source the controls describe: 'demo', the stored upload, or the typed path."""
     if mode == "upload":
         if not upload_path:
-            raise ConfigError("no file uploaded yet: drop a .jsonl, .json, .csv, .tsv or .parquet file on the upload box.")
+            raise ConfigError(
+                "no file uploaded yet: drop a .jsonl, .json, .csv, .tsv or .parquet file on the upload box."
+            )
         return upload_path
     if mode == "path":
         path = (data_path or "").strip()
@@ -137,14 +160,18 @@ def _parse_float(name: str, value: Any) -> float | None:
 def parse_group_size(value: Any) -> int:
     """The "max examples per user k" control: a whole number >= 1."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise ConfigError("max examples per user k is empty: enter a whole number ≥ 1 such as 4 (1 = one example per user).")
+        raise ConfigError(
+            "max examples per user k is empty: enter a whole number ≥ 1 such as 4 (1 = one example per user)."
+        )
     try:
         k = float(value)
     except (TypeError, ValueError):
         k = math.nan
     if isinstance(value, bool) or not (k.is_integer() and k >= 1):
-        raise ConfigError(f"max examples per user k must be a whole number ≥ 1 (each user's examples are capped at k). "
-                          f"Found {value!r}; enter e.g. 4.")
+        raise ConfigError(
+            f"max examples per user k must be a whole number ≥ 1 (each user's examples are capped at k). "
+            f"Found {value!r}; enter e.g. 4."
+        )
     return int(k)
 
 
@@ -193,7 +220,9 @@ def check_model(model: str) -> None:
     """Built-in names and hub ids pass; a path (it has a slash and exists nowhere) must exist."""
     if model in BUILTIN_MODELS or os.path.exists(os.path.expanduser(model)):
         return
-    looks_like_path = model.startswith(("/", ".", "~")) or model.endswith(".gguf") or model.count("/") > 1 or "\\" in model
+    looks_like_path = (
+        model.startswith(("/", ".", "~")) or model.endswith(".gguf") or model.count("/") > 1 or "\\" in model
+    )
     if looks_like_path or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", model):
         raise ConfigError(
             f"model {model!r}: no such file or folder. Use 'default', 'tiny', a Hugging Face hub id, "
@@ -236,8 +265,10 @@ def curve_steps(steps: int, points: int) -> list[int]:
 def check_users(config: RunConfig, num_users: int | None) -> None:
     """User-level runs need users: a user_id column."""
     if config.privacy_unit == "user" and not num_users:
-        raise ConfigError("privacy_unit is 'user' but the data has no user_id column: add one (the person each "
-                          "example belongs to) or set privacy_unit to 'example'.")
+        raise ConfigError(
+            "privacy_unit is 'user' but the data has no user_id column: add one (the person each "
+            "example belongs to) or set privacy_unit to 'example'."
+        )
 
 
 def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None = None) -> Iterator[PlanResult | None]:
@@ -252,8 +283,11 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
 
     check_users(config, num_users)
     fixed = config.noise_multiplier is not None
-    probe = make_plan(config.with_overrides({"noise_multiplier": config.noise_multiplier if fixed else 0.0}),
-                      dataset_size=dataset_size, num_users=num_users)  # the engine's checks: batch <= N, delta < 1/N
+    probe = make_plan(
+        config.with_overrides({"noise_multiplier": config.noise_multiplier if fixed else 0.0}),
+        dataset_size=dataset_size,
+        num_users=num_users,
+    )  # the engine's checks: batch <= N, delta < 1/N
     q, steps, delta, chosen = probe.sample_rate, probe.steps, probe.delta, config.accountant
     neighboring, bound = probe.neighboring, probe.accountant
     target = None if fixed else config.target_epsilon
@@ -261,21 +295,46 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
     if neighboring == "replace_one":  # only dp_accounting's PLD analyses replace-one (privacy/accountants.py)
         order = ["pld"]
     uls = config.privacy_unit == "user" and config.user_sampling == "uls"
-    user = UserLevel(k=config.max_examples_per_user, num_users=num_users, sampling="uls" if uls else "els",
-                     charged=config.privacy_unit == "user")
+    user = UserLevel(
+        k=config.max_examples_per_user,
+        num_users=num_users,
+        sampling="uls" if uls else "els",
+        charged=config.privacy_unit == "user",
+    )
 
     def result(sigma: float, curves: dict, done: int, provisional: bool = False) -> PlanResult:
         bound_curve = curves.get(bound)
-        return PlanResult(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=chosen,
-                          target_epsilon=target if sigma > 0 else None, curves=dict(curves),
-                          pending=tuple(order[done:]), provisional=provisional,
-                          user_level=replace(user, example_epsilon=bound_curve[-1][1] if bound_curve else None),
-                          neighboring=neighboring, bound=bound)
+        return PlanResult(
+            noise_multiplier=sigma,
+            sample_rate=q,
+            steps=steps,
+            delta=delta,
+            accountant=chosen,
+            target_epsilon=target if sigma > 0 else None,
+            curves=dict(curves),
+            pending=tuple(order[done:]),
+            provisional=provisional,
+            user_level=replace(user, example_epsilon=bound_curve[-1][1] if bound_curve else None),
+            neighboring=neighboring,
+            bound=bound,
+        )
 
     def curve(name: str, sigma: float) -> Iterator[tuple[int, float] | None]:
         for t in curve_steps(steps, CURVE_POINTS.get(name, 25)):
-            yield (t, privacy.epsilon_curve(noise_multiplier=sigma, sample_rate=q, steps=t, delta=delta,
-                                            accountant=name, max_points=1, neighboring=neighboring)[-1][1] if t else 0.0)
+            yield (
+                t,
+                privacy.epsilon_curve(
+                    noise_multiplier=sigma,
+                    sample_rate=q,
+                    steps=t,
+                    delta=delta,
+                    accountant=name,
+                    max_points=1,
+                    neighboring=neighboring,
+                )[-1][1]
+                if t
+                else 0.0,
+            )
             if name in SLOW_ACCOUNTANTS:
                 yield None
 
@@ -283,17 +342,34 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
         sigma = float(config.noise_multiplier)
     else:
         if bound in SLOW_ACCOUNTANTS and neighboring == "add_remove":  # RDP's answer while the bound calibrates
-            sigma_rdp = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant="rdp")
+            sigma_rdp = privacy.calibrate(
+                target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant="rdp"
+            )
             yield result(sigma_rdp, {"rdp": [p for p in curve("rdp", sigma_rdp) if p]}, 0, provisional=True)
         if user.charged and not uls:  # ELS: the target is user-level; the engine calibrates the mixture PLD
             sigma = calibrate_els(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, k=user.k)
         else:  # the engine's calibration: an upper bound, for the plan's neighbouring relation
-            sigma = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=bound,
-                                      neighboring=neighboring)
+            sigma = privacy.calibrate(
+                target_epsilon=target,
+                sample_rate=q,
+                steps=steps,
+                delta=delta,
+                accountant=bound,
+                neighboring=neighboring,
+            )
     if sigma == 0:
-        yield PlanResult(0.0, q, steps, delta, chosen, None, {},
-                         user_level=replace(user, example_epsilon=math.inf, epsilon=math.inf, group_epsilon=math.inf,
-                                            group_delta=1.0))
+        yield PlanResult(
+            0.0,
+            q,
+            steps,
+            delta,
+            chosen,
+            None,
+            {},
+            user_level=replace(
+                user, example_epsilon=math.inf, epsilon=math.inf, group_epsilon=math.inf, group_delta=1.0
+            ),
+        )
         return
     curves: dict[str, list[tuple[int, float]]] = {}
     for i, name in enumerate(order):
@@ -307,28 +383,35 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
         yield result(sigma, curves, i + 1)
     yield None
     last = result(sigma, curves, len(order))
-    yield replace(last, user_level=user_level(last.user_level, noise_multiplier=sigma, sample_rate=q, steps=steps,
-                                              delta=delta))
+    yield replace(
+        last, user_level=user_level(last.user_level, noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
+    )
 
 
 def user_level(user: UserLevel, *, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> UserLevel:
     """``user`` with its epsilon and group-privacy bound; privacy errors become ``user.error``."""
     from workbench import privacy
-
     from workbench.privacy.user_level import els_beside_group_bound
 
     if user.sampling == "uls":  # the sampled unit is the user: the example-level accounting is user-level
         return replace(user, epsilon=user.example_epsilon)
     try:
-        eps, group = els_beside_group_bound(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
-                                            delta=delta, k=user.k, example_epsilon=user.example_epsilon)
+        eps, group = els_beside_group_bound(
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=delta,
+            k=user.k,
+            example_epsilon=user.example_epsilon,
+        )
     except privacy.PrivacyError as err:
         return replace(user, error=str(err))
     return replace(user, epsilon=eps, group_epsilon=group[0], group_delta=group[1])
 
 
-def compute_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = None,
-                 curves: bool = True) -> PlanResult:
+def compute_plan(
+    config: RunConfig, *, dataset_size: int, num_users: int | None = None, curves: bool = True
+) -> PlanResult:
     """The complete plan (every curve and the user-level epsilon), or with ``curves=False`` just the
     engine's plan (sigma)."""
     if curves:
@@ -339,8 +422,15 @@ def compute_plan(config: RunConfig, *, dataset_size: int, num_users: int | None 
 
     check_users(config, num_users)
     plan = make_plan(config, dataset_size=dataset_size, num_users=num_users)  # checks batch <= N, delta < 1/N; sigma
-    return PlanResult(noise_multiplier=float(plan.noise_multiplier), sample_rate=plan.sample_rate, steps=plan.steps,
-                      delta=plan.delta, accountant=plan.accountant, target_epsilon=plan.target_epsilon, curves={})
+    return PlanResult(
+        noise_multiplier=float(plan.noise_multiplier),
+        sample_rate=plan.sample_rate,
+        steps=plan.steps,
+        delta=plan.delta,
+        accountant=plan.accountant,
+        target_epsilon=plan.target_epsilon,
+        curves={},
+    )
 
 
 def check_start(config: RunConfig) -> PlanResult:

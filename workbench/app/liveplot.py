@@ -126,8 +126,14 @@ def live_plot(elem_id: str, *, height: int = 380):
     """A live panel (``gr.HTML``); give it ``plot_value(figure)`` as its value."""
     import gradio as gr
 
-    return gr.HTML(value=None, html_template=f'<div class="wb-live-plot" style="min-height:{height}px"></div>',
-                   js_on_load=LIVE_PLOT_JS, elem_id=elem_id, show_label=False, padding=False)
+    return gr.HTML(
+        value=None,
+        html_template=f'<div class="wb-live-plot" style="min-height:{height}px"></div>',
+        js_on_load=LIVE_PLOT_JS,
+        elem_id=elem_id,
+        show_label=False,
+        padding=False,
+    )
 
 
 def plot_value(figure: Any) -> str:

@@ -151,11 +151,18 @@ def page_script(poll_seconds: float) -> str:
     from importlib.resources import files
 
     canvas = files("workbench.app").joinpath("canvasplot.js").read_text(encoding="utf-8")
-    return (_SCRIPT.replace("__PERIOD_MS__", str(max(100, int(poll_seconds * 1000))))
+    return (
+        (
+            _SCRIPT.replace("__PERIOD_MS__", str(max(100, int(poll_seconds * 1000))))
             .replace("__WAIT_S__", json.dumps(LONG_POLL_S))
             .replace("__STREAM__", json.dumps(STREAM_PATH))
             .replace("__BUTTON__", json.dumps(REFRESH_ELEM_ID))
-            .replace("__ROOT__", ROOT_JS)) + '<script data-workbench="canvasplot">\n' + canvas + "</script>"
+            .replace("__ROOT__", ROOT_JS)
+        )
+        + '<script data-workbench="canvasplot">\n'
+        + canvas
+        + "</script>"
+    )
 
 
 class PageMiddleware:
@@ -207,7 +214,7 @@ class PageMiddleware:
                 page = b"".join(body)
                 head = page.find(b"<head>")
                 if head >= 0 and self.script not in page:
-                    page = page[: head + 6] + self.script + page[head + 6:]
+                    page = page[: head + 6] + self.script + page[head + 6 :]
                 headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
                 headers.append((b"content-length", str(len(page)).encode()))
                 await send({**start, "headers": headers})
@@ -223,10 +230,17 @@ class PageMiddleware:
             from importlib.resources import files
 
             self._plotly_js = files("plotly").joinpath("package_data", "plotly.min.js").read_bytes()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/javascript; charset=utf-8"),
-                                (b"cache-control", b"public, max-age=86400"),
-                                (b"content-length", str(len(self._plotly_js)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/javascript; charset=utf-8"),
+                    (b"cache-control", b"public, max-age=86400"),
+                    (b"content-length", str(len(self._plotly_js)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": self._plotly_js})
 
     async def _live(self, scope, send) -> None:
@@ -294,9 +308,17 @@ class PageMiddleware:
         except ValueError:
             await _respond(send, 400, b"expected ?since=TOKEN&wait=SECONDS[&run=ID&steps=N&evals=M]")
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
-                                (b"x-accel-buffering", b"no")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-store"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
         gone = asyncio.ensure_future(_disconnected(receive))
         end = time.monotonic() + STREAM_S
         try:

@@ -20,8 +20,11 @@ from workbench.present import accountant_label, empty_figure, fmt_eps, plan_figu
 
 DATA_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 ACCOUNTANT_CHOICES = [(accountant_label(a), a) for a in ("pld", "rdp", "prv", "edgeworth")]
-NEIGHBORING_CHOICES = [("auto (replace one where PLD has it)", "auto"), ("replace one unit", "replace_one"),
-                       ("add or remove one unit", "add_remove")]
+NEIGHBORING_CHOICES = [
+    ("auto (replace one where PLD has it)", "auto"),
+    ("replace one unit", "replace_one"),
+    ("add or remove one unit", "add_remove"),
+]
 
 
 @dataclass
@@ -66,8 +69,9 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
             if stage is None:
                 yield None
                 continue
-            figure = plan_figure(stage.curves, stage.target_epsilon, noise_multiplier=stage.noise_multiplier,
-                                 selected=stage.accountant)
+            figure = plan_figure(
+                stage.curves, stage.target_epsilon, noise_multiplier=stage.noise_multiplier, selected=stage.accountant
+            )
             last = (stage, figure, plan_summary(stage))
             yield data_md, figure, last[2], ""
         if last is not None:  # the finished plan, with the pre-flight privacy check under it
@@ -108,11 +112,15 @@ def plan_summary(plan: forms.PlanResult) -> str:
     if plan.accountant != plan.bound:
         chosen += f"; {accountant_label(plan.accountant)} is shown beside it, never sets σ"
     if plan.provisional:
-        text = (f"RDP needs **σ = {plan.noise_multiplier:.4g}** for ε = {fmt_eps(plan.target_epsilon)} over {head}; "
-                f"calibrating with {chosen}…")
+        text = (
+            f"RDP needs **σ = {plan.noise_multiplier:.4g}** for ε = {fmt_eps(plan.target_epsilon)} over {head}; "
+            f"calibrating with {chosen}…"
+        )
     elif plan.target_epsilon is not None:
-        text = (f"To stay within **ε = {fmt_eps(plan.target_epsilon)}** over {head}, the noise multiplier must be "
-                f"**σ = {plan.noise_multiplier:.4g}** ({chosen}).")
+        text = (
+            f"To stay within **ε = {fmt_eps(plan.target_epsilon)}** over {head}, the noise multiplier must be "
+            f"**σ = {plan.noise_multiplier:.4g}** ({chosen})."
+        )
     else:
         text = f"With **σ = {plan.noise_multiplier:.4g}** over {head}."
     shown = [a for a in ("rdp", "prv", "pld", "edgeworth") if a in plan.curves]
@@ -121,8 +129,10 @@ def plan_summary(plan: forms.PlanResult) -> str:
         text += "  \nε after the last step: " + " · ".join(finals) + "."
     unit = "user" if plan.user_level is not None and plan.user_level.charged else "example"
     text += f"  \nε is for neighbouring datasets with {relation_text(plan.neighboring, unit)}" + (
-        " (the exact dataset size is public)." if plan.neighboring == "replace_one"
-        else " (the dataset size is published only rounded).")
+        " (the exact dataset size is public)."
+        if plan.neighboring == "replace_one"
+        else " (the dataset size is published only rounded)."
+    )
     if plan.pending and not plan.provisional:
         text += f"  \n_computing {', '.join(accountant_label(a) for a in plan.pending)}…_"
     if plan.user_level is not None and not plan.provisional:
@@ -136,25 +146,39 @@ USER_LEVEL_HEAD = "| protects | ε | δ |\n|---|---|---|"
 def user_level_summary(user: forms.UserLevel, plan: forms.PlanResult) -> str:
     """Example-level and user-level epsilon side by side, as a markdown table and a note."""
     if user.sampling == "uls":
-        return (f"**User-level (ULS)**: users are sampled (q = users sampled / users = {plan.sample_rate:.4g}), so the "
-                f"ε above is already user-level: example-level accounting with users as the unit.{_users_note(user)}")
+        return (
+            f"**User-level (ULS)**: users are sampled (q = users sampled / users = {plan.sample_rate:.4g}), so the "
+            f"ε above is already user-level: example-level accounting with users as the unit.{_users_note(user)}"
+        )
     k = f"k = {user.k} example" + ("s" if user.k > 1 else "")
-    rows = [f"| one example ({accountant_label(plan.accountant)}) | {fmt_eps(user.example_epsilon)} | {plan.delta:.0e} |"]
+    rows = [
+        f"| one example ({accountant_label(plan.accountant)}) | {fmt_eps(user.example_epsilon)} | {plan.delta:.0e} |"
+    ]
     if user.error:
         rows.append(f"| one user with up to {k} | ⚠️ {user.error.replace('|', '/')} | |")
     elif user.pending:
         rows.append(f"| one user with up to {k} (ELS) | _computing user-level ε…_ | |")
     else:
-        rows.append(f"| **one user with up to {k}** (ELS, mixture-of-Gaussians PLD) | "
-                    f"**{fmt_eps(user.epsilon)}** | {plan.delta:.0e} |")
-        rows.append(f"| one user, group-privacy bound (k ε at δ_k = δ (e^kε − 1)/(e^ε − 1)) | "
-                    f"{fmt_eps(user.group_epsilon)} | {_fmt_delta(user.group_delta)} |")
-    note = ("k = 1: one example per user, so user-level ε equals example-level ε." if user.k == 1 else
-            f"ELS: examples are sampled at q and each user keeps at most {user.k}.")
+        rows.append(
+            f"| **one user with up to {k}** (ELS, mixture-of-Gaussians PLD) | "
+            f"**{fmt_eps(user.epsilon)}** | {plan.delta:.0e} |"
+        )
+        rows.append(
+            f"| one user, group-privacy bound (k ε at δ_k = δ (e^kε − 1)/(e^ε − 1)) | "
+            f"{fmt_eps(user.group_epsilon)} | {_fmt_delta(user.group_delta)} |"
+        )
+    note = (
+        "k = 1: one example per user, so user-level ε equals example-level ε."
+        if user.k == 1
+        else f"ELS: examples are sampled at q and each user keeps at most {user.k}."
+    )
     if user.charged:
         note += " This run is user-level (privacy_unit = user): its budget is the user-level ε."
-    return f"**Example-level vs user-level ε** after {plan.steps:,} steps\n\n{USER_LEVEL_HEAD}\n" + "\n".join(rows) + (
-        f"\n\n{note}{_users_note(user)}")
+    return (
+        f"**Example-level vs user-level ε** after {plan.steps:,} steps\n\n{USER_LEVEL_HEAD}\n"
+        + "\n".join(rows)
+        + (f"\n\n{note}{_users_note(user)}")
+    )
 
 
 def _fmt_delta(delta: float) -> str:
@@ -180,7 +204,9 @@ def store_upload(ctx: AppContext, temp_path: str | None) -> tuple[str | None, st
         if size > ctx.max_upload_mb * 1024 * 1024:
             raise _UploadError(f"{src.name} is {size / 2**20:.1f} MB; the limit is {ctx.max_upload_mb} MB.")
         if src.suffix.lower() not in DATA_FORMATS:
-            raise _UploadError(f"{src.name}: unsupported file type {src.suffix or '(none)'}. Use one of {', '.join(DATA_FORMATS)}.")
+            raise _UploadError(
+                f"{src.name}: unsupported file type {src.suffix or '(none)'}. Use one of {', '.join(DATA_FORMATS)}."
+            )
         digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
         safe = re.sub(r"[^\w.\-]", "_", src.name)[-80:]
         ctx.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -237,49 +263,107 @@ def build(ctx: AppContext) -> PlanControls:
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("### Data")
-            c["data_mode"] = gr.Radio([("Demo dataset", "demo"), ("Upload a file", "upload"), ("Path on this machine", "path")],
-                                      value=data_mode, label="Dataset", elem_id="data-mode")
-            upload = gr.File(label=f"Data file ({', '.join(DATA_FORMATS)}; at most {ctx.max_upload_mb} MB)",
-                             file_types=list(DATA_FORMATS), type="filepath", visible=data_mode == "upload", elem_id="data-upload")
+            c["data_mode"] = gr.Radio(
+                [("Demo dataset", "demo"), ("Upload a file", "upload"), ("Path on this machine", "path")],
+                value=data_mode,
+                label="Dataset",
+                elem_id="data-mode",
+            )
+            upload = gr.File(
+                label=f"Data file ({', '.join(DATA_FORMATS)}; at most {ctx.max_upload_mb} MB)",
+                file_types=list(DATA_FORMATS),
+                type="filepath",
+                visible=data_mode == "upload",
+                elem_id="data-upload",
+            )
             upload_msg = gr.Markdown("", elem_id="upload-msg")
             c["upload_path"] = gr.State(None)
-            c["data_path"] = gr.Textbox(value=base.data if data_mode == "path" else "", label="Path",
-                                        placeholder="/data/train.jsonl", visible=data_mode == "path", elem_id="data-path")
+            c["data_path"] = gr.Textbox(
+                value=base.data if data_mode == "path" else "",
+                label="Path",
+                placeholder="/data/train.jsonl",
+                visible=data_mode == "path",
+                elem_id="data-path",
+            )
             data_info = gr.Markdown("", elem_id="data-info")
             gr.Markdown("### Privacy knobs")
             with gr.Row():
-                c["batch_size"] = gr.Number(base.batch_size, label="Expected batch size", precision=0, minimum=1,
-                                            info=help_["batch_size"], elem_id="batch-size")
-                c["max_grad_norm"] = gr.Number(base.max_grad_norm, label="Clipping norm C", info=help_["max_grad_norm"],
-                                                 elem_id="max-grad-norm")
+                c["batch_size"] = gr.Number(
+                    base.batch_size,
+                    label="Expected batch size",
+                    precision=0,
+                    minimum=1,
+                    info=help_["batch_size"],
+                    elem_id="batch-size",
+                )
+                c["max_grad_norm"] = gr.Number(
+                    base.max_grad_norm, label="Clipping norm C", info=help_["max_grad_norm"], elem_id="max-grad-norm"
+                )
             with gr.Row():
-                c["length_mode"] = gr.Radio([("Epochs", "epochs"), ("Steps", "steps")],
-                                            value="steps" if base.max_steps else "epochs", label="Length in")
-                c["epochs"] = gr.Number(base.epochs or 1.0, label="Epochs", minimum=0, interactive=not base.max_steps,
-                                        elem_id="epochs")
-                c["max_steps"] = gr.Number(base.max_steps or 100, label="Steps", precision=0, minimum=1,
-                                           interactive=bool(base.max_steps), elem_id="max-steps")
+                c["length_mode"] = gr.Radio(
+                    [("Epochs", "epochs"), ("Steps", "steps")],
+                    value="steps" if base.max_steps else "epochs",
+                    label="Length in",
+                )
+                c["epochs"] = gr.Number(
+                    base.epochs or 1.0, label="Epochs", minimum=0, interactive=not base.max_steps, elem_id="epochs"
+                )
+                c["max_steps"] = gr.Number(
+                    base.max_steps or 100,
+                    label="Steps",
+                    precision=0,
+                    minimum=1,
+                    interactive=bool(base.max_steps),
+                    elem_id="max-steps",
+                )
             with gr.Row():
-                c["privacy_mode"] = gr.Radio([("Target ε", "target"), ("Noise multiplier σ", "sigma")],
-                                             value="sigma" if base.noise_multiplier is not None else "target", label="Set")
+                c["privacy_mode"] = gr.Radio(
+                    [("Target ε", "target"), ("Noise multiplier σ", "sigma")],
+                    value="sigma" if base.noise_multiplier is not None else "target",
+                    label="Set",
+                )
                 sigma_mode = base.noise_multiplier is not None
-                c["target_epsilon"] = gr.Number(base.target_epsilon or 8.0, label="Target ε", interactive=not sigma_mode,
-                                                elem_id="target-epsilon")
-                c["noise_multiplier"] = gr.Number(base.noise_multiplier if sigma_mode else 1.0, label="Noise multiplier σ",
-                                                  elem_id="noise-multiplier",
-                                                  minimum=0, interactive=sigma_mode, info="0 = non-private baseline")
+                c["target_epsilon"] = gr.Number(
+                    base.target_epsilon or 8.0, label="Target ε", interactive=not sigma_mode, elem_id="target-epsilon"
+                )
+                c["noise_multiplier"] = gr.Number(
+                    base.noise_multiplier if sigma_mode else 1.0,
+                    label="Noise multiplier σ",
+                    elem_id="noise-multiplier",
+                    minimum=0,
+                    interactive=sigma_mode,
+                    info="0 = non-private baseline",
+                )
             with gr.Row():
-                c["delta"] = gr.Textbox("" if base.delta is None else f"{base.delta:g}", label="δ",
-                                        placeholder="auto: below 1/N", info="Empty: the largest power of ten ≤ 1/(10 N).",
-                                        elem_id="delta")
-                c["accountant"] = gr.Dropdown(ACCOUNTANT_CHOICES, value=base.accountant, label="Accountant", elem_id="accountant",
-                                              info=help_["accountant"])
+                c["delta"] = gr.Textbox(
+                    "" if base.delta is None else f"{base.delta:g}",
+                    label="δ",
+                    placeholder="auto: below 1/N",
+                    info="Empty: the largest power of ten ≤ 1/(10 N).",
+                    elem_id="delta",
+                )
+                c["accountant"] = gr.Dropdown(
+                    ACCOUNTANT_CHOICES,
+                    value=base.accountant,
+                    label="Accountant",
+                    elem_id="accountant",
+                    info=help_["accountant"],
+                )
             with gr.Row():  # no minimum=: a bad k gets the plan's message, not Gradio's
-                c["max_examples_per_user"] = gr.Number(base.max_examples_per_user, label="Max examples per user k",
-                                                       precision=0, info=help_["max_examples_per_user"],
-                                                       elem_id="max-examples-per-user")
-                c["neighboring"] = gr.Dropdown(NEIGHBORING_CHOICES, value=base.neighboring, label="Neighbouring datasets",
-                                               info=help_["neighboring"], elem_id="neighboring")
+                c["max_examples_per_user"] = gr.Number(
+                    base.max_examples_per_user,
+                    label="Max examples per user k",
+                    precision=0,
+                    info=help_["max_examples_per_user"],
+                    elem_id="max-examples-per-user",
+                )
+                c["neighboring"] = gr.Dropdown(
+                    NEIGHBORING_CHOICES,
+                    value=base.neighboring,
+                    label="Neighbouring datasets",
+                    info=help_["neighboring"],
+                    elem_id="neighboring",
+                )
             error = gr.Markdown("", elem_classes="wb-error", elem_id="plan-error")
         with gr.Column(scale=3):
             plot = gr.Plot(label="Privacy plan", elem_id="plan-plot")
@@ -329,8 +413,9 @@ def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any,
     def mode_changed(mode):
         return gr.update(visible=mode == "upload"), gr.update(visible=mode == "path")
 
-    c["data_mode"].change(mode_changed, c["data_mode"], [upload, c["data_path"]], api_visibility="private",
-                          show_progress="hidden")
+    c["data_mode"].change(
+        mode_changed, c["data_mode"], [upload, c["data_path"]], api_visibility="private", show_progress="hidden"
+    )
 
     def length_mode(mode):  # only the field that counts is editable
         return gr.update(interactive=mode == "epochs"), gr.update(interactive=mode == "steps")
@@ -338,15 +423,22 @@ def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any,
     def privacy_mode(mode):
         return gr.update(interactive=mode == "target"), gr.update(interactive=mode == "sigma")
 
-    c["length_mode"].change(length_mode, c["length_mode"], [c["epochs"], c["max_steps"]], api_visibility="private",
-                            show_progress="hidden")
-    c["privacy_mode"].change(privacy_mode, c["privacy_mode"], [c["target_epsilon"], c["noise_multiplier"]],
-                             api_visibility="private", show_progress="hidden")
+    c["length_mode"].change(
+        length_mode, c["length_mode"], [c["epochs"], c["max_steps"]], api_visibility="private", show_progress="hidden"
+    )
+    c["privacy_mode"].change(
+        privacy_mode,
+        c["privacy_mode"],
+        [c["target_epsilon"], c["noise_multiplier"]],
+        api_visibility="private",
+        show_progress="hidden",
+    )
 
     def uploaded(path):
         stored, message = store_upload(ctx, path)
         return None, stored, message
 
     upload.upload(uploaded, upload, [upload, c["upload_path"], upload_msg], api_visibility="private").then(
-        refresh, inputs, outputs, api_visibility="private", show_progress="hidden")
+        refresh, inputs, outputs, api_visibility="private", show_progress="hidden"
+    )
     controls.load = (refresh, inputs, outputs)

@@ -45,9 +45,11 @@ def export_zip(ctx: AppContext, run_id: str | None) -> tuple[str | None, str]:
     except Exception as err:  # noqa: BLE001 - e.g. a run without an adapter
         return None, error_text(err)
     size = Path(archive).stat().st_size
-    return archive, (f"Exported `{run_id}` ({size / 1024:.0f} kB): adapter, privacy report and config. The training "
-                     "telemetry is left out: it is computed from the raw data and not covered by DP "
-                     "(`workbench runs export --with-telemetry` includes it).")
+    return archive, (
+        f"Exported `{run_id}` ({size / 1024:.0f} kB): adapter, privacy report and config. The training "
+        "telemetry is left out: it is computed from the raw data and not covered by DP "
+        "(`workbench runs export --with-telemetry` includes it)."
+    )
 
 
 def delete_run(ctx: AppContext, run_id: str | None) -> str:
@@ -73,9 +75,13 @@ def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[st
     """Lay out the Runs tab; ``selection`` is the Train tab's state, ``show_train`` asks for that tab."""
     import gradio as gr
 
-    table = gr.Dataframe(headers=["run", "name", "status", "model", "ε", "metric", "steps", "created"],
-                         interactive=False, label="Stored runs (click a row to choose it)", elem_id="runs-table",
-                         max_height=360)
+    table = gr.Dataframe(
+        headers=["run", "name", "status", "model", "ε", "metric", "steps", "created"],
+        interactive=False,
+        label="Stored runs (click a row to choose it)",
+        elem_id="runs-table",
+        max_height=360,
+    )
     with gr.Row():
         picker = gr.Dropdown([], label="Run", elem_id="runs-picker", scale=3)
         refresh = gr.Button("Refresh", size="sm", scale=1)
@@ -89,9 +95,11 @@ def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[st
         cancel_btn = gr.Button("Cancel", elem_id="cancel-delete")
     message = gr.Markdown("", elem_id="runs-message")
     download = gr.File(label="Export (zip)", interactive=False, elem_id="export-file", height=90)
-    gr.Markdown("### Privacy ledger\nEvery run that trained, by the data it trained on (a fingerprint of its records), "
-                "and the ε of all of them composed (PLD). Deleting a run does not take it out; "
-                "`workbench ledger --forget RUN_ID` does, and records why.")
+    gr.Markdown(
+        "### Privacy ledger\nEvery run that trained, by the data it trained on (a fingerprint of its records), "
+        "and the ε of all of them composed (PLD). Deleting a run does not take it out; "
+        "`workbench ledger --forget RUN_ID` does, and records why."
+    )
     ledger = gr.HTML("", elem_id="runs-ledger")  # filled when the tab opens, like the runs table
 
     def reload(current):
@@ -100,9 +108,11 @@ def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[st
         return data, gr.update(choices=ids, value=current if current in ids else (ids[0] if ids else None))
 
     tab.select(reload, picker, [table, picker], api_visibility="private", show_progress="hidden").then(
-        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden")
+        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden"
+    )
     refresh.click(reload, picker, [table, picker], api_name="list_runs").then(
-        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden")
+        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden"
+    )
 
     def row_chosen(evt: gr.SelectData):
         row = evt.row_value or []
@@ -130,5 +140,6 @@ def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[st
         return (gr.update(visible=False), delete_run(ctx, run_id), *reload(None))
 
     confirm_btn.click(confirmed, picker, [confirm_row, message, table, picker], api_visibility="private").then(
-        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden")
+        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden"
+    )
     return {"picker": picker, "table": table, "reload": reload, "opened": opened, "ledger": ledger}

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from workbench import present
 from workbench.app import forms
 from workbench.app.common import badge, error_text
 from workbench.app.page import REFRESH_ELEM_ID
@@ -27,7 +28,6 @@ from workbench.app.state import AppContext, Selection
 from workbench.config import RunConfig
 from workbench.engine.randomness import SEEDED_LABEL
 from workbench.engine.report import relation_text
-from workbench import present
 from workbench.present import RunView, accountant_label, fmt_eps, generations_table, progress
 from workbench.store.runs import RunNotFound
 
@@ -69,8 +69,10 @@ def stop_run(ctx: AppContext, selection: Selection) -> str:
         except RunNotFound as err:
             return error_text(err)
         if status in ("running", "queued"):
-            return (f"⚠️ Run `{run_id}` was started by another process (e.g. `workbench train`); this app cannot stop "
-                    "it. Stop it there (Ctrl-C in its terminal).")
+            return (
+                f"⚠️ Run `{run_id}` was started by another process (e.g. `workbench train`); this app cannot stop "
+                "it. Stop it there (Ctrl-C in its terminal)."
+            )
         return f"Run `{run_id}` is not running ({status})."
     if session.done:
         return f"Run `{run_id}` has already ended ({session.status})."
@@ -87,7 +89,10 @@ def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) 
     if selection.run_id is None:
         if selection.seq == 0:
             return (gr.skip(),) * (1 + len(PANELS))
-        return (Selection(follow=selection.follow, seq=0), *_empty_panels("No run yet: set up the Plan and press Start."))
+        return (
+            Selection(follow=selection.follow, seq=0),
+            *_empty_panels("No run yet: set up the Plan and press Start."),
+        )
     try:
         record = ctx.store.get(selection.run_id)
     except RunNotFound:
@@ -108,8 +113,13 @@ def refresh(ctx: AppContext, selection: Selection, *, now: float | None = None) 
 
 
 # The live panels by element id, and the dashboard() entry each one draws.
-LIVE_PANELS = {"loss-plot": "loss", "epsilon-plot": "epsilon", "hist-plot": "grad_norms",
-               "heatmap-plot": "grad_norm_evolution", "noise-plot": "noise_allocation"}
+LIVE_PANELS = {
+    "loss-plot": "loss",
+    "epsilon-plot": "epsilon",
+    "hist-plot": "grad_norms",
+    "heatmap-plot": "grad_norm_evolution",
+    "noise-plot": "noise_allocation",
+}
 
 
 def live_update(ctx: AppContext, run_id: str, *, steps: int, evals: int, now: float | None = None) -> str | None:
@@ -135,10 +145,17 @@ def live_update(ctx: AppContext, run_id: str, *, steps: int, evals: int, now: fl
     header = _header(view, record, time.time() if now is None else now)
     panels = ""
     if len(view.steps) != steps:
-        panels = _memoised(view, "live", lambda: ", ".join(
-            f"{json.dumps(elem)}: {plot_value(dashboard(view)[name])}" for elem, name in LIVE_PANELS.items()))
-    return (f'{{"steps": {len(view.steps)}, "evals": {len(view.evals)}, '
-            f'"header": {json.dumps(header)}, "panels": {{{panels}}}}}')
+        panels = _memoised(
+            view,
+            "live",
+            lambda: ", ".join(
+                f"{json.dumps(elem)}: {plot_value(dashboard(view)[name])}" for elem, name in LIVE_PANELS.items()
+            ),
+        )
+    return (
+        f'{{"steps": {len(view.steps)}, "evals": {len(view.evals)}, '
+        f'"header": {json.dumps(header)}, "panels": {{{panels}}}}}'
+    )
 
 
 def _header(view: RunView, record, now: float) -> str:
@@ -203,9 +220,11 @@ def header_html(view: RunView, status: str, reason: str | None, *, now: float) -
     title = f'<div class="wb-title">Run <b>{html.escape(view.run_id)}</b>{name} {badge(status)}'
     if view.started is not None:
         s = view.started
-        title += (f"<br><small>{model} on {html.escape(s.device)} · N = {s.dataset_size:,} · q = {s.sample_rate:.3g} · "
-                  f"σ = {s.noise_multiplier:.3g} · δ = {s.delta:.0e} · {accountant_label(s.accountant)} · "
-                  f"{relation_text(s.neighboring, s.privacy_unit)}</small>")
+        title += (
+            f"<br><small>{model} on {html.escape(s.device)} · N = {s.dataset_size:,} · q = {s.sample_rate:.3g} · "
+            f"σ = {s.noise_multiplier:.3g} · δ = {s.delta:.0e} · {accountant_label(s.accountant)} · "
+            f"{relation_text(s.neighboring, s.privacy_unit)}</small>"
+        )
         if s.seeded_randomness:
             title += f'<br><b class="wb-seeded" style="color:#b91c1c">⚠ {SEEDED_LABEL} (noise_seed is set)</b>'
     title += "</div>"
@@ -222,8 +241,10 @@ def header_html(view: RunView, status: str, reason: str | None, *, now: float) -
         text = ""
     bar = f'<div class="wb-bar"><div style="width:{100 * p["fraction"]:.1f}%"></div></div>'
     # what this header (and the panels sent with it) shows, for the page's live path (page.py)
-    data = (f'data-run="{html.escape(view.run_id)}" data-status="{html.escape(status)}" '
-            f'data-steps="{len(view.steps)}" data-evals="{len(view.evals)}"')
+    data = (
+        f'data-run="{html.escape(view.run_id)}" data-status="{html.escape(status)}" '
+        f'data-steps="{len(view.steps)}" data-evals="{len(view.evals)}"'
+    )
     out = f'<div class="wb-header" {data}>{title}{eps_html}{bar}<div class="wb-progress" id="wb-progress">{text}</div>'
     if status in ("failed", "interrupted") and reason:
         out += f'<div class="wb-reason">{html.escape(reason)}</div>'
@@ -234,9 +255,15 @@ def _empty_panels(message: str) -> tuple[Any, ...]:
     from workbench.present import empty_figure
 
     header = f'<div class="wb-header"><div class="wb-title">{html.escape(message)}</div></div>'
-    return (header, empty_figure("Loss", message), empty_figure("Privacy spent ε", message),
-            empty_figure("Per-example gradient norms", message), empty_figure("Gradient-norm distribution over steps", message),
-            empty_figure("Noise allocation per LoRA module", message, height=380), {"headers": ["step", "prompt", "output"], "data": []})
+    return (
+        header,
+        empty_figure("Loss", message),
+        empty_figure("Privacy spent ε", message),
+        empty_figure("Per-example gradient norms", message),
+        empty_figure("Gradient-norm distribution over steps", message),
+        empty_figure("Noise allocation per LoRA module", message, height=380),
+        {"headers": ["step", "prompt", "output"], "data": []},
+    )
 
 
 # -- layout ---------------------------------------------------------------------------------------
@@ -261,28 +288,46 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
     c: dict[str, Any] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
-            c["model"] = gr.Dropdown(["default", "tiny"], value=base.model, allow_custom_value=True, label="Model",
-                                     info=help_["model"], elem_id="model")
+            c["model"] = gr.Dropdown(
+                ["default", "tiny"],
+                value=base.model,
+                allow_custom_value=True,
+                label="Model",
+                info=help_["model"],
+                elem_id="model",
+            )
             c["name"] = gr.Textbox(base.name or "", label="Run name (optional)", elem_id="run-name")
             with gr.Accordion("LoRA and optimiser", open=False):
                 with gr.Row():
                     c["lora_r"] = gr.Number(base.lora_r, label="LoRA r", precision=0, minimum=1)
                     c["lora_alpha"] = gr.Number(base.lora_alpha, label="LoRA alpha")
                     c["lora_dropout"] = gr.Number(base.lora_dropout, label="LoRA dropout", minimum=0)
-                c["lora_target_modules"] = gr.Textbox(base.lora_target_modules, label="LoRA target modules",
-                                                      info=help_["lora_target_modules"])
+                c["lora_target_modules"] = gr.Textbox(
+                    base.lora_target_modules, label="LoRA target modules", info=help_["lora_target_modules"]
+                )
                 with gr.Row():
                     c["optimizer"] = gr.Dropdown(["adamw", "sgd"], value=base.optimizer, label="Optimizer")
                     c["learning_rate"] = gr.Number(base.learning_rate, label="Learning rate")
                 with gr.Row():
-                    c["physical_batch_size"] = gr.Number(base.physical_batch_size, label="Physical batch", precision=0,
-                                                         minimum=1, info=help_["physical_batch_size"])
-                    c["eval_every"] = gr.Number(base.eval_every, label="Evaluate every (0 = auto)", precision=0, minimum=0)
+                    c["physical_batch_size"] = gr.Number(
+                        base.physical_batch_size,
+                        label="Physical batch",
+                        precision=0,
+                        minimum=1,
+                        info=help_["physical_batch_size"],
+                    )
+                    c["eval_every"] = gr.Number(
+                        base.eval_every, label="Evaluate every (0 = auto)", precision=0, minimum=0
+                    )
                     c["seed"] = gr.Number(base.seed, label="Seed", precision=0, info=help_["seed"])
             gr.Markdown("Data and privacy settings come from the **Plan** tab.")
-            c["audit"] = gr.Checkbox(base.audit != "none", label="Audit this run (gradient canaries)",
-                                     info="An empirical ε lower bound beside the claimed ε; the canaries perturb "
-                                     "the adapter, so an audited run is for checking, not release.", elem_id="audit")
+            c["audit"] = gr.Checkbox(
+                base.audit != "none",
+                label="Audit this run (gradient canaries)",
+                info="An empirical ε lower bound beside the claimed ε; the canaries perturb "
+                "the adapter, so an audited run is for checking, not release.",
+                elem_id="audit",
+            )
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="start")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -297,9 +342,15 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                 hist = live_plot("hist-plot", height=320)
                 heat = live_plot("heatmap-plot", height=320)
             noise = live_plot("noise-plot", height=380)
-            gens = gr.Dataframe(headers=["step", "prompt", "output"], label="Sample generations at each evaluation",
-                                wrap=True, interactive=False, elem_id="generations", max_height=320,
-                                column_widths=["9%", "51%", "40%"])
+            gens = gr.Dataframe(
+                headers=["step", "prompt", "output"],
+                label="Sample generations at each evaluation",
+                wrap=True,
+                interactive=False,
+                elem_id="generations",
+                max_height=320,
+                column_widths=["9%", "51%", "40%"],
+            )
     # clicked by the page's poller when the run store changed (hidden: workbench/app/page.py)
     refresh_btn = gr.Button("Refresh dashboard", elem_id=REFRESH_ELEM_ID, elem_classes="wb-hidden")
     outputs = [selection, header, loss, eps, hist, heat, noise, gens]
@@ -307,15 +358,23 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
     def tick(sel):
         return tuple(plot_value(x) if isinstance(x, go.Figure) else x for x in refresh(ctx, sel))
 
-    refresh_btn.click(tick, selection, outputs, api_visibility="private", show_progress="hidden", concurrency_limit=8,
-                      trigger_mode="always_last")
+    refresh_btn.click(
+        tick,
+        selection,
+        outputs,
+        api_visibility="private",
+        show_progress="hidden",
+        concurrency_limit=8,
+        trigger_mode="always_last",
+    )
     inputs = plan.inputs + [c[n] for n in forms.TRAIN_FIELDS]
 
     def on_start(sel, *values):
         names = forms.PLAN_FIELDS + forms.TRAIN_FIELDS
         return start_run(ctx, sel, dict(zip(names, values)))
 
-    start.click(on_start, [selection] + inputs, [selection, message], api_visibility="private",
-                concurrency_limit=1).then(tick, selection, outputs, api_visibility="private", show_progress="hidden")
+    start.click(
+        on_start, [selection] + inputs, [selection, message], api_visibility="private", concurrency_limit=1
+    ).then(tick, selection, outputs, api_visibility="private", show_progress="hidden")
     stop.click(lambda sel: stop_run(ctx, sel), selection, message, api_visibility="private")
     return TrainControls(c, outputs, tick)

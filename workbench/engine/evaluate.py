@@ -29,7 +29,9 @@ def answer_choices(ds: Dataset, tokenizer) -> Choices | None:
     """The divergence point of the candidate answers, or None if they cannot be told apart by one token."""
     if ds.task != "causal_lm" or not ds.answer_template or not ds.label_names:
         return None
-    toks = [tokenizer(ds.answer_template.format(label=n), add_special_tokens=False)["input_ids"] for n in ds.label_names]
+    toks = [
+        tokenizer(ds.answer_template.format(label=n), add_special_tokens=False)["input_ids"] for n in ds.label_names
+    ]
     offset = 0
     while all(len(t) > offset for t in toks) and len({t[offset] for t in toks}) == 1:
         offset += 1

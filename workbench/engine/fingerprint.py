@@ -26,9 +26,15 @@ VERSION = "workbench-dataset-fingerprint-v1"
 
 def _canonical(r: Record) -> str:
     return json.dumps(
-        {"messages": list(r.messages) if r.messages is not None else None, "text": r.text, "label": r.label,
-         "user_id": r.user_id},
-        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+        {
+            "messages": list(r.messages) if r.messages is not None else None,
+            "text": r.text,
+            "label": r.label,
+            "user_id": r.user_id,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
     )
 
 

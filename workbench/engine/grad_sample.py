@@ -84,7 +84,9 @@ class PerExampleGrads:
         """Module name -> its trainable (param_name, parameter) pairs, 'weight' first."""
         out = {}
         for name, m in self.modules.items():
-            out[name] = [(pn, p) for pn, p in (("weight", m.weight), ("bias", m.bias)) if p is not None and p.requires_grad]
+            out[name] = [
+                (pn, p) for pn, p in (("weight", m.weight), ("bias", m.bias)) if p is not None and p.requires_grad
+            ]
         return out
 
     def reset(self) -> None:

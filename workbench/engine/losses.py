@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def per_example_loss(model: nn.Module, batch: dict[str, torch.Tensor], *, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+def per_example_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], *, task: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(losses (B,), logits) where losses[i] is example i's mean loss over its target tokens.
 
     Causal LM: only label positions count (-100 elsewhere: prompt and padding).  Only the

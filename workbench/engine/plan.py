@@ -79,11 +79,19 @@ class PrivacyPlan:
             return math.inf
         if self.els:
             # every step on the grid of the planned length: one mixture PLD per run, not per step
-            grid = mixture_grid(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
-                                steps=max(step, self.steps), delta=self.delta)
+            grid = mixture_grid(
+                noise_multiplier=self.noise_multiplier,
+                sample_rate=self.sample_rate,
+                steps=max(step, self.steps),
+                delta=self.delta,
+            )
             return privacy.user_epsilon_els(
-                noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=step,
-                delta=self.delta, max_examples_per_user=self.max_examples_per_user, grid=grid,
+                noise_multiplier=self.noise_multiplier,
+                sample_rate=self.sample_rate,
+                steps=step,
+                delta=self.delta,
+                max_examples_per_user=self.max_examples_per_user,
+                grid=grid,
             )
         return self.example_epsilon_at(step)
 
@@ -93,24 +101,39 @@ class PrivacyPlan:
             return math.inf
         if self._tracker is None:
             self._tracker = privacy.EpsilonTracker(
-                noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, delta=self.delta,
-                accountant=self.accountant, neighboring=self.neighboring,
+                noise_multiplier=self.noise_multiplier,
+                sample_rate=self.sample_rate,
+                delta=self.delta,
+                accountant=self.accountant,
+                neighboring=self.neighboring,
             )
         return self._tracker.epsilon_at(step)
 
     def settings(self) -> dict:
         """The plan's public settings under the names the run-started event and the summary both use."""
-        return dict(sample_rate=self.sample_rate, noise_multiplier=self.noise_multiplier, delta=self.delta,
-                    planned_steps=self.steps, accountant=self.accountant, target_epsilon=self.target_epsilon,
-                    neighboring=self.neighboring, privacy_unit=self.privacy_unit)
+        return dict(
+            sample_rate=self.sample_rate,
+            noise_multiplier=self.noise_multiplier,
+            delta=self.delta,
+            planned_steps=self.steps,
+            accountant=self.accountant,
+            target_epsilon=self.target_epsilon,
+            neighboring=self.neighboring,
+            privacy_unit=self.privacy_unit,
+        )
 
     def comparison_epsilon_at(self, step: int) -> float | None:
         """Edgeworth's approximation of the example-level epsilon, when asked for (display only)."""
         if self.comparison_accountant is None or not self.private or self.neighboring != "add_remove":
             return None
         try:
-            return privacy.epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=step,
-                                   delta=self.delta, accountant=self.comparison_accountant)
+            return privacy.epsilon(
+                noise_multiplier=self.noise_multiplier,
+                sample_rate=self.sample_rate,
+                steps=step,
+                delta=self.delta,
+                accountant=self.comparison_accountant,
+            )
         except privacy.PrivacyError:
             return None
 
@@ -122,8 +145,12 @@ class PrivacyPlan:
             points = sorted({round(self.steps * (i + 1) / n) for i in range(n)})
             return [(0, 0.0)] + [(t, self.epsilon_at(t)) for t in points]
         return privacy.epsilon_curve(
-            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps,
-            delta=self.delta, accountant=self.accountant, neighboring=self.neighboring,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=self.steps,
+            delta=self.delta,
+            accountant=self.accountant,
+            neighboring=self.neighboring,
         )
 
     def budget_allows(self, step: int) -> bool:
@@ -137,7 +164,9 @@ class PrivacyPlan:
         if not (self.els and self.private and steps):
             return {}
         eps_ex = self.example_epsilon_at(steps)
-        eps_g, delta_g = privacy.group_privacy_bound(epsilon=eps_ex, delta=self.delta, group_size=self.max_examples_per_user)
+        eps_g, delta_g = privacy.group_privacy_bound(
+            epsilon=eps_ex, delta=self.delta, group_size=self.max_examples_per_user
+        )
         return {"example_level_epsilon": eps_ex, "group_privacy_epsilon": eps_g, "group_privacy_delta": delta_g}
 
     def dp_event(self, steps: int):
@@ -164,14 +193,18 @@ def calibrate_els(*, target_epsilon: float, sample_rate: float, steps: int, delt
     """Smallest sigma (to 0.5%) whose ELS user-level epsilon is <= target; never overshoots."""
 
     def eps(s: float) -> float:
-        return privacy.user_epsilon_els(noise_multiplier=s, sample_rate=sample_rate, steps=steps, delta=delta, max_examples_per_user=k)
+        return privacy.user_epsilon_els(
+            noise_multiplier=s, sample_rate=sample_rate, steps=steps, delta=delta, max_examples_per_user=k
+        )
 
     lo = privacy.calibrate(target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta)  # k=1
     hi = lo * 2
     while eps(hi) > target_epsilon:
         lo, hi = hi, hi * 2
         if hi > 1e4:
-            raise privacy.PrivacyError(f"user-level epsilon {target_epsilon} is unreachable with k={k}; lower k or raise the target.")
+            raise privacy.PrivacyError(
+                f"user-level epsilon {target_epsilon} is unreachable with k={k}; lower k or raise the target."
+            )
     while hi / lo > 1.005:
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
@@ -243,7 +276,11 @@ def make_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = N
             sigma = calibrate_els(target_epsilon=config.target_epsilon, sample_rate=q, steps=steps, delta=delta, k=k)
         else:
             sigma = privacy.calibrate(
-                target_epsilon=config.target_epsilon, sample_rate=q, steps=steps, delta=delta, accountant=bound,
+                target_epsilon=config.target_epsilon,
+                sample_rate=q,
+                steps=steps,
+                delta=delta,
+                accountant=bound,
                 neighboring=neighboring,
             )
     return PrivacyPlan(

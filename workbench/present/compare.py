@@ -35,12 +35,21 @@ def compare_figures(runs: Sequence[RunView]) -> tuple[go.Figure, go.Figure]:
         x, y = finite([s.step for s in run.steps], [s.loss for s in run.steps])
         if len(x):
             x, y = downsample(x, ema(y))
-            loss.add_scatter(x=x, y=y, mode="lines", name=run.label, legendgroup=run.run_id, line=dict(color=color, width=2))
+            loss.add_scatter(
+                x=x, y=y, mode="lines", name=run.label, legendgroup=run.run_id, line=dict(color=color, width=2)
+            )
         ex, ey = finite([e.step for e in run.evals], [e.val_loss for e in run.evals])
         if len(ex):
             ex, ey = downsample(ex, ey)
-            loss.add_scatter(x=ex, y=ey, mode="lines+markers", name=f"{run.label} (val)", legendgroup=run.run_id,
-                             line=dict(color=color, dash="dash"), showlegend=False)
+            loss.add_scatter(
+                x=ex,
+                y=ey,
+                mode="lines+markers",
+                name=f"{run.label} (val)",
+                legendgroup=run.run_id,
+                line=dict(color=color, dash="dash"),
+                showlegend=False,
+            )
         x, y = finite([s.step for s in run.steps], [s.epsilon for s in run.steps])
         if len(x):
             x, y = downsample(x, y)
@@ -64,16 +73,28 @@ def privacy_utility_scatter(runs: Sequence[RunView]) -> go.Figure:
     metric = "accuracy" if use_acc else "validation loss"
     finite_eps = [e for _, e, _ in rated if math.isfinite(e)]
     inf_x = (max(finite_eps) * 1.25 if finite_eps else 1.0) or 1.0
-    fig = go.Figure(layout=base_layout(f"{title}: final ε vs {metric}", "final ε (right edge: non-private ∞)",
-                                       metric, hovermode="closest", showlegend=False))
+    fig = go.Figure(
+        layout=base_layout(
+            f"{title}: final ε vs {metric}",
+            "final ε (right edge: non-private ∞)",
+            metric,
+            hovermode="closest",
+            showlegend=False,
+        )
+    )
     for i, (run, e, ev) in enumerate(rated):
         y = ev.accuracy if use_acc else ev.val_loss
         x = e if math.isfinite(e) else inf_x
-        fig.add_scatter(x=[x], y=[y], mode="markers+text", text=[run.label + ("" if math.isfinite(e) else " (ε=∞)")],
-                        cliponaxis=False,
-                        textposition="top center", marker=dict(size=14, color=PALETTE[i % len(PALETTE)],
-                                                               symbol="circle" if math.isfinite(e) else "diamond"),
-                        hovertemplate=f"{run.label}<br>ε = {fmt_eps(e)}<br>{metric} = %{{y:.4g}}<extra></extra>")
+        fig.add_scatter(
+            x=[x],
+            y=[y],
+            mode="markers+text",
+            text=[run.label + ("" if math.isfinite(e) else " (ε=∞)")],
+            cliponaxis=False,
+            textposition="top center",
+            marker=dict(size=14, color=PALETTE[i % len(PALETTE)], symbol="circle" if math.isfinite(e) else "diamond"),
+            hovertemplate=f"{run.label}<br>ε = {fmt_eps(e)}<br>{metric} = %{{y:.4g}}<extra></extra>",
+        )
     fig.update_xaxes(rangemode="tozero")
     return fig
 
@@ -128,8 +149,18 @@ def runs_table(records: Sequence[Any], *, views: Mapping[str, RunView] | None = 
         eps_text = fmt_eps(_as_float(eps)) if eps is not None else "–"
         steps = summary.get("steps", len(view.steps) if view is not None else None)
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec.created))
-        rows.append([rec.id, rec.name or "", rec.status, rec.config.get("model", ""), eps_text, metric,
-                     steps if steps is not None else "", created])
+        rows.append(
+            [
+                rec.id,
+                rec.name or "",
+                rec.status,
+                rec.config.get("model", ""),
+                eps_text,
+                metric,
+                steps if steps is not None else "",
+                created,
+            ]
+        )
     return Table(["run", "name", "status", "model", "ε", "metric", "steps", "created"], rows)
 
 
@@ -151,5 +182,11 @@ def generations_table(evals: Sequence[Any], *, limit: int = 20) -> Table:
     return Table(["step", "prompt", "output"], rows)
 
 
-__all__ = ["Table", "compare_figures", "privacy_utility_scatter", "settings_diff_table", "runs_table",
-           "generations_table"]
+__all__ = [
+    "Table",
+    "compare_figures",
+    "privacy_utility_scatter",
+    "settings_diff_table",
+    "runs_table",
+    "generations_table",
+]

@@ -41,8 +41,9 @@ def base_layout(title: str, x_title: str, y_title: str, *, height: int = 320, **
     # tick label against the div once per label drawn, each a forced browser layout (quadratic in
     # the labels); at every redraw of a live panel that was a fifth of the watching browser's time
     # (benchmarks/dashboard_cost.py).  The margins keep the labels inside the figure anyway.
-    axis = dict(gridcolor="#e5e5e5", zerolinecolor="#cccccc", linecolor="#999999", showline=True,
-                ticklabeloverflow="allow")
+    axis = dict(
+        gridcolor="#e5e5e5", zerolinecolor="#cccccc", linecolor="#999999", showline=True, ticklabeloverflow="allow"
+    )
     layout = dict(
         title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)),
         xaxis=dict(title=dict(text=x_title), **axis),
@@ -74,11 +75,22 @@ def _note(text: str, *, x: float = 0.5, y: float = 0.5, color: str = GREY, **kw)
 
 def _hline(layout: dict, y: float, text: str, color: str, *, right: bool = False) -> None:
     """A dotted horizontal line across the plot at ``y``, labelled at its left (or right) end."""
-    layout["shapes"].append(dict(type="line", xref="paper", x0=0, x1=1, y0=y, y1=y,
-                                 line=dict(color=color, dash="dot", width=2)))
-    layout["annotations"].append(dict(text=text, x=1 if right else 0, y=y, xref="paper", yref="y",
-                                      xanchor="right" if right else "left", yanchor="bottom", showarrow=False,
-                                      font=dict(color=color)))
+    layout["shapes"].append(
+        dict(type="line", xref="paper", x0=0, x1=1, y0=y, y1=y, line=dict(color=color, dash="dot", width=2))
+    )
+    layout["annotations"].append(
+        dict(
+            text=text,
+            x=1 if right else 0,
+            y=y,
+            xref="paper",
+            yref="y",
+            xanchor="right" if right else "left",
+            yanchor="bottom",
+            showarrow=False,
+            font=dict(color=color),
+        )
+    )
 
 
 def empty_figure(title: str, message: str, *, height: int = 320) -> go.Figure:
@@ -96,16 +108,35 @@ def loss_figure(steps: Sequence[StepMetrics], evals: Sequence[EvalMetrics] = (),
     traces = []
     if len(x):
         dx, dy = downsample(x, y)
-        traces.append(dict(type="scatter", x=dx, y=dy, mode="lines", name="train (per step)",
-                           line=dict(color=BLUE, width=1), opacity=0.35))
+        traces.append(
+            dict(
+                type="scatter",
+                x=dx,
+                y=dy,
+                mode="lines",
+                name="train (per step)",
+                line=dict(color=BLUE, width=1),
+                opacity=0.35,
+            )
+        )
         sx, sy = downsample(x, ema(y))
-        traces.append(dict(type="scatter", x=sx, y=sy, mode="lines", name="train (smoothed)",
-                           line=dict(color=BLUE, width=2.5)))
+        traces.append(
+            dict(type="scatter", x=sx, y=sy, mode="lines", name="train (smoothed)", line=dict(color=BLUE, width=2.5))
+        )
     ex, ey = finite([e.step for e in evals], [e.val_loss for e in evals])
     if len(ex):
         ex, ey = downsample(ex, ey)
-        traces.append(dict(type="scatter", x=ex, y=ey, mode="lines+markers", name="validation",
-                           line=dict(color=ORANGE, width=2), marker=dict(size=8)))
+        traces.append(
+            dict(
+                type="scatter",
+                x=ex,
+                y=ey,
+                mode="lines+markers",
+                name="validation",
+                line=dict(color=ORANGE, width=2),
+                marker=dict(size=8),
+            )
+        )
     return _figure(traces, base_layout(title, "step", "loss (per token)"))
 
 
@@ -131,15 +162,24 @@ def epsilon_figure(
     traces = []
     if planned:
         px, py = downsample([p[0] for p in planned], [p[1] for p in planned])
-        traces.append(dict(type="scatter", x=px, y=py, mode="lines", name="planned",
-                           line=dict(color=GREY, dash="dash", width=2)))
+        traces.append(
+            dict(type="scatter", x=px, y=py, mode="lines", name="planned", line=dict(color=GREY, dash="dash", width=2))
+        )
     x, y = finite([s.step for s in steps], eps)
     if len(x):
         x, y = downsample(x, y)
         traces.append(dict(type="scatter", x=x, y=y, mode="lines", name="spent", line=dict(color=GREEN, width=3)))
     if audited:
-        traces.append(dict(type="scatter", x=[a[0] for a in audited], y=[a[1] for a in audited], mode="lines+markers",
-                           name="audit: empirical lower bound", line=dict(color=PURPLE, width=2)))
+        traces.append(
+            dict(
+                type="scatter",
+                x=[a[0] for a in audited],
+                y=[a[1] for a in audited],
+                mode="lines+markers",
+                name="audit: empirical lower bound",
+                line=dict(color=PURPLE, width=2),
+            )
+        )
         if eps and all(math.isinf(e) for e in eps):
             layout["annotations"].append(_note("claimed ε = ∞ (non-private run)"))
     if target is not None:
@@ -168,14 +208,27 @@ def grad_norm_histogram(step: StepMetrics | None, clip_norm: float | None) -> go
     unit = f"norm / C   (C = {clip_norm:g};  last bar: > 3 C)" if clip_norm else "norm (units of C; last bar: > 3 C)"
     layout = base_layout(title, unit, "examples", hovermode="closest", bargap=0.05, showlegend=False)
     layout["xaxis"]["range"] = [0, 3.15]
-    layout["shapes"].append(dict(type="line", x0=1.0, x1=1.0, xref="x", y0=0, y1=1, yref="paper",
-                                 line=dict(color=RED, width=2, dash="dash")))
-    layout["annotations"].append(dict(text="clip C", x=1.0, y=1, xref="x", yref="paper", xanchor="left",
-                                      showarrow=False, font=dict(color=RED)))
+    layout["shapes"].append(
+        dict(
+            type="line", x0=1.0, x1=1.0, xref="x", y0=0, y1=1, yref="paper", line=dict(color=RED, width=2, dash="dash")
+        )
+    )
+    layout["annotations"].append(
+        dict(text="clip C", x=1.0, y=1, xref="x", yref="paper", xanchor="left", showarrow=False, font=dict(color=RED))
+    )
     if math.isfinite(step.grad_norm_max) and clip_norm:
-        layout["annotations"].append(_note(f"max norm {step.grad_norm_max / clip_norm:.2g} C", x=1, y=1, xanchor="right"))
-    bars = dict(type="bar", x=centers, y=counts, width=width * 0.95, marker=dict(color=colors), customdata=_bin_labels(),
-                hovertemplate="%{customdata} C: %{y} examples<extra></extra>")
+        layout["annotations"].append(
+            _note(f"max norm {step.grad_norm_max / clip_norm:.2g} C", x=1, y=1, xanchor="right")
+        )
+    bars = dict(
+        type="bar",
+        x=centers,
+        y=counts,
+        width=width * 0.95,
+        marker=dict(color=colors),
+        customdata=_bin_labels(),
+        hovertemplate="%{customdata} C: %{y} examples<extra></extra>",
+    )
     return _figure([bars], layout)
 
 
@@ -197,9 +250,16 @@ def grad_norm_heatmap(steps: Sequence[StepMetrics], *, max_columns: int = MAX_HE
     layout = base_layout(title, "step", "norm / C", hovermode="closest")
     layout["yaxis"]["range"] = [0, 3.1]
     _hline(layout, 1.0, "clip C", "white", right=True)
-    heat = dict(type="heatmap", x=x, y=y, z=frac.T, colorscale="Viridis", zmin=0,
-                colorbar=dict(title=dict(text="fraction"), len=0.8, ticklabeloverflow="allow"),
-                hovertemplate="step %{x}<br>norm %{y:.2f} C<br>%{z:.0%} of batch<extra></extra>")
+    heat = dict(
+        type="heatmap",
+        x=x,
+        y=y,
+        z=frac.T,
+        colorscale="Viridis",
+        zmin=0,
+        colorbar=dict(title=dict(text="fraction"), len=0.8, ticklabeloverflow="allow"),
+        hovertemplate="step %{x}<br>norm %{y:.2f} C<br>%{z:.0%} of batch<extra></extra>",
+    )
     return _figure([heat], layout)
 
 
@@ -220,10 +280,26 @@ def noise_allocation_figure(step: StepMetrics | None) -> go.Figure:
     layout["xaxis2"].pop("matches")
     layout["margin"] = dict(l=60, r=20, t=48, b=90)
     traces = [
-        dict(type="bar", x=short, y=noise, name="noise std", marker=dict(color=PURPLE), customdata=names,
-             hovertemplate="%{customdata}<br>noise std %{y:.3g}<extra></extra>"),
-        dict(type="bar", x=short, y=grad, name="gradient norm (clipped, summed)", marker=dict(color=BLUE),
-             xaxis="x2", yaxis="y2", customdata=names, hovertemplate="%{customdata}<br>grad norm %{y:.3g}<extra></extra>"),
+        dict(
+            type="bar",
+            x=short,
+            y=noise,
+            name="noise std",
+            marker=dict(color=PURPLE),
+            customdata=names,
+            hovertemplate="%{customdata}<br>noise std %{y:.3g}<extra></extra>",
+        ),
+        dict(
+            type="bar",
+            x=short,
+            y=grad,
+            name="gradient norm (clipped, summed)",
+            marker=dict(color=BLUE),
+            xaxis="x2",
+            yaxis="y2",
+            customdata=names,
+            hovertemplate="%{customdata}<br>grad norm %{y:.3g}<extra></extra>",
+        ),
     ]
     return _figure(traces, layout)
 
@@ -251,12 +327,23 @@ def plan_figure(
         x, y = finite([p[0] for p in points], [p[1] for p in points])
         x, y = downsample(x, y, MAX_POINTS)
         chosen = name == selected
-        traces.append(dict(
-            type="scatter", x=x, y=y, mode="lines+markers" if len(x) <= 30 else "lines",
-            name=accountant_label(name) + ("  ← selected" if chosen else ""),
-            line=dict(color=ACCOUNTANT_COLORS.get(name, GREY), width=5 if chosen else 2, dash=ACCOUNTANT_DASH.get(name, "solid")),
-            marker=dict(size=4 if chosen else 6), opacity=0.6 if chosen else 1.0, legendrank=order.get(name, len(order)),
-        ))
+        traces.append(
+            dict(
+                type="scatter",
+                x=x,
+                y=y,
+                mode="lines+markers" if len(x) <= 30 else "lines",
+                name=accountant_label(name) + ("  ← selected" if chosen else ""),
+                line=dict(
+                    color=ACCOUNTANT_COLORS.get(name, GREY),
+                    width=5 if chosen else 2,
+                    dash=ACCOUNTANT_DASH.get(name, "solid"),
+                ),
+                marker=dict(size=4 if chosen else 6),
+                opacity=0.6 if chosen else 1.0,
+                legendrank=order.get(name, len(order)),
+            )
+        )
     if target is not None:
         _hline(layout, target, f"target ε = {fmt_eps(target)}", RED)
     return _figure(traces, layout)

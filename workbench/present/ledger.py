@@ -14,7 +14,7 @@ from typing import Sequence
 from workbench.present.compare import Table
 from workbench.present.series import fmt_eps
 
-SELECTION_NOTE = ("a validation metric computed on private data and used to choose a run is part of the selection")
+SELECTION_NOTE = "a validation metric computed on private data and used to choose a run is part of the selection"
 HEADERS = ["run", "name", "trained", "steps", "δ", "ε", "relation", "note"]
 
 
@@ -22,8 +22,18 @@ def ledger_table(dataset) -> Table:
     """One dataset's runs (a ``store.ledger.DatasetLedger``), oldest first."""
     rows = []
     for e in dataset.entries:
-        rows.append([e.run_id, e.name or "", time.strftime("%Y-%m-%d %H:%M", time.localtime(e.time)), e.steps,
-                     f"{e.delta:.2g}", fmt_eps(e.epsilon), e.neighboring, e.note or ""])
+        rows.append(
+            [
+                e.run_id,
+                e.name or "",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(e.time)),
+                e.steps,
+                f"{e.delta:.2g}",
+                fmt_eps(e.epsilon),
+                e.neighboring,
+                e.note or "",
+            ]
+        )
     return Table(list(HEADERS), rows)
 
 
@@ -37,20 +47,27 @@ def total_text(dataset) -> str:
     if math.isinf(total.epsilon):
         return f"total ε = ∞: the non-private run {', '.join(total.non_private_runs)} makes the total infinite"
     plural = "s" if total.runs != 1 else ""
-    text = (f"total ε = {fmt_eps(total.epsilon)} at δ = {total.delta:.2g} (PLD composition of {total.runs} run{plural}, "
-            f"{total.neighboring}; the largest δ among the runs)")
+    text = (
+        f"total ε = {fmt_eps(total.epsilon)} at δ = {total.delta:.2g} (PLD composition of {total.runs} run{plural}, "
+        f"{total.neighboring}; the largest δ among the runs)"
+    )
     return text + (f". Note: {total.note}" if total.note else "")
 
 
 def dataset_title(dataset) -> str:
     paths = ", ".join(dataset.data_paths)
-    return (f"{dataset.dataset_name or '?'} ({dataset.privacy_unit}-level) · data {paths or '?'} · "
-            f"fingerprint {dataset.fingerprint[:12]}")
+    return (
+        f"{dataset.dataset_name or '?'} ({dataset.privacy_unit}-level) · data {paths or '?'} · "
+        f"fingerprint {dataset.fingerprint[:12]}"
+    )
 
 
 def forgotten_lines(dataset) -> list[str]:
-    return [f"forgotten: {e.label} (ε {fmt_eps(e.epsilon)}) by {f.who} on "
-            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(f.time))}: {f.reason}" for e, f in dataset.forgotten]
+    return [
+        f"forgotten: {e.label} (ε {fmt_eps(e.epsilon)}) by {f.who} on "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(f.time))}: {f.reason}"
+        for e, f in dataset.forgotten
+    ]
 
 
 _CELL = "border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;"
@@ -64,9 +81,13 @@ def ledger_html(datasets: Sequence, *, empty: str = "The privacy ledger is empty
     for d in datasets:
         table = ledger_table(d)
         head = "".join(f"<th style='{_CELL}background:#f5f5f5'>{html.escape(h)}</th>" for h in table.headers)
-        body = "".join("<tr>" + "".join(f"<td style='{_CELL}'>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                       for row in table.rows)
-        extra = "".join(f"<div style='color:#777;font-size:12px'>{html.escape(line)}</div>" for line in forgotten_lines(d))
+        body = "".join(
+            "<tr>" + "".join(f"<td style='{_CELL}'>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+            for row in table.rows
+        )
+        extra = "".join(
+            f"<div style='color:#777;font-size:12px'>{html.escape(line)}</div>" for line in forgotten_lines(d)
+        )
         parts.append(
             f"<div class='wb-ledger' style='margin:6px 0 12px'><b>{html.escape(dataset_title(d))}</b>"
             f"<table style='border-collapse:collapse;font-size:12px;margin:4px 0'><thead><tr>{head}</tr></thead>"
@@ -93,9 +114,13 @@ def selection_cost_text(entries: Sequence, run_ids: Sequence[str]) -> str:
         elif math.isinf(total.epsilon):
             cost = f"is unbounded (ε = ∞: {', '.join(total.non_private_runs)} is non-private)"
         else:
-            cost = f"costs at most ε = {fmt_eps(total.epsilon)} at δ = {total.delta:.2g} (composition of all {len(rows)})"
+            cost = (
+                f"costs at most ε = {fmt_eps(total.epsilon)} at δ = {total.delta:.2g} (composition of all {len(rows)})"
+            )
         lines.append(f"Choosing the best of these {len(rows)} runs{where} {cost}; {SELECTION_NOTE}.")
     if missing:
-        lines.append(f"Not in the privacy ledger (trained before it existed, still running, or never trained): "
-                     f"{', '.join(missing)}; their cost is not included.")
+        lines.append(
+            f"Not in the privacy ledger (trained before it existed, still running, or never trained): "
+            f"{', '.join(missing)}; their cost is not included."
+        )
     return "\n\n".join(lines)

@@ -1,6 +1,6 @@
 """The live panels of one run, and the status colours: one definition for the app and the widgets.
 
-    figures = panels(view)        # {"loss": Figure, "epsilon": ..., ...} in PANELS order
+figures = panels(view)        # {"loss": Figure, "epsilon": ..., ...} in PANELS order
 """
 
 from __future__ import annotations

@@ -24,8 +24,16 @@ def progress(run_started: RunStarted | None, last_step: StepMetrics | None, now:
     0.0
     """
     if run_started is None:
-        return dict(step=0, planned_steps=None, fraction=0.0, elapsed=0.0, eta=None, epsilon=None,
-                    target_epsilon=None, text="waiting to start")
+        return dict(
+            step=0,
+            planned_steps=None,
+            fraction=0.0,
+            elapsed=0.0,
+            eta=None,
+            epsilon=None,
+            target_epsilon=None,
+            text="waiting to start",
+        )
     planned = max(1, int(run_started.planned_steps))
     step = last_step.step if last_step is not None else 0
     elapsed = max(0.0, now - run_started.time)
@@ -39,6 +47,13 @@ def progress(run_started: RunStarted | None, last_step: StepMetrics | None, now:
     if epsilon is not None:
         target = run_started.target_epsilon
         text += f" · ε = {fmt_eps(epsilon)}" + (f" of {fmt_eps(target)}" if target is not None else "")
-    return dict(step=step, planned_steps=planned, fraction=fraction, elapsed=elapsed, eta=eta,
-                epsilon=None if epsilon is None or (isinstance(epsilon, float) and math.isnan(epsilon)) else epsilon,
-                target_epsilon=run_started.target_epsilon, text=text)
+    return dict(
+        step=step,
+        planned_steps=planned,
+        fraction=fraction,
+        elapsed=elapsed,
+        eta=eta,
+        epsilon=None if epsilon is None or (isinstance(epsilon, float) and math.isnan(epsilon)) else epsilon,
+        target_epsilon=run_started.target_epsilon,
+        text=text,
+    )

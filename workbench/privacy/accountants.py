@@ -85,7 +85,9 @@ def _pld_one_step(
     # Exactly what PLDAccountant(neighboring_relation) builds for PoissonSampledDpEvent(q,
     # GaussianDpEvent(sigma)); cached because it is half the cost of one epsilon.
     return privacy_loss_distribution.from_gaussian_mechanism(
-        standard_deviation=sigma, sampling_prob=q, value_discretization_interval=grid,
+        standard_deviation=sigma,
+        sampling_prob=q,
+        value_discretization_interval=grid,
         neighboring_relation=_RELATION[neighboring],
     )
 
@@ -121,17 +123,13 @@ INTEGER_RDP_ORDERS = tuple(range(2, 65)) + (128, 256, 512, 1024)
 
 
 @functools.lru_cache(maxsize=64)
-def _rdp_one_step(
-    sigma: float, q: float, orders: tuple[float, ...] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def _rdp_one_step(sigma: float, q: float, orders: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     accountant = rdp_privacy_accountant.RdpAccountant(orders=orders)
     accountant.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)))
     return accountant.orders, accountant.rdp
 
 
-def _rdp_epsilon(
-    sigma: float, q: float, steps: int, delta: float, orders: tuple[float, ...] | None = None
-) -> float:
+def _rdp_epsilon(sigma: float, q: float, steps: int, delta: float, orders: tuple[float, ...] | None = None) -> float:
     orders, rdp = _rdp_one_step(sigma, q, orders)
     return float(rdp_privacy_accountant.compute_epsilon(orders, steps * rdp, delta)[0])
 
@@ -185,9 +183,7 @@ def _prv_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
 
 
 def _edgeworth_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
-    return edgeworth.edgeworth_epsilon(
-        noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta
-    )
+    return edgeworth.edgeworth_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
 
 
 _BACKENDS = {

@@ -16,9 +16,9 @@ import numpy as np
 from dp_accounting import dp_event, mechanism_calibration, privacy_accountant
 
 from workbench.privacy.accountants import (
+    _RELATION,
     PrivacyError,
     _epsilon_cached,
-    _RELATION,
     check_accountant,
     check_count,
     check_delta,
@@ -49,9 +49,7 @@ class _WorkbenchAccountant(privacy_accountant.PrivacyAccountant):
     def _maybe_compose(self, event, count, do_compose):
         if isinstance(event, dp_event.SelfComposedDpEvent):
             return self._maybe_compose(event.event, event.count * count, do_compose)
-        if isinstance(event, dp_event.PoissonSampledDpEvent) and isinstance(
-            event.event, dp_event.GaussianDpEvent
-        ):
+        if isinstance(event, dp_event.PoissonSampledDpEvent) and isinstance(event.event, dp_event.GaussianDpEvent):
             if self._run is not None:
                 return self.CompositionErrorDetails(event, "only one DP-SGD run is supported")
             if do_compose:

@@ -201,8 +201,9 @@ def compose(events: Sequence[dp_event.DpEvent]) -> dp_event.DpEvent:
     for event in events:
         key = event_to_json(event)
         counts[key] = counts.get(key, 0) + 1
-    parts = [event_from_json(k) if n == 1 else dp_event.SelfComposedDpEvent(event_from_json(k), n)
-             for k, n in counts.items()]
+    parts = [
+        event_from_json(k) if n == 1 else dp_event.SelfComposedDpEvent(event_from_json(k), n) for k, n in counts.items()
+    ]
     return parts[0] if len(parts) == 1 else dp_event.ComposedDpEvent(parts)
 
 

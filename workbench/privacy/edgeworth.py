@@ -66,9 +66,7 @@ def _cumulants(values: np.ndarray, weights: np.ndarray) -> tuple[float, float, f
 
 
 @functools.lru_cache(maxsize=256)
-def step_cumulants(
-    sample_rate: float, noise_multiplier: float
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def step_cumulants(sample_rate: float, noise_multiplier: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Cumulants (k1..k4) of one step's privacy loss under X (null) and under Y (alternative)."""
     mu = 1.0 / noise_multiplier
     under_null = privacy_loss(_NODES, sample_rate=sample_rate, noise_multiplier=noise_multiplier)
@@ -105,9 +103,7 @@ def edgeworth_delta(eps: np.ndarray, *, sample_rate: float, noise_multiplier: fl
         return np.exp(ya) + np.exp(yb) * yc - np.exp(eps + xa) - np.exp(eps + xb) * xc
 
 
-def edgeworth_epsilon(
-    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float
-) -> float:
+def edgeworth_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """Edgeworth approximation of DP-SGD's epsilon at ``delta`` (an estimate, not a bound).
 
     Poor for short runs (it understates epsilon at small T); see the module docstring. Raises

@@ -153,12 +153,16 @@ def tuning_cost(
         return TuningCost(len(events), delta, neighboring, total)
     shape = shape_of(distribution, shape) if distribution is not None else shape
     if shape is None:
-        raise PrivacyError("a tuning session needs its distribution (poisson, geometric, logarithmic, "
-                           "truncated_negative_binomial) or its shape.")
+        raise PrivacyError(
+            "a tuning session needs its distribution (poisson, geometric, logarithmic, "
+            "truncated_negative_binomial) or its shape."
+        )
     name = distribution_of(shape)
     if neighboring != "add_remove":
-        note = ("the RepeatAndSelect bound is RDP, which dp_accounting analyses for add/remove neighbours only; "
-                "these runs are replace_one, so only the composition of all runs applies")
+        note = (
+            "the RepeatAndSelect bound is RDP, which dp_accounting analyses for add/remove neighbours only; "
+            "these runs are replace_one, so only the composition of all runs applies"
+        )
         return TuningCost(len(events), delta, neighboring, total, None, name, mean, shape, note)
     try:
         bound = repeat_and_select_epsilon(list(candidates or events), mean=mean, shape=shape, delta=delta)

@@ -63,8 +63,9 @@ def els_beside_group_bound(
 ) -> tuple[float, tuple[float, float]]:
     """(ELS user-level epsilon at ``delta``, the group-privacy bound (eps_k, delta_k) from
     ``example_epsilon``): the pair the Plan tab and the PrivacyPlanner show side by side."""
-    user = user_epsilon_els(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
-                            max_examples_per_user=k)
+    user = user_epsilon_els(
+        noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, max_examples_per_user=k
+    )
     return user, group_privacy_bound(epsilon=example_epsilon, delta=delta, group_size=k)
 
 
@@ -92,9 +93,7 @@ MIXTURE_FINEST_GRID = 5e-4
 
 def mixture_grid(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """The PLD grid for an ELS run of ``steps`` steps (from its example-level epsilon)."""
-    example_level = epsilon(
-        noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta
-    )
+    example_level = epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
     wanted = max(example_level * MIXTURE_GRID_PER_EPSILON, MIXTURE_FINEST_GRID)
     return next((g for g in PLD_GRIDS if g <= wanted), MIXTURE_FINEST_GRID)
 

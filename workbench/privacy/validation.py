@@ -17,9 +17,7 @@ class PrivacyError(ValueError):
 def check_accountant(accountant: str) -> str:
     """Return ``accountant`` if it is one of ACCOUNTANTS, else raise PrivacyError."""
     if not isinstance(accountant, str) or accountant not in ACCOUNTANTS:
-        raise PrivacyError(
-            f"accountant must be one of {', '.join(ACCOUNTANTS)}. Found {accountant!r}."
-        )
+        raise PrivacyError(f"accountant must be one of {', '.join(ACCOUNTANTS)}. Found {accountant!r}.")
     return accountant
 
 
@@ -55,18 +53,14 @@ def check_noise_multiplier(noise_multiplier: object) -> float:
 def check_sample_rate(sample_rate: object) -> float:
     q = check_real("sample_rate", sample_rate)
     if not 0 < q <= 1:
-        raise PrivacyError(
-            f"sample_rate must be in (0, 1] (expected batch size / dataset size). Found {q}."
-        )
+        raise PrivacyError(f"sample_rate must be in (0, 1] (expected batch size / dataset size). Found {q}.")
     return q
 
 
 def check_delta(delta: object) -> float:
     d = check_real("delta", delta)
     if not 0 < d < 1:
-        raise PrivacyError(
-            f"delta must be in (0, 1); usually well below 1/dataset size. Found {d}."
-        )
+        raise PrivacyError(f"delta must be in (0, 1); usually well below 1/dataset size. Found {d}.")
     return d
 
 

@@ -61,9 +61,27 @@ CREATE TABLE IF NOT EXISTS ledger_forgotten (
 """
 # No foreign key to runs: a row outlives its run.
 
-_COLUMNS = ("run_id", "name", "time", "fingerprint", "dataset_name", "data_path", "privacy_unit", "neighboring",
-            "delta", "epsilon", "steps", "accountant", "dp_event", "non_private", "note", "tuning_session",
-            "tuning_distribution", "tuning_mean", "tuning_shape")
+_COLUMNS = (
+    "run_id",
+    "name",
+    "time",
+    "fingerprint",
+    "dataset_name",
+    "data_path",
+    "privacy_unit",
+    "neighboring",
+    "delta",
+    "epsilon",
+    "steps",
+    "accountant",
+    "dp_event",
+    "non_private",
+    "note",
+    "tuning_session",
+    "tuning_distribution",
+    "tuning_mean",
+    "tuning_shape",
+)
 
 
 class LedgerError(ValueError):
@@ -129,8 +147,14 @@ class Total:
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "delta": self.delta, "neighboring": self.neighboring, "runs": self.runs,
-                "non_private_runs": list(self.non_private_runs), "note": self.note}
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "neighboring": self.neighboring,
+            "runs": self.runs,
+            "non_private_runs": list(self.non_private_runs),
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)
@@ -161,17 +185,27 @@ class DatasetLedger:
         for name, rows in sessions.items():
             try:
                 relation, _ = common_relation([e.neighboring for e in rows], [e.event for e in rows])
-                out[name] = tuning_cost([e.event for e in rows], delta=max(e.delta for e in rows), neighboring=relation,
-                                        mean=rows[0].tuning_mean, shape=rows[0].tuning_shape)
+                out[name] = tuning_cost(
+                    [e.event for e in rows],
+                    delta=max(e.delta for e in rows),
+                    neighboring=relation,
+                    mean=rows[0].tuning_mean,
+                    shape=rows[0].tuning_shape,
+                )
             except PrivacyError as err:
                 out[name] = str(err)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "dataset_name": self.dataset_name, "data_paths": list(self.data_paths),
-                "privacy_unit": self.privacy_unit, "runs": [e.to_dict() for e in self.entries],
-                "total": self.total.to_dict(),
-                "forgotten": [{**f.to_dict(), "name": e.name, "epsilon": e.epsilon} for e, f in self.forgotten]}
+        return {
+            "fingerprint": self.fingerprint,
+            "dataset_name": self.dataset_name,
+            "data_paths": list(self.data_paths),
+            "privacy_unit": self.privacy_unit,
+            "runs": [e.to_dict() for e in self.entries],
+            "total": self.total.to_dict(),
+            "forgotten": [{**f.to_dict(), "name": e.name, "epsilon": e.epsilon} for e, f in self.forgotten],
+        }
 
 
 def compose_entries(entries: Sequence[LedgerEntry]) -> Total:
@@ -205,8 +239,10 @@ class Ledger:
         values = [getattr(entry, c) for c in _COLUMNS]
         values[_COLUMNS.index("non_private")] = int(entry.non_private)
         with self.store._conn() as c:
-            c.execute(f"INSERT OR REPLACE INTO ledger ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                      values)
+            c.execute(
+                f"INSERT OR REPLACE INTO ledger ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                values,
+            )
 
     def record_run(self, *, run_id: str, name: str | None, prepared, steps: int, seeded: bool) -> LedgerEntry | None:
         """The row of a run that took ``steps`` steps with ``prepared`` (engine/prepare.py); None when it
@@ -222,21 +258,34 @@ class Ledger:
             note = "non-private: no noise"
         event = _non_private_event() if non_private else plan.dp_event(steps)
         entry = LedgerEntry(
-            run_id=run_id, name=name, time=time.time(), fingerprint=prepared.dataset_fingerprint,
-            dataset_name=prepared.dataset_name, data_path=str(cfg.data), privacy_unit=plan.privacy_unit,
-            neighboring=plan.neighboring, delta=plan.delta, epsilon=math.inf if non_private else plan.epsilon_at(steps),
-            steps=steps, accountant=plan.accountant, dp_event=event_to_json(event), non_private=non_private, note=note,
+            run_id=run_id,
+            name=name,
+            time=time.time(),
+            fingerprint=prepared.dataset_fingerprint,
+            dataset_name=prepared.dataset_name,
+            data_path=str(cfg.data),
+            privacy_unit=plan.privacy_unit,
+            neighboring=plan.neighboring,
+            delta=plan.delta,
+            epsilon=math.inf if non_private else plan.epsilon_at(steps),
+            steps=steps,
+            accountant=plan.accountant,
+            dp_event=event_to_json(event),
+            non_private=non_private,
+            note=note,
         )
         self.record(entry)
         return entry
 
-    def set_tuning(self, run_ids: Sequence[str], *, session: str, distribution: str, mean: float,
-                   shape: float) -> None:
+    def set_tuning(self, run_ids: Sequence[str], *, session: str, distribution: str, mean: float, shape: float) -> None:
         """Mark ``run_ids`` as one tuning session with a random number of runs (for a sweep command)."""
         with self.store._conn() as c:
             for run_id in run_ids:
-                c.execute("UPDATE ledger SET tuning_session=?, tuning_distribution=?, tuning_mean=?, tuning_shape=? "
-                          "WHERE run_id=?", (session, distribution, mean, shape, self.get(run_id).run_id))
+                c.execute(
+                    "UPDATE ledger SET tuning_session=?, tuning_distribution=?, tuning_mean=?, tuning_shape=? "
+                    "WHERE run_id=?",
+                    (session, distribution, mean, shape, self.get(run_id).run_id),
+                )
 
     def forget(self, run_id: str, reason: str, *, who: str | None = None) -> Forgotten:
         """Take a run out of the totals; who, when and why are kept (the run's row too)."""
@@ -245,8 +294,10 @@ class Ledger:
             raise LedgerError(f"run {entry.run_id} was already forgotten.")
         record = Forgotten(entry.run_id, time.time(), who or _who(), reason.strip() or "(no reason given)")
         with self.store._conn() as c:
-            c.execute("INSERT INTO ledger_forgotten (run_id, time, who, reason) VALUES (?,?,?,?)",
-                      (record.run_id, record.time, record.who, record.reason))
+            c.execute(
+                "INSERT INTO ledger_forgotten (run_id, time, who, reason) VALUES (?,?,?,?)",
+                (record.run_id, record.time, record.who, record.reason),
+            )
         return record
 
     # -- reading -----------------------------------------------------------------------------------
@@ -265,8 +316,14 @@ class Ledger:
         with self.store._conn() as c:
             rows = c.execute(f"SELECT {', '.join(_COLUMNS)} FROM ledger WHERE run_id=?", (run_id,)).fetchall()
             if not rows:
-                rows = c.execute(f"SELECT {', '.join(_COLUMNS)} FROM ledger WHERE substr(run_id, 1, ?) = ?",
-                                 (len(run_id), run_id)).fetchall() if run_id else []
+                rows = (
+                    c.execute(
+                        f"SELECT {', '.join(_COLUMNS)} FROM ledger WHERE substr(run_id, 1, ?) = ?",
+                        (len(run_id), run_id),
+                    ).fetchall()
+                    if run_id
+                    else []
+                )
         if len(rows) != 1:
             raise LedgerError(f"no run {run_id!r} in the privacy ledger. `workbench ledger` lists the runs it holds.")
         return _entry(rows[0])
@@ -291,8 +348,11 @@ class Ledger:
             kept = tuple(e for e in rows if e.run_id not in forgotten)
             gone = tuple((e, forgotten[e.run_id]) for e in rows if e.run_id in forgotten)
             paths = tuple(dict.fromkeys(e.data_path for e in rows if e.data_path))
-            out.append(DatasetLedger(fingerprint, rows[-1].dataset_name, paths, rows[-1].privacy_unit, kept,
-                                     compose_entries(kept), gone))
+            out.append(
+                DatasetLedger(
+                    fingerprint, rows[-1].dataset_name, paths, rows[-1].privacy_unit, kept, compose_entries(kept), gone
+                )
+            )
         return sorted(out, key=lambda d: -max(e.time for e in (*d.entries, *(e for e, _ in d.forgotten))))
 
     def entries_for(self, run_ids: Sequence[str]) -> list[LedgerEntry]:

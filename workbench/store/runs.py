@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from workbench.events import Event, RunEnded, RunStarted, StepMetrics, EvalMetrics, event_from_dict
+from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics, event_from_dict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -133,7 +133,9 @@ class RunStore:
         yield conn
 
     # -- writing -----------------------------------------------------------------------------------
-    def create_run(self, run_id: str, *, config: dict[str, Any], name: str | None = None, status: str = "running") -> None:
+    def create_run(
+        self, run_id: str, *, config: dict[str, Any], name: str | None = None, status: str = "running"
+    ) -> None:
         now = time.time()
         with self._conn() as c:
             c.execute(
@@ -145,7 +147,14 @@ class RunStore:
         with self._conn() as c:
             c.execute(
                 "UPDATE runs SET status=?, reason=COALESCE(?, reason), summary=COALESCE(?, summary), updated=?, pid=? WHERE id=?",
-                (status, reason, json.dumps(summary) if summary is not None else None, time.time(), os.getpid(), run_id),
+                (
+                    status,
+                    reason,
+                    json.dumps(summary) if summary is not None else None,
+                    time.time(),
+                    os.getpid(),
+                    run_id,
+                ),
             )
 
     def append(self, event: Event) -> None:
@@ -155,7 +164,9 @@ class RunStore:
         with self._seq_lock, self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
             try:
-                (seq,) = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id=?", (event.run_id,)).fetchone()
+                (seq,) = c.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id=?", (event.run_id,)
+                ).fetchone()
                 c.execute(
                     "INSERT INTO events (run_id, seq, kind, time, step, payload) VALUES (?,?,?,?,?,?)",
                     (event.run_id, seq, event.kind, event.time, step, payload),
@@ -213,11 +224,15 @@ class RunStore:
         dying: a dead process's run reads as interrupted).  Pollers compare it to skip work."""
         with self._conn() as c:
             rows = c.execute("SELECT id, status, updated, pid, host FROM runs ORDER BY id").fetchall()
-        state = [(rid, "interrupted" if _died(status, pid, host) else status, updated)
-                 for rid, status, updated, pid, host in rows]
+        state = [
+            (rid, "interrupted" if _died(status, pid, host) else status, updated)
+            for rid, status, updated, pid, host in rows
+        ]
         return hashlib.sha1(repr(state).encode()).hexdigest()[:16]
 
-    def events(self, run_id: str, *, after_seq: int = 0, kinds: tuple[str, ...] | None = None) -> list[tuple[int, Event]]:
+    def events(
+        self, run_id: str, *, after_seq: int = 0, kinds: tuple[str, ...] | None = None
+    ) -> list[tuple[int, Event]]:
         """(seq, event) pairs after ``after_seq``; readers poll with the last seq they saw."""
         q = "SELECT seq, payload FROM events WHERE run_id=? AND seq>?"
         args: list[Any] = [run_id, after_seq]
@@ -242,4 +257,13 @@ class RunStore:
             self._local.conn = None
 
 
-__all__ = ["RunStore", "RunRecord", "RunNotFound", "workbench_home", "new_run_id", "RunStarted", "StepMetrics", "EvalMetrics"]
+__all__ = [
+    "RunStore",
+    "RunRecord",
+    "RunNotFound",
+    "workbench_home",
+    "new_run_id",
+    "RunStarted",
+    "StepMetrics",
+    "EvalMetrics",
+]

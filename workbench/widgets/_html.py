@@ -9,9 +9,7 @@ from typing import Any
 from workbench.present import STATUS_COLORS as present_status_colors
 from workbench.present import Table
 
-_TABLE_STYLE = (
-    "border-collapse:collapse;font-size:12px;margin:4px 0;"
-)
+_TABLE_STYLE = "border-collapse:collapse;font-size:12px;margin:4px 0;"
 _CELL = "border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;"
 
 
@@ -33,7 +31,8 @@ def table_html(table: Table, *, empty: str = "nothing to show") -> str:
         return f"<i style='color:#777'>{html.escape(empty)}</i>"
     head = "".join(f"<th style='{_CELL}background:#f5f5f5'>{html.escape(str(h))}</th>" for h in table.headers)
     body = "".join(
-        "<tr>" + "".join(f"<td style='{_CELL}'>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in table.rows
+        "<tr>" + "".join(f"<td style='{_CELL}'>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        for row in table.rows
     )
     return f"<table style='{_TABLE_STYLE}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

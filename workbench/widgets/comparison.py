@@ -36,9 +36,13 @@ class Comparison:
         initial = {"loss": loss, "epsilon": eps, "privacy_utility": privacy_utility_scatter([])}
         self.figures = {name: figure_widget(self._sized(name, fig)) for name, fig in initial.items()}
         self.settings = w.HTML()
-        grid = w.GridBox([self.figures["loss"], self.figures["epsilon"]],
-                         layout=w.Layout(grid_template_columns="repeat(2, max-content)", grid_gap="4px 8px"))
-        self.widget = w.VBox([grid, self.figures["privacy_utility"], w.HTML("<b>Settings that differ</b>"), self.settings])
+        grid = w.GridBox(
+            [self.figures["loss"], self.figures["epsilon"]],
+            layout=w.Layout(grid_template_columns="repeat(2, max-content)", grid_gap="4px 8px"),
+        )
+        self.widget = w.VBox(
+            [grid, self.figures["privacy_utility"], w.HTML("<b>Settings that differ</b>"), self.settings]
+        )
         self.widget.add_class("workbench-compare")
         self.refresh()
 

@@ -20,12 +20,12 @@ from typing import Any
 import ipywidgets as w
 
 from workbench.config import RunConfig
+from workbench.engine.randomness import SEEDED_LABEL
+from workbench.engine.report import relation_text
 from workbench.events import Event
 from workbench.present import PANELS, STATUS_COLORS, RunView, generations_table, panels, progress
 from workbench.session import Session
 from workbench.store.runs import ACTIVE, RunStore
-from workbench.engine.randomness import SEEDED_LABEL
-from workbench.engine.report import relation_text
 from workbench.widgets._html import status_html, table_html
 from workbench.widgets._live import Refresher, figure_widget, sync_figure
 
@@ -87,10 +87,18 @@ class Dashboard:
 
     # -- the widget --------------------------------------------------------------------------------
     def _build(self) -> None:
-        self.start_button = w.Button(description="Start", icon="play", button_style="success",
-                                     tooltip="Start a new training run with these settings")
-        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
-                                    tooltip="Stop the run after the current step (nothing partial is released)")
+        self.start_button = w.Button(
+            description="Start",
+            icon="play",
+            button_style="success",
+            tooltip="Start a new training run with these settings",
+        )
+        self.stop_button = w.Button(
+            description="Stop",
+            icon="stop",
+            button_style="danger",
+            tooltip="Stop the run after the current step (nothing partial is released)",
+        )
         self.start_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.title = w.HTML()
@@ -235,8 +243,9 @@ class Dashboard:
                 return
             self._refresher.close()  # the previous run's refresher is settling: this run gets its own
         poll = None if self.session is not None else self._poll_store
-        self._refresher = Refresher(self.refresh, interval=self.interval, finished=lambda: self.finished, poll=poll,
-                                    on_finish=self._settle)
+        self._refresher = Refresher(
+            self.refresh, interval=self.interval, finished=lambda: self.finished, poll=poll, on_finish=self._settle
+        )
         if self.session is not None:
             self._refresher.poke()
 
@@ -260,8 +269,11 @@ class Dashboard:
 
     def _draw_status(self) -> None:
         view = self.view
-        status = self.session.status if self.session is not None else (view.status if view.started or view.ended else
-                                                                       (self._store_status() or "created"))
+        status = (
+            self.session.status
+            if self.session is not None
+            else (view.status if view.started or view.ended else (self._store_status() or "created"))
+        )
         if view.ended is not None:
             status = view.ended.status
         name = f" · {html.escape(view.name)}" if view.name else ""
@@ -272,7 +284,9 @@ class Dashboard:
         )
         info = progress(view.started, view.latest_step, time.time())
         self.progress_bar.value = info["fraction"]
-        self.progress_bar.bar_style = {"finished": "success", "failed": "danger", "stopped": "warning"}.get(status, "info")
+        self.progress_bar.bar_style = {"finished": "success", "failed": "danger", "stopped": "warning"}.get(
+            status, "info"
+        )
         line = f"{status}: {info['text']}" if view.started else status
         if view.ended is not None and view.ended.reason:
             line += f" — {view.ended.reason}"
@@ -281,7 +295,9 @@ class Dashboard:
         seeded = view.started is not None and view.started.seeded_randomness
         if seeded:
             line += f" · WARNING: {SEEDED_LABEL} (noise_seed is set)"
-        self.status.value = status_html(line, color=STATUS_COLORS.get(status, "#333"), bold=status == "failed" or seeded)
+        self.status.value = status_html(
+            line, color=STATUS_COLORS.get(status, "#333"), bold=status == "failed" or seeded
+        )
         self.start_button.disabled = self.config is None or self.running
         self.stop_button.disabled = not (self.session is not None and self.running)
 

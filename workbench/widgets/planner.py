@@ -25,9 +25,9 @@ import ipywidgets as w
 import numpy as np
 
 from workbench import privacy
-from workbench.privacy.user_level import els_beside_group_bound
 from workbench.engine.report import relation_text
 from workbench.present import accountant_label, fmt_eps, plan_figure
+from workbench.privacy.user_level import els_beside_group_bound
 from workbench.widgets._live import figure_widget, sync_figure
 
 NOISE, TARGET = "noise multiplier → ε", "target ε → noise"
@@ -96,11 +96,33 @@ def curve_steps(steps: int, points: int) -> list[int]:
     return sorted({0, steps, *(int(round(x)) for x in even), *(int(round(x)) for x in geometric)})
 
 
-def epsilon_curve(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str,
-                  points: int, neighboring: str = "add_remove") -> list[tuple[int, float]]:
+def epsilon_curve(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str,
+    points: int,
+    neighboring: str = "add_remove",
+) -> list[tuple[int, float]]:
     """(step, epsilon) at ``curve_steps``: the values of ``privacy.epsilon``, so they match the engine's."""
-    return [(t, privacy.epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=t, delta=delta,
-                                accountant=accountant, neighboring=neighboring)) for t in curve_steps(steps, points)]
+    return [
+        (
+            t,
+            privacy.epsilon(
+                noise_multiplier=noise_multiplier,
+                sample_rate=sample_rate,
+                steps=t,
+                delta=delta,
+                accountant=accountant,
+                neighboring=neighboring,
+            ),
+        )
+        for t in curve_steps(steps, points)
+    ]
+
+
 FAST_FIRST = ("rdp", "edgeworth", "pld", "prv")
 
 
@@ -126,7 +148,11 @@ def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=
                 raise _Stale
             try:
                 out.sigma_needed[acc] = privacy.calibrate(
-                    target_epsilon=s.target_epsilon, sample_rate=q, steps=steps, delta=delta, accountant=acc,
+                    target_epsilon=s.target_epsilon,
+                    sample_rate=q,
+                    steps=steps,
+                    delta=delta,
+                    accountant=acc,
                     neighboring=s.neighboring,
                 )
             except privacy.PrivacyError as err:
@@ -141,8 +167,15 @@ def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=
         if not is_current():
             raise _Stale
         try:
-            curve = epsilon_curve(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=acc,
-                                  points=CURVE_POINTS.get(acc, 20), neighboring=s.neighboring)
+            curve = epsilon_curve(
+                noise_multiplier=sigma,
+                sample_rate=q,
+                steps=steps,
+                delta=delta,
+                accountant=acc,
+                points=CURVE_POINTS.get(acc, 20),
+                neighboring=s.neighboring,
+            )
         except privacy.PrivacyError as err:
             out.errors.setdefault(acc, str(err))
             continue
@@ -167,10 +200,12 @@ def add_user_level(out: PlanResult) -> None:
     try:
         bound = "pld" if s.selected == "edgeworth" else s.selected
         eps = out.epsilon.get(bound)
-        out.example_epsilon = eps if eps is not None else privacy.epsilon(**common, accountant=bound,
-                                                                          neighboring=s.neighboring)
-        out.user_epsilon, out.group_bound = els_beside_group_bound(**common, k=s.max_examples_per_user,
-                                                                   example_epsilon=out.example_epsilon)
+        out.example_epsilon = (
+            eps if eps is not None else privacy.epsilon(**common, accountant=bound, neighboring=s.neighboring)
+        )
+        out.user_epsilon, out.group_bound = els_beside_group_bound(
+            **common, k=s.max_examples_per_user, example_epsilon=out.example_epsilon
+        )
     except privacy.PrivacyError as err:
         out.errors[USER_LEVEL] = str(err)
 
@@ -182,8 +217,9 @@ def _options(values: list, fmt) -> list[tuple[str, Any]]:
 class PrivacyPlanner:
     """Sliders -> epsilon curves per accountant and the noise needed; display it in a notebook."""
 
-    def __init__(self, settings: PlanSettings | None = None, *, background: bool = True, width: int = 1080,
-                 **overrides: Any) -> None:
+    def __init__(
+        self, settings: PlanSettings | None = None, *, background: bool = True, width: int = 1080, **overrides: Any
+    ) -> None:
         settings = replace(settings or PlanSettings(), **overrides)
         self.plot_width = max(360, width - 490)  # the controls take 480 px; plotly widgets have a fixed size
         self.background = background
@@ -206,49 +242,117 @@ class PrivacyPlanner:
 
         def sel(description, values, value, fmt, tooltip):
             values = sorted(set(values) | {value})
-            return w.SelectionSlider(options=_options(values, fmt), value=value, description=description,
-                                     style=style, layout=wide(), tooltip=tooltip)
+            return w.SelectionSlider(
+                options=_options(values, fmt),
+                value=value,
+                description=description,
+                style=style,
+                layout=wide(),
+                tooltip=tooltip,
+            )
 
-        self.dataset_size = sel("dataset size N", _SIZES, s.dataset_size, lambda v: f"{v:,}",
-                                "Training examples (the unit of privacy)")
-        self.batch_size = sel("expected batch qN", _BATCHES, s.batch_size, lambda v: f"{v:,}",
-                              "Expected Poisson batch size; the sampling rate is q = batch / N")
+        self.dataset_size = sel(
+            "dataset size N", _SIZES, s.dataset_size, lambda v: f"{v:,}", "Training examples (the unit of privacy)"
+        )
+        self.batch_size = sel(
+            "expected batch qN",
+            _BATCHES,
+            s.batch_size,
+            lambda v: f"{v:,}",
+            "Expected Poisson batch size; the sampling rate is q = batch / N",
+        )
         self.steps = sel("steps T", _STEPS, s.steps, lambda v: f"{v:,}", "Number of DP-SGD steps")
         self.delta = sel("δ", _DELTAS, s.delta, lambda v: f"{v:.0e}", "δ of (ε, δ)-DP; keep it well below 1/N")
         self.mode = w.ToggleButtons(options=[NOISE, TARGET], value=s.mode, style={"button_width": "170px"})
-        self.noise_multiplier = w.FloatSlider(value=s.noise_multiplier, min=0.3, max=10.0, step=0.05,
-                                              description="noise multiplier σ", style=style, layout=wide(),
-                                              readout_format=".2f")
-        self.target_epsilon = w.FloatLogSlider(value=s.target_epsilon, base=10, min=-1, max=2, step=0.02,
-                                               description="target ε", style=style, layout=wide(), readout_format=".3g")
-        self.max_grad_norm = w.FloatLogSlider(value=s.max_grad_norm, base=10, min=-2, max=2, step=0.05,
-                                              description="clipping norm C", style=style, layout=wide(),
-                                              readout_format=".3g")
-        self.accountants = w.SelectMultiple(options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS],
-                                            value=tuple(a for a in s.accountants if a in privacy.ACCOUNTANTS),
-                                            description="accountants", rows=4, style=style,
-                                            layout=w.Layout(width="400px"))
-        self.selected = w.Dropdown(options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS], value=s.selected,
-                                   description="calibrate with", style=style)
-        self.neighboring = w.Dropdown(options=[("add or remove one example", "add_remove"),
-                                               ("replace one example (PLD only)", "replace_one")],
-                                      value=s.neighboring, description="neighbouring datasets", style=style,
-                                      tooltip="The relation every epsilon here is for (replace one: N is public)")
-        self.max_examples_per_user = w.IntSlider(value=min(64, max(1, s.max_examples_per_user)), min=1, max=64,
-                                                 description="max examples per user k", style=style, layout=wide(),
-                                                 tooltip="User-level DP: each user's examples are capped at k")
+        self.noise_multiplier = w.FloatSlider(
+            value=s.noise_multiplier,
+            min=0.3,
+            max=10.0,
+            step=0.05,
+            description="noise multiplier σ",
+            style=style,
+            layout=wide(),
+            readout_format=".2f",
+        )
+        self.target_epsilon = w.FloatLogSlider(
+            value=s.target_epsilon,
+            base=10,
+            min=-1,
+            max=2,
+            step=0.02,
+            description="target ε",
+            style=style,
+            layout=wide(),
+            readout_format=".3g",
+        )
+        self.max_grad_norm = w.FloatLogSlider(
+            value=s.max_grad_norm,
+            base=10,
+            min=-2,
+            max=2,
+            step=0.05,
+            description="clipping norm C",
+            style=style,
+            layout=wide(),
+            readout_format=".3g",
+        )
+        self.accountants = w.SelectMultiple(
+            options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS],
+            value=tuple(a for a in s.accountants if a in privacy.ACCOUNTANTS),
+            description="accountants",
+            rows=4,
+            style=style,
+            layout=w.Layout(width="400px"),
+        )
+        self.selected = w.Dropdown(
+            options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS],
+            value=s.selected,
+            description="calibrate with",
+            style=style,
+        )
+        self.neighboring = w.Dropdown(
+            options=[("add or remove one example", "add_remove"), ("replace one example (PLD only)", "replace_one")],
+            value=s.neighboring,
+            description="neighbouring datasets",
+            style=style,
+            tooltip="The relation every epsilon here is for (replace one: N is public)",
+        )
+        self.max_examples_per_user = w.IntSlider(
+            value=min(64, max(1, s.max_examples_per_user)),
+            min=1,
+            max=64,
+            description="max examples per user k",
+            style=style,
+            layout=wide(),
+            tooltip="User-level DP: each user's examples are capped at k",
+        )
         self.figure = figure_widget(plan_figure({}, None).update_layout(width=self.plot_width, autosize=False))
         self.status = w.HTML()
         self.example_level = w.HTML()
         self.user_level = w.HTML()
-        self.results = w.HBox([
-            w.VBox([w.HTML("<b>Example-level DP</b>"), self.example_level]),
-            w.VBox([w.HTML("<b>User-level DP (ELS, k examples per user)</b>"), self.user_level],
-                   layout=w.Layout(margin="0 0 0 24px")),
-        ])
-        controls = [self.dataset_size, self.batch_size, self.steps, self.delta, self.mode, self.noise_multiplier,
-                    self.target_epsilon, self.max_grad_norm, self.accountants, self.selected, self.neighboring,
-                    self.max_examples_per_user]
+        self.results = w.HBox(
+            [
+                w.VBox([w.HTML("<b>Example-level DP</b>"), self.example_level]),
+                w.VBox(
+                    [w.HTML("<b>User-level DP (ELS, k examples per user)</b>"), self.user_level],
+                    layout=w.Layout(margin="0 0 0 24px"),
+                ),
+            ]
+        )
+        controls = [
+            self.dataset_size,
+            self.batch_size,
+            self.steps,
+            self.delta,
+            self.mode,
+            self.noise_multiplier,
+            self.target_epsilon,
+            self.max_grad_norm,
+            self.accountants,
+            self.selected,
+            self.neighboring,
+            self.max_examples_per_user,
+        ]
         for control in controls:
             control.observe(self._changed, names="value")
         left = w.VBox(controls + [self.status], layout=w.Layout(width="480px"))
@@ -325,6 +429,7 @@ class PrivacyPlanner:
                 self._wake.clear()
                 version = self._version
             settings = self.settings
+
             def partial(result: PlanResult, version=version) -> None:
                 if self._version == version:
                     self._draw(result, busy=True)
@@ -348,24 +453,37 @@ class PrivacyPlanner:
         s = result.settings
         self.result = result
         target = s.target_epsilon if s.mode == TARGET else None
-        fig = plan_figure(result.curves, target, noise_multiplier=result.noise_multiplier,
-                          selected=s.selected if s.mode == TARGET else None)
+        fig = plan_figure(
+            result.curves,
+            target,
+            noise_multiplier=result.noise_multiplier,
+            selected=s.selected if s.mode == TARGET else None,
+        )
         fig.update_layout(width=self.plot_width, autosize=False)
         sync_figure(self.figure, fig)
         self.example_level.value = self._table(result)
         self.user_level.value = self._user_table(result)
-        errors = "".join(f"<div style='color:#d62728'>{html.escape(a)}: {html.escape(m)}</div>"
-                         for a, m in result.errors.items())
+        errors = "".join(
+            f"<div style='color:#d62728'>{html.escape(a)}: {html.escape(m)}</div>" for a, m in result.errors.items()
+        )
         waiting = [a for a in s.accountants if a not in result.curves and a not in result.errors]
         if result.noise_multiplier is not None and result.user_epsilon is None and USER_LEVEL not in result.errors:
             waiting.append("user-level ε")
-        self.status.value = errors + (
-            f"<span style='color:#555'>q = {s.sample_rate:.4g}, {s.epochs:.3g} epochs, "
-            f"δ = {s.delta:.0e}{'' if s.delta < 1 / s.dataset_size else ' — δ is not below 1/N!'}; "
-            f"ε for neighbouring datasets with {relation_text(s.neighboring, 'example')}"
-            + ("; Edgeworth is an approximation: PLD sets σ" if "edgeworth" in s.accountants and s.mode == TARGET else "")
-            + "</span>"
-        ) + (f"<br><i style='color:#777'>computing {', '.join(waiting)}…</i>" if busy and waiting else "")
+        self.status.value = (
+            errors
+            + (
+                f"<span style='color:#555'>q = {s.sample_rate:.4g}, {s.epochs:.3g} epochs, "
+                f"δ = {s.delta:.0e}{'' if s.delta < 1 / s.dataset_size else ' — δ is not below 1/N!'}; "
+                f"ε for neighbouring datasets with {relation_text(s.neighboring, 'example')}"
+                + (
+                    "; Edgeworth is an approximation: PLD sets σ"
+                    if "edgeworth" in s.accountants and s.mode == TARGET
+                    else ""
+                )
+                + "</span>"
+            )
+            + (f"<br><i style='color:#777'>computing {', '.join(waiting)}…</i>" if busy and waiting else "")
+        )
 
     @staticmethod
     def _table(result: PlanResult) -> str:
@@ -379,18 +497,32 @@ class PrivacyPlanner:
             if sigma is None and eps is None:
                 continue
             std = sigma * s.max_grad_norm if sigma is not None else None
-            rows.append("<tr>" + "".join(f"<td style='{cell}'>{v}</td>" for v in (
-                html.escape(accountant_label(acc)),
-                f"{sigma:.4g}" if sigma is not None else "–",
-                fmt_eps(eps) if s.mode == NOISE else fmt_eps(s.target_epsilon),
-                f"{std:.4g}" if std is not None else "–",
-                f"{std / expected:.3g}" if std is not None else "–",
-            )) + "</tr>")
+            rows.append(
+                "<tr>"
+                + "".join(
+                    f"<td style='{cell}'>{v}</td>"
+                    for v in (
+                        html.escape(accountant_label(acc)),
+                        f"{sigma:.4g}" if sigma is not None else "–",
+                        fmt_eps(eps) if s.mode == NOISE else fmt_eps(s.target_epsilon),
+                        f"{std:.4g}" if std is not None else "–",
+                        f"{std / expected:.3g}" if std is not None else "–",
+                    )
+                )
+                + "</tr>"
+            )
         if not rows:
             return "<i style='color:#777'>no accountant selected</i>"
-        head = "".join(f"<th style='{cell}background:#f5f5f5'>{h}</th>" for h in (
-            "accountant", "noise multiplier σ", f"ε after {s.steps:,} steps", "noise std σC (on the sum)",
-            "noise std σC/(qN) (on the update)"))
+        head = "".join(
+            f"<th style='{cell}background:#f5f5f5'>{h}</th>"
+            for h in (
+                "accountant",
+                "noise multiplier σ",
+                f"ε after {s.steps:,} steps",
+                "noise std σC (on the sum)",
+                "noise std σC/(qN) (on the update)",
+            )
+        )
         return f"<table style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>{''.join(rows)}</table>"
 
     @staticmethod
@@ -407,14 +539,22 @@ class PrivacyPlanner:
         eps_k, delta_k = result.group_bound
         rows = [
             (f"one example ({accountant_label(s.selected)})", fmt_eps(result.example_epsilon), f"{s.delta:.0e}"),
-            (f"<b>one user, up to k = {k}</b> (ELS, mixture-of-Gaussians PLD)", f"<b>{fmt_eps(result.user_epsilon)}</b>",
-             f"{s.delta:.0e}"),
-            ("one user, group-privacy bound (k ε at δ_k)", fmt_eps(eps_k),
-             "1 (vacuous)" if delta_k >= 1 else f"{delta_k:.2g}"),
+            (
+                f"<b>one user, up to k = {k}</b> (ELS, mixture-of-Gaussians PLD)",
+                f"<b>{fmt_eps(result.user_epsilon)}</b>",
+                f"{s.delta:.0e}",
+            ),
+            (
+                "one user, group-privacy bound (k ε at δ_k)",
+                fmt_eps(eps_k),
+                "1 (vacuous)" if delta_k >= 1 else f"{delta_k:.2g}",
+            ),
         ]
         heads = ("protects", f"ε after {s.steps:,} steps", "δ")
         head = "".join(f"<th style='{cell}background:#f5f5f5'>{h}</th>" for h in heads)
         body = "".join("<tr>" + "".join(f"<td style='{cell}'>{v}</td>" for v in row) + "</tr>" for row in rows)
         note = "k = 1: user-level equals example-level." if k == 1 else f"Each user keeps at most {k} examples."
-        return (f"<table style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>{body}</table>"
-                f"<div style='color:#555;font-size:12px'>{note}</div>")
+        return (
+            f"<table style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>{body}</table>"
+            f"<div style='color:#555;font-size:12px'>{note}</div>"
+        )

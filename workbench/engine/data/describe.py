@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-
-
 from workbench.engine.data.records import Dataset, Record
 from workbench.engine.data.tokenise import TokenizedExample, render_plain, tokenize_dataset
-
 
 # ---------------------------------------------------------------------------------------------
 # Description (for `workbench data PATH` and the app's data tab)
 # ---------------------------------------------------------------------------------------------
 
-def describe_dataset(ds: Dataset, tokenizer=None, *, max_seq_len: int = 512,
-                     examples: int = 3) -> dict:
+
+def describe_dataset(ds: Dataset, tokenizer=None, *, max_seq_len: int = 512, examples: int = 3) -> dict:
     """A JSON-serialisable summary: schema, sizes, users, labels, token lengths (with a
     tokenizer) and the first `examples` examples exactly as the model will see them."""
     info: dict[str, Any] = {
-        "name": ds.name, "schema": ds.schema, "task": ds.task, "columns": dict(ds.columns),
-        "num_examples": len(ds), "num_users": ds.num_users,
+        "name": ds.name,
+        "schema": ds.schema,
+        "task": ds.task,
+        "columns": dict(ds.columns),
+        "num_examples": len(ds),
+        "num_users": ds.num_users,
     }
     if ds.num_users is not None:
         info["examples_per_user"] = _per_user(ds)
@@ -38,8 +39,12 @@ def describe_dataset(ds: Dataset, tokenizer=None, *, max_seq_len: int = 512,
     tokenized = tokenize_dataset(ds, tokenizer, max_seq_len=max_seq_len)
     stats = tokenized.stats
     info["token_lengths"] = _percentiles(stats.lengths)
-    info.update(max_seq_len=max_seq_len, num_truncated=stats.num_truncated,
-                num_dropped=stats.num_dropped, dropped_lines=list(stats.dropped_lines)[:20])
+    info.update(
+        max_seq_len=max_seq_len,
+        num_truncated=stats.num_truncated,
+        num_dropped=stats.num_dropped,
+        dropped_lines=list(stats.dropped_lines)[:20],
+    )
     info["examples"] = [_render_tokens(ex, tokenizer, ds) for ex in tokenized[:examples]]
     return info
 
@@ -49,17 +54,25 @@ def _per_user(ds: Dataset) -> dict:
     for r in ds.records:
         counts[r.user_id] = counts.get(r.user_id, 0) + 1
     values = sorted(counts.values())
-    return {"min": values[0], "median": float(_quantile(values, 0.5)), "max": values[-1],
-            "mean": round(sum(values) / len(values), 2)}
+    return {
+        "min": values[0],
+        "median": float(_quantile(values, 0.5)),
+        "max": values[-1],
+        "mean": round(sum(values) / len(values), 2),
+    }
 
 
 def _percentiles(lengths: Sequence[int]) -> dict:
     values = sorted(lengths)
     if not values:
         return {"p50": 0, "p90": 0, "p99": 0, "max": 0, "mean": 0.0}
-    return {"p50": _quantile(values, 0.5), "p90": _quantile(values, 0.9),
-            "p99": _quantile(values, 0.99), "max": values[-1],
-            "mean": round(sum(values) / len(values), 1)}
+    return {
+        "p50": _quantile(values, 0.5),
+        "p90": _quantile(values, 0.9),
+        "p99": _quantile(values, 0.99),
+        "max": values[-1],
+        "mean": round(sum(values) / len(values), 1),
+    }
 
 
 def _quantile(sorted_values: Sequence[int], q: float) -> float:
@@ -88,8 +101,7 @@ def _render_tokens(ex: TokenizedExample, tokenizer, ds: Dataset) -> dict:
     if ex.label_id is not None:
         out.update(text=decode(ex.input_ids), label=ds.label_names[ex.label_id])
     elif ex.prompt_len:
-        out.update(prompt=decode(ex.input_ids[:ex.prompt_len]),
-                   response=decode(ex.input_ids[ex.prompt_len:]))
+        out.update(prompt=decode(ex.input_ids[: ex.prompt_len]), response=decode(ex.input_ids[ex.prompt_len :]))
     else:
         out["text"] = decode(ex.input_ids)
     return out

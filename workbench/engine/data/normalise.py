@@ -6,14 +6,22 @@ import json
 import re
 from typing import Any, Sequence
 
-
-
-from workbench.engine.data.records import DataError, Dataset, Record, _ALIASES, _CHAT_ROLES, _SCHEMA_HELP, _SCHEMA_ROLES, _Table, _preview
-
+from workbench.engine.data.records import (
+    _ALIASES,
+    _CHAT_ROLES,
+    _SCHEMA_HELP,
+    _SCHEMA_ROLES,
+    DataError,
+    Dataset,
+    Record,
+    _preview,
+    _Table,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Normalising: a table -> a validated Dataset of Records
 # ---------------------------------------------------------------------------------------------
+
 
 def _build_dataset(table: _Table, mapping: dict[str, str]) -> Dataset:
     roles = _resolve_roles(table, mapping)
@@ -25,9 +33,15 @@ def _build_dataset(table: _Table, mapping: dict[str, str]) -> Dataset:
     label_names = _label_names(records)
     if task == "classification":
         _check_two_labels(table, used["label"], label_names, len(records))
-    return Dataset(name=table.name, schema=schema, task=task, records=records, columns=used,
-                   label_names=label_names,
-                   answer_template=_detect_answer_template(records, label_names))
+    return Dataset(
+        name=table.name,
+        schema=schema,
+        task=task,
+        records=records,
+        columns=used,
+        label_names=label_names,
+        answer_template=_detect_answer_template(records, label_names),
+    )
 
 
 def _resolve_roles(table: _Table, mapping: dict[str, str]) -> dict[str, str]:
@@ -38,7 +52,8 @@ def _resolve_roles(table: _Table, mapping: dict[str, str]) -> dict[str, str]:
         if column not in table.columns:
             raise DataError(
                 f"{table.name}: column '{column}' (mapped to {role}) not found. Columns in the "
-                f"file: {', '.join(map(str, table.columns))}. Fix the `columns` mapping.")
+                f"file: {', '.join(map(str, table.columns))}. Fix the `columns` mapping."
+            )
         roles[role] = column
     taken = set(roles.values())
     for role, aliases in _ALIASES.items():
@@ -60,16 +75,15 @@ def _detect_schema(table: _Table, roles: dict[str, str], mapping: dict[str, str]
         f"{table.name}: cannot tell which schema the data uses. Columns found: "
         f"{', '.join(map(str, table.columns)) or 'none'}. Recognised schemas: {_SCHEMA_HELP}. "
         "Map your column names to these roles with `columns`, "
-        "e.g. columns={'prompt': 'question', 'response': 'answer'}.")
+        "e.g. columns={'prompt': 'question', 'response': 'answer'}."
+    )
 
 
-def _make_record(table: _Table, line: int | None, row: dict, schema: str,
-                 used: dict[str, str]) -> Record:
+def _make_record(table: _Table, line: int | None, row: dict, schema: str, used: dict[str, str]) -> Record:
     def text(role: str, required: bool = True) -> str | None:
         return _text_field(table, line, row, role, used[role], required)
 
-    label = _label_field(table, line, row, used["label"], schema == "classification") \
-        if "label" in used else None
+    label = _label_field(table, line, row, used["label"], schema == "classification") if "label" in used else None
     user = _user_field(table, line, row, used["user_id"]) if "user_id" in used else None
     messages, body = None, None
     if schema == "chat":
@@ -89,32 +103,38 @@ def _turns(prompt: str, response: str) -> tuple[dict, ...]:
     return ({"role": "user", "content": prompt}, {"role": "assistant", "content": response})
 
 
-def _text_field(table: _Table, line: int | None, row: dict, role: str, column: str,
-                required: bool) -> str | None:
+def _text_field(table: _Table, line: int | None, row: dict, role: str, column: str, required: bool) -> str | None:
     value = row.get(column)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = _scalar_str(value)  # a number as text; NaN (a missing value) -> None
     if value is not None and not isinstance(value, str):
-        raise DataError(f"{table.where(line)}, column '{column}' ({role}): expected text, found "
-                        f"{type(value).__name__} {_preview(value)}. Make it a string.")
+        raise DataError(
+            f"{table.where(line)}, column '{column}' ({role}): expected text, found "
+            f"{type(value).__name__} {_preview(value)}. Make it a string."
+        )
     value = value.strip() if value is not None else ""
     if not value and required:
-        raise DataError(f"{table.where(line)}, column '{column}' ({role}): empty. Every example "
-                        f"needs a {role}; fill it in or remove the {table.unit}.")
+        raise DataError(
+            f"{table.where(line)}, column '{column}' ({role}): empty. Every example "
+            f"needs a {role}; fill it in or remove the {table.unit}."
+        )
     return value or None
 
 
-def _label_field(table: _Table, line: int | None, row: dict, column: str,
-                 required: bool) -> str | None:
+def _label_field(table: _Table, line: int | None, row: dict, column: str, required: bool) -> str | None:
     raw = row.get(column)
     if isinstance(raw, (list, tuple, dict)):
-        raise DataError(f"{table.where(line)}, column '{column}' (label): expected one label, "
-                        f"found {_preview(raw)}. Use a single string or number.")
+        raise DataError(
+            f"{table.where(line)}, column '{column}' (label): expected one label, "
+            f"found {_preview(raw)}. Use a single string or number."
+        )
     value = _scalar_str(raw)
     if value is None and required:
-        raise DataError(f"{table.where(line)}, column '{column}' (label): empty. Every "
-                        f"classification example needs a label; fill it in or remove the "
-                        f"{table.unit}.")
+        raise DataError(
+            f"{table.where(line)}, column '{column}' (label): empty. Every "
+            f"classification example needs a label; fill it in or remove the "
+            f"{table.unit}."
+        )
     return value
 
 
@@ -124,7 +144,8 @@ def _user_field(table: _Table, line: int | None, row: dict, column: str) -> str:
         raise DataError(
             f"{table.where(line)}, column '{column}' (user_id): empty or not a single value "
             f"({_preview(row.get(column))}). With a user_id column every example needs a user "
-            "(user-level privacy counts people); fill it in or drop the column.")
+            "(user-level privacy counts people); fill it in or drop the column."
+        )
     return value
 
 
@@ -149,17 +170,20 @@ def _chat_messages(table: _Table, line: int | None, value: Any, column: str) -> 
         except json.JSONDecodeError as err:
             raise DataError(f"{where}: not valid JSON ({err.msg}). Fix the cell.") from None
     if not isinstance(value, (list, tuple)) or not value:
-        raise DataError(f"{where}: expected a non-empty list of {{role, content}} turns, found "
-                        f"{_preview(value)}. Write e.g. [{{\"role\": \"user\", \"content\": "
-                        f"\"...\"}}, {{\"role\": \"assistant\", \"content\": \"...\"}}].")
+        raise DataError(
+            f"{where}: expected a non-empty list of {{role, content}} turns, found "
+            f'{_preview(value)}. Write e.g. [{{"role": "user", "content": '
+            f'"..."}}, {{"role": "assistant", "content": "..."}}].'
+        )
     turns = tuple(_chat_turn(where, i, t) for i, t in enumerate(value, start=1))
     if turns[-1]["role"] != "assistant":
-        raise DataError(f"{where}: the last turn is '{turns[-1]['role']}', but it must be the "
-                        "assistant's reply the model learns to write. Add the reply or drop "
-                        f"the {table.unit}.")
+        raise DataError(
+            f"{where}: the last turn is '{turns[-1]['role']}', but it must be the "
+            "assistant's reply the model learns to write. Add the reply or drop "
+            f"the {table.unit}."
+        )
     if not any(t["role"] == "user" for t in turns):
-        raise DataError(f"{where}: no user turn. Each conversation needs a user message before "
-                        "the assistant's reply.")
+        raise DataError(f"{where}: no user turn. Each conversation needs a user message before the assistant's reply.")
     return turns
 
 
@@ -171,11 +195,9 @@ def _chat_turn(where: str, i: int, turn: Any) -> dict:
     if isinstance(content, list):  # [{"type": "text", "text": ...}] content parts
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     if _CHAT_ROLES.get(str(role).lower()) is None:
-        raise DataError(f"{where}, turn {i}: unknown role {role!r}. Use system, user or "
-                        "assistant.")
+        raise DataError(f"{where}, turn {i}: unknown role {role!r}. Use system, user or assistant.")
     if not isinstance(content, str) or not content.strip():
-        raise DataError(f"{where}, turn {i} ({role}): empty content. Fill it in or drop the "
-                        "turn.")
+        raise DataError(f"{where}, turn {i} ({role}): empty content. Fill it in or drop the turn.")
     return {"role": _CHAT_ROLES[str(role).lower()], "content": content.strip()}
 
 
@@ -189,9 +211,11 @@ def _label_names(records: Sequence[Record]) -> tuple[str, ...] | None:
 
 def _check_two_labels(table: _Table, column: str, names: tuple[str, ...], n: int) -> None:
     if len(names) < 2:
-        raise DataError(f"{table.name}, column '{column}' (label): only one distinct label "
-                        f"({names[0]!r}) in {n} examples; classification needs at least two. "
-                        "Check the column, or map only `text` to train a language model.")
+        raise DataError(
+            f"{table.name}, column '{column}' (label): only one distinct label "
+            f"({names[0]!r}) in {n} examples; classification needs at least two. "
+            "Check the column, or map only `text` to train a language model."
+        )
 
 
 def _detect_answer_template(records: Sequence[Record], names: tuple[str, ...] | None) -> str | None:

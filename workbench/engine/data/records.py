@@ -6,13 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-
-
-
-
 SCHEMAS = ("prompt_response", "alpaca", "chat", "text", "classification")
-ROLES = ("prompt", "response", "instruction", "input", "output", "messages", "text", "label",
-         "user_id")
+ROLES = ("prompt", "response", "instruction", "input", "output", "messages", "text", "label", "user_id")
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 IGNORE_INDEX = -100  # label value the loss skips (torch.nn.CrossEntropyLoss default)
 
@@ -36,11 +31,20 @@ _SCHEMA_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "classification": (("text", "label"), ("user_id",)),
     "text": (("text",), ("user_id",)),
 }
-_SCHEMA_HELP = ("prompt_response (prompt, response), alpaca (instruction, optional input, output), "
-                "chat (messages: a list of {role, content}), text (text), "
-                "classification (text, label); each with an optional user_id")
-_CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
-               "gpt": "assistant", "bot": "assistant", "model": "assistant"}
+_SCHEMA_HELP = (
+    "prompt_response (prompt, response), alpaca (instruction, optional input, output), "
+    "chat (messages: a list of {role, content}), text (text), "
+    "classification (text, label); each with an optional user_id"
+)
+_CHAT_ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+}
 
 
 class DataError(ValueError):
@@ -86,18 +90,15 @@ class Dataset:
         return len(users) if users else None
 
 
-
-
 @dataclass
 class _Table:
-    name: str                                  # shown in messages: the file name
-    rows: list[tuple[int | None, dict]]        # (line or row number, row)
+    name: str  # shown in messages: the file name
+    rows: list[tuple[int | None, dict]]  # (line or row number, row)
     columns: list[str]
-    unit: str = "line"                         # "line" (text files) or "row" (parquet, hub)
+    unit: str = "line"  # "line" (text files) or "row" (parquet, hub)
 
     def where(self, number: int | None) -> str:
         return self.name if number is None else f"{self.name} {self.unit} {number}"
-
 
 
 def _first_line(err: BaseException) -> str:
@@ -106,6 +107,5 @@ def _first_line(err: BaseException) -> str:
 
 
 def _preview(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) \
-        else repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,13 +7,12 @@ from typing import Iterable, Sequence
 
 import torch
 
-
-from workbench.engine.data.records import DataError, Dataset, IGNORE_INDEX, Record, _first_line
-
+from workbench.engine.data.records import IGNORE_INDEX, DataError, Dataset, Record, _first_line
 
 # ---------------------------------------------------------------------------------------------
 # Tokenising
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TokenizedExample:
@@ -33,9 +32,9 @@ class TokenizeStats:
 
     num_records: int
     num_truncated: int
-    num_dropped: int                      # the response was truncated away entirely
+    num_dropped: int  # the response was truncated away entirely
     dropped_lines: tuple[int | None, ...]
-    lengths: tuple[int, ...]              # full token length of every record, before truncation
+    lengths: tuple[int, ...]  # full token length of every record, before truncation
     max_seq_len: int
 
 
@@ -47,8 +46,9 @@ class TokenizedDataset(list):
         self.stats = stats
 
 
-def tokenize_dataset(ds: Dataset, tokenizer, *, max_seq_len: int,
-                     model_max_length: int | None = None) -> TokenizedDataset:
+def tokenize_dataset(
+    ds: Dataset, tokenizer, *, max_seq_len: int, model_max_length: int | None = None
+) -> TokenizedDataset:
     """Token ids and targets for every record; the loss counts response tokens only.
 
     Instruction/chat data goes through `tokenizer.chat_template` when set, else the plain
@@ -60,8 +60,10 @@ def tokenize_dataset(ds: Dataset, tokenizer, *, max_seq_len: int,
     if max_seq_len < 2:
         raise DataError(f"max_seq_len must be at least 2 tokens; got {max_seq_len}.")
     if limit is not None and max_seq_len > limit:
-        raise DataError(f"max_seq_len {max_seq_len} is longer than the model's context window "
-                        f"({limit} tokens). Set max_seq_len to at most {limit}.")
+        raise DataError(
+            f"max_seq_len {max_seq_len} is longer than the model's context window "
+            f"({limit} tokens). Set max_seq_len to at most {limit}."
+        )
     encoder = _Encoder(tokenizer, ds.name)
     out, lengths, truncated, dropped = [], [], 0, []
     label_index = {name: i for i, name in enumerate(ds.label_names or ())}
@@ -71,9 +73,11 @@ def tokenize_dataset(ds: Dataset, tokenizer, *, max_seq_len: int,
             lengths.append(n)
             truncated += n > max_seq_len
             if rec.label not in label_index:
-                raise DataError(f"{ds.name} line {rec.line}: label {rec.label!r} is not one of "
-                                f"{list(label_index)}. Use align_labels(train, val) to tokenise "
-                                "a validation set with the training labels.")
+                raise DataError(
+                    f"{ds.name} line {rec.line}: label {rec.label!r} is not one of "
+                    f"{list(label_index)}. Use align_labels(train, val) to tokenise "
+                    "a validation set with the training labels."
+                )
             out.append(TokenizedExample(tuple(ids), None, label_index[rec.label], rec.user_id, 0))
             continue
         ids, labels, prompt_len = encoder.causal(rec)
@@ -85,8 +89,7 @@ def tokenize_dataset(ds: Dataset, tokenizer, *, max_seq_len: int,
             dropped.append(rec.line)
             continue
         out.append(TokenizedExample(tuple(ids), tuple(labels), None, rec.user_id, prompt_len))
-    stats = TokenizeStats(len(ds), truncated, len(dropped), tuple(dropped), tuple(lengths),
-                          max_seq_len)
+    stats = TokenizeStats(len(ds), truncated, len(dropped), tuple(dropped), tuple(lengths), max_seq_len)
     return TokenizedDataset(out, stats)
 
 
@@ -102,8 +105,7 @@ def _tokenizer_limit(tokenizer) -> int | None:
     return int(limit) if isinstance(limit, int) and 0 < limit < 10**7 else None  # 1e30 = unset
 
 
-def _truncate(ids: list[int], labels: list[int], prompt_len: int,
-              max_len: int) -> tuple[list[int], list[int], int]:
+def _truncate(ids: list[int], labels: list[int], prompt_len: int, max_len: int) -> tuple[list[int], list[int], int]:
     """Keep the whole response when it fits, cutting the prompt from the left; otherwise keep
     up to half the window of prompt (its end) and cut the response from the right."""
     response_len = len(ids) - prompt_len
@@ -152,8 +154,7 @@ class _Encoder:
             return self.ids(self._render(messages, True, None))
         return self.bos + self.ids(render_plain(messages))
 
-    def _chat_segments(self, messages: list[dict],
-                       line: int | None) -> list[tuple[list[int], bool]]:
+    def _chat_segments(self, messages: list[dict], line: int | None) -> list[tuple[list[int], bool]]:
         """Alternating (prompt ids, False), (reply ids + EOS, True); the last is the final reply.
 
         Prompt and reply are tokenised separately, as at generation time (prompt ids, then the
@@ -183,23 +184,22 @@ class _Encoder:
             start = len(head)
             found = full.find(message["content"], start) if full.startswith(head) else -1
             if found < 0 or start < pos:  # template not prefix-stable: train the last turn only
-                return [(self._render(messages[:-1], True, line), False),
-                        (messages[-1]["content"], True)]
+                return [(self._render(messages[:-1], True, line), False), (messages[-1]["content"], True)]
             end = found + len(message["content"])
             spans += [(full[pos:start], False), (full[start:end], True)]
-            pos = end + (len(self.eos_text) if self.eos_text and
-                         full.startswith(self.eos_text, end) else 0)
+            pos = end + (len(self.eos_text) if self.eos_text and full.startswith(self.eos_text, end) else 0)
         return spans
 
     def _render(self, messages: list[dict], generation: bool, line: int | None) -> str:
         try:
-            return self.tok.apply_chat_template(messages, tokenize=False,
-                                                add_generation_prompt=generation)
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
         except Exception as err:  # jinja raises for conversations a template does not accept
             where = f"{self.name} line {line}" if line else self.name
-            raise DataError(f"{where}: the model's chat template rejected this conversation "
-                            f"({_first_line(err)}). Fix the turn order (system, user, assistant, "
-                            "...) or remove the example.") from None
+            raise DataError(
+                f"{where}: the model's chat template rejected this conversation "
+                f"({_first_line(err)}). Fix the turn order (system, user, assistant, "
+                "...) or remove the example."
+            ) from None
 
 
 def _plain_spans(messages: Sequence[dict]) -> list[tuple[str, bool]]:
@@ -229,8 +229,10 @@ def render_plain(messages: Sequence[dict]) -> str:
 # Collation
 # ---------------------------------------------------------------------------------------------
 
-def collate(batch: Sequence[TokenizedExample], *, pad_id: int, padding_side: str = "right",
-            task: str | None = None) -> dict[str, torch.Tensor]:
+
+def collate(
+    batch: Sequence[TokenizedExample], *, pad_id: int, padding_side: str = "right", task: str | None = None
+) -> dict[str, torch.Tensor]:
     """Pad a batch: input_ids and attention_mask (B, T) long; labels (B, T) with IGNORE_INDEX on
     padding for causal LM, or (B,) class ids for classification. An empty batch (Poisson
     sampling can draw one) gives (0, 0) tensors, and labels (0,) when task="classification"."""
@@ -241,9 +243,9 @@ def collate(batch: Sequence[TokenizedExample], *, pad_id: int, padding_side: str
     classify = batch[0].label_id is not None if batch else task == "classification"
     if any((ex.label_id is not None) != classify for ex in batch):
         raise ValueError("collate: a batch mixes classification and language-model examples.")
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)        # (B, T)
-    attention = torch.zeros((B, T), dtype=torch.long)                # (B, T)
-    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)      # (B, T), causal only
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)  # (B, T)
+    attention = torch.zeros((B, T), dtype=torch.long)  # (B, T)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)  # (B, T), causal only
     for i, ex in enumerate(batch):
         n = len(ex.input_ids)
         cols = slice(0, n) if padding_side == "right" else slice(T - n, T)

@@ -13,13 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-
 from workbench.engine.data.records import DataError, Dataset, Record
-
 
 # ---------------------------------------------------------------------------------------------
 # Validation split
 # ---------------------------------------------------------------------------------------------
+
 
 def split_validation(ds: Dataset, *, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Hold out about `fraction` of the users (or of the examples when there are no users).
@@ -35,15 +34,15 @@ def split_validation(ds: Dataset, *, fraction: float, seed: int) -> tuple[Datase
     Both parts keep the original order and `label_names`.
     """
     if not 0.0 < fraction < 1.0:
-        raise DataError(f"validation fraction must be between 0 and 1 (exclusive); got "
-                        f"{fraction}. Use e.g. 0.1 for 10%.")
+        raise DataError(
+            f"validation fraction must be between 0 and 1 (exclusive); got {fraction}. Use e.g. 0.1 for 10%."
+        )
     by_user = ds.num_users is not None
     salt = _salt("workbench-validation-split", seed)
     held_out: dict[str, bool] = {}  # unit identity -> held out (each unit hashed once)
     is_val = []
     for r in ds.records:
-        key = ("user:" + r.user_id if by_user and r.user_id is not None
-               else "record:" + _record_identity(r))
+        key = "user:" + r.user_id if by_user and r.user_id is not None else "record:" + _record_identity(r)
         if key not in held_out:
             held_out[key] = _unit_interval(key, salt) < fraction
         is_val.append(held_out[key])
@@ -59,7 +58,8 @@ def split_validation(ds: Dataset, *, fraction: float, seed: int) -> tuple[Datase
             f"keyed hash, so the split is stable between neighbouring datasets), so with few "
             f"{unit} a part can come out empty. "
             + ("Raise validation_fraction" if not val else "Lower validation_fraction")
-            + ", add data, or give a separate validation_data file.")
+            + ", add data, or give a separate validation_data file."
+        )
     return replace(ds, records=train), replace(ds, records=val)
 
 
@@ -79,9 +79,12 @@ def _unit_interval(identity: str, salt: bytes) -> float:
 
 def _record_identity(r: Record) -> str:
     """A record's identity by content (canonical JSON), never by its position in the file."""
-    return json.dumps({"messages": list(r.messages) if r.messages is not None else None,
-                       "text": r.text, "label": r.label},
-                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        {"messages": list(r.messages) if r.messages is not None else None, "text": r.text, "label": r.label},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 def apply_labels(ds: Dataset, labels: Sequence[str] | None) -> tuple[Dataset, str | None]:
@@ -95,21 +98,27 @@ def apply_labels(ds: Dataset, labels: Sequence[str] | None) -> tuple[Dataset, st
     if labels is None:
         if ds.task != "classification":
             return ds, None
-        return ds, (f"{ds.name}: the label set {list(ds.label_names or ())} was inferred from the "
-                    "(private) training data, so a label used by a single record reveals that "
-                    "record. Set `labels: [...]` in the run config to fix the classes in advance.")
+        return ds, (
+            f"{ds.name}: the label set {list(ds.label_names or ())} was inferred from the "
+            "(private) training data, so a label used by a single record reveals that "
+            "record. Set `labels: [...]` in the run config to fix the classes in advance."
+        )
     names = tuple(str(x) for x in labels)
     dupes = sorted({x for x in names if names.count(x) > 1})
     if len(names) < 2 or dupes:
-        raise DataError(f"`labels` in the config must list at least two distinct class names; "
-                        f"got {list(names)}. List each class once, e.g. "
-                        "labels: [negative, positive], or leave `labels` out.")
+        raise DataError(
+            f"`labels` in the config must list at least two distinct class names; "
+            f"got {list(names)}. List each class once, e.g. "
+            "labels: [negative, positive], or leave `labels` out."
+        )
     found = {r.label for r in ds.records if r.label is not None}
     unknown = sorted(found - set(names))
     if unknown:
-        raise DataError(f"{ds.name}: label(s) {unknown} occur in the data but are not in "
-                        f"`labels` {list(names)} from the config. Add them to `labels` in the "
-                        "config, or fix the data.")
+        raise DataError(
+            f"{ds.name}: label(s) {unknown} occur in the data but are not in "
+            f"`labels` {list(names)} from the config. Add them to `labels` in the "
+            "config, or fix the data."
+        )
     return replace(ds, label_names=names), None
 
 
@@ -128,7 +137,8 @@ def cap_per_user(examples: Sequence, *, k: int, how: str, seed: int, name: str) 
     if any(ex.user_id is None for ex in examples):
         raise DataError(
             f"{name}: privacy_unit=user needs a user_id for every example (a user_id column, or "
-            "map one with columns: {user_id: your_column}). Use privacy_unit=example otherwise.")
+            "map one with columns: {user_id: your_column}). Use privacy_unit=example otherwise."
+        )
     by_user: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
         by_user.setdefault(ex.user_id, []).append(i)
@@ -139,8 +149,7 @@ def cap_per_user(examples: Sequence, *, k: int, how: str, seed: int, name: str) 
             if how == "longest":
                 idx = sorted(idx, key=lambda i: (-len(examples[i].input_ids), i))[:k]
             else:
-                rng = np.random.default_rng(
-                    int.from_bytes(_keyed_digest(str(user), salt), "little"))
+                rng = np.random.default_rng(int.from_bytes(_keyed_digest(str(user), salt), "little"))
                 idx = [idx[j] for j in rng.choice(len(idx), size=k, replace=False)]
         keep.extend(idx)
     return [examples[i] for i in sorted(keep)]
@@ -153,9 +162,11 @@ def check_labels(train: Dataset, val: Dataset) -> None:
     seen = {r.label for r in train.records}
     missing = sorted({r.label for r in val.records} - seen)
     if missing:
-        raise DataError(f"{val.name}: validation label(s) {missing} never occur in the training "
-                        f"data ({train.name}, labels {sorted(seen)}). Fix the labels, or use a "
-                        "larger or different validation split.")
+        raise DataError(
+            f"{val.name}: validation label(s) {missing} never occur in the training "
+            f"data ({train.name}, labels {sorted(seen)}). Fix the labels, or use a "
+            "larger or different validation split."
+        )
 
 
 def align_labels(train: Dataset, val: Dataset) -> Dataset:
