@@ -1,8 +1,10 @@
 """The one-run privacy audit (issue 17): the bound of Steinke, Nasr and Jagielski 2023 against
-independent oracles, and gradient canaries that catch broken privacy on the tiny model."""
+independent oracles, gradient canaries (white-box) and input canaries (black-box) that catch broken
+privacy on the tiny model, and the exposure of the demo's planted secrets (Carlini et al. 2019)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -16,6 +18,8 @@ from typer.testing import CliRunner
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig
 from workbench.engine.dp_step import DPGradient
+from workbench.engine.exposure import exposure, log_perplexities, random_candidates
+from workbench.engine.input_canaries import canary_count
 from workbench.engine.randomness import GaussianNoise, RunRandomness
 from workbench.privacy.audit import GUESS_FRACTIONS, audit_scores, epsilon_lower_bound, p_value
 from workbench.session import Session
@@ -324,3 +328,175 @@ def test_audit_command_refuses_unknown_runs_and_runs_without_audit(notes):
     ).run()
     out = _cli("audit", summary["run_id"])
     assert out.exit_code == 2 and "has no audit" in out.output and "audit=gradient_canaries" in out.output
+
+
+# -- input canaries (the black-box audit) and the exposure of the demo's secrets --------------------------
+
+# 100 short training examples, batch_size 100 (q = 1: every included canary is in every step), LoRA r = 64 on
+# every linear layer and lr 0.01: without noise the tiny model memorises the included canaries in ~150 steps.
+MEMO = dict(
+    model="tiny",
+    physical_batch_size=64,
+    generate_max_new_tokens=0,
+    eval_max_examples=4,
+    batch_size=100,
+    lora_target_modules="all-linear",
+    lora_r=64,
+    learning_rate=0.01,
+    lr_schedule="constant",
+    audit="input_canaries",
+)
+
+
+@pytest.fixture
+def short_notes(tmp_path) -> dict:
+    """100 short training examples and a separate validation file."""
+
+    def write(path: Path, n: int) -> str:
+        path.write_text("\n".join(json.dumps({"text": f"note {i}: refill {7 * i}"}) for i in range(n)))
+        return str(path)
+
+    return dict(data=write(tmp_path / "short.jsonl", 100), validation_data=write(tmp_path / "short_val.jsonl", 4))
+
+
+def test_input_canaries_run_end_to_end_and_a_dp_run_stays_below_its_claim(short_notes):
+    """audit=input_canaries at epsilon 2: m = min(1000, N // 2) = 50 canaries by default, the bound in the summary,
+    the step events, `workbench audit`, privacy_report.json and the model card, and at most the claim."""
+    store = RunStore()
+    summary = Session(RunConfig(**MEMO, **short_notes, max_steps=30, target_epsilon=2.0), store=store).run()
+    assert summary["status"] == "finished", summary
+    audit = summary["audit"]
+    assert audit["kind"] == "input_canaries" and audit["canaries"] == 50 and "exposure" not in audit
+    lower = audit["epsilon_lower_bound"]
+    assert 0.0 <= lower <= summary["epsilon"] <= 2.0, (
+        f"BUG: the input-canary audit's lower bound {lower:.3f} exceeds the claimed epsilon {summary['epsilon']:.3f}"
+    )
+    steps = [e for _, e in store.events(summary["run_id"]) if e.kind == "step"]
+    assert steps[-1].audit_epsilon_lower_bound == lower
+    assert all(e.audit_epsilon_lower_bound is None for e in steps[:-1]), "scored at the last step only"
+    assert all(e.batch_size == 100 for e in steps), "canaries stay out of the telemetry (q = 1: every real example)"
+    shown = json.loads(_cli("audit", summary["run_id"], "--json").stdout)
+    assert shown["kind"] == "input_canaries" and shown["epsilon_lower_bound"] == lower and not shown["exceeds_claim"]
+    adapter = Path(summary["adapter_dir"])
+    assert json.loads((adapter / "privacy_report.json").read_text())["audit"] == audit
+    assert "50 input canaries" in (adapter / "README.md").read_text()
+
+
+def test_input_canaries_catch_a_run_without_noise(short_notes):
+    """Noise off, clipping on, 150 steps at q = 1 on 100 examples: the tiny model memorises the included canaries
+    (their loss falls far more than the others'), and the bound is clearly positive. 100 canaries, all guesses
+    right, give at most ~2.8 at 95 % with the grid correction."""
+    summary = Session(
+        RunConfig(**MEMO, **short_notes, max_steps=150, noise_multiplier=0, max_grad_norm=1.0, audit_canaries=100)
+    ).run()
+    assert summary["status"] == "finished", summary
+    audit = summary["audit"]
+    assert audit["canaries"] == 100 and audit["guesses"] >= 60
+    assert audit["epsilon_lower_bound"] > 2.0, f"a run without noise must be caught: {audit}"
+    assert audit["correct"] >= audit["guesses"] - 1
+
+
+def test_input_canaries_leave_the_sampling_alone(short_notes):
+    """Same key, with and without input canaries: the same Poisson batches and first-step loss (the canaries
+    draw their secrets, coins and sampling from their own stream)."""
+    common = dict(MEMO, **short_notes, max_steps=3, batch_size=20, noise_multiplier=1.0, lora_r=8)
+    key = RunRandomness.secret()
+    plain = Session(RunConfig(**{**common, "audit": "none"}), randomness=key)
+    audited = Session(RunConfig(**common), randomness=key)
+    plain.run(), audited.run()
+    a = [e for e in plain.events if e.kind == "step"]
+    b = [e for e in audited.events if e.kind == "step"]
+    assert [e.batch_size for e in a] == [e.batch_size for e in b]
+    assert a[0].loss == b[0].loss
+    assert audited.summary["audit"]["kind"] == "input_canaries"
+
+
+def test_canary_count_fits_the_data():
+    assert canary_count(None, units=40) == 20 and canary_count(None, units=5000) == 1000
+    assert canary_count(40, units=40) == 40
+    with pytest.raises(ConfigError, match="more canaries than the data can hold.*audit_canaries=41.*at most 40"):
+        canary_count(41, units=40)
+    with pytest.raises(ConfigError, match="more canaries than the data can hold"):
+        canary_count(None, units=3)
+
+
+def test_more_input_canaries_than_the_data_can_hold_is_one_clear_message(notes):
+    """40 training examples, 41 canaries asked for: exit 2 with the message, no traceback, nothing left running."""
+    import threading
+
+    sets = {"model": "tiny", **notes, "audit": "input_canaries", "audit_canaries": 41, "max_steps": 2, "batch_size": 8}
+    out = _cli("train", *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")])
+    assert out.exit_code == 2, out.output
+    assert "more canaries than the data can hold" in out.output and "Traceback" not in out.output
+    assert all(r.status == "failed" for r in RunStore().list())
+    assert not [t for t in threading.enumerate() if t.name.startswith("workbench-") and t.is_alive()]
+
+
+def test_exposure_formula_against_a_hand_computation():
+    """TF Privacy's compute_exposure_interpolation: rank = 1 + #references at or below the secret's
+    log-perplexity, exposure = log2 |R| - log2 rank."""
+    refs = np.arange(2.0, 1026.0)  # 1024 references
+    assert exposure(1.0, refs) == (10.0, 1)  # better than every candidate: log2 1024
+    assert exposure(4.5, refs) == (8.0, 4)  # 3 candidates better: rank 4, log2 1024 - log2 4
+    assert exposure(5.5, refs) == (pytest.approx(10 - math.log2(5)), 5)
+    assert exposure(2.0, refs)[1] == 2, "a tie counts against the secret"
+    assert exposure(2000.0, refs) == (pytest.approx(10 - math.log2(1025)), 1025)
+    with pytest.raises(ValueError, match="Found"):
+        exposure(1.0, [])
+    cands = random_candidates("MBR-####-####", 1000, np.random.default_rng(0), exclude="MBR-1234-5678")
+    assert len(set(cands)) == 1000 and "MBR-1234-5678" not in cands
+    assert all(len(c) == 13 and c[:4] == "MBR-" and c[8] == "-" for c in cands)
+
+
+def test_exposure_on_the_demo_is_in_the_audit_section_and_its_scores_are_exact():
+    """The cached-prefix log-perplexities equal a full forward pass; a demo run with an audit reports the exposure
+    of the five planted secrets (never the secrets themselves)."""
+    from workbench.engine.data import encode_prompt
+    from workbench.engine.data.demo import demo_secrets
+    from workbench.engine.prepare import prepare
+
+    cfg = RunConfig(
+        model="tiny",
+        data="demo",
+        max_seq_len=128,
+        max_steps=1,
+        batch_size=8,
+        target_epsilon=8.0,
+        generate_max_new_tokens=0,
+        eval_max_examples=4,
+        audit="input_canaries",
+        audit_canaries=20,
+    )
+    p = prepare(cfg)
+    secret = demo_secrets()[0]
+    texts = [
+        secret["secret"],
+        *random_candidates(secret["format"], 5, np.random.default_rng(1), exclude=secret["secret"]),
+    ]
+    got = log_perplexities(
+        p.model,
+        p.tokenizer,
+        secret["prompt"],
+        secret["prefix"],
+        texts,
+        device=p.device,
+        autocast=contextlib.nullcontext,
+        batch=4,
+    )
+    head = encode_prompt(p.tokenizer, secret["prompt"])
+    seqs = [head + p.tokenizer(secret["prefix"] + t, add_special_tokens=False)["input_ids"] for t in texts]
+    first = next(i for i in range(len(seqs[0])) if len({s[i] for s in seqs}) > 1)  # where the texts differ
+    with torch.no_grad():
+        for text_ids, value in zip(seqs, got):
+            logp = torch.log_softmax(p.model(input_ids=torch.tensor([text_ids])).logits[0].float(), -1)
+            bits = -sum(float(logp[i - 1, text_ids[i]]) for i in range(first, len(text_ids))) / math.log(2)
+            assert value == pytest.approx(bits, rel=1e-5)
+
+    summary = Session(cfg).run()
+    assert summary["status"] == "finished", summary
+    found = summary["audit"]["exposure"]
+    assert [e["user_id"] for e in found] == [s["user_id"] for s in demo_secrets()]
+    for e in found:
+        assert e["candidates"] == 1000 and 1 <= e["rank"] <= 1001 and isinstance(e["in_training"], bool)
+        assert e["exposure"] == pytest.approx(math.log2(1000) - math.log2(e["rank"]), abs=1e-4)
+    assert not any(s["secret"] in json.dumps(summary) for s in demo_secrets())

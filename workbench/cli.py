@@ -19,7 +19,9 @@ import typer
 from workbench.config import ConfigError, RunConfig
 from workbench.events import jsonable
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="DP Workbench: differentially private LoRA fine-tuning.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="DP Workbench: differentially private LoRA fine-tuning."
+)
 runs_app = typer.Typer(no_args_is_help=True, help="List, show, export and delete stored runs.")
 app.add_typer(runs_app, name="runs")
 
@@ -89,7 +91,9 @@ class _Progress:
             if event.checks:
                 from workbench.privacy.checks import Finding, format_findings
 
-                typer.echo(format_findings([Finding(**c) for c in event.checks if c.get("severity") != "info"]), err=True)
+                typer.echo(
+                    format_findings([Finding(**c) for c in event.checks if c.get("severity") != "info"]), err=True
+                )
         elif kind == "step" and self.bar is not None:
             if event.notices:
                 from workbench.privacy.checks import Finding, format_findings
@@ -158,8 +162,17 @@ def _print_summary(s: dict) -> None:
         lines.append(f"  Edgeworth approximation (comparison, not a bound): epsilon~{s['edgeworth_epsilon']:.4g}")
     if isinstance(s.get("audit"), dict):
         a = s["audit"]
-        lines.append(f"  audit: empirical epsilon lower bound {a['epsilon_lower_bound']:.4g} ({a['canaries']} canaries, "
-                     f"{a['correct']} of {a['guesses']} guesses correct, {a['confidence']:.0%}); `workbench audit {s.get('run_id')}`")
+        lines.append(
+            f"  audit: empirical epsilon lower bound {a['epsilon_lower_bound']:.4g} ({a['canaries']} canaries, "
+            f"{a['correct']} of {a['guesses']} guesses correct, {a['confidence']:.0%}); `workbench audit {s.get('run_id')}`"
+        )
+        if a.get("exposure"):
+            lines.append(
+                "  exposure of the demo secrets (bits): "
+                + ", ".join(
+                    f"{e['exposure']:.3g}" + ("" if e["in_training"] else " (not trained on)") for e in a["exposure"]
+                )
+            )
     if s.get("planned_epsilon") is not None:
         lines.append(f"  planned epsilon {s['planned_epsilon']:.4g}: {s.get('stop_note')}")
     metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
@@ -178,12 +191,17 @@ def _accountant_option():
 
 
 def _unit_option():
-    return typer.Option("example", "--privacy-unit", help="example, or user (ELS: k examples per user, mixture-of-Gaussians PLD).")
+    return typer.Option(
+        "example", "--privacy-unit", help="example, or user (ELS: k examples per user, mixture-of-Gaussians PLD)."
+    )
 
 
 def _neighboring_option():
-    return typer.Option("add_remove", "--neighboring",
-                        help="add_remove (dp_accounting's default) or replace_one (pld only; the size is public).")
+    return typer.Option(
+        "add_remove",
+        "--neighboring",
+        help="add_remove (dp_accounting's default) or replace_one (pld only; the size is public).",
+    )
 
 
 def _k_option():
@@ -215,24 +233,45 @@ def epsilon(
         if _user_level(privacy_unit):
             accountant = "pld"
             if neighboring != "add_remove":
-                raise privacy.PrivacyError("user-level ELS (mixture of Gaussians) is analysed for add_remove only. "
-                                           "Use --neighboring add_remove.")
-            eps = privacy.user_epsilon_els(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
-                                           delta=delta, max_examples_per_user=k)
+                raise privacy.PrivacyError(
+                    "user-level ELS (mixture of Gaussians) is analysed for add_remove only. "
+                    "Use --neighboring add_remove."
+                )
+            eps = privacy.user_epsilon_els(
+                noise_multiplier=noise_multiplier,
+                sample_rate=sample_rate,
+                steps=steps,
+                delta=delta,
+                max_examples_per_user=k,
+            )
         else:
             eps = privacy.epsilon(
-                noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant,
+                noise_multiplier=noise_multiplier,
+                sample_rate=sample_rate,
+                steps=steps,
+                delta=delta,
+                accountant=accountant,
                 neighboring=neighboring,
             )
     except privacy.PrivacyError as err:
         _fail(str(err))
-    out = dict(epsilon=eps, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
-               accountant=accountant, approximation=privacy.is_approximation(accountant), privacy_unit=privacy_unit,
-               neighboring=neighboring)
+    out = dict(
+        epsilon=eps,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        accountant=accountant,
+        approximation=privacy.is_approximation(accountant),
+        privacy_unit=privacy_unit,
+        neighboring=neighboring,
+    )
     if _user_level(privacy_unit):
         ex = privacy.epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
         g_eps, g_delta = privacy.group_privacy_bound(epsilon=ex, delta=delta, group_size=k)
-        out.update(max_examples_per_user=k, example_level_epsilon=ex, group_privacy_epsilon=g_eps, group_privacy_delta=g_delta)
+        out.update(
+            max_examples_per_user=k, example_level_epsilon=ex, group_privacy_epsilon=g_eps, group_privacy_delta=g_delta
+        )
     if as_json:
         _print_json(out)
     else:
@@ -265,30 +304,44 @@ def calibrate(
 
             accountant = "pld"
             if neighboring != "add_remove":
-                raise privacy.PrivacyError("user-level ELS (mixture of Gaussians) is analysed for add_remove only. "
-                                           "Use --neighboring add_remove.")
+                raise privacy.PrivacyError(
+                    "user-level ELS (mixture of Gaussians) is analysed for add_remove only. "
+                    "Use --neighboring add_remove."
+                )
             sigma = calibrate_els(target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, k=k)
-            eps = privacy.user_epsilon_els(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
-                                           max_examples_per_user=k)
+            eps = privacy.user_epsilon_els(
+                noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, max_examples_per_user=k
+            )
         else:
             bound = "pld" if accountant == "edgeworth" else accountant
             common = dict(sample_rate=sample_rate, steps=steps, delta=delta, neighboring=neighboring)
             sigma = privacy.calibrate(target_epsilon=target_epsilon, accountant=bound, **common)
             eps = privacy.epsilon(noise_multiplier=sigma, accountant=bound, **common)
             if accountant == "edgeworth":
-                comparison = privacy.epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
-                                             accountant="edgeworth")
+                comparison = privacy.epsilon(
+                    noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant="edgeworth"
+                )
             accountant = bound
     except privacy.PrivacyError as err:
         _fail(str(err))
-    out = dict(noise_multiplier=sigma, epsilon=eps, target_epsilon=target_epsilon, sample_rate=sample_rate,
-               steps=steps, delta=delta, accountant=accountant, neighboring=neighboring)
+    out = dict(
+        noise_multiplier=sigma,
+        epsilon=eps,
+        target_epsilon=target_epsilon,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        accountant=accountant,
+        neighboring=neighboring,
+    )
     if comparison is not None:
         out["edgeworth_epsilon"] = comparison
     if as_json:
         _print_json(out)
     else:
-        typer.echo(f"noise_multiplier = {sigma:.6g} (epsilon = {eps:.6g} <= {target_epsilon:g}, {accountant}, {neighboring})")
+        typer.echo(
+            f"noise_multiplier = {sigma:.6g} (epsilon = {eps:.6g} <= {target_epsilon:g}, {accountant}, {neighboring})"
+        )
         if comparison is not None:
             typer.echo(f"Edgeworth approximation at this sigma: epsilon ~ {comparison:.6g} (not an upper bound)")
 
@@ -343,8 +396,10 @@ def _plan_without_model(cfg: RunConfig):
         return task, make_plan(cfg, dataset_size=len(train), num_users=None)
     per_user = Counter(r.user_id for r in train.records)
     if not train.num_users or None in per_user:
-        raise ConfigError("privacy_unit is 'user' but some examples have no user_id: add a user_id column (or map "
-                          "one with columns: {user_id: your_column}), or set privacy_unit to 'example'.")
+        raise ConfigError(
+            "privacy_unit is 'user' but some examples have no user_id: add a user_id column (or map "
+            "one with columns: {user_id: your_column}), or set privacy_unit to 'example'."
+        )
     size = sum(min(n, cfg.max_examples_per_user) for n in per_user.values())  # the per-user cap of the trainer
     return task, make_plan(cfg, dataset_size=size, num_users=len(per_user))
 
@@ -414,10 +469,15 @@ def runs_export(
     run_id: str,
     directory: Path,
     with_telemetry: bool = typer.Option(
-        False, "--with-telemetry",
-        help="Also export every event and the validation metrics (computed from the raw data: NOT covered by DP)."),
+        False,
+        "--with-telemetry",
+        help="Also export every event and the validation metrics (computed from the raw data: NOT covered by DP).",
+    ),
     force: bool = typer.Option(
-        False, "--force", help="Export a run with seeded randomness (noise_seed: no DP guarantee); the card keeps the warning."),
+        False,
+        "--force",
+        help="Export a run with seeded randomness (noise_seed: no DP guarantee); the card keeps the warning.",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Copy a run's adapter (PEFT format) with its privacy report and config to DIR (never its secret key)."""
@@ -445,13 +505,22 @@ def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
     rec = _get_run(store, run_id)
     try:
         cfg = RunConfig.from_dict({**rec.config, "output_dir": None})  # never overwrite the original's adapter
-        randomness = (RunRandomness.seeded(cfg.noise_seed) if cfg.noise_seed is not None
-                      else RunRandomness.load(store.run_dir(rec.id), run_id=rec.id))
+        randomness = (
+            RunRandomness.seeded(cfg.noise_seed)
+            if cfg.noise_seed is not None
+            else RunRandomness.load(store.run_dir(rec.id), run_id=rec.id)
+        )
     except (ConfigError, ReplayError) as err:
         _fail(str(err))
     done = (rec.summary or {}).get("steps")
-    session = Session(cfg, store=store, randomness=randomness, subscribers=(_Progress(),),
-                      stop_after=done if rec.status == "stopped" else None, name=f"replay of {rec.id}")
+    session = Session(
+        cfg,
+        store=store,
+        randomness=randomness,
+        subscribers=(_Progress(),),
+        stop_after=done if rec.status == "stopped" else None,
+        name=f"replay of {rec.id}",
+    )
     summary = session.run()
     if summary.get("status") == "failed":
         _fail(f"the replay failed: {summary.get('reason')}")
@@ -460,8 +529,11 @@ def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
     if as_json:
         _print_json(out)
     else:
-        verdict = {True: "identical to the original, bit for bit", False: "DIFFERENT from the original (data or code changed?)",
-                   None: "not compared (the original has no adapter)"}[same]
+        verdict = {
+            True: "identical to the original, bit for bit",
+            False: "DIFFERENT from the original (data or code changed?)",
+            None: "not compared (the original has no adapter)",
+        }[same]
         typer.echo(f"replayed {rec.id} as {session.run_id}: adapter {verdict}")
 
 
@@ -469,8 +541,10 @@ def _same_adapter(first: str | None, second: str | None) -> bool | None:
     """Whether two adapter folders hold the same weights (every .safetensors / .bin file, byte for byte)."""
     if not first or not second or not Path(first).exists():
         return None
+
     def weights(folder: str) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.suffix in (".safetensors", ".bin")}
+
     return weights(first) == weights(second)
 
 
@@ -498,10 +572,14 @@ def runs_delete(
 @app.command("ledger")
 def ledger_cmd(
     data_path: Optional[str] = typer.Option(
-        None, "--data", help="Show the ledger of this data file ('demo' for the demo data), found by its content."),
-    column: list[str] = typer.Option([], "--column", help="Map a role to your column as the runs did: --column text=sentence."),
-    forget: Optional[str] = typer.Option(None, "--forget", metavar="RUN_ID",
-                                         help="Take a run out of the totals; who, when and why are recorded."),
+        None, "--data", help="Show the ledger of this data file ('demo' for the demo data), found by its content."
+    ),
+    column: list[str] = typer.Option(
+        [], "--column", help="Map a role to your column as the runs did: --column text=sentence."
+    ),
+    forget: Optional[str] = typer.Option(
+        None, "--forget", metavar="RUN_ID", help="Take a run out of the totals; who, when and why are recorded."
+    ),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why the run is forgotten (asked for when not given)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json"),
@@ -527,15 +605,19 @@ def ledger_cmd(
             record = ledger.forget(entry.run_id, reason or "")
         except LedgerError as err:
             _fail(str(err))
-        _print_json(record.to_dict()) if as_json else typer.echo(f"forgot {entry.run_id} ({record.who}): {record.reason}")
+        _print_json(record.to_dict()) if as_json else typer.echo(
+            f"forgot {entry.run_id} ({record.who}): {record.reason}"
+        )
         return
     fingerprints = None
     if data_path is not None:
         fingerprints = _data_fingerprints(data_path, column)
     datasets = ledger.datasets(fingerprints)
     if data_path is not None and not datasets:
-        _fail(f"{data_path}: never trained on: no run in the ledger used this data (fingerprint "
-              f"{fingerprints[0][:12]} as examples, {fingerprints[1][:12]} as users).")
+        _fail(
+            f"{data_path}: never trained on: no run in the ledger used this data (fingerprint "
+            f"{fingerprints[0][:12]} as examples, {fingerprints[1][:12]} as users)."
+        )
     if as_json:
         _print_json([{**d.to_dict(), "path_given": data_path, "tuning_sessions": _sessions_json(d)} for d in datasets])
         return
@@ -560,8 +642,10 @@ def _data_fingerprints(path: str, column: list[str]) -> list[str]:
 
 
 def _sessions_json(d) -> dict:
-    return {name: (cost if isinstance(cost, str) else {**cost.__dict__, "epsilon": cost.epsilon})
-            for name, cost in d.tuning_sessions().items()}
+    return {
+        name: (cost if isinstance(cost, str) else {**cost.__dict__, "epsilon": cost.epsilon})
+        for name, cost in d.tuning_sessions().items()
+    }
 
 
 def _print_dataset(d, path_given: str | None) -> None:
@@ -573,16 +657,20 @@ def _print_dataset(d, path_given: str | None) -> None:
     if table.rows:
         typer.echo(f"  {'run':24} {'name':16} {'steps':>6} {'delta':>8} {'epsilon':>9}  relation")
         for run, name, _, steps, delta, eps, relation, note in table.rows:
-            typer.echo(f"  {run:24} {name[:16]:16} {steps:>6} {delta:>8} {eps:>9}  {relation}"
-                       + (f"  ({note})" if note else ""))
+            typer.echo(
+                f"  {run:24} {name[:16]:16} {steps:>6} {delta:>8} {eps:>9}  {relation}"
+                + (f"  ({note})" if note else "")
+            )
     typer.echo("  " + total_text(d))
     for name, cost in d.tuning_sessions().items():
         if isinstance(cost, str):
             typer.echo(f"  tuning session {name}: {cost}")
         elif cost.repeat_and_select is not None:
-            typer.echo(f"  tuning session {name}: best of its {cost.runs} runs costs at most epsilon "
-                       f"{cost.epsilon:.4g} (RepeatAndSelect, {cost.distribution}, mean {cost.mean:g}; "
-                       f"composition {cost.composition:.4g})")
+            typer.echo(
+                f"  tuning session {name}: best of its {cost.runs} runs costs at most epsilon "
+                f"{cost.epsilon:.4g} (RepeatAndSelect, {cost.distribution}, mean {cost.mean:g}; "
+                f"composition {cost.composition:.4g})"
+            )
     for line in forgotten_lines(d):
         typer.echo("  " + line)
 
@@ -591,9 +679,12 @@ def _print_dataset(d, path_given: str | None) -> None:
 
 
 @app.command("audit")
-def audit_cmd(run_id: str, as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")) -> None:
-    """The one-run privacy audit of a stored run (trained with --set audit=gradient_canaries): the empirical
-    epsilon lower bound beside the claimed epsilon. Exit code 1 when the lower bound exceeds the claim (the
+def audit_cmd(
+    run_id: str, as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+) -> None:
+    """The one-run privacy audit of a stored run (trained with --set audit=gradient_canaries or
+    audit=input_canaries): the empirical epsilon lower bound beside the claimed epsilon, and on the demo data
+    the exposure of its planted secrets. Exit code 1 when the lower bound exceeds the claim (the
     implementation is less private than its accounting says, or a 1 - confidence accident); 2 for an unknown
     run or one without an audit."""
     store = _store()
@@ -604,14 +695,23 @@ def audit_cmd(run_id: str, as_json: bool = typer.Option(False, "--json", help="P
         if rec.status in ("queued", "running"):
             _fail(f"run {rec.id} is still {rec.status}: its audit is reported when it ends.")
         kind = (rec.config or {}).get("audit", "none")
-        _fail(f"run {rec.id} has no audit (audit={kind}, status {rec.status}). "
-              "Train with --set audit=gradient_canaries to audit a run.")
+        _fail(
+            f"run {rec.id} has no audit (audit={kind}, status {rec.status}). "
+            "Train with --set audit=gradient_canaries or --set audit=input_canaries to audit a run."
+        )
     claimed = summary.get("epsilon")
     claimed_f = math.inf if claimed in ("inf", None) else float(claimed)
     exceeds = result["epsilon_lower_bound"] > claimed_f
     if as_json:
-        _print_json({"run_id": rec.id, **result, "claimed_epsilon": claimed_f, "delta": summary.get("delta"),
-                     "exceeds_claim": exceeds})
+        _print_json(
+            {
+                "run_id": rec.id,
+                **result,
+                "claimed_epsilon": claimed_f,
+                "delta": summary.get("delta"),
+                "exceeds_claim": exceeds,
+            }
+        )
     else:
         claim_text = "inf (non-private)" if math.isinf(claimed_f) else f"{claimed_f:.4g}"
         typer.echo(
@@ -620,9 +720,17 @@ def audit_cmd(run_id: str, as_json: bool = typer.Option(False, "--json", help="P
             f"{result['correct']} of {result['guesses']} guesses correct); claimed upper bound {claim_text} "
             f"(delta {summary.get('delta', float('nan')):.2g})"
         )
+        for e in result.get("exposure") or []:
+            typer.echo(
+                f"  exposure of {e['user_id']}'s secret: {e['exposure']:.3g} bits (rank {e['rank']} of "
+                f"{e['candidates']} candidates; {'trained on' if e['in_training'] else 'not trained on: a control'})"
+            )
         if exceeds:
-            typer.echo("the lower bound EXCEEDS the claimed epsilon: the implementation is less private than its "
-                       "accounting says (or a rare statistical accident); investigate before trusting the claim.", err=True)
+            typer.echo(
+                "the lower bound EXCEEDS the claimed epsilon: the implementation is less private than its "
+                "accounting says (or a rare statistical accident); investigate before trusting the claim.",
+                err=True,
+            )
     if exceeds:
         raise typer.Exit(1)
 
@@ -684,7 +792,8 @@ def app_cmd(
     auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS required to open the app."),
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", help="Largest data file accepted for upload."),
     config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="Preset the controls from a run config (YAML/JSON), e.g. assets/demo.yaml."),
+        None, "--config", "-c", help="Preset the controls from a run config (YAML/JSON), e.g. assets/demo.yaml."
+    ),
 ) -> None:
     """Open the Gradio workbench (Plan, Train, Compare, Runs)."""
     _quiet_libraries()

@@ -56,7 +56,9 @@ class RunConfig(BaseModel):
     # how long
     max_steps: int | None = Field(None, ge=1, description="Number of logical DP-SGD steps.")
     epochs: float | None = Field(None, gt=0, description="Passes over the data in expectation (steps = epochs / q).")
-    batch_size: int = Field(32, ge=1, description="Expected logical batch size; the sampling rate is q = batch_size / N.")
+    batch_size: int = Field(
+        32, ge=1, description="Expected logical batch size; the sampling rate is q = batch_size / N."
+    )
     physical_batch_size: int = Field(
         16, ge=1, description="Examples per forward/backward pass; bounds memory whatever the sampled batch is."
     )
@@ -118,16 +120,23 @@ class RunConfig(BaseModel):
     )
 
     # empirical privacy audit (privacy/audit.py, engine/canaries.py)
-    audit: Literal["none", "gradient_canaries"] = Field(
+    audit: Literal["none", "gradient_canaries", "input_canaries"] = Field(
         "none",
-        description="An empirical privacy audit in one run (Steinke, Nasr, Jagielski 2023). 'gradient_canaries': "
-        "audit_canaries secret canary gradients (each included with probability 1/2, a unit of norm C along a random "
-        "direction) go through the same clipping and noise, and the run reports an epsilon lower bound beside the "
-        "claimed epsilon. The real data's guarantee is unchanged, but the canaries perturb the adapter: an audit run "
-        "is for checking the implementation, not for release. Needs max_grad_norm and flat clipping.",
+        description="An empirical privacy audit in one run (Steinke, Nasr, Jagielski 2023). 'gradient_canaries' "
+        "(white-box): audit_canaries secret canary gradients (each included with probability 1/2, a unit of norm C "
+        "along a random direction) go through the same clipping and noise; needs flat clipping. 'input_canaries' "
+        "(black-box): audit_canaries secret random training examples in the data's format (each included with "
+        "probability 1/2) are trained like any example, and each is scored by how much training lowered the "
+        "adapter's loss on it. Either way the run reports an epsilon lower bound beside the claimed epsilon, and on "
+        "the demo data the exposure of its planted secrets. The real data's guarantee is unchanged, but the canaries "
+        "are trained into the adapter: an audit run is for checking the implementation, not for release. Needs "
+        "max_grad_norm.",
     )
-    audit_canaries: int = Field(
-        1000, ge=2, description="m: the number of canaries of the audit, each included with probability 1/2."
+    audit_canaries: int | None = Field(
+        None,
+        ge=2,
+        description="m: the number of canaries of the audit, each included with probability 1/2. Empty: 1000 gradient "
+        "canaries, or min(1000, N // 2) input canaries for N training units; more input canaries than N are refused.",
     )
 
     # optimisation

@@ -126,8 +126,9 @@ class StepMetrics(Event):
     effective_noise_multiplier: float | None = None  # (sum sigma_l^-2)^-1/2, what the accountant sees
     nonfinite: int = 0  # units whose gradient was NaN/inf: they contributed zero
     notices: list[dict[str, str]] = field(default_factory=list)  # run-time privacy findings (privacy/checks.py)
-    # audit runs only (audit=gradient_canaries): the one-run audit's epsilon lower bound so far, set every few
-    # steps and at the last step, None otherwise; draw it beside `epsilon` (privacy/audit.py)
+    # audit runs only: the one-run audit's epsilon lower bound so far, set every few steps and at the last step
+    # (audit=gradient_canaries) or at the last step only (input_canaries), None otherwise; draw it beside `epsilon`
+    # (privacy/audit.py)
     audit_epsilon_lower_bound: float | None = None
 
 

@@ -152,8 +152,14 @@ class Session:
         try:
             prepared = prepare(self.config)
             run_dir = self.store.run_dir(self.run_id)
-            trainer = Trainer(prepared, run_id=self.run_id, emit=self._emit, should_stop=self._should_stop(lambda: trainer),
-                              run_dir=run_dir, randomness=self.randomness)
+            trainer = Trainer(
+                prepared,
+                run_id=self.run_id,
+                emit=self._emit,
+                should_stop=self._should_stop(lambda: trainer),
+                run_dir=run_dir,
+                randomness=self.randomness,
+            )
             status, reason = trainer.run()
             adapter = str(trainer.save(stopped=status == "stopped")) if trainer.step > 0 else None
             self._end(status, reason, self._summary(trainer, status, adapter, started), trainer=trainer)
@@ -185,18 +191,27 @@ class Session:
         try:
             from workbench.store.ledger import Ledger
 
-            Ledger(self.store).record_run(run_id=self.run_id, name=self.name, prepared=trainer.p, steps=trainer.step,
-                                          seeded=self.randomness.is_seeded)
+            Ledger(self.store).record_run(
+                run_id=self.run_id,
+                name=self.name,
+                prepared=trainer.p,
+                steps=trainer.step,
+                seeded=self.randomness.is_seeded,
+            )
         except Exception:  # noqa: BLE001 - the ledger failing must not lose the run's end
             log.exception("the privacy ledger could not record run %s", self.run_id)
 
     def _summary(self, trainer, status: str, adapter: str | None, started: float) -> dict[str, Any]:
-        from workbench.engine.report import STOP_NOTE, published_sizes
         from workbench.engine.randomness import SEEDED_LABEL
+        from workbench.engine.report import STOP_NOTE, published_sizes
 
         # adapter_dir is where the adapter lies on this machine: local, never exported (store/export.py)
-        out: dict[str, Any] = {"run_id": self.run_id, "status": status, "adapter_dir": adapter,
-                               "seeded_randomness": self.randomness.is_seeded}
+        out: dict[str, Any] = {
+            "run_id": self.run_id,
+            "status": status,
+            "adapter_dir": adapter,
+            "seeded_randomness": self.randomness.is_seeded,
+        }
         if self.randomness.is_seeded:
             out["randomness"] = SEEDED_LABEL
         if trainer is None:
@@ -213,7 +228,8 @@ class Session:
             steps=trainer.step,
             **plan.settings(),
             max_grad_norm=plan.max_grad_norm,
-            sampling="poisson" + ({"els": " (examples, k per user)", "uls": " (users)"}.get(plan.user_sampling or "", "")),
+            sampling="poisson"
+            + ({"els": " (examples, k per user)", "uls": " (users)"}.get(plan.user_sampling or "", "")),
             clipping=trainer.dp.clipping,
             **trainer.allocation_report(),
             **trainer.audit_report(),  # audit runs: the one-run audit's lower bound (privacy/audit.py)

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 CHUNK = 32  # canaries handled at once (added to the sum, or scored): memory CHUNK x d floats
 KIND = "gradient_canaries"
+DEFAULT_COUNT = 1000  # m when audit_canaries is not set
 
 
 class GradientCanaries:

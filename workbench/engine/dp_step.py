@@ -2,7 +2,8 @@
 
     start()                           zero the clipped-sum buffers
     add_microbatch(grads, owners)     per-unit norms -> clip -> add to the sum   (per micro-batch)
-    add_canaries(unit)                audit runs only: canary units, clipped and added alike (canaries.py)
+    add_canaries(unit)                audit runs only: canary units, clipped and added alike (canaries.py;
+                                      input canaries: add_microbatch(..., canary=True), input_canaries.py)
     finish(expected_batch_size)       add the Gaussian noise once, divide by q*N, write p.grad
 
 The unit of privacy is one example, or (user-level sampling, ULS) one user: then the examples of
@@ -95,15 +96,22 @@ class DPGradient:
         self._norms, self._clipped, self._nonfinite, self._pending = [], 0, 0, {}
 
     @torch.no_grad()
-    def add_microbatch(self, grads: dict[str, ModuleGrads], owners: np.ndarray | None = None) -> None:
-        """Add one micro-batch: clip each example now, or (``owners`` given) hold per-user sums."""
+    def add_microbatch(
+        self, grads: dict[str, ModuleGrads], owners: np.ndarray | None = None, *, canary: bool = False
+    ) -> None:
+        """Add one micro-batch: clip each example now, or (``owners`` given) hold per-user sums.
+
+        ``canary``: input canaries (engine/input_canaries.py), each its own unit (also under ULS), clipped and
+        summed alike and left out of the telemetry, as ``add_canaries``."""
         missing = [m for m in self.params if m not in grads]
         if missing:
             # A module that got no gradient would silently stay unprivatised and untrained:
             # fail loudly instead (this is how Opacus issue #820 went unnoticed).
             raise RuntimeError(f"no per-example gradient recorded for {missing[:3]}; the hooks are not attached")
         unit = {m: [getattr(grads[m], pname) for pname, _ in ps] for m, ps in self.params.items()}
-        if owners is None:
+        if canary:
+            self._clip_and_add(unit, record=False)
+        elif owners is None:
             self._clip_and_add(unit)
         else:
             self._hold_by_owner(unit, owners)
@@ -124,7 +132,9 @@ class DPGradient:
         if not self._pending:
             return
         held = list(self._pending.values())
-        unit = {m: [torch.stack([h[m][j] / n for h, n in held]) for j in range(len(self.params[m]))] for m in self.params}
+        unit = {
+            m: [torch.stack([h[m][j] / n for h, n in held]) for j in range(len(self.params[m]))] for m in self.params
+        }
         self._pending = {}
         self._clip_and_add(unit)
 

@@ -66,12 +66,29 @@ def prepare(config: RunConfig) -> Prepared:
     num_users = None
     if config.privacy_unit == "user":
         train_tok = data_mod.cap_per_user(
-            train_tok, k=config.max_examples_per_user, how=config.user_example_selection, seed=config.seed, name=train.name
+            train_tok,
+            k=config.max_examples_per_user,
+            how=config.user_example_selection,
+            seed=config.seed,
+            name=train.name,
         )
         num_users = len({ex.user_id for ex in train_tok})
     plan = make_plan(config, dataset_size=len(train_tok), num_users=num_users)
-    return Prepared(config, train, val, train_tok, val_tok, model, tok, task, device, plan, config.model,
-                    dataset_fingerprint=fingerprint, dataset_name=source.name)
+    return Prepared(
+        config,
+        train,
+        val,
+        train_tok,
+        val_tok,
+        model,
+        tok,
+        task,
+        device,
+        plan,
+        config.model,
+        dataset_fingerprint=fingerprint,
+        dataset_name=source.name,
+    )
 
 
 def load_source(config: RunConfig) -> data_mod.Dataset:
@@ -79,7 +96,9 @@ def load_source(config: RunConfig) -> data_mod.Dataset:
     return data_mod.load_dataset(config.data, columns=dict(config.columns) or None)
 
 
-def load_splits(config: RunConfig, *, source: data_mod.Dataset | None = None) -> tuple[data_mod.Dataset, data_mod.Dataset]:
+def load_splits(
+    config: RunConfig, *, source: data_mod.Dataset | None = None
+) -> tuple[data_mod.Dataset, data_mod.Dataset]:
     """Train and validation sets. The split is neighbour-stable (a keyed hash of each unit's identity,
     data.split_validation); with ``labels`` in the config the label set and ids are public, not read
     from the private data, and a label the config does not list is refused."""

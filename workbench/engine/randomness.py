@@ -95,6 +95,10 @@ class RunRandomness:
         """The generator of secret audit coins (canary inclusion), independent of the other two."""
         return self._generator(b"canaries")
 
+    def exposure_rng(self) -> np.random.Generator:
+        """The generator of the exposure test's random candidates (engine/exposure.py), independent of the others."""
+        return self._generator(b"exposure-candidates")
+
     def __repr__(self) -> str:
         return f"RunRandomness(seeded={self.noise_seed!r})" if self.is_seeded else "RunRandomness(secret)"
 
@@ -123,13 +127,17 @@ class RunRandomness:
                 "Only runs trained by this workbench version keep one, and only on the machine that trained them."
             ) from None
         except OSError as err:
-            raise ReplayError(f"run {run_id}'s key file {path} cannot be read ({err.strerror}). Check its permissions.") from None
+            raise ReplayError(
+                f"run {run_id}'s key file {path} cannot be read ({err.strerror}). Check its permissions."
+            ) from None
         try:
             key = bytes.fromhex(text)
         except ValueError:
             key = b""
         if len(key) != KEY_BYTES:
-            raise ReplayError(f"run {run_id}'s key file {path} is damaged (expected {2 * KEY_BYTES} hex digits). It cannot be replayed.")
+            raise ReplayError(
+                f"run {run_id}'s key file {path} is damaged (expected {2 * KEY_BYTES} hex digits). It cannot be replayed."
+            )
         return cls(key)
 
 
@@ -155,7 +163,9 @@ class GaussianNoise:
         out *= 0.5
         return out
 
-    def sample(self, shape: torch.Size | tuple[int, ...], std: float, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    def sample(
+        self, shape: torch.Size | tuple[int, ...], std: float, *, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """A float64 tensor of ``shape`` with i.i.d. N(0, std^2) entries, on ``device``."""
         count = math.prod(shape)
         values = torch.from_numpy(self.standard(count) * float(std)).reshape(tuple(shape))

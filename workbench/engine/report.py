@@ -40,13 +40,21 @@ def published_sizes(prepared: "Prepared") -> dict[str, Any]:
     uls = plan.privacy_unit == "user" and plan.user_sampling == "uls"
     exact = plan.neighboring == "replace_one"
     examples = plan.published_population if not uls else None  # under ULS the examples per user vary
-    users = plan.published_population if uls else (None if plan.num_users is None else
-                                                   (plan.num_users if exact else published_size(plan.num_users)))
+    users = (
+        plan.published_population
+        if uls
+        else (None if plan.num_users is None else (plan.num_users if exact else published_size(plan.num_users)))
+    )
     return {"dataset_size": examples, "num_users": users, "dataset_size_published_as": plan.size_published_as}
 
 
 def privacy_report(
-    prepared: "Prepared", *, steps_done: int, epsilon: float, stopped: bool = False, seeded: bool = False,
+    prepared: "Prepared",
+    *,
+    steps_done: int,
+    epsilon: float,
+    stopped: bool = False,
+    seeded: bool = False,
     extra: dict | None = None,
 ) -> dict[str, Any]:
     plan, cfg = prepared.plan, prepared.config
@@ -113,11 +121,15 @@ def model_card_section(report: dict[str, Any]) -> str:
     size_text = (", ".join(sizes) or "not published") + f" ({report['dataset_size_published_as']})"
     lines = [CARD_START, "## Differential privacy", ""]
     if report.get("seeded_randomness"):
-        lines += [f"**Warning: {SEEDED_LABEL}.** The sampling and the noise were drawn from a public seed "
-                  "(`noise_seed`): anyone with it can replay them, so the epsilon below does not hold.", ""]
+        lines += [
+            f"**Warning: {SEEDED_LABEL}.** The sampling and the noise were drawn from a public seed "
+            "(`noise_seed`): anyone with it can replay them, so the epsilon below does not hold.",
+            "",
+        ]
     lines += [
         "This adapter was trained with differentially private SGD (DP-SGD) by DP Workbench."
-        if private else "This adapter was trained WITHOUT differential privacy (non-private baseline).",
+        if private
+        else "This adapter was trained WITHOUT differential privacy (non-private baseline).",
         "",
         "| | |",
         "|---|---|",
@@ -129,8 +141,12 @@ def model_card_section(report: dict[str, Any]) -> str:
         f"| randomness | {report['randomness']} |",
         f"| sampling | {report['sampling']}, rate q = {report['sample_rate']:.5g} |",
         f"| unit of privacy | one {report['privacy_unit']}"
-        + (f" (at most {report['max_examples_per_user']} examples each, {report['user_sampling'].upper()})"
-           if report.get("user_sampling") else "") + " |",
+        + (
+            f" (at most {report['max_examples_per_user']} examples each, {report['user_sampling'].upper()})"
+            if report.get("user_sampling")
+            else ""
+        )
+        + " |",
         f"| clipping norm C | {report['max_grad_norm']} |",
         f"| noise multiplier sigma | {report['noise_multiplier']:.5g} |",
         f"| steps | {report['steps']} of {report['planned_steps']} planned |",
@@ -138,14 +154,21 @@ def model_card_section(report: dict[str, Any]) -> str:
         f"| base model | {report['base_model']} ({report['base_model_source']}) |",
     ]
     if "edgeworth_epsilon" in report:
-        lines.append(f"| Edgeworth epsilon | {_eps_text(report['edgeworth_epsilon'])} (approximation, for comparison) |")
+        lines.append(
+            f"| Edgeworth epsilon | {_eps_text(report['edgeworth_epsilon'])} (approximation, for comparison) |"
+        )
     lines.append("")
     if report.get("audit"):
         lines += [audit_text(report["audit"], claimed=report["epsilon"]), ""]
     if report.get("stopped_early"):
         lines += [report["stop_note"], ""]
-    lines += ["The guarantee covers this adapter, not the training telemetry (loss curves, gradient norms, "
-              "validation metrics), which was computed from the raw private data.", "", CARD_END, ""]
+    lines += [
+        "The guarantee covers this adapter, not the training telemetry (loss curves, gradient norms, "
+        "validation metrics), which was computed from the raw private data.",
+        "",
+        CARD_END,
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -158,6 +181,23 @@ def audit_text(audit: dict[str, Any], *, claimed: Any) -> str:
         "(Steinke, Nasr and Jagielski 2023). A lower bound above the claim would mean the implementation is less "
         "private than its accounting says. The canaries were trained into this adapter: an audit run is for "
         "checking the implementation, not for release."
+    ) + exposure_text(audit.get("exposure"))
+
+
+def exposure_text(exposure: list[dict] | None) -> str:
+    """The card's exposure sentence (Carlini et al. 2019), or "" when the run measured none."""
+    if not exposure:
+        return ""
+    parts = [
+        f"{e['user_id']} {e['exposure']:.3g} (rank {e['rank']}{'' if e['in_training'] else ', not trained on'})"
+        for e in exposure
+    ]
+    return (
+        f" Exposure of the demo data's planted secrets, in bits among {exposure[0]['candidates']} random candidates "
+        f"of the same format (at most {math.log2(exposure[0]['candidates']):.3g}; about 1 when not memorised): "
+        + "; ".join(parts)
+        + ". It is computed from the secrets themselves, so, like the telemetry, it is not "
+        "covered by the guarantee."
     )
 
 
@@ -174,7 +214,7 @@ def place_card_section(card: str, section: str) -> str:
     card = _OUR_SECTION.sub("", card)
     card = _OLD_SECTION.sub("", card)
     front = re.match(r"---\n.*?\n---\n", card, re.S)
-    head, body = (card[: front.end()], card[front.end():]) if front else ("", card)
+    head, body = (card[: front.end()], card[front.end() :]) if front else ("", card)
     return head + "\n" + section + "\n" + body.lstrip("\n")
 
 
@@ -195,14 +235,22 @@ def _name_base_model(out_dir: Path, name: str) -> None:
 
 
 def save_adapter(
-    prepared: "Prepared", *, out_dir: Path, steps_done: int, epsilon: float, stopped: bool = False,
-    seeded: bool = False, extra: dict | None = None,
+    prepared: "Prepared",
+    *,
+    out_dir: Path,
+    steps_done: int,
+    epsilon: float,
+    stopped: bool = False,
+    seeded: bool = False,
+    extra: dict | None = None,
 ) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared.model.save_pretrained(str(out_dir))
     _name_base_model(out_dir, base_model_name(prepared.model_name))
     prepared.tokenizer.save_pretrained(str(out_dir))
-    report = privacy_report(prepared, steps_done=steps_done, epsilon=epsilon, stopped=stopped, seeded=seeded, extra=extra)
+    report = privacy_report(
+        prepared, steps_done=steps_done, epsilon=epsilon, stopped=stopped, seeded=seeded, extra=extra
+    )
     (out_dir / "privacy_report.json").write_text(json.dumps(report, indent=2))
     card = out_dir / "README.md"
     existing = card.read_text() if card.exists() else f"# LoRA adapter for {report['base_model']}\n"

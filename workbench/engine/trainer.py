@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from workbench.config import RunConfig
+from workbench.engine import canaries as gradient_canaries
 from workbench.engine import data as data_mod
 from workbench.engine.allocation import (
     AdaptiveImportance,
@@ -33,12 +34,12 @@ from workbench.engine.allocation import (
     manual_weights,
     solve_sigmas,
 )
-from workbench.engine import canaries as gradient_canaries
 from workbench.engine.canaries import GradientCanaries
-from workbench.engine.input_canaries import InputCanaries, canary_count
 from workbench.engine.dp_step import DPGradient, StepStats
 from workbench.engine.evaluate import answer_choices, evaluate, generate_samples
+from workbench.engine.exposure import demo_exposures
 from workbench.engine.grad_sample import PerExampleGrads
+from workbench.engine.input_canaries import InputCanaries, canary_count
 from workbench.engine.losses import per_example_loss
 from workbench.engine.prepare import Prepared, load_splits, prepare  # noqa: F401 (re-exported for callers)
 from workbench.engine.randomness import RunRandomness
@@ -89,14 +90,18 @@ class NoiseAllocator:
         cfg, sigma = self.config, self.dp.noise_multiplier
         w = weights or {g: 1.0 for g in self.groups}
         sigmas = solve_sigmas(w, sigma=sigma, bound=cfg.allocation_bound)
-        clips = clip_norms(self.groups, max_grad_norm=cfg.max_grad_norm, weights=w if cfg.clip_allocation == "importance" else None)
+        clips = clip_norms(
+            self.groups, max_grad_norm=cfg.max_grad_norm, weights=w if cfg.clip_allocation == "importance" else None
+        )
         return Allocation(clip=clips, sigma=sigmas)
 
     def after_step(self, stats: StepStats) -> None:
         if self.config.allocation != "adaptive":
             return
         # Post-processing: only the released noisy sums and public constants are read here.
-        self.importance.update(released_sq_norm=stats.released_sq_norm, dims=self.dp.dims(), allocation=self.dp.allocation)
+        self.importance.update(
+            released_sq_norm=stats.released_sq_norm, dims=self.dp.dims(), allocation=self.dp.allocation
+        )
         self.dp.set_allocation(self._allocation(self.importance.weights()))
 
 
@@ -135,11 +140,15 @@ class Trainer:
             noise=randomness.noise(),
             clipping=cfg.resolved_clipping if cfg.max_grad_norm is not None else "flat",
         )
-        self.allocator = NoiseAllocator(cfg, self.dp) if self.dp.clipping == "per_layer" and prepared.plan.private else None
+        self.allocator = (
+            NoiseAllocator(cfg, self.dp) if self.dp.clipping == "per_layer" and prepared.plan.private else None
+        )
         self.canaries = self._canaries() if cfg.audit == "gradient_canaries" else None
         self.input_canaries = self._input_canaries() if cfg.audit == "input_canaries" else None
         self._audit: tuple[int, dict] | None = None  # audit_report's result, per step (scoring is costly)
-        self.users = self._users() if prepared.plan.privacy_unit == "user" and prepared.plan.user_sampling == "uls" else None
+        self.users = (
+            self._users() if prepared.plan.privacy_unit == "user" and prepared.plan.user_sampling == "uls" else None
+        )
         self.choices = answer_choices(prepared.val, prepared.tokenizer)
         self.gold = self._gold_labels()
         self.step = 0
@@ -230,7 +239,9 @@ class Trainer:
             return self.dp.finish(expected_batch_size=plan.expected_batch_size)
         norms = {}
         for g, ms in self.dp.groups.items():
-            norms[g] = math.sqrt(sum(float(p.grad.pow(2).sum()) for m in ms for _, p in self.params[m] if p.grad is not None))
+            norms[g] = math.sqrt(
+                sum(float(p.grad.pow(2).sum()) for m in ms for _, p in self.params[m] if p.grad is not None)
+            )
         return StepStats(0, torch.zeros(0), 0.0, 0, norms, {g: 0.0 for g in norms}, {})
 
     def evaluation(self) -> EvalMetrics:
@@ -263,9 +274,15 @@ class Trainer:
     def save(self, *, stopped: bool = False) -> Path:
         cfg = self.p.config
         out = Path(cfg.output_dir) if cfg.output_dir else self.run_dir / "adapter"
-        save_adapter(self.p, out_dir=out, steps_done=self.step, epsilon=self.p.plan.epsilon_at(self.step),
-                     stopped=stopped, seeded=self.randomness.is_seeded,
-                     extra={**self.allocation_report(), **self.audit_report()})
+        save_adapter(
+            self.p,
+            out_dir=out,
+            steps_done=self.step,
+            epsilon=self.p.plan.epsilon_at(self.step),
+            stopped=stopped,
+            seeded=self.randomness.is_seeded,
+            extra={**self.allocation_report(), **self.audit_report()},
+        )
         return out
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -351,32 +368,84 @@ class Trainer:
         finding = clipping_activity(torch.cat(self._early_norms), self.p.config.max_grad_norm)
         return [finding.to_dict()] if finding is not None else []
 
-    # -- the one-run audit (audit=gradient_canaries; engine/canaries.py) -------------------------------
+    # -- the one-run audit (audit=gradient_canaries: engine/canaries.py; input_canaries: input_canaries.py) --
     def _canaries(self) -> GradientCanaries:
         """Secret canaries from the run's key. An extra unit each: the real data's accounting is unchanged."""
         plan = self.p.plan
-        canaries = GradientCanaries(self.params, count=self.p.config.audit_canaries, sample_rate=plan.sample_rate,
-                                    clip_norm=plan.max_grad_norm, delta=plan.delta, rng=self.randomness.canary_rng())
+        canaries = GradientCanaries(
+            self.params,
+            count=self.p.config.audit_canaries or gradient_canaries.DEFAULT_COUNT,
+            sample_rate=plan.sample_rate,
+            clip_norm=plan.max_grad_norm,
+            delta=plan.delta,
+            rng=self.randomness.canary_rng(),
+        )
         self.dp.on_release = canaries.record_release  # scores read the released noisy sums
         return canaries
 
+    def _input_canaries(self) -> InputCanaries:
+        """Secret canary examples from the run's key, Poisson-sampled at the real units' q. Extra units whose
+        content and coins are independent of the data: the real data's accounting is unchanged (input_canaries.py)."""
+        plan = self.p.plan
+        units = plan.published_population or plan.population  # published: m must not reveal the exact size
+        unit = "user" if plan.privacy_unit == "user" and plan.user_sampling == "uls" else "example"
+        count = canary_count(self.p.config.audit_canaries, units=units, unit=unit)
+        return InputCanaries(
+            self.p,
+            count=count,
+            sample_rate=plan.sample_rate,
+            delta=plan.delta,
+            rng=self.randomness.canary_rng(),
+            autocast=self._autocast,
+        )
+
+    def _train_input_canaries(self) -> None:
+        """This step's sampled input canaries: per-example gradients, clipped and summed as extra units."""
+        sampled = self.input_canaries.sample()
+        pbs = self.p.config.physical_batch_size
+        for micro in micro_batches(sampled, pbs):
+            if self.should_stop():
+                raise StopRequested
+            batch = self._batch([self.input_canaries.examples[i] for i in micro])
+            self.hooks.reset()
+            with self._autocast():
+                loss, _ = per_example_loss(self.p.model, batch, task=self.p.task)  # (b,)
+            loss.sum().backward()
+            self.dp.add_microbatch(self.hooks.grads, canary=True)
+            self._drop_grads()
+
     def _audit_bound(self, step: int) -> float | None:
-        if self.canaries is None:
-            return None
-        every = max(1, self.p.plan.steps // AUDIT_POINTS)
-        if step % every and step != self.p.plan.steps:
-            return None
-        return self.canaries.result().epsilon_lower_bound
+        if self.canaries is not None:
+            every = max(1, self.p.plan.steps // AUDIT_POINTS)
+            if step % every and step != self.p.plan.steps:
+                return None
+            return self.canaries.result().epsilon_lower_bound
+        if self.input_canaries is not None and step == self.p.plan.steps:  # scoring costs 2 m forwards: last step only
+            return self.input_canaries.result().epsilon_lower_bound
+        return None
 
     def audit_report(self) -> dict:
-        """{"audit": the result so far} for audit runs (summary, privacy report), {} otherwise."""
-        if self.canaries is None or self.step == 0:
+        """{"audit": the result so far} for audit runs (summary, privacy report), {} otherwise. On the demo data it
+        holds the exposure of the planted secrets too (engine/exposure.py). Computed once per step."""
+        auditor = self.canaries if self.canaries is not None else self.input_canaries
+        if auditor is None or self.step == 0:
             return {}
+        if self._audit is not None and self._audit[0] == self.step:
+            return self._audit[1]
         try:
-            return {"audit": self.canaries.result().to_dict()}
+            out = {"audit": auditor.result().to_dict()}
         except ValueError as err:  # e.g. non-finite released sums: say so rather than lose the summary
             log.error("the audit could not be computed: %s", err)
             return {}
+        if self.p.config.data == "demo" and self.p.task == "causal_lm":
+            try:
+                out["audit"]["exposure"] = demo_exposures(
+                    self.p, self.randomness.exposure_rng(), autocast=self._autocast
+                )
+            except Exception:  # noqa: BLE001 - the exposure test failing must not lose the audit
+                log.exception("the exposure of the demo secrets could not be computed")
+        self._audit = (self.step, out)
+        return out
 
     def allocation_report(self) -> dict:
         """The current per-module clip norms and noise multipliers, and the multiplier the accountant sees."""

@@ -68,14 +68,24 @@ def preflight(config: Any, plan: Any = None, *, task: str | None = None) -> list
     private = _private(config, plan)
     found = [_seeded(config), _clipping(config, private), _non_private(config, plan), _audit(config)]
     if private:
-        found += [_delta(plan), _epsilon(config, plan), _accountant(config), _neighbouring(config, plan),
-                  _labels(config, task), _cross_example(config), _sampling(), _telemetry(), _tuning(config)]
+        found += [
+            _delta(plan),
+            _epsilon(config, plan),
+            _accountant(config),
+            _neighbouring(config, plan),
+            _labels(config, task),
+            _cross_example(config),
+            _sampling(),
+            _telemetry(),
+            _tuning(config),
+        ]
     findings = [f for f in found if f is not None]
     return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))  # stable: keeps the order above
 
 
-def clipping_activity(norms: Iterable[float], max_grad_norm: float | None, *, quantile: float = 0.9,
-                      ratio: float = 0.1) -> Finding | None:
+def clipping_activity(
+    norms: Iterable[float], max_grad_norm: float | None, *, quantile: float = 0.9, ratio: float = 0.1
+) -> Finding | None:
     """Run-time check "clipping never active": a warning when the ``quantile`` of the per-example
     gradient norms of the first steps lies below ``ratio * C``; None otherwise (or without C).
     ``norms``: floats, or a 1-D CPU tensor; non-finite norms are ignored."""
@@ -89,7 +99,8 @@ def clipping_activity(norms: Iterable[float], max_grad_norm: float | None, *, qu
     if level >= ratio * max_grad_norm:
         return None
     return Finding(
-        "clipping-inactive", "warning",
+        "clipping-inactive",
+        "warning",
         f"clipping never active: {quantile:.0%} of the {values.size} per-example gradient norms are below "
         f"{level:.3g}, under C/{1 / ratio:g} = {ratio * max_grad_norm:.3g} (max_grad_norm C={max_grad_norm:g})",
         "C could be much smaller: the noise std is sigma*C whatever the norms are, so a C far above them drowns "
@@ -117,11 +128,15 @@ def _unit(config: Any) -> str:
 
 
 def _audit(config: Any) -> Finding | None:
-    if getattr(config, "audit", "none") != "gradient_canaries":
+    kind = getattr(config, "audit", "none")
+    if kind not in ("gradient_canaries", "input_canaries"):
         return None
+    count = config.audit_canaries or ("1000" if kind == "gradient_canaries" else "min(1000, N // 2)")
+    what = "gradient canaries" if kind == "gradient_canaries" else "canary examples"
     return Finding(
-        "audit-canaries-in-adapter", "warning",
-        f"audit run: {config.audit_canaries} secret gradient canaries (about half of them included) are trained into "
+        "audit-canaries-in-adapter",
+        "warning",
+        f"audit run: {count} secret {what} (about half of them included) are trained into "
         "the adapter beside the data; the data's guarantee is unchanged, but the adapter is perturbed by them",
         "use this run to check the implementation (`workbench audit RUN_ID`: the empirical lower bound must stay "
         "below the claimed epsilon) and train the adapter you release without audit",
@@ -132,7 +147,8 @@ def _seeded(config: Any) -> Finding | None:
     if config.noise_seed is None:
         return None
     return Finding(
-        "seeded-randomness", "error",
+        "seeded-randomness",
+        "error",
         f"seeded randomness: no differential-privacy guarantee (noise_seed={config.noise_seed}): anyone who knows "
         "the seed can replay the Poisson sampling and the noise, see which units each batch held, and subtract "
         "the noise",
@@ -146,13 +162,15 @@ def _clipping(config: Any, private: bool) -> Finding | None:
         return None
     if private:
         return Finding(
-            "no-clipping", "error",
+            "no-clipping",
+            "error",
             "no clipping (max_grad_norm=None) with noise: one example's gradient is unbounded, so no noise "
             "multiplier gives any epsilon (the engine refuses such a run)",
             "set max_grad_norm (e.g. 1.0), or set noise_multiplier=0 for a non-private baseline",
         )
     return Finding(
-        "no-clipping", "warning",
+        "no-clipping",
+        "warning",
         "no clipping (max_grad_norm=None): this baseline differs from a DP run by both clipping and noise",
         "set max_grad_norm to the C of the DP runs you compare it with, so the baseline isolates the cost of noise",
     )
@@ -162,7 +180,8 @@ def _non_private(config: Any, plan: Any) -> Finding | None:
     if _private(config, plan):
         return None
     return Finding(
-        "non-private", "warning",
+        "non-private",
+        "warning",
         "non-private: noise_multiplier=0, so epsilon is infinite and the run gives no privacy guarantee",
         "use it only as a baseline; for a private run set target_epsilon (and leave noise_multiplier empty) or "
         "a positive noise_multiplier",
@@ -178,7 +197,8 @@ def _delta(plan: Any) -> Finding | None:
         return None
     who = "users" if user else "examples"
     return Finding(
-        "delta-not-small", "warning",
+        "delta-not-small",
+        "warning",
         f"delta={plan.delta:g} is not far below 1/N = {1 / n:.3g} (N={n} {who}): a mechanism that publishes each "
         f"{who[:-1]} in full with probability delta meets it, leaking some {who[:-1]} with probability "
         f"N*delta = {n * plan.delta:.2g}",
@@ -207,7 +227,8 @@ def _epsilon(config: Any, plan: Any) -> Finding | None:
         return None
     where = "planned final epsilon" if plan is not None else "target_epsilon"
     return Finding(
-        "weak-epsilon", "warning",
+        "weak-epsilon",
+        "warning",
         f"weak guarantee: {where} {eps:.3g} is above {WEAK_EPSILON:g}; the bound e^epsilon = {math.exp(eps):.3g} "
         "on how much more likely any outcome becomes says little",
         "lower target_epsilon (8 or less; 1 to 3 where you can) and win the utility back with a larger batch_size: "
@@ -219,7 +240,8 @@ def _accountant(config: Any) -> Finding | None:
     if config.accountant != "edgeworth":
         return None
     return Finding(
-        "approximate-accountant", "info",
+        "approximate-accountant",
+        "info",
         "accountant=edgeworth is an approximation, not an upper bound: it is shown beside PLD, and PLD sets the "
         "noise and the budget stop",
         "quote the PLD epsilon as the guarantee; read the Edgeworth value only as a comparison",
@@ -234,7 +256,8 @@ def _neighbouring(config: Any, plan: Any) -> Finding:
     if relation == "replace_one":
         size = getattr(plan, "population", None)
         return Finding(
-            "neighbouring-relation", "info",
+            "neighbouring-relation",
+            "info",
             f"the epsilon is for replace-one neighbours (datasets that differ by one {unit} replaced): the dataset "
             f"size{f' (N={size})' if size else ''} is public and is published exactly",
             "fine when the dataset size may be public; if the size itself is sensitive, use neighboring=add_remove",
@@ -242,7 +265,8 @@ def _neighbouring(config: Any, plan: Any) -> Finding:
     if relation == "add_remove":
         published = getattr(plan, "published_population", None)
         return Finding(
-            "neighbouring-relation", "info",
+            "neighbouring-relation",
+            "info",
             f"the epsilon is for add/remove neighbours (datasets that differ by one {unit} added or removed): the "
             f"exact dataset size is itself private and is published only rounded"
             f"{f' (as {published})' if published else ''}",
@@ -250,7 +274,8 @@ def _neighbouring(config: Any, plan: Any) -> Finding:
             "whether a unit is in",
         )
     return Finding(
-        "neighbouring-relation", "info",
+        "neighbouring-relation",
+        "info",
         "the neighbouring relation is resolved with the plan (neighboring=auto: replace_one, exact dataset size "
         "public, where the accountant has it; add_remove, size published rounded, otherwise)",
         "run `workbench check` with the data to see which one applies, or set neighboring explicitly",
@@ -262,7 +287,8 @@ def _labels(config: Any, task: str | None) -> Finding | None:
     if resolved != "classification" or getattr(config, "labels", None) is not None:
         return None
     return Finding(
-        "label-set-from-data", "warning",
+        "label-set-from-data",
+        "warning",
         "classification labels are read from the private training data (labels not set): the head's width and "
         "label names go out with the adapter, and a label only one record uses reveals that record",
         "list the classes in the config (labels: [negative, positive]) so they come from the config, not the data",
@@ -273,7 +299,8 @@ def _cross_example(config: Any) -> Finding | None:
     if config.model in BUILT_IN_MODELS:
         return None
     return Finding(
-        "cross-example-layers", "info",
+        "cross-example-layers",
+        "info",
         f"per-example gradients assume no layer of model {config.model!r} mixes the examples of a batch (batch "
         "normalisation in training mode, mixture-of-experts routing with batch-level capacity or load-balancing "
         "losses); with one, an example's clipped gradient depends on the others and the sensitivity bound fails",
@@ -283,7 +310,8 @@ def _cross_example(config: Any) -> Finding | None:
 
 def _sampling() -> Finding:
     return Finding(
-        "poisson-sampling", "info",
+        "poisson-sampling",
+        "info",
         "batches are Poisson-sampled (each unit included independently with rate q; sizes vary, empty batches "
         "are real steps), which is what the accountant assumes",
         "keep it: a loader of your own with shuffled fixed-size batches gives a weaker guarantee than the one "
@@ -293,7 +321,8 @@ def _sampling() -> Finding:
 
 def _telemetry() -> Finding:
     return Finding(
-        "telemetry-not-private", "info",
+        "telemetry-not-private",
+        "info",
         "loss curves, per-example gradient-norm histograms, clipped fractions and validation metrics are "
         "computed from the raw private data and are not covered by epsilon",
         "do not publish them (runs export leaves them out unless --with-telemetry); a decision to stop made from "
@@ -302,10 +331,14 @@ def _telemetry() -> Finding:
 
 
 def _tuning(config: Any) -> Finding:
-    held_out = (f"validation_data={config.validation_data}" if config.validation_data
-                else f"a held-out {config.validation_fraction:g} of the private data")
+    held_out = (
+        f"validation_data={config.validation_data}"
+        if config.validation_data
+        else f"a held-out {config.validation_fraction:g} of the private data"
+    )
     return Finding(
-        "tuning-not-counted", "info",
+        "tuning-not-counted",
+        "info",
         f"epsilon covers this one run: choosing learning rate, C, sigma or batch size by comparing runs on "
         f"private data (validation metrics here come from {held_out}) is not counted",
         "tune on public or proxy data, or count the selection: the best of K runs costs at most the K runs "
