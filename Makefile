@@ -53,7 +53,7 @@ test: install browser
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not browser and not notebook and not slow" $(PYTEST_ARGS)
 
-# ruff: lint and format, configured in pyproject.toml (CI runs it before the tests).
+# ruff (pinned in pyproject.toml: another version may format differently): lint and format; CI runs it first.
 lint: install
 	$(BIN)/ruff check workbench tests benchmarks
 	$(BIN)/ruff format --check workbench tests benchmarks
