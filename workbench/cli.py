@@ -208,6 +208,16 @@ def _k_option():
     return typer.Option(1, "--max-examples-per-user", help="k: most examples one user contributes (user level).")
 
 
+def _els_relation(neighboring: str) -> None:
+    """User-level ELS epsilon is a mixture-of-Gaussians PLD, which dp_accounting analyses for add/remove only."""
+    from workbench import privacy
+
+    if neighboring != "add_remove":
+        raise privacy.PrivacyError(
+            "user-level ELS (mixture of Gaussians) is analysed for add_remove only. Use --neighboring add_remove."
+        )
+
+
 def _user_level(unit: str) -> bool:
     if unit not in ("example", "user"):
         _fail(f"--privacy-unit must be 'example' or 'user'. Found {unit!r}.")
@@ -232,11 +242,7 @@ def epsilon(
     try:
         if _user_level(privacy_unit):
             accountant = "pld"
-            if neighboring != "add_remove":
-                raise privacy.PrivacyError(
-                    "user-level ELS (mixture of Gaussians) is analysed for add_remove only. "
-                    "Use --neighboring add_remove."
-                )
+            _els_relation(neighboring)
             eps = privacy.user_epsilon_els(
                 noise_multiplier=noise_multiplier,
                 sample_rate=sample_rate,
@@ -303,17 +309,13 @@ def calibrate(
             from workbench.engine.plan import calibrate_els
 
             accountant = "pld"
-            if neighboring != "add_remove":
-                raise privacy.PrivacyError(
-                    "user-level ELS (mixture of Gaussians) is analysed for add_remove only. "
-                    "Use --neighboring add_remove."
-                )
+            _els_relation(neighboring)
             sigma = calibrate_els(target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, k=k)
             eps = privacy.user_epsilon_els(
                 noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, max_examples_per_user=k
             )
         else:
-            bound = "pld" if accountant == "edgeworth" else accountant
+            bound = privacy.bound_accountant(accountant)
             common = dict(sample_rate=sample_rate, steps=steps, delta=delta, neighboring=neighboring)
             sigma = privacy.calibrate(target_epsilon=target_epsilon, accountant=bound, **common)
             eps = privacy.epsilon(noise_multiplier=sigma, accountant=bound, **common)

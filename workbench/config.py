@@ -220,11 +220,6 @@ class RunConfig(BaseModel):
     def is_private(self) -> bool:
         return not (self.noise_multiplier == 0)
 
-    @property
-    def seeded_randomness(self) -> bool:
-        """True when sampling and noise come from ``noise_seed``: reproducible, and no DP guarantee."""
-        return self.noise_seed is not None
-
     def default_delta(self, *, dataset_size: int) -> float:
         """A delta comfortably below 1/N: the largest power of ten not above 1/(10 N), at most 1e-5."""
         return min(1e-5, 10.0 ** math.floor(math.log10(1.0 / (10 * dataset_size))))

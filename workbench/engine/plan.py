@@ -224,9 +224,9 @@ def published_size(n: int) -> int:
 def resolve_neighboring(config: RunConfig) -> str:
     """The relation the epsilon is for: the config's, or (auto) replace_one where it can be analysed."""
     els = config.privacy_unit == "user" and config.user_sampling == "els"
-    bound = "pld" if config.accountant == "edgeworth" else config.accountant
-    if config.neighboring == "auto":
-        return "replace_one" if bound == "pld" and config.accountant != "edgeworth" and not els else "add_remove"
+    bound = privacy.bound_accountant(config.accountant)
+    if config.neighboring == "auto":  # Edgeworth's comparison is add/remove only, so it keeps add_remove
+        return "replace_one" if config.accountant == "pld" and not els else "add_remove"
     if config.neighboring == "replace_one":
         if els:
             raise ConfigError(
@@ -269,7 +269,7 @@ def make_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = N
             f"leaking a whole {who[:-1]}. Choose delta <= {default_delta:g} or leave it empty."
         )
     k = config.max_examples_per_user if user else None
-    bound = "pld" if config.accountant == "edgeworth" or (user and not uls) else config.accountant
+    bound = "pld" if user and not uls else privacy.bound_accountant(config.accountant)  # ELS: the mixture PLD
     sigma = config.noise_multiplier
     if sigma is None:
         if user and not uls:

@@ -9,6 +9,7 @@ from workbench.privacy.accountants import (
     NEIGHBORING,
     EpsilonTracker,
     PrivacyError,
+    bound_accountant,
     check_neighboring,
     epsilon,
     is_approximation,
@@ -18,6 +19,7 @@ from workbench.privacy.user_level import group_privacy_bound, user_epsilon_els
 
 __all__ = [
     "ACCOUNTANTS",
+    "bound_accountant",
     "NEIGHBORING",
     "check_neighboring",
     "EpsilonTracker",

@@ -54,6 +54,12 @@ def is_approximation(accountant: str) -> bool:
     return check_accountant(accountant) == "edgeworth"
 
 
+def bound_accountant(accountant: str) -> str:
+    """The upper-bound accountant that sets the noise and stops training when ``accountant`` is asked for:
+    itself, or PLD for the Edgeworth approximation, which is only ever shown beside it."""
+    return "pld" if is_approximation(accountant) else accountant
+
+
 # ---------------------------------------------------------------------------------------------
 # PLD. The grid (value_discretization_interval) sets accuracy and cost. dp_accounting's
 # pessimistic discretisation overstates epsilon, negligibly for eps ~ 1-10 at 1e-3 but by 2x for

@@ -141,7 +141,7 @@ def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=
     q, steps, delta = s.sample_rate, s.steps, s.delta
     accountants = sorted(s.accountants, key=lambda a: FAST_FIRST.index(a) if a in FAST_FIRST else len(FAST_FIRST))
     if s.mode == TARGET:
-        bound = "pld" if s.selected == "edgeworth" else s.selected  # an approximation never sets the noise
+        bound = privacy.bound_accountant(s.selected)  # an approximation never sets the noise
         order = [bound] + [a for a in accountants if a not in (bound, "edgeworth")]
         for acc in order:
             if not is_current():
@@ -198,7 +198,7 @@ def add_user_level(out: PlanResult) -> None:
     s, sigma = out.settings, out.noise_multiplier
     common = dict(noise_multiplier=sigma, sample_rate=s.sample_rate, steps=s.steps, delta=s.delta)
     try:
-        bound = "pld" if s.selected == "edgeworth" else s.selected
+        bound = privacy.bound_accountant(s.selected)
         eps = out.epsilon.get(bound)
         out.example_epsilon = (
             eps if eps is not None else privacy.epsilon(**common, accountant=bound, neighboring=s.neighboring)
