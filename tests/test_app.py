@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import MODULES, NBINS, evaluation, fake_run, free_port, started, step  # noqa: E402,F401
 
-from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, RunEnded, RunStarted, StepMetrics
+from workbench.events import RunEnded
 from workbench.present import (
     RunView,
     compare_figures,
@@ -30,85 +31,6 @@ from workbench.present import (
     settings_diff_table,
 )
 from workbench.store.runs import RunStore
-
-MODULES = [f"base_model.model.model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in ("q", "v")]
-NBINS = len(GRAD_NORM_BIN_EDGES) - 1
-
-
-def started(run_id="r1", *, steps=30, target=8.0, t0=1000.0, config=None) -> RunStarted:
-    planned = [(s, target * math.sqrt(s / steps)) for s in range(steps + 1)]
-    return RunStarted(
-        run_id=run_id,
-        config={"model": "tiny", "max_grad_norm": 1.0, **(config or {})},
-        dataset_size=500,
-        sample_rate=0.032,
-        noise_multiplier=1.1,
-        delta=1e-5,
-        planned_steps=steps,
-        accountant="pld",
-        planned_epsilon=planned,
-        target_epsilon=target,
-        modules=MODULES,
-        trainable_parameters=10,
-        device="cpu",
-        model_name="tiny",
-        time=t0,
-    )
-
-
-def step(s, run_id="r1", *, eps=None, loss=None, t0=1000.0, hist=None) -> StepMetrics:
-    hist = hist or [0] * NBINS
-    if not sum(hist):
-        hist[s % NBINS] = 3
-        hist[12] = 1
-    return StepMetrics(
-        run_id=run_id,
-        step=s,
-        loss=2.0 / s if loss is None else loss,
-        learning_rate=1e-3,
-        batch_size=4,
-        epsilon=0.1 * s if eps is None else eps,
-        grad_norm_hist=hist,
-        grad_norm_max=1.3,
-        clipped_fraction=0.25,
-        module_grad_norm={m: 1.0 + i for i, m in enumerate(MODULES)},
-        module_noise_std={m: 0.5 * (i + 1) for i, m in enumerate(MODULES)},
-        step_time=0.1,
-        tokens_per_second=1.0,
-        tokens=10,
-        time=t0 + 2.0 * s,
-    )
-
-
-def evaluation(s, run_id="r1", *, accuracy=0.5, val_loss=1.5) -> EvalMetrics:
-    return EvalMetrics(
-        run_id=run_id,
-        step=s,
-        val_loss=val_loss,
-        perplexity=math.exp(val_loss),
-        accuracy=accuracy,
-        generations=[{"prompt": f"p{s}", "output": f"o{s}"}],
-        time=1000.0 + 2 * s,
-    )
-
-
-def fake_run(store: RunStore, run_id: str, *, steps=10, finished=True, accuracy=0.5, eps_per_step=0.1, config=None):
-    events = [started(run_id, steps=steps, config=config)]
-    events += [step(s, run_id, eps=eps_per_step * s) for s in range(1, steps + 1)]
-    events.append(evaluation(steps, run_id, accuracy=accuracy))
-    if finished:
-        events.append(
-            RunEnded(
-                run_id=run_id,
-                status="finished",
-                reason="",
-                summary={"epsilon": eps_per_step * steps, "steps": steps, "accuracy": accuracy},
-            )
-        )
-    store.create_run(run_id, config=events[0].config, status="running")
-    for e in events:
-        store.append(e)
-    return events
 
 
 def trace_points(fig) -> int:
@@ -275,7 +197,7 @@ from workbench.app import forms  # noqa: E402
 from workbench.app import plan as plan_tab  # noqa: E402
 from workbench.app import runs as runs_tab  # noqa: E402
 from workbench.app import train as train_tab  # noqa: E402
-from workbench.app.state import AppContext, Selection  # noqa: E402
+from workbench.app.state import Selection  # noqa: E402
 
 
 def is_skip(x) -> bool:
@@ -395,34 +317,6 @@ def test_upload_is_moved_into_the_app_folder_and_size_limited(ctx, tmp_path, mon
     assert stored is None and "limit is 0 MB" in msg and not src.exists()
 
 
-def test_refresh_sends_only_changed_panels(ctx):
-    fake_run(ctx.store, "20250101-000000-aaaaaa", steps=5, finished=False)
-    sel = ctx.default_selection()
-    assert sel.run_id == "20250101-000000-aaaaaa"  # the newest running run
-    out = train_tab.refresh(ctx, sel, now=1020.0)
-    sel, header, loss, eps, hist, heat, noise, gens = out
-    assert "ε = 0.5" in header and "step 5 / 5" in header and "running" in header
-    assert loss.data and eps.data and hist.data and heat.data and noise.data and gens["data"][0][0] == 5
-    again = train_tab.refresh(ctx, sel, now=1030.0)
-    assert all(is_skip(x) for x in again[1:])  # nothing new, even seconds later: nothing sent
-    ctx.store.append(step(6, "20250101-000000-aaaaaa"))
-    sel2, header2, loss2, eps2, hist2, heat2, noise2, gens2 = train_tab.refresh(
-        ctx, again[0] if not is_skip(again[0]) else sel, now=1021.0
-    )
-    assert not is_skip(loss2) and len(loss2.data[0].x) == 6 and "step 6" in hist2.layout.title.text
-    assert is_skip(gens2)  # no new evaluation
-
-
-def test_follow_switches_to_a_run_started_elsewhere(ctx):
-    fake_run(ctx.store, "20250101-000000-aaaaaa", steps=3)
-    sel = train_tab.refresh(ctx, ctx.default_selection(), now=0)[0]
-    assert sel.run_id == "20250101-000000-aaaaaa"
-    fake_run(ctx.store, "20250101-000001-bbbbbb", steps=2, finished=False)  # e.g. `workbench train` in a terminal
-    assert train_tab.refresh(ctx, sel, now=0)[0].run_id == "20250101-000001-bbbbbb"
-    pinned = Selection(run_id="20250101-000000-aaaaaa", follow=False)
-    assert train_tab.refresh(ctx, pinned, now=0)[0].run_id == "20250101-000000-aaaaaa"
-
-
 def test_stop_of_another_process_run_says_so(ctx):
     fake_run(ctx.store, "20250101-000000-aaaaaa", finished=False)
     msg = train_tab.stop_run(ctx, Selection(run_id="20250101-000000-aaaaaa"))
@@ -494,14 +388,6 @@ def test_second_start_is_queued(ctx):
 # -- app: over HTTP with gradio_client ------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_launch_refuses_share_without_auth():
     from workbench.app import launch
 
@@ -545,222 +431,6 @@ def test_store_version_changes_exactly_when_a_run_does(_workbench_home):
     assert store.version() != stepped
     store.delete("20250101-000000-aaaaaa")
     assert store.version() == empty  # the same runs (none): the same token
-
-
-def test_page_carries_the_script_first_and_the_version_endpoint_follows_the_store(_workbench_home):
-    import requests
-
-    from workbench.app import build_app, serve
-    from workbench.app.page import VERSION_PATH
-
-    store = RunStore(_workbench_home)
-    app = build_app(store, defaults={"model": "tiny"}, poll_seconds=2)
-    try:
-        _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
-        page = requests.get(url, timeout=30)
-        assert page.status_code == 200
-        head = page.text.index("<head>")
-        script = page.text.index('<script data-workbench="page">')
-        assert script == head + len("<head>")  # before Gradio's own scripts and modules
-        assert page.text.index("window.gradio_config") > script and "const PERIOD_MS = 2000" in page.text
-        assert int(page.headers["content-length"]) == len(page.content)
-        v0 = requests.get(url.rstrip("/") + VERSION_PATH, timeout=10)
-        assert v0.status_code == 200 and v0.text == store.version() and v0.headers["cache-control"] == "no-store"
-        fake_run(store, "20250101-000000-aaaaaa", steps=1, finished=False)
-        assert requests.get(url.rstrip("/") + VERSION_PATH, timeout=10).text not in ("", v0.text)
-        from workbench.app.liveplot import PLOTLY_PATH
-
-        bundle = requests.get(url.rstrip("/") + PLOTLY_PATH, timeout=30)  # the live panels' fallback Plotly
-        assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
-        assert "plotly.js" in bundle.text[:2000] and len(bundle.content) > 1_000_000
-    finally:
-        app.close()
-
-
-def test_version_long_poll_answers_when_the_store_changes_or_the_wait_ends(_workbench_home):
-    import threading
-    import time
-
-    import requests
-
-    from workbench.app import build_app, serve
-    from workbench.app.page import LONG_POLL_S, VERSION_PATH
-
-    store = RunStore(_workbench_home)
-    app = build_app(store, defaults={"model": "tiny"}, poll_seconds=0.2)
-    try:
-        _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
-        endpoint = url.rstrip("/") + VERSION_PATH
-        v0 = requests.get(endpoint, timeout=10).text
-        t = time.monotonic()  # nothing changes: held for the wait, then the same token
-        assert requests.get(endpoint, params={"since": v0, "wait": 1}, timeout=10).text == v0
-        assert 0.9 <= time.monotonic() - t < 5
-        t = time.monotonic()  # a stale token: answered at once
-        assert requests.get(endpoint, params={"since": "stale", "wait": 10}, timeout=10).text == v0
-        assert time.monotonic() - t < 2
-        writer = threading.Timer(1.0, fake_run, (store, "20250101-000000-aaaaaa"), {"steps": 1, "finished": False})
-        writer.start()
-        t = time.monotonic()  # a run written while the page waits: answered within a poll period
-        changed = requests.get(endpoint, params={"since": v0, "wait": 10}, timeout=20).text
-        writer.join()
-        assert changed == store.version() != v0 and 1.0 <= time.monotonic() - t < 3
-        assert requests.get(endpoint, params={"since": v0, "wait": "soon"}, timeout=10).status_code == 400
-        assert LONG_POLL_S <= 30  # a held request never outlives proxies' idle timeouts
-    finally:
-        app.close()
-
-
-def test_version_endpoint_needs_the_login_when_auth_is_set(_workbench_home):
-    import requests
-
-    from workbench.app import build_app, serve
-    from workbench.app.page import VERSION_PATH
-
-    app = build_app(RunStore(_workbench_home), defaults={"model": "tiny"})
-    try:
-        _, url, _ = serve(app, port=free_port(), block=False, quiet=True, auth="ann:secret")
-        endpoint = url.rstrip("/") + VERSION_PATH
-        assert requests.get(endpoint, timeout=10).status_code == 401
-        with requests.Session() as s:
-            assert s.post(url.rstrip("/") + "/login", data={"username": "ann", "password": "secret"}, timeout=10).ok
-            answer = s.get(endpoint, timeout=10)
-            assert answer.status_code == 200 and len(answer.text) == 16
-    finally:
-        app.close()
-
-
-def test_live_update_sends_the_changed_panels_of_a_running_run_and_defers_the_rest_to_gradio(_workbench_home):
-    import json
-
-    from workbench.app.liveplot import plot_value
-    from workbench.app.train import LIVE_PANELS, dashboard, live_update
-
-    store = RunStore(_workbench_home)
-    ctx = AppContext(store)
-    rid = "20250101-000000-aaaaaa"
-    fake_run(store, rid, steps=3, finished=False)  # 3 steps and 1 evaluation, running
-    update = json.loads(live_update(ctx, rid, steps=2, evals=1))
-    assert set(update["panels"]) == set(LIVE_PANELS)  # one new step: every live panel
-    figures = dashboard(ctx.views.get(rid))  # the figures the Gradio refresh sends too
-    assert update["panels"]["loss-plot"] == json.loads(plot_value(figures["loss"]))
-    assert update["panels"]["heatmap-plot"] == json.loads(plot_value(figures["grad_norm_evolution"]))
-    assert f'data-run="{rid}"' in update["header"] and 'data-steps="3"' in update["header"]
-    assert 'data-evals="1"' in update["header"] and 'data-status="running"' in update["header"]
-    same = json.loads(live_update(ctx, rid, steps=3, evals=1))
-    assert same["panels"] == {} and same["header"] == update["header"]  # nothing new: no figure
-    assert live_update(ctx, rid, steps=3, evals=0) is None  # a new evaluation: the table is Gradio's
-    assert live_update(ctx, "20250101-000000-ffffff", steps=0, evals=0) is None  # no such run
-    store.append(RunEnded(run_id=rid, status="stopped", reason="", summary={}))
-    assert live_update(ctx, rid, steps=3, evals=1) is None  # ended: the page may follow another run
-
-
-def test_live_endpoint_answers_the_page_and_needs_the_login(_workbench_home):
-    import requests
-
-    from workbench.app import build_app, serve
-    from workbench.app.page import LIVE_PATH
-
-    store = RunStore(_workbench_home)
-    rid = "20250101-000000-aaaaaa"
-    fake_run(store, rid, steps=2, finished=False)
-    app = build_app(store, defaults={"model": "tiny"})
-    try:
-        _, url, _ = serve(app, port=free_port(), block=False, quiet=True, auth="ann:secret")
-        endpoint = url.rstrip("/") + LIVE_PATH
-        query = {"run": rid, "steps": 1, "evals": 1}
-        assert requests.get(endpoint, params=query, timeout=10).status_code == 401
-        with requests.Session() as s:
-            assert s.post(url.rstrip("/") + "/login", data={"username": "ann", "password": "secret"}, timeout=10).ok
-            answer = s.get(endpoint, params=query, timeout=30)
-            assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
-            assert "loss-plot" in answer.json()["panels"]
-            assert s.get(endpoint, params={**query, "evals": 0}, timeout=10).status_code == 204
-            bad = s.get(endpoint, params={"run": rid, "steps": "x", "evals": 0}, timeout=10)
-            assert bad.status_code == 400 and "steps" in bad.text
-    finally:
-        app.close()
-
-
-def _events(response, n: int) -> list[tuple[str, str]]:
-    """The first ``n`` server-sent events of a streamed response, as (event, data)."""
-    out, name, data = [], None, []
-    for line in response.iter_lines(decode_unicode=True):
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            data.append(line[6:])
-        elif line == "" and name is not None:
-            out.append((name, "\n".join(data)))
-            name, data = None, []
-            if len(out) == n:
-                break
-    return out
-
-
-def test_stream_pushes_a_running_runs_steps_and_asks_for_a_refresh_when_it_ends(_workbench_home):
-    """The page's one connection (page.py): while the run on show is running, every new step comes
-    as a live event on the open stream (no request per step); when the run ends, a refresh event
-    ends the stream; with nothing new the stream ends after its wait; bad queries are refused."""
-    import json
-    import threading
-    import time
-
-    import requests
-
-    from workbench.app import build_app, serve
-    from workbench.app.page import STREAM_PATH
-
-    store = RunStore(_workbench_home)
-    rid = "20250101-000000-aaaaaa"
-    fake_run(store, rid, steps=2, finished=False)
-    app = build_app(store, defaults={"model": "tiny"}, poll_seconds=0.2)
-    try:
-        _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
-        endpoint = url.rstrip("/") + STREAM_PATH
-
-        def more_steps():
-            for s in (3, 4):
-                time.sleep(0.8)
-                store.append(step(s, rid, t0=2000.0))
-            time.sleep(0.8)
-            store.set_status(rid, "finished")
-
-        writer = threading.Thread(target=more_steps)
-        t = time.monotonic()
-        with requests.get(
-            endpoint,
-            params={"since": store.version(), "wait": 10, "run": rid, "steps": 2, "evals": 1},
-            stream=True,
-            timeout=30,
-        ) as answer:
-            assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
-            writer.start()
-            events = _events(answer, 3)
-        writer.join()
-        assert [name for name, _ in events] == ["live", "live", "refresh"], events
-        first, second = (json.loads(data) for _, data in events[:2])
-        assert first["update"]["steps"] == 3 and second["update"]["steps"] == 4
-        assert set(first["update"]["panels"]) == {
-            "loss-plot",
-            "epsilon-plot",
-            "hist-plot",
-            "heatmap-plot",
-            "noise-plot",
-        }
-        assert 'data-steps="4"' in second["update"]["header"] and first["version"] != second["version"]
-        assert events[2][1] == store.version()  # the refresh carries the version it answers
-        assert time.monotonic() - t < 10
-
-        t = time.monotonic()  # nothing changes: the stream ends after its wait, with no event
-        with requests.get(endpoint, params={"since": store.version(), "wait": 1}, stream=True, timeout=10) as quiet:
-            assert _events(quiet, 1) == []
-        assert 0.9 <= time.monotonic() - t < 5
-        with requests.get(endpoint, params={"since": "stale"}, stream=True, timeout=10) as stale:  # no run: refresh
-            assert _events(stale, 1) == [("refresh", store.version())]
-        bad = requests.get(endpoint, params={"since": "x", "steps": "many"}, timeout=10)
-        assert bad.status_code == 400 and "steps" in bad.text
-    finally:
-        app.close()
 
 
 def test_served_app_quiets_gradios_idle_queue_polling(_workbench_home):

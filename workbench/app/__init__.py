@@ -7,7 +7,6 @@ built at import time, and importing this package does not import gradio.
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,9 +19,8 @@ def build_app(
     """Build the app over ``store`` (default: the RunStore under $WORKBENCH_HOME).
 
     ``defaults``: RunConfig overrides that preset the controls, e.g. ``{"model": "tiny"}``.
-    ``poll_seconds``: how often the page asks whether the run store changed (default 1, or the
-    environment variable WORKBENCH_APP_POLL_SECONDS); the dashboard redraws only then, and only the
-    panels that changed.
+    ``poll_seconds``: how often the dashboard's stream reads whether the run store changed (default
+    1, or the environment variable WORKBENCH_APP_POLL_SECONDS); the page redraws only then.
     The app's shared state is ``app.workbench`` (an ``AppContext``), for tests and tooling.
     """
     # Gradio summarises per-event analytics in a pandas DataFrame after every event, monitoring on
@@ -36,6 +34,7 @@ def build_app(
     from workbench.app import plan as plan_tab
     from workbench.app import runs as runs_tab
     from workbench.app import train as train_tab
+    from workbench.app.live import SHOW_TRAIN_JS, selection_value
     from workbench.app.state import AppContext, Selection
     from workbench.config import RunConfig
     from workbench.store.runs import RunStore
@@ -44,9 +43,6 @@ def build_app(
     ctx = AppContext(store or RunStore(), defaults=dict(defaults or {}), max_upload_mb=max_upload_mb)
     with gr.Blocks(title="DP Workbench", delete_cache=(3600, 3600)) as app:
         selection = gr.State(Selection())
-        # Set by callbacks that want the Train tab shown; a script switches tabs.  (A gr.Tabs output
-        # would make every later event re-read the whole app in the browser: see SHOW_TRAIN_JS.)
-        show_train = gr.Checkbox(False, label="show the Train tab", elem_classes="wb-hidden", elem_id="show-train")
         gr.Markdown("## DP Workbench · differentially private LoRA fine-tuning")
         with gr.Tabs(selected="plan"):
             with gr.Tab("Plan", id="plan"):
@@ -56,37 +52,23 @@ def build_app(
             with gr.Tab("Compare", id="compare") as compare_page:
                 compare_tab.build(ctx, compare_page)
             with gr.Tab("Runs", id="runs") as runs_page:
-                runs = runs_tab.build(ctx, runs_page, selection, show_train)
-        runs["opened"].then(None, show_train, None, js=SHOW_TRAIN_JS).then(
-            train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden"
-        )
+                runs = runs_tab.build(ctx, runs_page, selection, train.dashboard)
+        runs["opened"].then(None, train.dashboard, None, js=SHOW_TRAIN_JS)
 
         def on_load():
-            return ctx.default_selection(), ctx.newest_active() is not None  # an active run: show it
+            # the newest active run (and the Train tab brought forward), else the newest run
+            chosen = ctx.default_selection()
+            return chosen, selection_value(chosen, show=ctx.newest_active() is not None)
 
-        app.load(on_load, None, [selection, show_train], api_visibility="private").then(
-            None, show_train, None, js=SHOW_TRAIN_JS
-        ).then(train.refresh, selection, train.outputs, api_visibility="private", show_progress="hidden")
+        app.load(on_load, None, [selection, train.dashboard], api_visibility="private", show_progress="hidden").then(
+            None, train.dashboard, None, js=SHOW_TRAIN_JS
+        )
         refresh_plan, plan_inputs, plan_outputs = plan.load
         app.load(refresh_plan, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
     app.workbench = ctx
     app.poll_seconds = poll_seconds or float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or train_tab.POLL_SECONDS)
     app.max_upload_mb = max_upload_mb
     return app
-
-
-# Switches to the Train tab when ``show`` is true, in the browser.  Gradio 6 re-sends the loading
-# status of every component that was ever an event's output at every event, and for a layout
-# component (gr.Tabs) that means copying the value of everything inside it, all the plots
-# included: with `gr.Tabs(selected=...)` as an output, each dashboard refresh cost the browser a
-# third more.  Clicking the tab button, as a user would, has no such cost.
-SHOW_TRAIN_JS = """(show) => {
-  if (show) {
-    const tab = [...document.querySelectorAll('button[role="tab"]')].find((b) => b.textContent.trim() === "Train");
-    if (tab && tab.getAttribute("aria-selected") !== "true") tab.click();
-  }
-  return [];
-}"""
 
 
 # How often Gradio's queue looks for work when it has none, in seconds.  Gradio 6.31 polls every
@@ -124,9 +106,8 @@ def serve(
     """Launch a built app with the workbench's safety settings; returns (fastapi app, local url, share url)."""
     from starlette.middleware import Middleware
 
+    from workbench.app import frames, live
     from workbench.app.common import CSS
-    from workbench.app.page import PageMiddleware
-    from workbench.app.train import live_update
 
     ctx = app.workbench
     quiet_queue(app)
@@ -148,13 +129,11 @@ def serve(
         quiet=quiet,
         css=CSS,
         theme="soft",
-        # the page's script and the version and live endpoints it reads: see workbench/app/page.py
+        # the live dashboard's stream and static files (workbench/app/live.py); Gradio's idle frame loop
+        # slowed (workbench/app/frames.py)
         app_kwargs={
-            "middleware": [
-                Middleware(
-                    PageMiddleware, store=ctx.store, poll_seconds=app.poll_seconds, live=partial(live_update, ctx)
-                )
-            ]
+            "middleware": [Middleware(live.LiveMiddleware, poll_seconds=app.poll_seconds, **live.bind(ctx))]
+            + ([Middleware(frames.FramePatchMiddleware)] if frames.enabled() else [])
         },
     )
 

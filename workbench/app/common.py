@@ -21,7 +21,20 @@ CSS = """
 .wb-progress { flex: 1 1 100%; font-size: 13px; color: #333; font-variant-numeric: tabular-nums; }
 .wb-badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; color: white; }
 .wb-hidden { display: none !important; }
-.wb-live-plot { contain: layout paint; will-change: transform; }
+.wb-dash .wb-row { display: flex; gap: 8px; }
+.wb-dash .wb-row > .wb-live-plot { flex: 1 1 0; min-width: 0; }
+.wb-live-plot { position: relative; contain: layout paint; margin-top: 8px; }
+.wb-chart-title { font-size: 14px; font-weight: 600; margin: 4px 0 0 8px; }
+.wb-note { position: absolute; top: 45%; width: 100%; text-align: center; color: #7f7f7f; pointer-events: none; }
+.wb-readout { position: absolute; top: 4px; right: 8px; font-size: 12px; color: #333; }
+.wb-dash .u-legend { font-size: 12px; margin: 0 auto; border: none; width: auto; }
+.wb-dash .u-legend tr, .wb-dash .u-legend th, .wb-dash .u-legend td { border: none !important; padding: 0 3px !important;
+  background: none !important; font-weight: 400; }
+.wb-dash .u-legend .u-series > * { padding: 0 2px !important; }
+.wb-gen-title { font-size: 14px; font-weight: 600; margin: 12px 0 4px 8px; }
+#generations { max-height: 320px; overflow: auto; }
+#generations table { width: 100%; border-collapse: collapse; font-size: 13px; }
+#generations th, #generations td { border-bottom: 1px solid #eee; padding: 3px 6px; text-align: left; vertical-align: top; }
 .wb-reason { flex: 1 1 100%; font-size: 13px; color: #b00020; }
 """
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.app.common import error_text
+from workbench.app.live import selection_value
 from workbench.app.state import AppContext, Selection
 from workbench.present import runs_table
 
@@ -71,8 +72,9 @@ def delete_run(ctx: AppContext, run_id: str | None) -> str:
     return f"Deleted run `{run_id}`."
 
 
-def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[str, Any]:
-    """Lay out the Runs tab; ``selection`` is the Train tab's state, ``show_train`` asks for that tab."""
+def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str, Any]:
+    """Lay out the Runs tab; ``selection`` is the Train tab's state, ``dashboard`` its live dashboard
+    (workbench/app/live.py): "Open dashboard" shows the chosen run there and brings the Train tab forward."""
     import gradio as gr
 
     table = gr.Dataframe(
@@ -120,12 +122,13 @@ def build(ctx: AppContext, tab: Any, selection: Any, show_train: Any) -> dict[st
 
     table.select(row_chosen, None, picker, api_visibility="private")
 
-    def open_run(run_id, sel):
+    def open_run(run_id):
         if not run_id:
-            return gr.skip(), False, "Choose a run first."
-        return Selection(run_id=run_id, follow=False), True, ""
+            return gr.skip(), gr.skip(), "Choose a run first."
+        chosen = Selection(run_id=run_id, follow=False)
+        return chosen, selection_value(chosen, show=True), ""
 
-    opened = open_btn.click(open_run, [picker, selection], [selection, show_train, message], api_visibility="private")
+    opened = open_btn.click(open_run, picker, [selection, dashboard, message], api_visibility="private")
     export_btn.click(lambda rid: export_zip(ctx, rid), picker, [download, message], api_visibility="private")
 
     def ask(run_id):

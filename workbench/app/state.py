@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +16,15 @@ from workbench.store.runs import ACTIVE, RunRecord, RunStore
 
 @dataclass(frozen=True)
 class Selection:
-    """Which run a browser's Train tab shows and how much of it the browser already has.
-
-    ``follow``: switch to a newer active run when one appears (off once the user opens a run
-    from the Runs tab).  ``seq`` / ``n_steps`` / ``n_evals``: what was last sent, so a refresh
-    sends only the panels that changed.
-    """
+    """Which run a browser's Train tab shows.  ``follow``: switch to a newer active run when the
+    shown one has ended (off once the user opens a run from the Runs tab); the page's stream does
+    the switching (workbench/app/live.py)."""
 
     run_id: str | None = None
     follow: bool = True
-    seq: int = -1
-    n_steps: int = -1
-    n_evals: int = -1
-    header_hash: int = 0
 
     def select(self, run_id: str | None, *, follow: bool | None = None) -> "Selection":
-        """A fresh selection of ``run_id``: nothing sent yet."""
         return Selection(run_id=run_id, follow=self.follow if follow is None else follow)
-
-    def sent(self, view: RunView) -> "Selection":
-        return replace(self, seq=view.last_seq, n_steps=len(view.steps), n_evals=len(view.evals))
 
 
 class RunViews:

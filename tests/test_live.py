@@ -1,0 +1,191 @@
+"""The Train tab's live path (workbench/app/live.py, workbench/present/live.py) without a browser:
+the rows, which run a page is shown, and the stream as a page reads it.  The browser side is in
+test_app_browser.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+from factories import evaluation, fake_run, free_port, started, step
+
+from workbench.app.live import STATIC, STATIC_PREFIX, STREAM_PATH, followed, selection_value, update
+from workbench.app.state import AppContext, Selection
+from workbench.events import RunEnded
+from workbench.present.live import BIN_EDGES, rows
+from workbench.store.runs import RunStore
+
+pytest.importorskip("gradio")
+requests = pytest.importorskip("requests")
+
+A, B = "20250101-000000-aaaaaa", "20250101-000001-bbbbbb"
+
+
+def test_rows_carry_every_step_and_evaluation_as_plain_numbers():
+    events = [(1, started("r1", steps=3)), (2, step(1)), (3, step(2, loss=math.nan, eps=math.inf)), (4, evaluation(2))]
+    out = rows(events)
+    assert out["seq"] == 4 and [r["step"] for r in out["steps"]] == [1, 2]
+    assert out["steps"][0]["loss"] == 2.0 and out["steps"][0]["epsilon"] == pytest.approx(0.1)
+    assert out["steps"][1]["loss"] is None and out["steps"][1]["epsilon"] is None  # JSON has no NaN or inf
+    assert out["steps"][0]["hist"] == list(step(1).grad_norm_hist) and len(BIN_EDGES) == len(out["steps"][0]["hist"])
+    assert out["evals"] == [
+        {"step": 2, "val_loss": 1.5, "accuracy": 0.5, "generations": [{"prompt": "p2", "output": "o2"}]}
+    ]
+    assert out["started"]["target"] == 8.0 and out["started"]["planned"][-1] == [3, pytest.approx(8.0)]
+    assert out["started"]["clip"] == 1.0 and "PLD" in out["started"]["epsilon_title"]
+    assert out["modules"]["step"] == 2 and out["modules"]["noise"] == [0.5, 1.0, 1.5, 2.0]  # the latest step's
+    assert out["modules"]["short"] == ["layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj", "layers.1.v_proj"]
+    json.dumps(out, allow_nan=False)  # valid JSON as it stands
+    assert rows([])["seq"] == 0 and rows([])["steps"] == []
+
+
+def test_a_following_page_moves_to_the_newest_active_run_and_a_pinned_one_stays(ctx):
+    assert followed(ctx, None, True) is None
+    fake_run(ctx.store, A, steps=3)
+    assert followed(ctx, None, True) == A  # no run chosen: the newest stored one
+    fake_run(ctx.store, B, steps=2, finished=False)  # e.g. `workbench train` in a terminal
+    assert followed(ctx, A, True) == B and followed(ctx, A, False) == A
+    assert followed(ctx, B, True) == B  # a running run is kept
+
+
+def test_update_sends_the_rows_after_the_pages_sequence_number(ctx):
+    events = fake_run(ctx.store, A, steps=3, finished=False)
+    first = update(ctx, A, after=0, follow=True, now=2000.0)
+    assert first["run"] == A and not first["reset"] and first["status"] == "running"
+    assert [r["step"] for r in first["steps"]] == [1, 2, 3] and len(first["evals"]) == 1 and first["started"]
+    assert f'data-run="{A}"' in first["header"] and "ε = 0.3" in first["header"]
+    again = update(ctx, A, after=first["seq"], follow=True)
+    assert again["steps"] == [] and again["evals"] == [] and again["seq"] == first["seq"] and not again["started"]
+    ctx.store.append(step(4, A))
+    more = update(ctx, A, after=first["seq"], follow=True)
+    assert [r["step"] for r in more["steps"]] == [4] and more["modules"]["step"] == 4
+    assert len(events) == 5
+    ctx.store.append(RunEnded(run_id=A, status="stopped", reason="", summary={}))
+    ctx.store.set_status(A, "stopped")
+    fake_run(ctx.store, B, steps=2, finished=False)
+    moved = update(ctx, A, after=more["seq"], follow=True)  # its run ended and a newer one runs: reset to it
+    assert moved["run"] == B and moved["reset"] and [r["step"] for r in moved["steps"]] == [1, 2]
+    pinned = update(ctx, A, after=more["seq"], follow=False)
+    assert pinned["run"] == A and pinned["status"] == "stopped" and not pinned["reset"]
+    ctx.store.delete(A)
+    gone = update(ctx, A, after=0, follow=False)
+    assert gone["status"] == "deleted" and "was deleted" in gone["header"]
+
+
+def test_selection_value_names_the_run_and_changes_every_time():
+    one, two = selection_value(Selection(A, follow=False), show=True), selection_value(Selection(A, follow=False))
+    assert json.loads(one)["run"] == A and json.loads(one)["show"] and not json.loads(one)["follow"]
+    assert json.loads(one)["nonce"] != json.loads(two)["nonce"]  # opening the same run again redraws it
+
+
+def _events(lines, n: int) -> list[dict]:
+    """The next ``n`` ``update`` events of a streamed response (its ``iter_lines``, or the response), decoded."""
+    out, name = [], None
+    if isinstance(lines, requests.Response):
+        lines = lines.iter_lines(decode_unicode=True)
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: ") and name == "update":
+            out.append(json.loads(line[6:]))
+            if len(out) == n:
+                break
+    return out
+
+
+@pytest.fixture
+def served(_workbench_home):
+    from workbench.app import build_app, serve
+
+    store = RunStore(_workbench_home)
+    apps = []
+
+    def start(**kw):
+        app = build_app(store, defaults={"model": "tiny"}, poll_seconds=0.2)
+        _, url, _ = serve(app, port=free_port(), block=False, quiet=True, **kw)
+        apps.append(app)
+        return url.rstrip("/")
+
+    yield store, start
+    for app in apps:
+        app.close()
+
+
+def test_the_stream_sends_each_new_step_once_and_follows_the_run_to_its_end(served):
+    """The page's one connection: the rows it lacks at once, then each new step as it is stored (no
+    request per step), then the run's end; bad queries are refused; static files are served."""
+    store, start = served
+    fake_run(store, A, steps=2, finished=False)
+    url = start()
+
+    def more_steps():
+        for s in (3, 4):
+            time.sleep(0.6)
+            store.append(step(s, A, t0=2000.0))
+        time.sleep(0.6)
+        store.append(RunEnded(run_id=A, status="finished", reason="", summary={}))
+        store.set_status(A, "finished")
+
+    writer = threading.Thread(target=more_steps)
+    t = time.monotonic()
+    with requests.get(url + STREAM_PATH, params={"run": A, "after": 0}, stream=True, timeout=30) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        lines = answer.iter_lines(decode_unicode=True)
+        first = _events(lines, 1)[0]
+        writer.start()
+        later = _events(lines, 3)
+    writer.join()
+    assert [r["step"] for r in first["steps"]] == [1, 2] and first["status"] == "running"
+    assert [[r["step"] for r in u["steps"]] for u in later] == [[3], [4], []]
+    assert later[-1]["status"] == "finished" and "finished" in later[-1]["header"]
+    assert [u["seq"] for u in later] == sorted({u["seq"] for u in later})  # each event after the previous
+    assert time.monotonic() - t < 15
+    # a page that reconnects with the rows it holds gets nothing twice
+    with requests.get(url + STREAM_PATH, params={"run": A, "after": later[1]["seq"]}, stream=True, timeout=30) as again:
+        (resumed,) = _events(again, 1)
+    assert resumed["steps"] == [] and resumed["status"] == "finished"
+    bad = requests.get(url + STREAM_PATH, params={"after": "many"}, timeout=10)
+    assert bad.status_code == 400 and "after" in bad.text
+    for name in STATIC:
+        got = requests.get(url + STATIC_PREFIX + name, timeout=10)
+        assert got.status_code == 200 and len(got.content) > 1000, name
+    assert "uPlot" in requests.get(url + STATIC_PREFIX + "uPlot.iife.min.js", timeout=10).text[:3000]
+
+
+def test_the_stream_needs_the_login_when_auth_is_set(served):
+    store, start = served
+    fake_run(store, A, steps=1)
+    url = start(auth="ann:secret")
+    assert requests.get(url + STREAM_PATH, params={"run": A}, timeout=10).status_code == 401
+    with requests.Session() as s:
+        assert s.post(url + "/login", data={"username": "ann", "password": "secret"}, timeout=10).ok
+        with s.get(url + STREAM_PATH, params={"run": A}, stream=True, timeout=30) as answer:
+            assert answer.status_code == 200 and _events(answer, 1)[0]["run"] == A
+
+
+def test_the_frame_patch_is_first_in_the_page_and_gradios_module_still_asks_for_frames(served):
+    """workbench/app/frames.py slows Gradio's status-tracker frame loop; it recognises that module by
+    name.  If a Gradio release renames the module or stops asking it for frames, this fails."""
+    from importlib.resources import files
+
+    from workbench.app.frames import GRADIO_MODULE, SCRIPT
+
+    assets = files("gradio").joinpath("templates", "frontend", "assets")
+    tracker = [p for p in assets.iterdir() if p.name.startswith(GRADIO_MODULE) and p.name.endswith(".js")]
+    assert tracker, f"Gradio no longer ships a {GRADIO_MODULE}*.js module: remove workbench/app/frames.py"
+    assert any("requestAnimationFrame" in p.read_text(encoding="utf-8") for p in tracker)
+    _, start = served
+    page = requests.get(start(), timeout=30)
+    head = page.text.index("<head>")
+    assert page.text.index(SCRIPT.decode()) == head + len("<head>")  # before Gradio's own modules
+    assert int(page.headers["content-length"]) == len(page.content)
+
+
+def test_app_context_default_selection_is_the_newest_active_run(ctx: AppContext):
+    fake_run(ctx.store, A, steps=1)
+    assert ctx.default_selection().run_id == A
+    fake_run(ctx.store, B, steps=1, finished=False)
+    assert ctx.default_selection().run_id == B

@@ -1,0 +1,301 @@
+// The Train tab's live dashboard (workbench/app/live.py): one stream of rows in, five uPlot charts,
+// the run header and the generations table out.  uPlot (workbench/app/vendor, MIT) draws every chart;
+// the heatmap's cells are painted in a uPlot draw hook over uPlot's own scales and axes.
+(() => {
+  if (window.__wbDashboard) return;
+  const BLUE = "#1f77b4", ORANGE = "#ff7f0e", GREEN = "#2ca02c", RED = "#d62728", GREY = "#7f7f7f", PURPLE = "#9467bd";
+  const REDRAW_MS = 250;  // at most 4 redraws a second: what a person can follow
+  const HEAT_COLUMNS = 400;  // the heatmap sums adjacent steps beyond this many columns
+  const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+
+  const fmt = (v, digits = 3) => (v == null || !isFinite(v) ? "–" : Number(v.toPrecision(digits)).toString());
+  const viridis = (t) => {
+    const x = Math.min(Math.max(t, 0), 1) * (VIRIDIS.length - 1), i = Math.min(Math.floor(x), VIRIDIS.length - 2), f = x - i;
+    const c = VIRIDIS[i].map((a, k) => Math.round(a + f * (VIRIDIS[i + 1][k] - a)));
+    return `rgb(${c[0]},${c[1]},${c[2]})`;
+  };
+  // Bias-corrected exponential moving average, as workbench.present.series.ema.
+  function ema(ys) {
+    const n = ys.filter((y) => y != null).length, a = Math.min(0.3, Math.max(0.02, 10 / Math.max(n, 1)));
+    let acc = 0, w = 0;
+    return ys.map((y) => {
+      if (y == null) return null;
+      acc = (1 - a) * acc + a * y; w = (1 - a) * w + a;
+      return acc / w;
+    });
+  }
+  const line = (label, stroke, extra = {}) => Object.assign({ label, stroke, width: 2, spanGaps: true, points: { show: false } }, extra);
+  const bars = (label, fill, extra = {}) =>
+    Object.assign({ label, fill, stroke: fill, width: 0, paths: uPlot.paths.bars({ size: [0.9, Infinity], ...(extra.bar || {}) }), points: { show: false } }, extra);
+  const axis = (label, extra = {}) => Object.assign({ label, stroke: "#444", grid: { stroke: "#e5e5e5", width: 1 }, ticks: { stroke: "#ccc", width: 1 } }, extra);
+  const fromZero = (u, min, max) => [0, max > 0 ? max * 1.05 : 1];
+
+  // Each chart: the uPlot options, and data(rows) -> [x, y1, ...] (plus the title and a note when empty).
+  const CHARTS = {
+    "loss-plot": {
+      options: () => ({
+        series: [{ label: "step" }, line("train", "rgba(31,119,180,0.35)", { width: 1 }), line("train (smoothed)", BLUE, { width: 2.5 }),
+          line("validation", ORANGE, { points: { show: true, size: 7 } })],
+        axes: [axis("step"), axis("loss (per token)")],
+      }),
+      data(r) {
+        const steps = new Map(r.steps.map((s) => [s.step, s.loss]));
+        const evals = new Map(r.evals.map((e) => [e.step, e.val_loss]));
+        const x = [...new Set([...steps.keys(), ...evals.keys()])].sort((a, b) => a - b);
+        const loss = x.map((s) => (steps.has(s) ? steps.get(s) : null));
+        return { title: "Loss", data: [x, loss, ema(loss), x.map((s) => (evals.has(s) ? evals.get(s) : null))], note: x.length ? "" : "no steps yet" };
+      },
+    },
+    "epsilon-plot": {
+      options: () => ({
+        series: [{ label: "step" }, line("planned", GREY, { dash: [6, 4] }), line("spent", GREEN, { width: 3 }),
+          line("audit: empirical lower bound", PURPLE, { points: { show: true, size: 6 } }), line("target ε", RED, { dash: [2, 3], width: 1.5 })],
+        axes: [axis("step"), axis("ε")],
+        scales: { x: { time: false }, y: { range: fromZero } },
+      }),
+      data(r) {
+        const planned = new Map((r.started ? r.started.planned : []).map(([s, e]) => [s, e]));
+        const spent = new Map(r.steps.map((s) => [s.step, s.epsilon]));
+        const audit = new Map(r.steps.filter((s) => s.audit != null).map((s) => [s.step, s.audit]));
+        const x = [...new Set([...planned.keys(), ...spent.keys()])].sort((a, b) => a - b);
+        const target = r.started && r.started.target != null ? r.started.target : null;
+        const get = (m) => x.map((s) => (m.has(s) ? m.get(s) : null));
+        const nonPrivate = r.steps.length > 0 && r.steps.every((s) => s.epsilon == null) && !audit.size;
+        return {
+          title: r.started ? r.started.epsilon_title : "Privacy spent ε",
+          data: [x, get(planned), get(spent), get(audit), x.map(() => target)],
+          note: nonPrivate ? "non-private run (noise multiplier 0): ε = ∞" : x.length ? "" : "no steps yet",
+        };
+      },
+    },
+    "hist-plot": {
+      options: () => ({
+        series: [{ label: "norm / C" }, bars("below C", BLUE), bars("clipped (≥ C)", RED)],
+        axes: [axis("norm / C (last bar: > 3 C)"), axis("examples")],
+        scales: { x: { time: false, range: [0, 3.15] }, y: { range: fromZero } },
+        hooks: { draw: [(u) => vline(u, 1.0, RED, "clip C")] },
+      }),
+      data(r) {
+        const last = r.steps.length ? r.steps[r.steps.length - 1] : null;
+        const edges = r.started ? r.started.bins : [];
+        const x = edges.map((e) => e + 0.05);
+        const counts = last ? last.hist : edges.map(() => 0);
+        const total = counts.reduce((a, b) => a + b, 0);
+        let title = "Per-example gradient norms";
+        if (last && total) {
+          title += `, step ${last.step}: ${Math.round(100 * last.clipped)}% clipped`;
+          if (last.max != null && r.started && r.started.clip) title += ` · max ${fmt(last.max / r.started.clip, 2)} C`;
+        }
+        return {
+          title,
+          data: [x, counts.map((c, i) => (edges[i] < 1 - 1e-9 ? c : null)), counts.map((c, i) => (edges[i] >= 1 - 1e-9 ? c : null))],
+          note: !last ? "no examples yet" : total ? "" : `step ${last.step}: empty batch`,
+        };
+      },
+    },
+    "heatmap-plot": {
+      options: (host) => ({
+        series: [{ label: "step" }, { label: "norm / C", stroke: "transparent", points: { show: false } }],
+        axes: [axis("step"), axis("norm / C")],
+        scales: { x: { time: false }, y: { range: [0, 3.1] } },
+        legend: { show: false },
+        hooks: {
+          draw: [(u) => { paintHeat(u, host.__wbHeat); vline(u, 1.0, "white", "clip C", true); }],
+          setCursor: [(u) => heatReadout(u, host)],
+        },
+      }),
+      data(r) {
+        const cols = heatColumns(r.steps.filter((s) => s.hist.some((c) => c > 0)));
+        return { title: "Gradient-norm distribution over steps", data: [cols.x, cols.x.map(() => null)], heat: cols, note: cols.x.length ? "" : "no steps yet" };
+      },
+    },
+    "noise-plot": {
+      height: 340,
+      options: (host) => ({
+        series: [{ label: "module" }, bars("noise std", PURPLE, { scale: "noise", bar: { size: [0.4, 60], align: 1 } }),
+          bars("gradient norm (clipped, summed)", BLUE, { scale: "grad", bar: { size: [0.4, 60], align: -1 } })],
+        axes: [
+          axis("", { values: (u, splits) => splits.map((i) => (host.__wbNames && Number.isInteger(i) ? host.__wbNames[i] || "" : "")), rotate: -45, size: 90 }),
+          axis("noise std", { scale: "noise" }),
+          axis("gradient norm", { scale: "grad", side: 1, grid: { show: false } }),
+        ],
+        scales: { x: { time: false, range: (u, min, max) => [min - 0.6, max + 0.6] }, noise: { range: fromZero }, grad: { range: fromZero } },
+      }),
+      data(r, host) {
+        const m = r.modules;
+        host.__wbNames = m ? m.short : [];
+        return {
+          title: "Noise allocation per LoRA module" + (m ? `, step ${m.step}` : ""),
+          data: m ? [m.short.map((_, i) => i), m.noise, m.grad] : [[], [], []],
+          note: m ? "" : "no steps yet",
+        };
+      },
+    },
+  };
+
+  function vline(u, x, color, text, right) {
+    const ctx = u.ctx, px = u.valToPos(x, u.series[0].scale || "x", true);
+    const horizontal = u.scales.y && u.scales.y.min != null && right;
+    ctx.save();
+    ctx.strokeStyle = color; ctx.lineWidth = 2 * devicePixelRatio; ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+    ctx.beginPath();
+    if (horizontal) {  // the heatmap's C is on its y axis
+      const py = u.valToPos(x, "y", true);
+      ctx.moveTo(u.bbox.left, py); ctx.lineTo(u.bbox.left + u.bbox.width, py);
+    } else {
+      ctx.moveTo(px, u.bbox.top); ctx.lineTo(px, u.bbox.top + u.bbox.height);
+    }
+    ctx.stroke();
+    ctx.fillStyle = color; ctx.font = `${12 * devicePixelRatio}px sans-serif`;
+    if (horizontal) ctx.fillText(text, u.bbox.left + u.bbox.width - 50 * devicePixelRatio, u.valToPos(x, "y", true) - 4 * devicePixelRatio);
+    else ctx.fillText(text, px + 4 * devicePixelRatio, u.bbox.top + 14 * devicePixelRatio);
+    ctx.restore();
+  }
+  // Steps x bins, summed over adjacent steps beyond HEAT_COLUMNS columns; each column a fraction of its batch.
+  function heatColumns(steps) {
+    const groups = Math.min(steps.length, HEAT_COLUMNS), x = [], frac = [];
+    for (let g = 0; g < groups; g++) {
+      const from = Math.round((g * steps.length) / groups), to = Math.round(((g + 1) * steps.length) / groups);
+      const sum = steps[from].hist.map(() => 0);
+      for (let k = from; k < to; k++) steps[k].hist.forEach((c, j) => { sum[j] += c; });
+      const total = sum.reduce((a, b) => a + b, 0);
+      x.push(steps[to - 1].step); frac.push(sum.map((c) => c / total));
+    }
+    return { x, frac };
+  }
+  function paintHeat(u, heat) {
+    if (!heat || !heat.x.length) return;
+    const ctx = u.ctx, n = heat.x.length, bins = heat.frac[0].length;
+    const dx = n > 1 ? (heat.x[n - 1] - heat.x[0]) / (n - 1) : 1;
+    ctx.save();
+    ctx.beginPath(); ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height); ctx.clip();
+    for (let i = 0; i < n; i++) {
+      const x0 = u.valToPos(heat.x[i] - dx / 2, "x", true), x1 = u.valToPos(heat.x[i] + dx / 2, "x", true);
+      for (let j = 0; j < bins; j++) {
+        const f = heat.frac[i][j];
+        if (!(f > 0)) continue;
+        const y0 = u.valToPos(j * 0.1, "y", true), y1 = u.valToPos(j * 0.1 + 0.1, "y", true);
+        ctx.fillStyle = viridis(Math.sqrt(f));
+        ctx.fillRect(x0, y1, Math.max(x1 - x0, 1), Math.max(y0 - y1, 1));
+      }
+    }
+    ctx.restore();
+  }
+  function heatReadout(u, host) {
+    const heat = host.__wbHeat, out = host.querySelector(".wb-readout");
+    const { left, top } = u.cursor;
+    if (!heat || !heat.x.length || left == null || left < 0) { out.textContent = ""; return; }
+    const step = u.posToVal(left, "x"), norm = u.posToVal(top, "y");
+    let i = 0;
+    heat.x.forEach((s, k) => { if (Math.abs(s - step) < Math.abs(heat.x[i] - step)) i = k; });
+    const j = Math.min(Math.max(Math.floor(norm * 10), 0), heat.frac[i].length - 1);
+    out.textContent = `step ${heat.x[i]} · norm ${j >= 30 ? "> 3" : `${(j / 10).toFixed(1)}–${((j + 1) / 10).toFixed(1)}`} C · ${Math.round(100 * heat.frac[i][j])}% of batch`;
+  }
+
+  function mount(element, streamUrl) {
+    const state = { run: undefined, follow: true, seq: 0, nonce: null, rows: empty() };
+    const charts = {};  // id -> { host, plot, dirty, visible, zoomed }
+    let source = null, retry = null, timer = null, lastDraw = 0;
+
+    function empty() { return { started: null, steps: [], evals: [], modules: null }; }
+    for (const id of Object.keys(CHARTS)) {
+      const host = element.querySelector("#" + id);
+      const title = document.createElement("div"), note = document.createElement("div"), readout = document.createElement("div");
+      title.className = "wb-chart-title"; note.className = "wb-note"; readout.className = "wb-readout";
+      host.append(title, readout, note);
+      const chart = (charts[id] = { host, title, note, plot: null, dirty: true, visible: false, zoomed: false });
+      new IntersectionObserver((entries) => {
+        chart.visible = entries[entries.length - 1].isIntersecting;
+        if (chart.visible && chart.dirty) schedule();
+      }, { rootMargin: "200px" }).observe(host);
+      new ResizeObserver(() => {
+        if (chart.plot && host.clientWidth) chart.plot.setSize({ width: host.clientWidth, height: CHARTS[id].height || 280 });
+        else if (host.clientWidth) schedule();
+      }).observe(host);
+    }
+    const header = element.querySelector("#run-header"), table = element.querySelector("#generations table");
+
+    function draw() {
+      timer = null; lastDraw = performance.now();
+      for (const [id, chart] of Object.entries(charts)) {
+        if (!chart.dirty || !chart.visible || !chart.host.clientWidth) continue;
+        const spec = CHARTS[id], out = spec.data(state.rows, chart.host);
+        chart.host.__wbHeat = out.heat;
+        if (!chart.plot) {
+          const opts = Object.assign({ width: chart.host.clientWidth, height: spec.height || 280, scales: { x: { time: false } },
+            cursor: { drag: { x: true, y: false } }, legend: { live: true } }, spec.options(chart.host));
+          opts.hooks = Object.assign({}, opts.hooks, { setSelect: [() => { chart.zoomed = true; }] });
+          chart.plot = new uPlot(opts, out.data, chart.host);
+          chart.plot.over.addEventListener("dblclick", () => { chart.zoomed = false; });
+        } else {
+          chart.plot.setData(out.data, !chart.zoomed);
+        }
+        chart.title.textContent = out.title;
+        chart.note.textContent = out.note; chart.note.style.display = out.note ? "" : "none";
+        chart.host.__wbPoints = out.data.slice(1).map((ys) => ys.filter((y) => y != null).length);
+        chart.host.dataset.draws = String(Number(chart.host.dataset.draws || 0) + 1);
+        chart.dirty = false;
+      }
+    }
+    function schedule() {
+      if (timer === null) timer = setTimeout(draw, Math.max(0, REDRAW_MS - (performance.now() - lastDraw)));
+    }
+    function touch() { for (const chart of Object.values(charts)) chart.dirty = true; schedule(); }
+
+    function generations() {
+      const rows = [];
+      for (const e of state.rows.evals) for (const g of e.generations) rows.push([e.step, g.prompt, g.output]);
+      table.replaceChildren();
+      const head = table.insertRow();
+      for (const h of ["step", "prompt", "output"]) { const th = document.createElement("th"); th.textContent = h; head.appendChild(th); }
+      for (const row of rows.slice(-200).reverse()) {
+        const tr = table.insertRow();
+        for (const cell of row) tr.insertCell().textContent = String(cell);
+      }
+    }
+    function apply(update) {
+      if (update.reset || update.run !== state.run) { state.rows = empty(); state.run = update.run; }
+      state.seq = update.seq;
+      const r = state.rows;
+      if (update.started) r.started = update.started;
+      if (update.steps.length) r.steps.push(...update.steps);
+      if (update.modules) r.modules = update.modules;
+      if (update.evals.length) { r.evals.push(...update.evals); generations(); }
+      if (update.reset || update.steps.length || update.evals.length || update.started || !r.steps.length) touch();
+      if (update.reset && !update.evals.length) generations();
+      header.innerHTML = update.header;  // built and escaped by the server (live.header_html)
+      element.dataset.run = update.run || "";
+      element.dataset.status = update.status || "";
+    }
+
+    function connect() {
+      if (source || document.hidden) return;  // a hidden tab holds no stream (browsers allow 6 per host)
+      const params = new URLSearchParams({ run: state.run || "", after: String(state.seq), follow: state.follow ? "1" : "0" });
+      source = new EventSource(streamUrl + "?" + params);
+      source.addEventListener("update", (event) => apply(JSON.parse(event.data)));
+      // the stream ended (its bound, or the server restarts): the next one, from the rows the page holds
+      source.onerror = () => { close(); retry = setTimeout(() => { retry = null; connect(); }, 1000); };
+    }
+    function close() {
+      if (source) source.close();
+      source = null;
+      clearTimeout(retry); retry = null;
+    }
+    document.addEventListener("visibilitychange", () => (document.hidden ? close() : connect()));
+
+    return {
+      // A new value of the dashboard component (live.selection_value): show that run, from its first row.
+      select(value) {
+        const v = value ? (typeof value === "string" ? JSON.parse(value) : value) : { run: null, follow: true };
+        if (v.nonce != null && v.nonce === state.nonce) return;
+        state.nonce = v.nonce;
+        close();
+        state.run = v.run === undefined ? null : v.run; state.follow = v.follow !== false; state.seq = 0; state.rows = empty();
+        for (const chart of Object.values(charts)) chart.zoomed = false;
+        touch();
+        connect();
+      },
+    };
+  }
+  window.__wbDashboard = { mount };
+})();
