@@ -406,6 +406,114 @@ def _plan_without_model(cfg: RunConfig):
     return task, make_plan(cfg, dataset_size=size, num_users=len(per_user))
 
 
+# -- plan --------------------------------------------------------------------------------------------
+
+
+@app.command("plan")
+def plan_cmd(
+    dataset_size: Optional[int] = typer.Option(
+        None, "--dataset-size", "-n", help="N in privacy units (examples; users under ULS). Default: the config's data."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML or JSON config file."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set batch_size=64 (repeatable)."),
+    target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="Default: the config's (8)."),
+    delta: Optional[float] = typer.Option(None, "--delta", help="Default: the config's, or below 1/N."),
+    accountant: Optional[str] = typer.Option(None, "--accountant", help="pld (default), rdp, prv, or edgeworth."),
+    neighboring: Optional[str] = typer.Option(None, "--neighboring", help="auto (default), add_remove, replace_one."),
+    recommend: bool = typer.Option(
+        False, "--recommend", help="Recommend the batch size and steps with the smallest noise-batch ratio sigma/B."
+    ),
+    budget_examples: Optional[int] = typer.Option(
+        None, "--budget-examples", help="Compute budget: examples you can afford to process (B x T; users under ULS)."
+    ),
+    budget_minutes: Optional[float] = typer.Option(
+        None, "--budget-minutes", help="Compute budget in minutes (with --examples-per-second)."
+    ),
+    examples_per_second: Optional[float] = typer.Option(
+        None, "--examples-per-second", help="Measured training speed, for --budget-minutes."
+    ),
+    min_steps: int = typer.Option(100, "--min-steps", help="Fewest steps a recommended run may take."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan or the recommendation as JSON on stdout."),
+) -> None:
+    """The privacy plan of a config (q, steps, sigma, epsilon), or with --recommend the expected batch size and
+    steps that minimise the noise-batch ratio sigma/B within a compute budget (a heuristic after McKenna et al.
+    2025, "Scaling Laws for Differentially Private Language Models"), with the curve over batch sizes."""
+    overrides = list(set_)
+    for key, value in (
+        ("target_epsilon", target_epsilon),
+        ("delta", delta),
+        ("accountant", accountant),
+        ("neighboring", neighboring),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = _load_config(config, overrides)
+    try:
+        if dataset_size is None:
+            if config is None and not set_:
+                _fail("give the dataset size (--dataset-size N) or a config whose data to count (--config FILE).")
+            _quiet_libraries()
+            n_examples, n_users = _data_sizes(cfg)
+        else:
+            n_examples, n_users = dataset_size, dataset_size if cfg.privacy_unit == "user" else None
+        if recommend:
+            from workbench.engine.recommend import recommend_for_config
+
+            rec = recommend_for_config(
+                cfg,
+                dataset_size=n_examples,
+                num_users=n_users,
+                budget_examples=budget_examples,
+                budget_minutes=budget_minutes,
+                examples_per_second=examples_per_second,
+                min_steps=min_steps,
+            )
+        else:
+            from workbench.engine.plan import make_plan
+
+            plan = make_plan(cfg, dataset_size=n_examples, num_users=n_users)
+            final = plan.epsilon_at(plan.steps)
+    except _user_errors() as err:
+        _fail(str(err))
+    if recommend:
+        if as_json:
+            _print_json(rec.to_dict())
+        else:
+            typer.echo("\n".join(rec.sentences()))
+            typer.echo(f"\n{'B':>6} {'T':>6} {'sigma':>8} {'sigma/B':>9} {'epsilon':>8}  series")
+            for c, series in [(c, "min steps") for c in rec.at_min_steps] + [(c, "budget") for c in rec.whole_budget]:
+                mark = "  <- recommended" if c == rec.best else ""
+                typer.echo(
+                    f"{c.batch_size:>6} {c.steps:>6} {c.noise_multiplier:>8.4g} {c.noise_batch_ratio:>9.3g} "
+                    f"{c.epsilon:>8.4g}  {series}{mark}"
+                )
+        return
+    out = {**plan.settings(), "dataset_size": plan.dataset_size, "num_users": plan.num_users, "epsilon": final}
+    if as_json:
+        _print_json(out)
+    else:
+        typer.echo(
+            f"N={plan.dataset_size} q={plan.sample_rate:.4g} steps={plan.steps} sigma={plan.noise_multiplier:.4g} "
+            f"delta={plan.delta:.2g} epsilon={final:.4g} accountant={plan.accountant} neighbouring={plan.neighboring} "
+            f"unit={plan.privacy_unit}"
+        )
+
+
+def _data_sizes(cfg: RunConfig) -> tuple[int, int | None]:
+    """(training examples after the per-user cap, users) of the config's data, without the model."""
+    from collections import Counter
+
+    from workbench.engine.trainer import load_splits
+
+    train, _ = load_splits(cfg)
+    if cfg.privacy_unit != "user":
+        return len(train), train.num_users or None
+    per_user = Counter(r.user_id for r in train.records)
+    if not train.num_users or None in per_user:
+        raise ConfigError("privacy_unit is 'user' but some examples have no user_id: add a user_id column.")
+    return sum(min(n, cfg.max_examples_per_user) for n in per_user.values()), len(per_user)
+
+
 # -- runs --------------------------------------------------------------------------------------------
 
 

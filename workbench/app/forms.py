@@ -37,7 +37,13 @@ PLAN_FIELDS = (
     "accountant",
     "max_examples_per_user",  # added later ones go last: the /plan API's positional inputs keep their places
     "neighboring",
+    "privacy_unit",  # example, user:els or user:uls (PRIVACY_UNIT_CHOICES): privacy_unit and user_sampling
 )
+PRIVACY_UNIT_CHOICES = [
+    ("one example", "example"),
+    ("one user: ELS (examples sampled, k per user)", "user:els"),
+    ("one user: ULS (users sampled)", "user:uls"),
+]
 # Names of the Train tab's controls (each a RunConfig key).
 TRAIN_FIELDS = (
     "model",
@@ -157,6 +163,17 @@ def _parse_float(name: str, value: Any) -> float | None:
         raise ConfigError(f"{name} must be a number such as 1e-5. Found {value!r}.") from None
 
 
+def whole_number(name: str, value: Any) -> int:
+    """A control that must hold a whole number >= 1."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (number.is_integer() and number >= 1):
+        raise ConfigError(f"{name} must be a whole number ≥ 1. Found {value!r}.")
+    return int(number)
+
+
 def parse_group_size(value: Any) -> int:
     """The "max examples per user k" control: a whole number >= 1."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -204,6 +221,10 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
         o["max_examples_per_user"] = parse_group_size(values["max_examples_per_user"])
     if values.get("neighboring"):
         o["neighboring"] = values["neighboring"]
+    if values.get("privacy_unit"):
+        o["privacy_unit"], _, sampling = str(values["privacy_unit"]).partition(":")
+        if sampling:
+            o["user_sampling"] = sampling
     if "audit" in values:  # a checkbox: the white-box one-run audit (privacy/audit.py)
         o["audit"] = "gradient_canaries" if values["audit"] else "none"
     for key in ("max_grad_norm", "accountant", *TRAIN_FIELDS):
@@ -214,6 +235,11 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
     if isinstance(o.get("model"), str):
         o["model"] = o["model"].strip()
     return base.with_overrides(o)
+
+
+def privacy_unit_value(config: RunConfig) -> str:
+    """The privacy-unit control's value for ``config`` (PRIVACY_UNIT_CHOICES)."""
+    return "example" if config.privacy_unit == "example" else f"user:{config.user_sampling}"
 
 
 def check_model(model: str) -> None:

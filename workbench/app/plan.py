@@ -17,6 +17,7 @@ from workbench.app.state import AppContext
 from workbench.config import RunConfig
 from workbench.engine.report import relation_text
 from workbench.present import accountant_label, empty_figure, fmt_eps, plan_figure
+from workbench.present.recommend import recommend_figure, recommend_markdown
 
 DATA_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 ACCOUNTANT_CHOICES = [(accountant_label(a), a) for a in ("pld", "rdp", "prv", "edgeworth")]
@@ -85,6 +86,38 @@ def update_plan(ctx: AppContext, values: dict[str, Any]) -> tuple[Any, ...]:
     """The complete plan update (the last of ``plan_updates``)."""
     *_, last = (u for u in plan_updates(ctx, values) if u is not None)
     return last
+
+
+RECOMMEND_STALE = "⏳ *the settings changed: press Recommend for these values.*"
+
+
+def recommend_updates(
+    ctx: AppContext, values: dict[str, Any], budget: Any, min_steps: Any
+) -> Iterator[tuple[Any, str, str] | None]:
+    """(figure, text, error) of the batch-size recommendation for the Plan tab's data, target ε, δ,
+    accountant, relation and privacy unit (engine/recommend.py), one update per calibrated candidate;
+    ``None`` marks a place where a newer request may stop it."""
+    from workbench.engine.recommend import recommend_for_config
+
+    base = ctx_base(ctx)
+    try:
+        source = forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
+        info = forms.dataset_info(source, validation_fraction=base.validation_fraction, seed=base.seed)
+        config = forms.config_from_values({**values, "privacy_mode": "target"}, base=base)
+        stages = recommend_for_config(
+            config,
+            dataset_size=info.n_train,
+            num_users=info.n_users,
+            budget_examples=forms.whole_number("compute budget", budget),
+            min_steps=forms.whole_number("fewest steps", min_steps),
+            stages=True,
+        )
+        for rec in stages:
+            if rec is not None:
+                yield recommend_figure(rec), recommend_markdown(rec), ""
+            yield None
+    except Exception as err:  # noqa: BLE001 - shown beside the budget
+        yield recommend_figure(None, message="no recommendation: see the message above"), "", error_text(err)
 
 
 SEVERITY_MARK = {"error": "⛔", "warning": "⚠", "info": "ℹ"}
@@ -364,19 +397,67 @@ def build(ctx: AppContext) -> PlanControls:
                     info=help_["neighboring"],
                     elem_id="neighboring",
                 )
+            c["privacy_unit"] = gr.Dropdown(
+                forms.PRIVACY_UNIT_CHOICES,
+                value=forms.privacy_unit_value(base),
+                label="Privacy unit: what ε protects",
+                info=help_["privacy_unit"] + " " + help_["user_sampling"],
+                elem_id="privacy-unit",
+            )
             error = gr.Markdown("", elem_classes="wb-error", elem_id="plan-error")
         with gr.Column(scale=3):
             plot = gr.Plot(label="Privacy plan", elem_id="plan-plot")
             summary = gr.Markdown("", elem_id="plan-summary")
+            with gr.Accordion("Recommend a batch size and steps (noise-batch ratio σ/B)", open=False):
+                with gr.Row():
+                    budget = gr.Number(
+                        20_000,
+                        label="Compute budget (examples processed, B × T)",
+                        info="Minutes × the measured examples per second, or what you can afford.",
+                        elem_id="recommend-budget",
+                    )
+                    min_steps = gr.Number(100, label="Fewest steps", elem_id="recommend-min-steps")
+                    button = gr.Button("Recommend", elem_id="recommend-button")
+                rec_error = gr.Markdown("", elem_classes="wb-error", elem_id="recommend-error")
+                rec_plot = gr.Plot(label="Noise-batch ratio", elem_id="recommend-plot")
+                rec_text = gr.Markdown("", elem_id="recommend-summary")
     controls = PlanControls(c, data_info, error)
-    _wire(ctx, controls, upload, upload_msg, plot, summary)
+    _wire(ctx, controls, upload, upload_msg, plot, summary, stale=rec_text)
+    _wire_recommend(ctx, controls, button, [budget, min_steps], [rec_plot, rec_text, rec_error])
     return controls
+
+
+def _wire_recommend(ctx: AppContext, controls: PlanControls, button: Any, fields: list, outputs: list) -> None:
+    """The Recommend button: progressive, and a newer press stops an older computation."""
+    import gradio as gr
+
+    latest = gr.State({})
+
+    def run(*values):
+        session, values = values[-1], values[:-1]
+        session["values"] = values
+        *plan_values, budget, min_steps = values
+        for update in recommend_updates(ctx, dict(zip(forms.PLAN_FIELDS, plan_values)), budget, min_steps):
+            if session.get("values") != values:
+                return
+            yield (gr.skip(),) * len(outputs) if update is None else update
+
+    button.click(
+        run,
+        [*controls.inputs, *fields, latest],
+        outputs,
+        api_name="recommend",
+        trigger_mode="always_last",
+        show_progress="minimal",
+    )
 
 
 STALE_NOTE = "⏳ *computing the plan for the values in the fields…*"
 
 
-def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any, plot: Any, summary: Any) -> None:
+def _wire(
+    ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any, plot: Any, summary: Any, stale: Any = None
+) -> None:
     import gradio as gr
 
     c = controls.components
@@ -409,6 +490,9 @@ def _wire(ctx: AppContext, controls: PlanControls, upload: Any, upload_msg: Any,
     # the shown plan is marked out of date at once, in the browser, until the new one arrives
     gr.on(triggers, None, None, summary, js=f"() => {STALE_NOTE!r}", api_visibility="private", show_progress="hidden")
     gr.on(triggers, refresh, inputs, outputs, api_name="plan", trigger_mode="always_last", show_progress="hidden")
+    if stale is not None:  # a shown recommendation is for the old settings: say so at once
+        js = f"(text) => text ? {RECOMMEND_STALE!r} : text"
+        gr.on(triggers, None, stale, stale, js=js, api_visibility="private", show_progress="hidden")
 
     def mode_changed(mode):
         return gr.update(visible=mode == "upload"), gr.update(visible=mode == "path")

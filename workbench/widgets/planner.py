@@ -27,6 +27,7 @@ import numpy as np
 from workbench import privacy
 from workbench.engine.report import relation_text
 from workbench.present import accountant_label, fmt_eps, plan_figure
+from workbench.present.recommend import recommend_figure, recommend_html
 from workbench.privacy.user_level import els_beside_group_bound
 from workbench.widgets._live import figure_widget, sync_figure
 
@@ -339,6 +340,30 @@ class PrivacyPlanner:
                 ),
             ]
         )
+        self.recommendation = None  # engine.recommend.Recommendation, after recommend()
+        self.budget = w.BoundedIntText(
+            value=20_000,
+            min=1,
+            max=10**12,
+            description="budget (examples)",
+            style=style,
+            layout=w.Layout(width="300px"),
+        )
+        self.min_steps = w.BoundedIntText(
+            value=100, min=1, max=10**6, description="fewest steps", style=style, layout=w.Layout(width="300px")
+        )
+        self.recommend_button = w.Button(description="Recommend", tooltip="The batch and steps with the smallest σ/B")
+        self.recommend_button.on_click(lambda _: self._recommend_clicked())
+        self.recommend_figure = figure_widget(recommend_figure(None).update_layout(width=self.plot_width + 480))
+        self.recommend_text = w.HTML()
+        self.recommend_section = w.VBox(
+            [
+                w.HTML("<b>Recommend a batch size and steps</b> (noise-batch ratio σ/B, a heuristic)"),
+                w.HBox([self.budget, self.min_steps, self.recommend_button]),
+                self.recommend_text,
+                self.recommend_figure,
+            ]
+        )
         controls = [
             self.dataset_size,
             self.batch_size,
@@ -356,7 +381,7 @@ class PrivacyPlanner:
         for control in controls:
             control.observe(self._changed, names="value")
         left = w.VBox(controls + [self.status], layout=w.Layout(width="480px"))
-        self.widget = w.VBox([w.HBox([left, self.figure]), self.results])
+        self.widget = w.VBox([w.HBox([left, self.figure]), self.results, self.recommend_section])
         self.widget.add_class("workbench-planner")
         self._show_mode()
 
@@ -386,10 +411,53 @@ class PrivacyPlanner:
         self.target_epsilon.layout.display = None if target else "none"
         self.selected.layout.display = None if target else "none"
 
+    # -- recommending -------------------------------------------------------------------------------
+    def recommend(self, budget_examples: int | None = None, min_steps: int | None = None):
+        """The batch size and steps with the smallest σ/B for N, target ε, δ, accountant and relation of
+        the sliders within the budget (engine/recommend.py), drawn as they are calibrated; returns the
+        Recommendation, or None with the message shown."""
+        from workbench.engine.recommend import recommend_stages
+
+        if budget_examples is not None:
+            self.budget.value = budget_examples
+        if min_steps is not None:
+            self.min_steps.value = min_steps
+        s = self.settings
+        self.recommendation = None
+        try:
+            for rec in recommend_stages(
+                dataset_size=s.dataset_size,
+                target_epsilon=s.target_epsilon,
+                budget_examples=int(self.budget.value),
+                delta=s.delta,
+                accountant=s.selected,
+                neighboring=s.neighboring,
+                min_steps=int(self.min_steps.value),
+            ):
+                if rec is not None:
+                    self.recommendation = rec
+                    fig = recommend_figure(rec).update_layout(width=self.plot_width + 480, autosize=False)
+                    sync_figure(self.recommend_figure, fig)
+                    self.recommend_text.value = recommend_html(rec)
+        except privacy.PrivacyError as err:
+            sync_figure(self.recommend_figure, recommend_figure(None, message="no recommendation"))
+            self.recommend_text.value = f"<div style='color:#d62728'>{html.escape(str(err))}</div>"
+            return None
+        return self.recommendation
+
+    def _recommend_clicked(self) -> None:
+        self.recommend_text.value = "<i style='color:#777'>calibrating σ for each batch size…</i>"
+        if self.background:
+            threading.Thread(target=self.recommend, name="workbench-recommend", daemon=True).start()
+        else:
+            self.recommend()
+
     # -- computing ---------------------------------------------------------------------------------
     def _changed(self, change: dict) -> None:
         if change.get("owner") is self.mode:
             self._show_mode()
+        if self.recommendation is not None:  # drawn for the old sliders: say so
+            self.recommend_text.value = "<i style='color:#777'>the settings changed: press Recommend again.</i>"
         if self.background:
             self.schedule()
         else:
