@@ -123,7 +123,7 @@ def test_k_control_is_last_in_plan_fields_and_defaults_to_the_config(_workbench_
     from workbench.app import build_app
 
     # controls added later go last, so the /plan API's positional inputs keep their places
-    assert forms.PLAN_FIELDS[-2:] == ("max_examples_per_user", "neighboring")
+    assert forms.PLAN_FIELDS[-3:] == ("max_examples_per_user", "neighboring", "privacy_unit")
     app = build_app(RunStore(_workbench_home), defaults={"max_examples_per_user": 5})
     try:
         [k] = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "max-examples-per-user"]
@@ -199,3 +199,32 @@ def test_plan_for_an_els_target_uses_the_engines_user_level_sigma():
     plan = forms.compute_plan(config, dataset_size=1000, num_users=300)
     engine = make_plan(config, dataset_size=1000, num_users=300)
     assert plan.noise_multiplier == pytest.approx(engine.noise_multiplier, rel=1e-9)
+
+
+def test_the_app_and_the_widget_draw_one_plan():
+    """One progressive plan (engine.plan.plan_curves) behind the Plan tab and the PrivacyPlanner: the
+    same settings give the same sigma, the same curve points and the same user-level epsilon."""
+    from workbench.config import RunConfig
+    from workbench.widgets.planner import TARGET, PlanSettings, compute_plan
+
+    config = RunConfig(data="demo", batch_size=50, max_steps=120, target_epsilon=4.0, max_examples_per_user=3)
+    config = config.with_overrides({"delta": 1e-5, "neighboring": "add_remove"})
+    app = forms.compute_plan(config, dataset_size=5000)
+    widget = compute_plan(
+        PlanSettings(
+            dataset_size=5000,
+            batch_size=50,
+            steps=120,
+            delta=1e-5,
+            mode=TARGET,
+            target_epsilon=4.0,
+            accountants=("rdp", "prv", "pld"),
+            selected="pld",
+            max_examples_per_user=3,
+        )
+    )
+    assert app.sample_rate == pytest.approx(widget.settings.sample_rate)
+    assert app.noise_multiplier == pytest.approx(widget.noise_multiplier, rel=1e-12)
+    for name in ("rdp", "pld", "prv"):
+        assert app.curves[name] == widget.curves[name], name
+    assert app.user_level.epsilon == pytest.approx(widget.user_epsilon, rel=1e-9)

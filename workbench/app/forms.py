@@ -16,8 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
-
 from workbench.config import ConfigError, RunConfig
 
 # Names of the Plan tab's controls, in the order the app passes them to callbacks.
@@ -61,10 +59,6 @@ TRAIN_FIELDS = (
 )
 BUILTIN_MODELS = ("default", "tiny")
 PLAN_ACCOUNTANTS = ("rdp", "prv", "pld")  # always drawn; the selected one is added when it is another
-# Points per curve while the knobs move: RDP and Edgeworth cost well under a millisecond a point,
-# PLD about 50 ms and PRV 0.3-1 s (measured on 2 busy CPU cores), so the slow ones get fewer.
-CURVE_POINTS = {"rdp": 50, "edgeworth": 50, "pld": 25, "prv": 10}
-SLOW_ACCOUNTANTS = ("pld", "prv")
 
 
 @dataclass(frozen=True)
@@ -280,14 +274,6 @@ def dataset_info(source: str, *, validation_fraction: float = 0.1, seed: int = 0
     return info
 
 
-def curve_steps(steps: int, points: int) -> list[int]:
-    """About ``points`` steps from 0 to ``steps`` at which to evaluate a curve: half evenly spaced,
-    half geometrically spaced, because epsilon rises fastest over the first steps."""
-    even = np.linspace(0, steps, max(2, points - points // 2))
-    early = np.geomspace(1, max(1, steps), max(1, points // 2)) if steps >= 1 else []
-    return sorted({int(round(x)) for x in (*even, *early)})
-
-
 def check_users(config: RunConfig, num_users: int | None) -> None:
     """User-level runs need users: a user_id column."""
     if config.privacy_unit == "user" and not num_users:
@@ -300,12 +286,13 @@ def check_users(config: RunConfig, num_users: int | None) -> None:
 def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None = None) -> Iterator[PlanResult | None]:
     """The plan for ``config`` on N examples, progressively: each PlanResult adds a curve.
 
-    Fast things come first (RDP's calibration and curve take well under a second); PLD and PRV
-    follow, and the user-level epsilon (about a second) comes last.  ``None`` is yielded between
-    slow computations, as a place to stop when the knobs moved on (the caller stops iterating).
+    The one progressive plan (``engine.plan.plan_curves``: RDP's sigma and curve in well under a
+    second, then the bound's calibration, PLD and PRV), then the user-level epsilon (about a second)
+    last.  ``None`` is yielded between slow computations, as a place to stop when the knobs moved
+    on (the caller stops iterating).
     """
     from workbench import privacy
-    from workbench.engine.plan import calibrate_els, make_plan
+    from workbench.engine.plan import make_plan, plan_curves
 
     check_users(config, num_users)
     fixed = config.noise_multiplier is not None
@@ -315,11 +302,7 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
         num_users=num_users,
     )  # the engine's checks: batch <= N, delta < 1/N
     q, steps, delta, chosen = probe.sample_rate, probe.steps, probe.delta, config.accountant
-    neighboring, bound = probe.neighboring, probe.accountant
     target = None if fixed else config.target_epsilon
-    order = [a for a in dict.fromkeys(("rdp", chosen, *PLAN_ACCOUNTANTS))]
-    if neighboring == "replace_one":  # only dp_accounting's PLD analyses replace-one (privacy/accountants.py)
-        order = ["pld"]
     uls = config.privacy_unit == "user" and config.user_sampling == "uls"
     user = UserLevel(
         k=config.max_examples_per_user,
@@ -327,90 +310,60 @@ def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None =
         sampling="uls" if uls else "els",
         charged=config.privacy_unit == "user",
     )
-
-    def result(sigma: float, curves: dict, done: int, provisional: bool = False) -> PlanResult:
-        bound_curve = curves.get(bound)
-        return PlanResult(
+    stages = plan_curves(
+        sample_rate=q,
+        steps=steps,
+        delta=delta,
+        accountants=tuple(dict.fromkeys(("rdp", chosen, *PLAN_ACCOUNTANTS))),
+        selected=chosen,
+        neighboring=probe.neighboring,
+        noise_multiplier=float(config.noise_multiplier) if fixed else None,
+        target_epsilon=target,
+        els_k=user.k if user.charged and not uls and not fixed else None,  # ELS: the mixture PLD calibrates
+    )
+    last = None
+    for stage in stages:
+        if stage is None:
+            yield None
+            continue
+        if stage.noise_multiplier is None:  # the calibration failed: its message is the plan
+            raise privacy.PrivacyError(next(iter(stage.errors.values())))
+        sigma = stage.noise_multiplier
+        if sigma == 0:
+            yield PlanResult(
+                0.0,
+                q,
+                steps,
+                delta,
+                chosen,
+                None,
+                {},
+                user_level=replace(
+                    user, example_epsilon=math.inf, epsilon=math.inf, group_epsilon=math.inf, group_delta=1.0
+                ),
+            )
+            return
+        last = PlanResult(
             noise_multiplier=sigma,
             sample_rate=q,
             steps=steps,
             delta=delta,
             accountant=chosen,
-            target_epsilon=target if sigma > 0 else None,
-            curves=dict(curves),
-            pending=tuple(order[done:]),
-            provisional=provisional,
-            user_level=replace(user, example_epsilon=bound_curve[-1][1] if bound_curve else None),
-            neighboring=neighboring,
-            bound=bound,
+            target_epsilon=target,
+            curves=dict(stage.curves),
+            pending=stage.pending,
+            provisional=stage.provisional,
+            user_level=replace(user, example_epsilon=stage.final_epsilon(stage.bound)),
+            neighboring=stage.neighboring,
+            bound=stage.bound,
         )
-
-    def curve(name: str, sigma: float) -> Iterator[tuple[int, float] | None]:
-        for t in curve_steps(steps, CURVE_POINTS.get(name, 25)):
-            yield (
-                t,
-                privacy.epsilon_curve(
-                    noise_multiplier=sigma,
-                    sample_rate=q,
-                    steps=t,
-                    delta=delta,
-                    accountant=name,
-                    max_points=1,
-                    neighboring=neighboring,
-                )[-1][1]
-                if t
-                else 0.0,
-            )
-            if name in SLOW_ACCOUNTANTS:
-                yield None
-
-    if fixed:
-        sigma = float(config.noise_multiplier)
-    else:
-        if bound in SLOW_ACCOUNTANTS and neighboring == "add_remove":  # RDP's answer while the bound calibrates
-            sigma_rdp = privacy.calibrate(
-                target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant="rdp"
-            )
-            yield result(sigma_rdp, {"rdp": [p for p in curve("rdp", sigma_rdp) if p]}, 0, provisional=True)
-        if user.charged and not uls:  # ELS: the target is user-level; the engine calibrates the mixture PLD
-            sigma = calibrate_els(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, k=user.k)
-        else:  # the engine's calibration: an upper bound, for the plan's neighbouring relation
-            sigma = privacy.calibrate(
-                target_epsilon=target,
-                sample_rate=q,
-                steps=steps,
-                delta=delta,
-                accountant=bound,
-                neighboring=neighboring,
-            )
-    if sigma == 0:
-        yield PlanResult(
-            0.0,
-            q,
-            steps,
-            delta,
-            chosen,
-            None,
-            {},
-            user_level=replace(
-                user, example_epsilon=math.inf, epsilon=math.inf, group_epsilon=math.inf, group_delta=1.0
-            ),
-        )
-        return
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for i, name in enumerate(order):
-        points = []
-        for point in curve(name, sigma):
-            if point is None:
-                yield None
-            else:
-                points.append(point)
-        curves[name] = points
-        yield result(sigma, curves, i + 1)
+        yield last
     yield None
-    last = result(sigma, curves, len(order))
     yield replace(
-        last, user_level=user_level(last.user_level, noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
+        last,
+        user_level=user_level(
+            last.user_level, noise_multiplier=last.noise_multiplier, sample_rate=q, steps=steps, delta=delta
+        ),
     )
 
 

@@ -300,3 +300,172 @@ def make_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = N
         published_population=published,
         comparison_accountant="edgeworth" if config.accountant == "edgeworth" and not (user and not uls) else None,
     )
+
+
+# -- the plan as the UIs draw it: curves, progressively ---------------------------------------------
+# One implementation for the app's Plan tab (app/forms.py) and the PrivacyPlanner widget
+# (widgets/planner.py): calibration by the same upper bound the engine uses, then one epsilon curve
+# per accountant, cheap ones first, with a place to stop between slow computations.
+
+# Points per curve: accounting cost per point differs by three orders of magnitude (RDP and
+# Edgeworth well under a millisecond to 5 ms, PLD about 50 ms, PRV 0.3-1 s on 2 busy CPU cores).
+CURVE_POINTS = {"rdp": 50, "edgeworth": 50, "pld": 25, "prv": 10}
+SLOW_ACCOUNTANTS = ("pld", "prv")
+FAST_FIRST = ("rdp", "edgeworth", "pld", "prv")
+
+
+def curve_steps(steps: int, points: int) -> list[int]:
+    """About ``points`` steps from 0 to ``steps`` at which to evaluate a curve: half evenly spaced,
+    half geometrically spaced, because epsilon rises fastest over the first steps.
+
+    >>> curve_steps(1000, 6)
+    [0, 1, 32, 500, 1000]
+    """
+    import numpy as np
+
+    if steps <= points:
+        return list(range(steps + 1))
+    even = np.linspace(0, steps, max(2, points - points // 2))
+    early = np.geomspace(1, steps, max(1, points // 2))
+    return sorted({0, steps, *(int(round(x)) for x in (*even, *early))})
+
+
+@dataclass(frozen=True)
+class PlanCurves:
+    """One stage of a progressive plan: the sigma and the curves known so far."""
+
+    sample_rate: float
+    steps: int
+    delta: float
+    neighboring: str
+    bound: str  # the upper-bound accountant that sets sigma (never edgeworth)
+    noise_multiplier: float | None  # None until calibrated (or a calibration failed: see errors)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # accountant -> (step, epsilon)
+    pending: tuple[str, ...] = ()  # accountants whose curves are still to come
+    provisional: bool = False  # noise_multiplier is RDP's while the bound calibrates
+    sigma_needed: dict[str, float] = field(default_factory=dict)  # each accountant's own sigma (compare_sigmas)
+    errors: dict[str, str] = field(default_factory=dict)  # accountant -> message
+
+    def final_epsilon(self, accountant: str) -> float | None:
+        curve = self.curves.get(accountant)
+        return curve[-1][1] if curve else None
+
+
+def plan_curves(
+    *,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountants: tuple[str, ...],
+    selected: str,
+    neighboring: str,
+    noise_multiplier: float | None = None,
+    target_epsilon: float | None = None,
+    els_k: int | None = None,
+    compare_sigmas: bool = False,
+    points: dict[str, int] | None = None,
+):
+    """The plan, progressively: yields ``PlanCurves`` as each piece arrives and ``None`` between slow
+    computations (a place for a UI to stop when its fields changed: it just stops iterating).
+
+    ``noise_multiplier`` given, or calibrated for ``target_epsilon`` by the upper bound for
+    ``selected`` (``privacy.bound_accountant``: an approximation never sets the noise), or by the ELS
+    mixture PLD when ``els_k`` is set (a user-level target).  While a slow bound calibrates, RDP's
+    sigma comes first, marked ``provisional``.  ``compare_sigmas``: also each other upper bound's
+    own sigma for the target (a calculator's readout).  Then one curve per accountant, the selected
+    bound first after RDP; under replace-one only PLD's (the only one dp_accounting has for it; the
+    others' refusals are in ``errors``).
+    """
+    points = {**CURVE_POINTS, **(points or {})}
+    bound = privacy.bound_accountant(selected)
+    wanted = [a for a in dict.fromkeys(("rdp", bound, selected, *sorted(accountants, key=_speed))) if a in accountants]
+    order = [a for a in wanted if a == "pld"] if neighboring == "replace_one" else wanted
+    stage = PlanCurves(sample_rate, steps, delta, neighboring, bound, noise_multiplier, pending=tuple(order))
+    for acc in wanted:  # replace-one: only PLD has it (privacy/accountants.py); the others say why
+        if acc not in order:
+            try:
+                _epsilon(acc, noise_multiplier or 1.0, 1, stage)
+            except privacy.PrivacyError as err:
+                stage.errors[acc] = str(err)
+
+    def calibrate(accountant: str) -> float:
+        return privacy.calibrate(
+            target_epsilon=target_epsilon,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=delta,
+            accountant=accountant,
+            neighboring=neighboring,
+        )
+
+    if noise_multiplier is None:
+        if bound in SLOW_ACCOUNTANTS and neighboring == "add_remove" and not compare_sigmas:
+            rdp = calibrate("rdp")  # a first answer in well under a second
+            yield _with(
+                stage, noise_multiplier=rdp, provisional=True, curves={"rdp": _curve("rdp", rdp, stage, points)}
+            )
+            yield None
+        try:
+            sigma = (
+                calibrate_els(target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, k=els_k)
+                if els_k
+                else calibrate(bound)
+            )
+        except privacy.PrivacyError as err:  # nothing to draw: the message is the plan
+            yield _with(stage, noise_multiplier=None, provisional=False, pending=(), errors={bound: str(err)})
+            return
+        stage = _with(stage, noise_multiplier=sigma, sigma_needed={bound: sigma})
+        if compare_sigmas:
+            for acc in order:
+                if acc in (bound, "edgeworth"):
+                    continue
+                yield None
+                try:
+                    stage.sigma_needed[acc] = calibrate(acc)
+                except privacy.PrivacyError as err:
+                    stage.errors[acc] = str(err)
+    sigma = stage.noise_multiplier
+    if not sigma:  # a non-private baseline: no curves
+        yield _with(stage, pending=())
+        return
+    for i, acc in enumerate(order):
+        try:
+            curve = []
+            for t in curve_steps(steps, points.get(acc, 20)):
+                curve.append((t, _epsilon(acc, sigma, t, stage)))
+                if acc in SLOW_ACCOUNTANTS:
+                    yield None
+            stage.curves[acc] = curve
+        except privacy.PrivacyError as err:
+            stage.errors.setdefault(acc, str(err))
+        stage = _with(stage, pending=tuple(order[i + 1 :]))
+        yield stage
+
+
+def _speed(accountant: str) -> int:
+    return FAST_FIRST.index(accountant) if accountant in FAST_FIRST else len(FAST_FIRST)
+
+
+def _with(stage: PlanCurves, **changes) -> PlanCurves:
+    """A copy with ``changes`` (its dicts copied too, so an earlier stage never changes under a UI)."""
+    import dataclasses
+
+    base = {"curves": dict(stage.curves), "sigma_needed": dict(stage.sigma_needed), "errors": dict(stage.errors)}
+    return dataclasses.replace(stage, **{**base, **changes})
+
+
+def _epsilon(accountant: str, sigma: float, t: int, stage: PlanCurves) -> float:
+    if t == 0:
+        return 0.0
+    return privacy.epsilon(
+        noise_multiplier=sigma,
+        sample_rate=stage.sample_rate,
+        steps=t,
+        delta=stage.delta,
+        accountant=accountant,
+        neighboring=stage.neighboring,
+    )
+
+
+def _curve(accountant: str, sigma: float, stage: PlanCurves, points: dict[str, int]) -> list[tuple[int, float]]:
+    return [(t, _epsilon(accountant, sigma, t, stage)) for t in curve_steps(stage.steps, points.get(accountant, 20))]

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ipywidgets as w
-import numpy as np
 
 from workbench import privacy
 from workbench.engine.report import relation_text
@@ -79,111 +78,46 @@ class PlanResult:
     group_bound: tuple[float, float] | None = None  # (eps_k, delta_k) by group privacy
 
 
-# Points per curve: accounting cost per point differs by three orders of magnitude
-# (rdp < 1 ms, edgeworth ~5 ms, pld 5-50 ms, prv 0.05-1 s; see privacy.epsilon_curve).
-CURVE_POINTS = {"rdp": 200, "edgeworth": 60, "pld": 14, "prv": 7}
-
-
-def curve_steps(steps: int, points: int) -> list[int]:
-    """Steps to evaluate epsilon at: half evenly spaced, half geometric (epsilon bends most near 0).
-
-    >>> curve_steps(1000, 6)
-    [0, 1, 32, 333, 667, 1000]
-    """
-    if steps <= points:
-        return list(range(steps + 1))
-    even = np.linspace(0, steps, max(2, points // 2 + 1))
-    geometric = np.geomspace(1, steps, max(2, points - points // 2))
-    return sorted({0, steps, *(int(round(x)) for x in even), *(int(round(x)) for x in geometric)})
-
-
-def epsilon_curve(
-    *,
-    noise_multiplier: float,
-    sample_rate: float,
-    steps: int,
-    delta: float,
-    accountant: str,
-    points: int,
-    neighboring: str = "add_remove",
-) -> list[tuple[int, float]]:
-    """(step, epsilon) at ``curve_steps``: the values of ``privacy.epsilon``, so they match the engine's."""
-    return [
-        (
-            t,
-            privacy.epsilon(
-                noise_multiplier=noise_multiplier,
-                sample_rate=sample_rate,
-                steps=t,
-                delta=delta,
-                accountant=accountant,
-                neighboring=neighboring,
-            ),
-        )
-        for t in curve_steps(steps, points)
-    ]
-
-
-FAST_FIRST = ("rdp", "edgeworth", "pld", "prv")
-
-
 class _Stale(Exception):
     """Newer settings arrived while computing; drop this result."""
 
 
 def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=None) -> PlanResult:
-    """Curves and readouts for ``settings``.
+    """Curves and readouts for ``settings``: the one progressive plan (``engine.plan.plan_curves``),
+    the app's Plan tab computes too, with each upper bound's own sigma for the target beside it.
 
-    Cheap accountants go first and ``on_partial(result)`` is called after each curve, so a panel
-    can draw RDP at once and PRV when it arrives; ``is_current`` lets a worker abandon stale work.
+    ``on_partial(result)`` is called after each curve, so a panel can draw RDP at once and PRV when
+    it arrives; ``is_current`` lets a worker abandon stale work (``_Stale``).
     """
+    from workbench.engine.plan import plan_curves
+
     s = settings
     out = PlanResult(settings=s)
-    q, steps, delta = s.sample_rate, s.steps, s.delta
-    accountants = sorted(s.accountants, key=lambda a: FAST_FIRST.index(a) if a in FAST_FIRST else len(FAST_FIRST))
-    if s.mode == TARGET:
-        bound = privacy.bound_accountant(s.selected)  # an approximation never sets the noise
-        order = [bound] + [a for a in accountants if a not in (bound, "edgeworth")]
-        for acc in order:
+    stages = plan_curves(
+        sample_rate=s.sample_rate,
+        steps=s.steps,
+        delta=s.delta,
+        accountants=tuple(s.accountants),
+        selected=s.selected,
+        neighboring=s.neighboring,
+        noise_multiplier=s.noise_multiplier if s.mode != TARGET else None,
+        target_epsilon=s.target_epsilon if s.mode == TARGET else None,
+        compare_sigmas=True,
+    )
+    for stage in stages:
+        if stage is None or not is_current():
             if not is_current():
                 raise _Stale
-            try:
-                out.sigma_needed[acc] = privacy.calibrate(
-                    target_epsilon=s.target_epsilon,
-                    sample_rate=q,
-                    steps=steps,
-                    delta=delta,
-                    accountant=acc,
-                    neighboring=s.neighboring,
-                )
-            except privacy.PrivacyError as err:
-                out.errors[acc] = str(err)
-        out.noise_multiplier = out.sigma_needed.get(bound)
-    else:
-        out.noise_multiplier = s.noise_multiplier
-    sigma = out.noise_multiplier
-    if sigma is None:
-        return out
-    for acc in accountants:
-        if not is_current():
-            raise _Stale
-        try:
-            curve = epsilon_curve(
-                noise_multiplier=sigma,
-                sample_rate=q,
-                steps=steps,
-                delta=delta,
-                accountant=acc,
-                points=CURVE_POINTS.get(acc, 20),
-                neighboring=s.neighboring,
-            )
-        except privacy.PrivacyError as err:
-            out.errors.setdefault(acc, str(err))
             continue
-        out.curves[acc] = [(int(t), float(e)) for t, e in curve]
-        out.epsilon[acc] = out.curves[acc][-1][1] if out.curves[acc] else math.nan
-        if on_partial is not None:  # the user-level column comes after the last curve
+        out.noise_multiplier = stage.noise_multiplier
+        out.sigma_needed, out.errors = dict(stage.sigma_needed), dict(stage.errors)
+        new = [acc for acc in stage.curves if acc not in out.curves]
+        out.curves = {acc: list(curve) for acc, curve in stage.curves.items()}
+        out.epsilon = {acc: curve[-1][1] if curve else math.nan for acc, curve in out.curves.items()}
+        if new and on_partial is not None:  # the user-level column comes after the last curve
             on_partial(out)
+    if out.noise_multiplier is None:
+        return out
     if not is_current():
         raise _Stale
     add_user_level(out)
