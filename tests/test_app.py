@@ -444,3 +444,20 @@ def test_served_app_quiets_gradios_idle_queue_polling(_workbench_home):
         assert app._queue.progress_update_sleep_when_free == QUEUE_PROGRESS_POLL_S
     finally:
         app.close()
+
+
+def test_a_plan_error_is_shown_under_the_row_of_the_field_it_names(ctx):
+    rows = list(plan_tab.ERROR_ROWS)
+    for changes, row in [
+        (dict(delta="2"), "delta"),
+        (dict(batch_size=5000), "batch"),
+        (dict(max_steps=0), "length"),
+        (dict(privacy_mode="sigma", noise_multiplier=-1), "privacy"),
+        (dict(max_examples_per_user=0), "user"),
+        (dict(accountant="prv", neighboring="replace_one"), "user"),
+    ]:
+        routed = plan_tab.route_error(plan_tab.update_plan(ctx, values(**changes)))
+        assert routed[3] == "", changes  # not at the bottom of the page
+        texts = dict(zip(rows, routed[4:]))
+        assert texts[row].startswith("⚠️") and all(t == "" for r, t in texts.items() if r != row), (changes, texts)
+    assert plan_tab.route_error(("d", None, "s", "⚠️ something else"))[3:] == ("⚠️ something else",) + ("",) * len(rows)

@@ -166,7 +166,8 @@ def test_plan_train_stop_compare_export_delete(app_url, browser):
     # Bad input: a message beside the control, and Start starts nothing
     page.locator("#delta input, #delta textarea").first.fill("2")
     page.locator("#delta input, #delta textarea").first.press("Enter")
-    wait_text(page, "#plan-error", r"delta")
+    wait_text(page, "#delta-error", r"delta")  # under the row of the field it names
+    sync_api.expect(page.locator("#plan-error")).to_have_text("")
     page.get_by_role("tab", name="Train").click()
     page.locator("#start").click()
     wait_text(page, "#train-message", r"delta.*less than 1")
@@ -174,7 +175,7 @@ def test_plan_train_stop_compare_export_delete(app_url, browser):
     page.get_by_role("tab", name="Plan").click()
     page.locator("#delta input, #delta textarea").first.fill("")
     page.locator("#delta input, #delta textarea").first.press("Enter")
-    sync_api.expect(page.locator("#plan-error")).to_have_text("", timeout=WAIT)
+    sync_api.expect(page.locator("#delta-error")).to_have_text("", timeout=WAIT)
 
     # Train: start, watch the loss and epsilon plots gain points, stop
     page.get_by_role("tab", name="Train").click()
@@ -375,12 +376,6 @@ def test_the_plan_shown_is_always_the_plan_of_the_fields(app_url, browser, tmp_p
     _plan_now(page, rf"at q = {64 / published_size(m):.4g}")  # RDP: add/remove, q from the rounded size
 
 
-TRACE_NAMES_JS = (
-    "(id) => { const el = document.querySelector(`#${id} .js-plotly-plot`);"
-    " return el && el.data ? el.data.map((t) => t.name) : []; }"
-)
-
-
 def test_an_audited_run_shows_its_lower_bound_and_the_ledger_counts_it(app_url, browser):
     url, store, ctx = app_url
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -396,11 +391,11 @@ def test_an_audited_run_shows_its_lower_bound_and_the_ledger_counts_it(app_url, 
     summary = store.get(run_id).summary
     assert summary["audit"]["kind"] == "gradient_canaries"
     assert summary["audit"]["epsilon_lower_bound"] <= summary["epsilon"], "a lower bound above the claim is a bug"
-    # the epsilon panel (Plotly for a finished run) carries the audit's running lower bound beside the spent curve
-    page.wait_for_function(
-        f"() => ({TRACE_NAMES_JS})('epsilon-plot').includes('audit: empirical lower bound')", timeout=WAIT
-    )
-    assert "spent" in page.evaluate(TRACE_NAMES_JS, "epsilon-plot")
+    # the epsilon chart carries the audit's running lower bound beside the spent curve (series 2 and 1)
+    page.locator("#epsilon-plot").scroll_into_view_if_needed()
+    page.wait_for_function(f"() => ({POINTS_JS})(['epsilon-plot', 2]) > 0", timeout=WAIT)
+    assert points(page, "epsilon-plot", 1) == 6
+    assert "audit: empirical lower bound" in page.locator("#epsilon-plot .u-legend").inner_text()
     # the Runs tab's ledger lists the run under the demo data, with the composed total
     page.get_by_role("tab", name="Runs").click()
     ledger = wait_text(page, "#runs-ledger", run_id)

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,8 +34,9 @@ class PlanControls:
 
     components: dict[str, Any]
     data_info: Any
-    error: Any
+    error: Any  # a plan error that names none of the fields (under the last one)
     load: tuple = ()  # (fn, inputs, outputs) to run on page load
+    row_errors: dict[str, Any] = field(default_factory=dict)  # ERROR_ROWS name -> the Markdown under that row
 
     @property
     def inputs(self) -> list[Any]:
@@ -46,6 +47,39 @@ class PlanControls:
 
 
 PLAN_TITLE = "ε against steps"
+
+# Where a plan error is shown: under the row of the first field its message names (``<row>-error``);
+# one that names none under the last row (``plan-error``); a dataset error beside the dataset choice.
+ERROR_ROWS = {
+    "batch": ("batch_size", "max_grad_norm"),
+    "length": ("epochs", "max_steps", "length_mode"),
+    "privacy": ("target_epsilon", "noise_multiplier", "privacy_mode"),
+    "delta": ("delta", "accountant"),
+    "user": ("max_examples_per_user", "max examples per user", "neighboring"),
+    "unit": ("privacy_unit", "user_sampling"),
+}
+
+
+def error_row(message: str) -> str | None:
+    """The ERROR_ROWS row whose field ``message`` names first, or None."""
+    import re
+
+    found = [
+        (m.start(), row)
+        for row, names in ERROR_ROWS.items()
+        for name in names
+        for m in [re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", message)]
+        if m
+    ]
+    return min(found)[1] if found else None
+
+
+def route_error(update: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A ``plan_updates`` tuple with its error moved to where it belongs: (data info, plot, summary,
+    general error, one text per ERROR_ROWS row)."""
+    data, figure, summary, error = update
+    row = error_row(error) if error else None
+    return (data, figure, summary, "" if row else error, *(error if name == row else "" for name in ERROR_ROWS))
 
 
 def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any, ...] | None]:
@@ -320,6 +354,7 @@ def build(ctx: AppContext) -> PlanControls:
             )
             data_info = gr.Markdown("", elem_id="data-info")
             gr.Markdown("### Privacy knobs")
+            rows: dict[str, Any] = {}  # a plan error is shown under the row of the field it names
             with gr.Row():
                 c["batch_size"] = gr.Number(
                     base.batch_size,
@@ -332,6 +367,7 @@ def build(ctx: AppContext) -> PlanControls:
                 c["max_grad_norm"] = gr.Number(
                     base.max_grad_norm, label="Clipping norm C", info=help_["max_grad_norm"], elem_id="max-grad-norm"
                 )
+            rows["batch"] = _row_error("batch")
             with gr.Row():
                 c["length_mode"] = gr.Radio(
                     [("Epochs", "epochs"), ("Steps", "steps")],
@@ -349,6 +385,7 @@ def build(ctx: AppContext) -> PlanControls:
                     interactive=bool(base.max_steps),
                     elem_id="max-steps",
                 )
+            rows["length"] = _row_error("length")
             with gr.Row():
                 c["privacy_mode"] = gr.Radio(
                     [("Target ε", "target"), ("Noise multiplier σ", "sigma")],
@@ -367,6 +404,7 @@ def build(ctx: AppContext) -> PlanControls:
                     interactive=sigma_mode,
                     info="0 = non-private baseline",
                 )
+            rows["privacy"] = _row_error("privacy")
             with gr.Row():
                 c["delta"] = gr.Textbox(
                     "" if base.delta is None else f"{base.delta:g}",
@@ -382,6 +420,7 @@ def build(ctx: AppContext) -> PlanControls:
                     elem_id="accountant",
                     info=help_["accountant"],
                 )
+            rows["delta"] = _row_error("delta")
             with gr.Row():  # no minimum=: a bad k gets the plan's message, not Gradio's
                 c["max_examples_per_user"] = gr.Number(
                     base.max_examples_per_user,
@@ -397,6 +436,7 @@ def build(ctx: AppContext) -> PlanControls:
                     info=help_["neighboring"],
                     elem_id="neighboring",
                 )
+            rows["user"] = _row_error("user")
             c["privacy_unit"] = gr.Dropdown(
                 forms.PRIVACY_UNIT_CHOICES,
                 value=forms.privacy_unit_value(base),
@@ -404,6 +444,7 @@ def build(ctx: AppContext) -> PlanControls:
                 info=help_["privacy_unit"] + " " + help_["user_sampling"],
                 elem_id="privacy-unit",
             )
+            rows["unit"] = _row_error("unit")
             error = gr.Markdown("", elem_classes="wb-error", elem_id="plan-error")
         with gr.Column(scale=3):
             plot = gr.Plot(label="Privacy plan", elem_id="plan-plot")
@@ -421,10 +462,16 @@ def build(ctx: AppContext) -> PlanControls:
                 rec_error = gr.Markdown("", elem_classes="wb-error", elem_id="recommend-error")
                 rec_plot = gr.Plot(label="Noise-batch ratio", elem_id="recommend-plot")
                 rec_text = gr.Markdown("", elem_id="recommend-summary")
-    controls = PlanControls(c, data_info, error)
+    controls = PlanControls(c, data_info, error, row_errors=rows)
     _wire(ctx, controls, upload, upload_msg, plot, summary, stale=rec_text)
     _wire_recommend(ctx, controls, button, [budget, min_steps], [rec_plot, rec_text, rec_error])
     return controls
+
+
+def _row_error(row: str):
+    import gradio as gr
+
+    return gr.Markdown("", elem_classes="wb-error", elem_id=f"{row}-error")
 
 
 def _wire_recommend(ctx: AppContext, controls: PlanControls, button: Any, fields: list, outputs: list) -> None:
@@ -461,7 +508,7 @@ def _wire(
     import gradio as gr
 
     c = controls.components
-    outputs = [controls.data_info, plot, summary, controls.error]
+    outputs = [controls.data_info, plot, summary, controls.error, *(controls.row_errors[r] for r in ERROR_ROWS)]
 
     # The newest field values this browser session asked a plan for: a State is one object per session
     # (Gradio keeps it in the session, not in the page, and it is not an API input).
@@ -479,7 +526,7 @@ def _wire(
         for update in plan_updates(ctx, dict(zip(forms.PLAN_FIELDS, values))):
             if session.get("values") != values:
                 return
-            yield (gr.skip(),) * len(outputs) if update is None else update
+            yield (gr.skip(),) * len(outputs) if update is None else route_error(update)
 
     knobs = [c[n] for n in forms.PLAN_FIELDS if n not in ("upload_path", "data_path", "data_mode", "delta")]
     typed = [c["data_path"], c["delta"]]  # text: refresh when typing is done, not on every key
