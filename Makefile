@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 7860
 PYTEST_ARGS ?=
 
-.PHONY: install app demo test test-fast lint lab bench clean browser
+.PHONY: install app demo test test-fast lint lab bench clean browser gpu-check
 
 install: $(STAMP)
 
@@ -60,6 +60,13 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py --model default
+
+# On a GPU machine, offline, in one command: the GPU-marked tests, then LoRA vs this engine's DP step vs Opacus on a
+# ~1B model (and 2-GPU data-parallel); one JSON in artifacts/gpu-check. No install step: missing packages come from
+# benchmarks/wheels/. GPU_CHECK_ARGS="--device cpu --tiny" checks the script itself in seconds.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py --out artifacts/gpu-check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

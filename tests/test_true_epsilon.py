@@ -140,7 +140,7 @@ def test_seeded_mode_is_reproducible_and_labelled_everywhere(tmp_path):
     report = json.loads((adapter / "privacy_report.json").read_text())
     assert report["seeded_randomness"] is True and report["randomness"] == SEEDED_LABEL
     assert SEEDED_LABEL in (adapter / "README.md").read_text()
-    from workbench.app.train import header_html
+    from workbench.app.live import header_html
     from workbench.present.view import RunView
     from workbench.widgets.dashboard import Dashboard
 

@@ -114,6 +114,12 @@ def train(
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set batch_size=64 (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
     help_keys: bool = typer.Option(False, "--help-keys", help="List every config key with its default and help."),
+    nproc: Optional[int] = typer.Option(
+        None,
+        "--nproc",
+        help="Run on N processes (data-parallel DP-SGD, one GPU each on CUDA, gloo on the CPU); default: the "
+        "config's nproc (1). Several machines: torchrun --nproc-per-node N ... -m workbench train.",
+    ),
 ) -> None:
     """Fine-tune with DP-LoRA; a progress bar with loss and epsilon goes to stderr."""
     if help_keys:
@@ -122,8 +128,15 @@ def train(
         return
     _quiet_libraries()
     cfg = _load_config(config, set_)
+    from workbench.engine import distributed
     from workbench.session import Session
 
+    try:  # --nproc N: launch N ranks and wait (exit code); a rank > 0 trains and exits; rank 0 goes on below
+        cfg, code = distributed.enter(cfg, nproc=nproc, extra_args=["--json"] if as_json else [])
+    except ConfigError as err:
+        _fail(str(err))
+    if code is not None:
+        raise typer.Exit(code)
     session = Session(cfg, subscribers=(_Progress(),))
     session.start()
     try:
@@ -133,6 +146,7 @@ def train(
         typer.echo("stopping after the current step...", err=True)
         session.stop()
         session.wait()
+    distributed.shutdown()
     summary = session.summary or {}
     if as_json:
         _print_json(summary)

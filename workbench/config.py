@@ -175,6 +175,13 @@ class RunConfig(BaseModel):
         "are labelled 'seeded randomness' everywhere and export refuses them unless forced.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
+    nproc: int = Field(
+        1,
+        ge=1,
+        description="Processes of one data-parallel DP-SGD run (one GPU each on CUDA; gloo on the CPU). Each samples "
+        "its own shard at rate q, the clipped sums are added up and the noise is added once: the same privacy as "
+        "one process. Started by `workbench train --nproc N` (or torchrun, whose world size it then records).",
+    )
     output_dir: str | None = Field(None, description="Where the adapter goes; default: the run's folder.")
 
     @model_validator(mode="after")

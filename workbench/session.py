@@ -29,12 +29,13 @@ _LOCKS_GUARD = threading.Lock()
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: reported as a message, never a traceback."""
     from workbench.engine.data import DataError
+    from workbench.engine.distributed import DistributedError
     from workbench.engine.grad_sample import UnsupportedModelError
     from workbench.engine.models import ModelError
     from workbench.engine.randomness import ReplayError
     from workbench.privacy import PrivacyError
 
-    return (ConfigError, DataError, ModelError, PrivacyError, ReplayError, UnsupportedModelError)
+    return (ConfigError, DataError, DistributedError, ModelError, PrivacyError, ReplayError, UnsupportedModelError)
 
 
 def _device_lock(device: str) -> threading.Lock:

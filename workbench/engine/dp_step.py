@@ -76,6 +76,9 @@ class DPGradient:
         # Called with (module, param index, released noisy sum in float64) for every parameter at
         # finish(): the audit's scoring reads what the mechanism released (engine/canaries.py).
         self.on_release: Callable[[str, int, torch.Tensor], None] | None = None
+        # Data-parallel runs (engine/distributed.py): the process group. finish() then sums the clipped sums of
+        # all ranks, rank 0 alone adds the noise, and every rank receives rank 0's noisy sum.
+        self.collective = None
 
     def _flat_allocation(self) -> Allocation:
         c = self.max_grad_norm or 0.0
@@ -165,23 +168,40 @@ class DPGradient:
 
     @torch.no_grad()
     def finish(self, *, expected_batch_size: float) -> StepStats:
-        """Add the Gaussian noise once, scale by 1/(q N) and write ``p.grad``."""
+        """Add the Gaussian noise once, scale by 1/(q N) and write ``p.grad``.
+
+        Data-parallel (``collective`` set): the clipped sums are all-reduced first, so each holds the sum over
+        every rank's units; rank 0 alone adds the noise (once: distributed.py says why it is neither multiplied
+        nor divided by the number of ranks) and broadcasts the noisy sums, so every rank applies the same update."""
         self._flush_owners()
+        dist = self.collective
+        entries = [
+            (g, m, j, buf, p)
+            for g, ms in self.groups.items()
+            for m in ms
+            for j, (buf, (_, p)) in enumerate(zip(self._sums[m], self.params[m]))
+        ]
+        if dist is not None:
+            dist.sum_([e[3] for e in entries])
         stds = {g: 0.0 for g in self.groups} if isinstance(self.clip, NoClipping) else self.allocation.noise_std()
-        grad_norm, released = {}, {}
-        for g, ms in self.groups.items():
-            clean = noisy = 0.0
-            for m in ms:
-                for j, (buf, (_, p)) in enumerate(zip(self._sums[m], self.params[m])):
-                    clean += float(buf.pow(2).sum())
-                    out = buf.double()  # the noise is added in float64 (see randomness.GaussianNoise)
-                    if stds[g] > 0:
-                        out += self.noise.sample(buf.shape, stds[g], device=buf.device)
-                    if self.on_release is not None:
-                        self.on_release(m, j, out)
-                    noisy += float(out.pow(2).sum())
-                    p.grad = (out / expected_batch_size).to(p.dtype)
-            grad_norm[g], released[g] = clean**0.5, noisy
+        adds_noise = dist is None or dist.is_main
+        clean = {g: 0.0 for g in self.groups}
+        outs = []
+        for g, _, _, buf, _ in entries:
+            clean[g] += float(buf.pow(2).sum())
+            out = buf.double()  # the noise is added in float64 (see randomness.GaussianNoise)
+            if stds[g] > 0 and adds_noise:
+                out += self.noise.sample(buf.shape, stds[g], device=buf.device)
+            outs.append(out)
+        if dist is not None:
+            dist.from_main_(outs)  # rank 0's noisy sums, bit for bit, on every rank
+        released = {g: 0.0 for g in self.groups}
+        for (g, m, j, _, p), out in zip(entries, outs):
+            if self.on_release is not None:
+                self.on_release(m, j, out)
+            released[g] += float(out.pow(2).sum())
+            p.grad = (out / expected_batch_size).to(p.dtype)
+        grad_norm = {g: c**0.5 for g, c in clean.items()}
         norms = torch.cat(self._norms) if self._norms else torch.zeros(0)
         return StepStats(
             batch_size=len(norms),

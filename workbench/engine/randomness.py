@@ -80,8 +80,15 @@ class RunRandomness:
         return self.noise_seed is not None
 
     def _generator(self, purpose: bytes) -> np.random.Generator:
-        derived = hmac.new(self.key, b"workbench/" + purpose, hashlib.sha256).digest()
-        return np.random.Generator(ChaCha(key=int.from_bytes(derived, "little"), counter=0, rounds=20))
+        return stream(self._derive(purpose))
+
+    def _derive(self, purpose: bytes) -> bytes:
+        return hmac.new(self.key, b"workbench/" + purpose, hashlib.sha256).digest()
+
+    def rank_sampling_key(self, rank: int, world_size: int) -> bytes:
+        """The key of rank ``rank``'s Poisson-sampling stream in a data-parallel run of ``world_size`` ranks
+        (engine/distributed.py): rank 0 sends it to that rank only; the run key itself never leaves rank 0."""
+        return self._derive(f"poisson-sampling/rank-{int(rank)}-of-{int(world_size)}".encode())
 
     def sampling_rng(self) -> np.random.Generator:
         """The generator of the Poisson sampling (one per run)."""
@@ -139,6 +146,11 @@ class RunRandomness:
                 f"run {run_id}'s key file {path} is damaged (expected {2 * KEY_BYTES} hex digits). It cannot be replayed."
             )
         return cls(key)
+
+
+def stream(derived_key: bytes) -> np.random.Generator:
+    """A numpy Generator over ChaCha20 (20 rounds) keyed with a 256-bit derived key."""
+    return np.random.Generator(ChaCha(key=int.from_bytes(derived_key, "little"), counter=0, rounds=20))
 
 
 class GaussianNoise:

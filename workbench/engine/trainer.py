@@ -27,6 +27,7 @@ import torch
 from workbench.config import RunConfig
 from workbench.engine import canaries as gradient_canaries
 from workbench.engine import data as data_mod
+from workbench.engine import distributed
 from workbench.engine.allocation import (
     AdaptiveImportance,
     Allocation,
@@ -127,6 +128,11 @@ class Trainer:
         # Sampling and noise come from the run's key (secret unless noise_seed: randomness.py),
         # never from cfg.seed, which is public (it is in the exported config).
         self.randomness = randomness
+        # Data-parallel runs (engine/distributed.py): this process's rank; Local (no collectives) otherwise.
+        self.dist = distributed.current(cfg)
+        self.distributed = self.dist.world_size > 1
+        if self.distributed:
+            self.dist.agree(None)  # every rank prepared, or every rank fails with the failing rank's message
         self.sample_rng = randomness.sampling_rng()
         self.hooks = PerExampleGrads(prepared.model)
         self.params = self.hooks.trainable_parameters()
@@ -143,11 +149,26 @@ class Trainer:
         self.allocator = (
             NoiseAllocator(cfg, self.dp) if self.dp.clipping == "per_layer" and prepared.plan.private else None
         )
-        self.canaries = self._canaries() if cfg.audit == "gradient_canaries" else None
-        self.input_canaries = self._input_canaries() if cfg.audit == "input_canaries" else None
+        if self.distributed:  # the same starting weights everywhere; finish() sums over ranks, noise on rank 0
+            self.dp.collective = self.dist
+            with torch.no_grad():
+                self.dist.from_main_([prm.data for prm in flat], what="the broadcast of the starting weights")
+        main = self.dist.is_main  # audits live on rank 0 (its key's canary stream), their units added once
+        self.canaries = self._canaries() if cfg.audit == "gradient_canaries" and main else None
+        self.input_canaries = self._input_canaries() if cfg.audit == "input_canaries" and main else None
         self._audit: tuple[int, dict] | None = None  # audit_report's result, per step (scoring is costly)
         self.users = (
             self._users() if prepared.plan.privacy_unit == "user" and prepared.plan.user_sampling == "uls" else None
+        )
+        self.sampler = (
+            self.dist.sampler(
+                randomness,
+                identities=distributed.unit_identities(prepared.train_tok, by_user=self.users is not None),
+                sample_rate=prepared.plan.sample_rate,
+                seed=cfg.seed,
+            )
+            if self.distributed
+            else None
         )
         self.choices = answer_choices(prepared.val, prepared.tokenizer)
         self.gold = self._gold_labels()
@@ -159,24 +180,33 @@ class Trainer:
     def run(self) -> tuple[str, str]:
         """Train until the planned steps, the budget, or a stop. Returns (status, reason)."""
         plan, cfg = self.p.plan, self.p.config
-        self.emit(self._started_event())
+        main = self.dist.is_main  # only rank 0 emits events (and so writes the store) and evaluates
+        if main:
+            self.emit(self._started_event())
         every = cfg.eval_every or max(1, plan.steps // 5)
         status, reason = "finished", f"completed {plan.steps} planned steps"
         try:
             for step in range(1, plan.steps + 1):
-                if self.should_stop():
+                if self.dist.stop_requested(self.should_stop()):  # data-parallel: any rank's request, on every rank
                     raise StopRequested
                 if not plan.budget_allows(step):
                     reason = f"privacy budget spent: another step would exceed epsilon={plan.target_epsilon:g}"
                     break
-                self.emit(self.train_step(step))
-                if step % every == 0 and step != plan.steps:
+                event = self.train_step(step)
+                if main:
+                    self.emit(event)
+                if main and step % every == 0 and step != plan.steps:
                     self.emit(self.evaluation())
         except StopRequested:
             status, reason = "stopped", f"stopped by request after step {self.step}"
-        if status == "finished" or self.step > 0:
+        if main and (status == "finished" or self.step > 0):
             self.emit(self.evaluation())
         return status, reason
+
+    def _stop_within_step(self) -> bool:
+        # Data-parallel: a rank leaving mid-step would leave the others waiting in the all-reduce, so a stop
+        # takes effect at the next step's stop check (distributed.stop_requested), within one step.
+        return not self.distributed and self.should_stop()
 
     def train_step(self, step: int) -> StepMetrics:
         p, plan = self.p, self.p.plan
@@ -187,7 +217,7 @@ class Trainer:
         self.hooks.enabled = self.private_path
         pbs = p.config.physical_batch_size
         for start, micro in zip(range(0, len(indices), pbs), micro_batches(indices, pbs)):
-            if self.should_stop():
+            if self._stop_within_step():
                 raise StopRequested
             batch = self._batch([p.train_tok[i] for i in micro])
             tokens += int(batch["attention_mask"].sum())
@@ -213,19 +243,29 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step
+        if self.distributed:  # every rank's norms, losses and tokens, for rank 0's step event
+            stats, losses, tokens = self.dist.gather_step(stats, losses, tokens)
+            if not self.dist.is_main:
+                return None
         return self._step_event(step, stats, losses, tokens, time.perf_counter() - t0, allocation)
 
     def _sample(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Poisson-sample examples, or (ULS) users and then all of each sampled user's examples."""
         plan = self.p.plan
         if self.users is None:
-            return poisson_sample(plan.dataset_size, plan.sample_rate, self.sample_rng), None
-        chosen = poisson_sample(len(self.users), plan.sample_rate, self.sample_rng)
+            return self._draw(plan.dataset_size), None
+        chosen = self._draw(len(self.users))
         idx = [self.users[u] for u in chosen]
         if not idx:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         owners = np.concatenate([np.full(len(ix), u) for u, ix in zip(chosen, idx)])
         return np.concatenate(idx), owners
+
+    def _draw(self, population: int) -> np.ndarray:
+        """Poisson-sampled unit indices: over all units, or (data-parallel) over this rank's shard."""
+        if self.sampler is not None:
+            return self.sampler.draw()
+        return poisson_sample(population, self.p.plan.sample_rate, self.sample_rng)
 
     def _users(self) -> list[np.ndarray]:
         by_user: dict[str, list[int]] = {}
@@ -237,6 +277,12 @@ class Trainer:
         plan = self.p.plan
         if self.private_path:
             return self.dp.finish(expected_batch_size=plan.expected_batch_size)
+        if self.distributed:  # the non-private baseline: sum the ranks' gradients (each already / q N)
+            flat = [prm for ps in self.params.values() for _, prm in ps]
+            for prm in flat:
+                if prm.grad is None:
+                    prm.grad = torch.zeros_like(prm)
+            self.dist.sum_([prm.grad for prm in flat])
         norms = {}
         for g, ms in self.dp.groups.items():
             norms[g] = math.sqrt(
@@ -404,7 +450,7 @@ class Trainer:
         sampled = self.input_canaries.sample()
         pbs = self.p.config.physical_batch_size
         for micro in micro_batches(sampled, pbs):
-            if self.should_stop():
+            if self._stop_within_step():
                 raise StopRequested
             batch = self._batch([self.input_canaries.examples[i] for i in micro])
             self.hooks.reset()
