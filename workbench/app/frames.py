@@ -3,16 +3,17 @@
 Gradio 6's status tracker (its ``statustracker-*.js`` module) animates an elapsed-time counter with
 a ``requestAnimationFrame`` loop, and a tracker removed while its event is pending never stops that
 loop: every Gradio page, even an idle one, renders 60 frames a second.  Measured on this 2-core
-machine with the app idle on the Train tab (``benchmarks/app_overhead.py --idle-frames``, Chromium
-headless): 0.078 browser CPU-s a second without this patch, 0.011 with it (60 -> 10 frames/s), so
-about 3.4 % of the two cores that also train.  The issue that asked for one live path allowed a
-patch only if it is worth more than 3 % of training throughput; this one is, narrowly, so it stays,
-here and nowhere else.
+machine with the app idle on the Train tab in a headless Chromium (``benchmarks/idle_page.py``):
+0.078 browser CPU-s a second without this patch and 0.011 with it (60 frames a second, then none
+asked of the browser), about 3.4 % of the two cores that also train; ``benchmarks/app_overhead.py
+--no-frame-patch`` measures it against training throughput.  The issue that asked for one live path
+allowed a patch only where it is worth more than 3 % of training throughput; this one is, so it
+stays, here and nowhere else.
 
 The script routes the frame requests of that module (only those: it looks at the caller's script
 name in the stack) through a 100 ms timer.  The counter shows tenths of a second, so it looks the
 same.  If a Gradio release renames the module, the patch does nothing, and
-``tests/app/test_frames.py`` fails (it checks the module exists and still asks for frames, and a
+``tests/app/test_live.py`` fails (it checks the module exists and still asks for frames, and a
 browser test counts the frames of an idle page).
 
 ``launch(head=...)`` cannot carry the script: Gradio adds that HTML after its modules have loaded,

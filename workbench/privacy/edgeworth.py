@@ -12,7 +12,7 @@ under Y gives delta(eps) ~ 1 - F_Y(eps) - e^eps (1 - F_X(eps)), and eps(delta) i
 finding (the largest crossing, the cautious reading where the expansion wiggles).
 
 Accuracy against PLD, measured over q in {0.001, 0.004, 0.01, 0.04, 0.1}, sigma in {0.6, ..., 4},
-T in {1000, 3000, 10000}, delta=1e-5 (tests/test_privacy.py checks a sample):
+T in {1000, 3000, 10000}, delta=1e-5 (tests/privacy/test_privacy.py checks a sample):
 - sigma >= 0.8 and T >= 1000: within 7% either side (it is *above* PLD by up to 6.5%).
 - an example sampled q*T >= 30 times on average: within 5%, any sigma >= 0.6.
 - short runs and rarely sampled examples: it *understates* epsilon, badly. q=0.01, T=1: 19% of

@@ -13,7 +13,7 @@ Both are upper bounds, so a session may use the smaller. The score that picks th
 of the selection: a validation metric computed on private data must be computed privately, or the
 data it reads counted as well.
 
-Reference values (one run = q 0.01, sigma 0.5863, T 1000, delta 1e-5; tests/test_ledger.py pins them):
+Reference values (one run = q 0.01, sigma 0.5863, T 1000, delta 1e-5; tests/store/test_ledger.py pins them):
 RDP epsilon 9.3 alone; best of 10 by fixed composition 24.8 (PLD; the reference table rounds it to
 25.0); RepeatAndSelect with mean 10: Poisson 16.3, geometric 14.6, truncated negative binomial
 (shape 0.5) 14.0, logarithmic 13.4.

@@ -290,7 +290,7 @@ def test_app_command_presets_the_controls_from_a_config(monkeypatch, tmp_path):
 
     seen = {}
     monkeypatch.setattr(workbench.app, "launch", lambda **kw: seen.update(kw))
-    demo = Path(__file__).resolve().parent.parent / "assets" / "demo.yaml"
+    demo = Path(__file__).resolve().parents[2] / "assets" / "demo.yaml"
     r = invoke("app", "--config", str(demo))
     assert r.exit_code == 0, r.output
     assert seen["defaults"]["lora_layers"] == 8 and seen["defaults"]["target_epsilon"] == 8.0

@@ -26,7 +26,7 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "04_dp_lora_fine_tune.ipynb"
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM_ARGS = [

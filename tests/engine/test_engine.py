@@ -110,7 +110,7 @@ def test_adapters_move_under_dp():
 
 def test_runs_are_reproducible_only_from_the_labelled_noise_seed():
     """seed alone no longer reproduces a run (sampling and noise come from a secret key); noise_seed does,
-    and its runs are labelled as having no DP guarantee (tests/test_true_epsilon.py checks the labels)."""
+    and its runs are labelled as having no DP guarantee (tests/privacy/test_true_epsilon.py checks the labels)."""
     a = train(**FAST, max_steps=3, noise_multiplier=1.0, seed=7, noise_seed=7)
     b = train(**FAST, max_steps=3, noise_multiplier=1.0, seed=7, noise_seed=7)
     c = train(**FAST, max_steps=3, noise_multiplier=1.0, seed=7, noise_seed=8)
