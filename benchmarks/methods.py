@@ -1,4 +1,5 @@
-"""Do the paper methods help?  Several seeds, mean and spread, at equal epsilon.
+"""Do the paper methods help?  Several seeds, mean and spread, at equal epsilon (each arm one `workbench sweep`
+over the seeds; the summary is read from the sweeps' CSV export, `--export DIR` keeps it).
 
     python benchmarks/methods.py allocation --task sst2|demo [--seeds 0 1 2] [--steps 20] [--json]
     python benchmarks/methods.py user --task demo [--seeds 0 1 2] [--steps 20] [--json]
@@ -19,8 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -29,7 +30,6 @@ warnings.filterwarnings("ignore")
 
 from workbench.config import RunConfig  # noqa: E402
 from workbench.engine.data.demo import demo_dataset  # noqa: E402
-from workbench.session import Session  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -88,38 +88,59 @@ ARMS = {
 
 
 def run(args) -> dict:
+    """Each arm is one stored sweep over the seeds (``workbench.sweep``, the code path of `workbench sweep`);
+    the summary is computed from the sweeps' CSV export (``runs.csv``), as the README's tables are."""
+    import pandas as pd
+
+    from workbench.store.export import export_sweep_metrics
+    from workbench.sweeps import create_sweep, execute
+
     tmp = Path(tempfile.mkdtemp())
     store = RunStore(tmp / "home")
     settings = base(args.task, args.steps, tmp, args.sst2_dir)
-    results: dict[str, list[dict]] = {}
+    export_dir = Path(args.export or tmp / "export")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tables = []
     for arm, extra in ARMS[args.experiment].items():
         if args.arms and arm not in args.arms:
             continue
-        for seed in args.seeds:
-            s = Session(RunConfig(**{**settings, **extra, "seed": seed}), store=store).run()
-            if s.get("status") != "finished":
-                raise SystemExit(f"{arm} seed {seed} failed: {s.get('reason')}")
-            results.setdefault(arm, []).append(
-                {
-                    k: s.get(k)
-                    for k in ("seed", "epsilon", "noise_multiplier", "accuracy", "val_loss", "steps", "wall_time")
-                }
-                | {"seed": seed}
+        name = f"{args.experiment}-{args.task}-{arm}-{stamp}"
+        create_sweep(RunConfig(**{**settings, **extra}), grid={"seed": args.seeds}, name=name, store=store)
+        execute(name, store=store, progress=lambda p: print(p.line(), flush=True))
+        runs = pd.read_csv(export_sweep_metrics(store, name, export_dir, "csv") / "runs.csv")
+        failed = runs[runs["status"] != "finished"]
+        if len(failed):
+            raise SystemExit(
+                f"{arm}: {', '.join(failed['label'])} did not finish: {'; '.join(map(str, failed['reason']))}"
             )
-            print(
-                f"{arm} seed {seed}: accuracy={s.get('accuracy'):.4f} epsilon={s['epsilon']:.3f} sigma={s['noise_multiplier']:.3f}",
-                flush=True,
-            )
+        tables.append(runs.assign(arm=arm))
+    runs = pd.concat(tables)
     summary = {}
-    for arm, rs in results.items():
-        acc = [r["accuracy"] for r in rs]
+    for arm, rs in runs.groupby("arm", sort=False):
         summary[arm] = {
-            "accuracy_mean": statistics.mean(acc),
-            "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "epsilon": rs[0]["epsilon"],
-            "runs": rs,
+            "accuracy_mean": float(rs["accuracy"].mean()),
+            "accuracy_sd": float(rs["accuracy"].std(ddof=1)) if len(rs) > 1 else 0.0,
+            "epsilon": float(rs["epsilon"].iloc[0]),
+            "runs": [
+                {
+                    "seed": int(r["config.seed"]),
+                    "epsilon": r["epsilon"],
+                    "noise_multiplier": r["sigma"],
+                    "accuracy": r["accuracy"],
+                    "val_loss": r["val_loss"],
+                    "steps": int(r["steps"]),
+                    "wall_time": r["wall_time"],
+                }
+                for _, r in rs.iterrows()
+            ],
         }
-    return {"experiment": args.experiment, "task": args.task, "settings": settings, "summary": summary}
+    return {
+        "experiment": args.experiment,
+        "task": args.task,
+        "settings": settings,
+        "summary": summary,
+        "export": str(export_dir),
+    }
 
 
 def main() -> None:
@@ -130,6 +151,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--sst2-dir")
     ap.add_argument("--arms", nargs="+", help="run only these arms (default: all)")
+    ap.add_argument("--export", help="write each arm's sweep as CSV here (default: a temporary folder)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = run(args)

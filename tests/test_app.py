@@ -405,14 +405,14 @@ def test_api_exposes_no_training_or_deletion(_workbench_home):
         _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
         client = Client(url, verbose=False)
         endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-        assert endpoints == {"/plan", "/compare", "/list_runs"}, endpoints
+        assert endpoints == {"/plan", "/recommend", "/compare", "/list_runs"}, endpoints  # reading, planning
         import requests
 
         for path in ("monitoring", "monitoring/summary"):  # monitoring is off
             assert requests.get(url + path, timeout=10).status_code == 403
         args = [v for k, v in PLAN_DEFAULTS.items() if k != "upload_path"]  # gr.State is not an API input
-        data_md, _, summary, error = client.predict(*args, api_name="/plan")
-        assert "N = " in data_md and "σ = " in summary and error == ""
+        data_md, _, summary, error, *row_errors = client.predict(*args, api_name="/plan")
+        assert "N = " in data_md and "σ = " in summary and error == "" and row_errors == [""] * len(plan_tab.ERROR_ROWS)
     finally:
         app.close()
 

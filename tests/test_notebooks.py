@@ -29,6 +29,7 @@ def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
         "04_dp_lora_fine_tune",
         "05_user_level_dp_and_noise_allocation",
         "06_auditing_and_the_cost_of_tuning",
+        "07_sweeps",
     ):
         assert f"{stem}.ipynb" in names
     for path in NOTEBOOKS:

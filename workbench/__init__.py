@@ -3,6 +3,7 @@
 Public API (imported lazily, so `import workbench` stays light and works without gradio):
 
     from workbench import RunConfig, Session, train, privacy
+    workbench.sweep("run.yaml", grid={"target_epsilon": [2, 4, 8]}, seeds=3)   # a stored sweep (workbench/sweeps.py)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ if TYPE_CHECKING:  # the public names are imported lazily (see __getattr__)
     from workbench.config import RunConfig
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "Session", "train", "privacy", "RunStore", "__version__"]
+__all__ = ["RunConfig", "Session", "train", "sweep", "privacy", "RunStore", "__version__"]
 
 
 def train(config: "RunConfig | dict | None" = None, **overrides: Any) -> dict:
@@ -46,6 +47,10 @@ def __getattr__(name: str) -> Any:
         from workbench.store.runs import RunStore
 
         return RunStore
+    if name == "sweep":  # workbench.sweep(config, grid={...}, seeds=3): workbench/sweeps.py
+        from workbench.sweeps import run_sweep
+
+        return run_sweep
     if name == "privacy":
         import importlib
 

@@ -602,15 +602,29 @@ def runs_export(
         "--force",
         help="Export a run with seeded randomness (noise_seed: no DP guarantee); the card keeps the warning.",
     ),
+    fmt: str = typer.Option(
+        "adapter",
+        "--format",
+        "-f",
+        help="adapter (default: the PEFT adapter and its privacy report), or the run's telemetry as csv, parquet or "
+        "tensorboard (NOT covered by DP).",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Copy a run's adapter (PEFT format) with its privacy report and config to DIR (never its secret key)."""
-    from workbench.store.export import ExportError, export_run
+    """Copy a run's adapter (PEFT format) with its privacy report and config to DIR (never its secret key);
+    --format csv|parquet|tensorboard writes its steps and evaluations for other tools instead."""
+    from workbench.store.export import ExportError, export_metrics, export_run
 
     store = _store()
     rec = _get_run(store, run_id)
     try:
-        target = export_run(store, rec.id, directory, telemetry=with_telemetry, force=force)
+        if fmt == "adapter":
+            target = export_run(store, rec.id, directory, telemetry=with_telemetry, force=force)
+        else:
+            target = export_metrics(store, rec.id, directory, fmt)
+            from workbench.cli_sweeps import _telemetry_note
+
+            _telemetry_note(fmt)
     except ExportError as err:
         _fail(str(err))
     out = {"run_id": rec.id, "exported_to": str(target)}
@@ -936,6 +950,9 @@ def app_cmd(
     except ImportError as err:
         _fail(f"the app needs gradio ({err}). Install it with `pip install 'dp-workbench[app]'` or `make install`.")
     launch(host=host, port=port, share=share, auth=auth, max_upload_mb=max_upload_mb, defaults=defaults)
+
+
+from workbench import cli_sweeps as _cli_sweeps  # noqa: E402,F401 - registers `sweep` and `compare` on the app
 
 
 def main() -> None:

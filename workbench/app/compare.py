@@ -1,4 +1,6 @@
-"""The Compare tab: overlay two or more runs, their privacy-utility trade-off, and what differs."""
+"""The Compare tab: overlay two or more runs, their privacy-utility trade-off, and what differs; below, a
+sweep's runs grouped by settings (seeds aggregated) against step, epsilon spent, tokens or time, the
+privacy-utility frontier with its Pareto front, parallel coordinates and the group table."""
 
 from __future__ import annotations
 
@@ -44,6 +46,108 @@ def compare(ctx: AppContext, run_ids: Sequence[str] | None) -> tuple[Any, Any, A
     return loss, eps, privacy_utility_scatter(views), {"headers": table.headers, "data": table.rows}, note
 
 
+X_CHOICES = [("step", "step"), ("ε spent", "epsilon"), ("tokens seen", "tokens"), ("wall time", "time")]
+BAND_CHOICES = [("± sd over seeds", "sd"), ("min–max over seeds", "minmax")]
+
+
+SWEEP_PREFIX = "sweep:"
+
+
+def expand(ctx: AppContext, ids: Sequence[str] | None) -> list[str]:
+    """The picker's values as run ids: ``sweep:NAME`` becomes the sweep's stored runs (duplicates dropped)."""
+    out: list[str] = []
+    for value in ids or []:
+        out += sweep_runs(ctx, value[len(SWEEP_PREFIX) :]) if value.startswith(SWEEP_PREFIX) else [value]
+    return list(dict.fromkeys(out))
+
+
+def sweep_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """(label, name) for every stored sweep, newest first."""
+    from workbench.store.sweeps import SweepStore
+
+    sweeps = SweepStore(ctx.store)
+    out = []
+    for rec in sweeps.list():
+        counts = sweeps.counts(rec)
+        out.append((f"{rec.name} ({counts.get('finished', 0)}/{len(rec.members)} finished)", rec.name))
+    return out
+
+
+def sweep_runs(ctx: AppContext, name: str | None) -> list[str]:
+    """The stored runs of sweep ``name`` (none for no name)."""
+    from workbench.present.compare import resolve_runs
+
+    if not name:
+        return []
+    try:
+        return resolve_runs(ctx.store, [name])
+    except Exception:  # noqa: BLE001 - a sweep with no runs yet, or deleted meanwhile
+        return []
+
+
+def group_choices(ctx: AppContext, run_ids: Sequence[str] | None) -> list[str]:
+    """The settings that differ among the chosen runs: what the runs can be grouped by."""
+    from workbench.present.compare import differing_keys
+
+    try:
+        return differing_keys(_views(ctx, run_ids or []))
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _views(ctx: AppContext, run_ids: Sequence[str]):
+    views = []
+    for rid in run_ids:
+        view, rec = ctx.views.get(rid), ctx.store.get(rid)
+        view.name = view.name or rec.name
+        view.config = view.config or dict(rec.config)
+        views.append(view)
+    return views
+
+
+def compare_groups(
+    ctx: AppContext,
+    run_ids: Sequence[str] | None,
+    group_by: Sequence[str] | None = None,
+    x: str = "epsilon",
+    band: str = "sd",
+    smooth: bool = False,
+    log_y: bool = False,
+) -> tuple[Any, Any, Any, Any, dict, str]:
+    """(grouped loss, grouped validation metric, frontier, parallel coordinates, group table, message): the
+    chosen runs grouped by ``group_by`` (none: every differing setting but the seed), seeds aggregated."""
+    from workbench.present.compare import (
+        frontier_figure,
+        frontier_metric,
+        group_runs,
+        group_table,
+        grouped_figure,
+        parcoords_figure,
+    )
+
+    run_ids = list(run_ids or [])
+    titles = ("Loss by group", "Validation by group", "Privacy–utility frontier", "Parallel coordinates")
+    empty_table = {"headers": ["group"], "data": []}
+    if len(run_ids) < 2:
+        msg = "Choose two or more runs (or a sweep) to group."
+        return (*(empty_figure(t, msg) for t in titles), empty_table, msg)
+    try:
+        views = _views(ctx, run_ids)
+        by = list(group_by) if group_by else None
+        groups = group_runs(views, by)
+        metric = frontier_metric(views)
+        table = group_table(views, by)
+        figures = (
+            grouped_figure(groups, "loss", x, band=band, smooth=smooth, log_y=log_y),
+            grouped_figure(groups, metric, x, band=band, log_y=log_y),
+            frontier_figure(groups, metric, band=band),
+            parcoords_figure(views),
+        )
+    except Exception as err:  # noqa: BLE001 - e.g. a run deleted meanwhile, a setting not in these runs
+        return (*(empty_figure(t, "") for t in titles), empty_table, error_text(err))
+    return (*figures, {"headers": table.headers, "data": table.rows}, "")
+
+
 def selection_cost(ctx: AppContext, run_ids: Sequence[str] | None) -> str:
     """The plain line under the comparison: what choosing the best of these runs costs (the PLD composition
     of all of them, per dataset, from the privacy ledger), and that a private validation metric is part of it."""
@@ -70,7 +174,7 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
 
     with gr.Row():
         picker = gr.Dropdown(
-            [], multiselect=True, label="Runs to compare (two or more)", elem_id="compare-picker", scale=5
+            [], multiselect=True, label="Runs to compare (two or more), or a sweep", elem_id="compare-picker", scale=5
         )
         refresh = gr.Button("Refresh list", scale=1, size="sm")
     message = gr.Markdown("", elem_id="compare-message")
@@ -84,26 +188,91 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
             headers=["setting"], label="Settings that differ", interactive=False, elem_id="compare-diff", wrap=True
         )
 
+    gr.Markdown(
+        "### Groups: seeds aggregated, aligned by privacy spent\nChoose a sweep (or runs) above.",
+        elem_id="compare-groups-title",
+    )
+    with gr.Row():
+        group_by = gr.Dropdown(
+            [],
+            multiselect=True,
+            label="Group by (empty: every setting that differs but the seed)",
+            elem_id="compare-group-by",
+            scale=3,
+        )
+        x_axis = gr.Radio(X_CHOICES, value="epsilon", label="x axis", elem_id="compare-x", scale=3)
+        band = gr.Radio(BAND_CHOICES, value="sd", label="band", elem_id="compare-band", scale=2)
+        with gr.Column(scale=1, min_width=120):
+            smooth = gr.Checkbox(False, label="smooth the loss", elem_id="compare-smooth")
+            log_y = gr.Checkbox(False, label="log y", elem_id="compare-log-y")
+    group_message = gr.Markdown("", elem_id="compare-groups-message")
+    with gr.Row():
+        group_loss = gr.Plot(elem_id="compare-group-loss", show_label=False)
+        group_metric = gr.Plot(elem_id="compare-group-metric", show_label=False)
+    with gr.Row():
+        frontier = gr.Plot(elem_id="compare-frontier", show_label=False)
+        parcoords = gr.Plot(elem_id="compare-parcoords", show_label=False)
+    group_table = gr.Dataframe(
+        headers=["group"],
+        label="Groups: settings, resolved privacy, final numbers (mean ± sd)",
+        interactive=False,
+        elem_id="compare-groups",
+        wrap=True,
+    )
+    group_outputs = [group_loss, group_metric, frontier, parcoords, group_table, group_message]
+
+    # Sweeps are entries of the run picker ("sweep:NAME" stands for its runs).
     def choices(current):
-        options = run_choices(ctx)
+        options = [(f"sweep {label}", f"{SWEEP_PREFIX}{name}") for label, name in sweep_choices(ctx)]
+        options += run_choices(ctx)
         ids = {v for _, v in options}
         return gr.update(choices=options, value=[v for v in (current or []) if v in ids])
 
+    def regroup(ids, by, x, band_value, smooth_value, log_value):
+        return compare_groups(
+            ctx, expand(ctx, ids), by, x or "epsilon", band_value or "sd", bool(smooth_value), bool(log_value)
+        )
+
+    def refresh_groups(ids):
+        # choices only: setting the value here could undo a choice made while this event waited in the queue
+        return gr.update(choices=group_choices(ctx, expand(ctx, ids)))
+
     tab.select(choices, picker, picker, api_visibility="private", show_progress="hidden")
     refresh.click(choices, picker, picker, api_visibility="private")
+    group_inputs = [picker, group_by, x_axis, band, smooth, log_y]
+    # The group panels follow the picker through .then() after the overlay, not through listeners of their own on
+    # the picker: with more listeners on its change, Gradio 6 fired the picker's change again and again while its
+    # list was open.
     picker.change(
-        lambda ids: compare(ctx, ids),
+        lambda ids: compare(ctx, expand(ctx, ids)),
         picker,
         [loss, eps, scatter, diff, message],
         api_name="compare",
         trigger_mode="always_last",
+    ).then(refresh_groups, picker, group_by, api_visibility="private", show_progress="hidden").then(
+        regroup, group_inputs, group_outputs, api_visibility="private", show_progress="hidden"
     )
     picker.change(
-        lambda ids: selection_cost(ctx, ids),
+        lambda ids: selection_cost(ctx, expand(ctx, ids)),
         picker,
         cost,
         api_visibility="private",
         trigger_mode="always_last",
         show_progress="hidden",
     )
-    return {"picker": picker, "outputs": [loss, eps, scatter, diff, message], "cost": cost}
+    for control in group_inputs[1:]:
+        control.change(
+            regroup,
+            group_inputs,
+            group_outputs,
+            api_visibility="private",
+            trigger_mode="always_last",
+            show_progress="hidden",
+        )
+    return {
+        "picker": picker,
+        "outputs": [loss, eps, scatter, diff, message],
+        "cost": cost,
+        "group_inputs": group_inputs,
+        "group_outputs": group_outputs,
+    }

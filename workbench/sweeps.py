@@ -1,0 +1,710 @@
+"""Sweeps: the cross product of a grid of settings times seeds, stored as one group and run one by one.
+
+    workbench sweep --config run.yaml --grid target_epsilon=2,4,8 --grid max_grad_norm=0.1,1 --seeds 3
+    workbench sweep resume NAME          # trains again what did not finish
+    workbench.sweep("run.yaml", grid={"target_epsilon": [2, 4, 8]}, seeds=3)    # in a notebook
+
+Everything is validated before anything trains: unknown keys, values of the wrong type (every value
+is coerced through ``RunConfig``), empty lists, and combinations the config rejects (each reported
+with its combination). Each member's run gets a readable, unique name from what differs
+(``eps4-C0.1-s1``). The sweep and its members are stored in the run store (``store/sweeps.py``)
+before the first run starts, and each member is linked to its run before that run trains, so a
+sweep killed at any point resumes without training a finished member again.
+
+Tuning mode (``tuning="poisson"|"geometric"|"logarithmic"|"truncated_negative_binomial"`` with
+``mean_runs``): the number of runs K is drawn once, before any run, from that distribution with
+secret randomness (a ChaCha20 stream keyed from the OS, never the public seed), and each run's
+settings are drawn uniformly from the grid's combinations with the same stream; the privacy ledger
+records the runs as one tuning session with the distribution and its parameters, so it reports the
+``RepeatAndSelect`` bound of releasing only the best run (Papernot and Steinke 2022;
+``privacy/tuning.py``). Every one of the K runs counts: on resume a tuning run that took a step is
+not trained again (its output, even a failure, is one of the K draws).
+
+``workbench.sweep(...)`` (the package's lazy attribute) is ``run_sweep(...)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from workbench.config import ConfigError, RunConfig
+from workbench.store.runs import RunStore
+from workbench.store.sweeps import DONE, Member, SweepNotFound, SweepRecord, SweepStore
+
+TUNING_DISTRIBUTIONS = ("poisson", "geometric", "logarithmic", "truncated_negative_binomial")
+# short names for run labels: eps4-C0.1-s1
+ABBREVIATIONS = {
+    "target_epsilon": "eps",
+    "noise_multiplier": "sigma",
+    "max_grad_norm": "C",
+    "learning_rate": "lr",
+    "batch_size": "B",
+    "physical_batch_size": "pb",
+    "max_steps": "T",
+    "epochs": "ep",
+    "delta": "delta",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_layers": "L",
+    "lora_dropout": "drop",
+    "max_examples_per_user": "k",
+    "weight_decay": "wd",
+    "warmup_steps": "warm",
+    "max_seq_len": "len",
+    "seed": "s",
+}
+NOT_SWEPT = ("name", "output_dir")  # the sweep names its runs and gives each its own folder
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot be run as asked; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Tuning mode: the distribution of the number of runs, its mean and shape (RepeatAndSelect's)."""
+
+    distribution: str
+    mean: float
+    shape: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"distribution": self.distribution, "mean": self.mean, "shape": self.shape}
+
+
+# -- parsing and expansion --------------------------------------------------------------------------
+
+
+def parse_grid(items: Iterable[str] | Mapping[str, Sequence[Any]] | None) -> list[tuple[str, list[Any]]]:
+    """``["key=v1,v2", ...]`` (values parsed as YAML, as ``--set`` does) or ``{key: [v1, v2]}`` -> [(key, values)].
+
+    >>> parse_grid(["target_epsilon=4,8", "allocation=uniform,adaptive"])
+    [('target_epsilon', [4, 8]), ('allocation', ['uniform', 'adaptive'])]
+    """
+    if not items:
+        return []
+    pairs: list[tuple[str, list[Any]]] = []
+    if isinstance(items, Mapping):
+        for key, values in items.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                values = [values]
+            pairs.append((str(key).strip().replace("-", "_"), list(values)))
+    else:
+        for item in items:
+            if "=" not in item:
+                raise SweepError(f"--grid {item!r} is not key=v1,v2,..., e.g. --grid target_epsilon=2,4,8.")
+            key, raw = item.split("=", 1)
+            values = [_parse_value(v) for v in raw.split(",") if v.strip()]
+            pairs.append((key.strip().replace("-", "_"), values))
+    return pairs
+
+
+def grid_from_file(path: str | Path) -> list[str]:
+    """A sweep file (YAML or JSON: ``{setting: [values]}``) as ``--grid`` items; SweepError names what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise SweepError(f"sweep file {path} does not exist. Check the path.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SweepError(f"sweep file {path} is not valid YAML/JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"sweep file {path} must map settings to lists of values, e.g. target_epsilon: [2, 4, 8].")
+    items = []
+    for key, values in data.items():
+        values = values if isinstance(values, list) else [values]
+        if any(isinstance(v, (dict, list)) for v in values):
+            raise SweepError(f"sweep file {path}: {key} must be a list of plain values. Found {values!r}.")
+        items.append(f"{key}=" + ",".join("null" if v is None else str(v) for v in values))
+    return items
+
+
+def _parse_value(text: str) -> Any:
+    text = text.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_seeds(seeds: int | str | Sequence[int] | None, base_seed: int) -> list[int]:
+    """None -> the config's seed; a count n -> n seeds from the config's; '0,4,7' or a list -> those.
+
+    >>> parse_seeds(3, 0), parse_seeds("5,9", 0), parse_seeds(None, 2)
+    ([0, 1, 2], [5, 9], [2])
+    """
+    if seeds is None:
+        return [base_seed]
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()] if "," in text else None
+            count = int(text) if values is None else None
+        except ValueError:
+            raise SweepError(f"--seeds must be a count (3) or a list of seeds (0,4,7). Found {seeds!r}.") from None
+        if values is not None:
+            seeds = values
+        else:
+            seeds = count
+    if isinstance(seeds, bool):
+        raise SweepError(f"seeds must be a count or a list of integers. Found {seeds!r}.")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise SweepError(f"--seeds must be at least 1. Found {seeds}.")
+        return [base_seed + i for i in range(seeds)]
+    out = list(seeds)
+    if not out or not all(isinstance(s, int) and not isinstance(s, bool) for s in out):
+        raise SweepError(f"seeds must be a count or a non-empty list of integers. Found {seeds!r}.")
+    if len(set(out)) != len(out):
+        raise SweepError(f"seeds must be distinct. Found {out}.")
+    return out
+
+
+def format_value(value: Any) -> str:
+    """A setting's value in a run label: 4.0 -> '4', 0.001 -> '0.001', None -> 'none'."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list)):
+        return re.sub(r"[^A-Za-z0-9_.]+", "", yaml.safe_dump(value, default_flow_style=True))[:24]
+    return re.sub(r"[\s/\\]+", "_", str(value))
+
+
+def run_label(overrides: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
+    """A readable name from the settings that differ: ``{'target_epsilon': 4, 'max_grad_norm': 0.1, 'seed': 1}``
+    -> ``eps4-C0.1-s1``; a text value stands for itself (``allocation=adaptive`` -> ``adaptive``)."""
+    parts = []
+    for key in keys if keys is not None else list(overrides):
+        value = overrides.get(key)
+        if isinstance(value, str) and key not in ABBREVIATIONS:
+            parts.append(format_value(value))
+        else:
+            parts.append(ABBREVIATIONS.get(key, key) + format_value(value))
+    return "-".join(parts) or "run"
+
+
+def _coerced(cfg: RunConfig, key: str) -> Any:
+    return cfg.to_dict()[key]
+
+
+def validate(
+    base: RunConfig, grid: Sequence[tuple[str, list[Any]]], seeds: Sequence[int]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every combination of ``grid`` times ``seeds`` as (label, overrides), values coerced through RunConfig.
+
+    Raises SweepError listing every problem: unknown or repeated keys, empty lists, values of the wrong
+    type, and each combination the config rejects with its label.
+    """
+    problems: list[str] = []
+    seen: set[str] = set()
+    coerced: list[tuple[str, list[Any]]] = []
+    for key, values in grid:
+        if key in seen:
+            problems.append(f"grid key {key!r} is given twice: put all its values in one --grid {key}=v1,v2.")
+            continue
+        seen.add(key)
+        if key not in RunConfig.model_fields:
+            problems.append(f"unknown config key {key!r} in the grid. Run `workbench train --help-keys` for the list.")
+            continue
+        if key in NOT_SWEPT:
+            problems.append(f"{key!r} cannot be swept: the sweep names its runs and gives each its own folder.")
+            continue
+        if key == "seed" and seeds is not None and len(seeds) > 1:
+            problems.append("seed is both in the grid and in --seeds: use one of them.")
+            continue
+        if not values:
+            problems.append(f"grid key {key!r} has no values: give at least one, e.g. --grid {key}=v1,v2.")
+            continue
+        good = []
+        for value in values:
+            try:
+                good.append(_coerced(base.with_overrides({key: value}), key))
+            except ConfigError as err:
+                problems.append(f"grid {key}={value!r}: {err}")
+        if len({repr(v) for v in good}) != len(good):
+            problems.append(f"grid key {key!r} repeats a value: {good}.")
+        coerced.append((key, good))
+    if problems:
+        raise SweepError(_problems(problems))
+    keys = [k for k, _ in coerced]
+    seed_key = ["seed"] if len(seeds) > 1 else []
+    members: list[tuple[str, dict[str, Any]]] = []
+    for combo in itertools.product(*[v for _, v in coerced]):
+        for seed in seeds:
+            overrides = dict(zip(keys, combo))
+            if "seed" not in overrides:
+                overrides["seed"] = seed
+            label = run_label(overrides, keys + seed_key)
+            try:
+                base.with_overrides(overrides)
+            except ConfigError as err:
+                problems.append(f"combination {label} ({_settings_text(overrides, keys)}): {err}")
+                continue
+            members.append((label, overrides))
+    if problems:
+        raise SweepError(_problems(problems))
+    return _unique(members)
+
+
+def _settings_text(overrides: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={overrides[k]!r}" for k in keys) or "the base config"
+
+
+def _unique(members: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    counts: dict[str, int] = {}
+    out = []
+    for label, overrides in members:
+        n = counts[label] = counts.get(label, 0) + 1
+        out.append((label if n == 1 else f"{label}-{n}", overrides))
+    return out
+
+
+def _problems(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems with the sweep:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SweepError(
+            f"a sweep name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit. Found {name!r}."
+        )
+    return name
+
+
+# -- tuning mode -----------------------------------------------------------------------------------
+
+
+def tuning_of(distribution: str, mean_runs: float | None, shape: float | None = None) -> Tuning:
+    """Check tuning mode's settings: a known distribution, a mean >= 1 (and a shape for the TNB)."""
+    from workbench.privacy.accountants import PrivacyError
+    from workbench.privacy.tuning import shape_of
+
+    if distribution not in TUNING_DISTRIBUTIONS:
+        raise SweepError(f"--tuning must be one of {', '.join(TUNING_DISTRIBUTIONS)}. Found {distribution!r}.")
+    if mean_runs is None:
+        raise SweepError(f"--tuning {distribution} needs --mean-runs K, the expected number of runs (e.g. 10).")
+    if isinstance(mean_runs, bool) or not isinstance(mean_runs, (int, float)) or not math.isfinite(mean_runs):
+        raise SweepError(f"--mean-runs must be a number >= 1. Found {mean_runs!r}.")
+    if mean_runs < 1:
+        raise SweepError(f"--mean-runs must be at least 1. Found {mean_runs}.")
+    if distribution == "truncated_negative_binomial" and shape is None:
+        shape = 0.5
+    try:
+        value = shape_of(distribution, shape)
+    except PrivacyError as err:
+        raise SweepError(str(err)) from None
+    return Tuning(distribution, float(mean_runs), value)
+
+
+def secret_generator():
+    """A numpy Generator on a ChaCha20 stream keyed with 256 bits from the OS: never from the public seed."""
+    import numpy as np
+    from randomgen import ChaCha
+
+    return np.random.Generator(ChaCha(key=secrets.randbits(256), counter=0, rounds=20))
+
+
+def draw_runs(tuning: Tuning, rng=None) -> int:
+    """The number of runs, drawn from ``tuning``'s distribution (RepeatAndSelect's parametrisation by its mean:
+    Poisson(mean) may be 0; the truncated negative binomial family, geometric and logarithmic included, is >= 1)."""
+    from dp_accounting.rdp.rdp_privacy_accountant import _gamma_truncated_negative_binomial
+
+    rng = rng if rng is not None else secret_generator()
+    if math.isinf(tuning.shape):
+        return int(rng.poisson(tuning.mean))
+    gamma = _gamma_truncated_negative_binomial(tuning.shape, tuning.mean)
+    if tuning.shape == 1:
+        return int(rng.geometric(gamma))  # P(k) = gamma (1 - gamma)^(k-1), k >= 1
+    if tuning.shape == 0:
+        return int(rng.logseries(1 - gamma))  # P(k) proportional to (1 - gamma)^k / k, k >= 1
+    for _ in range(100_000):  # NB(shape, gamma) conditioned on k >= 1
+        k = int(rng.negative_binomial(tuning.shape, gamma))
+        if k >= 1:
+            return k
+    raise SweepError("could not draw a positive number of runs; use a larger --mean-runs.")
+
+
+# -- planning --------------------------------------------------------------------------------------
+
+
+def _base_config(config: RunConfig | dict | str | Path | None, overrides: Mapping[str, Any] | None) -> RunConfig:
+    try:
+        if config is None:
+            cfg = RunConfig()
+        elif isinstance(config, RunConfig):
+            cfg = config
+        elif isinstance(config, dict):
+            cfg = RunConfig.from_dict(config)
+        else:
+            cfg = RunConfig.from_file(config)
+        return cfg.with_overrides(dict(overrides)) if overrides else cfg
+    except ConfigError as err:
+        raise SweepError(str(err)) from None
+
+
+def default_name() -> str:
+    return time.strftime("sweep-%Y%m%d-%H%M%S")
+
+
+def create_sweep(
+    config: RunConfig | dict | str | Path | None = None,
+    *,
+    grid: Iterable[str] | Mapping[str, Sequence[Any]] | None = None,
+    seeds: int | str | Sequence[int] | None = None,
+    name: str | None = None,
+    tuning: str | None = None,
+    mean_runs: float | None = None,
+    tuning_shape: float | None = None,
+    store: RunStore | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SweepRecord:
+    """Validate and store a sweep (nothing trains yet); SweepError says what is wrong."""
+    base = _base_config(config, overrides)
+    name = _check_name(name or default_name())
+    sweeps = SweepStore(store)
+    if sweeps.exists(name):
+        raise SweepError(
+            f"a sweep named {name!r} exists: `workbench sweep resume {name}` continues it, or choose another --name."
+        )
+    pairs = parse_grid(grid)
+    plan_tuning = tuning_of(tuning, mean_runs, tuning_shape) if tuning is not None else None
+    if plan_tuning is not None and seeds is not None:
+        raise SweepError("--seeds does not apply in tuning mode: each of the drawn runs gets its own seed.")
+    seed_list = parse_seeds(seeds, base.seed)
+    if not pairs and len(seed_list) == 1 and plan_tuning is None:
+        raise SweepError("the grid is empty: give at least one --grid key=v1,v2 or --seeds 2 or more.")
+    combos = validate(base, pairs, seed_list if plan_tuning is None else [base.seed])
+    tuning_record = None
+    if plan_tuning is not None:
+        rng = secret_generator()
+        k = draw_runs(plan_tuning, rng)
+        keys = [key for key, _ in pairs]
+        members = []
+        for i in range(k):
+            label, overrides_i = combos[int(rng.integers(len(combos)))]
+            overrides_i = {**overrides_i, "seed": base.seed + i}
+            members.append((f"t{i + 1:02d}" + (f"-{label}" if keys else ""), overrides_i))
+        tuning_record = {**plan_tuning.to_dict(), "runs": k}
+    else:
+        members = combos
+    base_dict = base.to_dict()
+    try:
+        return sweeps.create(
+            name, base_config=base_dict, grid=pairs, seeds=seed_list, members=members, tuning=tuning_record
+        )
+    except ValueError as err:
+        raise SweepError(f"{err}: `workbench sweep resume {name}` continues it, or choose another --name.") from None
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What a progress callback receives after each run: ``done`` of ``total`` runs, this run, an estimate."""
+
+    sweep: str
+    done: int
+    total: int
+    label: str
+    run_id: str
+    status: str
+    summary: dict[str, Any]
+    seconds: float
+    remaining_seconds: float | None
+
+    def line(self) -> str:
+        from workbench.present.series import fmt_duration, fmt_eps
+
+        s = self.summary
+        eps = s.get("epsilon")
+        metrics = " ".join(f"{k}={s[k]:.4g}" for k in ("val_loss", "accuracy") if isinstance(s.get(k), (int, float)))
+        eta = f" | about {fmt_duration(self.remaining_seconds)} left" if self.remaining_seconds else ""
+        eps_text = fmt_eps(float(eps)) if eps is not None else "–"
+        return (
+            f"sweep {self.sweep} [{self.done}/{self.total}] {self.label}: {self.status} "
+            f"eps={eps_text} {metrics} ({fmt_duration(self.seconds)}){eta}"
+        ).replace("  ", " ")
+
+
+def pending(sweeps: SweepStore, rec: SweepRecord) -> list[Member]:
+    """The members to train: never started, or whose run did not finish (killed, failed, stopped, deleted
+    before it finished). In tuning mode only those whose run took no step (every drawn run counts)."""
+    out = []
+    ledger_ids = _ledger_ids(sweeps.store) if rec.tuning else set()
+    for m in rec.members:
+        status = sweeps.status(m)
+        if status in (DONE, "running", "queued"):
+            continue
+        if rec.tuning and any(a in ledger_ids for a in (m.run_id, *m.attempts) if a):
+            continue
+        out.append(m)
+    return out
+
+
+def _ledger_ids(store: RunStore) -> set[str]:
+    from workbench.store.ledger import Ledger
+
+    return {e.run_id for e in Ledger(store).entries(include_forgotten=True)}
+
+
+def member_config(rec: SweepRecord, member: Member) -> RunConfig:
+    base = RunConfig.from_dict(rec.base_config)
+    extra: dict[str, Any] = {"name": member.label}
+    if base.output_dir:
+        extra["output_dir"] = str(Path(base.output_dir) / rec.name / member.label)
+    return base.with_overrides({**member.overrides, **extra})
+
+
+def train_member(
+    store: RunStore, name: str, member: Member, *, subscribers: tuple = (), stop=None
+) -> tuple[str, dict[str, Any]]:
+    """Train one member in this thread: link it to its run first, record how it ended. Returns (run id, summary)."""
+    from workbench.session import Session
+
+    sweeps = SweepStore(store)
+    rec = sweeps.get(name)
+    session = Session(member_config(rec, member), store=store, subscribers=subscribers, name=member.label)
+    sweeps.start_member(name, member.index, session.run_id)
+    if stop is not None:
+        stop.append(session)
+    summary = session.run()
+    status = summary.get("status", "failed")
+    sweeps.end_member(name, member.index, status)
+    if rec.tuning:
+        _record_tuning(store, rec, session.run_id)
+    return session.run_id, summary
+
+
+def _record_tuning(store: RunStore, rec: SweepRecord, run_id: str) -> None:
+    """Mark the run in the privacy ledger as one of the tuning session's draws (a run that took no step has no row)."""
+    from workbench.store.ledger import Ledger, LedgerError
+
+    t = rec.tuning or {}
+    try:
+        Ledger(store).set_tuning(
+            [run_id], session=rec.name, distribution=t["distribution"], mean=t["mean"], shape=t["shape"]
+        )
+    except LedgerError:
+        pass
+
+
+def _worker(home: str, name: str, index: int, threads: int) -> tuple[str, dict[str, Any]]:
+    """One member in a separate process (``parallel`` > 1)."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    store = RunStore(home)
+    member = next(m for m in SweepStore(store).get(name).members if m.index == index)
+    run_id, summary = train_member(store, name, member)
+    keep = ("status", "reason", "epsilon", "val_loss", "accuracy", "perplexity", "steps", "wall_time")
+    return run_id, {k: summary.get(k) for k in keep}
+
+
+def execute(
+    name: str,
+    *,
+    store: RunStore | None = None,
+    parallel: int = 1,
+    progress: Callable[[Progress], None] | None = None,
+    subscribers: Callable[[Member], tuple] | None = None,
+) -> SweepRecord:
+    """Train the sweep's pending members (sequentially, or in ``parallel`` CPU processes); returns the sweep."""
+    store = store or RunStore()
+    sweeps = SweepStore(store)
+    rec = sweeps.get(name)
+    todo = pending(sweeps, rec)
+    total, done0 = len(rec.members), len(rec.members) - len(todo)
+    if parallel < 1:
+        raise SweepError(f"--parallel must be at least 1. Found {parallel}.")
+    if parallel > 1 and _device(rec) != "cpu":
+        parallel = 1  # one run per device: the GPU trains one member at a time
+    started = time.monotonic()
+
+    def report(i: int, member: Member, run_id: str, summary: dict, seconds: float) -> None:
+        left = len(todo) - i  # the estimate of what is left: the speed of the runs so far
+        per_run = (time.monotonic() - started) / i
+        if progress is not None:
+            progress(
+                Progress(
+                    name,
+                    done0 + i,
+                    total,
+                    member.label,
+                    run_id,
+                    summary.get("status", "failed"),
+                    summary,
+                    seconds,
+                    per_run * left if left else None,
+                )
+            )
+
+    if parallel == 1:
+        for i, member in enumerate(todo, 1):
+            t0 = time.monotonic()
+            run_id, summary = train_member(store, name, member, subscribers=subscribers(member) if subscribers else ())
+            report(i, member, run_id, summary, time.monotonic() - t0)
+    else:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+            futures = {pool.submit(_worker, str(store.home), name, m.index, threads): m for m in todo}
+            for i, fut in enumerate(as_completed(futures), 1):
+                member = futures[fut]
+                run_id, summary = fut.result()
+                report(i, member, run_id, summary, float(summary.get("wall_time") or 0.0))
+    return sweeps.get(name)
+
+
+def _device(rec: SweepRecord) -> str:
+    device = rec.base_config.get("device", "auto")
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def run_sweep(
+    config: RunConfig | dict | str | Path | None = None,
+    *,
+    grid: Iterable[str] | Mapping[str, Sequence[Any]] | None = None,
+    seeds: int | str | Sequence[int] | None = None,
+    name: str | None = None,
+    parallel: int = 1,
+    tuning: str | None = None,
+    mean_runs: float | None = None,
+    tuning_shape: float | None = None,
+    store: RunStore | None = None,
+    progress: bool | Callable[[Progress], None] = True,
+    **overrides: Any,
+) -> "SweepResult":
+    """Validate, store and run a sweep; returns a ``SweepResult`` (its runs, statuses and final numbers).
+
+    >>> import workbench
+    >>> result = workbench.sweep(model="tiny", max_steps=3, grid={"target_epsilon": [4, 8]}, seeds=2)  # doctest: +SKIP
+    >>> result.table()                                                                                  # doctest: +SKIP
+    """
+    store = store or RunStore()
+    rec = create_sweep(
+        config,
+        grid=grid,
+        seeds=seeds,
+        name=name,
+        tuning=tuning,
+        mean_runs=mean_runs,
+        tuning_shape=tuning_shape,
+        store=store,
+        overrides=overrides,
+    )
+    callback = _print_progress if progress is True else (progress or None)
+    execute(rec.name, store=store, parallel=parallel, progress=callback)
+    return SweepResult(rec.name, store)
+
+
+def resume(
+    name: str,
+    *,
+    store: RunStore | None = None,
+    parallel: int = 1,
+    progress: bool | Callable[[Progress], None] = True,
+) -> "SweepResult":
+    """Train what did not finish of sweep ``name`` (SweepError when there is no such sweep)."""
+    store = store or RunStore()
+    try:
+        SweepStore(store).get(name)
+    except SweepNotFound as err:
+        raise SweepError(str(err)) from None
+    callback = _print_progress if progress is True else (progress or None)
+    execute(name, store=store, parallel=parallel, progress=callback)
+    return SweepResult(name, store)
+
+
+def _print_progress(p: Progress) -> None:
+    print(p.line(), file=sys.stderr, flush=True)
+
+
+@dataclass
+class SweepResult:
+    """A stored sweep, read from the run store when asked."""
+
+    name: str
+    store: RunStore
+
+    @property
+    def record(self) -> SweepRecord:
+        return SweepStore(self.store).get(self.name)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return self.record.run_ids
+
+    def statuses(self) -> dict[str, str]:
+        sweeps = SweepStore(self.store)
+        return {m.label: sweeps.status(m) for m in self.record.members}
+
+    def table(self):
+        """The comparison table of the sweep's groups (``present.compare.group_table``) as a pandas DataFrame."""
+        import pandas as pd
+
+        from workbench.present.compare import group_table, load_views
+
+        views = load_views(self.store, self.run_ids)
+        table = group_table(views)
+        return pd.DataFrame(table.rows, columns=table.headers)
+
+    def _repr_html_(self) -> str:
+        counts = SweepStore(self.store).counts(self.record)
+        return f"<b>sweep {self.name}</b>: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+
+    def __repr__(self) -> str:
+        counts = SweepStore(self.store).counts(self.record)
+        return f"SweepResult({self.name!r}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
+
+
+__all__ = [
+    "SweepError",
+    "Tuning",
+    "Progress",
+    "SweepResult",
+    "parse_grid",
+    "grid_from_file",
+    "parse_seeds",
+    "run_label",
+    "validate",
+    "tuning_of",
+    "draw_runs",
+    "create_sweep",
+    "execute",
+    "pending",
+    "run_sweep",
+    "resume",
+]
