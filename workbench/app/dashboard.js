@@ -216,7 +216,7 @@
     const header = element.querySelector("#run-header"), table = element.querySelector("#generations table");
 
     function draw() {
-      timer = null; lastDraw = performance.now();
+      clearTimeout(timer); timer = null; lastDraw = performance.now();
       for (const [id, chart] of Object.entries(charts)) {
         if (!chart.dirty || !chart.visible || !chart.host.clientWidth) continue;
         const spec = CHARTS[id], out = spec.data(state.rows, chart.host);
@@ -237,8 +237,13 @@
         chart.dirty = false;
       }
     }
+    // A step's update is drawn in the task that brought it (header and charts: one rendering update, one
+    // burst of browser work per step), unless the last draw was under REDRAW_MS ago.
     function schedule() {
-      if (timer === null) timer = setTimeout(draw, Math.max(0, REDRAW_MS - (performance.now() - lastDraw)));
+      if (timer !== null) return;
+      const wait = REDRAW_MS - (performance.now() - lastDraw);
+      if (wait <= 0) draw();
+      else timer = setTimeout(draw, wait);
     }
     function touch() { for (const chart of Object.values(charts)) chart.dirty = true; schedule(); }
 
@@ -261,9 +266,9 @@
       if (update.steps.length) r.steps.push(...update.steps);
       if (update.modules) r.modules = update.modules;
       if (update.evals.length) { r.evals.push(...update.evals); generations(); }
-      if (update.reset || update.steps.length || update.evals.length || update.started || !r.steps.length) touch();
       if (update.reset && !update.evals.length) generations();
       header.innerHTML = update.header;  // built and escaped by the server (live.header_html)
+      if (update.reset || update.steps.length || update.evals.length || update.started || !r.steps.length) touch();
       element.dataset.run = update.run || "";
       element.dataset.status = update.status || "";
     }
