@@ -4,8 +4,8 @@ Gradio 6's status tracker (its ``statustracker-*.js`` module) animates an elapse
 a ``requestAnimationFrame`` loop, and a tracker removed while its event is pending never stops that
 loop: every Gradio page, even an idle one, renders 60 frames a second.  Measured on this 2-core
 machine with the app idle on the Train tab in a headless Chromium (``benchmarks/idle_page.py``):
-0.078 browser CPU-s a second without this patch and 0.011 with it (60 frames a second, then none
-asked of the browser), about 3.4 % of the two cores that also train; ``benchmarks/app_overhead.py
+0.118 browser CPU-s a second without this patch and 0.022 with it on a quiet machine (60 frames a
+second, then none asked of the browser), about 4.8 % of the two cores that also train; ``benchmarks/app_overhead.py
 --no-frame-patch`` measures it against training throughput.  The issue that asked for one live path
 allowed a patch only where it is worth more than 3 % of training throughput; this one is, so it
 stays, here and nowhere else.
