@@ -4,9 +4,6 @@ No gradio, no browser: synthetic events in, plotly figures and plain data out.""
 from __future__ import annotations
 
 import math
-import time
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +24,6 @@ from workbench.present import (
     progress,
     settings_diff_table,
 )
-from workbench.store.runs import RunStore
 
 
 def trace_points(fig) -> int:
@@ -181,5 +177,3 @@ def test_present_does_not_import_gradio():
 
     code = "import sys, workbench.present, workbench.app; assert 'gradio' not in sys.modules, 'gradio imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
