@@ -67,3 +67,27 @@ def ctx(_workbench_home):
     from workbench.store.runs import RunStore
 
     return AppContext(RunStore(_workbench_home))
+
+
+# -- the inner loop -----------------------------------------------------------------------------------
+# Tests over about 8 s each on 2 CPU cores (measured with --durations in CI) are also `slow`, so that
+# `make test-fast` stays under 2 minutes; `make test` (and CI) runs them all.
+SLOW_TESTS = {
+    "test_neighboring_resolution_and_published_size",
+    "test_a_dead_or_hung_rank_fails_the_run_in_bounded_time_and_leaves_no_process",
+    "test_two_processes_match_one_in_seeded_mode_with_the_same_epsilon_and_report",
+    "test_plan_for_an_els_target_uses_the_engines_user_level_sigma",
+    "test_input_canaries_catch_a_run_without_noise",
+    "test_user_level_epsilon_and_calibrate_commands",
+    "test_start_trains_stop_stops_and_export_zips",
+    "test_plan_update_draws_three_accountants_and_the_noise_needed",
+    "test_gpu_check_data_parallel_path_on_two_cpu_ranks",
+    "test_parallel_sweep_trains_in_separate_processes",
+    "test_engine_trains_without_gradio",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
