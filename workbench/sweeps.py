@@ -315,11 +315,11 @@ def tuning_of(distribution: str, mean_runs: float | None, shape: float | None = 
 
 
 def secret_generator():
-    """A numpy Generator on a ChaCha20 stream keyed with 256 bits from the OS: never from the public seed."""
-    import numpy as np
-    from randomgen import ChaCha
+    """A ChaCha20 stream keyed with 256 bits from the OS (``engine.randomness.stream``, the runs' own
+    construction): never from the public seed, and the key is never stored."""
+    from workbench.engine.randomness import stream
 
-    return np.random.Generator(ChaCha(key=secrets.randbits(256), counter=0, rounds=20))
+    return stream(secrets.token_bytes(32))
 
 
 def draw_runs(tuning: Tuning, rng=None) -> int:

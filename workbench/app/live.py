@@ -26,6 +26,8 @@ draws the other tabs and the notebooks, where figures do not change every second
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import time
 from importlib.resources import files
@@ -108,7 +110,7 @@ SHOW_TRAIN_JS = """(value) => {
   return [];
 }"""
 
-_NONCE = iter(range(1, 1 << 62))
+_NONCE = itertools.count(1)
 
 
 def selection_value(selection: Selection, *, show: bool = False) -> str:
@@ -393,8 +395,4 @@ async def _logged_in(scope) -> bool:
 
 def bind(ctx: AppContext) -> dict[str, Any]:
     """The middleware's keyword arguments for an app's context."""
-
-    def one(run, *, after, follow):
-        return update(ctx, run, after=after, follow=follow)
-
-    return {"update": one, "version": ctx.store.version}
+    return {"update": functools.partial(update, ctx), "version": ctx.store.version}

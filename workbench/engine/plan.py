@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from workbench import privacy
 from workbench.config import ConfigError, RunConfig
 from workbench.privacy.user_level import mixture_grid
+from workbench.privacy.validation import check_neighboring
 
 ELS_CURVE_POINTS = 12  # the mixture PLD costs seconds per point
 
@@ -384,7 +385,7 @@ def plan_curves(
     for acc in wanted:  # replace-one: only PLD has it (privacy/accountants.py); the others say why
         if acc not in order:
             try:
-                _epsilon(acc, noise_multiplier or 1.0, 1, stage)
+                check_neighboring(neighboring, accountant=acc)
             except privacy.PrivacyError as err:
                 stage.errors[acc] = str(err)
 

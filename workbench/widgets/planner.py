@@ -105,9 +105,9 @@ def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=
         compare_sigmas=True,
     )
     for stage in stages:
-        if stage is None or not is_current():
-            if not is_current():
-                raise _Stale
+        if not is_current():
+            raise _Stale
+        if stage is None:  # between slow computations: only the check above
             continue
         out.noise_multiplier = stage.noise_multiplier
         out.sigma_needed, out.errors = dict(stage.sigma_needed), dict(stage.errors)
