@@ -180,7 +180,8 @@ class RunConfig(BaseModel):
         ge=1,
         description="Processes of one data-parallel DP-SGD run (one GPU each on CUDA; gloo on the CPU). Each samples "
         "its own shard at rate q, the clipped sums are added up and the noise is added once: the same privacy as "
-        "one process. Started by `workbench train --nproc N` (or torchrun, whose world size it then records).",
+        "one process. `workbench train --nproc N` (or torchrun, whose world size it then records) starts the ranks; the "
+        "app, a notebook or a Session host them, as rank 0 with ranks 1..N-1 as child processes.",
     )
     output_dir: str | None = Field(None, description="Where the adapter goes; default: the run's folder.")
 

@@ -7,6 +7,7 @@ subscriber that raises is logged and never stops training.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -146,23 +147,33 @@ class Session:
             self._done.set()
 
     def _train(self) -> None:
+        from workbench.engine import distributed
         from workbench.engine.trainer import Trainer, prepare
 
         started = time.time()
         trainer = None
         try:
-            prepared = prepare(self.config)
             run_dir = self.store.run_dir(self.run_id)
-            trainer = Trainer(
-                prepared,
-                run_id=self.run_id,
-                emit=self._emit,
-                should_stop=self._should_stop(lambda: trainer),
-                run_dir=run_dir,
-                randomness=self.randomness,
+            # nproc > 1 in a process that is no rank yet (the app, a notebook): this Session hosts the group, as
+            # its rank 0, with ranks 1..N-1 as child processes reaped when the block ends (engine/distributed.py).
+            group = (
+                distributed.hosted(self.config, run_dir, run_id=self.run_id)
+                if distributed.hosts(self.config)
+                else contextlib.nullcontext()
             )
-            status, reason = trainer.run()
-            adapter = str(trainer.save(stopped=status == "stopped")) if trainer.step > 0 else None
+            with group as dist:
+                prepared = prepare(self.config)
+                trainer = Trainer(
+                    prepared,
+                    run_id=self.run_id,
+                    emit=self._emit,
+                    should_stop=self._should_stop(lambda: trainer),
+                    run_dir=run_dir,
+                    randomness=self.randomness,
+                    dist=dist,
+                )
+                status, reason = trainer.run()
+                adapter = str(trainer.save(stopped=status == "stopped")) if trainer.step > 0 else None
             self._end(status, reason, self._summary(trainer, status, adapter, started), trainer=trainer)
         except user_errors() as err:
             self._end("failed", str(err), self._summary(trainer, "failed", None, started), trainer=trainer)

@@ -150,19 +150,26 @@ def test_the_noise_is_added_once_with_std_sigma_c(tmp_path):
 # -- whole runs through the command line ----------------------------------------------------------------
 
 
+ORACLE = dict(FAST, max_steps=3, noise_multiplier=1.0, noise_seed=11, learning_rate=1e-2)
+
+
 def test_two_processes_match_one_in_seeded_mode_with_the_same_epsilon_and_report():
-    from safetensors.torch import load_file
-
     from workbench import train
-    from workbench.store.runs import RunStore
 
-    settings = dict(FAST, max_steps=3, noise_multiplier=1.0, noise_seed=11, learning_rate=1e-2)
-    proc = _cli(*_sets(**settings), "--nproc", "2", "--json")
-    one = train(**settings)  # while the 2 ranks start up
+    proc = _cli(*_sets(**ORACLE), "--nproc", "2", "--json")
+    one = train(**ORACLE)  # while the 2 ranks start up
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err.decode()[-2000:]
-    two = json.loads(out)
-    assert one["status"] == two["status"] == "finished"
+    _assert_same_run(one, json.loads(out))
+
+
+def _assert_same_run(one: dict, two: dict) -> None:
+    """The 2-process run ``two`` equals the 1-process run ``one``: epsilon, report, adapter, step events."""
+    from safetensors.torch import load_file
+
+    from workbench.store.runs import RunStore
+
+    assert one["status"] == two["status"] == "finished", (one.get("reason"), two.get("reason"))
     for key in ("epsilon", "delta", "sample_rate", "noise_multiplier", "steps", "dataset_size", "neighboring"):
         assert one[key] == two[key], key
     ta, tb = (load_file(str(Path(s["adapter_dir"]) / "adapter_model.safetensors")) for s in (one, two))
@@ -194,7 +201,8 @@ def _rank_pids(launcher: int) -> dict[int, int]:
             env = dict(x.split("=", 1) for x in (d / "environ").read_bytes().decode().split("\0") if "=" in x)
         except (OSError, ValueError, IndexError):
             continue
-        out[int(env["RANK"])] = int(d.name)
+        if "RANK" in env:  # not multiprocessing's resource tracker, say
+            out[int(env["RANK"])] = int(d.name)
     return out
 
 
@@ -246,7 +254,7 @@ def test_bad_nproc_gets_one_message_and_exit_2(monkeypatch):
 
     from workbench import train
     from workbench.cli import app
-    from workbench.config import RunConfig
+    from workbench.config import ConfigError, RunConfig
     from workbench.engine import distributed
 
     result = CliRunner().invoke(app, ["train", "--set", "model=tiny", "--nproc", "0"])
@@ -259,6 +267,100 @@ def test_bad_nproc_gets_one_message_and_exit_2(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: False)
     with pytest.raises(distributed.DistributedSetupError, match="NCCL backend is not available"):
         distributed.check_launch(RunConfig(model="tiny", device="cuda"), 1)
+    summary = train(model="tiny", nproc=2, device="cuda", max_steps=1)  # a Session hosting the ranks checks first
+    assert summary["status"] == "failed" and "needs 2 GPUs" in summary["reason"], summary["reason"]
     monkeypatch.undo()
-    summary = train(model="tiny", nproc=2, max_steps=1)  # in one process (the app, a notebook): refused, stored
-    assert summary["status"] == "failed" and "workbench train --nproc 2" in summary["reason"]
+    with pytest.raises(ConfigError, match="workbench train --nproc 2"):  # a bare Trainer still runs alone
+        distributed.current(RunConfig(model="tiny", nproc=2))
+
+
+# -- a group hosted by a Session (the app, the notebooks: this process is rank 0) ------------------------
+
+
+def _children() -> dict[int, int]:
+    return _rank_pids(os.getpid())
+
+
+def _session(**settings):
+    from workbench.config import RunConfig
+    from workbench.session import Session
+
+    return Session(RunConfig().with_overrides({**settings, "nproc": 2}))
+
+
+def _wait_steps(session, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(e.kind == "step" for e in list(session.events)) < n and not session.done:
+        assert time.monotonic() < deadline, "no step events"
+        time.sleep(0.2)
+    assert not session.done, session.summary
+
+
+def test_a_session_hosts_two_processes_and_matches_one_in_seeded_mode():
+    from workbench import train
+    from workbench.engine import distributed
+
+    session = _session(**ORACLE)
+    two = session.run()  # in this thread: this process is rank 0, rank 1 a child process
+    assert not _children() and not torch.distributed.is_initialized()
+    assert distributed._CURRENT is None and not distributed._HOST_LOCK.locked()
+    assert (session.store.run_dir(session.run_id) / "rank-1.log").exists()
+    _assert_same_run(train(**ORACLE), two)
+
+
+def test_stopping_a_hosted_session_stores_it_stopped_and_leaves_no_process():
+    session = _session(**FAST, max_steps=60, noise_multiplier=1.0, target_epsilon=None, eval_every=1000)
+    session.start()
+    _wait_steps(session, 2)
+    ranks = _children()
+    assert set(ranks) == {1}
+    session.stop()
+    summary = session.wait(60)
+    assert session.done and summary["status"] == "stopped", summary
+    assert session.store.get(session.run_id).status == "stopped"
+    assert 2 <= summary["steps"] < 60 and summary["adapter_dir"]
+    assert not _children() and not Path(f"/proc/{ranks[1]}").exists(), "rank 1 was left behind (or a zombie)"
+
+
+def test_killing_a_hosted_rank_fails_the_run_with_its_log_and_no_hang(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DIST_TIMEOUT", "30")
+    session = _session(**FAST, max_steps=60, noise_multiplier=1.0, target_epsilon=None, eval_every=1000)
+    session.start()
+    _wait_steps(session, 2)
+    pid = _children()[1]
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    summary = session.wait(60)
+    assert session.done and time.monotonic() - t0 < 15
+    reason = session.store.get(session.run_id).reason
+    assert summary["status"] == "failed" and "rank 0 of 2 lost the other processes" in reason, reason
+    assert "rank 1 was killed by SIGKILL" in reason and "rank-1.log" in reason, reason
+    assert not _children() and not Path(f"/proc/{pid}").exists()
+
+
+def test_a_rank_that_cannot_start_fails_the_hosted_run_at_once(monkeypatch):
+    from workbench.engine import distributed
+
+    monkeypatch.setattr(distributed.sys, "executable", "/bin/false")  # rank 1 exits 1 before saying "up"
+    t0 = time.monotonic()
+    summary = _session(model="tiny", max_steps=1).run()
+    assert summary["status"] == "failed" and time.monotonic() - t0 < 10
+    assert "rank 1 of 2 exited with code 1 before the process group formed" in summary["reason"], summary["reason"]
+    assert "rank-1.log" in summary["reason"] and not _children()
+
+
+def test_one_hosted_group_per_process_and_a_one_process_session_beside_it(monkeypatch):
+    from workbench.config import RunConfig
+    from workbench.engine import distributed
+
+    assert distributed.hosts(RunConfig(nproc=2)) and not distributed.hosts(RunConfig(nproc=1))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not distributed.hosts(RunConfig(nproc=2))  # a rank already (torchrun): the launcher's group, not a host
+    monkeypatch.undo()
+    with distributed._HOST_LOCK:
+        distributed._HOST_RUN[:] = ["run-a"]
+        summary = _session(model="tiny", max_steps=1).run()
+        distributed._HOST_RUN.clear()
+    assert summary["status"] == "failed" and "wait for run run-a to end" in summary["reason"], summary["reason"]
+    assert isinstance(distributed.current(RunConfig(nproc=1)), distributed.Local)

@@ -56,6 +56,7 @@ TRAIN_FIELDS = (
     "eval_every",
     "seed",
     "audit",
+    "nproc",  # added later ones go last, as in PLAN_FIELDS
 )
 BUILTIN_MODELS = ("default", "tiny")
 PLAN_ACCOUNTANTS = ("rdp", "prv", "pld")  # always drawn; the selected one is added when it is another
@@ -222,8 +223,10 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
     if "audit" in values:  # a checkbox: the white-box one-run audit (privacy/audit.py)
         o["audit"] = "gradient_canaries" if values["audit"] else "none"
     for key in ("max_grad_norm", "accountant", *TRAIN_FIELDS):
-        if key in values and key not in ("name", "audit"):
+        if key in values and key not in ("name", "audit", "nproc"):
             o[key] = _number(values[key], integer=key in ("lora_r", "physical_batch_size", "eval_every", "seed"))
+    if "nproc" in values:  # the Processes control: data-parallel ranks on this machine
+        o["nproc"] = whole_number("processes (nproc)", values["nproc"])
     if "name" in values:
         o["name"] = (values["name"] or "").strip() or None
     if isinstance(o.get("model"), str):

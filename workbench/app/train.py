@@ -30,6 +30,10 @@ def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> 
     try:
         config = forms.config_from_values(values, base=ctx_base(ctx))
         forms.check_start(config)
+        if config.nproc > 1:  # more processes than GPUs, no backend: the message now, not a failed run
+            from workbench.engine import distributed
+
+            distributed.check_launch(config, config.nproc)
     except Exception as err:  # noqa: BLE001 - bad input: a message beside Start, nothing started
         return selection, error_text(err)
     busy = [rid for rid, s in ctx.sessions.items() if not s.done]
@@ -117,6 +121,14 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                     )
                     c["seed"] = gr.Number(base.seed, label="Seed", precision=0, info=help_["seed"])
             gr.Markdown("Data and privacy settings come from the **Plan** tab.")
+            c["nproc"] = gr.Number(
+                base.nproc,
+                label="Processes",
+                precision=0,
+                info="Data-parallel ranks on this machine: one per GPU on CUDA, or CPU processes sharing the cores. "
+                "ε is unchanged by it; this app is rank 0, the others' logs go to the run's folder.",
+                elem_id="nproc",
+            )
             c["audit"] = gr.Checkbox(
                 base.audit != "none",
                 label="Audit this run (gradient canaries)",

@@ -41,6 +41,11 @@ Failures: every collective has the timeout given to ``init_process_group`` (WORK
 seconds, default 300), so a rank that dies (its sockets close: the others fail at once) or hangs (the
 others fail after the timeout) fails the run with a ``DistributedError`` naming what failed; the run is
 stored as ``failed`` by rank 0's Session, and the launcher (``launch``) reaps every process it started.
+
+Hosted runs (the app, a notebook): a Session whose config has nproc > 1 in a process that is no rank yet hosts
+the group itself (``hosted``): this process joins as rank 0 on its session thread, ranks 1..N-1 run as
+``python -m workbench train`` children (each one's output in ``rank-r.log`` in the run folder), and every child
+is reaped when the run ends. torch.distributed's default group is process-wide, so one hosted group at a time.
 """
 
 from __future__ import annotations
@@ -55,11 +60,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 # c10d's C++ warnings (stack traces while a rendezvous retries) would bury the one-line message; they are read
 # when torch is first imported, which the command line does after this module.
@@ -72,6 +78,8 @@ from workbench.config import ConfigError, RunConfig  # noqa: E402
 
 DEFAULT_TIMEOUT_S = 300.0  # collectives and the rendezvous; rank 0's evaluations between steps must fit in it
 GRACE_S = 5.0  # the launcher waits this long for the other ranks once rank 0 has ended, then kills them
+HOSTED_ENV = "WORKBENCH_HOSTED"  # "1" in the environment of the ranks a Session hosts (``hosted``)
+READY_KEY = "workbench/ready"  # each hosted rank adds 1 to it in rank 0's store before joining the group
 
 
 class DistributedSetupError(ConfigError):
@@ -192,7 +200,8 @@ def current(config: RunConfig) -> "Distributed | Local":
     if config.nproc > 1:
         raise ConfigError(
             f"nproc={config.nproc} needs one process per rank: start it with `workbench train --nproc "
-            f"{config.nproc}` (or torchrun). This session runs in one process: set nproc=1 here."
+            f"{config.nproc}` (or torchrun), or train it through a Session, which hosts the ranks itself. This "
+            "process is no rank: set nproc=1 here."
         )
     return Local()
 
@@ -200,6 +209,15 @@ def current(config: RunConfig) -> "Distributed | Local":
 def init(config: RunConfig, rank: int, world_size: int, local_rank: int) -> "Distributed":
     """Join the process group the environment describes (MASTER_ADDR/MASTER_PORT, env:// as torchrun's)."""
     global _CURRENT
+    _CURRENT = _join(config, rank, world_size, local_rank, announce=rank > 0 and os.environ.get(HOSTED_ENV) == "1")
+    return _CURRENT
+
+
+def _join(
+    config: RunConfig, rank: int, world_size: int, local_rank: int, *, store=None, announce: bool = False
+) -> "Distributed":
+    """Join a process group: through ``store`` (a hosted group's rank 0 holds its TCPStore) or env://; with
+    ``announce``, first tell the hosting rank 0 that this rank is up (``hosted`` waits for it)."""
     import torch.distributed as tdist
 
     backend = check_launch(config, 1)
@@ -212,20 +230,43 @@ def init(config: RunConfig, rank: int, world_size: int, local_rank: int) -> "Dis
             )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")  # a timeout raises here instead of killing the process
+        # A timeout raises here instead of killing the process. NCCL reads it from the environment only, so a
+        # hosted rank 0 sets it in the app's own environment too (it concerns NCCL groups alone).
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     limit = timeout_s()
-    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    if store is not None:
+        where = f"127.0.0.1:{store.port}"
+    else:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
-        tdist.init_process_group(
-            backend, init_method="env://", rank=rank, world_size=world_size, timeout=timedelta(seconds=limit)
-        )
+        if announce:  # a rank a Session hosts: its own client of rank 0's store, the same keys as env:// uses
+            store = _tcp_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, limit=limit)
+            store.add(READY_KEY, 1)
+        if store is None:
+            tdist.init_process_group(
+                backend, init_method="env://", rank=rank, world_size=world_size, timeout=timedelta(seconds=limit)
+            )
+        else:  # env:// wraps its store in this prefix: the ranks of one group must agree on the keys
+            tdist.init_process_group(
+                backend,
+                store=tdist.PrefixStore("default_pg", store),
+                rank=rank,
+                world_size=world_size,
+                timeout=timedelta(seconds=limit),
+            )
     except Exception as err:  # noqa: BLE001 - the rendezvous' errors vary by backend and version
         raise DistributedSetupError(
             f"rank {rank} of {world_size} could not join the process group at {where} within {limit:g} s "
             f"({_first_line(err)}). Check MASTER_ADDR / MASTER_PORT and that every rank was started."
         ) from None
-    _CURRENT = Distributed(rank, world_size, local_rank, backend, device, limit)
-    return _CURRENT
+    return Distributed(rank, world_size, local_rank, backend, device, limit)
+
+
+def _tcp_store(host: str, port: int, world_size: int, *, limit: float, master: bool = False):
+    """A c10d TCPStore (``master``: its server, on ``port``, 0 for a free one); it waits for no one here."""
+    from torch.distributed import TCPStore
+
+    return TCPStore(host, port, world_size, is_master=master, timeout=timedelta(seconds=limit), wait_for_workers=False)
 
 
 def shutdown() -> None:
@@ -438,8 +479,8 @@ def run_worker(config: RunConfig, ctx: Distributed) -> int:
 
 def enter(config: RunConfig, *, nproc: int | None, extra_args: Sequence[str] = ()) -> tuple[RunConfig, int | None]:
     """What ``workbench train`` does about processes. Returns (config, None) for this process to run the
-    Session (one process, or rank 0), or (config, exit code) when the work is done here (the launcher, or a
-    rank > 0). DistributedSetupError for bad input."""
+    Session (one process, or rank 0), or (config, exit code) when the launcher's work is done; a rank > 0
+    trains and ends the process with its exit code. DistributedSetupError for bad input."""
     if nproc is not None:
         if nproc < 1:
             raise DistributedSetupError(f"--nproc must be at least 1 (the number of processes). Found {nproc}.")
@@ -455,7 +496,13 @@ def enter(config: RunConfig, *, nproc: int | None, extra_args: Sequence[str] = (
     ctx = init(config, rank, world, local)
     if ctx.is_main:
         return config, None
-    return config, run_worker(config, ctx)
+    code = run_worker(config, ctx)
+    # A worker rank ends here, without the interpreter's teardown: destroying gloo's threads from C++ static
+    # destructors at exit once aborted a rank that had finished cleanly ("terminate called without an active
+    # exception", exit code 134), which the launcher then reported as a failed run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # -- the launcher (--nproc N on one machine) -------------------------------------------------------------
@@ -467,9 +514,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_PRCTL: list = []  # libc's prctl, looked up in the parent (``_load_prctl``): no dlopen between fork and exec
+
+
+def _load_prctl() -> None:
+    if not _PRCTL and sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            _PRCTL.append(ctypes.CDLL("libc.so.6", use_errno=True).prctl)
+
+
 def _die_with_parent() -> None:  # runs in the child before exec: SIGKILL when the launcher dies
+    # PR_SET_PDEATHSIG fires when the *thread* that started the child ends, not the process: for ``launch`` that
+    # is the main thread; for ``hosted`` it is the Session's thread, which reaps its ranks before it ends anyway,
+    # so the signal only matters when the whole app process dies (a crash, SIGKILL).
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        (_PRCTL[0] if _PRCTL else ctypes.CDLL("libc.so.6", use_errno=True).prctl)(1, signal.SIGKILL)
 
 
 def launch(config: RunConfig, *, extra_args: Sequence[str] = ()) -> int:
@@ -483,6 +542,7 @@ def launch(config: RunConfig, *, extra_args: Sequence[str] = ()) -> int:
     port = free_port()
     threads = max(1, (os.cpu_count() or 1) // n)
     procs: list[subprocess.Popen] = []
+    _load_prctl()
     try:
         for rank in range(n):
             env = {
@@ -556,3 +616,158 @@ def _reap(procs: list[subprocess.Popen], *, grace: float) -> None:
             with contextlib.suppress(OSError):
                 p.kill()
             p.wait()
+
+
+# -- a group hosted by a Session (the app, a notebook) ------------------------------------------------------
+
+_HOST_LOCK = threading.Lock()  # torch.distributed's default group is process-wide: one hosted group at a time
+_HOST_RUN: list[str] = []  # the run that holds it, for the message
+
+
+def hosts(config: RunConfig) -> bool:
+    """True when a Session in this process must host ``config``'s group itself: nproc > 1 and this process is
+    no rank yet (not started by ``workbench train --nproc`` or torchrun)."""
+    return config.nproc > 1 and _CURRENT is None and from_env() is None
+
+
+@contextlib.contextmanager
+def hosted(config: RunConfig, run_dir: Path, *, run_id: str = "") -> Iterator[Distributed]:
+    """Host ``config.nproc`` ranks from this process: ranks 1..N-1 as ``python -m workbench train`` children
+    (torchrun's variables on a free local port, their output in ``run_dir/rank-r.log``), this process as rank 0
+    on the calling thread. Yields rank 0's ``Distributed``; on leaving (end, stop or error) every child is reaped
+    and the group destroyed. ``os.environ`` and ``_CURRENT`` are left alone: a one-process Session running
+    beside this one still trains alone (``current`` gives it ``Local``)."""
+    n = config.nproc
+    check_launch(config, n)
+    if not _HOST_LOCK.acquire(blocking=False):
+        holder = _HOST_RUN[0] if _HOST_RUN else "?"
+        raise DistributedSetupError(
+            f"another multi-process run is using this process's torch.distributed group; wait for run {holder} "
+            "to end (or set nproc=1)."
+        )
+    _HOST_RUN[:] = [run_id or Path(run_dir).name]
+    procs: list[subprocess.Popen] = []
+    logs: list[Path] = []
+    path, store, started, joined, clean = None, None, False, False, False
+    try:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            raise DistributedSetupError(
+                "this process already belongs to a torch.distributed group, so it cannot host another: set nproc=1 "
+                "or run `workbench train --nproc N` in a terminal."
+            )
+        limit = timeout_s()
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Rank 0's store, on a free port: the ranks rendezvous through it and say "up" in it (READY_KEY), so a rank
+        # that dies while starting fails the run at once instead of after the rendezvous' timeout.
+        store = _tcp_store("127.0.0.1", 0, n, limit=limit, master=True)
+        fd, path = tempfile.mkstemp(prefix="workbench-run-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(config.to_dict()))
+        threads = max(1, (os.cpu_count() or 1) // n)
+        _load_prctl()
+        for rank in range(1, n):
+            env = {
+                **os.environ,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(store.port),
+                "RANK": str(rank),
+                "WORLD_SIZE": str(n),
+                "LOCAL_RANK": str(rank),
+                "LOCAL_WORLD_SIZE": str(n),
+                HOSTED_ENV: "1",
+            }
+            env.setdefault("OMP_NUM_THREADS", str(threads))  # the ranks share the cores (rank 0 keeps the app's)
+            logs.append(run_dir / f"rank-{rank}.log")
+            with open(logs[-1], "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "workbench", "train", "--config", path],
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # a Ctrl-C in the app's terminal reaches the app alone
+                        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    )
+                )
+        _await_ranks(store, procs, logs, limit)  # its errors name the rank and its log already
+        started = True
+        # Every rank said "up" and is joining now. One that dies in the instant between would still leave rank 0
+        # waiting in init_process_group until the timeout (WORKBENCH_DIST_TIMEOUT), then failing with its message.
+        dist = _join(config, 0, n, 0, store=store)
+        joined = True
+        yield dist
+        clean = True
+    except (DistributedError, DistributedSetupError) as err:
+        if not started:
+            raise
+        raise type(err)(f"{err}{_ranks_note(procs, logs)}") from None
+    finally:
+        if clean:  # the ranks end by themselves after the last step (or the stop): let them exit
+            deadline = time.monotonic() + GRACE_S
+            for p in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        _reap(procs, grace=2.0)
+        if joined:
+            with contextlib.suppress(Exception):
+                import torch.distributed as tdist
+
+                tdist.destroy_process_group()
+        del store
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        _HOST_RUN.clear()
+        _HOST_LOCK.release()
+
+
+def _await_ranks(store, procs: list[subprocess.Popen], logs: list[Path], limit: float) -> None:
+    """Wait until every child rank said "up" in the store; a rank that exits first, or the timeout, fails."""
+    n = len(procs) + 1
+    deadline = time.monotonic() + limit
+    while (ready := store.add(READY_KEY, 0)) < len(procs):
+        for rank, (p, log) in enumerate(zip(procs, logs), start=1):
+            if p.poll() is not None:
+                raise DistributedError(
+                    f"rank {rank} of {n} {_exit_text(p.returncode)} before the process group formed "
+                    f"({_last_line(log)}); its log: {log}"
+                )
+        if time.monotonic() > deadline:
+            raise DistributedError(
+                f"only {ready} of the {len(procs)} other ranks started within {limit:g} s (WORKBENCH_DIST_TIMEOUT); "
+                f"their logs: {', '.join(map(str, logs))}"
+            )
+        time.sleep(0.05)
+
+
+def _ranks_note(procs: list[subprocess.Popen], logs: list[Path]) -> str:
+    """What became of each child rank, with its log, to append to a failure's message."""
+    if not procs:
+        return ""
+    deadline = time.monotonic() + 1.0  # a rank that just died: give the kernel a moment to report its end
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    notes = []
+    for rank, (p, log) in enumerate(zip(procs, logs), start=1):
+        state = "is still running" if p.poll() is None else _exit_text(p.returncode)
+        notes.append(f"rank {rank} {state}; its log: {log}")
+    return ". " + "; ".join(notes)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _last_line(log: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
+        if lines:
+            return lines[-1][:300]
+    return "no output"

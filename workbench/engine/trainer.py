@@ -118,7 +118,10 @@ class Trainer:
         should_stop: Callable[[], bool] = lambda: False,
         run_dir: Path,
         randomness: RunRandomness,
+        dist: "distributed.Distributed | distributed.Local | None" = None,
     ) -> None:
+        """``dist``: this process's rank in a data-parallel group (a Session hosting one passes its rank 0);
+        default: the group this process was started in (``distributed.current``), or one process."""
         self.p = prepared
         self.run_id = run_id
         self.emit = emit
@@ -129,7 +132,7 @@ class Trainer:
         # never from cfg.seed, which is public (it is in the exported config).
         self.randomness = randomness
         # Data-parallel runs (engine/distributed.py): this process's rank; Local (no collectives) otherwise.
-        self.dist = distributed.current(cfg)
+        self.dist = dist if dist is not None else distributed.current(cfg)
         self.distributed = self.dist.world_size > 1
         if self.distributed:
             self.dist.agree(None)  # every rank prepared, or every rank fails with the failing rank's message

@@ -2,6 +2,7 @@
 
     dash = Dashboard(model="tiny", max_steps=40)     # a new run: press Start (or dash.start())
     dash                                             # show it; training runs on a background thread
+    Dashboard(model="tiny", nproc=2)                 # data-parallel on 2 processes: the kernel is rank 0
     Dashboard(run_id="20260101-120000-abc123")       # a stored run (live if another process trains it)
 
 The training thread never touches a widget: the session's subscriber only marks "new events"
