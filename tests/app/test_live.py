@@ -177,6 +177,8 @@ def test_the_frame_patch_is_first_in_the_page_and_gradios_module_still_asks_for_
     tracker = [p for p in assets.iterdir() if p.name.startswith(GRADIO_MODULE) and p.name.endswith(".js")]
     assert tracker, f"Gradio no longer ships a {GRADIO_MODULE}*.js module: remove workbench/app/frames.py"
     assert any("requestAnimationFrame" in p.read_text(encoding="utf-8") for p in tracker)
+    # the patch keeps 10 Hz while a tracker shows its timer, which Gradio renders in this class
+    assert any("progress-text" in p.read_text(encoding="utf-8") for p in tracker) and b".progress-text" in SCRIPT
     _, start = served
     page = requests.get(start(), timeout=30)
     head = page.text.index("<head>")

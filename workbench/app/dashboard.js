@@ -203,14 +203,16 @@
       const title = document.createElement("div"), note = document.createElement("div"), readout = document.createElement("div");
       title.className = "wb-chart-title"; note.className = "wb-note"; readout.className = "wb-readout";
       host.append(title, readout, note);
-      const chart = (charts[id] = { host, title, note, plot: null, dirty: true, visible: false, zoomed: false });
+      // width: the host's, kept by the ResizeObserver (reading clientWidth in draw() would force a layout per chart)
+      const chart = (charts[id] = { host, title, note, plot: null, dirty: true, visible: false, zoomed: false, width: 0 });
       new IntersectionObserver((entries) => {
         chart.visible = entries[entries.length - 1].isIntersecting;
         if (chart.visible && chart.dirty) schedule();
       }, { rootMargin: "200px" }).observe(host);
-      new ResizeObserver(() => {
-        if (chart.plot && host.clientWidth) chart.plot.setSize({ width: host.clientWidth, height: CHARTS[id].height || 280 });
-        else if (host.clientWidth) schedule();
+      new ResizeObserver((entries) => {
+        chart.width = Math.floor(entries[entries.length - 1].contentRect.width);
+        if (chart.plot && chart.width) chart.plot.setSize({ width: chart.width, height: CHARTS[id].height || 280 });
+        else if (chart.width) schedule();
       }).observe(host);
     }
     const header = element.querySelector("#run-header"), table = element.querySelector("#generations table");
@@ -218,11 +220,11 @@
     function draw() {
       clearTimeout(timer); timer = null; lastDraw = performance.now();
       for (const [id, chart] of Object.entries(charts)) {
-        if (!chart.dirty || !chart.visible || !chart.host.clientWidth) continue;
+        if (!chart.dirty || !chart.visible || !chart.width) continue;
         const spec = CHARTS[id], out = spec.data(state.rows, chart.host);
         chart.host.__wbHeat = out.heat;
         if (!chart.plot) {
-          const opts = Object.assign({ width: chart.host.clientWidth, height: spec.height || 280, scales: { x: { time: false } },
+          const opts = Object.assign({ width: chart.width, height: spec.height || 280, scales: { x: { time: false } },
             cursor: { drag: { x: true, y: false } }, legend: { live: true } }, spec.options(chart.host));
           opts.hooks = Object.assign({}, opts.hooks, { setSelect: [() => { chart.zoomed = true; }] });
           chart.plot = new uPlot(opts, out.data, chart.host);
@@ -267,7 +269,7 @@
       if (update.modules) r.modules = update.modules;
       if (update.evals.length) { r.evals.push(...update.evals); generations(); }
       if (update.reset && !update.evals.length) generations();
-      header.innerHTML = update.header;  // built and escaped by the server (live.header_html)
+      if (update.header !== header.__wbHtml) header.innerHTML = header.__wbHtml = update.header;  // built and escaped by the server (live.header_html)
       if (update.reset || update.steps.length || update.evals.length || update.started || !r.steps.length) touch();
       element.dataset.run = update.run || "";
       element.dataset.status = update.status || "";
