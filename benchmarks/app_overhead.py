@@ -39,16 +39,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chromium import CHROMIUM_ARGS, launch_chromium  # noqa: E402,F401 (CHROMIUM_ARGS: idle_page.py imports it from here)
+
 BIN = Path(sys.executable).parent
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def settings(model: str, steps: int) -> dict:
@@ -226,7 +220,7 @@ def measure_app(
         url = f"http://127.0.0.1:{port}/"
         wait_http(url)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium_for(browser_sched, home), args=CHROMIUM_ARGS)
+            browser = launch_chromium(p, chromium_for(browser_sched, home))
             page = browser.new_page()
             page.goto(url)
             page.get_by_role("tab", name="Train").click()

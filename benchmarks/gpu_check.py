@@ -15,9 +15,9 @@ issue sets as goals are printed at the end:
 
 The model: Llama-style, hidden 2048, 22 layers, 32 heads (4 KV heads), MLP 5632, vocabulary 32000 (TinyLlama-1.1B's
 shape, 1.1 B parameters), frozen backbone in bf16, LoRA r=16 on every linear layer (peft "all-linear") in fp32, run
-under bf16 autocast. The three methods train fresh copies on the same batch with AdamW (benchmarks/overhead.py has
-the same three methods on the real default model). Peak memory is CUDA's peak allocated bytes above the model's own
-(on the CPU it is not measured). ``--tiny``: hidden 64, 2 layers, vocabulary 512, sequence 32, batches 2 and 4.
+under bf16 autocast. The three methods train fresh copies on the same batch with AdamW (benchmarks/overhead.py runs
+these three classes on the real default model). Peak memory is CUDA's peak allocated bytes above the model's own (on
+the CPU it is not measured). ``--tiny``: hidden 64, 2 layers, vocabulary 512, sequence 32, batches 2 and 4.
 """
 
 from __future__ import annotations
@@ -137,49 +137,61 @@ def make_batch(b: int, seq: int, vocab: int, device, seed: int = 0) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": ids.to(device)}
 
 
-def autocast(device):
+def autocast(device, bf16: bool = True):
     import contextlib
 
     import torch
 
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
 
 
-# -- the three methods (as benchmarks/overhead.py, under bf16 autocast on CUDA) ---------------------------
+# -- the three methods (benchmarks/overhead.py runs them too: without autocast, at its own learning rate) --------
 
 
-class NonPrivate:
-    name = "nonprivate"
+class _Method:
+    """What the three share: the batch's per-example loss, under bf16 autocast on CUDA unless ``bf16`` is False."""
 
-    def __init__(self, model, batch, device) -> None:
-        import torch
+    def __init__(self, batch, device, bf16: bool) -> None:
+        self.batch, self.device, self.bf16 = batch, device, bf16
 
-        self.model, self.batch, self.device = model, batch, device
-        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-
-    def step(self) -> None:
+    def loss(self):
         from workbench.engine.losses import per_example_loss
 
-        with autocast(self.device):
+        with autocast(self.device, self.bf16):
             loss, _ = per_example_loss(self.model, self.batch, task="causal_lm")
-        loss.mean().backward()
+        return loss
+
+
+class NonPrivate(_Method):
+    name = "nonprivate"
+
+    def __init__(self, model, batch, device, *, lr: float = LR, bf16: bool = True) -> None:
+        import torch
+
+        super().__init__(batch, device, bf16)
+        self.model = model
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    def step(self) -> None:
+        self.loss().mean().backward()  # Opacus too: its default loss_reduction="mean"
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
 
-class Workbench:
+class Workbench(_Method):
     """This engine's DP step: per-example grads (hooks), clip, sum, noise once (float64, secret), / B."""
 
     name = "workbench"
 
-    def __init__(self, model, batch, device, collective=None) -> None:
+    def __init__(self, model, batch, device, collective=None, *, lr: float = LR, bf16: bool = True) -> None:
         import torch
 
         from workbench.engine.dp_step import DPGradient
         from workbench.engine.grad_sample import PerExampleGrads
         from workbench.engine.randomness import RunRandomness
 
-        self.model, self.batch, self.device = model, batch, device
+        super().__init__(batch, device, bf16)
+        self.model = model
         self.hooks = PerExampleGrads(model)
         self.hooks.enabled = True
         params = self.hooks.trainable_parameters()
@@ -191,17 +203,13 @@ class Workbench:
         self.dp = DPGradient(params, max_grad_norm=C, noise_multiplier=SIGMA, noise=noise)
         self.dp.collective = collective
         self.params = [p for ps in params.values() for _, p in ps]
-        self.opt = torch.optim.AdamW(self.params, lr=LR)
+        self.opt = torch.optim.AdamW(self.params, lr=lr)
         self.expected = float(batch["input_ids"].shape[0]) * (collective.world_size if collective else 1)
 
     def step(self) -> None:
-        from workbench.engine.losses import per_example_loss
-
         self.dp.start()
         self.hooks.reset()
-        with autocast(self.device):
-            loss, _ = per_example_loss(self.model, self.batch, task="causal_lm")
-        loss.sum().backward()
+        self.loss().sum().backward()
         self.dp.add_microbatch(self.hooks.grads)
         for p in self.params:
             p.grad = None
@@ -210,35 +218,27 @@ class Workbench:
         self.opt.zero_grad(set_to_none=True)
 
 
-class Opacus:
+class Opacus(NonPrivate):
+    """Opacus' PrivacyEngine (GradSampleModule + DPOptimizer), same C and sigma; NonPrivate's step on its model."""
+
     name = "opacus"
 
-    def __init__(self, model, batch, device) -> None:
+    def __init__(self, model, batch, device, *, lr: float = LR, bf16: bool = True) -> None:
         import torch
         from opacus import PrivacyEngine
         from torch.utils.data import DataLoader, TensorDataset
 
-        self.batch, self.device = batch, device
+        super().__init__(model, batch, device, lr=lr, bf16=bf16)
         b = batch["input_ids"].shape[0]
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
         loader = DataLoader(TensorDataset(torch.zeros(b * 10, 1)), batch_size=b)
         self.model, self.opt, _ = PrivacyEngine(accountant="rdp").make_private(
             module=model,
-            optimizer=opt,
+            optimizer=self.opt,
             data_loader=loader,
             noise_multiplier=SIGMA,
             max_grad_norm=C,
             poisson_sampling=False,
         )
-
-    def step(self) -> None:
-        from workbench.engine.losses import per_example_loss
-
-        with autocast(self.device):
-            loss, _ = per_example_loss(self.model, self.batch, task="causal_lm")
-        loss.mean().backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
 
 
 def _sync(device) -> None:

@@ -3,7 +3,8 @@
     python benchmarks/overhead.py [--model default|tiny] [--batch-size B] [--seq-len T] [--steps N] [--json]
 
 The three methods train the same LoRA model (fresh copies), on the same batch of demo-data
-examples (fixed size B, truncated to T tokens), with AdamW:
+examples (fixed size B, truncated to T tokens), with AdamW (the classes of benchmarks/gpu_check.py, here at lr 1e-3
+and without autocast):
   nonprivate  ordinary autograd on the mean loss;
   workbench   this engine's DP step: per-example grads (hooks), clip, noise, average;
   opacus      Opacus' PrivacyEngine (GradSampleModule + DPOptimizer), same C and sigma.
@@ -34,13 +35,13 @@ import torch  # noqa: E402
 
 from workbench.engine.data import collate, tokenize_dataset  # noqa: E402
 from workbench.engine.data.demo import demo_dataset  # noqa: E402
-from workbench.engine.dp_step import DPGradient  # noqa: E402
-from workbench.engine.grad_sample import PerExampleGrads  # noqa: E402
-from workbench.engine.losses import per_example_loss  # noqa: E402
 from workbench.engine.models import attach_lora, load_model  # noqa: E402
 from workbench.engine.randomness import RunRandomness  # noqa: E402
 
-C, SIGMA, LR = 1.0, 1.0, 1e-3
+sys.path.insert(0, os.path.dirname(__file__))
+from gpu_check import SIGMA, C, NonPrivate, Opacus, Workbench  # noqa: E402 (the three methods, defined once)
+
+LR = 1e-3
 
 
 class PeakRSS:
@@ -77,74 +78,6 @@ def make_batch(tokenizer, batch_size: int, seq_len: int, device) -> dict[str, to
     return {k: v.to(device) for k, v in collate(examples, pad_id=tokenizer.pad_token_id).items()}
 
 
-class NonPrivate:
-    name = "nonprivate"
-
-    def __init__(self, model, batch) -> None:
-        self.model, self.batch = model, batch
-        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-
-    def step(self) -> None:
-        loss, _ = per_example_loss(self.model, self.batch, task="causal_lm")
-        loss.mean().backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-
-
-class Workbench:
-    name = "workbench"
-
-    def __init__(self, model, batch) -> None:
-        self.model, self.batch = model, batch
-        self.hooks = PerExampleGrads(model)
-        self.hooks.enabled = True
-        params = self.hooks.trainable_parameters()
-        self.dp = DPGradient(params, max_grad_norm=C, noise_multiplier=SIGMA, noise=RunRandomness.secret().noise())
-        self.params = [p for ps in params.values() for _, p in ps]
-        self.opt = torch.optim.AdamW(self.params, lr=LR)
-        self.b = batch["input_ids"].shape[0]
-
-    def step(self) -> None:
-        self.dp.start()
-        self.hooks.reset()
-        loss, _ = per_example_loss(self.model, self.batch, task="causal_lm")
-        loss.sum().backward()
-        self.dp.add_microbatch(self.hooks.grads)
-        for p in self.params:
-            p.grad = None
-        self.dp.finish(expected_batch_size=float(self.b))
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-
-
-class Opacus:
-    name = "opacus"
-
-    def __init__(self, model, batch) -> None:
-        from opacus import PrivacyEngine
-        from torch.utils.data import DataLoader, TensorDataset
-
-        self.batch = batch
-        b = batch["input_ids"].shape[0]
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-        loader = DataLoader(TensorDataset(torch.zeros(b * 10, 1)), batch_size=b)
-        engine = PrivacyEngine(accountant="rdp")
-        self.model, self.opt, _ = engine.make_private(
-            module=model,
-            optimizer=opt,
-            data_loader=loader,
-            noise_multiplier=SIGMA,
-            max_grad_norm=C,
-            poisson_sampling=False,
-        )
-
-    def step(self) -> None:
-        loss, _ = per_example_loss(self.model, self.batch, task="causal_lm")
-        loss.mean().backward()  # Opacus' default loss_reduction="mean"
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-
-
 def noise_cost(method: "Workbench", *, rounds: int) -> dict:
     """Seconds per step of the noise alone, for every LoRA parameter of the model: the secret path
     (ChaCha20 stream, float64, one discarded draw then four draws / 2, as DPGradient draws it) against
@@ -178,7 +111,7 @@ def run(args) -> dict:
     for cls in (NonPrivate, Workbench, Opacus):
         model = attach_lora(copy.deepcopy(base), task="causal_lm", r=8, alpha=16, dropout=0.0, target_modules="auto")
         try:
-            methods.append(cls(model, batch))
+            methods.append(cls(model, batch, device, lr=LR, bf16=False))  # bf16=False: as loaded, no autocast
         except Exception as err:  # report, don't hide: e.g. an Opacus/peft incompatibility
             print(f"{cls.name}: could not set up ({type(err).__name__}: {err})", file=sys.stderr)
     del base

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import typer
 
@@ -28,6 +28,28 @@ app.add_typer(runs_app, name="runs")
 
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(jsonable(value), indent=2))
+
+
+def _print_list(
+    items: list,
+    as_json: bool,
+    *,
+    to_json: Callable[[Any], Any],
+    empty: str,
+    each: Callable[[Any], None],
+    header: str = "",
+) -> None:
+    """What a listing command prints: ``items`` as one JSON list; ``empty`` (saying what to do) when there are
+    none; or ``header`` (if any) and each item, printed by ``each``."""
+    if as_json:
+        _print_json([to_json(item) for item in items])
+    elif not items:
+        typer.echo(empty)
+    else:
+        if header:
+            typer.echo(header)
+        for item in items:
+            each(item)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -222,6 +244,18 @@ def _k_option():
     return typer.Option(1, "--max-examples-per-user", help="k: most examples one user contributes (user level).")
 
 
+def _sample_rate_option():
+    return typer.Option(..., "--sample-rate", help="q: Poisson sampling rate (batch / N).")
+
+
+def _steps_option():
+    return typer.Option(..., "--steps", help="T: number of steps.")
+
+
+def _delta_option():
+    return typer.Option(..., "--delta", help="delta of (epsilon, delta)-DP.")
+
+
 def _els_relation(neighboring: str) -> None:
     """User-level ELS epsilon is a mixture-of-Gaussians PLD, which dp_accounting analyses for add/remove only."""
     from workbench import privacy
@@ -241,9 +275,9 @@ def _user_level(unit: str) -> bool:
 @app.command()
 def epsilon(
     noise_multiplier: float = typer.Option(..., "--noise-multiplier", help="sigma: noise std / clipping norm."),
-    sample_rate: float = typer.Option(..., "--sample-rate", help="q: Poisson sampling rate (batch / N)."),
-    steps: int = typer.Option(..., "--steps", help="T: number of steps."),
-    delta: float = typer.Option(..., "--delta", help="delta of (epsilon, delta)-DP."),
+    sample_rate: float = _sample_rate_option(),
+    steps: int = _steps_option(),
+    delta: float = _delta_option(),
     accountant: str = _accountant_option(),
     privacy_unit: str = _unit_option(),
     k: int = _k_option(),
@@ -253,41 +287,26 @@ def epsilon(
     """Epsilon spent by the Poisson-subsampled Gaussian mechanism after T steps (user-level: ELS)."""
     from workbench import privacy
 
+    run = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
     try:
         if _user_level(privacy_unit):
             accountant = "pld"
             _els_relation(neighboring)
-            eps = privacy.user_epsilon_els(
-                noise_multiplier=noise_multiplier,
-                sample_rate=sample_rate,
-                steps=steps,
-                delta=delta,
-                max_examples_per_user=k,
-            )
+            eps = privacy.user_epsilon_els(**run, max_examples_per_user=k)
         else:
-            eps = privacy.epsilon(
-                noise_multiplier=noise_multiplier,
-                sample_rate=sample_rate,
-                steps=steps,
-                delta=delta,
-                accountant=accountant,
-                neighboring=neighboring,
-            )
+            eps = privacy.epsilon(**run, accountant=accountant, neighboring=neighboring)
     except privacy.PrivacyError as err:
         _fail(str(err))
     out = dict(
         epsilon=eps,
-        noise_multiplier=noise_multiplier,
-        sample_rate=sample_rate,
-        steps=steps,
-        delta=delta,
+        **run,
         accountant=accountant,
         approximation=privacy.is_approximation(accountant),
         privacy_unit=privacy_unit,
         neighboring=neighboring,
     )
     if _user_level(privacy_unit):
-        ex = privacy.epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+        ex = privacy.epsilon(**run)
         g_eps, g_delta = privacy.group_privacy_bound(epsilon=ex, delta=delta, group_size=k)
         out.update(
             max_examples_per_user=k, example_level_epsilon=ex, group_privacy_epsilon=g_eps, group_privacy_delta=g_delta
@@ -302,9 +321,9 @@ def epsilon(
 @app.command()
 def calibrate(
     target_epsilon: float = typer.Option(..., "--target-epsilon", help="The epsilon to reach after T steps."),
-    sample_rate: float = typer.Option(..., "--sample-rate", help="q: Poisson sampling rate."),
-    steps: int = typer.Option(..., "--steps", help="T: number of steps."),
-    delta: float = typer.Option(..., "--delta"),
+    sample_rate: float = _sample_rate_option(),
+    steps: int = _steps_option(),
+    delta: float = _delta_option(),
     accountant: str = _accountant_option(),
     privacy_unit: str = _unit_option(),
     k: int = _k_option(),
@@ -318,25 +337,21 @@ def calibrate(
     from workbench import privacy
 
     comparison = None
+    run = dict(sample_rate=sample_rate, steps=steps, delta=delta)
     try:
         if _user_level(privacy_unit):
             from workbench.engine.plan import calibrate_els
 
             accountant = "pld"
             _els_relation(neighboring)
-            sigma = calibrate_els(target_epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, k=k)
-            eps = privacy.user_epsilon_els(
-                noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, max_examples_per_user=k
-            )
+            sigma = calibrate_els(target_epsilon=target_epsilon, **run, k=k)
+            eps = privacy.user_epsilon_els(noise_multiplier=sigma, **run, max_examples_per_user=k)
         else:
             bound = privacy.bound_accountant(accountant)
-            common = dict(sample_rate=sample_rate, steps=steps, delta=delta, neighboring=neighboring)
-            sigma = privacy.calibrate(target_epsilon=target_epsilon, accountant=bound, **common)
-            eps = privacy.epsilon(noise_multiplier=sigma, accountant=bound, **common)
+            sigma = privacy.calibrate(target_epsilon=target_epsilon, **run, accountant=bound, neighboring=neighboring)
+            eps = privacy.epsilon(noise_multiplier=sigma, **run, accountant=bound, neighboring=neighboring)
             if accountant == "edgeworth":
-                comparison = privacy.epsilon(
-                    noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant="edgeworth"
-                )
+                comparison = privacy.epsilon(noise_multiplier=sigma, **run, accountant="edgeworth")
             accountant = bound
     except privacy.PrivacyError as err:
         _fail(str(err))
@@ -344,9 +359,7 @@ def calibrate(
         noise_multiplier=sigma,
         epsilon=eps,
         target_epsilon=target_epsilon,
-        sample_rate=sample_rate,
-        steps=steps,
-        delta=delta,
+        **run,
         accountant=accountant,
         neighboring=neighboring,
     )
@@ -549,24 +562,26 @@ def _get_run(store, run_id: str):
 @runs_app.command("list")
 def runs_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every stored run with status, model, epsilon and metric."""
-    records = _store().list()
-    if as_json:
-        _print_json([r.to_dict() for r in records])
-        return
-    if not records:
-        typer.echo("no runs yet: `workbench train` starts one.")
-        return
-    typer.echo(f"{'run id':24} {'status':12} {'model':14} {'epsilon':>9} {'val_loss':>9} {'accuracy':>9}")
-    for r in records:
-        s = r.summary or {}
-        eps = s.get("epsilon")
-        eps_t = "-" if eps is None else ("inf" if eps == "inf" else f"{float(eps):.3g}")
-        vl = s.get("val_loss")
-        acc = s.get("accuracy")
-        typer.echo(
-            f"{r.id:24} {r.status:12} {str(r.config.get('model'))[:14]:14} {eps_t:>9} "
-            f"{('-' if vl is None else f'{vl:.4f}'):>9} {('-' if acc is None else f'{acc:.3f}'):>9}"
-        )
+    _print_list(
+        _store().list(),
+        as_json,
+        to_json=lambda r: r.to_dict(),
+        empty="no runs yet: `workbench train` starts one.",
+        header=f"{'run id':24} {'status':12} {'model':14} {'epsilon':>9} {'val_loss':>9} {'accuracy':>9}",
+        each=_print_run,
+    )
+
+
+def _print_run(r) -> None:
+    s = r.summary or {}
+    eps = s.get("epsilon")
+    eps_t = "-" if eps is None else ("inf" if eps == "inf" else f"{float(eps):.3g}")
+    vl = s.get("val_loss")
+    acc = s.get("accuracy")
+    typer.echo(
+        f"{r.id:24} {r.status:12} {str(r.config.get('model'))[:14]:14} {eps_t:>9} "
+        f"{('-' if vl is None else f'{vl:.4f}'):>9} {('-' if acc is None else f'{acc:.3f}'):>9}"
+    )
 
 
 @runs_app.command("show")
@@ -756,14 +771,13 @@ def ledger_cmd(
             f"{data_path}: never trained on: no run in the ledger used this data (fingerprint "
             f"{fingerprints[0][:12]} as examples, {fingerprints[1][:12]} as users)."
         )
-    if as_json:
-        _print_json([{**d.to_dict(), "path_given": data_path, "tuning_sessions": _sessions_json(d)} for d in datasets])
-        return
-    if not datasets:
-        typer.echo("the privacy ledger is empty: no run has trained yet.")
-        return
-    for d in datasets:
-        _print_dataset(d, data_path)
+    _print_list(
+        datasets,
+        as_json,
+        to_json=lambda d: {**d.to_dict(), "path_given": data_path, "tuning_sessions": _sessions_json(d)},
+        empty="the privacy ledger is empty: no run has trained yet.",
+        each=lambda d: _print_dataset(d, data_path),
+    )
 
 
 def _data_fingerprints(path: str, column: list[str]) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from workbench.cli import _fail, _print_json, _quiet_libraries, _store, app
+from workbench.cli import _fail, _print_json, _print_list, _quiet_libraries, _store, app
 
 sweep_app = typer.Typer(
     invoke_without_command=True,
@@ -182,20 +182,21 @@ def sweep_list(as_json: bool = typer.Option(False, "--json")) -> None:
     from workbench.store.sweeps import SweepStore
 
     sweeps = SweepStore(_store())
-    records = sweeps.list()
-    if as_json:
-        _print_json([_sweep_json(sweeps, r) for r in records])
-        return
-    if not records:
-        typer.echo("no sweeps yet: `workbench sweep --grid key=v1,v2` starts one.")
-        return
-    typer.echo(f"{'sweep':28} {'runs':>5} {'finished':>8}  swept")
-    for r in records:
-        counts = sweeps.counts(r)
+
+    def line(r) -> None:
         swept = ", ".join(r.keys) + (
             f"; tuning {r.tuning['distribution']} mean {r.tuning['mean']:g}" if r.tuning else ""
         )
-        typer.echo(f"{r.name:28} {len(r.members):>5} {counts.get('finished', 0):>8}  {swept}")
+        typer.echo(f"{r.name:28} {len(r.members):>5} {sweeps.counts(r).get('finished', 0):>8}  {swept}")
+
+    _print_list(
+        sweeps.list(),
+        as_json,
+        to_json=lambda r: _sweep_json(sweeps, r),
+        empty="no sweeps yet: `workbench sweep --grid key=v1,v2` starts one.",
+        header=f"{'sweep':28} {'runs':>5} {'finished':>8}  swept",
+        each=line,
+    )
 
 
 @sweep_app.command("show")

@@ -6,18 +6,21 @@ coordinates and the group table; change the grouping and the x axis. The sweep's
 from __future__ import annotations
 
 import shutil
-import socket
+import sys
+from pathlib import Path
 
 import pytest
+from factories import free_port
 from sweep_helpers import synthetic_sweep
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
+if shutil.which("chromium") is None:
     pytest.skip("Debian's chromium is not installed (`make browser` installs it)", allow_module_level=True)
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # the Chromium launch the benchmarks use
+from chromium import launch_chromium  # noqa: E402
 
 WAIT = 90_000
 PLOT_JS = """(id) => { const el = document.querySelector(`#${id} .js-plotly-plot`);
@@ -39,12 +42,6 @@ RUNS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(_workbench_home):
     from workbench.app import build_app, serve
@@ -53,14 +50,14 @@ def app_url(_workbench_home):
     store = RunStore(_workbench_home)
     synthetic_sweep(store, "grid", RUNS)
     app = build_app(store, defaults={"model": "tiny", "max_steps": 4})
-    _, url, _ = serve(app, port=_free_port(), block=False, quiet=True)
+    _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
     yield url
     app.close()
 
 
 def test_compare_tab_groups_a_sweep(app_url):
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1500, "height": 1400})
         page.goto(app_url)
         page.get_by_role("tab", name="Compare").click()

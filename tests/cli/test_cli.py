@@ -36,6 +36,11 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
+def options(**values) -> list[str]:
+    """``--name value`` for each of ``values`` (underscores in the names become dashes)."""
+    return [x for name, value in values.items() for x in (f"--{name.replace('_', '-')}", str(value))]
+
+
 def write(path: Path, text: str | bytes) -> str:
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return str(path)
@@ -140,36 +145,11 @@ def test_train_json_summary_and_runs_commands(tmp_path):
 
 
 def test_epsilon_and_calibrate_commands():
-    r = invoke(
-        "epsilon",
-        "--noise-multiplier",
-        "1.5",
-        "--sample-rate",
-        "0.04",
-        "--steps",
-        "2250",
-        "--delta",
-        "1e-5",
-        "--accountant",
-        "rdp",
-        "--json",
-    )
+    run = options(sample_rate="0.04", steps=2250, delta="1e-5", accountant="rdp")
+    r = invoke("epsilon", "--noise-multiplier", "1.5", *run, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["epsilon"] == pytest.approx(7.32911117143, rel=1e-3)
-    r = invoke(
-        "calibrate",
-        "--target-epsilon",
-        "8",
-        "--sample-rate",
-        "0.04",
-        "--steps",
-        "2250",
-        "--delta",
-        "1e-5",
-        "--accountant",
-        "rdp",
-        "--json",
-    )
+    r = invoke("calibrate", "--target-epsilon", "8", *run, "--json")
     out = json.loads(r.stdout)
     assert out["noise_multiplier"] == pytest.approx(1.416, abs=0.01) and out["epsilon"] <= 8
     bad = invoke("epsilon", "--noise-multiplier", "1", "--sample-rate", "1.5", "--steps", "10", "--delta", "1e-5")
@@ -246,41 +226,12 @@ def test_engine_trains_without_gradio(tmp_path):
 
 
 def test_user_level_epsilon_and_calibrate_commands():
-    r = invoke(
-        "epsilon",
-        "--noise-multiplier",
-        "1",
-        "--sample-rate",
-        "0.01",
-        "--steps",
-        "1000",
-        "--delta",
-        "1e-6",
-        "--privacy-unit",
-        "user",
-        "--max-examples-per-user",
-        "2",
-        "--json",
-    )
+    user_level = options(sample_rate="0.01", delta="1e-6", privacy_unit="user", max_examples_per_user=2)
+    r = invoke("epsilon", "--noise-multiplier", "1", "--steps", "1000", *user_level, "--json")
     out = json.loads(r.stdout)
     assert out["epsilon"] == pytest.approx(4.55, rel=0.02)  # REFERENCES.md: ELS, k=2
     assert out["example_level_epsilon"] == pytest.approx(2.12, rel=0.02)
-    r = invoke(
-        "calibrate",
-        "--target-epsilon",
-        "4",
-        "--sample-rate",
-        "0.01",
-        "--steps",
-        "200",
-        "--delta",
-        "1e-6",
-        "--privacy-unit",
-        "user",
-        "--max-examples-per-user",
-        "2",
-        "--json",
-    )
+    r = invoke("calibrate", "--target-epsilon", "4", "--steps", "200", *user_level, "--json")
     out = json.loads(r.stdout)
     assert out["epsilon"] <= 4 and out["epsilon"] > 3.9
 

@@ -19,6 +19,7 @@ from workbench.present import (
     grad_norm_histogram,
     loss_figure,
     noise_allocation_figure,
+    panels,
     plan_figure,
     privacy_utility_scatter,
     progress,
@@ -115,15 +116,8 @@ def test_noise_allocation_has_one_bar_per_module():
 def test_live_panels_skip_plotlys_per_label_overflow_check():
     """Plotly's default tick-label overflow check forces a browser layout per label per redraw
     (a fifth of a watching browser's time); every axis and colour bar of the live panels opts out."""
-    steps = [step(s) for s in range(1, 11)]
-    figures = [
-        loss_figure(steps),
-        epsilon_figure(steps, started().planned_epsilon, 8.0),
-        grad_norm_histogram(steps[-1], 0.5),
-        grad_norm_heatmap(steps),
-        noise_allocation_figure(steps[-1]),
-    ]
-    for fig in figures:
+    view = RunView.from_events("r1", [started(), *(step(s) for s in range(1, 11)), evaluation(10)])
+    for fig in panels(view).values():
         layout = fig.to_plotly_json()["layout"]
         axes = [k for k in layout if k.startswith(("xaxis", "yaxis"))]
         assert axes and all(layout[k].get("ticklabeloverflow") == "allow" for k in axes), (fig.layout.title.text, axes)

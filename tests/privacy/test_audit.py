@@ -169,28 +169,45 @@ AUDIT = dict(
 )
 
 
-def _write(path: Path, n: int) -> Path:
-    path.write_text(
-        "\n".join(json.dumps({"text": f"note {i}: please refill my prescription number {7 * i}"}) for i in range(n))
-    )
-    return path
+def _write(path: Path, n: int, note: str = "note {i}: please refill my prescription number {j}") -> str:
+    """``n`` JSONL examples, ``note`` with i = 0 .. n-1 and j = 7 i; the path."""
+    path.write_text("\n".join(json.dumps({"text": note.format(i=i, j=7 * i)}) for i in range(n)))
+    return str(path)
 
 
 @pytest.fixture
 def notes(tmp_path) -> dict:
     """The data keys of a run: 40 training examples and a separate validation file."""
-    return dict(data=str(_write(tmp_path / "notes.jsonl", 40)), validation_data=str(_write(tmp_path / "val.jsonl", 4)))
+    return dict(data=_write(tmp_path / "notes.jsonl", 40), validation_data=_write(tmp_path / "val.jsonl", 4))
 
 
 def _cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def _train(settings: dict, *flags):
+    """`workbench train` with ``--set key=value`` for each of ``settings``, then ``flags``."""
+    return _cli("train", *[x for k, v in settings.items() for x in ("--set", f"{k}={v}")], *flags)
+
+
+def _with_and_without_audit(settings: dict) -> tuple[Session, Session]:
+    """The run of ``settings`` with audit="none" and as given, under one key: the canaries draw from their own
+    stream, so both see the same Poisson batches and the same first-step loss. Both sessions, run."""
+    key = RunRandomness.secret()
+    plain = Session(RunConfig(**{**settings, "audit": "none"}), randomness=key)
+    audited = Session(RunConfig(**settings), randomness=key)
+    plain.run(), audited.run()
+    a = [e for e in plain.events if e.kind == "step"]
+    b = [e for e in audited.events if e.kind == "step"]
+    assert [e.batch_size for e in a] == [e.batch_size for e in b]
+    assert a[0].loss == b[0].loss
+    return plain, audited
+
+
 def test_noise_off_is_caught_far_above_a_small_epsilon(notes):
     """(a) Clipping on, noise off: the included canaries stand out, and the bound is far above any small
     epsilon. It goes to the --json summary, `workbench audit`, privacy_report.json and the model card."""
-    sets = [f"{k}={v}" for k, v in {**AUDIT, **notes, "noise_multiplier": 0, "max_grad_norm": 1.0}.items()]
-    out = _cli("train", *[x for s in sets for x in ("--set", s)], "--json")
+    out = _train({**AUDIT, **notes, "noise_multiplier": 0, "max_grad_norm": 1.0}, "--json")
     assert out.exit_code == 0, out.output
     summary = json.loads(out.stdout)
     audit = summary["audit"]
@@ -253,15 +270,10 @@ def test_canaries_leave_the_sampling_and_the_events_of_other_runs_alone(notes):
         lora_target_modules="auto",
         lora_r=8,
     )
-    key = RunRandomness.secret()
-    plain = Session(RunConfig(**{**common, "audit": "none"}), randomness=key)
-    audited = Session(RunConfig(**common), randomness=key)
-    plain.run(), audited.run()
+    plain, audited = _with_and_without_audit(common)
     a = [e for e in plain.events if e.kind == "step"]
-    b = [e for e in audited.events if e.kind == "step"]
-    assert [e.batch_size for e in a] == [e.batch_size for e in b]
-    assert a[0].loss == b[0].loss
     assert all(e.audit_epsilon_lower_bound is None for e in a) and "audit" not in plain.summary
+    b = [e for e in audited.events if e.kind == "step"]
     assert b[-1].audit_epsilon_lower_bound is not None and audited.summary["audit"]["canaries"] == 50
 
 
@@ -297,17 +309,7 @@ def test_audit_without_clipping_is_one_clear_message_and_stores_nothing():
         )
     with pytest.raises(ConfigError, match="flat clipping"):
         RunConfig.from_dict({"audit": "gradient_canaries", "allocation": "adaptive"})
-    out = _cli(
-        "train",
-        "--set",
-        "model=tiny",
-        "--set",
-        "audit=gradient_canaries",
-        "--set",
-        "noise_multiplier=0",
-        "--set",
-        "max_grad_norm=null",
-    )
+    out = _train({"model": "tiny", "audit": "gradient_canaries", "noise_multiplier": 0, "max_grad_norm": "null"})
     assert out.exit_code == 2 and "needs a clipping norm" in out.output and "Traceback" not in out.output
     assert RunStore().list() == []
 
@@ -352,11 +354,10 @@ MEMO = dict(
 def short_notes(tmp_path) -> dict:
     """100 short training examples and a separate validation file."""
 
-    def write(path: Path, n: int) -> str:
-        path.write_text("\n".join(json.dumps({"text": f"note {i}: refill {7 * i}"}) for i in range(n)))
-        return str(path)
-
-    return dict(data=write(tmp_path / "short.jsonl", 100), validation_data=write(tmp_path / "short_val.jsonl", 4))
+    note = "note {i}: refill {j}"
+    return dict(
+        data=_write(tmp_path / "short.jsonl", 100, note), validation_data=_write(tmp_path / "short_val.jsonl", 4, note)
+    )
 
 
 def test_input_canaries_run_end_to_end_and_a_dp_run_stays_below_its_claim(short_notes):
@@ -400,14 +401,7 @@ def test_input_canaries_leave_the_sampling_alone(short_notes):
     """Same key, with and without input canaries: the same Poisson batches and first-step loss (the canaries
     draw their secrets, coins and sampling from their own stream)."""
     common = dict(MEMO, **short_notes, max_steps=3, batch_size=20, noise_multiplier=1.0, lora_r=8)
-    key = RunRandomness.secret()
-    plain = Session(RunConfig(**{**common, "audit": "none"}), randomness=key)
-    audited = Session(RunConfig(**common), randomness=key)
-    plain.run(), audited.run()
-    a = [e for e in plain.events if e.kind == "step"]
-    b = [e for e in audited.events if e.kind == "step"]
-    assert [e.batch_size for e in a] == [e.batch_size for e in b]
-    assert a[0].loss == b[0].loss
+    _, audited = _with_and_without_audit(common)
     assert audited.summary["audit"]["kind"] == "input_canaries"
 
 
@@ -425,7 +419,7 @@ def test_more_input_canaries_than_the_data_can_hold_is_one_clear_message(notes):
     import threading
 
     sets = {"model": "tiny", **notes, "audit": "input_canaries", "audit_canaries": 41, "max_steps": 2, "batch_size": 8}
-    out = _cli("train", *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")])
+    out = _train(sets)
     assert out.exit_code == 2, out.output
     assert "more canaries than the data can hold" in out.output and "Traceback" not in out.output
     assert all(r.status == "failed" for r in RunStore().list())

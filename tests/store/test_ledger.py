@@ -40,6 +40,12 @@ def oracle(events, *, delta: float, neighboring: str) -> float:
     return accountant.get_epsilon(delta)
 
 
+def _plan(**settings) -> PrivacyPlan:
+    """A PLD plan over 1,000 examples at delta 1e-5 with C = 1 and the noise given (no target); ``settings`` on top."""
+    fixed = dict(dataset_size=1000, delta=1e-5, accountant="pld", target_epsilon=None, max_grad_norm=1.0)
+    return PrivacyPlan(**{**fixed, **settings})
+
+
 def train(store: RunStore, name: str, **overrides) -> dict:
     return Session(RunConfig(**{**TINY, **overrides}), store=store, name=name).run()
 
@@ -157,18 +163,11 @@ def test_a_non_private_run_makes_the_total_infinite_and_is_named(home):
 
 
 def test_seeded_randomness_counts_as_non_private(tmp_path):
-    plan = PrivacyPlan(
-        dataset_size=1000,
-        sample_rate=0.01,
-        steps=10,
-        delta=1e-5,
-        noise_multiplier=1.0,
-        accountant="pld",
-        target_epsilon=None,
-        max_grad_norm=1.0,
-    )
     prepared = SimpleNamespace(
-        plan=plan, config=SimpleNamespace(data="x.jsonl"), dataset_fingerprint="f" * 64, dataset_name="x.jsonl"
+        plan=_plan(sample_rate=0.01, steps=10, noise_multiplier=1.0),
+        config=SimpleNamespace(data="x.jsonl"),
+        dataset_fingerprint="f" * 64,
+        dataset_name="x.jsonl",
     )
     ledger = Ledger(RunStore(tmp_path))
     entry = ledger.record_run(run_id="r1", name=None, prepared=prepared, steps=10, seeded=True)
@@ -182,43 +181,26 @@ def test_seeded_randomness_counts_as_non_private(tmp_path):
 
 @pytest.mark.parametrize("neighboring", ["add_remove", "replace_one"])
 def test_plan_event_is_what_epsilon_at_accounts(neighboring):
-    plan = PrivacyPlan(
-        dataset_size=1000,
-        sample_rate=0.01,
-        steps=300,
-        delta=1e-5,
-        noise_multiplier=0.9,
-        accountant="pld",
-        target_epsilon=None,
-        max_grad_norm=1.0,
-        neighboring=neighboring,
-    )
-    assert oracle([plan.dp_event(300)], delta=1e-5, neighboring=neighboring) == pytest.approx(
-        plan.epsilon_at(300), rel=0.01
-    )
-    assert isinstance(plan.dp_event(0), dp_event.NoOpDpEvent)
+    p = _plan(sample_rate=0.01, steps=300, noise_multiplier=0.9, neighboring=neighboring)
+    assert oracle([p.dp_event(300)], delta=1e-5, neighboring=neighboring) == pytest.approx(p.epsilon_at(300), rel=0.01)
+    assert isinstance(p.dp_event(0), dp_event.NoOpDpEvent)
 
 
 def test_plan_event_of_user_level_els_is_the_mixture_of_gaussians():
-    plan = PrivacyPlan(
-        dataset_size=1000,
+    p = _plan(
         sample_rate=0.02,
         steps=20,
-        delta=1e-5,
         noise_multiplier=2.0,
-        accountant="pld",
-        target_epsilon=None,
-        max_grad_norm=1.0,
         privacy_unit="user",
         user_sampling="els",
         max_examples_per_user=2,
         num_users=500,
     )
-    event = plan.dp_event(20)
+    event = p.dp_event(20)
     assert isinstance(event.event, dp_event.MixtureOfGaussiansDpEvent) and event.count == 20
     accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
     accountant.compose(event)
-    assert accountant.get_epsilon(1e-5) == pytest.approx(plan.epsilon_at(20), rel=0.01)
+    assert accountant.get_epsilon(1e-5) == pytest.approx(p.epsilon_at(20), rel=0.01)
 
 
 def test_event_json_round_trips_every_type_used():

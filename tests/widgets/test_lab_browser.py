@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,27 +22,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from factories import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "04_dp_lora_fine_tune.ipynb"
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the Chromium launch the benchmarks use
+from chromium import launch_chromium  # noqa: E402
 
 
 def _api(base: str, token: str, path: str, method: str = "GET"):
@@ -71,7 +58,7 @@ def lab(tmp_path):
     ):
         (settings / extension).mkdir(parents=True, exist_ok=True)
         (settings / extension / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
         "WORKBENCH_FAST": "1",
@@ -154,7 +141,7 @@ def test_jupyterlab_runs_notebook_04_and_renders_the_live_dashboard(lab):
     base, token = lab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1900})
             page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")

@@ -116,14 +116,7 @@ def compare_groups(
 ) -> tuple[Any, Any, Any, Any, dict, str]:
     """(grouped loss, grouped validation metric, frontier, parallel coordinates, group table, message): the
     chosen runs grouped by ``group_by`` (none: every differing setting but the seed), seeds aggregated."""
-    from workbench.present.compare import (
-        frontier_figure,
-        frontier_metric,
-        group_runs,
-        group_table,
-        grouped_figure,
-        parcoords_figure,
-    )
+    from workbench.present.compare import group_panels
 
     run_ids = list(run_ids or [])
     titles = ("Loss by group", "Validation by group", "Privacy–utility frontier", "Parallel coordinates")
@@ -132,20 +125,11 @@ def compare_groups(
         msg = "Choose two or more runs (or a sweep) to group."
         return (*(empty_figure(t, msg) for t in titles), empty_table, msg)
     try:
-        views = _views(ctx, run_ids)
         by = list(group_by) if group_by else None
-        groups = group_runs(views, by)
-        metric = frontier_metric(views)
-        table = group_table(views, by)
-        figures = (
-            grouped_figure(groups, "loss", x, band=band, smooth=smooth, log_y=log_y),
-            grouped_figure(groups, metric, x, band=band, log_y=log_y),
-            frontier_figure(groups, metric, band=band),
-            parcoords_figure(views),
-        )
+        panels = group_panels(_views(ctx, run_ids), by, x, band=band, smooth=smooth, log_y=log_y)
     except Exception as err:  # noqa: BLE001 - e.g. a run deleted meanwhile, a setting not in these runs
         return (*(empty_figure(t, "") for t in titles), empty_table, error_text(err))
-    return (*figures, {"headers": table.headers, "data": table.rows}, "")
+    return (*panels.figures.values(), {"headers": panels.table.headers, "data": panels.table.rows}, "")
 
 
 def selection_cost(ctx: AppContext, run_ids: Sequence[str] | None) -> str:
@@ -168,6 +152,14 @@ def _unique_labels(views) -> list[str]:
     return [v.run_id if labels.count(label) > 1 else label for v, label in zip(views, labels)]
 
 
+def _plot_row(*names: str) -> list[Any]:
+    """A row of plots side by side, with elem_ids compare-NAME."""
+    import gradio as gr
+
+    with gr.Row():
+        return [gr.Plot(elem_id=f"compare-{name}", show_label=False) for name in names]
+
+
 def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
     """Lay out the Compare tab; its run list refreshes whenever the tab is opened."""
     import gradio as gr
@@ -179,9 +171,7 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
         refresh = gr.Button("Refresh list", scale=1, size="sm")
     message = gr.Markdown("", elem_id="compare-message")
     cost = gr.Markdown("", elem_id="compare-selection-cost")
-    with gr.Row():
-        loss = gr.Plot(elem_id="compare-loss", show_label=False)
-        eps = gr.Plot(elem_id="compare-epsilon", show_label=False)
+    loss, eps = _plot_row("loss", "epsilon")
     with gr.Row():
         scatter = gr.Plot(elem_id="compare-scatter", show_label=False)
         diff = gr.Dataframe(
@@ -206,12 +196,8 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
             smooth = gr.Checkbox(False, label="smooth the loss", elem_id="compare-smooth")
             log_y = gr.Checkbox(False, label="log y", elem_id="compare-log-y")
     group_message = gr.Markdown("", elem_id="compare-groups-message")
-    with gr.Row():
-        group_loss = gr.Plot(elem_id="compare-group-loss", show_label=False)
-        group_metric = gr.Plot(elem_id="compare-group-metric", show_label=False)
-    with gr.Row():
-        frontier = gr.Plot(elem_id="compare-frontier", show_label=False)
-        parcoords = gr.Plot(elem_id="compare-parcoords", show_label=False)
+    group_loss, group_metric = _plot_row("group-loss", "group-metric")
+    frontier, parcoords = _plot_row("frontier", "parcoords")
     group_table = gr.Dataframe(
         headers=["group"],
         label="Groups: settings, resolved privacy, final numbers (mean ± sd)",

@@ -234,23 +234,14 @@ def _name_base_model(out_dir: Path, name: str) -> None:
         card.write_text(card.read_text().replace(local, name))  # front matter: base_model and its tag
 
 
-def save_adapter(
-    prepared: "Prepared",
-    *,
-    out_dir: Path,
-    steps_done: int,
-    epsilon: float,
-    stopped: bool = False,
-    seeded: bool = False,
-    extra: dict | None = None,
-) -> dict[str, Any]:
+def save_adapter(prepared: "Prepared", *, out_dir: Path, **report_args: Any) -> dict[str, Any]:
+    """Save the adapter and tokenizer to ``out_dir`` with privacy_report.json and the model card's privacy section;
+    ``report_args`` are ``privacy_report``'s (steps_done, epsilon, stopped, seeded, extra). Returns the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared.model.save_pretrained(str(out_dir))
     _name_base_model(out_dir, base_model_name(prepared.model_name))
     prepared.tokenizer.save_pretrained(str(out_dir))
-    report = privacy_report(
-        prepared, steps_done=steps_done, epsilon=epsilon, stopped=stopped, seeded=seeded, extra=extra
-    )
+    report = privacy_report(prepared, **report_args)
     (out_dir / "privacy_report.json").write_text(json.dumps(report, indent=2))
     card = out_dir / "README.md"
     existing = card.read_text() if card.exists() else f"# LoRA adapter for {report['base_model']}\n"

@@ -736,6 +736,37 @@ def group_table(views: Sequence[RunView], by: Sequence[str] | None = None) -> Ta
     return Table(headers, rows)
 
 
+class GroupPanels(NamedTuple):
+    """The group panels (the app's Compare tab and the notebook widget): figures by panel, groups and table."""
+
+    figures: dict[str, go.Figure]  # group_loss, group_metric, frontier, parcoords (in this order)
+    groups: list[Group]
+    table: Table
+
+
+def group_panels(
+    views: Sequence[RunView],
+    by: Sequence[str] | None = None,
+    x: str = "epsilon",
+    *,
+    band: str = "sd",
+    smooth: bool = False,
+    log_y: bool = False,
+) -> GroupPanels:
+    """``views`` grouped by ``by`` (None: every setting that differs but the seed), seeds aggregated: the loss
+    and the validation metric by group against ``x``, the privacy-utility frontier, the parallel coordinates
+    and the group table."""
+    groups = group_runs(views, by)
+    metric = frontier_metric(views)
+    figures = {
+        "group_loss": grouped_figure(groups, "loss", x, band=band, smooth=smooth, log_y=log_y),
+        "group_metric": grouped_figure(groups, metric, x, band=band, log_y=log_y),
+        "frontier": frontier_figure(groups, metric, band=band),
+        "parcoords": parcoords_figure(views),
+    }
+    return GroupPanels(figures, groups, group_table(views, by))
+
+
 def comparison_report(
     views: Sequence[RunView], *, by: Sequence[str] | None = None, x: str = "epsilon", band: str = "sd", points: int = 50
 ) -> dict[str, Any]:
@@ -814,5 +845,7 @@ __all__ = [
     "frontier_figure",
     "parcoords_figure",
     "group_table",
+    "GroupPanels",
+    "group_panels",
     "comparison_report",
 ]

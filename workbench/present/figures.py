@@ -69,6 +69,14 @@ def _figure(traces: list[dict], layout: dict) -> go.Figure:
     return go.Figure({"data": traces, "layout": layout})
 
 
+def _line(
+    x, y, name: str, color: str, *, width: float = 2, dash: str | None = None, mode: str = "lines", **extra
+) -> dict:
+    """A scatter trace drawn as a line of ``color`` (``mode="lines+markers"``: with markers); ``extra`` keys on top."""
+    line = dict(color=color, width=width) if dash is None else dict(color=color, dash=dash, width=width)
+    return dict(type="scatter", x=x, y=y, mode=mode, name=name, line=line, **extra)
+
+
 def _note(text: str, *, x: float = 0.5, y: float = 0.5, color: str = GREY, **kw) -> dict:
     return dict(text=text, x=x, y=y, xref="paper", yref="paper", showarrow=False, font=dict(color=color), **kw)
 
@@ -108,35 +116,13 @@ def loss_figure(steps: Sequence[StepMetrics], evals: Sequence[EvalMetrics] = (),
     traces = []
     if len(x):
         dx, dy = downsample(x, y)
-        traces.append(
-            dict(
-                type="scatter",
-                x=dx,
-                y=dy,
-                mode="lines",
-                name="train (per step)",
-                line=dict(color=BLUE, width=1),
-                opacity=0.35,
-            )
-        )
+        traces.append(_line(dx, dy, "train (per step)", BLUE, width=1, opacity=0.35))
         sx, sy = downsample(x, ema(y))
-        traces.append(
-            dict(type="scatter", x=sx, y=sy, mode="lines", name="train (smoothed)", line=dict(color=BLUE, width=2.5))
-        )
+        traces.append(_line(sx, sy, "train (smoothed)", BLUE, width=2.5))
     ex, ey = finite([e.step for e in evals], [e.val_loss for e in evals])
     if len(ex):
         ex, ey = downsample(ex, ey)
-        traces.append(
-            dict(
-                type="scatter",
-                x=ex,
-                y=ey,
-                mode="lines+markers",
-                name="validation",
-                line=dict(color=ORANGE, width=2),
-                marker=dict(size=8),
-            )
-        )
+        traces.append(_line(ex, ey, "validation", ORANGE, mode="lines+markers", marker=dict(size=8)))
     return _figure(traces, base_layout(title, "step", "loss (per token)"))
 
 
@@ -162,24 +148,14 @@ def epsilon_figure(
     traces = []
     if planned:
         px, py = downsample([p[0] for p in planned], [p[1] for p in planned])
-        traces.append(
-            dict(type="scatter", x=px, y=py, mode="lines", name="planned", line=dict(color=GREY, dash="dash", width=2))
-        )
+        traces.append(_line(px, py, "planned", GREY, dash="dash"))
     x, y = finite([s.step for s in steps], eps)
     if len(x):
         x, y = downsample(x, y)
-        traces.append(dict(type="scatter", x=x, y=y, mode="lines", name="spent", line=dict(color=GREEN, width=3)))
+        traces.append(_line(x, y, "spent", GREEN, width=3))
     if audited:
-        traces.append(
-            dict(
-                type="scatter",
-                x=[a[0] for a in audited],
-                y=[a[1] for a in audited],
-                mode="lines+markers",
-                name="audit: empirical lower bound",
-                line=dict(color=PURPLE, width=2),
-            )
-        )
+        ax, ay = [a[0] for a in audited], [a[1] for a in audited]
+        traces.append(_line(ax, ay, "audit: empirical lower bound", PURPLE, mode="lines+markers"))
         if eps and all(math.isinf(e) for e in eps):
             layout["annotations"].append(_note("claimed ε = ∞ (non-private run)"))
     if target is not None:
@@ -279,27 +255,21 @@ def noise_allocation_figure(step: StepMetrics | None) -> go.Figure:
     layout["xaxis2"] = dict(layout["xaxis"], anchor="y2", showticklabels=True, tickangle=-45 if len(names) > 6 else 0)
     layout["xaxis2"].pop("matches")
     layout["margin"] = dict(l=60, r=20, t=48, b=90)
-    traces = [
+    traces = [  # one bar per module: the noise on the top axes, the gradient norm on the bottom ones
         dict(
             type="bar",
             x=short,
-            y=noise,
-            name="noise std",
-            marker=dict(color=PURPLE),
+            y=values,
+            name=name,
+            marker=dict(color=color),
             customdata=names,
-            hovertemplate="%{customdata}<br>noise std %{y:.3g}<extra></extra>",
-        ),
-        dict(
-            type="bar",
-            x=short,
-            y=grad,
-            name="gradient norm (clipped, summed)",
-            marker=dict(color=BLUE),
-            xaxis="x2",
-            yaxis="y2",
-            customdata=names,
-            hovertemplate="%{customdata}<br>grad norm %{y:.3g}<extra></extra>",
-        ),
+            hovertemplate=f"%{{customdata}}<br>{label} %{{y:.3g}}<extra></extra>",
+            **axes,
+        )
+        for values, name, label, color, axes in (
+            (noise, "noise std", "noise std", PURPLE, {}),
+            (grad, "gradient norm (clipped, summed)", "grad norm", BLUE, dict(xaxis="x2", yaxis="y2")),
+        )
     ]
     return _figure(traces, layout)
 
@@ -328,17 +298,14 @@ def plan_figure(
         x, y = downsample(x, y, MAX_POINTS)
         chosen = name == selected
         traces.append(
-            dict(
-                type="scatter",
-                x=x,
-                y=y,
+            _line(
+                x,
+                y,
+                accountant_label(name) + ("  ← selected" if chosen else ""),
+                ACCOUNTANT_COLORS.get(name, GREY),
+                width=5 if chosen else 2,
+                dash=ACCOUNTANT_DASH.get(name, "solid"),
                 mode="lines+markers" if len(x) <= 30 else "lines",
-                name=accountant_label(name) + ("  ← selected" if chosen else ""),
-                line=dict(
-                    color=ACCOUNTANT_COLORS.get(name, GREY),
-                    width=5 if chosen else 2,
-                    dash=ACCOUNTANT_DASH.get(name, "solid"),
-                ),
                 marker=dict(size=4 if chosen else 6),
                 opacity=0.6 if chosen else 1.0,
                 legendrank=order.get(name, len(order)),

@@ -20,10 +20,7 @@ from workbench.present import RunView, compare_figures, privacy_utility_scatter,
 from workbench.present.compare import (
     X_AXES,
     differing_keys,
-    frontier_figure,
-    frontier_metric,
-    group_runs,
-    group_table,
+    group_panels,
     grouped_figure,
     parcoords_figure,
     resolve_runs,
@@ -131,20 +128,11 @@ class Comparison:
 
     def regroup(self) -> None:
         """Redraw the groups with the current group-by, x axis and band."""
-        by = list(self.group_by.value) or None
-        groups = group_runs(self.views, by)
-        metric = frontier_metric(self.views)
-        x, band = self.x_axis.value, self.band.value
-        figures = {
-            "group_loss": grouped_figure(groups, "loss", x, band=band),
-            "group_metric": grouped_figure(groups, metric, x, band=band),
-            "frontier": frontier_figure(groups, metric, band=band),
-            "parcoords": parcoords_figure(self.views),
-        }
-        for name, fig in figures.items():
+        panels = group_panels(self.views, list(self.group_by.value) or None, self.x_axis.value, band=self.band.value)
+        for name, fig in panels.figures.items():
             sync_figure(self.figures[name], self._sized(name, fig))
-        self.groups = groups
-        self.group_table = group_table(self.views, by)
+        self.groups = panels.groups
+        self.group_table = panels.table
         self.groups_table.value = table_html(self.group_table, empty="no runs")
 
     def _sized(self, name: str, fig):
