@@ -38,31 +38,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from workbench.config import ConfigError, RunConfig
+from workbench.store.names import ABBREVIATIONS, format_value, run_label  # noqa: F401 (re-exported)
 from workbench.store.runs import RunStore
 from workbench.store.sweeps import DONE, Member, SweepNotFound, SweepRecord, SweepStore
 
 TUNING_DISTRIBUTIONS = ("poisson", "geometric", "logarithmic", "truncated_negative_binomial")
-# short names for run labels: eps4-C0.1-s1
-ABBREVIATIONS = {
-    "target_epsilon": "eps",
-    "noise_multiplier": "sigma",
-    "max_grad_norm": "C",
-    "learning_rate": "lr",
-    "batch_size": "B",
-    "physical_batch_size": "pb",
-    "max_steps": "T",
-    "epochs": "ep",
-    "delta": "delta",
-    "lora_r": "r",
-    "lora_alpha": "alpha",
-    "lora_layers": "L",
-    "lora_dropout": "drop",
-    "max_examples_per_user": "k",
-    "weight_decay": "wd",
-    "warmup_steps": "warm",
-    "max_seq_len": "len",
-    "seed": "s",
-}
 NOT_SWEPT = ("name", "output_dir")  # the sweep names its runs and gives each its own folder
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -171,32 +151,6 @@ def parse_seeds(seeds: int | str | Sequence[int] | None, base_seed: int) -> list
     if len(set(out)) != len(out):
         raise SweepError(f"seeds must be distinct. Found {out}.")
     return out
-
-
-def format_value(value: Any) -> str:
-    """A setting's value in a run label: 4.0 -> '4', 0.001 -> '0.001', None -> 'none'."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (dict, list)):
-        return re.sub(r"[^A-Za-z0-9_.]+", "", yaml.safe_dump(value, default_flow_style=True))[:24]
-    return re.sub(r"[\s/\\]+", "_", str(value))
-
-
-def run_label(overrides: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
-    """A readable name from the settings that differ: ``{'target_epsilon': 4, 'max_grad_norm': 0.1, 'seed': 1}``
-    -> ``eps4-C0.1-s1``; a text value stands for itself (``allocation=adaptive`` -> ``adaptive``)."""
-    parts = []
-    for key in keys if keys is not None else list(overrides):
-        value = overrides.get(key)
-        if isinstance(value, str) and key not in ABBREVIATIONS:
-            parts.append(format_value(value))
-        else:
-            parts.append(ABBREVIATIONS.get(key, key) + format_value(value))
-    return "-".join(parts) or "run"
 
 
 def _coerced(cfg: RunConfig, key: str) -> Any:
@@ -414,6 +368,96 @@ def create_sweep(
         raise SweepError(f"{err}: `workbench sweep resume {name}` continues it, or choose another --name.") from None
 
 
+@dataclass(frozen=True)
+class SweepCost:
+    """What a sweep's runs cost together if each trains its planned steps (before anything trains).
+
+    ``epsilon``: the PLD composition of every run's planned DP event at the largest delta, the privacy
+    ledger's own total (``store.ledger.compose_entries``): what releasing all the runs, or choosing one by a
+    metric computed on the private data, costs at most. None with ``note`` when the runs cannot be composed."""
+
+    runs: int
+    per_run: float  # the largest planned epsilon of one run
+    epsilon: float | None
+    delta: float | None
+    neighboring: str | None
+    note: str | None = None
+
+    def line(self) -> str:
+        from workbench.present.series import fmt_eps
+
+        runs = f"{self.runs} run" + ("s" if self.runs != 1 else "")
+        if self.epsilon is None:
+            return f"{runs}, each ε ≤ {fmt_eps(self.per_run)}; no total: {self.note}."
+        if math.isinf(self.epsilon):
+            return f"{runs}: the total privacy cost is ε = ∞ (a run is non-private: noise 0 or a noise seed)."
+        text = (
+            f"{runs}, each ε ≤ {fmt_eps(self.per_run)}; all of them together (releasing them, or choosing the best "
+            f"by a private validation metric): **ε = {fmt_eps(self.epsilon)}** at δ = {self.delta:.2g} "
+            f"(PLD composition, {self.neighboring})."
+        )
+        return text + (f" Note: {self.note}." if self.note else "")
+
+
+def _dataset_size(cfg: RunConfig) -> tuple[int, int | None]:
+    """(training examples, users) of ``cfg``'s data, as the run will split it."""
+    from workbench.engine import data as data_mod
+
+    ds = data_mod.load_dataset(cfg.data)
+    train, _ = data_mod.split_validation(ds, fraction=cfg.validation_fraction, seed=cfg.seed)
+    return len(train), ds.num_users
+
+
+def planned_cost(
+    base: RunConfig,
+    members: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    sizes: Callable[[RunConfig], tuple[int, int | None]] | None = None,
+) -> SweepCost:
+    """The privacy cost of training every member of ``members`` ((label, overrides) from ``validate``) to its
+    planned length: each run's plan (``engine.plan.make_plan``: sigma calibrated as the run will calibrate it)
+    gives its DP event, and the events compose with PLD as the ledger composes stored runs. ``sizes(config)``:
+    (training examples, users) of a run's data (default: load the data). SweepError names a combination whose
+    plan fails (a batch larger than the data, a target epsilon out of reach)."""
+    from dp_accounting import dp_event
+
+    from workbench.engine.plan import make_plan
+    from workbench.privacy.accountants import PrivacyError
+    from workbench.privacy.dp_events import common_relation, composed_epsilon
+
+    sizes = sizes or _dataset_size
+    planned: dict[tuple, tuple[Any, float, float, str]] = {}
+    events, epsilons, deltas, relations = [], [], [], []
+    for label, overrides in members:
+        cfg = base.with_overrides(dict(overrides))
+        n, users = sizes(cfg)
+        key = (repr(sorted({**cfg.to_dict(), "seed": 0, "name": None, "output_dir": None}.items())), n, users)
+        if key not in planned:  # seeds of one setting share a plan: one calibration
+            try:
+                plan = make_plan(cfg, dataset_size=n, num_users=users)
+            except (ConfigError, PrivacyError) as err:
+                raise SweepError(f"combination {label}: {err}") from None
+            if not plan.private or cfg.noise_seed is not None:
+                planned[key] = (dp_event.NonPrivateDpEvent(), math.inf, plan.delta, plan.neighboring)
+            else:
+                eps = plan.target_epsilon if plan.target_epsilon is not None else plan.epsilon_at(plan.steps)
+                planned[key] = (plan.dp_event(plan.steps), eps, plan.delta, plan.neighboring)
+        event, eps, delta, relation = planned[key]
+        events.append(event)
+        epsilons.append(eps)
+        deltas.append(delta)
+        relations.append(relation)
+    if not events:
+        return SweepCost(0, 0.0, 0.0, 0.0, None)
+    delta = max(deltas)
+    try:
+        neighboring, note = common_relation(relations, events)
+    except PrivacyError as err:
+        return SweepCost(len(events), max(epsilons), None, delta, None, str(err))
+    total = composed_epsilon(events, delta=delta, neighboring=neighboring)
+    return SweepCost(len(events), max(epsilons), total, delta, neighboring, note)
+
+
 # -- running ---------------------------------------------------------------------------------------
 
 
@@ -475,9 +519,10 @@ def member_config(rec: SweepRecord, member: Member) -> RunConfig:
 
 
 def train_member(
-    store: RunStore, name: str, member: Member, *, subscribers: tuple = (), stop=None
+    store: RunStore, name: str, member: Member, *, subscribers: tuple = (), stop=None, on_session=None
 ) -> tuple[str, dict[str, Any]]:
-    """Train one member in this thread: link it to its run first, record how it ended. Returns (run id, summary)."""
+    """Train one member in this thread: link it to its run first, record how it ended. Returns (run id, summary).
+    ``on_session(session)`` is called just before it trains (the app keeps it, to stop it)."""
     from workbench.session import Session
 
     sweeps = SweepStore(store)
@@ -486,6 +531,8 @@ def train_member(
     sweeps.start_member(name, member.index, session.run_id)
     if stop is not None:
         stop.append(session)
+    if on_session is not None:
+        on_session(session)
     summary = session.run()
     status = summary.get("status", "failed")
     sweeps.end_member(name, member.index, status)
@@ -532,8 +579,13 @@ def execute(
     parallel: int = 1,
     progress: Callable[[Progress], None] | None = None,
     subscribers: Callable[[Member], tuple] | None = None,
+    on_session: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepRecord:
-    """Train the sweep's pending members (sequentially, or in ``parallel`` CPU processes); returns the sweep."""
+    """Train the sweep's pending members (sequentially, or in ``parallel`` CPU processes); returns the sweep.
+
+    Sequential only: ``on_session(session)`` is called before each member's Session trains, and ``should_stop()``
+    before each member starts (True: the rest stay pending, for ``resume``)."""
     store = store or RunStore()
     sweeps = SweepStore(store)
     rec = sweeps.get(name)
@@ -565,8 +617,12 @@ def execute(
 
     if parallel == 1:
         for i, member in enumerate(todo, 1):
+            if should_stop is not None and should_stop():
+                break
             t0 = time.monotonic()
-            run_id, summary = train_member(store, name, member, subscribers=subscribers(member) if subscribers else ())
+            run_id, summary = train_member(
+                store, name, member, subscribers=subscribers(member) if subscribers else (), on_session=on_session
+            )
             report(i, member, run_id, summary, time.monotonic() - t0)
     else:
         import multiprocessing
@@ -700,6 +756,8 @@ __all__ = [
     "parse_seeds",
     "run_label",
     "validate",
+    "planned_cost",
+    "SweepCost",
     "tuning_of",
     "draw_runs",
     "create_sweep",

@@ -5,6 +5,7 @@ coordinates and the group table; change the grouping and the x axis. The sweep's
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -93,4 +94,10 @@ def test_compare_tab_groups_a_sweep(app_url):
         page.keyboard.press("Escape")
         sync_api.expect(table).to_contain_text("C0.1", timeout=WAIT)
         sync_api.expect(table).not_to_contain_text("eps8-C1", timeout=WAIT)
+        # "Open a run" beside the privacy-utility scatter: that run's dashboard, in the Train tab
+        page.locator("#compare-open-run input").click()
+        page.get_by_role("option", name=re.compile(r"^eps8-C1.0-s1 \(")).click()
+        page.locator("#compare-open").click()
+        sync_api.expect(page.get_by_role("tab", name="Train")).to_have_attribute("aria-selected", "true", timeout=WAIT)
+        sync_api.expect(page.locator("#run-header")).to_contain_text("20260101-000007-gri007", timeout=WAIT)
         browser.close()

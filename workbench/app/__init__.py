@@ -33,7 +33,9 @@ def build_app(
     from workbench.app import compare as compare_tab
     from workbench.app import plan as plan_tab
     from workbench.app import runs as runs_tab
+    from workbench.app import sweep_panel
     from workbench.app import train as train_tab
+    from workbench.app.forms import PLAN_FIELDS, TRAIN_FIELDS
     from workbench.app.live import SHOW_TRAIN_JS, selection_value
     from workbench.app.state import AppContext, Selection
     from workbench.config import RunConfig
@@ -50,10 +52,23 @@ def build_app(
             with gr.Tab("Train", id="train"):
                 train = train_tab.build(ctx, plan, selection)
             with gr.Tab("Compare", id="compare") as compare_page:
-                compare_tab.build(ctx, compare_page)
+                compare = compare_tab.build(ctx, compare_page, selection, train.dashboard)
             with gr.Tab("Runs", id="runs") as runs_page:
                 runs = runs_tab.build(ctx, runs_page, selection, train.dashboard)
         runs["opened"].then(None, train.dashboard, None, js=SHOW_TRAIN_JS)
+        compare["opened"].then(None, train.dashboard, None, js=SHOW_TRAIN_JS)
+        # the Plan tab's Sweep panel starts from the Plan and Train tabs' values, as Start does
+        sweep = plan.sweep
+        form_inputs = plan.inputs + [train.components[n] for n in TRAIN_FIELDS]
+        sweep_panel.wire(ctx, sweep, form_inputs, PLAN_FIELDS + TRAIN_FIELDS)
+        gr.on(  # the sweep's progress line follows the Runs tab's refresh too
+            [runs_page.select, runs["refresh"].click],
+            lambda: sweep_panel.progress_text(ctx),
+            None,
+            sweep.progress,
+            api_visibility="private",
+            show_progress="hidden",
+        )
 
         def on_load():
             # the newest active run (and the Train tab brought forward), else the newest run
@@ -65,6 +80,13 @@ def build_app(
         )
         refresh_plan, plan_inputs, plan_outputs = plan.load
         app.load(refresh_plan, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
+        app.load(  # a page opened while this server runs a sweep: its progress line, refreshed
+            lambda: sweep_panel.on_load(ctx),
+            None,
+            [sweep.progress, sweep.timer],
+            api_visibility="private",
+            show_progress="hidden",
+        )
     app.workbench = ctx
     app.poll_seconds = poll_seconds or float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or train_tab.POLL_SECONDS)
     app.max_upload_mb = max_upload_mb

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from workbench.app.common import error_text
-from workbench.app.state import AppContext
-from workbench.present import compare_figures, empty_figure, privacy_utility_scatter, settings_diff_table
+from workbench.app.state import AppContext, Selection
+from workbench.present import compare_figures, empty_figure, fmt_eps, privacy_utility_scatter, settings_diff_table
 
 
 def run_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -44,6 +44,40 @@ def compare(ctx: AppContext, run_ids: Sequence[str] | None) -> tuple[Any, Any, A
     table = settings_diff_table({label: records[v.run_id].config for label, v in zip(labels, views)})
     note = "" if table.rows else "These runs have the same settings."
     return loss, eps, privacy_utility_scatter(views), {"headers": table.headers, "data": table.rows}, note
+
+
+def open_choices(ctx: AppContext, run_ids: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(label, run id) of the compared runs for the "Open a run" list beside the privacy–utility scatter: those
+    plotted first (a final epsilon and an evaluation: "name · ε 4 · accuracy 0.61"), then the others."""
+    plotted, others = [], []
+    for rid in run_ids or []:
+        try:
+            view, rec = ctx.views.get(rid), ctx.store.get(rid)
+        except Exception:  # noqa: BLE001 - a run deleted meanwhile
+            continue
+        name = view.name or rec.name or rid
+        label = f"{name} ({rid})" if name != rid else rid
+        ev, eps = view.last_eval, view.final_epsilon
+        if ev is None or eps is None:
+            others.append((f"{label} · not evaluated", rid))
+            continue
+        if ev.accuracy is not None and ev.accuracy == ev.accuracy:  # not NaN
+            metric = f" · accuracy {ev.accuracy:.3g}"
+        else:
+            metric = f" · val loss {ev.val_loss:.3g}" if ev.val_loss is not None else ""
+        plotted.append((f"{label} · ε {fmt_eps(eps)}{metric}", rid))
+    return plotted + others
+
+
+def open_run(ctx: AppContext, run_id: str | None) -> tuple[Selection | None, str]:
+    """The Train tab's selection for ``run_id`` (not following newer runs), or None with the message."""
+    if not run_id:
+        return None, "Choose a run to open."
+    try:
+        ctx.store.get(run_id)
+    except Exception as err:  # noqa: BLE001 - deleted meanwhile
+        return None, error_text(err)
+    return Selection(run_id=run_id, follow=False), ""
 
 
 X_CHOICES = [("step", "step"), ("ε spent", "epsilon"), ("tokens seen", "tokens"), ("wall time", "time")]
@@ -160,9 +194,12 @@ def _plot_row(*names: str) -> list[Any]:
         return [gr.Plot(elem_id=f"compare-{name}", show_label=False) for name in names]
 
 
-def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
-    """Lay out the Compare tab; its run list refreshes whenever the tab is opened."""
+def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str, Any]:
+    """Lay out the Compare tab; its run list refreshes whenever the tab is opened. ``selection`` and ``dashboard``
+    are the Train tab's (workbench/app/live.py): "Open in Train tab" shows a compared run there."""
     import gradio as gr
+
+    from workbench.app.live import selection_value
 
     with gr.Row():
         picker = gr.Dropdown(
@@ -173,7 +210,15 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
     cost = gr.Markdown("", elem_id="compare-selection-cost")
     loss, eps = _plot_row("loss", "epsilon")
     with gr.Row():
-        scatter = gr.Plot(elem_id="compare-scatter", show_label=False)
+        with gr.Column(scale=1):
+            scatter = gr.Plot(elem_id="compare-scatter", show_label=False)
+            # gr.Plot has no click event with the point's data (Gradio 6: change only): a list of the runs instead
+            with gr.Row():
+                open_picker = gr.Dropdown(
+                    [], label="Open a run (its dashboard in the Train tab)", elem_id="compare-open-run", scale=4
+                )
+                open_btn = gr.Button("Open in Train tab", size="sm", elem_id="compare-open", scale=1)
+            open_message = gr.Markdown("", elem_id="compare-open-message")
         diff = gr.Dataframe(
             headers=["setting"], label="Settings that differ", interactive=False, elem_id="compare-diff", wrap=True
         )
@@ -219,6 +264,11 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
             ctx, expand(ctx, ids), by, x or "epsilon", band_value or "sd", bool(smooth_value), bool(log_value)
         )
 
+    def refresh_open(ids, current):
+        options = open_choices(ctx, expand(ctx, ids))
+        ids_shown = [v for _, v in options]
+        return gr.update(choices=options, value=current if current in ids_shown else None)
+
     def refresh_groups(ids):
         # choices only: setting the value here could undo a choice made while this event waited in the queue
         return gr.update(choices=group_choices(ctx, expand(ctx, ids)))
@@ -237,7 +287,7 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
         trigger_mode="always_last",
     ).then(refresh_groups, picker, group_by, api_visibility="private", show_progress="hidden").then(
         regroup, group_inputs, group_outputs, api_visibility="private", show_progress="hidden"
-    )
+    ).then(refresh_open, [picker, open_picker], open_picker, api_visibility="private", show_progress="hidden")
     picker.change(
         lambda ids: selection_cost(ctx, expand(ctx, ids)),
         picker,
@@ -255,8 +305,18 @@ def build(ctx: AppContext, tab: Any) -> dict[str, Any]:
             trigger_mode="always_last",
             show_progress="hidden",
         )
+
+    def on_open(run_id):
+        chosen, text = open_run(ctx, run_id)
+        if chosen is None:
+            return gr.skip(), gr.skip(), text
+        return chosen, selection_value(chosen, show=True), ""
+
+    opened = open_btn.click(on_open, open_picker, [selection, dashboard, open_message], api_visibility="private")
     return {
         "picker": picker,
+        "open_picker": open_picker,
+        "opened": opened,
         "outputs": [loss, eps, scatter, diff, message],
         "cost": cost,
         "group_inputs": group_inputs,

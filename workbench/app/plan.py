@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from workbench.app import forms
+from workbench.app import forms, sweep_panel
 from workbench.app.common import error_text
 from workbench.app.state import AppContext
 from workbench.config import RunConfig
@@ -37,6 +37,7 @@ class PlanControls:
     error: Any  # a plan error that names none of the fields (under the last one)
     load: tuple = ()  # (fn, inputs, outputs) to run on page load
     row_errors: dict[str, Any] = field(default_factory=dict)  # ERROR_ROWS name -> the Markdown under that row
+    sweep: Any = None  # the Sweep panel (app/sweep_panel.py), wired by build_app once the Train tab exists
 
     @property
     def inputs(self) -> list[Any]:
@@ -462,7 +463,9 @@ def build(ctx: AppContext) -> PlanControls:
                 rec_error = gr.Markdown("", elem_classes="wb-error", elem_id="recommend-error")
                 rec_plot = gr.Plot(label="Noise-batch ratio", elem_id="recommend-plot")
                 rec_text = gr.Markdown("", elem_id="recommend-summary")
-    controls = PlanControls(c, data_info, error, row_errors=rows)
+            with gr.Accordion("Sweep: a grid of settings × seeds", open=False, elem_id="sweep-panel"):
+                sweep = sweep_panel.layout()
+    controls = PlanControls(c, data_info, error, row_errors=rows, sweep=sweep)
     _wire(ctx, controls, upload, upload_msg, plot, summary, stale=rec_text)
     _wire_recommend(ctx, controls, button, [budget, min_steps], [rec_plot, rec_text, rec_error])
     return controls

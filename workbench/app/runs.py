@@ -145,4 +145,4 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
     confirm_btn.click(confirmed, picker, [confirm_row, message, table, picker], api_visibility="private").then(
         lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden"
     )
-    return {"picker": picker, "table": table, "reload": reload, "opened": opened, "ledger": ledger}
+    return {"picker": picker, "table": table, "reload": reload, "opened": opened, "ledger": ledger, "refresh": refresh}

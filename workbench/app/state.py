@@ -72,6 +72,7 @@ class AppContext:
     defaults: dict[str, Any] = field(default_factory=dict)
     max_upload_mb: int = 50
     sessions: dict[str, Any] = field(default_factory=dict)  # run_id -> Session started by this server
+    sweep_jobs: dict[str, Any] = field(default_factory=dict)  # sweep name -> SweepJob started by this server
     views: RunViews = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

@@ -30,6 +30,8 @@ def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> 
     try:
         config = forms.config_from_values(values, base=ctx_base(ctx))
         forms.check_start(config)
+        if not config.name:  # a readable name from what differs from the preset, unique in the store
+            config = config.with_overrides({"name": default_name(ctx, config)})
         if config.nproc > 1:  # more processes than GPUs, no backend: the message now, not a failed run
             from workbench.engine import distributed
 
@@ -44,6 +46,14 @@ def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> 
     if busy:
         message = f"Run `{run_id}` is **queued**: it starts when run `{busy[-1]}` ends (one job per device)."
     return selection.select(run_id, follow=True), message
+
+
+def default_name(ctx: AppContext, config: RunConfig) -> str:
+    """``eps8-B64-T100-lr0.005``: the run's privacy level and the settings that differ from the app's preset
+    (store/names.py, the notation of sweep runs), with " (2)", " (3)", ... when a stored run has that name."""
+    from workbench.store.names import default_run_name, unique_name
+
+    return unique_name(default_run_name(config, ctx_base(ctx)), (r.name for r in ctx.store.list()))
 
 
 def stop_run(ctx: AppContext, selection: Selection) -> str:
@@ -96,7 +106,12 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                 info=help_["model"],
                 elem_id="model",
             )
-            c["name"] = gr.Textbox(base.name or "", label="Run name (optional)", elem_id="run-name")
+            c["name"] = gr.Textbox(
+                base.name or "",
+                label="Run name (optional)",
+                placeholder="empty: from the settings, e.g. eps8-B64-T100",
+                elem_id="run-name",
+            )
             with gr.Accordion("LoRA and optimiser", open=False):
                 with gr.Row():
                     c["lora_r"] = gr.Number(base.lora_r, label="LoRA r", precision=0, minimum=1)

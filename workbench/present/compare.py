@@ -278,7 +278,7 @@ def group_runs(views: Sequence[RunView], by: Sequence[str] | None = None) -> lis
     """Group ``views`` by the values of ``by`` (default: every differing setting but the seed), first-seen order.
 
     Unknown keys raise CompareError; a group is labelled by its settings (``eps4-C0.1``)."""
-    from workbench.sweeps import run_label
+    from workbench.store.names import run_label
 
     keys = list(by) if by is not None else [k for k in differing_keys(views) if k not in SEED_KEYS]
     known = {k for v in views for k in v.config}
