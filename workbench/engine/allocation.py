@@ -22,6 +22,38 @@ uniform step with multiplier sigma.  Strategies:
 
 Each sigma_l is kept within [sigma sqrt(L) / bound, sigma sqrt(L) * bound] (floor and ceiling) and
 the precisions are then re-normalised by water-filling so the constraint holds exactly.
+
+Quantile clip norms (``clip_allocation=quantile``; Andrew, Thakkar, McMahan, Ramaswamy 2021,
+"Differentially Private Learning with Adaptive Clipping", NeurIPS; REFERENCES.md s.9).  Each C_l starts
+at C/sqrt(L) and tracks the quantile gamma of the per-unit norms ||g_{i,l}|| of block l.  Per step t:
+
+    b_{i,l}  = 1[||g_{i,l}|| <= C_l(t)] - 1/2                   each unit's centred indicator (clipping.py)
+    S_b      = sum_i b_i + N(0, sigma_b^2 I_L)                   released with the gradient (dp_step.py)
+    bbar_l   = (S_b,l + qN/2) / (qN)                             the estimated unclipped fraction
+    C_l(t+1) = C_l(t) * exp(-eta (bbar_l - gamma))               (``quantile_update``)
+
+qN is the *expected* batch size (public), never the sampled one (private under Poisson sampling).
+
+Why the accountant's sigma covers both releases.  The vector b_i has L coordinates of +-1/2, so
+||b_i|| = sqrt(L)/2: adding or removing a unit moves sum_i b_i by exactly sqrt(L)/2, and replacing one
+by at most sqrt(L) (each coordinate moves by 0 or 1).  The clipped gradient sum moves by at most
+C_l in block l (add/remove) or 2 C_l (replace-one).  So, with z_b = sigma_b / (sqrt(L)/2), rescaling
+block l of the gradient by 1/(sigma_l C_l) and the counts by 1/sigma_b gives one release with unit noise
+N(0, I) (the count noise and the gradient noise are independent) whose sensitivity is
+
+    add/remove:   sqrt(sum_l C_l^2 / (sigma_l C_l)^2 + (sqrt(L)/2)^2 / sigma_b^2) = sqrt(sum_l sigma_l^-2 + z_b^-2)
+    replace-one:  2 sqrt(sum_l sigma_l^-2 + z_b^-2)     (both parts exactly double, like C -> 2C)
+
+on the same Poisson sample: one subsampled Gaussian mechanism of multiplier
+(sum_l sigma_l^-2 + z_b^-2)^(-1/2).  ``split_budget`` sets z_b^-2 = share sigma^-2 and the gradient
+blocks sum_l sigma_l^-2 = (1 - share) sigma^-2 (``solve_sigmas`` with sigma / sqrt(1 - share): every
+sigma_l is 1/sqrt(1 - share) times what it would be without the counts), so the total precision is
+sigma^-2 and the multiplier is the plan's sigma: the accountant, the plan, epsilon and the report are
+exactly those of the fixed-threshold run with the same settings.  The C_l do not enter the
+constraint, so any C_l computed from earlier releases and public constants (here C, gamma, eta, qN)
+is post-processing and costs nothing more.  The same holds for a user under ULS (its clipped mean
+and its indicators), and ELS's user-level analysis applies unchanged: each of a user's examples
+contributes a (gradient, indicator) pair with the same rescaled bound as one example here.
 """
 
 from __future__ import annotations
@@ -52,17 +84,25 @@ def group_modules(module_names: list[str]) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class Allocation:
-    """Clip norm C_l and noise multiplier sigma_l of each block."""
+    """Clip norm C_l and noise multiplier sigma_l of each block; under quantile clipping also z_b, the
+    noise multiplier of the released counts (their std is sigma_b = z_b sqrt(L) / 2)."""
 
     clip: dict[str, float]
     sigma: dict[str, float]
+    count_sigma: float | None = None  # z_b; None: no counts are released (fixed or importance clip norms)
 
     @property
     def effective_noise_multiplier(self) -> float:
-        return effective_noise_multiplier(self.sigma.values())
+        """(sum_l sigma_l^-2 + z_b^-2)^(-1/2): the multiplier of the one Gaussian mechanism the step is."""
+        counts = [] if self.count_sigma is None else [self.count_sigma]
+        return effective_noise_multiplier([*self.sigma.values(), *counts])
 
     def noise_std(self) -> dict[str, float]:
         return {g: self.sigma[g] * self.clip[g] for g in self.sigma}
+
+    def count_noise_std(self) -> float:
+        """sigma_b = z_b sqrt(L) / 2: the std of the noise on each block's count (0 when there are none)."""
+        return 0.0 if self.count_sigma is None else self.count_sigma * math.sqrt(len(self.sigma)) / 2
 
 
 def effective_noise_multiplier(sigmas) -> float:
@@ -99,6 +139,42 @@ def clip_norms(groups: list[str], *, max_grad_norm: float, weights: dict[str, fl
         return {g: max_grad_norm / math.sqrt(len(groups)) for g in groups}
     total = sum(max(weights[g], 1e-12) for g in groups)
     return {g: max_grad_norm * math.sqrt(max(weights[g], 1e-12) / total) for g in groups}
+
+
+def split_budget(sigma: float, share: float) -> tuple[float, float]:
+    """(sigma_grad, z_b) with sigma_grad^-2 = (1 - share) sigma^-2 and z_b^-2 = share sigma^-2, so that
+    sigma_grad^-2 + z_b^-2 = sigma^-2: the gradient's allocation solves for sigma_grad (``solve_sigmas``)."""
+    if not 0 < share < 1:
+        raise ValueError(f"the counts' share of the budget must be strictly between 0 and 1. Found {share!r}.")
+    return sigma / math.sqrt(1 - share), sigma / math.sqrt(share)
+
+
+def unclipped_fraction(released_counts: dict[str, float], *, expected_batch_size: float) -> dict[str, float]:
+    """bbar_l = (S_b,l + qN/2) / (qN): the estimated fraction of units with ||g_l|| <= C_l, from the released
+    (noised, centred) counts and the public expected batch size qN."""
+    n = expected_batch_size
+    return {g: (s + n / 2) / n for g, s in released_counts.items()}
+
+
+def quantile_update(
+    clip: dict[str, float],
+    fraction: dict[str, float],
+    *,
+    quantile: float,
+    lr: float,
+    limits: tuple[float, float] = (0.0, math.inf),
+) -> dict[str, float]:
+    """C_l <- C_l exp(-eta (bbar_l - gamma)): down when more than gamma of the units were under C_l, up when fewer.
+
+    bbar_l is not clamped to [0, 1] (as Andrew et al.: clamping would bias the noisy estimate near 0 and 1 and
+    move the fixed point off gamma). ``limits`` (public constants, far apart) only keep C_l a finite positive
+    float whatever the noise draws; the exponent is kept finite for the same reason."""
+    lo, hi = limits
+    out = {}
+    for g, c in clip.items():
+        step = -lr * (fraction[g] - quantile)
+        out[g] = min(max(c * math.exp(min(max(step, -700.0), 700.0)), lo), hi)
+    return out
 
 
 def manual_weights(groups: list[str], patterns: dict[str, float]) -> dict[str, float]:

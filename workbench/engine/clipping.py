@@ -54,12 +54,29 @@ class PerLayerClipping:
         return factors, clipped
 
 
-def make_clipping(kind: str, *, max_grad_norm: float | None, blocks: list[str]):
-    """The strategy for ``kind`` ('flat' or 'per_layer'); no clipping norm means no clipping."""
+class QuantileClipping(PerLayerClipping):
+    """Per-layer clipping whose C_l track a quantile of the per-unit norms (clip_allocation=quantile, Andrew et
+    al. 2021; allocation.py). Besides the factors, each unit has one centred indicator per block,
+
+        b_{i,l} = 1[||g_{i,l}|| <= C_l] - 1/2      (+-1/2, so ||b_i|| = sqrt(L)/2 whatever the unit)
+
+    which DPGradient sums over the units and releases with noise (dp_step.py). A block whose norm is not finite
+    counts as above C_l (-1/2), as the clipped telemetry counts such a unit: the bound on ||b_i|| holds either way.
+    """
+
+    def indicators(self, sq: Norms) -> torch.Tensor:
+        """(L, U) float32 b_{i,l}, blocks in the order of ``sq``."""
+        return torch.stack([(s.sqrt() <= self.clip_norms[g]).float() - 0.5 for g, s in sq.items()])
+
+
+def make_clipping(kind: str, *, max_grad_norm: float | None, blocks: list[str], counts: bool = False):
+    """The strategy for ``kind`` ('flat' or 'per_layer'); no clipping norm means no clipping. ``counts``: per-layer
+    clipping that also gives each unit's indicators (quantile clip norms)."""
     if max_grad_norm is None:
         return NoClipping()
     if kind == "flat":
         return FlatClipping(max_grad_norm)
     if kind == "per_layer":
-        return PerLayerClipping({g: max_grad_norm for g in blocks})
+        cls = QuantileClipping if counts else PerLayerClipping
+        return cls({g: max_grad_norm for g in blocks})
     raise ValueError(f"clipping must be 'flat' or 'per_layer'. Found {kind!r}.")

@@ -5,19 +5,23 @@
     add_canaries(unit)                audit runs only: canary units, clipped and added alike (canaries.py;
                                       input canaries: add_microbatch(..., canary=True), input_canaries.py)
     finish(expected_batch_size)       add the Gaussian noise once, divide by q*N, write p.grad
+                                      (quantile clip norms: also release the noised counts S_b)
 
 The unit of privacy is one example, or (user-level sampling, ULS) one user: then the examples of
 a user are averaged first (``owners`` says whose each example is) and that mean is clipped.
 Clipping is flat (all blocks jointly to C, noise sigma*C everywhere) or per layer (block l to C_l,
-noise sigma_l*C_l, see ``allocation.py``).  Sampling is done by the caller (Poisson, see
-``sampling.py``); division is by the *expected* batch size q*N, as the accountant assumes.
+noise sigma_l*C_l, see ``allocation.py``).  With quantile clip norms (``counts``) each unit also adds
+its centred indicators b_{i,l} = 1[||g_{i,l}|| <= C_l] - 1/2 to an L-vector that is released with noise
+N(0, sigma_b^2 I_L) beside the gradient, and the next step's C_l come from it (allocation.py proves
+that the two releases are together one Gaussian mechanism of the plan's sigma).  Sampling is done by
+the caller (Poisson, see ``sampling.py``); division is by the *expected* batch size q*N, as the accountant assumes.
 A unit whose gradient is not finite (NaN/inf) contributes zero: its contribution then has norm
 0 <= C, so the sensitivity bound still holds, and the count is reported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 
 from workbench.engine.allocation import Allocation, group_modules
-from workbench.engine.clipping import NoClipping, PerLayerClipping, make_clipping
+from workbench.engine.clipping import NoClipping, PerLayerClipping, QuantileClipping, make_clipping
 from workbench.engine.grad_sample import ModuleGrads
 from workbench.engine.randomness import GaussianNoise
 
@@ -44,6 +48,7 @@ class StepStats:
     module_grad_norm: dict[str, float]  # block -> norm of its clipped sum (before noise)
     module_noise_std: dict[str, float]  # block -> std of the noise added to each coordinate
     released_sq_norm: dict[str, float]  # block -> squared norm of the noised sum (what was released)
+    released_counts: dict[str, float] = field(default_factory=dict)  # quantile clip norms: block -> S_b,l (noised)
 
 
 class DPGradient:
@@ -57,18 +62,24 @@ class DPGradient:
         noise_multiplier: float,
         noise: GaussianNoise,
         clipping: str = "flat",
+        counts: bool = False,
     ) -> None:
+        """``counts``: quantile clip norms (per-layer clipping only): release the noised indicator counts too."""
         if noise_multiplier > 0 and max_grad_norm is None:
             raise ValueError("noise needs a clipping norm")
+        if counts and (clipping != "per_layer" or max_grad_norm is None):
+            raise ValueError("quantile clip norms need clipping='per_layer' and a clipping norm")
         self.params = params
         self.groups = group_modules(list(params))  # block -> its modules
         self.max_grad_norm = max_grad_norm
         self.noise_multiplier = noise_multiplier
         self.noise = noise  # secret by default (randomness.py): never a public seed
-        self.clip = make_clipping(clipping, max_grad_norm=max_grad_norm, blocks=list(self.groups))  # clipping.py
+        blocks = list(self.groups)
+        self.clip = make_clipping(clipping, max_grad_norm=max_grad_norm, blocks=blocks, counts=counts)  # clipping.py
         self.clipping = clipping
         self.allocation = self._flat_allocation()
         self._sums: dict[str, list[torch.Tensor]] = {}
+        self._counts: torch.Tensor | None = None  # (L,) sum of the units' indicators (quantile clip norms only)
         self._norms: list[torch.Tensor] = []
         self._clipped = 0
         self._nonfinite = 0
@@ -88,6 +99,8 @@ class DPGradient:
         """Per-layer C_l and sigma_l for the next step (per-layer clipping only)."""
         if not isinstance(self.clip, PerLayerClipping):
             raise ValueError("a per-layer allocation needs clipping='per_layer'")
+        if isinstance(self.clip, QuantileClipping) != (allocation.count_sigma is not None):
+            raise ValueError("quantile clip norms and the counts' noise multiplier (count_sigma) go together")
         self.allocation = allocation
         self.clip.clip_norms = dict(allocation.clip)
 
@@ -97,6 +110,9 @@ class DPGradient:
     def start(self) -> None:
         self._sums = {m: [torch.zeros_like(p, dtype=torch.float32) for _, p in ps] for m, ps in self.params.items()}
         self._norms, self._clipped, self._nonfinite, self._pending = [], 0, 0, {}
+        if isinstance(self.clip, QuantileClipping):
+            device = next(p.device for ps in self.params.values() for _, p in ps)
+            self._counts = torch.zeros(len(self.groups), dtype=torch.float32, device=device)
 
     @torch.no_grad()
     def add_microbatch(
@@ -153,6 +169,8 @@ class DPGradient:
         finite = torch.isfinite(total)
         all_finite = bool(finite.all())  # the common case: no masking copies of the per-unit grads
         factors, clipped = self.clip.factors(sq, total)  # block -> (U,), and (U,) which units were clipped
+        if self._counts is not None:  # every unit added, canaries too: the counts are part of the mechanism
+            self._counts += self.clip.indicators(sq).sum(1)
         for g, ms in self.groups.items():
             f = factors[g] if all_finite else torch.where(finite, factors[g], torch.zeros_like(factors[g]))
             for m in ms:
@@ -170,9 +188,14 @@ class DPGradient:
     def finish(self, *, expected_batch_size: float) -> StepStats:
         """Add the Gaussian noise once, scale by 1/(q N) and write ``p.grad``.
 
-        Data-parallel (``collective`` set): the clipped sums are all-reduced first, so each holds the sum over
-        every rank's units; rank 0 alone adds the noise (once: distributed.py says why it is neither multiplied
-        nor divided by the number of ranks) and broadcasts the noisy sums, so every rank applies the same update."""
+        Quantile clip norms: the summed indicators get their noise N(0, sigma_b^2 I_L) right after the gradient's,
+        from the same secret generator (``self.noise``, randomness.py; never a public seed), and are released in
+        ``StepStats.released_counts`` for the next step's C_l (allocation.quantile_update).
+
+        Data-parallel (``collective`` set): the clipped sums (and the counts with them) are all-reduced first, so
+        each holds the sum over every rank's units; rank 0 alone adds the noise (once: distributed.py says why it is
+        neither multiplied nor divided by the number of ranks), the counts' noise too, and broadcasts the noisy sums
+        and counts, so every rank applies the same update and the same next C_l."""
         self._flush_owners()
         dist = self.collective
         entries = [
@@ -181,8 +204,9 @@ class DPGradient:
             for m in ms
             for j, (buf, (_, p)) in enumerate(zip(self._sums[m], self.params[m]))
         ]
+        counts = [] if self._counts is None else [self._counts]  # the (L,) indicator sum, quantile clip norms only
         if dist is not None:
-            dist.sum_([e[3] for e in entries])
+            dist.sum_([e[3] for e in entries] + counts)
         stds = {g: 0.0 for g in self.groups} if isinstance(self.clip, NoClipping) else self.allocation.noise_std()
         adds_noise = dist is None or dist.is_main
         clean = {g: 0.0 for g in self.groups}
@@ -193,8 +217,10 @@ class DPGradient:
             if stds[g] > 0 and adds_noise:
                 out += self.noise.sample(buf.shape, stds[g], device=buf.device)
             outs.append(out)
+        count_std = self.allocation.count_noise_std() if adds_noise else 0.0
+        counts = [noised_counts(c, count_std, self.noise) for c in counts]  # S_b = sum_i b_i + N(0, sigma_b^2 I_L)
         if dist is not None:
-            dist.from_main_(outs)  # rank 0's noisy sums, bit for bit, on every rank
+            dist.from_main_(outs + counts)  # rank 0's noisy sums (and counts), bit for bit, on every rank
         released = {g: 0.0 for g in self.groups}
         for (g, m, j, _, p), out in zip(entries, outs):
             if self.on_release is not None:
@@ -211,4 +237,14 @@ class DPGradient:
             module_grad_norm=grad_norm,
             module_noise_std=stds,
             released_sq_norm=released,
+            released_counts=dict(zip(self.groups, counts[0].tolist())) if counts else {},
         )
+
+
+def noised_counts(counts: torch.Tensor, std: float, noise: GaussianNoise) -> torch.Tensor:
+    """S_b = counts + N(0, std^2 I) in float64 (std = sigma_b = z_b sqrt(L)/2), drawn from ``noise``: the run's
+    secret generator, the gradient noise's (randomness.py). std 0 (a rank other than 0) adds nothing."""
+    out = counts.double()
+    if std > 0:
+        out += noise.sample(out.shape, std, device=out.device)
+    return out
