@@ -125,7 +125,8 @@ class _Progress:
             self.bar.set_postfix(loss=f"{event.loss:.3f}", eps=f"{event.epsilon:.3g}", batch=event.batch_size)
         elif kind == "eval" and self.bar is not None:
             acc = "" if event.accuracy is None else f" accuracy={event.accuracy:.3f}"
-            self.bar.write(f"step {event.step}: val_loss={event.val_loss:.4f}{acc}", file=sys.stderr)
+            at = "untuned model (step 0)" if event.step == 0 else f"step {event.step}"
+            self.bar.write(f"{at}: val_loss={event.val_loss:.4f}{acc}", file=sys.stderr)
         elif kind == "run_ended" and self.bar is not None:
             self.bar.close()
 
@@ -184,6 +185,9 @@ def train(
 def _print_summary(s: dict) -> None:
     if s.get("status") == "failed":
         return
+    from workbench.engine.report import epsilon_sentence
+    from workbench.present.diagnostics import baseline_text
+
     eps = s.get("epsilon")
     eps_text = "inf (non-private)" if isinstance(eps, float) and math.isinf(eps) else f"{eps:.4g}"
     lines = [
@@ -214,6 +218,20 @@ def _print_summary(s: dict) -> None:
     metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
     if metrics:
         lines.append("  validation: " + " ".join(metrics))
+    against = baseline_text(s, s.get("baseline"))
+    if against:
+        lines.append(f"  against the untuned model: {against}")
+    sentence = epsilon_sentence(
+        eps if isinstance(eps, (int, float)) else None,
+        delta=s.get("delta"),
+        unit=s.get("privacy_unit") or "example",
+        neighboring=s.get("neighboring") or "add_remove",
+        max_examples_per_user=s.get("max_examples_per_user"),
+        example_epsilon=s.get("example_level_epsilon"),
+        seeded=bool(s.get("seeded_randomness")),
+    )
+    if sentence and s.get("steps"):
+        lines.append(f"  what epsilon protects: {sentence}")
     if s.get("adapter_dir"):
         lines.append(f"  adapter: {s['adapter_dir']}")
     typer.echo("\n".join(lines), err=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ACCOUNTANT_CHOICES = ("pld", "rdp", "prv", "edgeworth")
 NEIGHBORING_CHOICES = ("auto", "replace_one", "add_remove")
@@ -101,7 +101,7 @@ class RunConfig(BaseModel):
     clipping: Literal["auto", "flat", "per_layer"] = Field(
         "auto",
         description="'flat': one norm C over all LoRA modules; 'per_layer': module l clipped to C_l "
-        "(||(C_l)|| = C). 'auto': flat for uniform allocation, per_layer otherwise.",
+        "(||(C_l)|| = C). 'auto': flat for uniform allocation with fixed clip norms, per_layer otherwise.",
     )
     allocation: Literal["uniform", "manual", "adaptive"] = Field(
         "uniform",
@@ -111,8 +111,24 @@ class RunConfig(BaseModel):
     allocation_weights: dict[str, float] = Field(
         default_factory=dict, description="manual allocation: {module pattern: weight}; more weight, less noise."
     )
-    clip_allocation: Literal["fixed", "importance"] = Field(
-        "fixed", description="Per-layer clip norms: equal shares C/sqrt(L), or shares by importance."
+    clip_allocation: Literal["fixed", "importance", "quantile"] = Field(
+        "fixed",
+        description="Per-layer clip norms: 'fixed' equal shares C/sqrt(L); 'importance' shares by importance; "
+        "'quantile' (Andrew et al. 2021) each module's C_l starts at C/sqrt(L) and follows the clip_quantile of its "
+        "per-unit gradient norms, learnt from a noised count of the units under C_l each step. The count spends "
+        "clip_quantile_share of the noise budget inside the same plan (the epsilon is unchanged; the gradient noise "
+        "grows by 1/sqrt(1 - share)). Needs per-layer clipping (auto chooses it) and a private run.",
+    )
+    clip_quantile: float = Field(
+        0.5, description="quantile clipping: the target quantile gamma of each module's per-unit norms, in (0, 1)."
+    )
+    clip_quantile_share: float = Field(
+        0.05,
+        description="quantile clipping: the share of the privacy budget (noise precision) spent on the noised "
+        "counts; the rest goes to the gradient.",
+    )
+    clip_quantile_lr: float = Field(
+        0.2, description="quantile clipping: the geometric rate eta > 0 of C_l <- C_l exp(-eta (bbar_l - gamma))."
     )
     allocation_smoothing: float = Field(0.9, ge=0, lt=1, description="adaptive: moving-average factor of the score.")
     allocation_bound: float = Field(
@@ -163,6 +179,11 @@ class RunConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps; 0 = about five times per run.")
     eval_max_examples: int = Field(64, ge=1, description="Validation examples used per evaluation.")
     generate_max_new_tokens: int = Field(32, ge=0, description="Tokens generated per sample prompt (0 = none).")
+    baseline_eval: bool = Field(
+        True,
+        description="Evaluate the untuned model first (step 0, validation loss and accuracy, no generations), shown "
+        "beside the run's metric; cached per model, data and evaluation settings under the workbench home.",
+    )
     seed: int = Field(
         0,
         description="Seeds only what may be public: LoRA and head initialisation, dropout, the demo data, the "
@@ -185,6 +206,33 @@ class RunConfig(BaseModel):
     )
     output_dir: str | None = Field(None, description="Where the adapter goes; default: the run's folder.")
 
+    @field_validator("clip_quantile")
+    @classmethod
+    def _quantile_inside(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(
+                "must be strictly between 0 and 1 (the target fraction of units whose module norm is under C_l; "
+                "0 or 1 would drive C_l to 0 or to infinity), e.g. 0.5"
+            )
+        return v
+
+    @field_validator("clip_quantile_share")
+    @classmethod
+    def _share_inside(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(
+                "must be strictly between 0 and 1: it splits one noise budget between the counts (share) and the "
+                "gradient (1 - share), and 0 would leave nothing for the counts, 1 nothing for the gradient; e.g. 0.05"
+            )
+        return v
+
+    @field_validator("clip_quantile_lr")
+    @classmethod
+    def _lr_positive(cls, v: float) -> float:
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError("must be a finite number above 0 (the geometric update rate eta), e.g. 0.2")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
         if self.max_steps is not None and self.epochs is not None:
@@ -198,6 +246,8 @@ class RunConfig(BaseModel):
                 "non-uniform noise with one flat clipping norm is only as private as its least noisy module; "
                 "use clipping=per_layer (or auto)"
             )
+        if self.clip_allocation == "quantile":
+            self._check_quantile()
         if self.audit != "none" and self.max_grad_norm is None:
             raise ValueError(
                 f"audit={self.audit} needs a clipping norm: without max_grad_norm nothing bounds a unit's influence, "
@@ -217,11 +267,24 @@ class RunConfig(BaseModel):
             raise ValueError("physical_batch_size above 4096 is not supported")
         return self
 
+    def _check_quantile(self) -> None:
+        if self.clipping == "flat":
+            raise ValueError(
+                "clip_allocation=quantile learns one clip norm C_l per module, so it needs per-layer clipping: "
+                "set clipping=per_layer (or auto), or clip_allocation=fixed for flat clipping"
+            )
+        if self.noise_multiplier == 0 or self.max_grad_norm is None:
+            raise ValueError(
+                "clip_allocation=quantile needs a private run: its thresholds are learnt from noised counts whose "
+                "noise is a share of the gradient's (noise_multiplier > 0 or target_epsilon, and max_grad_norm). "
+                "Use clip_allocation=fixed for a non-private run"
+            )
+
     @property
     def resolved_clipping(self) -> str:
         if self.clipping != "auto":
             return self.clipping
-        return "flat" if self.allocation == "uniform" else "per_layer"
+        return "flat" if self.allocation == "uniform" and self.clip_allocation != "quantile" else "per_layer"
 
     # -- derived ---------------------------------------------------------------------------------
     @property

@@ -19,6 +19,7 @@ __all__ = [
     "RunEnded",
     "event_from_dict",
     "GRAD_NORM_BIN_EDGES",
+    "GRAD_NORM_LOG_BIN_EDGES",
     "jsonable",
 ]
 
@@ -26,6 +27,10 @@ __all__ = [
 # (edges 0, 0.1 C, ..., 3 C, then one overflow bin), so histograms of different steps and runs
 # line up in the heatmap.
 GRAD_NORM_BIN_EDGES: tuple[float, ...] = tuple(round(0.1 * i, 2) for i in range(31)) + (math.inf,)
+# Log-spaced bins, also in units of C: edges 10^(-2 + k/4) for k = 0..16 (0.01 C to 100 C, four bins a decade).
+# StepMetrics.grad_norm_log_hist counts 18 bins: below 0.01 C (underflow, with zero norms), the 16 bins (each
+# [low, high)), and from 100 C up (overflow, with non-finite norms).
+GRAD_NORM_LOG_BIN_EDGES: tuple[float, ...] = tuple(10.0 ** ((k - 8) / 4) for k in range(17))
 
 
 def _now() -> float:
@@ -101,6 +106,7 @@ class RunStarted(Event):
     neighboring: str = "add_remove"  # the relation the epsilon is for (replace_one or add_remove)
     seeded_randomness: bool = False  # sampling and noise from a public noise_seed: NO DP guarantee
     checks: list[dict[str, str]] = field(default_factory=list)  # the pre-flight privacy findings
+    module_dims: dict[str, int] = field(default_factory=dict)  # d_l: trainable parameters of each module
 
 
 @dataclass(frozen=True)
@@ -123,13 +129,20 @@ class StepMetrics(Event):
     tokens: int
     module_clip_norm: dict[str, float] = field(default_factory=dict)  # C_l of each module (per-layer clipping)
     module_noise_multiplier: dict[str, float] = field(default_factory=dict)  # sigma_l of each module
-    effective_noise_multiplier: float | None = None  # (sum sigma_l^-2)^-1/2, what the accountant sees
+    effective_noise_multiplier: float | None = None  # (sum sigma_l^-2 [+ z_b^-2])^-1/2, what the accountant sees
     nonfinite: int = 0  # units whose gradient was NaN/inf: they contributed zero
     notices: list[dict[str, str]] = field(default_factory=list)  # run-time privacy findings (privacy/checks.py)
     # audit runs only: the one-run audit's epsilon lower bound so far, set every few steps and at the last step
     # (audit=gradient_canaries) or at the last step only (input_canaries), None otherwise; draw it beside `epsilon`
     # (privacy/audit.py)
     audit_epsilon_lower_bound: float | None = None
+    # counts over GRAD_NORM_LOG_BIN_EDGES ([] in runs stored before), and the median per-unit norm / C (None: an
+    # empty batch, or stored before); telemetry from the raw norms, as grad_norm_hist
+    grad_norm_log_hist: list[int] = field(default_factory=list)
+    grad_norm_median: float | None = None
+    # clip_allocation=quantile only: bbar_l, the released (noised) estimate of the fraction of units whose norm in
+    # module l was <= its clip norm module_clip_norm[l] this step; the next step's C_l follows from it (allocation.py)
+    module_unclipped_fraction: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,7 @@ class Session:
 
     def _train(self) -> None:
         from workbench.engine import distributed
+        from workbench.engine.baseline import CACHE_FILE
         from workbench.engine.trainer import Trainer, prepare
 
         started = time.time()
@@ -171,6 +172,7 @@ class Session:
                     run_dir=run_dir,
                     randomness=self.randomness,
                     dist=dist,
+                    baseline_cache=self.store.home / CACHE_FILE,
                 )
                 status, reason = trainer.run()
                 adapter = str(trainer.save(stopped=status == "stopped")) if trainer.step > 0 else None
@@ -253,4 +255,6 @@ class Session:
             wall_time=time.time() - started,
             **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in trainer.last_eval.items()},
         )
+        if trainer.baseline is not None:  # the untuned model's metrics (engine/baseline.py): telemetry, not exported
+            out["baseline"] = trainer.baseline
         return out

@@ -106,11 +106,11 @@ def test_grad_norm_heatmap_columns_are_fractions_and_bounded():
 
 
 def test_noise_allocation_has_one_bar_per_module():
-    fig = noise_allocation_figure(step(3))
-    noise, grad = fig.data
+    fig = noise_allocation_figure(step(3), {m: 100 for m in MODULES})
+    snr, noise = fig.data  # signal to noise (top), the noise allocation (bottom): tests/present/test_diagnostics.py
     assert list(noise.x) == ["layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj", "layers.1.v_proj"]
-    assert list(noise.y) == [0.5, 1.0, 1.5, 2.0] and list(grad.y) == [1.0, 2.0, 3.0, 4.0]
-    assert list(noise.customdata) == MODULES
+    assert list(noise.y) == [0.5, 1.0, 1.5, 2.0] and [c[1] for c in snr.customdata] == [1.0, 2.0, 3.0, 4.0]
+    assert list(noise.customdata) == MODULES and "Signal to noise per LoRA module" in fig.layout.title.text
 
 
 def test_live_panels_skip_plotlys_per_label_overflow_check():

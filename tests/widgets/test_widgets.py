@@ -184,8 +184,8 @@ def test_dashboard_of_a_stored_run_shows_every_panel(store):
     heat = f["grad_norm_evolution"].data[0]
     assert heat.type == "heatmap" and np.asarray(heat.z).shape == (BINS, 12)
     noise = f["noise_allocation"].data
-    assert [t.name for t in noise] == ["noise std", "gradient norm (clipped, summed)"]
-    assert list(noise[0].x) == ["layers.0.q_proj", "layers.0.v_proj"]
+    assert [t.name for t in noise] == ["SNR = ‖S_l‖ / (√d_l σ_l C_l)", "noise std per coordinate σ_l C_l"]
+    assert list(noise[1].x) == ["layers.0.q_proj", "layers.0.v_proj"]
     assert dash.progress_bar.value == 1.0 and "finished" in dash.status.value
     assert "Department: Billing" in dash.generations.value
     assert "demo run" in dash.title.value

@@ -36,6 +36,9 @@ CSS = """
 #generations table { width: 100%; border-collapse: collapse; font-size: 13px; }
 #generations th, #generations td { border-bottom: 1px solid #eee; padding: 3px 6px; text-align: left; vertical-align: top; }
 .wb-reason { flex: 1 1 100%; font-size: 13px; color: #b00020; }
+.wb-baseline { flex: 1 1 100%; font-size: 13px; color: #333; font-variant-numeric: tabular-nums; }
+.wb-protects { flex: 1 1 100%; font-size: 12px; color: #555; }
+.wb-telemetry { font-size: 11px; color: #8a6d3b; margin: 0 8px; line-height: 1.3; }
 """
 
 

@@ -29,6 +29,24 @@
     Object.assign({ label, fill, stroke: fill, width: 0, paths: uPlot.paths.bars({ size: [0.9, Infinity], ...(extra.bar || {}) }), points: { show: false } }, extra);
   const axis = (label, extra = {}) => Object.assign({ label, stroke: "#444", grid: { stroke: "#e5e5e5", width: 1 }, ticks: { stroke: "#ccc", width: 1 } }, extra);
   const fromZero = (u, min, max) => [0, max > 0 ? max * 1.05 : 1];
+  // Log axes are drawn as log10 values on a linear scale (bars and heatmap cells keep their widths), ticked at
+  // whole decades and labelled as plain numbers (0.01, 1, 100); rows carry the bins as [low, high] in log10(norm / C).
+  const decades = (u, axisIdx, min, max) => { const out = []; for (let k = Math.ceil(min - 1e-9); k <= Math.floor(max + 1e-9); k++) out.push(k); return out; };
+  const decadeLabels = (u, splits) => splits.map((k) => fmt(10 ** k, 2));
+  const pow10 = (u, v) => (v == null ? "–" : fmt(10 ** v, 2));
+  // A run stored before the log bins has step rows with "hist" (linear bins, 0 to 3 C) and no "loghist".
+  const logBins = (r) => { const last = r.steps.length ? r.steps[r.steps.length - 1] : null; return !(last && last.hist && !last.loghist); };
+  const linearBounds = (r) => (r.started ? r.started.bins.map((e) => [e, e + 0.1]) : []);
+  const linearLabels = (r) => (r.started ? r.started.bins.map((e, j, all) => (j === all.length - 1 ? `> ${e}` : `${e.toFixed(1)}–${(e + 0.1).toFixed(1)}`)) : []);
+  const telemetry = (r) => (r.started && r.started.telemetry_note) || "";
+  // "Per-example gradient norms, step 7: median 0.8 C · 37% clipped · max 12 C" (as present.diagnostics.norm_title)
+  function normTitle(last, clip) {
+    const unit = clip ? " C" : "", parts = [];
+    if (last.median != null) parts.push(`median ${fmt(last.median, 2)}${unit}`);
+    if (last.clipped != null) parts.push(`${Math.round(100 * last.clipped)}% clipped`);
+    if (last.max != null) parts.push(`max ${fmt(clip ? last.max / clip : last.max, 2)}${unit}`);
+    return `Per-example gradient norms, step ${last.step}` + (parts.length ? ": " + parts.join(" · ") : "");
+  }
 
   // Each chart: the uPlot options, and data(rows) -> [x, y1, ...] (plus the title and a note when empty).
   const CHARTS = {
@@ -69,26 +87,33 @@
       },
     },
     "hist-plot": {
-      options: () => ({
-        series: [{ label: "norm / C" }, bars("below C", BLUE), bars("clipped (≥ C)", RED)],
-        axes: [axis("norm / C (last bar: > 3 C)"), axis("examples")],
-        scales: { x: { time: false, range: [0, 3.15] }, y: { range: fromZero } },
-        hooks: { draw: [(u) => vline(u, 1.0, RED, "clip C")] },
-      }),
-      data(r) {
-        const last = r.steps.length ? r.steps[r.steps.length - 1] : null;
-        const edges = r.started ? r.started.bins : [];
-        const x = edges.map((e) => e + 0.05);
-        const counts = last ? last.hist : edges.map(() => 0);
-        const total = counts.reduce((a, b) => a + b, 0);
-        let title = "Per-example gradient norms";
-        if (last && total) {
-          title += `, step ${last.step}: ${Math.round(100 * last.clipped)}% clipped`;
-          if (last.max != null && r.started && r.started.clip) title += ` · max ${fmt(last.max / r.started.clip, 2)} C`;
+      options: (host) => (host.__wbLog
+        ? {
+          series: [{ label: "norm / C", value: pow10 }, bars("below C", BLUE), bars("clipped (≥ C)", RED)],
+          axes: [axis("norm / C, log scale (outer bars: < 0.01 C, ≥ 100 C)", { splits: decades, values: decadeLabels }), axis("examples")],
+          scales: { x: { time: false, range: () => host.__wbRange || [-2.3, 2.3] }, y: { range: fromZero } },
+          hooks: { draw: [(u) => vline(u, 0, RED, "clip C")] },
         }
+        : {
+          series: [{ label: "norm / C" }, bars("below C", BLUE), bars("clipped (≥ C)", RED)],
+          axes: [axis("norm / C (last bar: > 3 C)"), axis("examples")],
+          scales: { x: { time: false, range: [0, 3.15] }, y: { range: fromZero } },
+          hooks: { draw: [(u) => vline(u, 1.0, RED, "clip C")] },
+        }),
+      data(r, host) {
+        const last = r.steps.length ? r.steps[r.steps.length - 1] : null;
+        const log = (host.__wbLog = logBins(r));
+        const bounds = log ? (r.started ? r.started.log_bins : []) : linearBounds(r);
+        if (log && bounds.length) host.__wbRange = [bounds[0][0] - 0.05, bounds[bounds.length - 1][1] + 0.05];
+        const x = bounds.map(([lo, hi]) => (lo + hi) / 2), cut = log ? 0 : 1;
+        const counts = ((last && (log ? last.loghist : last.hist)) || bounds.map(() => 0)).slice(0, bounds.length);
+        const total = counts.reduce((a, b) => a + b, 0);
+        const title = last && total ? normTitle(last, r.started && r.started.clip) : "Per-example gradient norms";
         return {
           title,
-          data: [x, counts.map((c, i) => (edges[i] < 1 - 1e-9 ? c : null)), counts.map((c, i) => (edges[i] >= 1 - 1e-9 ? c : null))],
+          layout: log ? "log" : "linear",
+          caption: telemetry(r),
+          data: [x, counts.map((c, i) => (bounds[i][0] < cut - 1e-9 ? c : null)), counts.map((c, i) => (bounds[i][0] >= cut - 1e-9 ? c : null))],
           note: !last ? "no examples yet" : total ? "" : `step ${last.step}: empty batch`,
         };
       },
@@ -96,38 +121,62 @@
     "heatmap-plot": {
       options: (host) => ({
         series: [{ label: "step" }, { label: "norm / C", stroke: "transparent", points: { show: false } }],
-        axes: [axis("step"), axis("norm / C")],
-        scales: { x: { time: false }, y: { range: [0, 3.1] } },
+        axes: [axis("step"), host.__wbLog ? axis("norm / C (log scale)", { splits: decades, values: decadeLabels }) : axis("norm / C")],
+        scales: { x: { time: false }, y: { range: host.__wbLog ? () => host.__wbRange || [-2.25, 2.25] : [0, 3.1] } },
         legend: { show: false },
         hooks: {
-          draw: [(u) => { paintHeat(u, host.__wbHeat); vline(u, 1.0, "white", "clip C", true); }],
+          draw: [(u) => { paintHeat(u, host.__wbHeat); vline(u, host.__wbLog ? 0 : 1.0, "white", "clip C", true); }],
           setCursor: [(u) => heatReadout(u, host)],
         },
       }),
-      data(r) {
-        const cols = heatColumns(r.steps.filter((s) => s.hist.some((c) => c > 0)));
-        return { title: "Gradient-norm distribution over steps", data: [cols.x, cols.x.map(() => null)], heat: cols, note: cols.x.length ? "" : "no steps yet" };
+      data(r, host) {
+        const log = (host.__wbLog = logBins(r)), key = log ? "loghist" : "hist";
+        const bounds = log ? (r.started ? r.started.log_bins : []) : linearBounds(r);
+        if (log && bounds.length) host.__wbRange = [bounds[0][0], bounds[bounds.length - 1][1]];
+        const cols = heatColumns(r.steps.filter((s) => s[key] && s[key].some((c) => c > 0)), key);
+        cols.bounds = bounds;
+        cols.labels = log ? (r.started ? r.started.log_labels : []) : linearLabels(r);
+        return {
+          title: "Gradient-norm distribution over steps",
+          layout: log ? "log" : "linear",
+          caption: telemetry(r),
+          data: [cols.x, cols.x.map(() => null)],
+          heat: cols,
+          note: cols.x.length ? "" : "no steps yet",
+        };
       },
     },
     "noise-plot": {
       height: 340,
       options: (host) => ({
-        series: [{ label: "module" }, bars("noise std", PURPLE, { scale: "noise", bar: { size: [0.4, 60], align: 1 } }),
-          bars("gradient norm (clipped, summed)", BLUE, { scale: "grad", bar: { size: [0.4, 60], align: -1 } })],
+        series: [{ label: "module", value: (u, v) => (v == null || !host.__wbNames ? "–" : host.__wbNames[v] || "") },
+          bars("SNR = ‖S_l‖ / (√d_l σ_l C_l)", GREEN, { scale: "snr", value: pow10, bar: { size: [0.4, 60], align: 1 } }),
+          bars("noise std per coordinate σ_l C_l", PURPLE, { scale: "noise", bar: { size: [0.4, 60], align: -1 } })],
         axes: [
           axis("", { values: (u, splits) => splits.map((i) => (host.__wbNames && Number.isInteger(i) ? host.__wbNames[i] || "" : "")), rotate: -45, size: 90 }),
-          axis("noise std", { scale: "noise" }),
-          axis("gradient norm", { scale: "grad", side: 1, grid: { show: false } }),
+          axis("SNR (log scale)", { scale: "snr", splits: decades, values: decadeLabels }),
+          axis("noise std per coordinate", { scale: "noise", side: 1, grid: { show: false } }),
         ],
-        scales: { x: { time: false, range: (u, min, max) => [min - 0.6, max + 0.6] }, noise: { range: fromZero }, grad: { range: fromZero } },
+        scales: {
+          x: { time: false, range: (u, min, max) => [min - 0.6, max + 0.6] },
+          snr: { range: (u, min, max) => (min == null ? [-1, 1] : [Math.min(0, Math.floor(min)), Math.max(0, Math.ceil(max)) + (Math.ceil(max) === Math.floor(min) ? 1 : 0)]) },
+          noise: { range: fromZero },
+        },
+        hooks: { draw: [(u) => hline(u, "snr", 0, GREY)], setCursor: [(u) => noiseReadout(u, host)] },
       }),
       data(r, host) {
-        const m = r.modules;
+        const m = (host.__wbModules = r.modules);
         host.__wbNames = m ? m.short : [];
+        const snr = m ? (m.snr || m.names.map(() => null)).map((v) => (v != null && v > 0 ? Math.log10(v) : null)) : [];
+        const shown = m ? (m.snr || []).filter((v) => v != null && v > 0).sort((a, b) => a - b) : [], n = shown.length;
+        let title = "Signal to noise per LoRA module" + (m ? `, step ${m.step}` : "");
+        if (n) title += `: median SNR ${fmt((shown[Math.floor((n - 1) / 2)] + shown[Math.ceil((n - 1) / 2)]) / 2, 2)}`;
+        const noNoise = m && !m.noise.some((v) => v > 0);
         return {
-          title: "Noise allocation per LoRA module" + (m ? `, step ${m.step}` : ""),
-          data: m ? [m.short.map((_, i) => i), m.noise, m.grad] : [[], [], []],
-          note: m ? "" : "no steps yet",
+          title,
+          caption: telemetry(r),
+          data: m ? [m.short.map((_, i) => i), snr, m.noise] : [[], [], []],
+          note: !m ? "no steps yet" : shown.length ? "" : noNoise ? "SNR: non-private run, no noise" : "SNR: no module sizes (a run stored before)",
         };
       },
     },
@@ -151,13 +200,29 @@
     else ctx.fillText(text, px + 4 * devicePixelRatio, u.bbox.top + 14 * devicePixelRatio);
     ctx.restore();
   }
-  // Steps x bins, summed over adjacent steps beyond HEAT_COLUMNS columns; each column a fraction of its batch.
-  function heatColumns(steps) {
+  // A dotted horizontal line at value v of scale ``scale`` (the noise panel's SNR = 1).
+  function hline(u, scale, v, color) {
+    if (!u.scales[scale] || u.scales[scale].min == null) return;
+    const ctx = u.ctx, py = u.valToPos(v, scale, true);
+    ctx.save();
+    ctx.strokeStyle = color; ctx.lineWidth = 1.5 * devicePixelRatio; ctx.setLineDash([2 * devicePixelRatio, 3 * devicePixelRatio]);
+    ctx.beginPath(); ctx.moveTo(u.bbox.left, py); ctx.lineTo(u.bbox.left + u.bbox.width, py); ctx.stroke();
+    ctx.restore();
+  }
+  function noiseReadout(u, host) {
+    const m = host.__wbModules, out = host.querySelector(".wb-readout"), i = u.cursor.idx;
+    if (!m || i == null || i < 0 || i >= m.names.length) { out.textContent = ""; return; }
+    const get = (key) => (m[key] ? m[key][i] : null);
+    out.textContent = `${m.short[i]} · ‖S_l‖ ${fmt(get("grad"))} against noise √d_l σ_l C_l ${fmt(get("noise_norm"))} · SNR ${fmt(get("snr"), 2)}`;
+  }
+  // Steps x bins (the rows' ``key``: "loghist" or "hist"), summed over adjacent steps beyond HEAT_COLUMNS columns;
+  // each column a fraction of its batch.
+  function heatColumns(steps, key) {
     const groups = Math.min(steps.length, HEAT_COLUMNS), x = [], frac = [];
     for (let g = 0; g < groups; g++) {
       const from = Math.round((g * steps.length) / groups), to = Math.round(((g + 1) * steps.length) / groups);
-      const sum = steps[from].hist.map(() => 0);
-      for (let k = from; k < to; k++) steps[k].hist.forEach((c, j) => { sum[j] += c; });
+      const sum = steps[from][key].map(() => 0);
+      for (let k = from; k < to; k++) steps[k][key].forEach((c, j) => { sum[j] += c; });
       const total = sum.reduce((a, b) => a + b, 0);
       x.push(steps[to - 1].step); frac.push(sum.map((c) => c / total));
     }
@@ -174,7 +239,8 @@
       for (let j = 0; j < bins; j++) {
         const f = heat.frac[i][j];
         if (!(f > 0)) continue;
-        const y0 = u.valToPos(j * 0.1, "y", true), y1 = u.valToPos(j * 0.1 + 0.1, "y", true);
+        if (!heat.bounds[j]) continue;
+        const y0 = u.valToPos(heat.bounds[j][0], "y", true), y1 = u.valToPos(heat.bounds[j][1], "y", true);
         ctx.fillStyle = viridis(Math.sqrt(f));
         ctx.fillRect(x0, y1, Math.max(x1 - x0, 1), Math.max(y0 - y1, 1));
       }
@@ -188,8 +254,9 @@
     const step = u.posToVal(left, "x"), norm = u.posToVal(top, "y");
     let i = 0;
     heat.x.forEach((s, k) => { if (Math.abs(s - step) < Math.abs(heat.x[i] - step)) i = k; });
-    const j = Math.min(Math.max(Math.floor(norm * 10), 0), heat.frac[i].length - 1);
-    out.textContent = `step ${heat.x[i]} · norm ${j >= 30 ? "> 3" : `${(j / 10).toFixed(1)}–${((j + 1) / 10).toFixed(1)}`} C · ${Math.round(100 * heat.frac[i][j])}% of batch`;
+    let j = heat.bounds.findIndex(([lo, hi]) => norm >= lo && norm < hi);
+    if (j < 0) j = norm < (heat.bounds.length ? heat.bounds[0][0] : 0) ? 0 : heat.frac[i].length - 1;
+    out.textContent = `step ${heat.x[i]} · norm ${heat.labels[j] || ""} C · ${Math.round(100 * heat.frac[i][j])}% of batch`;
   }
 
   function mount(element, streamUrl) {
@@ -201,10 +268,12 @@
     for (const id of Object.keys(CHARTS)) {
       const host = element.querySelector("#" + id);
       const title = document.createElement("div"), note = document.createElement("div"), readout = document.createElement("div");
-      title.className = "wb-chart-title"; note.className = "wb-note"; readout.className = "wb-readout";
-      host.append(title, readout, note);
+      const caption = document.createElement("div");  // the telemetry note (present.diagnostics.TELEMETRY_NOTE)
+      title.className = "wb-chart-title"; note.className = "wb-note"; readout.className = "wb-readout"; caption.className = "wb-telemetry";
+      caption.style.display = "none";
+      host.append(title, caption, readout, note);
       // width: the host's, kept by the ResizeObserver (reading clientWidth in draw() would force a layout per chart)
-      const chart = (charts[id] = { host, title, note, plot: null, dirty: true, visible: false, zoomed: false, width: 0 });
+      const chart = (charts[id] = { host, title, caption, note, plot: null, layout: null, dirty: true, visible: false, zoomed: false, width: 0 });
       new IntersectionObserver((entries) => {
         chart.visible = entries[entries.length - 1].isIntersecting;
         if (chart.visible && chart.dirty) schedule();
@@ -223,6 +292,10 @@
         if (!chart.dirty || !chart.visible || !chart.width) continue;
         const spec = CHARTS[id], out = spec.data(state.rows, chart.host);
         chart.host.__wbHeat = out.heat;
+        if (chart.plot && (out.layout || null) !== chart.layout) {  // another axis (e.g. a run stored before the log bins)
+          chart.plot.destroy(); chart.plot = null; chart.zoomed = false;
+        }
+        chart.layout = out.layout || null;
         if (!chart.plot) {
           const opts = Object.assign({ width: chart.width, height: spec.height || 280, scales: { x: { time: false } },
             cursor: { drag: { x: true, y: false } }, legend: { live: true } }, spec.options(chart.host));
@@ -233,6 +306,8 @@
           chart.plot.setData(out.data, !chart.zoomed);
         }
         chart.title.textContent = out.title;
+        if (chart.caption.textContent !== (out.caption || "")) chart.caption.textContent = out.caption || "";
+        chart.caption.style.display = out.caption ? "" : "none";
         chart.note.textContent = out.note; chart.note.style.display = out.note ? "" : "none";
         chart.host.__wbPoints = out.data.slice(1).map((ys) => ys.filter((y) => y != null).length);
         chart.host.dataset.draws = String(Number(chart.host.dataset.draws || 0) + 1);

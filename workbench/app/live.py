@@ -170,7 +170,7 @@ def update(ctx: AppContext, run_id: str | None, *, after: int, follow: bool, now
         }
     view = ctx.views.get(shown)
     as_of = view.latest_step.time if view.latest_step is not None and record.status == "running" else now or time.time()
-    out = rows(ctx.store.events(shown, after_seq=after))
+    out = rows(ctx.store.events(shown, after_seq=after), started=view.started)
     out["seq"] = max(out["seq"], after)
     header = header_html(view, record.status, record.reason, now=as_of)
     return {"run": shown, "reset": reset, "status": record.status, "header": header, **out}
@@ -190,6 +190,7 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
     from workbench.engine.randomness import SEEDED_LABEL
     from workbench.engine.report import relation_text
     from workbench.present import accountant_label, fmt_eps, progress
+    from workbench.present.diagnostics import baseline_text, untuned_eval
 
     p = progress(view.started, view.latest_step, now)
     name = f" ({html.escape(view.name)})" if view.name else ""
@@ -220,9 +221,36 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
         f'<div class="wb-header" data-run="{html.escape(view.run_id)}" data-status="{html.escape(status)}">'
         f'{title}{eps_html}{bar}<div class="wb-progress" id="wb-progress">{text}</div>'
     )
+    baseline = untuned_eval(view.evals)
+    if baseline is not None:
+        final = view.last_eval if view.last_eval is not None and view.last_eval.step > 0 else None
+        text = baseline_text(vars(final) if final is not None else None, vars(baseline))
+        out += f'<div class="wb-baseline" id="wb-baseline">validation: {html.escape(text)}</div>'
+    sentence = _epsilon_sentence(view, p["epsilon"])
+    if sentence:
+        out += f'<div class="wb-protects" id="wb-protects">{html.escape(sentence)}</div>'
     if status in ("failed", "interrupted") and reason:
         out += f'<div class="wb-reason">{html.escape(reason)}</div>'
     return out + "</div>"
+
+
+def _epsilon_sentence(view, epsilon: float | None) -> str:
+    """What the epsilon spent so far protects (engine/report.py), once the run has taken a step."""
+    from workbench.engine.report import epsilon_sentence
+
+    s = view.started
+    if s is None or view.latest_step is None:
+        return ""
+    summary = view.ended.summary if view.ended is not None else {}
+    return epsilon_sentence(
+        epsilon,
+        delta=s.delta,
+        unit=s.privacy_unit,
+        neighboring=s.neighboring,
+        max_examples_per_user=s.config.get("max_examples_per_user") if s.privacy_unit == "user" else None,
+        example_epsilon=summary.get("example_level_epsilon"),
+        seeded=s.seeded_randomness,
+    )
 
 
 # -- the server side -------------------------------------------------------------------------------

@@ -107,6 +107,48 @@ def relation_text(neighboring: str, unit: str) -> str:
     return f"one {unit} replaced by another" if neighboring == "replace_one" else f"one {unit} added or removed"
 
 
+def _delta_text(delta: float) -> str:
+    """1e-05 -> '1e-5', 2.5e-06 -> '2.5e-6'."""
+    return re.sub(r"e([-+])0*(\d)", r"e\1\2", f"{delta:.2g}")
+
+
+def epsilon_sentence(
+    epsilon: float | None,
+    *,
+    delta: float,
+    unit: str,
+    neighboring: str,
+    max_examples_per_user: int | None = None,
+    example_epsilon: float | None = None,
+    seeded: bool = False,
+) -> str:
+    """One plain sentence on what the run's epsilon protects, for the command line's summary and the app's header.
+
+    ``unit`` is the run's privacy unit; for users, ``max_examples_per_user`` is the cap k and ``example_epsilon``
+    (ELS) the epsilon of one example alone. '' before the first step (``epsilon`` None).
+
+    >>> epsilon_sentence(7.9, delta=1e-5, unit="example", neighboring="add_remove")[:72]
+    'ε = 7.9 at δ = 1e-5 bounds how much one example added or removed can cha'
+    """
+    if epsilon is None:
+        return ""
+    if not math.isfinite(epsilon):
+        return f"ε = ∞: a non-private run (no noise), so nothing bounds what its adapter reveals about any {unit}."
+    who = relation_text(neighboring, unit)
+    if unit == "user":
+        cap = f", at most {max_examples_per_user}" if max_examples_per_user else ""
+        alone = f"; one example alone: ε = {example_epsilon:.3g}" if example_epsilon is not None else ""
+        who += f" (all of their examples{cap}{alone})"
+    text = (
+        f"ε = {epsilon:.3g} at δ = {_delta_text(delta)} bounds how much {who} can change what this run released (the adapter "
+        "and its noisy gradients); the charts of losses, gradient norms and validation metrics are telemetry from "
+        "the private data, not covered."
+    )
+    if seeded:
+        text += " Here it does not hold: the sampling and the noise came from a public seed (noise_seed)."
+    return text
+
+
 def _eps_text(x: Any) -> str:
     return x if isinstance(x, str) else f"{x:.4g}"
 
@@ -153,6 +195,12 @@ def model_card_section(report: dict[str, Any]) -> str:
         f"| dataset size | {size_text}, {report['dataset']} |",
         f"| base model | {report['base_model']} ({report['base_model_source']}) |",
     ]
+    if report.get("quantile_clipping"):
+        qc = report["quantile_clipping"]
+        lines.append(
+            f"| clip norms | per module, tracking the {qc['quantile']:g} quantile of the norms (Andrew et al. 2021); "
+            f"the noised counts take {qc['budget_share']:.3g} of the noise budget, in the same accounting |"
+        )
     if "edgeworth_epsilon" in report:
         lines.append(
             f"| Edgeworth epsilon | {_eps_text(report['edgeworth_epsilon'])} (approximation, for comparison) |"

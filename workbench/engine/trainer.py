@@ -33,8 +33,12 @@ from workbench.engine.allocation import (
     Allocation,
     clip_norms,
     manual_weights,
+    quantile_update,
     solve_sigmas,
+    split_budget,
+    unclipped_fraction,
 )
+from workbench.engine.baseline import baseline_key, untuned_metrics
 from workbench.engine.canaries import GradientCanaries
 from workbench.engine.dp_step import DPGradient, StepStats
 from workbench.engine.evaluate import answer_choices, evaluate, generate_samples
@@ -46,13 +50,31 @@ from workbench.engine.prepare import Prepared, load_splits, prepare  # noqa: F40
 from workbench.engine.randomness import RunRandomness
 from workbench.engine.report import save_adapter
 from workbench.engine.sampling import micro_batches, poisson_sample
-from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, Event, RunStarted, StepMetrics
+from workbench.events import GRAD_NORM_BIN_EDGES, GRAD_NORM_LOG_BIN_EDGES, EvalMetrics, Event, RunStarted, StepMetrics
 from workbench.privacy.checks import clipping_activity, preflight
 
 CLIPPING_CHECK_STEPS = 3  # the per-example norms of this many first steps feed the "clipping never active" check
 AUDIT_POINTS = 10  # audit runs: the running lower bound is computed about this many times, and at the last step
 
 log = logging.getLogger(__name__)
+
+
+def log_norm_histogram(norms_over_c: np.ndarray) -> list[int]:
+    """Counts of per-unit norm / C over GRAD_NORM_LOG_BIN_EDGES: [below 0.01 C, the 16 bins [low, high), from 100 C
+    up]; a NaN counts in the overflow bin (events.py)."""
+    x = np.nan_to_num(np.asarray(norms_over_c, dtype=float), nan=np.inf)
+    index = np.searchsorted(np.asarray(GRAD_NORM_LOG_BIN_EDGES), x, side="right")
+    return np.bincount(index, minlength=len(GRAD_NORM_LOG_BIN_EDGES) + 1).tolist()
+
+
+def log_norm_telemetry(norms: np.ndarray, clip: float | None) -> dict:
+    """StepMetrics' log histogram and median of the per-unit norms, in units of C (of 1 without a clipping norm);
+    a non-finite norm counts as above every other."""
+    scaled = np.nan_to_num(np.asarray(norms, dtype=float) / (clip or 1.0), nan=np.inf)
+    return {
+        "grad_norm_log_hist": log_norm_histogram(scaled),
+        "grad_norm_median": float(np.median(scaled)) if len(scaled) else None,
+    }
 
 
 class StopRequested(Exception):
@@ -78,18 +100,30 @@ def make_optimizer(params, config: RunConfig, total_steps: int):
 
 
 class NoiseAllocator:
-    """Per-layer C_l and sigma_l for each step (see allocation.py); sum sigma_l^-2 = sigma^-2 always."""
+    """Per-layer C_l and sigma_l for each step (see allocation.py); sum sigma_l^-2 = sigma^-2 always (with the
+    counts' z_b^-2 in the sum under quantile clip norms)."""
 
-    def __init__(self, config: RunConfig, dp: DPGradient) -> None:
+    QUANTILE_LIMITS = (1e-6, 1e6)  # quantile clip norms stay within these multiples of C (a float guard only)
+
+    def __init__(self, config: RunConfig, dp: DPGradient, *, expected_batch_size: float) -> None:
         self.config, self.dp = config, dp
         self.groups = list(dp.groups)
+        self.expected_batch_size = expected_batch_size  # qN, public: the divisor of the released counts
         self.importance = AdaptiveImportance(self.groups, smoothing=config.allocation_smoothing)
-        weights = manual_weights(self.groups, config.allocation_weights) if config.allocation == "manual" else None
-        dp.set_allocation(self._allocation(weights))
+        self.weights = manual_weights(self.groups, config.allocation_weights) if config.allocation == "manual" else None
+        # quantile clip norms: C_l(0) = C/sqrt(L), then moved by each step's released counts (allocation.py)
+        self.thresholds: dict[str, float] | None = None
+        if config.clip_allocation == "quantile":
+            self.thresholds = clip_norms(self.groups, max_grad_norm=config.max_grad_norm, weights=None)
+        dp.set_allocation(self._allocation(self.weights))
 
     def _allocation(self, weights: dict[str, float] | None) -> Allocation:
         cfg, sigma = self.config, self.dp.noise_multiplier
         w = weights or {g: 1.0 for g in self.groups}
+        if self.thresholds is not None:  # the counts take z_b^-2 = share sigma^-2, the gradient the rest
+            sigma_grad, z_b = split_budget(sigma, cfg.clip_quantile_share)
+            sigmas = solve_sigmas(w, sigma=sigma_grad, bound=cfg.allocation_bound)
+            return Allocation(clip=dict(self.thresholds), sigma=sigmas, count_sigma=z_b)
         sigmas = solve_sigmas(w, sigma=sigma, bound=cfg.allocation_bound)
         clips = clip_norms(
             self.groups, max_grad_norm=cfg.max_grad_norm, weights=w if cfg.clip_allocation == "importance" else None
@@ -97,13 +131,45 @@ class NoiseAllocator:
         return Allocation(clip=clips, sigma=sigmas)
 
     def after_step(self, stats: StepStats) -> None:
-        if self.config.allocation != "adaptive":
+        # Post-processing: only the released noisy sums and counts and public constants are read here. In
+        # data-parallel runs every rank holds rank 0's released values, so every rank computes the same next step.
+        cfg, current = self.config, self.dp.allocation
+        if self.thresholds is None and cfg.allocation != "adaptive":
             return
-        # Post-processing: only the released noisy sums and public constants are read here.
-        self.importance.update(
-            released_sq_norm=stats.released_sq_norm, dims=self.dp.dims(), allocation=self.dp.allocation
-        )
-        self.dp.set_allocation(self._allocation(self.importance.weights()))
+        if self.thresholds is not None:
+            c = cfg.max_grad_norm
+            self.thresholds = quantile_update(
+                current.clip,
+                unclipped_fraction(stats.released_counts, expected_batch_size=self.expected_batch_size),
+                quantile=cfg.clip_quantile,
+                lr=cfg.clip_quantile_lr,
+                limits=(c * self.QUANTILE_LIMITS[0], c * self.QUANTILE_LIMITS[1]),
+            )
+        if cfg.allocation == "adaptive":
+            self.importance.update(released_sq_norm=stats.released_sq_norm, dims=self.dp.dims(), allocation=current)
+            self.weights = self.importance.weights()
+        self.dp.set_allocation(self._allocation(self.weights))
+
+    def report(self) -> dict:
+        """The quantile clip norms' settings and budget split (summary, privacy report); {} for other clip norms."""
+        if self.thresholds is None:
+            return {}
+        cfg, a = self.config, self.dp.allocation
+        sigma_grad, z_b = split_budget(self.dp.noise_multiplier, cfg.clip_quantile_share)
+        return {
+            "quantile_clipping": {
+                "method": "Andrew et al. 2021: C_l <- C_l exp(-eta (bbar_l - gamma)) from noised centred counts",
+                "quantile": cfg.clip_quantile,
+                "budget_share": cfg.clip_quantile_share,
+                "learning_rate": cfg.clip_quantile_lr,
+                "initial_clip_norm": cfg.max_grad_norm / math.sqrt(len(self.groups)),
+                "count_noise_multiplier": z_b,
+                "count_noise_std": a.count_noise_std(),
+                "gradient_noise_multiplier": sigma_grad,
+                "accounting": "one Gaussian mechanism with the counts: sum_l sigma_l^-2 + z_b^-2 = sigma^-2, "
+                "so the epsilon is that of the plan's sigma",
+            }
+        }
 
 
 class Trainer:
@@ -119,9 +185,12 @@ class Trainer:
         run_dir: Path,
         randomness: RunRandomness,
         dist: "distributed.Distributed | distributed.Local | None" = None,
+        baseline_cache: Path | None = None,
     ) -> None:
         """``dist``: this process's rank in a data-parallel group (a Session hosting one passes its rank 0);
-        default: the group this process was started in (``distributed.current``), or one process."""
+        default: the group this process was started in (``distributed.current``), or one process.
+        ``baseline_cache``: the file of untuned validation metrics (engine/baseline.py; a Session passes the one
+        under its store's home); None measures the baseline every run."""
         self.p = prepared
         self.run_id = run_id
         self.emit = emit
@@ -148,9 +217,12 @@ class Trainer:
             noise_multiplier=prepared.plan.noise_multiplier,
             noise=randomness.noise(),
             clipping=cfg.resolved_clipping if cfg.max_grad_norm is not None else "flat",
+            counts=cfg.clip_allocation == "quantile" and prepared.plan.private,
         )
         self.allocator = (
-            NoiseAllocator(cfg, self.dp) if self.dp.clipping == "per_layer" and prepared.plan.private else None
+            NoiseAllocator(cfg, self.dp, expected_batch_size=prepared.plan.expected_batch_size)
+            if self.dp.clipping == "per_layer" and prepared.plan.private
+            else None
         )
         if self.distributed:  # the same starting weights everywhere; finish() sums over ranks, noise on rank 0
             self.dp.collective = self.dist
@@ -177,6 +249,8 @@ class Trainer:
         self.gold = self._gold_labels()
         self.step = 0
         self.last_eval: dict = {}
+        self.baseline_cache = baseline_cache
+        self.baseline: dict | None = None  # the untuned model's metrics (step 0), with "cached"
         self._early_norms: list[torch.Tensor] = []
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -186,6 +260,9 @@ class Trainer:
         main = self.dist.is_main  # only rank 0 emits events (and so writes the store) and evaluates
         if main:
             self.emit(self._started_event())
+            baseline = self.baseline_evaluation() if cfg.baseline_eval else None
+            if baseline is not None:
+                self.emit(baseline)
         every = cfg.eval_every or max(1, plan.steps // 5)
         status, reason = "finished", f"completed {plan.steps} planned steps"
         try:
@@ -203,7 +280,7 @@ class Trainer:
         except StopRequested:
             status, reason = "stopped", f"stopped by request after step {self.step}"
         if main and (status == "finished" or self.step > 0):
-            self.emit(self.evaluation())
+            self.emit(self.evaluation(generate=status != "stopped"))  # after a Stop: no generations, seconds
         return status, reason
 
     def _stop_within_step(self) -> bool:
@@ -293,22 +370,13 @@ class Trainer:
             )
         return StepStats(0, torch.zeros(0), 0.0, 0, norms, {g: 0.0 for g in norms}, {})
 
-    def evaluation(self) -> EvalMetrics:
+    def evaluation(self, *, generate: bool = True) -> EvalMetrics:
+        """Validation loss and accuracy now, and sample generations unless ``generate`` is False (the last
+        evaluation of a stopped run: generating costs seconds a prompt on a CPU, and a Stop must land at once)."""
         p = self.p
-        examples = p.val_tok[: p.config.eval_max_examples]
-        metrics = evaluate(
-            p.model,
-            examples,
-            task=p.task,
-            pad_id=p.tokenizer.pad_token_id,
-            device=p.device,
-            batch_size=p.config.physical_batch_size,
-            choices=self.choices,
-            gold=self.gold[: len(examples)],
-            autocast=self._autocast,
-        )
+        metrics = self._validation_metrics(p.val_tok[: p.config.eval_max_examples])
         gens = []
-        if p.task == "causal_lm":
+        if p.task == "causal_lm" and generate:
             gens = generate_samples(
                 p.model,
                 p.tokenizer,
@@ -319,6 +387,46 @@ class Trainer:
             )
         self.last_eval = metrics
         return EvalMetrics(run_id=self.run_id, step=self.step, generations=gens, **metrics)
+
+    def baseline_evaluation(self) -> EvalMetrics | None:
+        """Step 0: the untuned model on the run's validation examples (loss and accuracy, no generations), read from
+        the cache when this model, data and evaluation were measured before (engine/baseline.py); None without
+        validation examples. Sets ``self.baseline`` (the summary's)."""
+        p = self.p
+        examples = p.val_tok[: p.config.eval_max_examples]
+        if not examples:
+            return None
+        gold = self.gold[: len(examples)]
+        key = baseline_key(
+            model_name=p.model_name,
+            model=p.model,
+            task=p.task,
+            examples=examples,
+            gold=gold,
+            choices=self.choices,
+            device=p.device.type,
+        )
+        about = {"model": p.model_name, "data": p.config.data, "examples": len(examples)}
+        metrics, cached = untuned_metrics(
+            key, lambda: self._validation_metrics(examples), cache=self.baseline_cache, about=about
+        )
+        self.baseline = {**metrics, "cached": cached}
+        values = {k: (math.nan if metrics[k] is None else metrics[k]) for k in ("val_loss", "perplexity")}
+        return EvalMetrics(run_id=self.run_id, step=0, accuracy=metrics["accuracy"], generations=[], **values)
+
+    def _validation_metrics(self, examples: list) -> dict:
+        p = self.p
+        return evaluate(
+            p.model,
+            examples,
+            task=p.task,
+            pad_id=p.tokenizer.pad_token_id,
+            device=p.device,
+            batch_size=p.config.physical_batch_size,
+            choices=self.choices,
+            gold=self.gold[: len(examples)],
+            autocast=self._autocast,
+        )
 
     def save(self, *, stopped: bool = False) -> Path:
         cfg = self.p.config
@@ -374,6 +482,7 @@ class Trainer:
             model_name=p.model_name,
             seeded_randomness=self.randomness.is_seeded,
             checks=[f.to_dict() for f in preflight(p.config, plan, task=p.task)],
+            module_dims=self.dp.dims(),
         )
 
     def _step_event(self, step: int, stats: StepStats, losses, tokens: int, seconds: float, allocation) -> StepMetrics:
@@ -404,6 +513,10 @@ class Trainer:
             nonfinite=stats.nonfinite,
             notices=self._notices(step, stats),
             audit_epsilon_lower_bound=self._audit_bound(step),
+            **log_norm_telemetry(stats.norms.numpy(), plan.max_grad_norm),
+            module_unclipped_fraction=unclipped_fraction(
+                stats.released_counts, expected_batch_size=plan.expected_batch_size
+            ),
         )
 
     def _notices(self, step: int, stats: StepStats) -> list[dict[str, str]]:
@@ -502,6 +615,7 @@ class Trainer:
         return {
             "effective_noise_multiplier": self._effective_sigma(a),
             "noise_allocation": {g: {"clip_norm": a.clip[g], "noise_multiplier": a.sigma[g]} for g in self.dp.groups},
+            **(self.allocator.report() if self.allocator is not None else {}),
         }
 
     def _effective_sigma(self, allocation) -> float:

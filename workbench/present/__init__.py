@@ -17,6 +17,7 @@ from workbench.present.compare import (
     runs_table,
     settings_diff_table,
 )
+from workbench.present.diagnostics import TELEMETRY_NOTE, baseline_text, signal_to_noise
 from workbench.present.figures import (
     base_layout,
     empty_figure,
@@ -67,6 +68,9 @@ __all__ = [
     "generations_table",
     "progress",
     "PANELS",
+    "TELEMETRY_NOTE",
+    "baseline_text",
+    "signal_to_noise",
     "STATUS_COLORS",
     "panels",
 ]

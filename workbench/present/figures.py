@@ -8,12 +8,21 @@ validates them far faster than lists) and at most ``MAX_POINTS`` points each.
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
 from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, StepMetrics
+from workbench.present.diagnostics import (
+    TELEMETRY_NOTE,
+    fmt_ratio,
+    log_bin_bounds,
+    log_bin_labels,
+    norm_title,
+    signal_to_noise,
+)
 from workbench.present.series import (
     MAX_POINTS,
     accountant_label,
@@ -28,6 +37,8 @@ BLUE, ORANGE, GREEN, RED, GREY, PURPLE = "#1f77b4", "#ff7f0e", "#2ca02c", "#d627
 ACCOUNTANT_COLORS = {"rdp": ORANGE, "prv": GREEN, "pld": BLUE, "edgeworth": PURPLE}  # also the legend order
 ACCOUNTANT_DASH = {"rdp": "solid", "prv": "dash", "pld": "solid", "edgeworth": "dot"}
 MAX_HEATMAP_COLUMNS = 400
+TELEMETRY_HEIGHT, TELEMETRY_TOP = 370, 96  # the panels of telemetry: their title has the note under it
+NOISE_HEIGHT = 440
 
 
 def base_layout(title: str, x_title: str, y_title: str, *, height: int = 320, **extra) -> dict:
@@ -170,38 +181,85 @@ def _bin_labels() -> list[str]:
     return [f"{lo:g}–{hi:g}" if math.isfinite(hi) else f"> {lo:g}" for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def grad_norm_histogram(step: StepMetrics | None, clip_norm: float | None) -> go.Figure:
-    """Per-example gradient norms at one step (units of C) with the clipping threshold and % clipped."""
-    title = "Per-example gradient norms"
-    if step is None or not sum(step.grad_norm_hist):
-        return empty_figure(title, "no examples yet" if step is None else f"step {step.step}: empty batch")
-    edges = np.asarray(GRAD_NORM_BIN_EDGES[:-1], dtype=float)
-    width = np.diff(np.append(edges, edges[-1] + 0.1))
-    centers = edges + width / 2
-    counts = np.asarray(step.grad_norm_hist, dtype=float)
-    colors = [RED if lo >= 1.0 - 1e-9 else BLUE for lo in edges]
-    title = f"{title}, step {step.step}: {step.clipped_fraction:.0%} clipped"
-    unit = f"norm / C   (C = {clip_norm:g};  last bar: > 3 C)" if clip_norm else "norm (units of C; last bar: > 3 C)"
-    layout = base_layout(title, unit, "examples", hovermode="closest", bargap=0.05, showlegend=False)
-    layout["xaxis"]["range"] = [0, 3.15]
+def _telemetry_title(title: str) -> dict:
+    """The title with TELEMETRY_NOTE under it, wrapped to fit a half-width panel."""
+    note = "<br>".join(textwrap.wrap(TELEMETRY_NOTE, 80))
+    return dict(text=f"{title}<br><sup style='color:{GREY}'>{note}</sup>", x=0.01, xanchor="left", font=dict(size=15))
+
+
+def _telemetry_layout(title: str, x_title: str, y_title: str, *, height: int = TELEMETRY_HEIGHT, **extra) -> dict:
+    layout = base_layout(title, x_title, y_title, height=height, **extra)
+    layout["title"] = _telemetry_title(title)
+    layout["margin"] = dict(layout["margin"], t=TELEMETRY_TOP)
+    return layout
+
+
+def _log_ticks(low: float, high: float) -> dict:
+    """Ticks of a log10 axis at the whole decades in [low, high], labelled as plain numbers (0.01, 1, 100)."""
+    decades = list(range(math.ceil(low), math.floor(high) + 1))
+    return dict(tickmode="array", tickvals=decades, ticktext=[fmt_ratio(10.0**k) for k in decades])
+
+
+def _clip_line(layout: dict, x: float) -> None:
     layout["shapes"].append(
-        dict(
-            type="line", x0=1.0, x1=1.0, xref="x", y0=0, y1=1, yref="paper", line=dict(color=RED, width=2, dash="dash")
-        )
+        dict(type="line", x0=x, x1=x, xref="x", y0=0, y1=1, yref="paper", line=dict(color=RED, width=2, dash="dash"))
     )
     layout["annotations"].append(
-        dict(text="clip C", x=1.0, y=1, xref="x", yref="paper", xanchor="left", showarrow=False, font=dict(color=RED))
+        dict(text="clip C", x=x, y=1, xref="x", yref="paper", xanchor="left", showarrow=False, font=dict(color=RED))
     )
-    if math.isfinite(step.grad_norm_max) and clip_norm:
-        layout["annotations"].append(
-            _note(f"max norm {step.grad_norm_max / clip_norm:.2g} C", x=1, y=1, xanchor="right")
-        )
+
+
+def grad_norm_histogram(step: StepMetrics | None, clip_norm: float | None) -> go.Figure:
+    """Per-example gradient norms at one step on a log axis in units of C (0.01 C to 100 C, with an underflow and
+    an overflow bar), the clipping threshold, and the median, % clipped and largest norm in the title. Steps of runs
+    stored before the log bins: the linear bins (0 to 3 C). Telemetry: the note says so."""
+    title = "Per-example gradient norms"
+    if step is None or not (sum(step.grad_norm_log_hist) or sum(step.grad_norm_hist)):
+        return empty_figure(title, "no examples yet" if step is None else f"step {step.step}: empty batch")
+    title = norm_title(
+        step.step,
+        median=step.grad_norm_median,
+        clipped=step.clipped_fraction,
+        max_norm=step.grad_norm_max,
+        clip=clip_norm,
+    )
+    if not step.grad_norm_log_hist:
+        return _linear_histogram(step, clip_norm, title)
+    bounds = np.asarray(log_bin_bounds(), dtype=float)  # (bins, 2) in log10(norm / C)
+    width = bounds[:, 1] - bounds[:, 0]
+    unit = (
+        f"norm / C, log scale   (C = {clip_norm:g};  outer bars: < 0.01 C, ≥ 100 C)" if clip_norm else "norm, log scale"
+    )
+    layout = _telemetry_layout(title, unit, "examples", hovermode="closest", bargap=0.05, showlegend=False)
+    layout["xaxis"].update(range=[bounds[0, 0] - 0.05, bounds[-1, 1] + 0.05], **_log_ticks(bounds[0, 0], bounds[-1, 1]))
+    if clip_norm:
+        _clip_line(layout, 0.0)
     bars = dict(
         type="bar",
-        x=centers,
-        y=counts,
+        x=bounds.mean(axis=1),
+        y=np.asarray(step.grad_norm_log_hist, dtype=float),
         width=width * 0.95,
-        marker=dict(color=colors),
+        marker=dict(color=[RED if lo >= -1e-9 else BLUE for lo in bounds[:, 0]]),
+        customdata=log_bin_labels(),
+        hovertemplate="%{customdata} C: %{y} examples<extra></extra>",
+    )
+    return _figure([bars], layout)
+
+
+def _linear_histogram(step: StepMetrics, clip_norm: float | None, title: str) -> go.Figure:
+    """A step stored before the log bins: its counts over GRAD_NORM_BIN_EDGES (0 to 3 C by 0.1 C, then > 3 C)."""
+    edges = np.asarray(GRAD_NORM_BIN_EDGES[:-1], dtype=float)
+    width = np.diff(np.append(edges, edges[-1] + 0.1))
+    unit = f"norm / C   (C = {clip_norm:g};  last bar: > 3 C)" if clip_norm else "norm (units of C; last bar: > 3 C)"
+    layout = _telemetry_layout(title, unit, "examples", hovermode="closest", bargap=0.05, showlegend=False)
+    layout["xaxis"]["range"] = [0, 3.15]
+    _clip_line(layout, 1.0)
+    bars = dict(
+        type="bar",
+        x=edges + width / 2,
+        y=np.asarray(step.grad_norm_hist, dtype=float),
+        width=width * 0.95,
+        marker=dict(color=[RED if lo >= 1.0 - 1e-9 else BLUE for lo in edges]),
         customdata=_bin_labels(),
         hovertemplate="%{customdata} C: %{y} examples<extra></extra>",
     )
@@ -209,9 +267,12 @@ def grad_norm_histogram(step: StepMetrics | None, clip_norm: float | None) -> go
 
 
 def grad_norm_heatmap(steps: Sequence[StepMetrics], *, max_columns: int = MAX_HEATMAP_COLUMNS) -> go.Figure:
-    """How the gradient-norm distribution evolves: step × norm bin, colour = fraction of the batch."""
+    """How the gradient-norm distribution evolves: step × norm bin (log scale, units of C), colour = fraction of
+    the batch; runs stored before the log bins on their linear bins. Telemetry: the note says so."""
     title = "Gradient-norm distribution over steps"
-    rows = [(s.step, s.grad_norm_hist) for s in steps if sum(s.grad_norm_hist)]
+    log_bins = any(s.grad_norm_log_hist for s in steps)
+    hists = [(s.step, s.grad_norm_log_hist if log_bins else s.grad_norm_hist) for s in steps]
+    rows = [(n, h) for n, h in hists if h and sum(h)]
     if not rows:
         return empty_figure(title, "no steps yet")
     x = np.asarray([r[0] for r in rows], dtype=float)
@@ -221,56 +282,102 @@ def grad_norm_heatmap(steps: Sequence[StepMetrics], *, max_columns: int = MAX_HE
         counts = np.add.reduceat(counts, bounds[:-1], axis=0)
         x = x[bounds[1:] - 1]
     frac = counts / counts.sum(axis=1, keepdims=True)
-    edges = np.asarray(GRAD_NORM_BIN_EDGES[:-1], dtype=float)
-    y = edges + np.diff(np.append(edges, edges[-1] + 0.1)) / 2
-    layout = base_layout(title, "step", "norm / C", hovermode="closest")
-    layout["yaxis"]["range"] = [0, 3.1]
-    _hline(layout, 1.0, "clip C", "white", right=True)
+    if log_bins:
+        bins = np.asarray(log_bin_bounds(), dtype=float)
+        y, labels, clip_at = bins.mean(axis=1), log_bin_labels(), 0.0
+        layout = _telemetry_layout(title, "step", "norm / C (log scale)", hovermode="closest")
+        layout["yaxis"].update(range=[bins[0, 0], bins[-1, 1]], **_log_ticks(bins[0, 0], bins[-1, 1]))
+    else:
+        edges = np.asarray(GRAD_NORM_BIN_EDGES[:-1], dtype=float)
+        y, labels, clip_at = edges + np.diff(np.append(edges, edges[-1] + 0.1)) / 2, _bin_labels(), 1.0
+        layout = _telemetry_layout(title, "step", "norm / C", hovermode="closest")
+        layout["yaxis"]["range"] = [0, 3.1]
+    _hline(layout, clip_at, "clip C", "white", right=True)
     heat = dict(
         type="heatmap",
         x=x,
         y=y,
         z=frac.T,
+        customdata=np.repeat(np.asarray(labels, dtype=object)[:, None], len(x), axis=1),
         colorscale="Viridis",
         zmin=0,
         colorbar=dict(title=dict(text="fraction"), len=0.8, ticklabeloverflow="allow"),
-        hovertemplate="step %{x}<br>norm %{y:.2f} C<br>%{z:.0%} of batch<extra></extra>",
+        hovertemplate="step %{x}<br>norm %{customdata} C<br>%{z:.0%} of batch<extra></extra>",
     )
     return _figure([heat], layout)
 
 
-def noise_allocation_figure(step: StepMetrics | None) -> go.Figure:
-    """Per LoRA module: the noise std added (top) and the clipped, summed gradient norm (bottom)."""
-    title = "Noise allocation per LoRA module"
+def _or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def noise_allocation_figure(step: StepMetrics | None, dims: Mapping[str, int] | None = None) -> go.Figure:
+    """Per LoRA module: the signal-to-noise ratio ||S_l|| / (sqrt(d_l) sigma_l C_l) of the clipped sum against the
+    expected norm of the noise added to it (top, log scale: a bar up is more signal than noise), and the noise std
+    per coordinate sigma_l C_l, the noise allocation (bottom). ``dims``: d_l, RunStarted.module_dims (runs stored
+    before have none: no SNR). The clean norms ||S_l|| are telemetry: the note says so."""
+    title = "Signal to noise per LoRA module"
     if step is None or not (step.module_noise_std or step.module_grad_norm):
-        return empty_figure(title, "no steps yet", height=380)
-    names = list(step.module_noise_std or step.module_grad_norm)
-    short = short_module_names(names)
-    noise = np.asarray([step.module_noise_std.get(n, np.nan) for n in names], dtype=float)
-    grad = np.asarray([step.module_grad_norm.get(n, np.nan) for n in names], dtype=float)
-    layout = base_layout(f"{title}, step {step.step}", "", "noise std", height=380, hovermode="closest", bargap=0.15)
-    layout["yaxis"].update(domain=[0.55, 1.0])
-    layout["yaxis2"] = dict(layout["yaxis"], domain=[0.0, 0.45], title=dict(text="gradient norm"), anchor="x2")
+        return empty_figure(title, "no steps yet", height=NOISE_HEIGHT)
+    sn = signal_to_noise(step, dims)
+    names, short = sn["names"], short_module_names(sn["names"])
+    snr = np.asarray([np.nan if v is None else v for v in sn["snr"]], dtype=float)
+    noise = np.asarray([np.nan if v is None else v for v in sn["noise_std"]], dtype=float)
+    shown = np.isfinite(snr) & (snr > 0)
+    log_snr = np.where(shown, np.log10(np.where(shown, snr, 1.0)), np.nan)
+    if shown.any():
+        title += f", step {step.step}: median SNR {fmt_ratio(float(np.median(snr[shown])))}"
+    else:
+        title += f", step {step.step}"
+    layout = _telemetry_layout(title, "", "SNR (log scale)", height=NOISE_HEIGHT, hovermode="closest", bargap=0.15)
+    layout["yaxis"].update(domain=[0.5, 1.0])
+    if shown.any():
+        low, high = min(0.0, math.floor(np.nanmin(log_snr))), max(0.0, math.ceil(np.nanmax(log_snr)))
+        low, high = (low, high) if high > low else (low - 1, high + 1)
+        layout["yaxis"].update(range=[low - 0.05, high + 0.05], **_log_ticks(low, high))
+    else:
+        why = (
+            "non-private run: no noise" if not np.nanmax(noise, initial=0) else "no module sizes (a run stored before)"
+        )
+        layout["annotations"].append(_note(f"SNR: {why}", y=0.75))
+    layout["yaxis2"] = dict(
+        layout["yaxis"], domain=[0.0, 0.4], title=dict(text="noise std per coordinate σ_l C_l"), anchor="x2"
+    )
+    for key in ("range", "tickmode", "tickvals", "ticktext"):
+        layout["yaxis2"].pop(key, None)
     layout["xaxis"].update(anchor="y", showticklabels=False, matches="x2")
     layout["xaxis2"] = dict(layout["xaxis"], anchor="y2", showticklabels=True, tickangle=-45 if len(names) > 6 else 0)
     layout["xaxis2"].pop("matches")
-    layout["margin"] = dict(l=60, r=20, t=48, b=90)
-    traces = [  # one bar per module: the noise on the top axes, the gradient norm on the bottom ones
+    layout["margin"] = dict(layout["margin"], b=90)
+    signal = [np.nan if v is None else v for v in sn["signal"]]
+    expected = [np.nan if v is None else v for v in sn["noise_norm"]]
+    traces = [
         dict(
             type="bar",
             x=short,
-            y=values,
-            name=name,
-            marker=dict(color=color),
+            y=log_snr,
+            name="SNR = ‖S_l‖ / (√d_l σ_l C_l)",
+            marker=dict(color=[GREEN if v >= 0 else ORANGE for v in np.nan_to_num(log_snr)]),
+            customdata=[[n, *(_or_none(v) for v in values)] for n, *values in zip(names, signal, expected, snr)],
+            hovertemplate="%{customdata[0]}<br>‖S_l‖ (clipped sum, before noise) %{customdata[1]:.3g}<br>"
+            "expected noise norm √d_l σ_l C_l %{customdata[2]:.3g}<br>SNR %{customdata[3]:.3g}<extra></extra>",
+        ),
+        dict(
+            type="bar",
+            x=short,
+            y=noise,
+            name="noise std per coordinate σ_l C_l",
+            marker=dict(color=PURPLE),
             customdata=names,
-            hovertemplate=f"%{{customdata}}<br>{label} %{{y:.3g}}<extra></extra>",
-            **axes,
-        )
-        for values, name, label, color, axes in (
-            (noise, "noise std", "noise std", PURPLE, {}),
-            (grad, "gradient norm (clipped, summed)", "grad norm", BLUE, dict(xaxis="x2", yaxis="y2")),
-        )
+            hovertemplate="%{customdata}<br>noise std per coordinate %{y:.3g}<extra></extra>",
+            xaxis="x2",
+            yaxis="y2",
+        ),
     ]
+    if shown.any():
+        layout["shapes"].append(
+            dict(type="line", xref="x domain", x0=0, x1=1, yref="y", y0=0, y1=0, line=dict(color=GREY, dash="dot"))
+        )
     return _figure(traces, layout)
 
 

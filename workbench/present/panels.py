@@ -44,5 +44,5 @@ def panels(view: RunView) -> dict[str, Any]:
         ),
         "grad_norms": grad_norm_histogram(view.latest_step, view.clip_norm),
         "grad_norm_evolution": grad_norm_heatmap(view.steps),
-        "noise_allocation": noise_allocation_figure(view.latest_step),
+        "noise_allocation": noise_allocation_figure(view.latest_step, started.module_dims if started else None),
     }

@@ -1,0 +1,143 @@
+"""The untuned baseline (engine/baseline.py): a step-0 evaluation on the held-out validation examples, measured once
+per model, data and evaluation settings and then read from the cache under the workbench home; the command line's
+summary puts it beside the run's metric with the sentence on what epsilon protects; a stopped run's last evaluation
+skips the generations. The tiny model throughout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import workbench.engine.trainer as trainer_mod
+from workbench.cli import app
+from workbench.config import RunConfig
+from workbench.engine.baseline import CACHE_FILE
+from workbench.engine.randomness import RunRandomness
+from workbench.session import Session
+from workbench.store.export import export_run
+from workbench.store.runs import RunStore
+
+FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8)
+
+
+@pytest.fixture
+def evaluations(monkeypatch):
+    """Every call of the trainer's evaluate function: the examples it was given."""
+    calls: list[list] = []
+    real = trainer_mod.evaluate
+
+    def counting(model, examples, **kw):
+        calls.append(list(examples))
+        return real(model, examples, **kw)
+
+    monkeypatch.setattr(trainer_mod, "evaluate", counting)
+    return calls
+
+
+def _trainer(prepared, cache: Path, run_dir: Path):
+    return trainer_mod.Trainer(
+        prepared,
+        run_id="t",
+        emit=lambda e: None,
+        run_dir=run_dir,
+        randomness=RunRandomness.secret(),
+        baseline_cache=cache,
+    )
+
+
+def test_the_baseline_is_measured_once_on_validation_data_and_keyed_by_data_and_settings(tmp_path, evaluations):
+    cache = tmp_path / CACHE_FILE
+    cfg = RunConfig(**FAST, max_steps=1, noise_multiplier=1.0)
+    prepared = trainer_mod.prepare(cfg)
+    first_trainer = _trainer(prepared, cache, tmp_path)
+    first = first_trainer.baseline_evaluation()
+    assert len(evaluations) == 1 and first.step == 0 and first.generations == []
+    measured = evaluations[0]
+    assert measured == prepared.val_tok[: cfg.eval_max_examples]  # the held-out examples the run evaluates on
+    assert not any(ex is t for ex in measured for t in prepared.train_tok)  # never a training example
+    assert first_trainer.baseline == {
+        "val_loss": first.val_loss,
+        "perplexity": first.perplexity,
+        "accuracy": first.accuracy,
+        "cached": False,
+    }
+    assert first.accuracy is not None  # the demo's answers are choices: accuracy is measured too
+
+    again = _trainer(prepared, cache, tmp_path)
+    second = again.baseline_evaluation()
+    assert len(evaluations) == 1 and again.baseline["cached"]  # read, not measured
+    assert (second.val_loss, second.accuracy, second.step) == (first.val_loss, first.accuracy, 0)
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(f'{{"prompt": "question {i}", "response": "answer {i}"}}\n' for i in range(120)))
+    other = _trainer(trainer_mod.prepare(cfg.with_overrides({"data": str(data)})), cache, tmp_path)
+    other.baseline_evaluation()
+    assert len(evaluations) == 2 and not other.baseline["cached"]  # another dataset: not served the demo's value
+    assert other.baseline["val_loss"] != first.val_loss
+    fewer = _trainer(
+        dataclasses.replace(prepared, config=cfg.with_overrides({"eval_max_examples": 4})), cache, tmp_path
+    )
+    fewer.baseline_evaluation()
+    assert len(evaluations) == 3 and len(evaluations[-1]) == 4  # other evaluation settings: another key
+    entries = json.loads(cache.read_text())
+    assert len(entries) == 3 and all(
+        set(e["metrics"]) == {"val_loss", "perplexity", "accuracy"} for e in entries.values()
+    )
+
+
+def test_the_second_run_reads_the_baseline_and_the_summary_sets_it_beside_the_metric(evaluations):
+    runner = CliRunner()
+    tiny = [x for key, value in FAST.items() for x in ("--set", f"{key}={value}")]
+    args = ["train", *tiny, "--set", "max_steps=1", "--set", "noise_multiplier=1.0"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert len(evaluations) == 2  # the untuned model, then the run's last evaluation
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert len(evaluations) == 3  # the baseline came from the cache
+    assert "untuned model (step 0)" in second.output  # the progress line of the step-0 evaluation
+    assert "against the untuned model: accuracy " in second.output and "(untuned " in second.output
+    assert "what epsilon protects: ε = " in second.output
+    assert "bounds how much one example replaced by another can change what this run released" in second.output
+
+    store = RunStore()
+    runs = sorted(store.list(), key=lambda r: r.created)
+    baselines = [r.summary["baseline"] for r in runs]
+    assert [b["cached"] for b in baselines] == [False, True]
+    assert baselines[0]["val_loss"] == baselines[1]["val_loss"]
+    for r in runs:
+        events = [e for _, e in store.events(r.id)]
+        assert [e.kind for e in events[:2]] == ["run_started", "eval"] and events[1].step == 0
+        started, steps = events[0], [e for e in events if e.kind == "step"]
+        assert started.module_dims and sum(started.module_dims.values()) == started.trainable_parameters
+        assert set(started.module_dims) == set(started.modules)
+        assert all(sum(s.grad_norm_log_hist) == s.batch_size for s in steps)
+        assert all(s.grad_norm_median is not None for s in steps if s.batch_size)
+    released = json.loads((export_run(store, runs[0].id, Path(store.home) / "out") / "summary.json").read_text())
+    assert "baseline" not in released and "epsilon" in released  # telemetry from the validation data stays out
+
+
+def test_a_stopped_runs_last_evaluation_skips_the_generations(monkeypatch):
+    generated = []
+    real = trainer_mod.generate_samples
+
+    def counting(*args, **kw):
+        generated.append(kw["max_new_tokens"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer_mod, "generate_samples", counting)
+    cfg = RunConfig(**{**FAST, "generate_max_new_tokens": 2}, noise_multiplier=1.0, baseline_eval=False)
+    stopped = Session(cfg.with_overrides({"max_steps": 2, "eval_every": 1}), store=RunStore())
+    stopped.subscribe(lambda e: stopped.stop() if e.kind == "step" else None)  # Stop after step 1
+    summary = stopped.run()
+    assert summary["status"] == "stopped" and summary["steps"] == 1
+    evals = [e for e in stopped.events if e.kind == "eval"]
+    # the evaluation every step (already under way when Stop was pressed) generates as before; the last one, after
+    # the Stop, gives loss and accuracy only
+    assert [e.step for e in evals] == [1, 1] and evals[0].generations and evals[1].generations == []
+    assert generated == [2]  # nothing generated after the Stop
+    assert summary["val_loss"] is not None and "baseline" not in summary  # baseline_eval=False: no step 0

@@ -1,0 +1,115 @@
+"""What a tuner reads off a run, in one place for the app, the notebooks and the command line.
+
+- ``TELEMETRY_NOTE``: the caption of every chart computed from the private data without noise (per-example
+  gradient norms, the clean per-module norms): they are not covered by epsilon.
+- The log-scale norm bins (``GRAD_NORM_LOG_BIN_EDGES``, units of C) as positions on a log10 axis, and their labels.
+- ``norm_title``: "…, step N: median 0.8 C · 37% clipped · max 12 C".
+- ``signal_to_noise``: per LoRA module, the norm of the clipped sum ||S_l|| against the expected norm of the noise
+  added to it, sqrt(d_l) * sigma_l * C_l (the same units), and their ratio.
+- ``baseline_text``: the run's validation metric beside the untuned model's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from workbench.events import GRAD_NORM_LOG_BIN_EDGES, StepMetrics
+
+# The caption of each chart of telemetry (histogram, heatmap, per-module signal to noise). One wording for the app
+# (sent in the run's first row, workbench/present/live.py) and the notebooks (the figures' subtitles).
+TELEMETRY_NOTE = (
+    "Telemetry from the private data, not covered by ε: for the data owner's eyes only. "
+    "Do not pick C from it; use the private quantile estimate or public data."
+)
+# The underflow and overflow bins are drawn a quarter of a decade wide, below 0.01 C and above 100 C.
+LOG_BIN_WIDTH = 0.25
+
+
+def log_bin_bounds() -> list[tuple[float, float]]:
+    """(low, high) of each log bin in log10(norm / C): the underflow bin, the 16 bins, the overflow bin."""
+    logs = [math.log10(e) for e in GRAD_NORM_LOG_BIN_EDGES]
+    inner = list(zip(logs[:-1], logs[1:]))
+    return [(logs[0] - LOG_BIN_WIDTH, logs[0]), *inner, (logs[-1], logs[-1] + LOG_BIN_WIDTH)]
+
+
+def log_bin_labels() -> list[str]:
+    """'< 0.01', '0.01–0.018', …, '≥ 100' (units of C)."""
+    e = GRAD_NORM_LOG_BIN_EDGES
+    inner = [f"{fmt_ratio(lo)}–{fmt_ratio(hi)}" for lo, hi in zip(e[:-1], e[1:])]
+    return [f"< {fmt_ratio(e[0])}", *inner, f"≥ {fmt_ratio(e[-1])}"]
+
+
+def fmt_ratio(x: float | None) -> str:
+    """Two significant digits without exponent where it fits: 0.8, 12, 120, 0.0013 (as the page's fmt(v, 2))."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{float(f'{x:.2g}'):g}"
+
+
+def norm_title(
+    step: int, *, median: float | None, clipped: float | None, max_norm: float | None, clip: float | None
+) -> str:
+    """'Per-example gradient norms, step 7: median 0.8 C · 37% clipped · max 12 C'. ``median`` is in units of C
+    already (StepMetrics.grad_norm_median), ``max_norm`` is not (StepMetrics.grad_norm_max); without C (a
+    non-private run) the norms are plain numbers."""
+    unit = " C" if clip else ""
+    parts = []
+    if median is not None and math.isfinite(median):
+        parts.append(f"median {fmt_ratio(median)}{unit}")
+    if clipped is not None and math.isfinite(clipped):
+        parts.append(f"{clipped:.0%} clipped")
+    if max_norm is not None and math.isfinite(max_norm):
+        parts.append(f"max {fmt_ratio(max_norm / clip if clip else max_norm)}{unit}")
+    return f"Per-example gradient norms, step {step}" + (": " + " · ".join(parts) if parts else "")
+
+
+def signal_to_noise(step: StepMetrics, dims: Mapping[str, int] | None) -> dict[str, list[Any]]:
+    """Per LoRA module (in the step's order): ``signal`` ||S_l|| the norm of the clipped sum before noise,
+    ``noise_norm`` sqrt(d_l) * std_l the expected norm of the noise added to it (std_l = sigma_l C_l per coordinate,
+    d_l its trainable parameters: RunStarted.module_dims), ``snr`` their ratio, and ``noise_std`` std_l itself (the
+    noise allocation). None where unknown: no d_l (a run stored before), or no noise (a non-private run)."""
+    names = list(step.module_noise_std or step.module_grad_norm)
+    dims = dims or {}
+    out: dict[str, list[Any]] = {"names": names, "signal": [], "noise_norm": [], "snr": [], "noise_std": []}
+    for name in names:
+        signal, std, d = step.module_grad_norm.get(name), step.module_noise_std.get(name), dims.get(name)
+        noise_norm = math.sqrt(d) * std if d and std is not None and math.isfinite(std) and std > 0 else None
+        snr = signal / noise_norm if noise_norm and signal is not None and math.isfinite(signal) else None
+        out["signal"].append(_finite(signal))
+        out["noise_norm"].append(noise_norm)
+        out["snr"].append(snr)
+        out["noise_std"].append(_finite(std))
+    return out
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _fmt_metric(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def baseline_text(metrics: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None) -> str:
+    """'accuracy 0.41 (untuned 0.27, +0.14) · val_loss 1.2 (untuned 2.3, -1.1)'; the untuned values alone before
+    the run's own evaluation; '' without a baseline."""
+    if not baseline:
+        return ""
+    metrics = metrics or {}
+    parts = []
+    for key in ("accuracy", "val_loss"):
+        base = baseline.get(key)
+        if not isinstance(base, (int, float)) or not math.isfinite(base):
+            continue
+        now = metrics.get(key)
+        if isinstance(now, (int, float)) and math.isfinite(now):
+            parts.append(f"{key} {_fmt_metric(now)} (untuned {_fmt_metric(base)}, {now - base:+.2g})")
+        else:
+            parts.append(f"untuned {key} {_fmt_metric(base)}")
+    return " · ".join(parts)
+
+
+def untuned_eval(evals: Sequence[Any]) -> Any | None:
+    """The untuned model's evaluation among ``evals`` (the one at step 0, engine/baseline.py), or None."""
+    return next((e for e in evals if e.step == 0), None)
