@@ -4,9 +4,12 @@ over the seeds; the summary is read from the sweeps' CSV export, `--export DIR` 
     python benchmarks/methods.py allocation --task sst2|demo [--seeds 0 1 2] [--steps 20] [--json]
     python benchmarks/methods.py user --task demo [--seeds 0 1 2] [--steps 20] [--json]
 
-allocation: uniform noise (flat clipping, standard DP-SGD), uniform noise with per-layer clipping,
-            and adaptive per-layer allocation (per-layer clipping, importance from released noisy
-            gradients), same target epsilon.
+allocation: uniform noise (flat clipping, standard DP-SGD), uniform noise with per-layer clipping
+            (equal shares C/sqrt(L)), the same with private adaptive thresholds (quantile), adaptive
+            per-layer allocation (importance from released noisy gradients) with equal shares, and
+            adaptive allocation on top of the quantile thresholds; same target epsilon.
+
+``--markdown`` prints the table the README and docs/benchmarks.md carry, computed from the sweeps' CSV.
 user:       ELS (examples sampled, k per user, mixture-of-Gaussians PLD) against ULS (users sampled,
             per-user clipped means), same user-level target epsilon and the same number of steps.
 
@@ -72,10 +75,14 @@ def base(task: str, steps: int, tmp: Path, sst2_dir: str | None) -> dict:
 ARMS = {
     # uniform_per_layer separates the two changes adaptive makes: per-layer clipping (C_l = C/sqrt(L))
     # and the importance-driven noise split.
+    # quantile_*: per-layer thresholds C_l that follow each module's own gradient scale, estimated privately
+    # (Andrew et al. 2021; engine/allocation.py), their budget share inside the same epsilon.
     "allocation": {
         "uniform": dict(allocation="uniform"),
         "uniform_per_layer": dict(allocation="uniform", clipping="per_layer"),
+        "quantile_per_layer": dict(allocation="uniform", clipping="per_layer", clip_allocation="quantile"),
         "adaptive": dict(allocation="adaptive"),
+        "quantile_adaptive": dict(allocation="adaptive", clip_allocation="quantile"),
     },
     "user": {
         # add/remove for both: the one relation ELS's mixture PLD and ULS are both analysed for
@@ -143,6 +150,36 @@ def run(args) -> dict:
     }
 
 
+LABELS = {
+    "uniform": "uniform noise, flat clipping (standard DP-SGD)",
+    "uniform_per_layer": "uniform noise, per-layer clipping (C_l = C/sqrt(L))",
+    "quantile_per_layer": "uniform noise, per-layer private quantile thresholds",
+    "adaptive": "adaptive allocation, per-layer clipping (C_l = C/sqrt(L))",
+    "quantile_adaptive": "adaptive allocation on private quantile thresholds",
+    "els": "ELS (examples sampled)",
+    "uls": "ULS (users sampled)",
+}
+
+
+def markdown(out: dict) -> str:
+    """One Markdown table: arm, epsilon, accuracy mean ± sd over the seeds (from the sweeps' CSV export)."""
+    s = out["settings"]
+    lines = [
+        f"{out['experiment']}, {out['task']} (batch {s['batch_size']}, {s['max_steps']} steps, "
+        f"seeds {len(next(iter(out['summary'].values()))['runs'])}):",
+        "",
+        "| arm | epsilon | accuracy (mean ± sd) | per seed |",
+        "|---|---|---|---|",
+    ]
+    for arm, r in out["summary"].items():
+        seeds = ", ".join(f"{x['accuracy']:.3f}" for x in r["runs"])
+        lines.append(
+            f"| {LABELS.get(arm, arm)} | {r['epsilon']:.2f} | {r['accuracy_mean']:.3f} ± {r['accuracy_sd']:.3f} "
+            f"| {seeds} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", choices=sorted(ARMS))
@@ -153,10 +190,13 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", help="run only these arms (default: all)")
     ap.add_argument("--export", help="write each arm's sweep as CSV here (default: a temporary folder)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table")
     args = ap.parse_args()
     out = run(args)
     if args.json:
         print(json.dumps(out, indent=2, default=str))
+    elif args.markdown:
+        print(markdown(out))
     else:
         for arm, s in out["summary"].items():
             print(f"{arm:9} accuracy {s['accuracy_mean']:.4f} +- {s['accuracy_sd']:.4f} at epsilon {s['epsilon']:.3f}")

@@ -1,12 +1,17 @@
 """Does DP fine-tuning learn?  Held-out metric of the untuned model, a DP run and a non-private
 run with the same settings, in one process.
 
-    python benchmarks/utility.py --task demo   [--model default] [--steps 12] [--json]
-    python benchmarks/utility.py --task sst2   [--model minilm]  [--steps 30] [--json]
+    python benchmarks/utility.py --task demo   [--model default] [--steps 12] [--json] [--set key=value ...]
+    python benchmarks/utility.py --task sst2   [--model minilm]  [--steps 30] [--json] [--epsilon 8]
 
-demo: the clinic inbox, routing accuracy on held-out patients (default model).
+demo: the clinic inbox, routing accuracy on held-out patients (default model), with the settings of
+`make demo` (assets/demo.yaml) unless ``--set`` changes them.
 sst2: SST-2 (../shared/data/sst2, or --sst2-dir), dev accuracy (MiniLM encoder + classifier head).
 A DP run that learns nothing is a bug to find, not a result.
+
+``--json`` prints one object: ``untuned_accuracy``, ``dp_accuracy``, ``nonprivate_accuracy``, ``dp_epsilon``,
+``eval_messages`` (the held-out examples the accuracy is over), ``dp_seconds`` (the DP run's wall time:
+model loading, training and its evaluations), the gap and the settings, and each arm's details.
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ HERE = Path(__file__).resolve().parent
 
 
 def settings(args) -> dict:
+    cfg = _base_settings(args)
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        cfg[key.strip()] = yaml_value(value)
+    return cfg
+
+
+def yaml_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _base_settings(args) -> dict:
     if args.task == "demo":  # the settings of `make demo`, so the figures describe that run
         import yaml
 
@@ -64,9 +83,17 @@ def settings(args) -> dict:
 
 
 def untuned(cfg: RunConfig) -> dict:
+    """The untuned model's validation metrics, and how many held-out examples the accuracy is over."""
+    from workbench.engine.randomness import RunRandomness
+
     prepared = prepare(cfg)
-    trainer = Trainer(prepared, run_id="untuned", emit=lambda e: None, run_dir=Path("/tmp"))
-    return trainer.evaluation().__dict__
+    trainer = Trainer(
+        prepared, run_id="untuned", emit=lambda e: None, run_dir=Path("/tmp"), randomness=RunRandomness.secret()
+    )
+    out = dict(trainer.evaluation().__dict__)
+    n = min(len(prepared.val_tok), cfg.eval_max_examples)
+    out["eval_messages"] = sum(g is not None for g in trainer.gold[:n]) if trainer.gold else n
+    return out
 
 
 def run(args) -> dict:
@@ -79,12 +106,16 @@ def run(args) -> dict:
         for k, v in untuned(
             RunConfig(**{**base, "noise_multiplier": 0, "max_grad_norm": None, "target_epsilon": None})
         ).items()
-        if k in ("val_loss", "accuracy")
+        if k in ("val_loss", "accuracy", "eval_messages")
     }
-    for name, extra in (
+    arms = (
         ("dp", dict(target_epsilon=args.epsilon, max_grad_norm=base.get("max_grad_norm") or 1.0)),
         ("nonprivate", dict(noise_multiplier=0, max_grad_norm=None, target_epsilon=None)),
-    ):
+    )
+    for name, extra in arms:
+        if name not in args.arms:
+            out[name] = dict.fromkeys(("run_id", "epsilon", "accuracy", "val_loss", "wall_time"))
+            continue
         s = Session(RunConfig(**{**base, **extra}), store=store).run()
         if s.get("status") != "finished":
             raise SystemExit(f"{name} run failed: {s.get('reason')}")
@@ -92,6 +123,19 @@ def run(args) -> dict:
             k: s.get(k) for k in ("run_id", "epsilon", "noise_multiplier", "val_loss", "accuracy", "steps", "wall_time")
         }
     out["seconds"] = time.time() - t0
+    dp, nonprivate, base_acc = out["dp"], out["nonprivate"], out["untuned"].get("accuracy")
+    out.update(
+        untuned_accuracy=base_acc,
+        dp_accuracy=dp["accuracy"],
+        nonprivate_accuracy=nonprivate["accuracy"],
+        dp_epsilon=dp["epsilon"],
+        eval_messages=out["untuned"].get("eval_messages"),
+        dp_seconds=dp["wall_time"],
+        dp_over_untuned=None if base_acc is None or dp["accuracy"] is None else dp["accuracy"] - base_acc,
+        nonprivate_minus_dp=None
+        if dp["accuracy"] is None or nonprivate["accuracy"] is None
+        else nonprivate["accuracy"] - dp["accuracy"],
+    )
     return out
 
 
@@ -106,6 +150,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sst2-dir")
     ap.add_argument("--home", help="a WORKBENCH_HOME for the runs (default: $WORKBENCH_HOME)")
+    ap.add_argument("--set", action="append", help="override a setting of both runs: --set learning_rate=0.01")
+    ap.add_argument("--arms", nargs="+", default=["dp", "nonprivate"], choices=["dp", "nonprivate"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = run(args)
@@ -115,6 +161,8 @@ def main() -> None:
     print(f"{args.task}: untuned accuracy {out['untuned']['accuracy']}, val_loss {out['untuned']['val_loss']:.4f}")
     for name in ("dp", "nonprivate"):
         r = out[name]
+        if r["accuracy"] is None and r["run_id"] is None:
+            continue
         print(
             f"  {name:10} epsilon={r['epsilon']:.3g} accuracy={r['accuracy']} val_loss={r['val_loss']:.4f} ({r['wall_time']:.0f} s)"
         )
