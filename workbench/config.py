@@ -52,6 +52,12 @@ class RunConfig(BaseModel):
         "label ids come from the config, not from the private data; data with a label not listed is refused.",
     )
     max_seq_len: int = Field(256, ge=8, description="Longer sequences are truncated (prompt first).")
+    response_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Train and validate on the first N tokens of each response only, the rest cut (e.g. the "
+        "answer line of a routing prompt): shorter sequences, and the loss on the decision. Empty: the whole response.",
+    )
 
     # how long
     max_steps: int | None = Field(None, ge=1, description="Number of logical DP-SGD steps.")

@@ -440,6 +440,19 @@ def test_response_only_labels_with_chat_template(chat_tok):
     assert encode_prompt(chat_tok, QA[:2]) == list(ex.input_ids[: ex.prompt_len])
 
 
+def test_response_max_tokens_keeps_the_first_tokens_of_the_response_only(chat_tok):
+    [whole] = tokenize_dataset(_chat_ds(QA), chat_tok, max_seq_len=512)
+    [cut] = tokenize_dataset(_chat_ds(QA), chat_tok, max_seq_len=512, response_max_tokens=2)
+    # the same prompt, then the response's first two tokens as the only targets; nothing after them
+    assert cut.prompt_len == whole.prompt_len and len(cut.input_ids) == whole.prompt_len + 2
+    assert cut.input_ids == whole.input_ids[: whole.prompt_len + 2]
+    assert _targets(cut) == _targets(whole)[:2]
+    # a rule of the example alone: the same example among others comes out the same
+    other = {"role": "assistant", "content": "Berlin, in Germany, is its capital city."}
+    both = tokenize_dataset(_chat_ds(QA, (*QA[:2], other)), chat_tok, max_seq_len=512, response_max_tokens=2)
+    assert both[0] == cut
+
+
 def test_response_only_labels_without_chat_template(plain_tok):
     [ex] = tokenize_dataset(_chat_ds(QA), plain_tok, max_seq_len=512)
     expected = "Be brief.\n\n### Instruction:\nWhat is the capital of France?\n\n### Response:\n"

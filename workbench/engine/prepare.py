@@ -59,8 +59,11 @@ def prepare(config: RunConfig) -> Prepared:
         target_modules=config.lora_target_modules,
         last_layers=config.lora_layers,
     )
-    train_tok = data_mod.tokenize_dataset(train, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
-    val_tok = data_mod.tokenize_dataset(val, tok, max_seq_len=config.max_seq_len, model_max_length=max_len)
+    lengths = dict(
+        max_seq_len=config.max_seq_len, model_max_length=max_len, response_max_tokens=config.response_max_tokens
+    )
+    train_tok = data_mod.tokenize_dataset(train, tok, **lengths)
+    val_tok = data_mod.tokenize_dataset(val, tok, **lengths)
     if not train_tok:
         raise data_mod.DataError(f"{train.name}: no usable training examples after tokenisation.")
     num_users = None

@@ -47,14 +47,21 @@ class TokenizedDataset(list):
 
 
 def tokenize_dataset(
-    ds: Dataset, tokenizer, *, max_seq_len: int, model_max_length: int | None = None
+    ds: Dataset,
+    tokenizer,
+    *,
+    max_seq_len: int,
+    model_max_length: int | None = None,
+    response_max_tokens: int | None = None,
 ) -> TokenizedDataset:
     """Token ids and targets for every record; the loss counts response tokens only.
 
     Instruction/chat data goes through `tokenizer.chat_template` when set, else the plain
     "### Instruction: / ### Response:" format; EOS follows each response. Sequences over
     `max_seq_len` lose prompt tokens from the left first; an example left with no response
-    token to learn is dropped. Counts are in the result's `.stats`.
+    token to learn is dropped. Counts are in the result's `.stats`. ``response_max_tokens``: each final
+    response is cut after its first N tokens (they alone are targets), a rule applied to each example on its
+    own, so the rest of the dataset never changes what one example becomes.
     """
     limit = model_max_length if model_max_length is not None else _tokenizer_limit(tokenizer)
     if max_seq_len < 2:
@@ -81,6 +88,8 @@ def tokenize_dataset(
             out.append(TokenizedExample(tuple(ids), None, label_index[rec.label], rec.user_id, 0))
             continue
         ids, labels, prompt_len = encoder.causal(rec)
+        if response_max_tokens is not None:
+            ids, labels = ids[: prompt_len + response_max_tokens], labels[: prompt_len + response_max_tokens]
         lengths.append(len(ids))
         if len(ids) > max_seq_len:
             truncated += 1
