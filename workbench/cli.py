@@ -838,8 +838,14 @@ def _print_dataset(d, path_given: str | None) -> None:
         elif cost.repeat_and_select is not None:
             typer.echo(
                 f"  tuning session {name}: best of its {cost.runs} runs costs at most epsilon "
-                f"{cost.epsilon:.4g} (RepeatAndSelect, {cost.distribution}, mean {cost.mean:g}; "
-                f"composition {cost.composition:.4g})"
+                f"{cost.epsilon:.4g} (the smaller of RepeatAndSelect {cost.repeat_and_select:.4g}, {cost.distribution}, "
+                f"mean {cost.mean:g}, and composition {cost.composition:.4g})"
+                + (f"\n    note: {cost.note}" if cost.note else "")
+            )
+        elif cost.note:
+            typer.echo(
+                f"  tuning session {name}: best of its {cost.runs} runs costs at most epsilon "
+                f"{cost.composition:.4g} (composition of all runs)\n    note: {cost.note}"
             )
     for line in forgotten_lines(d):
         typer.echo("  " + line)

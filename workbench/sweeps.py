@@ -15,10 +15,11 @@ Tuning mode (``tuning="poisson"|"geometric"|"logarithmic"|"truncated_negative_bi
 ``mean_runs``): the number of runs K is drawn once, before any run, from that distribution with
 secret randomness (a ChaCha20 stream keyed from the OS, never the public seed), and each run's
 settings are drawn uniformly from the grid's combinations with the same stream; the privacy ledger
-records the runs as one tuning session with the distribution and its parameters, so it reports the
-``RepeatAndSelect`` bound of releasing only the best run (Papernot and Steinke 2022;
-``privacy/tuning.py``). Every one of the K runs counts: on resume a tuning run that took a step is
-not trained again (its output, even a failure, is one of the K draws).
+records the runs as one tuning session with the distribution and its parameters, and the DP event of
+every combination (``tuning_candidates``, stored before the draw), so it reports the
+``RepeatAndSelect`` bound of releasing only the best run over every setting the session could draw
+(Papernot and Steinke 2022; ``privacy/tuning.py``). Every one of the K runs counts: on resume a
+tuning run that took a step is not trained again (its output, even a failure, is one of the K draws).
 
 ``workbench.sweep(...)`` (the package's lazy attribute) is ``run_sweep(...)``.
 """
@@ -348,6 +349,15 @@ def create_sweep(
     combos = validate(base, pairs, seed_list if plan_tuning is None else [base.seed])
     tuning_record = None
     if plan_tuning is not None:
+        # every setting the session could draw, for its bound (the ledger's), stored before any draw or run
+        from workbench.engine.data import DataError
+        from workbench.store.ledger import Ledger
+
+        try:
+            candidates = tuning_candidates(base, combos)
+        except (DataError, OSError) as err:
+            raise SweepError(str(err)) from None
+        Ledger(sweeps.store).set_tuning_candidates(name, candidates)
         rng = secret_generator()
         k = draw_runs(plan_tuning, rng)
         keys = [key for key, _ in pairs]
@@ -400,12 +410,18 @@ class SweepCost:
 
 
 def _dataset_size(cfg: RunConfig) -> tuple[int, int | None]:
-    """(training examples, users) of ``cfg``'s data, as the run will split it."""
-    from workbench.engine import data as data_mod
+    """(training examples, users) of ``cfg``'s data, as the run will split it (its columns, validation data
+    and labels; under user-level DP each user's first ``max_examples_per_user``). Examples that tokenisation
+    drops are still counted: the run may have a few fewer."""
+    from collections import Counter
 
-    ds = data_mod.load_dataset(cfg.data)
-    train, _ = data_mod.split_validation(ds, fraction=cfg.validation_fraction, seed=cfg.seed)
-    return len(train), ds.num_users
+    from workbench.engine.prepare import load_splits
+
+    train, _ = load_splits(cfg)
+    if cfg.privacy_unit != "user":
+        return len(train), train.num_users
+    per_user = Counter(r.user_id for r in train.records)
+    return sum(min(n, cfg.max_examples_per_user) for n in per_user.values()), len(per_user)
 
 
 def planned_cost(
@@ -419,30 +435,11 @@ def planned_cost(
     gives its DP event, and the events compose with PLD as the ledger composes stored runs. ``sizes(config)``:
     (training examples, users) of a run's data (default: load the data). SweepError names a combination whose
     plan fails (a batch larger than the data, a target epsilon out of reach)."""
-    from dp_accounting import dp_event
-
-    from workbench.engine.plan import make_plan
     from workbench.privacy.accountants import PrivacyError
     from workbench.privacy.dp_events import common_relation, composed_epsilon
 
-    sizes = sizes or _dataset_size
-    planned: dict[tuple, tuple[Any, float, float, str]] = {}
     events, epsilons, deltas, relations = [], [], [], []
-    for label, overrides in members:
-        cfg = base.with_overrides(dict(overrides))
-        n, users = sizes(cfg)
-        key = (repr(sorted({**cfg.to_dict(), "seed": 0, "name": None, "output_dir": None}.items())), n, users)
-        if key not in planned:  # seeds of one setting share a plan: one calibration
-            try:
-                plan = make_plan(cfg, dataset_size=n, num_users=users)
-            except (ConfigError, PrivacyError) as err:
-                raise SweepError(f"combination {label}: {err}") from None
-            if not plan.private or cfg.noise_seed is not None:
-                planned[key] = (dp_event.NonPrivateDpEvent(), math.inf, plan.delta, plan.neighboring)
-            else:
-                eps = plan.target_epsilon if plan.target_epsilon is not None else plan.epsilon_at(plan.steps)
-                planned[key] = (plan.dp_event(plan.steps), eps, plan.delta, plan.neighboring)
-        event, eps, delta, relation = planned[key]
+    for event, eps, delta, relation in _planned(base, members, sizes):
         events.append(event)
         epsilons.append(eps)
         deltas.append(delta)
@@ -456,6 +453,72 @@ def planned_cost(
         return SweepCost(len(events), max(epsilons), None, delta, None, str(err))
     total = composed_epsilon(events, delta=delta, neighboring=neighboring)
     return SweepCost(len(events), max(epsilons), total, delta, neighboring, note)
+
+
+# the settings that decide a run's training set size (``_dataset_size``)
+_DATA_KEYS = (
+    "data",
+    "columns",
+    "validation_data",
+    "validation_fraction",
+    "seed",
+    "labels",
+    "privacy_unit",
+    "max_examples_per_user",
+)
+
+
+def _planned(
+    base: RunConfig,
+    members: Sequence[tuple[str, Mapping[str, Any]]],
+    sizes: Callable[[RunConfig], tuple[int, int | None]] | None = None,
+) -> list[tuple[Any, float, float, str]]:
+    """(DP event at the planned length, planned epsilon, delta, relation) of each member's plan (``planned_cost``)."""
+    from dp_accounting import dp_event
+
+    from workbench.engine.plan import make_plan
+    from workbench.privacy.accountants import PrivacyError
+
+    sizes = sizes or _dataset_size
+    counted: dict[str, tuple[int, int | None]] = {}
+    planned: dict[tuple, tuple[Any, float, float, str]] = {}
+    out = []
+    for label, overrides in members:
+        cfg = base.with_overrides(dict(overrides))
+        d = cfg.to_dict()
+        data_key = repr([d[k] for k in _DATA_KEYS])
+        if data_key not in counted:  # the data is loaded once per data setting
+            counted[data_key] = sizes(cfg)
+        n, users = counted[data_key]
+        key = (repr(sorted({**cfg.to_dict(), "seed": 0, "name": None, "output_dir": None}.items())), n, users)
+        if key not in planned:  # seeds of one setting share a plan: one calibration
+            try:
+                plan = make_plan(cfg, dataset_size=n, num_users=users)
+            except (ConfigError, PrivacyError) as err:
+                raise SweepError(f"combination {label}: {err}") from None
+            if not plan.private or cfg.noise_seed is not None:
+                planned[key] = (dp_event.NonPrivateDpEvent(), math.inf, plan.delta, plan.neighboring)
+            else:
+                eps = plan.target_epsilon if plan.target_epsilon is not None else plan.epsilon_at(plan.steps)
+                planned[key] = (plan.dp_event(plan.steps), eps, plan.delta, plan.neighboring)
+        out.append(planned[key])
+    return out
+
+
+def tuning_candidates(
+    base: RunConfig,
+    combos: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    sizes: Callable[[RunConfig], tuple[int, int | None]] | None = None,
+) -> list[Any]:
+    """The DP events of every setting a tuning session can draw (``combos`` from ``validate``), each run's plan
+    at its planned length as ``planned_cost`` makes it: the RepeatAndSelect bound is over all of them
+    (``privacy.tuning.repeat_and_select_epsilon``), not only those drawn. SweepError names a combination whose
+    plan fails."""
+    from workbench.privacy.dp_events import event_to_json
+
+    events = [event for event, *_ in _planned(base, combos, sizes)]
+    return list({event_to_json(e): e for e in events}.values())
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -757,6 +820,7 @@ __all__ = [
     "run_label",
     "validate",
     "planned_cost",
+    "tuning_candidates",
     "SweepCost",
     "tuning_of",
     "draw_runs",

@@ -17,6 +17,7 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting import privacy_accountant as pa
 from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
 from typer.testing import CliRunner
 
 from workbench.cli import app as cli_app
@@ -268,6 +269,125 @@ def test_tuning_cost_gives_both_bounds_and_says_when_one_does_not_apply():
     )
     with pytest.raises(tuning.PrivacyError, match="distribution"):
         tuning.shape_of("uniform")
+
+
+# -- a tuning session's candidates: every setting it could draw ------------------------------------------
+
+CHEAP = _plan(sample_rate=0.01, steps=100, noise_multiplier=2.0, neighboring="add_remove")
+EXPENSIVE = _plan(sample_rate=0.01, steps=100, noise_multiplier=0.6, neighboring="add_remove")
+
+
+def _record_session(store: RunStore, plan: PrivacyPlan, runs: int, *, distribution: str, mean: float, shape: float):
+    """``runs`` runs of ``plan`` to its planned length, marked as tuning session 'tune' (no training)."""
+    ledger = Ledger(store)
+    prepared = SimpleNamespace(
+        plan=plan, config=SimpleNamespace(data="x.jsonl"), dataset_fingerprint="f" * 64, dataset_name="x.jsonl"
+    )
+    ids = [f"r{i}" for i in range(runs)]
+    for run_id in ids:
+        ledger.record_run(run_id=run_id, name=None, prepared=prepared, steps=plan.steps, seeded=False)
+    ledger.set_tuning(ids, session="tune", distribution=distribution, mean=mean, shape=shape)
+    return ledger
+
+
+def rdp_repeat_and_select(event, *, mean: float, shape: float, delta: float) -> float:
+    """dp_accounting's RDP accountant of RepeatAndSelectDpEvent, independently of the ledger."""
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_event.RepeatAndSelectDpEvent(event, mean, shape))
+    return accountant.get_epsilon(delta)
+
+
+def test_the_tuning_bound_covers_every_candidate_not_only_those_drawn(tmp_path):
+    cheap, expensive = CHEAP.dp_event(100), EXPENSIVE.dp_event(100)
+    ledger = _record_session(RunStore(tmp_path), CHEAP, 3, distribution="geometric", mean=4.0, shape=1.0)
+    ledger.set_tuning_candidates("tune", [cheap, expensive])  # the expensive setting was never drawn
+    assert ledger.tuning_candidates() == {"tune": (cheap, expensive)}
+    (data,) = ledger.datasets()
+    cost = data.tuning_sessions()["tune"]
+    expected = tuning.repeat_and_select_epsilon([cheap, expensive], mean=4.0, shape=1.0, delta=1e-5)
+    drawn_only = tuning.repeat_and_select_epsilon([cheap], mean=4.0, shape=1.0, delta=1e-5)
+    assert cost.runs == 3 and cost.note is None
+    assert cost.repeat_and_select == pytest.approx(expected, rel=1e-12)
+    assert cost.repeat_and_select > drawn_only * 1.5
+    # less noise, same q and T: the expensive curve is the pointwise maximum, so dp_accounting's own bound
+    assert cost.repeat_and_select == pytest.approx(
+        rdp_repeat_and_select(expensive, mean=4.0, shape=1.0, delta=1e-5), rel=1e-9
+    )
+    # storing again keeps what was stored: the bound only grows
+    ledger.set_tuning_candidates("tune", [cheap])
+    assert ledger.tuning_candidates() == {"tune": (cheap, expensive)}
+
+
+def test_equal_candidates_give_dp_accountings_repeat_and_select(tmp_path):
+    event = CHEAP.dp_event(100)
+    ledger = _record_session(RunStore(tmp_path), CHEAP, 2, distribution="poisson", mean=5.0, shape=math.inf)
+    ledger.set_tuning_candidates("tune", [event, CHEAP.dp_event(100)])
+    (data,) = ledger.datasets()
+    cost = data.tuning_sessions()["tune"]
+    assert cost.distribution == "poisson" and cost.note is None
+    assert cost.repeat_and_select == pytest.approx(
+        rdp_repeat_and_select(event, mean=5.0, shape=math.inf, delta=1e-5), rel=1e-9
+    )
+
+
+OLD_LEDGER = """
+CREATE TABLE ledger (run_id TEXT PRIMARY KEY, name TEXT, time REAL NOT NULL, fingerprint TEXT NOT NULL,
+    dataset_name TEXT, data_path TEXT, privacy_unit TEXT NOT NULL, neighboring TEXT NOT NULL, delta REAL NOT NULL,
+    epsilon REAL, steps INTEGER NOT NULL, accountant TEXT, dp_event TEXT NOT NULL,
+    non_private INTEGER NOT NULL DEFAULT 0, note TEXT, tuning_session TEXT, tuning_distribution TEXT,
+    tuning_mean REAL, tuning_shape REAL);
+CREATE INDEX ledger_fingerprint ON ledger(fingerprint);
+CREATE TABLE ledger_forgotten (run_id TEXT PRIMARY KEY, time REAL NOT NULL, who TEXT NOT NULL, reason TEXT NOT NULL);
+"""
+
+
+def test_an_old_store_keeps_its_runs_and_its_tuning_bound_says_it_covers_only_the_drawn_settings(_workbench_home):
+    import sqlite3
+
+    _workbench_home.mkdir(parents=True)
+    con = sqlite3.connect(_workbench_home / "runs.sqlite")  # a ledger from before the candidates were kept
+    con.executescript(OLD_LEDGER)
+    event = CHEAP.dp_event(100)
+    for i in range(2):
+        con.execute(
+            "INSERT INTO ledger VALUES (?, NULL, ?, ?, 'x.jsonl', 'x.jsonl', 'example', 'add_remove', 1e-5, ?, 100, "
+            "'pld', ?, 0, NULL, 'tune', 'geometric', 4.0, 1.0)",
+            (f"old{i}", 1000.0 + i, "f" * 64, CHEAP.epsilon_at(100), dp_events.event_to_json(event)),
+        )
+    con.commit()
+    con.close()
+    ledger = Ledger(RunStore(_workbench_home))
+    assert [e.run_id for e in ledger.entries()] == ["old0", "old1"] and ledger.tuning_candidates() == {}
+    (data,) = ledger.datasets()
+    cost = data.tuning_sessions()["tune"]
+    assert cost.repeat_and_select == pytest.approx(
+        tuning.repeat_and_select_epsilon(event, mean=4.0, shape=1.0, delta=1e-5)
+    )  # as before, over the settings drawn, and it says so
+    assert "covers only the settings drawn" in cost.note
+    result = invoke("ledger")
+    assert result.exit_code == 0, result.output
+    assert "tuning session tune" in result.output and "covers only the settings drawn" in result.output
+    (listed,) = json.loads(invoke("ledger", "--json").stdout)
+    assert "covers only the settings drawn" in listed["tuning_sessions"]["tune"]["note"]
+
+
+def test_a_tuning_sweep_stores_the_event_of_every_setting_of_its_grid(monkeypatch):
+    import workbench.sweeps as sweep_module
+    from workbench.engine.plan import make_plan
+    from workbench.engine.prepare import load_splits
+
+    monkeypatch.setattr(sweep_module, "draw_runs", lambda tuning, rng: 1)  # at most one setting drawn
+    store = RunStore()
+    base = RunConfig(**{**TINY, "max_steps": 3}, target_epsilon=None, noise_multiplier=1.0, neighboring="add_remove")
+    sweep_module.create_sweep(
+        base, grid=["noise_multiplier=2.0,0.6"], tuning="geometric", mean_runs=3, name="tune", store=store
+    )
+    train, _ = load_splits(base)
+    expected = [
+        make_plan(base.with_overrides({"noise_multiplier": s}), dataset_size=len(train)).dp_event(3) for s in (2.0, 0.6)
+    ]
+    assert Ledger(store).tuning_candidates() == {"tune": tuple(expected)}
+    assert [e.event.event.noise_multiplier for e in expected] == [2.0, 0.6] and expected[0].count == 3
 
 
 # -- the command line ---------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ delta among the runs (every run's own epsilon stays at its own delta). Runs anal
 neighbouring relations compose for replace_one (``dp_events.common_relation``; an ELS run mixed
 with a replace_one run gives no total, with the reason). A non-private run (noise 0, or seeded
 randomness: noise_seed) makes the total infinite, and the ledger names it.
+
+A tuning session (a sweep in tuning mode) also stores the DP events of every setting it could draw
+(``tuning_candidates``): its RepeatAndSelect bound is over all of them, not only the settings drawn.
 """
 
 from __future__ import annotations
@@ -22,11 +25,18 @@ import json
 import math
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from workbench.privacy.accountants import PrivacyError
-from workbench.privacy.dp_events import common_relation, composed_epsilon, event_from_json, event_to_json
+from workbench.privacy.dp_events import (
+    common_relation,
+    composed_epsilon,
+    event_from_dict,
+    event_from_json,
+    event_to_dict,
+    event_to_json,
+)
 from workbench.store.runs import RunStore
 
 SCHEMA = """
@@ -58,8 +68,21 @@ CREATE TABLE IF NOT EXISTS ledger_forgotten (
     who TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tuning_candidates (
+    session TEXT PRIMARY KEY,
+    events TEXT NOT NULL
+);
 """
-# No foreign key to runs: a row outlives its run.
+# No foreign key to runs: a row outlives its run. ``tuning_candidates``: per tuning session (its sweep's name),
+# the JSON list of the DP events of every setting it could draw (``event_to_dict``), written when the sweep is
+# created; a store from before that table gains it empty, and its sessions say their bound covers only the
+# settings drawn.
+
+DRAWN_ONLY = (
+    "this session was stored before the ledger kept the settings it could draw: its RepeatAndSelect bound covers "
+    "only the settings drawn, and is too small if a setting never drawn (e.g. less noise) costs more; the "
+    "composition of all runs is valid"
+)
 
 _COLUMNS = (
     "run_id",
@@ -168,13 +191,19 @@ class DatasetLedger:
     entries: tuple[LedgerEntry, ...]
     total: Total
     forgotten: tuple[tuple[LedgerEntry, Forgotten], ...] = field(default=())
+    # tuning session -> the events of every setting it could draw (``Ledger.tuning_candidates``)
+    tuning_candidates: dict[str, tuple] = field(default_factory=dict, compare=False)
 
     @property
     def label(self) -> str:
         return f"{self.dataset_name or '?'} · {self.privacy_unit}-level · {self.fingerprint[:12]}"
 
     def tuning_sessions(self) -> dict[str, Any]:
-        """Each tuning session among the runs -> its ``privacy.tuning.TuningCost`` (best of its runs released)."""
+        """Each tuning session among the runs -> its ``privacy.tuning.TuningCost`` (best of its runs released).
+
+        The RepeatAndSelect bound is over every setting the session could draw (its stored candidates, and
+        the events its runs recorded); a session stored without candidates gets the bound over the settings
+        drawn, with the ``DRAWN_ONLY`` note."""
         from workbench.privacy.tuning import tuning_cost
 
         sessions: dict[str, list[LedgerEntry]] = {}
@@ -183,17 +212,27 @@ class DatasetLedger:
                 sessions.setdefault(e.tuning_session, []).append(e)
         out = {}
         for name, rows in sessions.items():
+            events = [e.event for e in rows]
+            stored = self.tuning_candidates.get(name)
+            candidates = None
+            if stored is not None:  # what the session could draw; a run's own event too, should it differ
+                candidates = list({event_to_json(e): e for e in (*stored, *events)}.values())
             try:
-                relation, _ = common_relation([e.neighboring for e in rows], [e.event for e in rows])
-                out[name] = tuning_cost(
-                    [e.event for e in rows],
+                relation, _ = common_relation([e.neighboring for e in rows], events)
+                cost = tuning_cost(
+                    events,
                     delta=max(e.delta for e in rows),
                     neighboring=relation,
                     mean=rows[0].tuning_mean,
                     shape=rows[0].tuning_shape,
+                    candidates=candidates,
                 )
             except PrivacyError as err:
                 out[name] = str(err)
+                continue
+            if stored is None and cost.repeat_and_select is not None:
+                cost = replace(cost, note="; ".join(n for n in (cost.note, DRAWN_ONLY) if n))
+            out[name] = cost
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,6 +326,28 @@ class Ledger:
                     (session, distribution, mean, shape, self.get(run_id).run_id),
                 )
 
+    def set_tuning_candidates(self, session: str, events: Sequence) -> None:
+        """Store the DP events of every setting tuning session ``session`` could draw (before any run; for a
+        sweep command). Events already stored for ``session`` are kept: the bound covers all of them."""
+        with self.store._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT events FROM tuning_candidates WHERE session=?", (session,)).fetchone()
+                kept = [event_from_dict(d) for d in json.loads(row[0])] if row else []
+                union = {event_to_json(e): e for e in (*kept, *events)}
+                text = json.dumps([event_to_dict(e) for e in union.values()])
+                c.execute("INSERT OR REPLACE INTO tuning_candidates (session, events) VALUES (?,?)", (session, text))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def tuning_candidates(self) -> dict[str, tuple]:
+        """Tuning session -> the DP events of every setting it could draw (sessions stored before: absent)."""
+        with self.store._conn() as c:
+            rows = c.execute("SELECT session, events FROM tuning_candidates").fetchall()
+        return {session: tuple(event_from_dict(d) for d in json.loads(text)) for session, text in rows}
+
     def forget(self, run_id: str, reason: str, *, who: str | None = None) -> Forgotten:
         """Take a run out of the totals; who, when and why are kept (the run's row too)."""
         entry = self.get(run_id)
@@ -343,6 +404,7 @@ class Ledger:
         for entry in self.entries(include_forgotten=True):
             if fingerprints is None or entry.fingerprint in fingerprints:
                 groups.setdefault(entry.fingerprint, []).append(entry)
+        candidates = self.tuning_candidates()
         out = []
         for fingerprint, rows in groups.items():
             kept = tuple(e for e in rows if e.run_id not in forgotten)
@@ -350,7 +412,14 @@ class Ledger:
             paths = tuple(dict.fromkeys(e.data_path for e in rows if e.data_path))
             out.append(
                 DatasetLedger(
-                    fingerprint, rows[-1].dataset_name, paths, rows[-1].privacy_unit, kept, compose_entries(kept), gone
+                    fingerprint,
+                    rows[-1].dataset_name,
+                    paths,
+                    rows[-1].privacy_unit,
+                    kept,
+                    compose_entries(kept),
+                    gone,
+                    candidates,
                 )
             )
         return sorted(out, key=lambda d: -max(e.time for e in (*d.entries, *(e for e, _ in d.forgotten))))
