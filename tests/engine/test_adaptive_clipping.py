@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-import dp_accounting
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 from test_dp_step import make_batch, make_model
+from test_engine import pld_epsilon  # the dp_accounting PLD oracle
 from typer.testing import CliRunner
 
 from workbench.cli import app
@@ -46,16 +46,6 @@ FAST = dict(
     model="tiny", batch_size=16, physical_batch_size=16, max_seq_len=32, generate_max_new_tokens=0, eval_max_examples=8
 )
 BLOCKS = [f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.default" for i in range(4)]
-
-
-def pld_epsilon(q, sigma, steps, delta, neighboring) -> float:
-    relation = {
-        "replace_one": dp_accounting.NeighboringRelation.REPLACE_ONE,
-        "add_remove": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-    }[neighboring]
-    acc = dp_accounting.pld.PLDAccountant(neighboring_relation=relation)
-    acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
-    return acc.get_epsilon(delta)
 
 
 def step_events(store: RunStore, run_id: str) -> list:
