@@ -53,6 +53,7 @@ ARMS = {
 def settings(args) -> dict:
     cfg = yaml.safe_load((HERE.parent / "assets" / "demo.yaml").read_text())
     cfg.pop("target_epsilon", None)
+    cfg.pop("response_max_tokens", None)  # the planted secrets are in the reply after the answer line: keep it
     cfg.update(
         model=args.model,
         max_steps=args.steps,

@@ -244,7 +244,7 @@ def test_app_command_presets_the_controls_from_a_config(monkeypatch, tmp_path):
     demo = Path(__file__).resolve().parents[2] / "assets" / "demo.yaml"
     r = invoke("app", "--config", str(demo))
     assert r.exit_code == 0, r.output
-    assert seen["defaults"]["lora_layers"] == 8 and seen["defaults"]["target_epsilon"] == 8.0
+    assert seen["defaults"]["lora_layers"] == 4 and seen["defaults"]["target_epsilon"] == 8.0
     assert seen["host"] == "127.0.0.1"
     r = invoke("app", "--config", str(tmp_path / "missing.yaml"))
     assert r.exit_code == 2 and "does not exist" in r.output and "Traceback" not in r.output
