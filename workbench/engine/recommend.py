@@ -165,7 +165,7 @@ class Recommendation:
         )
 
 
-# The learning rates this project's runs used (assets/demo.yaml: 5e-3 at B = 32; benchmarks/utility.py:
+# The learning rates this project's runs used (assets/demo.yaml: 1e-2 at B = 64; benchmarks/utility.py:
 # 5e-3 at B = 256; benchmarks/methods.py: 2e-2 at B = 64 and 256), all with AdamW on LoRA weights.
 ADAMW_RANGE = (2e-3, 2e-2)
 
