@@ -23,6 +23,25 @@ class ConfigError(ValueError):
     """A configuration a user wrote is not usable; the message says which key and what to do."""
 
 
+# Quantile clip norms (engine/allocation.py): each key's valid range and the message when it is outside.
+_QUANTILE_RULES = {
+    "clip_quantile": (
+        lambda v: 0 < v < 1,
+        "must be strictly between 0 and 1 (the target fraction of units whose module norm is under C_l; "
+        "0 or 1 would drive C_l to 0 or to infinity), e.g. 0.5",
+    ),
+    "clip_quantile_share": (
+        lambda v: 0 < v < 1,
+        "must be strictly between 0 and 1: it splits one noise budget between the counts (share) and the "
+        "gradient (1 - share), and 0 would leave nothing for the counts, 1 nothing for the gradient; e.g. 0.05",
+    ),
+    "clip_quantile_lr": (
+        lambda v: v > 0 and math.isfinite(v),
+        "must be a finite number above 0 (the geometric update rate eta), e.g. 0.2",
+    ),
+}
+
+
 class RunConfig(BaseModel):
     """Everything that defines a DP-LoRA fine-tuning run."""
 
@@ -212,31 +231,12 @@ class RunConfig(BaseModel):
     )
     output_dir: str | None = Field(None, description="Where the adapter goes; default: the run's folder.")
 
-    @field_validator("clip_quantile")
+    @field_validator("clip_quantile", "clip_quantile_share", "clip_quantile_lr")
     @classmethod
-    def _quantile_inside(cls, v: float) -> float:
-        if not 0 < v < 1:
-            raise ValueError(
-                "must be strictly between 0 and 1 (the target fraction of units whose module norm is under C_l; "
-                "0 or 1 would drive C_l to 0 or to infinity), e.g. 0.5"
-            )
-        return v
-
-    @field_validator("clip_quantile_share")
-    @classmethod
-    def _share_inside(cls, v: float) -> float:
-        if not 0 < v < 1:
-            raise ValueError(
-                "must be strictly between 0 and 1: it splits one noise budget between the counts (share) and the "
-                "gradient (1 - share), and 0 would leave nothing for the counts, 1 nothing for the gradient; e.g. 0.05"
-            )
-        return v
-
-    @field_validator("clip_quantile_lr")
-    @classmethod
-    def _lr_positive(cls, v: float) -> float:
-        if not (v > 0 and math.isfinite(v)):
-            raise ValueError("must be a finite number above 0 (the geometric update rate eta), e.g. 0.2")
+    def _quantile_settings(cls, v: float, info) -> float:
+        inside, message = _QUANTILE_RULES[info.field_name]
+        if not inside(v):
+            raise ValueError(message)
         return v
 
     @model_validator(mode="after")
