@@ -82,17 +82,10 @@ def run_gpu_tests(device: str) -> dict:
 def model_config(tiny: bool):
     from transformers import LlamaConfig
 
-    if tiny:
-        return LlamaConfig(
-            vocab_size=512,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-        )
+    from workbench.engine.models import tiny_config
+
+    if tiny:  # the engine's own tiny model (workbench.engine.models), with sequences up to 256
+        return tiny_config(vocab_size=512, max_position_embeddings=256)
     return LlamaConfig(  # TinyLlama-1.1B's shape
         vocab_size=32000,
         hidden_size=2048,

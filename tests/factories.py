@@ -10,6 +10,9 @@ from workbench.store.runs import RunStore
 
 MODULES = [f"base_model.model.model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in ("q", "v")]
 NBINS = len(GRAD_NORM_BIN_EDGES) - 1
+# The run settings most engine tests start from: the tiny model built from a config, a few examples per step,
+# no generations and a short evaluation; a test names only what it changes (``dict(TINY_RUN, max_steps=3)``).
+TINY_RUN = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8)
 
 
 def started(run_id="r1", *, steps=30, target=8.0, t0=1000.0, config=None) -> RunStarted:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+from factories import TINY_RUN
+
 from workbench.config import RunConfig
 from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, RunEnded, RunStarted, StepMetrics
 from workbench.store.runs import RunStore
 from workbench.store.sweeps import SweepStore
 
 NBINS = len(GRAD_NORM_BIN_EDGES) - 1
-TINY = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=16)
+TINY = dict(TINY_RUN, eval_max_examples=16)
 
 
 def synthetic_run(

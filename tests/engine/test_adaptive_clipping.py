@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from factories import TINY_RUN
 from scipy import stats
 from test_dp_step import make_batch, make_model
 from test_engine import pld_epsilon  # the dp_accounting PLD oracle
@@ -42,9 +43,7 @@ from workbench.engine.randomness import RunRandomness
 from workbench.session import Session
 from workbench.store.runs import RunStore
 
-FAST = dict(
-    model="tiny", batch_size=16, physical_batch_size=16, max_seq_len=32, generate_max_new_tokens=0, eval_max_examples=8
-)
+FAST = dict(TINY_RUN, physical_batch_size=16, max_seq_len=32)
 BLOCKS = [f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.default" for i in range(4)]
 
 

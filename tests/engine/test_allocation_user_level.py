@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from factories import TINY_RUN
 from test_dp_step import make_batch, make_model
 
 from workbench import privacy, train
@@ -32,7 +33,7 @@ from workbench.engine.randomness import RunRandomness
 from workbench.session import Session
 from workbench.store.runs import RunStore
 
-FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8)
+FAST = TINY_RUN
 
 
 def test_group_names_join_lora_a_and_b():

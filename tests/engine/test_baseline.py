@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from factories import TINY_RUN
 from typer.testing import CliRunner
 
 import workbench.engine.trainer as trainer_mod
@@ -21,7 +22,7 @@ from workbench.session import Session
 from workbench.store.export import export_run
 from workbench.store.runs import RunStore
 
-FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8)
+FAST = TINY_RUN
 
 
 @pytest.fixture

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories import TINY_RUN
 from scipy import stats
 
 SIGMA, C = 1.3, 0.7
 TIMEOUT = 20  # seconds: the collectives' timeout in the hang test
-FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=4, eval_max_examples=16)
+FAST = dict(TINY_RUN, generate_max_new_tokens=4, eval_max_examples=16)
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:

@@ -10,6 +10,7 @@ from pathlib import Path
 import dp_accounting
 import pytest
 import torch
+from factories import TINY_RUN
 from safetensors.torch import load_file
 
 from workbench import train
@@ -17,7 +18,7 @@ from workbench.config import ConfigError, RunConfig
 from workbench.session import Session
 from workbench.store.runs import RunStore
 
-FAST = dict(model="tiny", batch_size=16, physical_batch_size=8, generate_max_new_tokens=4, eval_max_examples=16)
+FAST = dict(TINY_RUN, generate_max_new_tokens=4, eval_max_examples=16)
 
 
 def pld_epsilon(q, sigma, steps, delta, neighboring="replace_one") -> float:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from factories import TINY_RUN
 from typer.testing import CliRunner
 
 from workbench.cli import app
@@ -156,17 +157,8 @@ def test_a_canary_is_one_clipped_unit_and_stays_out_of_the_telemetry():
 # 40 training examples, batch_size 40: q = 1, so every included canary is in every step; r = 64 on every
 # linear layer (d = 131,072 LoRA parameters), so the directions barely overlap (|<u_i, u_j>| ~ 1/sqrt(d))
 # and, without noise, the included canaries separate from the others almost perfectly.
-AUDIT = dict(
-    model="tiny",
-    physical_batch_size=20,
-    generate_max_new_tokens=0,
-    eval_max_examples=4,
-    max_steps=4,
-    batch_size=40,
-    lora_target_modules="all-linear",
-    lora_r=64,
-    audit="gradient_canaries",
-)
+CANARY_RUN = dict(TINY_RUN, lora_target_modules="all-linear", lora_r=64, eval_max_examples=4)  # both audits
+AUDIT = dict(CANARY_RUN, batch_size=40, physical_batch_size=20, max_steps=4, audit="gradient_canaries")
 
 
 def _write(path: Path, n: int, note: str = "note {i}: please refill my prescription number {j}") -> str:
@@ -337,13 +329,9 @@ def test_audit_command_refuses_unknown_runs_and_runs_without_audit(notes):
 # 100 short training examples, batch_size 100 (q = 1: every included canary is in every step), LoRA r = 64 on
 # every linear layer and lr 0.01: without noise the tiny model memorises the included canaries in ~150 steps.
 MEMO = dict(
-    model="tiny",
-    physical_batch_size=64,
-    generate_max_new_tokens=0,
-    eval_max_examples=4,
+    CANARY_RUN,
     batch_size=100,
-    lora_target_modules="all-linear",
-    lora_r=64,
+    physical_batch_size=64,
     learning_rate=0.01,
     lr_schedule="constant",
     audit="input_canaries",

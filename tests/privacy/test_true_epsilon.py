@@ -11,6 +11,7 @@ from pathlib import Path
 import dp_accounting
 import numpy as np
 import pytest
+from factories import TINY_RUN
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -24,15 +25,7 @@ from workbench.session import Session
 from workbench.store.export import ExportError, export_run
 from workbench.store.runs import RunStore
 
-FAST = dict(
-    model="tiny",
-    batch_size=16,
-    physical_batch_size=8,
-    generate_max_new_tokens=0,
-    eval_max_examples=8,
-    max_steps=3,
-    noise_multiplier=1.0,
-)
+FAST = dict(TINY_RUN, max_steps=3, noise_multiplier=1.0)
 NeighborRel = dp_accounting.NeighboringRelation
 
 

@@ -18,6 +18,7 @@ from dp_accounting import dp_event
 from dp_accounting import privacy_accountant as pa
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+from factories import TINY_RUN
 from typer.testing import CliRunner
 
 from workbench.cli import app as cli_app
@@ -29,9 +30,7 @@ from workbench.store.ledger import Ledger, LedgerError, compose_entries
 from workbench.store.runs import RunStore
 
 RELATION = {"add_remove": pa.NeighboringRelation.ADD_OR_REMOVE_ONE, "replace_one": pa.NeighboringRelation.REPLACE_ONE}
-TINY = dict(
-    model="tiny", max_steps=2, batch_size=16, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8
-)
+TINY = dict(TINY_RUN, max_steps=2)
 
 
 def oracle(events, *, delta: float, neighboring: str) -> float:

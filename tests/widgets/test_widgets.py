@@ -18,6 +18,7 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")  # plotly's FigureWidget needs it
 
 import plotly.graph_objects as go  # noqa: E402
+from factories import TINY_RUN
 
 from workbench.config import RunConfig  # noqa: E402
 from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, RunEnded, RunStarted, StepMetrics  # noqa: E402
@@ -280,17 +281,8 @@ def test_dashboard_rejects_ambiguous_sources(store):
 
 def test_dashboard_trains_the_tiny_model_for_real(store):
     """The whole path: Start -> Session thread -> engine events -> panels (a few seconds on a CPU)."""
-    dash = Dashboard(
-        model="tiny",
-        max_steps=3,
-        batch_size=8,
-        physical_batch_size=8,
-        noise_multiplier=1.0,
-        generate_max_new_tokens=4,
-        eval_max_examples=8,
-        store=store,
-        interval=0.1,
-    )
+    settings = dict(TINY_RUN, max_steps=3, batch_size=8, noise_multiplier=1.0, generate_max_new_tokens=4)
+    dash = Dashboard(**settings, store=store, interval=0.1)
     dash.start_button.click()
     summary = dash.wait(300)
     assert summary["status"] == "finished", summary

@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,22 +147,26 @@ def tiny_tokenizer():
     return fast
 
 
+def tiny_config(*, vocab_size: int = 512, max_position_embeddings: int = 1024, **changes: Any):
+    """The tiny model's shape: a 2-layer Llama with hidden size 64 (``changes``: other LlamaConfig fields)."""
+    from transformers import LlamaConfig
+
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        **shape,
+        **changes,
+    )
+
+
 def tiny_model(*, task: str, vocab_size: int, num_labels: int = 2, pad_token_id: int = 0, seed: int = 0) -> nn.Module:
     """A 2-layer Llama with hidden size 64: trains in milliseconds, same module names as real Llamas."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=pad_token_id,
-        num_labels=num_labels,
-        tie_word_embeddings=True,
-    )
+    cfg = tiny_config(vocab_size=vocab_size, pad_token_id=pad_token_id, num_labels=num_labels)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if task == "classification":

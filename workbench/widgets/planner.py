@@ -199,37 +199,20 @@ class PrivacyPlanner:
         self.steps = sel("steps T", _STEPS, s.steps, lambda v: f"{v:,}", "Number of DP-SGD steps")
         self.delta = sel("δ", _DELTAS, s.delta, lambda v: f"{v:.0e}", "δ of (ε, δ)-DP; keep it well below 1/N")
         self.mode = w.ToggleButtons(options=[NOISE, TARGET], value=s.mode, style={"button_width": "170px"})
-        self.noise_multiplier = w.FloatSlider(
-            value=s.noise_multiplier,
-            min=0.3,
-            max=10.0,
-            step=0.05,
-            description="noise multiplier σ",
-            style=style,
-            layout=wide(),
-            readout_format=".2f",
+
+        def slider(kind, description: str, value: float, readout: str, **bounds):  # bounds: min, max, step (base)
+            return kind(
+                value=value, description=description, style=style, layout=wide(), readout_format=readout, **bounds
+            )
+
+        self.noise_multiplier = slider(
+            w.FloatSlider, "noise multiplier σ", s.noise_multiplier, ".2f", min=0.3, max=10.0, step=0.05
         )
-        self.target_epsilon = w.FloatLogSlider(
-            value=s.target_epsilon,
-            base=10,
-            min=-1,
-            max=2,
-            step=0.02,
-            description="target ε",
-            style=style,
-            layout=wide(),
-            readout_format=".3g",
+        self.target_epsilon = slider(
+            w.FloatLogSlider, "target ε", s.target_epsilon, ".3g", base=10, min=-1, max=2, step=0.02
         )
-        self.max_grad_norm = w.FloatLogSlider(
-            value=s.max_grad_norm,
-            base=10,
-            min=-2,
-            max=2,
-            step=0.05,
-            description="clipping norm C",
-            style=style,
-            layout=wide(),
-            readout_format=".3g",
+        self.max_grad_norm = slider(
+            w.FloatLogSlider, "clipping norm C", s.max_grad_norm, ".3g", base=10, min=-2, max=2, step=0.05
         )
         self.accountants = w.SelectMultiple(
             options=[(accountant_label(a), a) for a in privacy.ACCOUNTANTS],
