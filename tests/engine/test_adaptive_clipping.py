@@ -19,7 +19,7 @@ import pytest
 import torch
 from factories import TINY_RUN
 from scipy import stats
-from test_dp_step import make_batch, make_model
+from test_dp_step import make_batch, per_layer_dp
 from test_engine import pld_epsilon  # the dp_accounting PLD oracle
 from typer.testing import CliRunner
 
@@ -36,7 +36,6 @@ from workbench.engine.allocation import (
 from workbench.engine.clipping import QuantileClipping
 from workbench.engine.distributed import WorkerRandomness
 from workbench.engine.dp_step import DPGradient, noised_counts
-from workbench.engine.grad_sample import PerExampleGrads
 from workbench.engine.losses import per_example_loss
 from workbench.engine.plan import make_plan
 from workbench.engine.randomness import RunRandomness
@@ -256,16 +255,8 @@ def test_data_parallel_counts_are_summed_over_ranks_and_noised_once_on_rank_0():
 def test_gradient_and_counts_together_move_by_at_most_one_over_sigma_on_neighbours():
     """One extra example: the release rescaled (block l by 1/(sigma_l C_l), counts by 1/sigma_b) moves by at
     most sqrt(sum_l sigma_l^-2 + z_b^-2) = 1/sigma, with the counts' part exactly sqrt(L)/2 / sigma_b."""
-    model = make_model("causal_lm")
-    hooks = PerExampleGrads(model)
-    dp = DPGradient(
-        hooks.trainable_parameters(),
-        max_grad_norm=1.0,
-        noise_multiplier=1.0,
-        noise=RunRandomness.seeded(0).noise(),
-        clipping="per_layer",
-        counts=True,
-    )
+    hooks, dp = per_layer_dp(counts=True)
+    model = hooks.model
     groups = list(dp.groups)
     sigma_grad, z_b = split_budget(1.0, 0.3)
     weights = {g: float(i + 1) ** 2 for i, g in enumerate(groups)}

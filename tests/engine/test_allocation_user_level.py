@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from factories import TINY_RUN
-from test_dp_step import make_batch, make_model
+from test_dp_step import make_batch, make_model, per_layer_dp
 
 from workbench import privacy, train
 from workbench.config import ConfigError, RunConfig
@@ -145,15 +145,8 @@ def _neighbours(extra_lengths):
 
 def test_per_layer_clipping_bounds_the_rescaled_sensitivity():
     """Blocks rescaled by 1/(sigma_l C_l): one extra example moves the release by <= 1/sigma_eff."""
-    model = make_model("causal_lm")
-    hooks = PerExampleGrads(model)
-    dp = DPGradient(
-        hooks.trainable_parameters(),
-        max_grad_norm=1.0,
-        noise_multiplier=1.0,
-        noise=RunRandomness.seeded(0).noise(),
-        clipping="per_layer",
-    )
+    hooks, dp = per_layer_dp()
+    model = hooks.model
     groups = list(dp.groups)
     weights = {g: float(i + 1) ** 2 for i, g in enumerate(groups)}
     alloc = Allocation(

@@ -37,6 +37,15 @@ def make_model(task: str, *, seed: int = 0, targets: str = "auto"):
     return model
 
 
+def per_layer_dp(**changes) -> tuple[PerExampleGrads, DPGradient]:
+    """The causal tiny model's hooks and a per-layer-clipping DPGradient over them (C = 1, sigma = 1, seeded
+    noise: a test's own oracle); ``changes``: other DPGradient settings."""
+    hooks = PerExampleGrads(make_model("causal_lm"))
+    noise = RunRandomness.seeded(0).noise()
+    settings = dict(max_grad_norm=1.0, noise_multiplier=1.0, noise=noise, clipping="per_layer", **changes)
+    return hooks, DPGradient(hooks.trainable_parameters(), **settings)
+
+
 def make_batch(task: str, lengths: list[int], *, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     t = max(lengths) if lengths else 0
