@@ -82,15 +82,23 @@ def _base_settings(args) -> dict:
     )
 
 
-def untuned(cfg: RunConfig) -> dict:
-    """The untuned model's validation metrics, and how many held-out examples the accuracy is over."""
+def untuned(cfg: RunConfig, store: RunStore) -> dict:
+    """The untuned model's validation metrics and how many held-out examples the accuracy is over: the trainer's
+    own step-0 baseline (engine/baseline.py), read from the store's cache when this model and data were measured."""
+    from workbench.engine.baseline import CACHE_FILE
     from workbench.engine.randomness import RunRandomness
 
     prepared = prepare(cfg)
     trainer = Trainer(
-        prepared, run_id="untuned", emit=lambda e: None, run_dir=Path("/tmp"), randomness=RunRandomness.secret()
+        prepared,
+        run_id="untuned",
+        emit=lambda e: None,
+        run_dir=Path("/tmp"),
+        randomness=RunRandomness.secret(),
+        baseline_cache=store.home / CACHE_FILE,
     )
-    out = dict(trainer.evaluation().__dict__)
+    trainer.baseline_evaluation()
+    out = dict(trainer.baseline)
     n = min(len(prepared.val_tok), cfg.eval_max_examples)
     out["eval_messages"] = sum(g is not None for g in trainer.gold[:n]) if trainer.gold else n
     return out
@@ -104,7 +112,7 @@ def run(args) -> dict:
     out["untuned"] = {
         k: v
         for k, v in untuned(
-            RunConfig(**{**base, "noise_multiplier": 0, "max_grad_norm": None, "target_epsilon": None})
+            RunConfig(**{**base, "noise_multiplier": 0, "max_grad_norm": None, "target_epsilon": None}), store
         ).items()
         if k in ("val_loss", "accuracy", "eval_messages")
     }
