@@ -97,6 +97,7 @@ SLOW_TESTS = {
     "test_els_caps_users_and_reports_user_level_epsilon",
     "test_els_epsilon_is_dp_accountings_mixture_pld_and_a_run_tracks_it_cheaply",
     "test_engine_trains_without_gradio",
+    "test_every_surface_shows_quickly_finished_runs_stored_epsilon",
     "test_every_candidate_stays_within_the_target_by_dp_accounting",
     "test_exposure_on_the_demo_is_in_the_audit_section_and_its_scores_are_exact",
     "test_gpu_check_data_parallel_path_on_two_cpu_ranks",

@@ -592,8 +592,8 @@ def runs_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
 def _print_run(r) -> None:
     s = r.summary or {}
-    eps = s.get("epsilon")
-    eps_t = "-" if eps is None else ("inf" if eps == "inf" else f"{float(eps):.3g}")
+    eps = r.final_epsilon  # the summary's stored value, as every surface shows it
+    eps_t = "-" if eps is None else ("inf" if math.isinf(eps) else f"{eps:.3g}")
     vl = s.get("val_loss")
     acc = s.get("accuracy")
     typer.echo(

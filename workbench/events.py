@@ -21,6 +21,7 @@ __all__ = [
     "GRAD_NORM_BIN_EDGES",
     "GRAD_NORM_LOG_BIN_EDGES",
     "jsonable",
+    "stored_epsilon",
 ]
 
 # Fixed bins for per-example gradient-norm histograms, in units of the clipping norm C
@@ -163,6 +164,19 @@ class RunEnded(Event):
     status: str
     reason: str
     summary: dict[str, Any]
+
+
+def stored_epsilon(summary: dict[str, Any] | None) -> float | None:
+    """The epsilon an ended run's summary stores ('inf' read as inf; None when it stores none). It is the one value
+    every surface shows for an ended run: read it, never recompute it (a stopped run may store another epsilon
+    than its last step's)."""
+    value = (summary or {}).get("epsilon")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 _KINDS: dict[str, type[Event]] = {c.kind: c for c in (RunStarted, StepMetrics, EvalMetrics, RunEnded)}

@@ -192,7 +192,8 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
     from workbench.present import accountant_label, fmt_eps, progress
     from workbench.present.diagnostics import baseline_text, untuned_eval
 
-    p = progress(view.started, view.latest_step, now)
+    final = view.final_epsilon if view.ended is not None else None  # an ended run: its summary's epsilon
+    p = progress(view.started, view.latest_step, now, final_epsilon=final)
     name = f" ({html.escape(view.name)})" if view.name else ""
     model = html.escape(str(view.config.get("model", ""))) if view.config else ""
     title = f'<div class="wb-title">Run <b>{html.escape(view.run_id)}</b>{name} {badge(status)}'

@@ -16,8 +16,11 @@ from workbench.present import runs_table
 
 
 def list_runs(ctx: AppContext) -> dict[str, Any]:
-    """The runs table as Gradio's Dataframe value (headers + data)."""
-    table = runs_table(ctx.runs(), views=ctx.views.cached())
+    """The runs table as Gradio's Dataframe value (headers + data). An ended run's epsilon is its summary's; a
+    run without one (running, or killed) has its view brought up to date first (one read earlier may stop mid-run)."""
+    records = ctx.runs()
+    views = {rec.id: ctx.views.get(rec.id) for rec in records if rec.final_epsilon is None and rec.status != "queued"}
+    table = runs_table(records, views={**ctx.views.cached(), **views})
     return {"headers": table.headers, "data": table.rows}
 
 

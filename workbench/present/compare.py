@@ -136,8 +136,10 @@ def settings_diff_table(configs: Mapping[str, Mapping[str, Any]], *, ignore: fro
 def runs_table(records: Sequence[Any], *, views: Mapping[str, RunView] | None = None) -> Table:
     """Every stored run: id, name, status, model, epsilon, metric, steps, created.
 
-    ``records`` are ``RunRecord``s (or anything with id, name, status, config, summary, created);
-    epsilon and metric come from the run's summary, or from its live ``views`` entry while running.
+    ``records`` are ``RunRecord``s (or anything with id, name, status, config, summary, created, final_epsilon);
+    an ended run's epsilon is the one its summary stores (``RunRecord.final_epsilon``), never a view's, which may
+    have been read mid-run; a run without one (running, or killed) shows its last step's, marked "so far".
+    The metric comes from the run's summary, or from its live ``views`` entry while running.
     """
     import time
 
@@ -145,9 +147,9 @@ def runs_table(records: Sequence[Any], *, views: Mapping[str, RunView] | None = 
     for rec in records:
         summary = rec.summary or {}
         view = (views or {}).get(rec.id)
-        eps = summary.get("epsilon")
-        if view is not None and view.final_epsilon is not None:
-            eps = view.final_epsilon
+        eps, so_far = rec.final_epsilon, False
+        if eps is None and view is not None and view.latest_step is not None:
+            eps, so_far = view.latest_step.epsilon, True
         metric = ""
         if summary.get("accuracy") is not None:
             metric = f"accuracy {summary['accuracy']:.3f}"
@@ -156,7 +158,7 @@ def runs_table(records: Sequence[Any], *, views: Mapping[str, RunView] | None = 
         elif view is not None and view.metric() is not None:
             name, value = view.metric()
             metric = f"{name} {value:.3f}"
-        eps_text = fmt_eps(_as_float(eps)) if eps is not None else "–"
+        eps_text = (fmt_eps(_as_float(eps)) + (" so far" if so_far else "")) if eps is not None else "–"
         steps = summary.get("steps", len(view.steps) if view is not None else None)
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec.created))
         rows.append(

@@ -9,8 +9,11 @@ from workbench.events import RunStarted, StepMetrics
 from workbench.present.series import fmt_duration, fmt_eps
 
 
-def progress(run_started: RunStarted | None, last_step: StepMetrics | None, now: float) -> dict[str, Any]:
-    """Where a run stands at time ``now`` (seconds since the epoch).
+def progress(
+    run_started: RunStarted | None, last_step: StepMetrics | None, now: float, *, final_epsilon: float | None = None
+) -> dict[str, Any]:
+    """Where a run stands at time ``now`` (seconds since the epoch); ``final_epsilon``: an ended run's stored epsilon
+    (``RunView.final_epsilon``), shown instead of the last step's.
 
     Returns ``step``, ``planned_steps``, ``fraction`` (0..1), ``elapsed`` and ``eta`` in seconds
     (``eta`` None until a step has been timed), ``epsilon`` (None before the first step, inf when
@@ -41,7 +44,7 @@ def progress(run_started: RunStarted | None, last_step: StepMetrics | None, now:
     if last_step is not None and step > 0:
         per_step = max(1e-9, last_step.time - run_started.time) / step
         eta = max(0.0, (planned - step) * per_step - max(0.0, now - last_step.time))
-    epsilon = last_step.epsilon if last_step is not None else None
+    epsilon = final_epsilon if final_epsilon is not None else (last_step.epsilon if last_step is not None else None)
     fraction = min(1.0, step / planned)
     text = f"step {step} / {planned} ({fraction:.0%}) · elapsed {fmt_duration(elapsed)} · ETA {fmt_duration(eta)}"
     if epsilon is not None:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
+from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics, stored_epsilon
 
 
 @dataclass
@@ -94,11 +94,13 @@ class RunView:
 
     @property
     def final_epsilon(self) -> float | None:
-        """Epsilon spent after the last step (inf for a non-private run, None before any step)."""
+        """An ended run's epsilon as its summary stores it (``events.stored_epsilon``, the value every surface
+        shows); before the end, the epsilon after the last step so far (inf for a non-private run, None before
+        any step)."""
+        if self.ended is not None and stored_epsilon(self.ended.summary) is not None:
+            return stored_epsilon(self.ended.summary)
         if self.latest_step is not None:
             return self.latest_step.epsilon
-        if self.ended is not None and self.ended.summary.get("epsilon") is not None:
-            return float(self.ended.summary["epsilon"])
         return None
 
     @property

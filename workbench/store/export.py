@@ -104,6 +104,7 @@ STEP_COLUMNS = (
     "effective_noise_multiplier",
     "nonfinite",
     "audit_epsilon_lower_bound",
+    "audit_interim",
     "grad_norm_hist",
 )
 EVAL_COLUMNS = ("step", "epsilon", "tokens_seen", "wall_time", "val_loss", "perplexity", "accuracy")
@@ -174,7 +175,8 @@ def run_tables(store: RunStore, run_id: str, *, label: str | None = None, sweep:
     for key, column in RESOLVED:
         run_row[column] = getattr(started, key, None) if started is not None else summary.get(key)
     last_eval = evals[-1] if evals else {}
-    run_row["epsilon"] = steps[-1]["epsilon"] if steps else summary.get("epsilon")
+    final = rec.final_epsilon  # an ended run's stored value (what every surface shows), else the last step's
+    run_row["epsilon"] = final if final is not None else (steps[-1]["epsilon"] if steps else None)
     run_row["steps"] = steps[-1]["step"] if steps else summary.get("steps", 0)
     for key in ("val_loss", "perplexity", "accuracy"):
         run_row[key] = last_eval.get(key, summary.get(key))

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics, event_from_dict
+from workbench.events import (
+    EvalMetrics,
+    Event,
+    RunEnded,
+    RunStarted,
+    StepMetrics,
+    event_from_dict,
+    stored_epsilon,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -75,6 +83,12 @@ class RunRecord:
     reason: str | None
     config: dict[str, Any]
     summary: dict[str, Any] | None
+
+    @property
+    def final_epsilon(self) -> float | None:
+        """The epsilon the run's summary stores once it ended (inf when non-private); None while it runs or when it
+        ended without a summary (killed). Every surface shows this value for an ended run, never a step event's."""
+        return None if self.status in ACTIVE else stored_epsilon(self.summary)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -283,7 +283,8 @@ class Dashboard:
             f"<b>DP Workbench run</b> <code>{html.escape(self.run_id or '(not started)')}</code>{name}"
             + (f" · model <code>{html.escape(str(model))}</code>" if model else "")
         )
-        info = progress(view.started, view.latest_step, time.time())
+        final = view.final_epsilon if view.ended is not None else None  # an ended run: its summary's epsilon
+        info = progress(view.started, view.latest_step, time.time(), final_epsilon=final)
         self.progress_bar.value = info["fraction"]
         self.progress_bar.bar_style = {"finished": "success", "failed": "danger", "stopped": "warning"}.get(
             status, "info"
