@@ -231,6 +231,33 @@ def test_tuning_mode_draws_with_secret_randomness_and_records_the_session_in_the
     assert pending(sweeps, sweeps.get("tune")) == []
 
 
+def test_tuning_runs_train_on_one_split_and_draw_their_seeds_from_the_secret_stream(monkeypatch):
+    """RepeatAndSelect assumes every draw trains on the same data: the split's salt is the session's (a seed of
+    base + i salted each run's split differently: 1098, 1212, 1154, 1197, 1173 training examples for seeds 0-4 of
+    the demo). Each run's own seed comes from the secret stream, so it does not number the runs."""
+    import workbench.sweeps as sweep_module
+    from workbench.engine.prepare import load_splits
+    from workbench.sweeps import member_config
+
+    monkeypatch.setattr(sweep_module, "draw_runs", lambda tuning, rng: 5)
+    store = RunStore()
+    base = BASE.with_overrides({"seed": 3})
+    sessions = [
+        create_sweep(base, grid=["lora_r=2,4"], tuning="geometric", mean_runs=3, name=name, store=store)
+        for name in ("one", "two")
+    ]
+    configs = [member_config(rec, m) for rec in sessions for m in rec.members]
+
+    def training_set(cfg):
+        return tuple(sorted(json.dumps([r.messages, r.text, r.label]) for r in load_splits(cfg)[0].records))
+
+    assert {training_set(c) for c in configs} == {training_set(base)}  # one training set: the base config's
+    seeds = [[member_config(rec, m).seed for m in rec.members] for rec in sessions]
+    assert all(len(set(s)) == 5 for s in seeds) and seeds[0] != seeds[1]
+    assert all(s != list(range(3, 8)) for s in seeds)  # not base + i
+    assert {c.split_salt for c in configs} == {3}
+
+
 def test_tuning_settings_are_checked():
     with pytest.raises(SweepError, match="needs --mean-runs"):
         tuning_of("poisson", None)
@@ -285,9 +312,11 @@ def test_cli_runs_lists_and_resumes_a_sweep(tmp_path):
     dry = runner.invoke(app, ["sweep", "-c", str(cfg), "--grid", "lora_r=2,4", "--seeds", "2", "--dry-run"])
     assert dry.exit_code == 0 and dry.output.split() == ["r2-s0", "r2-s1", "r4-s0", "r4-s1"]
     sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text("lora_r: [2, 4]\nlora_dropout: [0, 0.1]\n")
+    sweep_file.write_text("lora_r: [2, 4]\nlora_alpha: [8, 16]\n")
     dry = runner.invoke(app, ["sweep", "-c", str(cfg), "--grid-file", str(sweep_file), "--dry-run"])
-    assert dry.exit_code == 0 and dry.output.split() == ["r2-drop0", "r2-drop0.1", "r4-drop0", "r4-drop0.1"], dry.output
+    assert dry.exit_code == 0 and dry.output.split() == ["r2-alpha8", "r2-alpha16", "r4-alpha8", "r4-alpha16"], (
+        dry.output
+    )
     assert SweepStore(RunStore()).list() == []  # a dry run stores nothing
     result = runner.invoke(app, ["sweep", "-c", str(cfg), "--grid", "lora_r=2,4", "--name", "cli", "--json"])
     assert result.exit_code == 0, result.output

@@ -214,6 +214,11 @@ class RunConfig(BaseModel):
         description="Seeds only what may be public: LoRA and head initialisation, dropout, the demo data, the "
         "validation split's salt. Poisson sampling and noise come from a fresh secret key from the OS every run.",
     )
+    split_seed: int | None = Field(
+        None,
+        description="Salt of which units the validation split holds out and which examples each user keeps (public, "
+        "like seed); default: seed. Tuning mode holds it fixed, so every run it draws trains on the same data.",
+    )
     noise_seed: int | None = Field(
         None,
         description="Seed the Poisson sampling and the noise instead of a secret key: reproducible for teaching and "
@@ -271,6 +276,13 @@ class RunConfig(BaseModel):
             raise ValueError(f"labels needs at least two classes. Found {self.labels}")
         if self.physical_batch_size > 4096:
             raise ValueError("physical_batch_size above 4096 is not supported")
+        if self.lora_dropout > 0 and self.is_private:
+            raise ValueError(
+                f"lora_dropout={self.lora_dropout:g} is refused for a private run: dropout masks come from a public, "
+                "seeded generator in batch order, so one unit's clipped gradient would depend on which other units "
+                "were sampled and the clipping bound would not hold. Set lora_dropout=0 (noise_multiplier=0, the "
+                "non-private baseline, may keep it)"
+            )
         return self
 
     def _check_quantile(self) -> None:
@@ -296,6 +308,11 @@ class RunConfig(BaseModel):
     @property
     def is_private(self) -> bool:
         return not (self.noise_multiplier == 0)
+
+    @property
+    def split_salt(self) -> int:
+        """The salt of the validation split and the per-user cap: split_seed, else seed."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def default_delta(self, *, dataset_size: int) -> float:
         """A delta comfortably below 1/N: the largest power of ten not above 1/(10 N), at most 1e-5."""

@@ -297,6 +297,17 @@ def draw_runs(tuning: Tuning, rng=None) -> int:
     raise SweepError("could not draw a positive number of runs; use a larger --mean-runs.")
 
 
+def _tuning_seeds(rng, k: int) -> list[int]:
+    """``k`` distinct seeds for the runs of a tuning session, from its secret stream (a seed of base + i would
+    number the runs, and the number drawn is part of what the RepeatAndSelect bound keeps secret)."""
+    seeds: list[int] = []
+    while len(seeds) < k:
+        seed = int(rng.integers(2**31))
+        if seed not in seeds:
+            seeds.append(seed)
+    return seeds
+
+
 # -- planning --------------------------------------------------------------------------------------
 
 
@@ -362,9 +373,12 @@ def create_sweep(
         k = draw_runs(plan_tuning, rng)
         keys = [key for key, _ in pairs]
         members = []
+        seeds_i = _tuning_seeds(rng, k)
         for i in range(k):
             label, overrides_i = combos[int(rng.integers(len(combos)))]
-            overrides_i = {**overrides_i, "seed": base.seed + i}
+            # the split's salt stays the session's, so every draw trains on the same units (RepeatAndSelect's
+            # assumption); each run's own seed (initialisation, dropout) comes from the secret stream, not base + i
+            overrides_i = {**overrides_i, "split_seed": base.split_salt, "seed": seeds_i[i]}
             members.append((f"t{i + 1:02d}" + (f"-{label}" if keys else ""), overrides_i))
         tuning_record = {**plan_tuning.to_dict(), "runs": k}
     else:
@@ -462,6 +476,7 @@ _DATA_KEYS = (
     "validation_data",
     "validation_fraction",
     "seed",
+    "split_seed",
     "labels",
     "privacy_unit",
     "max_examples_per_user",

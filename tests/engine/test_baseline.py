@@ -142,3 +142,51 @@ def test_a_stopped_runs_last_evaluation_skips_the_generations(monkeypatch):
     assert [e.step for e in evals] == [1, 1] and evals[0].generations and evals[1].generations == []
     assert generated == [2]  # nothing generated after the Stop
     assert summary["val_loss"] is not None and "baseline" not in summary  # baseline_eval=False: no step 0
+
+
+@pytest.fixture
+def hub_like(monkeypatch):
+    """The tiny model as a hub checkpoint comes: ``from_pretrained`` returns it in eval mode (the tiny model is built
+    in code, in train mode), so whatever the trainer leaves the mode in shows."""
+    real = trainer_mod.prepare
+
+    def prepare(config):
+        prepared = real(config)
+        prepared.model.eval()
+        return prepared
+
+    monkeypatch.setattr(trainer_mod, "prepare", prepare)
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_the_training_mode_is_the_same_whether_the_baseline_was_measured_or_cached(private, monkeypatch, hub_like):
+    """A cached baseline skips the evaluation that left the model in train mode: the trainer sets the mode itself
+    before step 1, the same on a cache hit and a miss (a private run without dropout, a non-private one with it),
+    and an evaluation between steps leaves it as it was."""
+    modes: list[bool] = []
+    real = trainer_mod.Trainer.train_step
+
+    def spying(self, step):
+        modes.append(self.p.model.training)
+        return real(self, step)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", spying)
+    noise = {"noise_multiplier": 1.0} if private else {"noise_multiplier": 0.0, "lora_dropout": 0.1}
+    cfg = RunConfig(**FAST, max_steps=2, eval_every=1, **noise)
+    store = RunStore()
+    summaries = [Session(cfg, store=store).run() for _ in range(2)]
+    assert [s["baseline"]["cached"] for s in summaries] == [False, True]  # a miss, then a hit
+    assert modes == [not private] * 4
+
+
+def test_a_replay_after_a_cache_hit_is_bit_identical(hub_like):
+    """The run measured the baseline (a miss); its replay reads it from the cache (a hit) and must train the same
+    model: with LoRA dropout (a non-private run may keep it) the mode decides every mask."""
+    cfg = RunConfig(**FAST, max_steps=3, noise_multiplier=0.0, lora_dropout=0.3)
+    store = RunStore()
+    session = Session(cfg, store=store)
+    assert session.run()["baseline"]["cached"] is False
+    replay = CliRunner().invoke(app, ["runs", "replay", session.run_id, "--json"])
+    assert replay.exit_code == 0, replay.output
+    assert json.loads(replay.stdout[replay.stdout.index("{") :])["identical_adapter"] is True
+    assert sorted(r.summary["baseline"]["cached"] for r in store.list()) == [False, True]

@@ -208,3 +208,42 @@ def test_exported_adapter_names_a_portable_base_model_not_a_cache_path(tmp_path)
     assert "| base model | tiny" in (adapter / "README.md").read_text()
     assert base_model_name("default") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert ".cache" not in base_model_name("default")
+
+
+def _unit_gradient(prepared, batch_indices, *, seed: int) -> torch.Tensor:
+    """Unit ``batch_indices[0]``'s gradient of the LoRA weights, computed in a batch with the others (a fixed seed:
+    the masks the public generator would draw)."""
+    from workbench.engine import data as data_mod
+    from workbench.engine.losses import per_example_loss
+
+    model = prepared.model
+    model.zero_grad(set_to_none=True)
+    batch = data_mod.collate([prepared.train_tok[i] for i in batch_indices], pad_id=prepared.tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    loss, _ = per_example_loss(model, batch, task=prepared.task)
+    loss[0].backward()
+    return torch.cat([p.grad.reshape(-1) for n, p in model.named_parameters() if "lora_" in n and p.grad is not None])
+
+
+def test_lora_dropout_is_refused_under_dp_for_its_masks_couple_the_units():
+    """With dropout, one unit's gradient depends on which other units share its batch (the masks come from one
+    public generator in batch order), so the clipping bound does not cover what adding a unit changes. A private
+    run refuses lora_dropout > 0 with one message and trains without dropout; a non-private one keeps it."""
+    from workbench.engine.prepare import prepare
+
+    prepared = prepare(RunConfig(**FAST, noise_multiplier=0.0, lora_dropout=0.5, max_steps=1))
+    with torch.no_grad():  # LoRA's B starts at zero: give it weights, so the dropped inputs reach the gradient of A
+        for name, p in prepared.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    prepared.model.train()
+    with_1, with_2 = _unit_gradient(prepared, [0, 1], seed=0), _unit_gradient(prepared, [0, 2], seed=0)
+    assert (with_1 - with_2).norm() / with_1.norm() > 0.05  # the attack: unit 0's gradient moves with its company
+    prepared.model.eval()  # how a private run trains (Trainer.set_training_mode)
+    alone_1, alone_2 = _unit_gradient(prepared, [0, 1], seed=0), _unit_gradient(prepared, [0, 2], seed=0)
+    assert torch.allclose(alone_1, alone_2, rtol=1e-4, atol=1e-7)
+    for private in ({"target_epsilon": 8.0}, {"noise_multiplier": 1.0}):
+        with pytest.raises(ConfigError) as err:
+            RunConfig.from_dict({**FAST, "lora_dropout": 0.1, **private})
+        assert str(err.value).count("lora_dropout=0.1 is refused for a private run") == 1, str(err.value)
+    assert RunConfig(**FAST, noise_multiplier=0.0, lora_dropout=0.1).lora_dropout == 0.1

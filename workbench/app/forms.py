@@ -420,5 +420,5 @@ def check_start(config: RunConfig) -> PlanResult:
     check_model(config.model)
     if config.validation_data:
         dataset_info(config.validation_data)
-    info = dataset_info(config.data, validation_fraction=config.validation_fraction, seed=config.seed)
+    info = dataset_info(config.data, validation_fraction=config.validation_fraction, seed=config.split_salt)
     return compute_plan(config, dataset_size=info.n_train, num_users=info.n_users, curves=False)

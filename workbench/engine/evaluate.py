@@ -54,7 +54,8 @@ def evaluate(
     gold: list[int | None],
     autocast,
 ) -> dict:
-    """Mean validation loss, perplexity and accuracy over ``examples``."""
+    """Mean validation loss, perplexity and accuracy over ``examples``; the model's mode is restored after."""
+    was_training = model.training
     model.eval()
     losses, correct, counted = [], 0, 0
     for start in range(0, len(examples), batch_size):
@@ -69,7 +70,7 @@ def evaluate(
         elif choices is not None:
             c, n = _choice_hits(logits, batch, chunk, choices, gold[start : start + batch_size])
             correct, counted = correct + c, counted + n
-    model.train()
+    model.train(was_training)
     val_loss = float(torch.cat(losses).mean()) if losses else math.nan
     return {
         "val_loss": val_loss,
@@ -101,6 +102,7 @@ def generate_samples(model, tokenizer, prompts, *, device: torch.device, max_new
     """Greedy generations for a few fixed prompts (chat messages), for the dashboards."""
     if max_new_tokens <= 0 or not prompts:
         return []
+    was_training = model.training
     model.eval()
     out = []
     for messages in prompts:
@@ -116,5 +118,5 @@ def generate_samples(model, tokenizer, prompts, *, device: torch.device, max_new
             )
         reply = tokenizer.decode(out_ids[0, ids.shape[1] :], skip_special_tokens=True)
         out.append({"prompt": messages[-1]["content"], "output": reply.strip()})
-    model.train()
+    model.train(was_training)
     return out

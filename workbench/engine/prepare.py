@@ -72,7 +72,7 @@ def prepare(config: RunConfig) -> Prepared:
             train_tok,
             k=config.max_examples_per_user,
             how=config.user_example_selection,
-            seed=config.seed,
+            seed=config.split_salt,
             name=train.name,
         )
         num_users = len({ex.user_id for ex in train_tok})
@@ -111,7 +111,7 @@ def load_splits(
         val = data_mod.load_dataset(config.validation_data, columns=columns)
         train = ds
     else:
-        train, val = data_mod.split_validation(ds, fraction=config.validation_fraction, seed=config.seed)
+        train, val = data_mod.split_validation(ds, fraction=config.validation_fraction, seed=config.split_salt)
     if config.labels is not None:
         train, _ = data_mod.apply_labels(train, config.labels)
         val, _ = data_mod.apply_labels(val, config.labels)

@@ -263,6 +263,7 @@ class Trainer:
             baseline = self.baseline_evaluation() if cfg.baseline_eval else None
             if baseline is not None:
                 self.emit(baseline)
+        self.set_training_mode()  # explicitly: a cached baseline skips the evaluation that used to leave it
         every = cfg.eval_every or max(1, plan.steps // 5)
         status, reason = "finished", f"completed {plan.steps} planned steps"
         try:
@@ -282,6 +283,13 @@ class Trainer:
         if main and (status == "finished" or self.step > 0):
             self.emit(self.evaluation(generate=status != "stopped"))  # after a Stop: no generations, seconds
         return status, reason
+
+    def set_training_mode(self) -> None:
+        """The model's mode for every step, whatever ran before (a measured or a cached baseline, an evaluation):
+        a private run trains in eval mode, without dropout (its masks would come from the public, seeded generator
+        in batch order, so one unit's clipped gradient would depend on which others were sampled; lora_dropout > 0
+        is refused by the config); a non-private run trains with the model's dropout."""
+        self.p.model.train(not self.p.plan.private)
 
     def _stop_within_step(self) -> bool:
         # Data-parallel: a rank leaving mid-step would leave the others waiting in the all-reduce, so a stop
