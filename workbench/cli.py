@@ -681,6 +681,7 @@ def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
             if cfg.noise_seed is not None
             else RunRandomness.load(store.run_dir(rec.id), run_id=rec.id)
         )
+        _replay_data_check(store, rec.id, cfg)  # the same key on other data cancels the noise: refused
     except (ConfigError, ReplayError) as err:
         _fail(str(err))
     done = (rec.summary or {}).get("steps")
@@ -691,6 +692,7 @@ def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
         subscribers=(_Progress(),),
         stop_after=done if rec.status == "stopped" else None,
         name=f"replay of {rec.id}",
+        replay_of=rec.id,
     )
     summary = session.run()
     if summary.get("status") == "failed":
@@ -706,6 +708,20 @@ def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
             None: "not compared (the original has no adapter)",
         }[same]
         typer.echo(f"replayed {rec.id} as {session.run_id}: adapter {verdict}")
+
+
+def _replay_data_check(store, run_id: str, cfg: RunConfig) -> None:
+    """ReplayError unless ``cfg``'s data holds exactly the records run ``run_id`` trained on (store/ledger.py)."""
+    from workbench.engine.fingerprint import dataset_fingerprint
+    from workbench.engine.prepare import load_source
+    from workbench.engine.randomness import ReplayError
+    from workbench.store.ledger import Ledger
+
+    try:
+        digest = dataset_fingerprint(load_source(cfg), privacy_unit=cfg.privacy_unit)
+    except _user_errors() as err:
+        raise ReplayError(f"run {run_id}'s data cannot be read for its replay: {err}") from None
+    Ledger(store).check_replay(run_id, digest, data=cfg.data)
 
 
 def _same_adapter(first: str | None, second: str | None) -> bool | None:
@@ -780,15 +796,16 @@ def ledger_cmd(
             f"forgot {entry.run_id} ({record.who}): {record.reason}"
         )
         return
-    fingerprints = None
-    if data_path is not None:
-        fingerprints = _data_fingerprints(data_path, column)
-    datasets = ledger.datasets(fingerprints)
-    if data_path is not None and not datasets:
-        _fail(
-            f"{data_path}: never trained on: no run in the ledger used this data (fingerprint "
-            f"{fingerprints[0][:12]} as examples, {fingerprints[1][:12]} as users)."
-        )
+    if data_path is None:
+        datasets = ledger.datasets()
+    else:
+        fingerprints, touching = _data_fingerprints(ledger, data_path, column)
+        datasets = ledger.datasets(fingerprints, touching=touching)
+        if not datasets:
+            _fail(
+                f"{data_path}: never trained on: no run in the ledger trained on any of its "
+                f"{len(touching.examples)} examples or {len(touching.users)} users."
+            )
     _print_list(
         datasets,
         as_json,
@@ -798,17 +815,20 @@ def ledger_cmd(
     )
 
 
-def _data_fingerprints(path: str, column: list[str]) -> list[str]:
-    """The fingerprints of ``path`` as example-level and as user-level data (the ledger keys)."""
+def _data_fingerprints(ledger, path: str, column: list[str]):
+    """(the exact-records fingerprints of ``path`` as example-level and user-level data, which rows stored before
+    units were kept are found by; its units as the ledger keys them, which every newer row is found by)."""
     _quiet_libraries()
     from workbench.engine.data import load_dataset
-    from workbench.engine.fingerprint import dataset_fingerprint
+    from workbench.engine.fingerprint import dataset_fingerprint, unit_identities
+    from workbench.store.ledger_units import UnitKeyError
 
     try:
         ds = load_dataset(path, columns=dict(_split_kv(c) for c in column) or None)
-    except _user_errors() as err:
+        touching = ledger.data_units(unit_identities(ds))
+    except (*_user_errors(), UnitKeyError) as err:
         _fail(str(err))
-    return [dataset_fingerprint(ds, privacy_unit=unit) for unit in ("example", "user")]
+    return [dataset_fingerprint(ds, privacy_unit=unit) for unit in ("example", "user")], touching
 
 
 def _sessions_json(d) -> dict:
@@ -819,10 +839,12 @@ def _sessions_json(d) -> dict:
 
 
 def _print_dataset(d, path_given: str | None) -> None:
-    from workbench.present.ledger import dataset_title, forgotten_lines, ledger_table, total_text
+    from workbench.present.ledger import dataset_title, forgotten_lines, group_lines, ledger_table, total_text
 
     given = f" (path given: {path_given})" if path_given else ""
     typer.echo(dataset_title(d) + given)
+    for line in group_lines(d):
+        typer.echo("  " + line)
     table = ledger_table(d)
     if table.rows:
         typer.echo(f"  {'run':24} {'name':16} {'steps':>6} {'delta':>8} {'epsilon':>9}  relation")

@@ -60,15 +60,18 @@ class Session:
         randomness=None,
         stop_after: int | None = None,
         name: str | None = None,
+        replay_of: str | None = None,
     ) -> None:
         """``randomness``: the run's key (default: a fresh secret one, or the labelled seeded mode when the
         config sets noise_seed); ``replay`` passes a stored run's key. ``stop_after``: stop after that many
-        steps (a replay of a stopped run)."""
+        steps (a replay of a stopped run). ``replay_of``: the run whose key this replays; its data must be the
+        data that run trained on (else ReplayError), and the ledger links the two as one release."""
         from workbench.engine.randomness import RunRandomness
 
         self.config = config
         self.randomness = randomness or RunRandomness.for_config(config)
         self.stop_after = stop_after
+        self.replay_of = replay_of
         self.name = name or config.name
         self.store = store or RunStore()
         self.run_id = new_run_id()
@@ -164,6 +167,10 @@ class Session:
             )
             with group as dist:
                 prepared = prepare(self.config)
+                if self.replay_of is not None:  # the same key on other data would cancel the noise: refused
+                    from workbench.store.ledger import Ledger
+
+                    Ledger(self.store).check_replay(self.replay_of, prepared.dataset_fingerprint, data=self.config.data)
                 trainer = Trainer(
                     prepared,
                     run_id=self.run_id,
@@ -195,11 +202,12 @@ class Session:
         summary = {**summary, "status": status, "reason": reason}
         self.summary = summary
         self.status = status
-        self._record_ledger(trainer)  # before RunEnded: whoever sees the run end finds its ledger row
+        self._record_ledger(trainer, status)  # before RunEnded: whoever sees the run end finds its ledger row
         self._emit(RunEnded(run_id=self.run_id, status=status, reason=reason, summary=summary))
 
-    def _record_ledger(self, trainer) -> None:
-        """The run's row in the privacy ledger (store/ledger.py) when it took a step; a failure is logged."""
+    def _record_ledger(self, trainer, status: str) -> None:
+        """The run's row in the privacy ledger (store/ledger.py) when it took a step; a failure is logged. A run
+        stopped by hand is recorded at its planned steps; a replay as a copy of its original."""
         if trainer is None or not trainer.step:
             return
         try:
@@ -211,6 +219,8 @@ class Session:
                 prepared=trainer.p,
                 steps=trainer.step,
                 seeded=self.randomness.is_seeded,
+                stopped=status == "stopped",
+                replay_of=self.replay_of,
             )
         except Exception:  # noqa: BLE001 - the ledger failing must not lose the run's end
             log.exception("the privacy ledger could not record run %s", self.run_id)
@@ -228,6 +238,8 @@ class Session:
         }
         if self.randomness.is_seeded:
             out["randomness"] = SEEDED_LABEL
+        if self.replay_of is not None:  # a copy of that run's release: not exported (store/export.py)
+            out["replay_of"] = self.replay_of
         if trainer is None:
             return out
         plan, cfg = trainer.p.plan, trainer.p.config

@@ -10,8 +10,14 @@ Never publish it: anyone holding two candidate datasets (with and without one pe
 both and tell which one was used. It stays in the local ledger; it is not in a run's summary, so
 export never carries it.
 
-The privacy unit is part of it: epsilons of example-level and user-level runs protect different
-things and never compose into one total.
+The privacy unit is part of it. It is order-sensitive on purpose: a replay (``workbench runs replay``) must
+see exactly the records the run saw, in the same order (store/ledger.py ``check_replay``).
+
+Which runs' epsilons add up is decided by the *units* instead (``unit_identities``): every record's
+identity by content (the canonical messages, text and label, as the validation split hashes it:
+data/units.py) and its user id. The ledger keys these with a secret kept in the workbench home
+(store/ledger_units.py), so a shuffled copy, a copy with one record edited and a user-level run on the
+same people share units and count in one total.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 
 from workbench.engine.data import Dataset, Record
+from workbench.engine.data.units import _record_identity
 
 VERSION = "workbench-dataset-fingerprint-v1"
 
@@ -52,3 +59,20 @@ def dataset_fingerprint(ds: Dataset, *, privacy_unit: str) -> str:
         h.update(_canonical(record).encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()
+
+
+def unit_identities(ds: Dataset) -> list[tuple[bytes, bytes | None]]:
+    """Per record of ``ds``, in file order: (BLAKE2b-256 of its identity by content, of its user id or None).
+
+    The content identity is the validation split's (messages, text, label; not the line, not the user), so
+    the same example under another user, or at another line, is the same example. Unkeyed: these stay in
+    memory; the ledger stores them only keyed with its secret (store/ledger_units.py).
+    """
+
+    def digest(kind: str, identity: str) -> bytes:
+        return hashlib.blake2b(f"{kind}:{identity}".encode("utf-8"), digest_size=32).digest()
+
+    return [
+        (digest("example", _record_identity(r)), digest("user", r.user_id) if r.user_id is not None else None)
+        for r in ds.records
+    ]

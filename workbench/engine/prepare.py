@@ -11,7 +11,7 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.engine import data as data_mod
-from workbench.engine.fingerprint import dataset_fingerprint
+from workbench.engine.fingerprint import dataset_fingerprint, unit_identities
 from workbench.engine.models import attach_lora, load_model, resolve_device
 from workbench.engine.plan import PrivacyPlan, make_plan
 
@@ -33,6 +33,7 @@ class Prepared:
     model_name: str
     dataset_fingerprint: str | None = None  # the whole loaded dataset and the unit (engine/fingerprint.py)
     dataset_name: str | None = None
+    dataset_units: list | None = None  # per record: its content and user digests (fingerprint.unit_identities)
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -91,6 +92,7 @@ def prepare(config: RunConfig) -> Prepared:
         config.model,
         dataset_fingerprint=fingerprint,
         dataset_name=source.name,
+        dataset_units=unit_identities(source),  # keyed by the ledger: which people this run trained on
     )
 
 

@@ -48,18 +48,32 @@ def total_text(dataset) -> str:
         return f"total ε = ∞: the non-private run {', '.join(total.non_private_runs)} makes the total infinite"
     plural = "s" if total.runs != 1 else ""
     text = (
-        f"total ε = {fmt_eps(total.epsilon)} at δ = {total.delta:.2g} (PLD composition of {total.runs} run{plural}, "
-        f"{total.neighboring}; the largest δ among the runs)"
+        f"total ε = {fmt_eps(total.epsilon)} at δ = {total.delta:.2g} per {dataset.privacy_unit} (PLD composition of "
+        f"{total.runs} run{plural}, {total.neighboring}; the largest δ among the runs)"
     )
     return text + (f". Note: {total.note}" if total.note else "")
 
 
 def dataset_title(dataset) -> str:
     paths = ", ".join(dataset.data_paths)
+    more = len(dataset.fingerprints) - 1
     return (
         f"{dataset.dataset_name or '?'} ({dataset.privacy_unit}-level) · data {paths or '?'} · "
-        f"fingerprint {dataset.fingerprint[:12]}"
+        f"fingerprint {dataset.fingerprint[:12]}" + (f" and {more} overlapping" if more > 0 else "")
     )
+
+
+def group_lines(dataset) -> list[str]:
+    """Why these runs are one group: the datasets' shared units, the rule a user-level total counts
+    example-level runs by, and rows stored before units were kept."""
+    from workbench.store.ledger_units import LEGACY_NOTE
+
+    lines = [f"overlap: {line}" for line in dataset.overlap]
+    if dataset.rule:
+        lines.append(dataset.rule)
+    if dataset.legacy:
+        lines.append(f"older rows: {LEGACY_NOTE}")
+    return lines
 
 
 def forgotten_lines(dataset) -> list[str]:
@@ -86,7 +100,8 @@ def ledger_html(datasets: Sequence, *, empty: str = "The privacy ledger is empty
             for row in table.rows
         )
         extra = "".join(
-            f"<div style='color:#777;font-size:12px'>{html.escape(line)}</div>" for line in forgotten_lines(d)
+            f"<div style='color:#777;font-size:12px'>{html.escape(line)}</div>"
+            for line in (*group_lines(d), *forgotten_lines(d))
         )
         parts.append(
             f"<div class='wb-ledger' style='margin:6px 0 12px'><b>{html.escape(dataset_title(d))}</b>"

@@ -148,3 +148,33 @@ def group_privacy_bound(*, epsilon: float, delta: float, group_size: int) -> tup
     except OverflowError:
         ratio = math.inf
     return k * eps, min(1.0, delta * ratio)
+
+
+def example_event_for_person(event: dp_event.DpEvent, examples: int) -> dp_event.DpEvent:
+    """An example-level run's mechanism as it bears on one person who had ``examples`` of its examples.
+
+    The rule the ledger combines example-level and user-level runs by (store/ledger.py): the run's examples
+    were Poisson-sampled at q and clipped one by one, so a person with m of them has Binomial(m, q) in a
+    batch and one step is the ELS mixture of Gaussians with k = m (the analysis above; Ganesh 2024 Thm 3.1),
+    a tighter form of group privacy over the person's m examples. A Gaussian without sampling has
+    sensitivity m. Valid for add/remove of the person only (the mixture is analysed for add/remove).
+
+    >>> step = dp_event.PoissonSampledDpEvent(0.01, dp_event.GaussianDpEvent(1.0))
+    >>> example_event_for_person(dp_event.SelfComposedDpEvent(step, 10), 1).event == step
+    True
+    >>> example_event_for_person(dp_event.SelfComposedDpEvent(step, 10), 3).event.sensitivities
+    [0, 1, 2, 3]
+    """
+    m = check_count("examples", examples, minimum=1)
+    if m == 1 or isinstance(event, dp_event.NonPrivateDpEvent | dp_event.NoOpDpEvent):
+        return event
+    if isinstance(event, dp_event.SelfComposedDpEvent):
+        return dp_event.SelfComposedDpEvent(example_event_for_person(event.event, m), event.count)
+    if isinstance(event, dp_event.ComposedDpEvent):
+        return dp_event.ComposedDpEvent([example_event_for_person(e, m) for e in event.events])
+    if isinstance(event, dp_event.PoissonSampledDpEvent) and isinstance(event.event, dp_event.GaussianDpEvent):
+        sensitivities, probs = _mixture_probs(event.sampling_probability, m)
+        return dp_event.MixtureOfGaussiansDpEvent(event.event.noise_multiplier, sensitivities, probs)
+    if isinstance(event, dp_event.GaussianDpEvent):
+        return dp_event.GaussianDpEvent(event.noise_multiplier / m)
+    raise PrivacyError(f"cannot bound a {type(event).__name__} for a person with {m} examples (no rule for it).")

@@ -54,7 +54,8 @@ def export_run(
     ``summary.json`` without the data-dependent metrics.  With ``telemetry``: ``telemetry/`` with
     every event, the full summary and a README saying they are not covered by the guarantee.
     A run with seeded randomness (``noise_seed``) has no DP guarantee and is refused unless
-    ``force``; its card and report keep the warning. The run's secret key is never copied.
+    ``force``; its card and report keep the warning. A replay (``workbench runs replay``) is refused: it is a copy
+    of its original's release. The run's secret key is never copied.
     """
     rec = store.get(run_id)
     summary = rec.summary or {}
@@ -63,6 +64,11 @@ def export_run(
             f"run {rec.id} used seeded randomness (noise_seed={rec.config.get('noise_seed')}): anyone with the seed can "
             "replay its sampling and noise, so it has no differential-privacy guarantee. Retrain without noise_seed, or "
             "export with --force (the model card keeps the warning)."
+        )
+    if summary.get("replay_of"):  # same key, same data: the original's release again (store/ledger.py)
+        raise ExportError(
+            f"run {rec.id} is a replay of run {summary['replay_of']} (same key, same data): its adapter is a copy of "
+            f"that release, not a new one. Export {summary['replay_of']} instead."
         )
     adapter = summary.get("adapter_dir")
     if not adapter or not Path(adapter).exists():
