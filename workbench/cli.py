@@ -206,6 +206,8 @@ def _print_summary(s: dict) -> None:
             f"  audit: empirical epsilon lower bound {a['epsilon_lower_bound']:.4g} ({a['canaries']} canaries, "
             f"{a['correct']} of {a['guesses']} guesses correct, {a['confidence']:.0%}); `workbench audit {s.get('run_id')}`"
         )
+        if audit_reading(a):
+            lines.append("    " + audit_reading(a))
         if a.get("exposure"):
             lines.append(
                 "  exposure of the demo secrets (bits): "
@@ -879,6 +881,19 @@ def _print_dataset(d, path_given: str | None) -> None:
 @app.command("audit")
 def audit_cmd(
     run_id: str, as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+def audit_reading(a: dict) -> str:
+    """How to read an audit result: interim or final, its power and what it is compared against."""
+    parts = []
+    if a.get("interim"):
+        parts.append("INTERIM reading, not a bound (the run ended before its planned end)")
+    if a.get("power") is not None:
+        parts.append(f"power {a['power']:.3g}: the most this audit could show at these settings")
+    if a.get("compared_to"):
+        eps = a.get("compared_epsilon")
+        parts.append(f"compared with {eps if isinstance(eps, str) else f'{eps:.4g}'}, {a['compared_to']}")
+    return "; ".join(parts)
+
+
 ) -> None:
     """The one-run privacy audit of a stored run (trained with --set audit=gradient_canaries or
     audit=input_canaries): the empirical epsilon lower bound beside the claimed epsilon, and on the demo data
@@ -897,9 +912,9 @@ def audit_cmd(
             f"run {rec.id} has no audit (audit={kind}, status {rec.status}). "
             "Train with --set audit=gradient_canaries or --set audit=input_canaries to audit a run."
         )
-    claimed = summary.get("epsilon")
+    claimed = result.get("compared_epsilon", summary.get("epsilon"))  # the canaries' own epsilon (canaries.py)
     claimed_f = math.inf if claimed in ("inf", None) else float(claimed)
-    exceeds = result["epsilon_lower_bound"] > claimed_f
+    exceeds = result["epsilon_lower_bound"] > claimed_f and not result.get("interim")
     if as_json:
         _print_json(
             {
@@ -921,6 +936,8 @@ def audit_cmd(
         for e in result.get("exposure") or []:
             typer.echo(
                 f"  exposure of {e['user_id']}'s secret: {e['exposure']:.3g} bits (rank {e['rank']} of "
+        if audit_reading(result):
+            typer.echo("  " + audit_reading(result))
                 f"{e['candidates']} candidates; {'trained on' if e['in_training'] else 'not trained on: a control'})"
             )
         if exceeds:

@@ -133,10 +133,12 @@ class StepMetrics(Event):
     effective_noise_multiplier: float | None = None  # (sum sigma_l^-2 [+ z_b^-2])^-1/2, what the accountant sees
     nonfinite: int = 0  # units whose gradient was NaN/inf: they contributed zero
     notices: list[dict[str, str]] = field(default_factory=list)  # run-time privacy findings (privacy/checks.py)
-    # audit runs only: the one-run audit's epsilon lower bound so far, set every few steps and at the last step
-    # (audit=gradient_canaries) or at the last step only (input_canaries), None otherwise; draw it beside `epsilon`
-    # (privacy/audit.py)
+    # audit runs only (privacy/audit.py): the one-run audit's epsilon lower bound, at the run's final step only (its
+    # planned last step, or the budget's stop), None otherwise; draw it beside `epsilon`. Before it, every few steps
+    # (audit=gradient_canaries), `audit_interim`: the same statistic on the releases so far, an interim reading and
+    # not a bound (picking the largest of several looks, or stopping on one, is not covered by the confidence).
     audit_epsilon_lower_bound: float | None = None
+    audit_interim: float | None = None
     # counts over GRAD_NORM_LOG_BIN_EDGES ([] in runs stored before), and the median per-unit norm / C (None: an
     # empty batch, or stored before); telemetry from the raw norms, as grad_norm_hist
     grad_norm_log_hist: list[int] = field(default_factory=list)

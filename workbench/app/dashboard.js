@@ -67,7 +67,9 @@
     "epsilon-plot": {
       options: () => ({
         series: [{ label: "step" }, line("planned", GREY, { dash: [6, 4] }), line("spent", GREEN, { width: 3 }),
-          line("audit: empirical lower bound", PURPLE, { points: { show: true, size: 6 } }), line("target ε", RED, { dash: [2, 3], width: 1.5 })],
+          line("audit: empirical lower bound (final)", PURPLE, { points: { show: true, size: 8 } }),
+          line("audit: interim reading (not a bound)", PURPLE, { dash: [2, 4], width: 1, points: { show: true, size: 4 } }),
+          line("target ε", RED, { dash: [2, 3], width: 1.5 })],
         axes: [axis("step"), axis("ε")],
         scales: { x: { time: false }, y: { range: fromZero } },
       }),
@@ -75,13 +77,14 @@
         const planned = new Map((r.started ? r.started.planned : []).map(([s, e]) => [s, e]));
         const spent = new Map(r.steps.map((s) => [s.step, s.epsilon]));
         const audit = new Map(r.steps.filter((s) => s.audit != null).map((s) => [s.step, s.audit]));
+        const interim = new Map(r.steps.filter((s) => s.audit_interim != null).map((s) => [s.step, s.audit_interim]));
         const x = [...new Set([...planned.keys(), ...spent.keys()])].sort((a, b) => a - b);
         const target = r.started && r.started.target != null ? r.started.target : null;
         const get = (m) => x.map((s) => (m.has(s) ? m.get(s) : null));
-        const nonPrivate = r.steps.length > 0 && r.steps.every((s) => s.epsilon == null) && !audit.size;
+        const nonPrivate = r.steps.length > 0 && r.steps.every((s) => s.epsilon == null) && !audit.size && !interim.size;
         return {
           title: r.started ? r.started.epsilon_title : "Privacy spent ε",
-          data: [x, get(planned), get(spent), get(audit), x.map(() => target)],
+          data: [x, get(planned), get(spent), get(audit), get(interim), x.map(() => target)],
           note: nonPrivate ? "non-private run (noise multiplier 0): ε = ∞" : x.length ? "" : "no steps yet",
         };
       },

@@ -157,6 +157,13 @@ class DPGradient:
         self._pending = {}
         self._clip_and_add(unit)
 
+    def clipped_sum(self) -> dict[str, list[torch.Tensor]]:
+        """The clipped sum so far (before noise; this rank's units only): the white-box audit reads the real
+        data's part just before the canaries join it (engine/canaries.py). Read it, never write it. Under ULS the
+        users held so far are clipped and added first (as finish() would: every micro-batch of the step is in)."""
+        self._flush_owners()
+        return self._sums
+
     @torch.no_grad()
     def add_canaries(self, unit: UnitGrads) -> None:
         """Add audit canaries (engine/canaries.py): extra units, clipped and summed like any unit, and

@@ -52,6 +52,7 @@ Randomness: the secrets, the coins and the per-step sampling come from ``RunRand
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -60,7 +61,7 @@ import torch
 from workbench.config import ConfigError
 from workbench.engine import data as data_mod
 from workbench.engine.losses import per_example_loss
-from workbench.privacy.audit import AuditResult, audit_scores
+from workbench.privacy.audit import AuditResult, audit_design
 
 if TYPE_CHECKING:
     from workbench.engine.prepare import Prepared
@@ -153,13 +154,16 @@ class InputCanaries:
         delta: float,
         rng: np.random.Generator,
         autocast: Callable,
+        steps: int = 1,
     ) -> None:
+        """``steps``: the planned T, which fixes the guess design (privacy.audit.audit_design) before training."""
         if count < 2:
             raise ValueError(f"an audit needs at least 2 canaries. Found {count}.")
         p = prepared
         self.p, self.count, self.sample_rate, self.delta = p, count, sample_rate, delta
         self.rng = rng  # secret (randomness.canary_rng): never exported
         self.autocast = autocast
+        self.design = audit_design(canaries=count, sample_rate=sample_rate, steps=steps, delta=delta)
         records = canary_records(count, schema=p.train.schema, task=p.task, label_names=p.train.label_names, rng=rng)
         ds = data_mod.Dataset(
             name="input canaries",
@@ -211,9 +215,10 @@ class InputCanaries:
         """(m,) loss before training minus loss now: higher = more likely included."""
         return self.before - self.losses()
 
-    def result(self, *, confidence: float = 0.95) -> AuditResult:
-        """The lower bound from the current adapter (cached per step: scoring costs m forward passes)."""
+    def result(self) -> AuditResult:
+        """The lower bound from the current adapter, with the design's power (cached per step: scoring costs m
+        forward passes)."""
         if self._result is None or self._result[0] != self.steps:
-            res = audit_scores(self.scores(), self.included, delta=self.delta, confidence=confidence, kind=KIND)
-            self._result = (self.steps, res)
+            res = self.design.audit(self.scores(), self.included, kind=KIND)
+            self._result = (self.steps, replace(res, scoring="loss before training minus loss after (black-box)"))
         return self._result[1]

@@ -223,13 +223,30 @@ def model_card_section(report: dict[str, Any]) -> str:
 def audit_text(audit: dict[str, Any], *, claimed: Any) -> str:
     """The model card's audit line: the empirical lower bound beside the claimed upper bound."""
     return (
-        f"empirical lower bound from a one-run audit: {audit['epsilon_lower_bound']:.3g} "
-        f"(claimed upper bound: {_eps_text(claimed)}). {audit['canaries']} {audit['kind'].replace('_', ' ')}, "
-        f"{audit['correct']} of {audit['guesses']} guesses correct, {audit['confidence']:.0%} confidence "
-        "(Steinke, Nasr and Jagielski 2023). A lower bound above the claim would mean the implementation is less "
-        "private than its accounting says. The canaries were trained into this adapter: an audit run is for "
-        "checking the implementation, not for release."
-    ) + exposure_text(audit.get("exposure"))
+        (
+            f"empirical lower bound from a one-run audit: {audit['epsilon_lower_bound']:.3g} "
+            f"(claimed upper bound: {_eps_text(claimed)}). {audit['canaries']} {audit['kind'].replace('_', ' ')}, "
+            f"{audit['correct']} of {audit['guesses']} guesses correct, {audit['confidence']:.0%} confidence "
+            "(Steinke, Nasr and Jagielski 2023). A lower bound above the claim would mean the implementation is less "
+            "private than its accounting says. The canaries were trained into this adapter: an audit run is for "
+            "checking the implementation, not for release."
+        )
+        + audit_power_text(audit)
+        + exposure_text(audit.get("exposure"))
+    )
+
+
+def audit_power_text(audit: dict[str, Any]) -> str:
+    """The card's sentence on how to read the bound: interim or not, its power and the epsilon it is compared with."""
+    out = ""
+    if audit.get("interim"):
+        out += " This is an interim reading, not a bound: the run ended before its planned end."
+    if audit.get("power") is not None:
+        out += f" At these settings the audit could show at most about {audit['power']:.3g}."
+    if audit.get("compared_to"):
+        eps = audit.get("compared_epsilon")
+        out += f" It is compared with {_eps_text(eps)}, {audit['compared_to']}."
+    return out
 
 
 def exposure_text(exposure: list[dict] | None) -> str:

@@ -51,6 +51,7 @@ from workbench.engine.randomness import RunRandomness
 from workbench.engine.report import save_adapter
 from workbench.engine.sampling import micro_batches, poisson_sample
 from workbench.events import GRAD_NORM_BIN_EDGES, GRAD_NORM_LOG_BIN_EDGES, EvalMetrics, Event, RunStarted, StepMetrics
+from workbench.privacy.audit import canary_epsilon
 from workbench.privacy.checks import clipping_activity, preflight
 
 CLIPPING_CHECK_STEPS = 3  # the per-example norms of this many first steps feed the "clipping never active" check
@@ -232,6 +233,7 @@ class Trainer:
         self.canaries = self._canaries() if cfg.audit == "gradient_canaries" and main else None
         self.input_canaries = self._input_canaries() if cfg.audit == "input_canaries" and main else None
         self._audit: tuple[int, dict] | None = None  # audit_report's result, per step (scoring is costly)
+        self.stopped_by_request = False
         self.users = (
             self._users() if prepared.plan.privacy_unit == "user" and prepared.plan.user_sampling == "uls" else None
         )
@@ -280,6 +282,7 @@ class Trainer:
                     self.emit(self.evaluation())
         except StopRequested:
             status, reason = "stopped", f"stopped by request after step {self.step}"
+            self.stopped_by_request = True  # an audit then reports an interim reading, not a bound
         if main and (status == "finished" or self.step > 0):
             self.emit(self.evaluation(generate=status != "stopped"))  # after a Stop: no generations, seconds
         return status, reason
@@ -520,7 +523,7 @@ class Trainer:
             effective_noise_multiplier=self._effective_sigma(allocation),
             nonfinite=stats.nonfinite,
             notices=self._notices(step, stats),
-            audit_epsilon_lower_bound=self._audit_bound(step),
+            **self._audit_bound(step),
             **log_norm_telemetry(stats.norms.numpy(), plan.max_grad_norm),
             module_unclipped_fraction=unclipped_fraction(
                 stats.released_counts, expected_batch_size=plan.expected_batch_size
@@ -549,6 +552,7 @@ class Trainer:
             clip_norm=plan.max_grad_norm,
             delta=plan.delta,
             rng=self.randomness.canary_rng(),
+            steps=plan.steps,
         )
         self.dp.on_release = canaries.record_release  # scores read the released noisy sums
         return canaries
@@ -567,6 +571,7 @@ class Trainer:
             delta=plan.delta,
             rng=self.randomness.canary_rng(),
             autocast=self._autocast,
+            steps=plan.steps,
         )
 
     def _train_input_canaries(self) -> None:
@@ -584,15 +589,47 @@ class Trainer:
             self.dp.add_microbatch(self.hooks.grads, canary=True)
             self._drop_grads()
 
-    def _audit_bound(self, step: int) -> float | None:
+    def _audit_final(self, step: int) -> bool:
+        """Whether ``step`` ends the run by the plan (its last step, or the budget's stop): a time fixed before
+        training, so the audit there is a bound. Every earlier reading is interim: one of several looks, and a
+        largest one picked among them, or a stop decided on one, would not be covered by the confidence."""
+        plan = self.p.plan
+        return step == plan.steps or not plan.budget_allows(step + 1)
+
+    def _audit_bound(self, step: int) -> dict[str, float]:
+        """The step event's audit fields: the bound at the final step only (``audit_epsilon_lower_bound``),
+        interim readings every few steps before it (``audit_interim``, not a bound)."""
+        final = self._audit_final(step) if self.canaries is not None or self.input_canaries is not None else False
         if self.canaries is not None:
             every = max(1, self.p.plan.steps // AUDIT_POINTS)
-            if step % every and step != self.p.plan.steps:
-                return None
-            return self.canaries.result().epsilon_lower_bound
-        if self.input_canaries is not None and step == self.p.plan.steps:  # scoring costs 2 m forwards: last step only
-            return self.input_canaries.result().epsilon_lower_bound
-        return None
+            if step % every and not final:
+                return {}
+            value = self.canaries.result().epsilon_lower_bound
+        elif self.input_canaries is not None and final:  # scoring costs 2 m forwards: last step only
+            value = self.input_canaries.result().epsilon_lower_bound
+        else:
+            return {}
+        return {"audit_epsilon_lower_bound": value} if final else {"audit_interim": value}
+
+    def _audit_comparison(self) -> dict:
+        """What the bound is compared against (privacy.audit.canary_epsilon, engine/canaries.py proves why), and
+        whether this result is only an interim reading."""
+        plan = self.p.plan
+        eps = canary_epsilon(
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            steps=self.step,
+            delta=plan.delta,
+            accountant=plan.accountant,
+        )
+        same = plan.neighboring == "add_remove" and plan.privacy_unit == "example"
+        what = (
+            f"the canaries' own epsilon (add/remove of one canary, Poisson at q = {plan.sample_rate:.4g}, "
+            f"sigma = {plan.noise_multiplier:.4g}, {self.step} steps, delta = {plan.delta:.2g}): "
+            + ("the run's claim, for the canaries are units of the same mechanism" if same else "at most the claim")
+        )
+        interim = self.stopped_by_request or not self._audit_final(self.step)
+        return {"compared_epsilon": eps if math.isfinite(eps) else "inf", "compared_to": what, "interim": interim}
 
     def audit_report(self) -> dict:
         """{"audit": the result so far} for audit runs (summary, privacy report), {} otherwise. On the demo data it
@@ -603,7 +640,7 @@ class Trainer:
         if self._audit is not None and self._audit[0] == self.step:
             return self._audit[1]
         try:
-            out = {"audit": auditor.result().to_dict()}
+            out = {"audit": {**auditor.result().to_dict(), **self._audit_comparison()}}
         except ValueError as err:  # e.g. non-finite released sums: say so rather than lose the summary
             log.error("the audit could not be computed: %s", err)
             return {}

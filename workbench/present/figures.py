@@ -146,13 +146,15 @@ def epsilon_figure(
     delta: float | None = None,
 ) -> go.Figure:
     """Epsilon spent per step over the planned curve, with the target as a horizontal line, and, for an
-    audited run, the audit's empirical lower bound as it trains (privacy/audit.py): it must stay below."""
+    audited run, the audit's interim readings as it trains (dotted: not bounds) and its empirical lower bound at the
+    final step (privacy/audit.py): it must stay below."""
     title = "Privacy spent ε"
     if accountant:
         title += f" ({accountant_label(accountant)}" + (f", δ = {delta:.0e})" if delta else ")")
     eps = [s.epsilon for s in steps]
     audited = [(s.step, s.audit_epsilon_lower_bound) for s in steps if s.audit_epsilon_lower_bound is not None]
-    if eps and all(math.isinf(e) for e in eps) and not audited:
+    interim = [(s.step, s.audit_interim) for s in steps if s.audit_interim is not None]
+    if eps and all(math.isinf(e) for e in eps) and not audited and not interim:
         return empty_figure(title, "non-private run (noise multiplier 0): ε = ∞")
     layout = base_layout(title, "step", "ε")
     layout["yaxis"]["rangemode"] = "tozero"
@@ -164,9 +166,16 @@ def epsilon_figure(
     if len(x):
         x, y = downsample(x, y)
         traces.append(_line(x, y, "spent", GREEN, width=3))
-    if audited:
-        ax, ay = [a[0] for a in audited], [a[1] for a in audited]
-        traces.append(_line(ax, ay, "audit: empirical lower bound", PURPLE, mode="lines+markers"))
+    if interim:  # readings before the final step: not bounds (events.StepMetrics.audit_interim)
+        traces.append(
+            _line([a[0] for a in interim], [a[1] for a in interim], "audit: interim (not a bound)", PURPLE, dash="dot")
+        )
+    if audited or interim:
+        if audited:
+            ax, ay = [a[0] for a in audited], [a[1] for a in audited]
+            traces.append(
+                _line(ax, ay, "audit: empirical lower bound (final)", PURPLE, mode="markers", marker=dict(size=10))
+            )
         if eps and all(math.isinf(e) for e in eps):
             layout["annotations"].append(_note("claimed ε = ∞ (non-private run)"))
     if target is not None:

@@ -40,7 +40,8 @@ def step_row(s: StepMetrics) -> dict[str, Any]:
         "step": s.step,
         "loss": _num(s.loss),
         "epsilon": _num(s.epsilon),
-        "audit": _num(s.audit_epsilon_lower_bound),
+        "audit": _num(s.audit_epsilon_lower_bound),  # the bound: the final step only
+        "audit_interim": _num(s.audit_interim),  # interim readings: not a bound
         "batch": s.batch_size,
         "clipped": _num(s.clipped_fraction),
         "max": _num(s.grad_norm_max),

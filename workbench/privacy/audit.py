@@ -35,6 +35,20 @@ divided by their number. Three corrections here:
   normal scores shifted by 1, 2, 4 give 1.13346, 2.311945, 4.395568 at delta 1e-6). The number of
   hull points depends on the scores, so this correction is a heuristic, not a proved union bound.
 
+Canaries that were sampled in no step. Canaries Poisson-sampled at rate q (as the real units are) take
+part in at least one of T steps with probability p = 1 - (1 - q)^T; an included canary that never took
+part left no trace, so no auditor can tell it from an excluded one. With ``participating=p`` the grid's
+k are fractions of p m / 2, the expected number of included canaries that took part (p = 1 when q = 1).
+The grid still depends on (m, q, T) alone, fixed before the scores are seen.
+
+Power (``audit_power``, ``audit_design``): the bound an ideal auditor would reach at these settings, one
+that sees without noise or interference exactly which canaries took part (and still cannot place the
+included ones that never did): the expected counts of each grid k's guesses, the best k. It is what the
+audit can show at best, so a bound of 0 means "no evidence" only where the power is high; where it is
+low (e.g. two-sided guesses at batch 64 of 1,100 for 20 steps: p = 0.70, power 1.7) a 0 says nothing.
+``audit_design`` picks two-sided or one-sided guesses by their power: a function of (m, q, T, delta),
+fixed before training, so the choice costs no correction.
+
 Ties between scores are broken by canary index, which is independent of the inclusion coins, so
 the guesses stay a function of what the auditor may see (the released output and the canaries).
 
@@ -45,7 +59,7 @@ mechanism is then less private than its accountant says.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -53,7 +67,19 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
-__all__ = ["AuditResult", "audit_scores", "epsilon_lower_bound", "p_value"]
+from workbench.privacy.accountants import bound_accountant, epsilon
+
+__all__ = [
+    "AuditDesign",
+    "AuditResult",
+    "audit_design",
+    "audit_power",
+    "audit_scores",
+    "canary_epsilon",
+    "epsilon_lower_bound",
+    "p_value",
+    "participation",
+]
 
 _binom = scipy.stats.binom
 
@@ -72,6 +98,15 @@ class AuditResult:
     correct: int  # v
     confidence: float
     kind: str  # what was audited, e.g. "gradient_canaries"
+    guess_sides: str = "two_sided"  # "two_sided" (top k in, bottom k out) or "one_sided" (top k in)
+    # What the engine adds (engine/canaries.py, trainer.audit_report): the power (audit_power) of these settings, the
+    # epsilon the bound is compared against and what it is, how the canaries were scored, and whether this is an
+    # interim reading (not a bound: computed before the run's planned end).
+    power: float | None = None
+    compared_epsilon: float | None = None
+    compared_to: str | None = None
+    scoring: str | None = None
+    interim: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,11 +195,18 @@ def _candidates_all(scores: np.ndarray, included: np.ndarray, two_sided: bool) -
     return 2 * k, hits_top[:half] + hits_bottom, half
 
 
-def _candidates_grid(scores: np.ndarray, included: np.ndarray, two_sided: bool) -> tuple[np.ndarray, np.ndarray, int]:
-    """(r, v) for k on the fixed grid GUESS_FRACTIONS of m / 2, and the number of hypotheses."""
-    m = len(scores)
+def grid_ks(m: int, *, two_sided: bool, participating: float = 1.0) -> np.ndarray:
+    """The guesses per side of correction="grid": GUESS_FRACTIONS of p m / 2, distinct, within 1 .. m (m // 2)."""
+    top = m // 2 if two_sided else m
+    return np.unique(np.clip(np.round(np.array(GUESS_FRACTIONS) * participating * m / 2).astype(int), 1, top))
+
+
+def _candidates_grid(
+    scores: np.ndarray, included: np.ndarray, two_sided: bool, participating: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(r, v) for k on the fixed grid (``grid_ks``), and the number of hypotheses."""
     r_all, v_all, _ = _candidates_all(scores, included, two_sided)
-    ks = np.unique(np.clip(np.round(np.array(GUESS_FRACTIONS) * m / 2).astype(int), 1, len(r_all)))
+    ks = grid_ks(len(scores), two_sided=two_sided, participating=participating)
     return r_all[ks - 1], v_all[ks - 1], len(ks)
 
 
@@ -199,12 +241,15 @@ def audit_scores(
     confidence: float = 0.95,
     guesses: Literal["two_sided", "one_sided"] = "two_sided",
     correction: Literal["grid", "all", "hull"] = "grid",
+    participating: float = 1.0,
     kind: str = "scores",
 ) -> AuditResult:
     """The one-run lower bound from canary scores (higher score = more likely "in").
 
     ``guesses``: "two_sided" guesses the top k "in" and the bottom k "out"; "one_sided" only the
-    top k "in" (jax_privacy's k- = 0). ``correction``: see the module docstring.
+    top k "in" (jax_privacy's k- = 0). ``correction``: see the module docstring. ``participating``: the
+    share p of included canaries expected to take part in some step (``participation``), which scales the
+    grid's k; it must come from the settings (m, q, T), never from the scores.
     """
     s = np.asarray(scores, dtype=np.float64)
     inc = np.asarray(included, dtype=bool)
@@ -222,7 +267,9 @@ def audit_scores(
             raise ValueError("correction='hull' is jax_privacy's one-sided procedure: use guesses='one_sided'.")
         r, v, hypotheses = _candidates_hull(s, inc)
     elif correction == "grid":
-        r, v, hypotheses = _candidates_grid(s, inc, guesses == "two_sided")
+        if not 0 < participating <= 1:
+            raise ValueError(f"participating must be in (0, 1]. Found {participating}.")
+        r, v, hypotheses = _candidates_grid(s, inc, guesses == "two_sided", participating)
     elif correction == "all":
         r, v, hypotheses = _candidates_all(s, inc, guesses == "two_sided")
     else:
@@ -230,7 +277,13 @@ def audit_scores(
     eps, best = _search(len(s), r, v, delta=delta, significance=(1 - confidence) / max(1, hypotheses))
     r_best, v_best = (int(r[best]), int(v[best])) if best >= 0 else (0, 0)
     return AuditResult(
-        epsilon_lower_bound=eps, canaries=len(s), guesses=r_best, correct=v_best, confidence=confidence, kind=kind
+        epsilon_lower_bound=eps,
+        canaries=len(s),
+        guesses=r_best,
+        correct=v_best,
+        confidence=confidence,
+        kind=kind,
+        guess_sides=guesses,
     )
 
 
@@ -253,3 +306,128 @@ def _search(m: int, r: np.ndarray, v: np.ndarray, *, delta: float, significance:
         if eps > best_eps:
             best_eps, best_idx, best_q = eps, int(i), float(scipy.special.expit(eps))
     return (best_eps if math.isfinite(best_eps) else 0.0), best_idx
+
+
+# -- power: what the audit can show at these settings ---------------------------------------------------
+
+
+def participation(*, sample_rate: float, steps: int) -> float:
+    """p = 1 - (1 - q)^T: the chance that a canary Poisson-sampled at rate q takes part in at least one of T steps.
+
+    >>> round(participation(sample_rate=64 / 1100, steps=20), 3)
+    0.698
+    """
+    if not 0 < sample_rate <= 1 or steps < 1:
+        raise ValueError(f"need 0 < sample_rate <= 1 and steps >= 1. Found sample_rate={sample_rate}, steps={steps}.")
+    return float(-np.expm1(steps * np.log1p(-sample_rate))) if sample_rate < 1 else 1.0
+
+
+def audit_power(
+    *,
+    canaries: int,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    confidence: float = 0.95,
+    guesses: Literal["two_sided", "one_sided"] = "two_sided",
+) -> float:
+    """The bound an ideal auditor reaches with these settings (correction="grid"): the most this audit can show.
+
+    The ideal auditor sees exactly which canaries took part in some step (no noise, no interference): of the m / 2
+    included canaries (in expectation), P = p m / 2 took part, and the other (1 - p) m / 2 look like the m / 2
+    excluded ones. Guessing "in" on the top k gives min(k, P) right plus, beyond P, the included share of the rest;
+    two-sided, the bottom k "out" are drawn from the rest, right with probability 1 / (2 - p). Expected counts
+    (rounded down) at each k of the grid, the best k, at the grid's Bonferroni correction: what the audit's own
+    procedure would report on such scores. At q = 1 and m = 1000, two-sided: 5.08 (950 of 950 right).
+
+    >>> round(audit_power(canaries=1000, sample_rate=1.0, steps=1, delta=1e-5), 2)
+    5.08
+    """
+    m = canaries
+    _check_counts(m, 0, 0, delta, confidence)
+    p = participation(sample_rate=sample_rate, steps=steps)
+    took_part, rest_in = p * m / 2, (1 - p) * m / 2
+    rest = m / 2 + rest_in  # canaries that left no trace: all the excluded ones and the silent included ones
+    two_sided = guesses == "two_sided"
+    ks = grid_ks(m, two_sided=two_sided, participating=p)
+    significance = (1 - confidence) / len(ks)
+    best = 0.0
+    for k in ks.tolist():
+        right = min(k, took_part) + max(0.0, k - took_part) * rest_in / rest
+        r = k
+        if two_sided:
+            right += k * (m / 2) / rest
+            r = 2 * k
+        v = min(r, int(math.floor(right + 1e-9)))
+        best = max(best, _largest_rejected(m, r, v, delta, significance))
+    return best
+
+
+@dataclass(frozen=True)
+class AuditDesign:
+    """How a run's canaries are guessed, fixed from (m, q, T, delta) before training: the sides, the grid's
+    participation p and the power (``audit_power``) of that choice."""
+
+    canaries: int
+    participating: float
+    guesses: Literal["two_sided", "one_sided"]
+    power: float
+    delta: float
+    confidence: float = 0.95
+
+    def audit(self, scores: np.typing.ArrayLike, included: np.typing.ArrayLike, *, kind: str) -> AuditResult:
+        """``audit_scores`` with this design, the power beside the bound."""
+        res = audit_scores(
+            scores,
+            included,
+            delta=self.delta,
+            confidence=self.confidence,
+            guesses=self.guesses,
+            participating=self.participating,
+            kind=kind,
+        )
+        return replace(res, power=self.power)
+
+
+def audit_design(
+    *, canaries: int, sample_rate: float, steps: int, delta: float, confidence: float = 0.95
+) -> AuditDesign:
+    """Two-sided or one-sided guesses, whichever has the more power at these settings (two-sided on a tie).
+
+    At q = 1 two-sided guesses double the evidence. At small q many included canaries never take part, and the
+    bottom scores mix them with the excluded ones, so one-sided guesses win: at batch 64 of 1,100 for 20 steps
+    with m = 1000, one-sided 4.03 against two-sided 1.70. The choice reads only the settings, never the scores.
+    """
+    p = participation(sample_rate=sample_rate, steps=steps)
+    args = dict(canaries=canaries, sample_rate=sample_rate, steps=steps, delta=delta, confidence=confidence)
+    two, one = audit_power(**args, guesses="two_sided"), audit_power(**args, guesses="one_sided")
+    guesses, power = ("two_sided", two) if two >= one else ("one_sided", one)
+    return AuditDesign(
+        canaries=canaries, participating=p, guesses=guesses, power=power, delta=delta, confidence=confidence
+    )
+
+
+def canary_epsilon(
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "pld"
+) -> float:
+    """The canaries' own epsilon: what a correct mechanism lets the one-run bound reach (with its confidence).
+
+    A canary is one unit Poisson-sampled at the real units' rate q, of norm at most C, through the same Gaussian
+    noise sigma C for ``steps`` steps, and "included or not" is add/remove of that unit. So its epsilon is DP-SGD's
+    under add/remove at (sigma, q, T, delta), from an upper-bound accountant (engine/canaries.py proves that the
+    white-box scores keep this guarantee). It equals the run's claim for an example-level add/remove claim and is
+    below a replace-one or user-level claim. inf without noise.
+
+    >>> round(canary_epsilon(noise_multiplier=1.5, sample_rate=0.04, steps=2250, delta=1e-5), 2)
+    6.77
+    """
+    if steps == 0:
+        return 0.0
+    return epsilon(
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        accountant=bound_accountant(accountant),
+        neighboring="add_remove",
+    )

@@ -66,7 +66,7 @@ def preflight(config: Any, plan: Any = None, *, task: str | None = None) -> list
     ``config.task`` is "auto" (the data decides it). Pure: nothing changes but the plan's own epsilon cache.
     """
     private = _private(config, plan)
-    found = [_seeded(config), _clipping(config, private), _non_private(config, plan), _audit(config)]
+    found = [_seeded(config), _clipping(config, private), _non_private(config, plan), _audit(config, plan)]
     if private:
         found += [
             _delta(plan),
@@ -127,7 +127,7 @@ def _unit(config: Any) -> str:
     return "user" if config.privacy_unit == "user" else "example"
 
 
-def _audit(config: Any) -> Finding | None:
+def _audit(config: Any, plan: Any = None) -> Finding | None:
     kind = getattr(config, "audit", "none")
     if kind not in ("gradient_canaries", "input_canaries"):
         return None
@@ -137,9 +137,33 @@ def _audit(config: Any) -> Finding | None:
         "audit-canaries-in-adapter",
         "warning",
         f"audit run: {count} secret {what} (about half of them included) are trained into "
-        "the adapter beside the data; the data's guarantee is unchanged, but the adapter is perturbed by them",
+        "the adapter beside the data; the data's guarantee is unchanged, but the adapter is perturbed by them"
+        + audit_power_text(config, plan),
         "use this run to check the implementation (`workbench audit RUN_ID`: the empirical lower bound must stay "
         "below the claimed epsilon) and train the adapter you release without audit",
+    )
+
+
+def audit_power_text(config: Any, plan: Any) -> str:
+    """The finding's "; audit power: ..." for an audit run with a resolved plan (privacy.audit.audit_design), or
+    "" without one: the largest lower bound the audit could reach at these settings, so that a bound of 0 is read for what it is."""
+    if plan is None or not getattr(plan, "steps", 0):
+        return ""
+    from workbench.privacy.audit import audit_design
+
+    if config.audit == "gradient_canaries":
+        m = config.audit_canaries or 1000
+    else:
+        units = getattr(plan, "published_population", None) or plan.population
+        m = config.audit_canaries or min(1000, units // 2)
+    if m < 2:
+        return ""
+    d = audit_design(canaries=m, sample_rate=plan.sample_rate, steps=plan.steps, delta=plan.delta)
+    side = "top k guessed in" if d.guesses == "one_sided" else "top k in and bottom k out"
+    return (
+        f"; audit power: at most about {d.power:.2f} (the bound if every guess were right, {m} canaries at "
+        f"q = {plan.sample_rate:.3g} over {plan.steps} steps: {d.participating:.0%} of the included ones take part; "
+        f"{side}); no result can exceed it, so a bound of 0 says little when it is small"
     )
 
 
