@@ -12,6 +12,7 @@ from sweep_helpers import NBINS, synthetic_run, synthetic_sweep
 from typer.testing import CliRunner
 
 from workbench.cli import app
+from workbench.events import RunEnded
 from workbench.store.export import TELEMETRY_WARNING, ExportError, export_metrics, export_sweep_metrics
 from workbench.store.runs import RunStore
 
@@ -112,3 +113,69 @@ def test_a_missing_writer_or_unknown_format_gets_a_message_naming_the_package(st
     result = CliRunner().invoke(app, ["runs", "export", RUN, str(tmp_path / "z"), "--format", "csv"])
     assert result.exit_code == 0 and "NOT covered by the differential-privacy guarantee" in result.output
     assert not (tmp_path / "x").exists()
+
+
+# -- what an export must not reveal ------------------------------------------------------------------------------
+
+TRAINED = "20250101-093000-3fa2c1"  # run ids start with the time the run started
+
+
+def _ended_run(store: RunStore, tmp_path, **summary) -> None:
+    """A synthetic run trained on 2025-01-01 09:30 whose summary stores ``summary`` (and its adapter folder)."""
+    import os
+    import time
+
+    adapter = tmp_path / "adapter-of-the-run"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "privacy_report.json").write_text("{}")
+    trained = time.mktime((2025, 1, 1, 9, 30, 0, 0, 0, -1))
+    for path in (*adapter.iterdir(), adapter):
+        os.utime(path, (trained, trained))
+    synthetic_run(store, TRAINED, steps=4, status=None)
+    ended = {"run_id": TRAINED, "epsilon": 4.0, "steps": 4, "wall_time": 8.0, "adapter_dir": str(adapter), **summary}
+    store.append(RunEnded(run_id=TRAINED, status="finished", reason="", summary=ended))
+
+
+def test_an_export_says_nothing_of_when_the_run_trained(tmp_path):
+    """The summary leaves the wall time out; the export must not put it back through its folder's name (the run id
+    starts with a timestamp), the summary's run_id, or the files' times (a copy keeps them): neither on disk nor in
+    the app's zip."""
+    import os
+    import time
+    import zipfile
+
+    from workbench.app import runs as runs_tab
+    from workbench.app.state import AppContext
+    from workbench.store.export import export_run
+
+    store = RunStore()
+    _ended_run(store, tmp_path)
+    out = export_run(store, TRAINED, tmp_path / "out", telemetry=True)
+    assert out.name == "run-3fa2c1"
+    stamps = ("20250101", "093000", "2025-01-01")
+    for path in (out, *out.rglob("*")):
+        assert time.gmtime(os.stat(path).st_mtime)[:4] == (1980, 1, 2, 0), path  # store.export.EXPORT_TIME
+        assert not any(s in str(path.relative_to(tmp_path)) for s in stamps), path
+    released = json.loads((out / "summary.json").read_text())
+    assert released["run_id"] == "run-3fa2c1" and "wall_time" not in released
+    for name in ("summary.json", "config.json", "adapter/privacy_report.json"):
+        assert not any(s in (out / name).read_text() for s in stamps), name
+    archive, _ = runs_tab.export_zip(AppContext(store), TRAINED)
+    assert not any(s in os.path.basename(archive) for s in stamps)
+    with zipfile.ZipFile(archive) as z:
+        times = {info.date_time for info in z.infolist()}
+        assert len(times) == 1 and next(iter(times))[0] == 1980, times
+        assert not any(s in info.filename for info in z.infolist() for s in stamps)
+
+
+def test_the_csv_export_writes_the_published_dataset_size_not_the_exact_one(tmp_path):
+    """Under add/remove the exact size reveals membership: the run's table carries the size as the summary publishes
+    it (engine/report.published_sizes), never RunStarted's exact count (800 here)."""
+    store = RunStore()
+    _ended_run(store, tmp_path, dataset_size=1000, num_users=None, dataset_size_published_as="declared public size")
+    for fmt in ("csv", "parquet"):
+        target = export_metrics(store, TRAINED, tmp_path / fmt, fmt)
+        (row,) = (pd.read_csv if fmt == "csv" else pd.read_parquet)(target / f"runs.{fmt}").to_dict("records")
+        assert row["dataset_size"] == 1000 and row["dataset_size_published_as"] == "declared public size", row
+        assert 800 not in row.values()

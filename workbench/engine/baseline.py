@@ -77,7 +77,10 @@ def _write(path: Path, key: str, entry: dict[str, Any]) -> None:
         data = _read(path)  # another run may have added its own entry meanwhile
         data[key] = entry
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
+        # 0600: the entries name the data's path and come from the validation data
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(json.dumps(data, indent=1))
+        os.chmod(tmp, 0o600)  # an old tmp file of the same name keeps its mode through O_CREAT
         os.replace(tmp, path)
     except OSError as err:  # never fail a run because of a cache
         log.warning("the baseline cache %s could not be written: %s", path, err)

@@ -13,6 +13,7 @@ and then puts it in its own folder with a warning beside it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -31,8 +32,29 @@ Keep them with the data they came from; do not publish them with the adapter.
 """
 
 
+# Every exported file's and folder's time (1980-01-02 00:00 UTC, after zip's earliest in any time zone): copies keep
+# the training machine's times otherwise, which say when the run trained, the wall time the summary leaves out.
+EXPORT_TIME = 315_619_200
+
+
 class ExportError(ValueError):
     """The run cannot be exported; the message says why."""
+
+
+def export_name(run_id: str) -> str:
+    """An exported run's name: ``run-`` and the run id's random part, without the timestamp the id starts with.
+
+    >>> export_name("20250101-093000-3fa2c1")
+    'run-3fa2c1'
+    """
+    return "run-" + run_id.rsplit("-", 1)[-1]
+
+
+def reset_times(folder: Path) -> None:
+    """Set every file and folder under ``folder`` (and itself) to ``EXPORT_TIME``, folders after their contents."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        os.utime(path, (EXPORT_TIME, EXPORT_TIME), follow_symlinks=False)
+    os.utime(folder, (EXPORT_TIME, EXPORT_TIME))
 
 
 def _portable(values: dict) -> dict:
@@ -48,11 +70,12 @@ def _portable(values: dict) -> dict:
 def export_run(
     store: RunStore, run_id: str, directory: str | Path, *, telemetry: bool = False, force: bool = False
 ) -> Path:
-    """Copy run ``run_id`` to ``directory/<run_id>/`` and return that folder.
+    """Copy run ``run_id`` to ``directory/run-<random part of the id>/`` (``export_name``) and return that folder.
 
     Always: ``adapter/`` (PEFT format, privacy_report.json, model card), ``config.json`` and a
-    ``summary.json`` without the data-dependent metrics.  With ``telemetry``: ``telemetry/`` with
-    every event, the full summary and a README saying they are not covered by the guarantee.
+    ``summary.json`` without the data-dependent metrics. Nothing says when the run trained: the folder and the
+    summary's run_id leave out the id's timestamp, and every file's time is ``EXPORT_TIME``. With ``telemetry``:
+    ``telemetry/`` with every event, the full summary and a README saying they are not covered by the guarantee.
     A run with seeded randomness (``noise_seed``) has no DP guarantee and is refused unless
     ``force``; its card and report keep the warning. A replay (``workbench runs replay``) is refused: it is a copy
     of its original's release. The run's secret key is never copied.
@@ -73,12 +96,14 @@ def export_run(
     adapter = summary.get("adapter_dir")
     if not adapter or not Path(adapter).exists():
         raise ExportError(f"run {rec.id} has no saved adapter (status: {rec.status}). Only runs that trained have one.")
-    target = Path(directory) / rec.id
+    target = Path(directory) / export_name(rec.id)
     if target.exists():
         raise ExportError(f"{target} already exists. Choose another directory or remove it.")
     shutil.copytree(adapter, target / "adapter")
     (target / "config.json").write_text(json.dumps(_portable(rec.config), indent=2))
     released = _portable({k: v for k, v in summary.items() if k not in DATA_DEPENDENT_KEYS})
+    if "run_id" in released:
+        released["run_id"] = export_name(rec.id)
     (target / "summary.json").write_text(json.dumps(jsonable(released), indent=2))
     if telemetry:
         folder = target / "telemetry"
@@ -88,6 +113,7 @@ def export_run(
         with open(folder / "events.jsonl", "w") as fh:
             for _, e in store.events(rec.id):
                 fh.write(json.dumps(e.to_dict()) + "\n")
+    reset_times(target)
     return target
 
 
@@ -114,18 +140,18 @@ STEP_COLUMNS = (
     "grad_norm_hist",
 )
 EVAL_COLUMNS = ("step", "epsilon", "tokens_seen", "wall_time", "val_loss", "perplexity", "accuracy")
-# from RunStarted: the privacy values the plan resolved
+# from RunStarted: the privacy values the plan resolved (the dataset size comes from the summary: PUBLISHED_SIZES)
 RESOLVED = (
     ("noise_multiplier", "sigma"),
     ("sample_rate", "q"),
     ("delta", "delta"),
     ("neighboring", "relation"),
     ("accountant", "accountant"),
-    ("dataset_size", "dataset_size"),
     ("planned_steps", "planned_steps"),
     ("seeded_randomness", "seeded_randomness"),
 )
 FINAL = ("epsilon", "steps", "val_loss", "perplexity", "accuracy", "wall_time")
+PUBLISHED_SIZES = ("dataset_size", "num_users", "dataset_size_published_as")  # from the summary, as published
 
 
 def _check_format(fmt: str) -> str:
@@ -180,6 +206,10 @@ def run_tables(store: RunStore, run_id: str, *, label: str | None = None, sweep:
     run_row: dict = {**ident, "status": rec.status, "reason": rec.reason}
     for key, column in RESOLVED:
         run_row[column] = getattr(started, key, None) if started is not None else summary.get(key)
+    # the sizes as the run's summary publishes them (engine/report.published_sizes), never RunStarted's exact count,
+    # which under add/remove reveals membership; none before the run ends
+    for key in PUBLISHED_SIZES:
+        run_row[key] = summary.get(key)
     last_eval = evals[-1] if evals else {}
     final = rec.final_epsilon  # an ended run's stored value (what every surface shows), else the last step's
     run_row["epsilon"] = final if final is not None else (steps[-1]["epsilon"] if steps else None)

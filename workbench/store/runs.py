@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -67,6 +68,30 @@ class RunNotFound(KeyError):
 
 def workbench_home() -> Path:
     return Path(os.environ.get("WORKBENCH_HOME", Path.home() / ".workbench")).expanduser()
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` (with its parents) readable by its owner only: created 0700, an existing one tightened to 0700. The
+    workbench home holds private data (uploads, telemetry, run keys, the baseline cache's data paths)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """``path`` created empty 0600 when missing, an existing one tightened to 0600 (SQLite gives the -wal and -shm
+    files it creates the mode of their database)."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    _tighten(path, 0o600)
+    return path
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(mode)
+    except OSError:  # not ours to change (a home shared on purpose): leave it as it is
+        pass
 
 
 def new_run_id() -> str:
@@ -124,9 +149,11 @@ class RunStore:
     """One SQLite database under ``home``; safe to share between threads (one connection each)."""
 
     def __init__(self, home: str | Path | None = None) -> None:
-        self.home = Path(home) if home is not None else workbench_home()
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.path = self.home / "runs.sqlite"
+        self.home = private_dir(Path(home) if home is not None else workbench_home())
+        self.path = private_file(self.home / "runs.sqlite")
+        for side in ("-wal", "-shm"):  # from an older version, created 0644 with their database
+            if self.path.with_name(self.path.name + side).exists():
+                _tighten(self.path.with_name(self.path.name + side), 0o600)
         self._local = threading.local()
         self._seq_lock = threading.Lock()
         with self._conn() as c:
@@ -276,6 +303,8 @@ __all__ = [
     "RunRecord",
     "RunNotFound",
     "workbench_home",
+    "private_dir",
+    "private_file",
     "new_run_id",
     "RunStarted",
     "StepMetrics",
