@@ -29,6 +29,7 @@ from workbench.config import RunConfig
 from workbench.engine.data import load_dataset
 from workbench.engine.fingerprint import dataset_fingerprint, unit_identities
 from workbench.engine.plan import PrivacyPlan
+from workbench.engine.randomness import RunRandomness
 from workbench.privacy import dp_events
 from workbench.session import Session
 from workbench.store.export import ExportError, export_run
@@ -277,6 +278,9 @@ def test_a_replay_on_changed_data_is_refused_and_one_on_the_same_data_is_a_copy(
     write(path, shuffled)  # the same records in another order: other batches under the same noise
     assert replay(original.run_id).exit_code == 2
     assert {r.id for r in store.list()} == before  # nothing trained
+    key = RunRandomness.load(store.run_dir(original.run_id), run_id=original.run_id)
+    direct = Session(cfg, store=store, randomness=key, replay_of=original.run_id).run()  # the Python API: refused too
+    assert direct["status"] == "failed" and "refusing to replay" in direct["reason"] and not direct["adapter_dir"]
 
     write(path, rows())
     done = replay(original.run_id)
@@ -287,7 +291,7 @@ def test_a_replay_on_changed_data_is_refused_and_one_on_the_same_data_is_a_copy(
     copy = ledger.get(out["replay_id"])
     assert copy.replay_of == original.run_id and "not counted again" in copy.note
     (group,) = ledger.datasets()
-    assert {e.run_id for e in group.entries} == {original.run_id, copy.run_id}
+    assert {e.run_id for e in group.entries} == {original.run_id, copy.run_id}  # the refused one took no step
     assert group.total.runs == 1 and group.total.epsilon == pytest.approx(ledger.get(original.run_id).epsilon, rel=0.01)
     with pytest.raises(ExportError, match="copy of that release"):
         export_run(store, out["replay_id"], tmp_path / "out")
