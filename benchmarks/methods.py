@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 from workbench.config import RunConfig  # noqa: E402
-from workbench.engine.data.demo import demo_dataset  # noqa: E402
+from workbench.engine.data.demo import DEPARTMENTS, demo_dataset  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +59,7 @@ def base(task: str, steps: int, tmp: Path, sst2_dir: str | None) -> dict:
         max_seq_len=64,
         target_epsilon=8.0,
     )
+
     if task == "sst2":
         d = Path(sst2_dir or HERE.parent.parent / "shared" / "data" / "sst2")
         return dict(
@@ -68,8 +69,16 @@ def base(task: str, steps: int, tmp: Path, sst2_dir: str | None) -> dict:
             batch_size=256,
             physical_batch_size=128,
             eval_max_examples=1000,
+            labels=["0", "1"],  # public: SST-2's two classes, never read from the data
         )
-    return dict(common, data=demo_as_classification(tmp), batch_size=64, physical_batch_size=64, eval_max_examples=400)
+    return dict(
+        common,
+        data=demo_as_classification(tmp),
+        batch_size=64,
+        physical_batch_size=64,
+        eval_max_examples=400,
+        labels=list(DEPARTMENTS),
+    )
 
 
 ARMS = {
@@ -94,6 +103,15 @@ ARMS = {
 }
 
 
+def declared_size(config: RunConfig) -> int:
+    """The count of sampled units the benchmark declares public (users under ULS, capped examples otherwise),
+    as a paper reporting an add/remove epsilon would."""
+    from workbench.engine.prepare import dataset_sizes
+
+    examples, users = dataset_sizes(config)
+    return users if config.user_sampling == "uls" else examples
+
+
 def run(args) -> dict:
     """Each arm is one stored sweep over the seeds (``workbench.sweep``, the code path of `workbench sweep`);
     the summary is computed from the sweeps' CSV export (``runs.csv``), as the README's tables are."""
@@ -112,7 +130,10 @@ def run(args) -> dict:
         if args.arms and arm not in args.arms:
             continue
         name = f"{args.experiment}-{args.task}-{arm}-{stamp}"
-        create_sweep(RunConfig(**{**settings, **extra}), grid={"seed": args.seeds}, name=name, store=store)
+        config = RunConfig(**{**settings, **extra})
+        if config.neighboring == "add_remove":  # the benchmark's data size is public: declare it (plan.py)
+            config = config.with_overrides({"public_dataset_size": declared_size(config)})
+        create_sweep(config, grid={"seed": args.seeds}, name=name, store=store)
         execute(name, store=store, progress=lambda p: print(p.line(), flush=True))
         runs = pd.read_csv(export_sweep_metrics(store, name, export_dir, "csv") / "runs.csv")
         failed = runs[runs["status"] != "finished"]

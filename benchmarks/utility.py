@@ -77,6 +77,7 @@ def _base_settings(args) -> dict:
         learning_rate=5e-3,
         lr_schedule="constant",
         eval_max_examples=args.eval_examples or 872,
+        labels=["0", "1"],  # SST-2's classes, given (a private run never reads its label set from the data)
         generate_max_new_tokens=0,
         seed=args.seed,
     )

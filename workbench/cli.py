@@ -215,8 +215,11 @@ def _print_summary(s: dict) -> None:
                     f"{e['exposure']:.3g}" + ("" if e["in_training"] else " (not trained on)") for e in a["exposure"]
                 )
             )
-    if s.get("planned_epsilon") is not None:
-        lines.append(f"  planned epsilon {s['planned_epsilon']:.4g}: {s.get('stop_note')}")
+    if s.get("steps_done_epsilon") is not None:
+        lines.append(
+            f"  stopped by hand: epsilon above is the planned one; the {s['steps_done_epsilon']:.4g} of the steps done "
+            f"holds only if the stop used public information only. {s.get('stop_note')}"
+        )
     metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
     if metrics:
         lines.append("  validation: " + " ".join(metrics))
@@ -415,6 +418,7 @@ def check(
     from workbench.privacy.checks import format_findings, preflight
 
     try:
+        _echo_sizes(cfg)
         task, plan = _plan_without_model(cfg)
         findings = preflight(cfg, plan, task=task)
     except _user_errors() as err:
@@ -432,25 +436,32 @@ def check(
         raise typer.Exit(1)
 
 
+def _echo_sizes(cfg: RunConfig) -> None:
+    """The data's own counts, on this machine only: what public_dataset_size would declare."""
+    from workbench.engine.plan import sampled_units
+    from workbench.engine.prepare import dataset_sizes
+
+    examples, users = dataset_sizes(cfg)
+    uls = cfg.privacy_unit == "user" and cfg.user_sampling == "uls"
+    count = users if uls else examples
+    typer.echo(
+        f"data: {count} {sampled_units(cfg)}"
+        + (f" ({users} users)" if users and not uls else "")
+        + "; to declare that size public (add/remove neighbours): --set public_dataset_size="
+        + str(count),
+        err=True,
+    )
+
+
 def _plan_without_model(cfg: RunConfig):
     """(task, PrivacyPlan) from the data splits alone; under user-level DP N counts each user's first k."""
-    from collections import Counter
-
     from workbench.engine.plan import make_plan
-    from workbench.engine.trainer import load_splits
+    from workbench.engine.prepare import dataset_sizes, load_splits
 
     train, _ = load_splits(cfg)
     task = train.task if cfg.task == "auto" else cfg.task
-    if cfg.privacy_unit != "user":
-        return task, make_plan(cfg, dataset_size=len(train), num_users=None)
-    per_user = Counter(r.user_id for r in train.records)
-    if not train.num_users or None in per_user:
-        raise ConfigError(
-            "privacy_unit is 'user' but some examples have no user_id: add a user_id column (or map "
-            "one with columns: {user_id: your_column}), or set privacy_unit to 'example'."
-        )
-    size = sum(min(n, cfg.max_examples_per_user) for n in per_user.values())  # the per-user cap of the trainer
-    return task, make_plan(cfg, dataset_size=size, num_users=len(per_user))
+    examples, users = dataset_sizes(cfg)
+    return task, make_plan(cfg, dataset_size=examples, num_users=users if cfg.privacy_unit == "user" else None)
 
 
 # -- plan --------------------------------------------------------------------------------------------
@@ -548,17 +559,9 @@ def plan_cmd(
 
 def _data_sizes(cfg: RunConfig) -> tuple[int, int | None]:
     """(training examples after the per-user cap, users) of the config's data, without the model."""
-    from collections import Counter
+    from workbench.engine.prepare import dataset_sizes
 
-    from workbench.engine.trainer import load_splits
-
-    train, _ = load_splits(cfg)
-    if cfg.privacy_unit != "user":
-        return len(train), train.num_users or None
-    per_user = Counter(r.user_id for r in train.records)
-    if not train.num_users or None in per_user:
-        raise ConfigError("privacy_unit is 'user' but some examples have no user_id: add a user_id column.")
-    return sum(min(n, cfg.max_examples_per_user) for n in per_user.values()), len(per_user)
+    return dataset_sizes(cfg)
 
 
 # -- runs --------------------------------------------------------------------------------------------
@@ -878,9 +881,6 @@ def _print_dataset(d, path_given: str | None) -> None:
 # -- audit ---------------------------------------------------------------------------------------------
 
 
-@app.command("audit")
-def audit_cmd(
-    run_id: str, as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 def audit_reading(a: dict) -> str:
     """How to read an audit result: interim or final, its power and what it is compared against."""
     parts = []
@@ -894,6 +894,9 @@ def audit_reading(a: dict) -> str:
     return "; ".join(parts)
 
 
+@app.command("audit")
+def audit_cmd(
+    run_id: str, as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 ) -> None:
     """The one-run privacy audit of a stored run (trained with --set audit=gradient_canaries or
     audit=input_canaries): the empirical epsilon lower bound beside the claimed epsilon, and on the demo data
@@ -933,11 +936,11 @@ def audit_reading(a: dict) -> str:
             f"{result['correct']} of {result['guesses']} guesses correct); claimed upper bound {claim_text} "
             f"(delta {summary.get('delta', float('nan')):.2g})"
         )
+        if audit_reading(result):
+            typer.echo("  " + audit_reading(result))
         for e in result.get("exposure") or []:
             typer.echo(
                 f"  exposure of {e['user_id']}'s secret: {e['exposure']:.3g} bits (rank {e['rank']} of "
-        if audit_reading(result):
-            typer.echo("  " + audit_reading(result))
                 f"{e['candidates']} candidates; {'trained on' if e['in_training'] else 'not trained on: a control'})"
             )
         if exceeds:
@@ -976,6 +979,14 @@ def data(
         _print_json(info)
         return
     typer.echo(json.dumps(jsonable(info), indent=2, ensure_ascii=False))
+    if info.get("label_names"):
+        typer.echo(
+            f"labels in this file: {json.dumps(info['label_names'], ensure_ascii=False)}. A private run needs them in "
+            f"its config (labels: {json.dumps(info['label_names'], ensure_ascii=False)}, or --set 'labels=[...]'): the "
+            "classifier's width and label names are released with the adapter, so they must be chosen in advance, "
+            "never read from the private data.",
+            err=True,
+        )
 
 
 def _split_kv(text: str) -> tuple[str, str]:

@@ -67,8 +67,10 @@ class RunConfig(BaseModel):
     )
     labels: list[str] | None = Field(
         None,
-        description="Classification labels, in order (e.g. [negative, positive]). Given here, the head's width and "
-        "label ids come from the config, not from the private data; data with a label not listed is refused.",
+        description="Classification labels, in order (e.g. [negative, positive] or [0, 1]). The head's width and "
+        "label ids come from here, never from the private data (a label only one record uses would reveal it), so a "
+        "private classification run needs them; data with a label not listed is refused. `workbench data FILE` "
+        "lists the labels a file holds.",
     )
     max_seq_len: int = Field(256, ge=8, description="Longer sequences are truncated (prompt first).")
     response_max_tokens: int | None = Field(
@@ -106,10 +108,21 @@ class RunConfig(BaseModel):
     )
     neighboring: Literal["auto", "replace_one", "add_remove"] = Field(
         "auto",
-        description="Neighbouring datasets the epsilon is for. replace_one: one unit replaced (the dataset size is "
-        "public and published exactly); add_remove: one unit added or removed (the size is published only rounded to "
-        "2 significant figures, and q comes from that rounded size). auto: replace_one where the accountant has it "
-        "(PLD over examples or ULS users), add_remove otherwise (rdp, prv, ELS).",
+        description="Neighbouring datasets the epsilon is for. replace_one: one unit replaced (neighbours have the same "
+        "size, so the exact size is public and published). add_remove: one unit added or removed (the exact size would "
+        "reveal membership, so q, delta, steps and the published size all come from public_dataset_size, which it "
+        "needs). auto: add_remove when public_dataset_size is given, else replace_one where the accountant has it (PLD "
+        "over examples or ULS users); rdp, prv, edgeworth and ELS analyse add_remove only, so they need "
+        "public_dataset_size.",
+    )
+    public_dataset_size: int | None = Field(
+        None,
+        ge=1,
+        description="The number of training units you declare public (examples; users under ULS; examples after the "
+        "per-user cap under ELS), e.g. what a paper or data sheet states. Given, the epsilon is for add/remove "
+        "neighbours (the relation most papers report; less noise than replace_one for the same epsilon) and every "
+        "published number (q = batch_size / this, the steps, the default delta, the size) comes from it, never from "
+        "the data. `workbench check` shows the data's count to copy.",
     )
     privacy_unit: Literal["example", "user"] = Field(
         "example", description="The unit the guarantee protects: one example, or one user (needs user_id)."
@@ -235,6 +248,14 @@ class RunConfig(BaseModel):
         "app, a notebook or a Session host them, as rank 0 with ranks 1..N-1 as child processes.",
     )
     output_dir: str | None = Field(None, description="Where the adapter goes; default: the run's folder.")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, v: Any) -> Any:
+        """Labels as the data files hold them: `labels: [0, 1]` means the classes "0" and "1"."""
+        if isinstance(v, (list, tuple)):
+            return [str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x for x in v]
+        return v
 
     @field_validator("clip_quantile", "clip_quantile_share", "clip_quantile_lr")
     @classmethod

@@ -243,9 +243,14 @@ class Session:
         if trainer is None:
             return out
         plan, cfg = trainer.p.plan, trainer.p.config
-        eps = plan.epsilon_at(trainer.step) if trainer.step else 0.0
-        if status == "stopped" and plan.private:
-            out.update(planned_epsilon=plan.epsilon_at(plan.steps), stop_note=STOP_NOTE)
+        stopped = status == "stopped"
+        eps = plan.claimed_epsilon(trainer.step, stopped=stopped)  # stopped by hand: the planned epsilon
+        if stopped and plan.private and trainer.step:
+            out.update(
+                planned_epsilon=plan.epsilon_at(plan.steps),
+                steps_done_epsilon=plan.epsilon_at(trainer.step),  # only if the stop used public information only
+                stop_note=STOP_NOTE,
+            )
         comparison = plan.comparison_epsilon_at(trainer.step) if trainer.step else None
         if comparison is not None:
             out["edgeworth_epsilon"] = comparison

@@ -162,7 +162,9 @@ def test_classification_trains_the_peft_head_under_dp(tmp_path):
     ]
     path = tmp_path / "reviews.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    summary = train(**FAST, data=str(path), max_steps=3, noise_multiplier=0.8, learning_rate=1e-2)
+    summary = train(
+        **FAST, data=str(path), max_steps=3, noise_multiplier=0.8, learning_rate=1e-2, labels=["neg", "pos"]
+    )
     assert summary["status"] == "finished", summary
     assert summary["accuracy"] is not None
     tensors = _lora_tensors(summary["adapter_dir"])

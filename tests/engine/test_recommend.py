@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from workbench import privacy
 from workbench.cli import app
 from workbench.engine import recommend as rec_mod
-from workbench.engine.plan import published_size
 from workbench.engine.recommend import RecommendError, recommend
 
 SMALL = dict(dataset_size=200, target_epsilon=4.0, delta=1e-5, min_steps=10)  # batches 8 ... 64
@@ -37,10 +36,10 @@ def test_more_budget_never_recommends_a_worse_ratio():
 
 def test_every_candidate_stays_within_the_target_by_dp_accounting():
     """Checked with dp_accounting itself: its RDP accountant exactly, its PLD accountant at its own grid."""
-    r = recommend(**SMALL, budget_examples=400, accountant="rdp", whole_budget=False)  # rdp: add/remove only
-    assert r.accountant == "rdp" and r.neighboring == "add_remove" and r.candidates
+    r = recommend(**SMALL, budget_examples=400, accountant="rdp", whole_budget=False, public_dataset_size=210)
+    assert r.accountant == "rdp" and r.neighboring == "add_remove" and r.candidates  # rdp: add/remove only
     for c in r.candidates:
-        assert c.sample_rate == pytest.approx(c.batch_size / published_size(200))
+        assert c.sample_rate == pytest.approx(c.batch_size / 210)  # the declared public size, not the data's 200
         eps = rdp.RdpAccountant().compose(_event(c)).get_epsilon(1e-5)
         assert eps <= 4.0 * (1 + 1e-9), c
     r = recommend(**SMALL, budget_examples=400)  # pld, auto: replace one
@@ -143,7 +142,7 @@ def test_plan_tab_privacy_unit_choice_reaches_the_config():
     pytest.importorskip("gradio")
     from workbench.app import forms
 
-    assert forms.PLAN_FIELDS[-1] == "privacy_unit"
+    assert forms.PLAN_FIELDS[-3] == "privacy_unit"
     cfg = forms.config_from_values({"privacy_unit": "user:uls"})
     assert (cfg.privacy_unit, cfg.user_sampling) == ("user", "uls")
     assert forms.config_from_values({"privacy_unit": "example"}).privacy_unit == "example"

@@ -155,7 +155,7 @@ def test_cross_example_layers_only_for_models_of_ones_own():
 
 
 def test_label_set_from_private_data():
-    assert finding(RunConfig(task="classification"), "label-set-from-data").severity == "warning"
+    assert finding(RunConfig(task="classification"), "label-set-from-data").severity == "error"  # a run refuses
     assert "label-set-from-data" in codes(RunConfig(), task="classification")  # task auto, resolved by the data
     assert "label-set-from-data" not in codes(RunConfig(task="classification", labels=["neg", "pos"]))
     assert "label-set-from-data" not in codes(RunConfig(), task="causal_lm")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from workbench import privacy
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig
-from workbench.engine.plan import make_plan, published_size
+from workbench.engine.plan import make_plan
 from workbench.engine.randomness import KEY_FILE, SEEDED_LABEL, GaussianNoise, RunRandomness
 from workbench.engine.report import CARD_START, place_card_section
 from workbench.session import Session
@@ -188,7 +188,7 @@ def test_manual_stop_reports_done_and_planned_epsilon():
     s = Session(RunConfig(**{**FAST, "max_steps": 50}), store=store, stop_after=2)
     summary = s.run()
     assert summary["status"] == "stopped" and summary["steps"] == 2
-    assert summary["planned_epsilon"] > summary["epsilon"] > 0
+    assert summary["planned_epsilon"] == summary["epsilon"] > summary["steps_done_epsilon"] > 0
     assert "telemetry" in summary["stop_note"]
     report = json.loads((Path(summary["adapter_dir"]) / "privacy_report.json").read_text())
     assert report["stopped_early"] and report["planned_epsilon"] == pytest.approx(summary["planned_epsilon"])
@@ -212,6 +212,7 @@ def test_edgeworth_never_sets_sigma(q, steps):
         delta=1e-5,
         accountant="edgeworth",
         neighboring="add_remove",
+        public_dataset_size=n,
     )
     plan = make_plan(cfg, dataset_size=n)
     assert plan.accountant == "pld" and plan.comparison_accountant == "edgeworth"
@@ -248,10 +249,15 @@ def test_replace_one_values_match_dp_accounting():
 def test_neighboring_resolution_and_published_size():
     example = make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10), dataset_size=1185)
     assert example.neighboring == "replace_one" and example.sample_rate == 32 / 1185
-    rdp = make_plan(RunConfig(model="tiny", batch_size=32, max_steps=10, accountant="rdp"), dataset_size=1185)
+    rdp = make_plan(
+        RunConfig(model="tiny", batch_size=32, max_steps=10, accountant="rdp", public_dataset_size=1200),
+        dataset_size=1185,
+    )
     assert rdp.neighboring == "add_remove" and rdp.sample_rate == 32 / 1200 and rdp.expected_batch_size == 32
     els = make_plan(
-        RunConfig(model="tiny", batch_size=32, max_steps=10, privacy_unit="user"), dataset_size=1185, num_users=140
+        RunConfig(model="tiny", batch_size=32, max_steps=10, privacy_unit="user", public_dataset_size=1185),
+        dataset_size=1185,
+        num_users=140,
     )
     assert els.neighboring == "add_remove"
     with pytest.raises(ConfigError, match="accountant=pld"):
@@ -265,18 +271,14 @@ def test_neighboring_resolution_and_published_size():
             dataset_size=1185,
             num_users=140,
         )
-    assert [published_size(n) for n in (7, 57, 1185, 67_349)] == [10, 60, 1200, 67_000]
 
 
-def test_add_remove_report_publishes_only_the_rounded_size():
+def test_add_remove_report_publishes_only_the_declared_size():
     store = RunStore()
-    summary = Session(RunConfig(**FAST, neighboring="add_remove"), store=store).run()
+    summary = Session(RunConfig(**FAST, neighboring="add_remove", public_dataset_size=700), store=store).run()
     report = json.loads((Path(summary["adapter_dir"]) / "privacy_report.json").read_text())
     assert report["neighboring"] == "add_remove"
-    assert (
-        report["dataset_size"] == published_size(report["dataset_size"])
-        and "rounded" in report["dataset_size_published_as"]
-    )
+    assert report["dataset_size"] == 700 and "declared public" in report["dataset_size_published_as"]
     assert report["sample_rate"] == pytest.approx(16 / report["dataset_size"])
     assert "added or removed" in (Path(summary["adapter_dir"]) / "README.md").read_text()
 

@@ -59,7 +59,7 @@ def trained_home(tmp_path_factory) -> Path:
     for name, overrides in (
         ("a", dict(noise_multiplier=1.0)),
         ("b", dict(noise_multiplier=0.7)),
-        ("c", dict(noise_multiplier=1.0, neighboring="add_remove", delta=1e-6)),
+        ("c", dict(noise_multiplier=1.0, neighboring="add_remove", delta=1e-6, public_dataset_size=1000)),
     ):
         summary = train(store, name, **overrides)
         assert summary["status"] == "finished", summary.get("reason")
@@ -377,7 +377,13 @@ def test_a_tuning_sweep_stores_the_event_of_every_setting_of_its_grid(monkeypatc
 
     monkeypatch.setattr(sweep_module, "draw_runs", lambda tuning, rng: 1)  # at most one setting drawn
     store = RunStore()
-    base = RunConfig(**{**TINY, "max_steps": 3}, target_epsilon=None, noise_multiplier=1.0, neighboring="add_remove")
+    base = RunConfig(
+        **{**TINY, "max_steps": 3},
+        target_epsilon=None,
+        noise_multiplier=1.0,
+        neighboring="add_remove",
+        public_dataset_size=1000,
+    )
     sweep_module.create_sweep(
         base, grid=["noise_multiplier=2.0,0.6"], tuning="geometric", mean_runs=3, name="tune", store=store
     )

@@ -36,6 +36,8 @@ PLAN_FIELDS = (
     "max_examples_per_user",  # added later ones go last: the /plan API's positional inputs keep their places
     "neighboring",
     "privacy_unit",  # example, user:els or user:uls (PRIVACY_UNIT_CHOICES): privacy_unit and user_sampling
+    "public_size",  # a checkbox: public_dataset_size = the chosen data's training count (add/remove neighbours)
+    "labels",  # comma-separated class names (classification)
 )
 PRIVACY_UNIT_CHOICES = [
     ("one example", "example"),
@@ -220,6 +222,13 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
         o["privacy_unit"], _, sampling = str(values["privacy_unit"]).partition(":")
         if sampling:
             o["user_sampling"] = sampling
+    if "labels" in values:
+        names = [x.strip() for x in str(values["labels"] or "").split(",") if x.strip()]
+        o["labels"] = names or None
+    if values.get("public_size"):  # the user declares the training count public: a constant in the config
+        o["public_dataset_size"] = public_count(o.get("data", base.data), {**base.to_dict(), **o}, base=base)
+    elif "public_size" in values:
+        o["public_dataset_size"] = None
     if "audit" in values:  # a checkbox: the white-box one-run audit (privacy/audit.py)
         o["audit"] = "gradient_canaries" if values["audit"] else "none"
     for key in ("max_grad_norm", "accountant", *TRAIN_FIELDS):
@@ -232,6 +241,14 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
     if isinstance(o.get("model"), str):
         o["model"] = o["model"].strip()
     return base.with_overrides(o)
+
+
+def public_count(source: str, settings: Mapping[str, Any], *, base: RunConfig) -> int:
+    """What the Plan tab's "size is public" box declares: the number of training units of ``source`` that the
+    sampling draws from (users under ULS, examples otherwise; under ELS the examples before the per-user cap)."""
+    info = dataset_info(source, validation_fraction=base.validation_fraction, seed=base.seed)
+    uls = settings.get("privacy_unit") == "user" and settings.get("user_sampling") == "uls"
+    return int(info.n_users if uls and info.n_users else info.n_train)
 
 
 def privacy_unit_value(config: RunConfig) -> str:

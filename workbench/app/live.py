@@ -230,9 +230,22 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
     sentence = _epsilon_sentence(view, p["epsilon"])
     if sentence:
         out += f'<div class="wb-protects" id="wb-protects">{html.escape(sentence)}</div>'
+    stop = stop_text(view.ended.summary if view.ended is not None else None)
+    if stop:
+        out += f'<div class="wb-stop-note" id="wb-stop-note">{html.escape(stop)}</div>'
     if status in ("failed", "interrupted") and reason:
         out += f'<div class="wb-reason">{html.escape(reason)}</div>'
     return out + "</div>"
+
+
+def stop_text(summary: dict | None) -> str:
+    """A run stopped by hand: which epsilon it claims (the planned one) and when the smaller one would hold."""
+    if not summary or summary.get("steps_done_epsilon") is None:
+        return ""
+    return (
+        f"Stopped by hand: ε above is the planned ε (the full schedule's). The ε of the steps done, "
+        f"{summary['steps_done_epsilon']:.3g}, holds only if the stop used public information only."
+    )
 
 
 def _epsilon_sentence(view, epsilon: float | None) -> str:

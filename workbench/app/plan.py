@@ -58,6 +58,7 @@ ERROR_ROWS = {
     "delta": ("delta", "accountant"),
     "user": ("max_examples_per_user", "max examples per user", "neighboring"),
     "unit": ("privacy_unit", "user_sampling"),
+    "public": ("public_dataset_size", "labels"),
 }
 
 
@@ -199,7 +200,7 @@ def plan_summary(plan: forms.PlanResult) -> str:
     text += f"  \nε is for neighbouring datasets with {relation_text(plan.neighboring, unit)}" + (
         " (the exact dataset size is public)."
         if plan.neighboring == "replace_one"
-        else " (the dataset size is published only rounded)."
+        else " (q, δ and the size come from the size you declared public, never from the data's own count)."
     )
     if plan.pending and not plan.provisional:
         text += f"  \n_computing {', '.join(accountant_label(a) for a in plan.pending)}…_"
@@ -446,6 +447,24 @@ def build(ctx: AppContext) -> PlanControls:
                 elem_id="privacy-unit",
             )
             rows["unit"] = _row_error("unit")
+            with gr.Row():
+                c["public_size"] = gr.Checkbox(
+                    base.public_dataset_size is not None,
+                    label="The training set's size is public (add/remove neighbours)",
+                    info="Tick when you may publish how many training units you hold (most papers do): ε is then for "
+                    "one unit added or removed, with less noise than replace-one for the same ε, and q, the steps "
+                    "and δ come from that declared size (public_dataset_size), never from the data's own count.",
+                    elem_id="public-size",
+                )
+                c["labels"] = gr.Textbox(
+                    ", ".join(base.labels or ()),
+                    label="Labels (classification)",
+                    placeholder="e.g. negative, positive",
+                    info="The classes, in order, comma-separated. A private classification run needs them: they are "
+                    "released with the adapter, so they must not be read from the private data.",
+                    elem_id="labels",
+                )
+            rows["public"] = _row_error("public")
             error = gr.Markdown("", elem_classes="wb-error", elem_id="plan-error")
         with gr.Column(scale=3):
             plot = gr.Plot(label="Privacy plan", elem_id="plan-plot")
@@ -531,8 +550,8 @@ def _wire(
                 return
             yield (gr.skip(),) * len(outputs) if update is None else route_error(update)
 
-    knobs = [c[n] for n in forms.PLAN_FIELDS if n not in ("upload_path", "data_path", "data_mode", "delta")]
-    typed = [c["data_path"], c["delta"]]  # text: refresh when typing is done, not on every key
+    knobs = [c[n] for n in forms.PLAN_FIELDS if n not in ("upload_path", "data_path", "data_mode", "delta", "labels")]
+    typed = [c["data_path"], c["delta"], c["labels"]]  # text: refresh when typing is done, not on every key
     # The dataset choice is a trigger of the one plan event too (not a chained refresh of its own): a
     # separate chain reading the same controls could run with the old choice and be dropped.
     triggers = [k.change for k in knobs] + [t.submit for t in typed] + [t.blur for t in typed] + [c["data_mode"].change]

@@ -13,11 +13,18 @@ approximation beside it (``comparison_epsilon_at``), never as what sets the nois
 
 Neighbouring relation (REFERENCES.md section 7): the report publishes the number of sampled units.
 - replace_one: neighbours have the same size, so the exact size is public and q = B / N is too.
-- add_remove: the size itself would reveal membership, so q is computed from the size rounded to
-  two significant figures (at least to the nearest 10), which is all the report publishes, and
-  the sum is divided by the expected batch size q * N_rounded (a public number).
-- auto: replace_one where dp_accounting can analyse it (PLD over examples, or over users under
-  ULS), add_remove otherwise (RDP, PRV, Edgeworth's comparison, and the ELS mixture of Gaussians).
+- add_remove: the exact size would reveal membership, so every published number (q, the steps,
+  the default delta, the size, the divisor q * N of the noisy sum) comes from ``public_dataset_size``,
+  a size the user declares public, and never from the data. Without one, add_remove is refused.
+  (Rounding N, as an earlier version did, is no mechanism: it is a deterministic function of the
+  exact N, so neighbours on either side of a rounding boundary published different q and sigma.)
+- auto: add_remove when a public size is declared; else replace_one where dp_accounting can analyse
+  it (PLD over examples, or over users under ULS); RDP, PRV, Edgeworth's comparison and the ELS
+  mixture of Gaussians analyse add_remove only, so they need a public size.
+
+A run stopped by hand claims the planned epsilon (``claimed_epsilon``): the stopping step may
+depend on what the person saw, and only the full schedule's epsilon covers every stopping time
+that is a function of the released iterates or public information.
 """
 
 from __future__ import annotations
@@ -72,7 +79,16 @@ class PrivacyPlan:
 
     @property
     def size_published_as(self) -> str:
-        return "exact" if self.neighboring == "replace_one" else "rounded to 2 significant figures (at least to 10)"
+        return "exact" if self.neighboring == "replace_one" else "declared public (public_dataset_size)"
+
+    def claimed_epsilon(self, steps_done: int, *, stopped: bool) -> float:
+        """The epsilon a run claims after ``steps_done`` steps. A run stopped by hand claims the planned one: the
+        person who stopped it may have looked at the live telemetry, so the stopping step is not a public choice,
+        and only the full schedule's epsilon (all T iterates released) covers a stop chosen from released states
+        or public information. The steps-done epsilon holds only for a stop decided from public information."""
+        if stopped and self.private and steps_done:
+            return self.epsilon_at(self.steps)
+        return self.epsilon_at(steps_done) if steps_done else 0.0
 
     def epsilon_at(self, step: int) -> float:
         """Epsilon spent after ``step`` logical steps, for the run's unit (inf when non-private)."""
@@ -212,22 +228,42 @@ def calibrate_els(*, target_epsilon: float, sample_rate: float, steps: int, delt
     return hi
 
 
-def published_size(n: int) -> int:
-    """``n`` rounded to two significant figures, and at least to the nearest 10 (add/remove reports).
+def sampled_units(config: RunConfig) -> str:
+    """What the sampling draws from, in words: what ``public_dataset_size`` counts."""
+    if config.privacy_unit == "user":
+        return "users" if config.user_sampling == "uls" else "training examples after the per-user cap"
+    return "training examples"
 
-    >>> published_size(1185), published_size(57), published_size(67349)
-    (1200, 60, 67000)
-    """
-    step = 10 ** max(1, len(str(int(n))) - 2)
-    return max(step, int(round(n / step)) * step)
+
+def public_size_needed(config: RunConfig, why: str) -> ConfigError:
+    """The one message for add/remove without a public size: what is wrong, and the two ways out."""
+    fallback = (
+        "or user_sampling=uls with accountant=pld (replace_one)"
+        if config.privacy_unit == "user" and config.user_sampling == "els"
+        else "or accountant=pld with neighboring=replace_one (auto), where the exact size is public by definition"
+    )
+    return ConfigError(
+        f"{why}, and add/remove needs a dataset size you declare public: the exact size is itself private (one unit "
+        "more or less changes it), so q, the steps, delta and the published size must come from a public number. "
+        f"Set public_dataset_size=N (the number of {sampled_units(config)}; `workbench check` shows it), {fallback}."
+    )
 
 
 def resolve_neighboring(config: RunConfig) -> str:
-    """The relation the epsilon is for: the config's, or (auto) replace_one where it can be analysed."""
+    """The relation the epsilon is for: the config's, or (auto) add_remove with a public size, else replace_one
+    where it can be analysed. add_remove without a public size is refused (``public_size_needed``)."""
     els = config.privacy_unit == "user" and config.user_sampling == "els"
     bound = privacy.bound_accountant(config.accountant)
-    if config.neighboring == "auto":  # Edgeworth's comparison is add/remove only, so it keeps add_remove
-        return "replace_one" if config.accountant == "pld" and not els else "add_remove"
+    public = config.public_dataset_size is not None
+    if config.neighboring == "auto":  # Edgeworth's comparison is add/remove only, so it needs add_remove
+        if public:
+            return "add_remove"
+        if config.accountant == "pld" and not els:
+            return "replace_one"
+        what = "user-level ELS (the mixture-of-Gaussians PLD)" if els else f"accountant={config.accountant}"
+        raise public_size_needed(config, f"{what} analyses add/remove neighbours only")
+    if config.neighboring == "add_remove" and not public:
+        raise public_size_needed(config, "neighboring=add_remove")
     if config.neighboring == "replace_one":
         if els:
             raise ConfigError(
@@ -254,14 +290,21 @@ def make_plan(config: RunConfig, *, dataset_size: int, num_users: int | None = N
             "Lower batch_size or add data."
         )
     neighboring = resolve_neighboring(config)
-    published = population if neighboring == "replace_one" else published_size(population)
+    # every published number from a public size: the declared one, else (replace_one) the exact one
+    published = config.public_dataset_size or population
+    if published < config.batch_size:
+        raise ConfigError(
+            f"public_dataset_size={published} is below batch_size={config.batch_size}: the sampling rate "
+            "q = batch_size / public_dataset_size would exceed 1. Lower batch_size or check the size."
+        )
     q = min(1.0, config.batch_size / published)
     if config.max_steps is not None:
         steps = config.max_steps
     else:
         steps = max(1, math.ceil((config.epochs if config.epochs is not None else 1.0) / q))
     protected = num_users if user else dataset_size  # delta must be below 1 / (number of protected units)
-    default_delta = config.default_delta(dataset_size=protected)
+    # the default delta from the public size (under ELS it counts examples, at least the users: smaller, safe)
+    default_delta = config.default_delta(dataset_size=config.public_dataset_size or protected)
     delta = config.delta if config.delta is not None else default_delta
     who = "users" if user else "examples"
     if delta >= 1.0 / protected:

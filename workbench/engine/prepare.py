@@ -44,6 +44,8 @@ def prepare(config: RunConfig) -> Prepared:
     task = train.task if config.task == "auto" else config.task
     if task == "classification" and not train.label_names:
         raise data_mod.DataError(f"{train.name}: task=classification needs a label column. Found none.")
+    if task == "classification" and config.labels is None and config.is_private:
+        raise data_mod.DataError(labels_needed(config.data))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # LoRA initialisation and dropout
     # the head's width: the config's labels when given (public), else the labels seen in the data
@@ -94,6 +96,33 @@ def prepare(config: RunConfig) -> Prepared:
         dataset_name=source.name,
         dataset_units=unit_identities(source),  # keyed by the ledger: which people this run trained on
     )
+
+
+def labels_needed(data: str) -> str:
+    """The one message for a private classification run without ``labels`` (REFERENCES.md section 7)."""
+    return (
+        f"{data}: a private classification run needs its labels listed in the config (labels: [negative, positive], "
+        "--set 'labels=[0, 1]', or the Plan tab's Labels field), in the order you want. The head's width and label "
+        "names go out with the adapter, so reading them from the private data would let one record with a rare label "
+        f"change what is released, which no epsilon covers. `workbench data {data}` lists the labels the file holds."
+    )
+
+
+def dataset_sizes(config: RunConfig) -> tuple[int, int | None]:
+    """(training examples after the per-user cap, users or None) of ``config``'s data, without the model: the
+    counts a data owner may declare public (``public_dataset_size``: the users under ULS, the examples otherwise)."""
+    from collections import Counter
+
+    train, _ = load_splits(config)
+    if config.privacy_unit != "user":
+        return len(train), train.num_users or None
+    per_user = Counter(r.user_id for r in train.records)
+    if not train.num_users or None in per_user:
+        raise data_mod.DataError(
+            "privacy_unit is 'user' but some examples have no user_id: add a user_id column (or map one with "
+            "columns: {user_id: your_column}), or set privacy_unit to 'example'."
+        )
+    return sum(min(n, config.max_examples_per_user) for n in per_user.values()), len(per_user)
 
 
 def load_source(config: RunConfig) -> data_mod.Dataset:

@@ -30,7 +30,7 @@ from typing import Iterator
 
 from workbench import privacy
 from workbench.config import ConfigError, RunConfig
-from workbench.engine.plan import published_size, resolve_neighboring
+from workbench.engine.plan import resolve_neighboring
 from workbench.privacy.validation import check_delta
 
 SMALLEST_BATCH = 8
@@ -254,6 +254,7 @@ def recommend_stages(
     min_steps: int = DEFAULT_MIN_STEPS,
     optimizer: str = "adamw",
     whole_budget: bool = True,
+    public_dataset_size: int | None = None,
 ) -> Iterator[Recommendation | None]:
     """The recommendation progressively: one yield per calibrated candidate (about half a second each), a
     partial Recommendation (``complete=False``; None while no candidate meets min steps yet) and last the
@@ -291,12 +292,13 @@ def recommend_stages(
                 neighboring=neighboring,
                 privacy_unit=privacy_unit,
                 user_sampling=user_sampling,
+                public_dataset_size=public_dataset_size,
             )
         )
         relation = resolve_neighboring(config)
     except ConfigError as err:
         raise RecommendError(str(err)) from None
-    default_delta = config.default_delta(dataset_size=n)
+    default_delta = config.default_delta(dataset_size=public_dataset_size or n)
     delta = default_delta if delta is None else check_delta(delta)
     if delta >= 1.0 / n:
         raise RecommendError(
@@ -312,7 +314,7 @@ def recommend_stages(
             f"batch ({SMALLEST_BATCH}: {SMALLEST_BATCH * min_steps:,} examples). Raise the budget or lower min steps."
         )
     bound = privacy.bound_accountant(accountant)
-    population = n if relation == "replace_one" else published_size(n)  # the plan's q = B / published size
+    population = public_dataset_size or n  # the plan's q = B / public size (make_plan)
     key = (population, float(target_epsilon), float(delta), bound, relation)
     grid = batch_grid(n)
     # the min-steps series first (it holds the recommendation), then the whole-budget curve
@@ -420,4 +422,5 @@ def recommend_for_config(
         user_sampling=config.user_sampling,
         min_steps=min_steps,
         optimizer=config.optimizer,
+        public_dataset_size=config.public_dataset_size,
     )

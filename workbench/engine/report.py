@@ -3,7 +3,7 @@
 Everything here is exported with the adapter, so it holds only what may be published: the
 mechanism's public settings and the epsilon. Never the randomness key (randomness.py), never an
 absolute path of the training machine, and the dataset's size only as the neighbouring relation
-allows (exact under replace_one, rounded under add_remove: plan.py).
+allows (exact under replace_one, the declared public size under add_remove: plan.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.engine.models import BASE_SOURCE, base_model_name
-from workbench.engine.plan import published_size
 from workbench.engine.randomness import SEEDED_LABEL
 
 if TYPE_CHECKING:
@@ -24,9 +23,11 @@ if TYPE_CHECKING:
 CARD_START = "<!-- dp-workbench: differential privacy -->"
 CARD_END = "<!-- /dp-workbench -->"
 STOP_NOTE = (
-    "A run stopped by hand: the epsilon of the steps done covers the adapter only if the decision to stop did not "
-    "look at the training telemetry (loss, gradient norms, validation metrics on private data); if it did, "
-    "the planned epsilon is the one that covers it."
+    "A run stopped by hand claims the planned epsilon (the full schedule's): it covers a stop decided from the "
+    "released adapter states or public information. The smaller epsilon of the steps done holds only if the stop "
+    "used public information only (a clock, a fixed plan). A stop decided from the training telemetry (losses, "
+    "gradient norms, validation metrics on private data) is covered by no epsilon: the stopping step itself can "
+    "reveal what that telemetry showed."
 )
 
 
@@ -35,16 +36,14 @@ def _finite(x: float | None) -> float | str | None:
 
 
 def published_sizes(prepared: "Prepared") -> dict[str, Any]:
-    """The dataset sizes the report may publish under the run's neighbouring relation."""
+    """The dataset sizes the report may publish: the plan's public population (the declared public size under
+    add_remove, the exact one under replace_one), and the number of users only where it is that population
+    (ULS) or public by the relation (replace_one); under add_remove a count of users is private, so none."""
     plan = prepared.plan
     uls = plan.privacy_unit == "user" and plan.user_sampling == "uls"
     exact = plan.neighboring == "replace_one"
     examples = plan.published_population if not uls else None  # under ULS the examples per user vary
-    users = (
-        plan.published_population
-        if uls
-        else (None if plan.num_users is None else (plan.num_users if exact else published_size(plan.num_users)))
-    )
+    users = plan.published_population if uls else (plan.num_users if exact else None)
     return {"dataset_size": examples, "num_users": users, "dataset_size_published_as": plan.size_published_as}
 
 
@@ -97,7 +96,8 @@ def privacy_report(
     if comparison is not None:
         report["edgeworth_epsilon"] = comparison
         report["edgeworth_note"] = "Edgeworth approximation for comparison, not an upper bound; epsilon above is PLD's"
-    if stopped:
+    if stopped and plan.private and steps_done:
+        report["steps_done_epsilon"] = _finite(plan.epsilon_at(steps_done))  # only if the stop used public info only
         report["stop_note"] = STOP_NOTE
     return report
 
@@ -175,7 +175,8 @@ def model_card_section(report: dict[str, Any]) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| epsilon | {_eps_text(report['epsilon'])} (steps done) |",
+        f"| epsilon | {_eps_text(report['epsilon'])} "
+        + ("(planned: the run was stopped by hand) |" if "steps_done_epsilon" in report else "(steps done) |"),
         f"| planned epsilon | {_eps_text(report['planned_epsilon'])} ({report['planned_steps']} steps) |",
         f"| delta | {report['delta']:.3g} |",
         f"| neighbouring datasets | {relation_text(report['neighboring'], report['privacy_unit'])} |",
@@ -195,6 +196,11 @@ def model_card_section(report: dict[str, Any]) -> str:
         f"| dataset size | {size_text}, {report['dataset']} |",
         f"| base model | {report['base_model']} ({report['base_model_source']}) |",
     ]
+    if "steps_done_epsilon" in report:
+        lines.append(
+            f"| epsilon of the steps done | {_eps_text(report['steps_done_epsilon'])} (holds only if the stop used "
+            "public information only) |"
+        )
     if report.get("quantile_clipping"):
         qc = report["quantile_clipping"]
         lines.append(
@@ -208,7 +214,7 @@ def model_card_section(report: dict[str, Any]) -> str:
     lines.append("")
     if report.get("audit"):
         lines += [audit_text(report["audit"], claimed=report["epsilon"]), ""]
-    if report.get("stopped_early"):
+    if report.get("stop_note"):
         lines += [report["stop_note"], ""]
     lines += [
         "The guarantee covers this adapter, not the training telemetry (loss curves, gradient norms, "

@@ -446,7 +446,7 @@ class Trainer:
             self.p,
             out_dir=out,
             steps_done=self.step,
-            epsilon=self.p.plan.epsilon_at(self.step),
+            epsilon=self.p.plan.claimed_epsilon(self.step, stopped=stopped),  # stopped by hand: the planned one
             stopped=stopped,
             seeded=self.randomness.is_seeded,
             extra={**self.allocation_report(), **self.audit_report()},

@@ -284,24 +284,26 @@ def _neighbouring(config: Any, plan: Any) -> Finding:
             "info",
             f"the epsilon is for replace-one neighbours (datasets that differ by one {unit} replaced): the dataset "
             f"size{f' (N={size})' if size else ''} is public and is published exactly",
-            "fine when the dataset size may be public; if the size itself is sensitive, use neighboring=add_remove",
+            "if you may publish the size (most papers do), declare it: public_dataset_size="
+            f"{size or 'N'} gives add/remove neighbours, the relation papers report, with less noise for the same "
+            "epsilon; if the size itself is sensitive, keep replace-one",
         )
     if relation == "add_remove":
         published = getattr(plan, "published_population", None)
         return Finding(
             "neighbouring-relation",
             "info",
-            f"the epsilon is for add/remove neighbours (datasets that differ by one {unit} added or removed): the "
-            f"exact dataset size is itself private and is published only rounded"
-            f"{f' (as {published})' if published else ''}",
-            "publish no exact size or count of the training data beside this epsilon: the exact size can reveal "
-            "whether a unit is in",
+            f"the epsilon is for add/remove neighbours (datasets that differ by one {unit} added or removed): q, the "
+            f"steps, delta and the published size come from the size you declared public"
+            f"{f' (public_dataset_size={published})' if published else ''}, never from the data's own count",
+            "publish no other count of the training data beside this epsilon: the exact size can reveal whether a "
+            "unit is in",
         )
     return Finding(
         "neighbouring-relation",
         "info",
-        "the neighbouring relation is resolved with the plan (neighboring=auto: replace_one, exact dataset size "
-        "public, where the accountant has it; add_remove, size published rounded, otherwise)",
+        "the neighbouring relation is resolved with the plan (neighboring=auto: add_remove when public_dataset_size "
+        "is declared, else replace_one, the exact size public, where the accountant has it)",
         "run `workbench check` with the data to see which one applies, or set neighboring explicitly",
     )
 
@@ -312,10 +314,12 @@ def _labels(config: Any, task: str | None) -> Finding | None:
         return None
     return Finding(
         "label-set-from-data",
-        "warning",
-        "classification labels are read from the private training data (labels not set): the head's width and "
-        "label names go out with the adapter, and a label only one record uses reveals that record",
-        "list the classes in the config (labels: [negative, positive]) so they come from the config, not the data",
+        "error",
+        "classification labels are not set, and a private run refuses to read them from the private training data: "
+        "the head's width and label names go out with the adapter, and a label only one record uses would reveal "
+        "that record",
+        "list the classes in the config (labels: [negative, positive]); `workbench data FILE` lists the labels a "
+        "file holds",
     )
 
 
@@ -349,8 +353,9 @@ def _telemetry() -> Finding:
         "info",
         "loss curves, per-example gradient-norm histograms, clipped fractions and validation metrics are "
         "computed from the raw private data and are not covered by epsilon",
-        "do not publish them (runs export leaves them out unless --with-telemetry); a decision to stop made from "
-        "them is not covered by a stopped run's smaller epsilon: claim the planned epsilon for such a run",
+        "do not publish them (runs export leaves them out unless --with-telemetry); a run stopped by hand claims "
+        "its planned epsilon, which covers a stop decided from released states or public information, and a stop "
+        "decided from this telemetry is covered by no epsilon",
     )
 
 

@@ -28,7 +28,7 @@ def check_neighboring(neighboring: str, *, accountant: str = "pld") -> str:
     if neighboring == "replace_one" and accountant != "pld":
         raise PrivacyError(
             f"the {accountant} accountant has no replace-one analysis of Poisson sampling (dp_accounting's PLD has); "
-            "use accountant=pld, or neighboring=add_remove (the dataset size is then published only rounded)."
+            "use accountant=pld, or neighboring=add_remove with a dataset size you declare public (public_dataset_size)."
         )
     return neighboring
 
