@@ -92,6 +92,7 @@ def test_workbench_check_states_the_audit_power_before_the_run(tmp_path):
     assert "top k guessed in" in out.output and "70% of the included ones take part" in out.output
 
 
+@pytest.mark.slow  # the demo data's plan, calibrated by three accountants
 def test_the_plan_tab_shows_the_power_when_the_audit_box_is_ticked(ctx):
     pytest.importorskip("gradio")
     from conftest import app_values
@@ -107,6 +108,7 @@ def test_the_plan_tab_shows_the_power_when_the_audit_box_is_ticked(ctx):
 # -- (b) catching a broken mechanism at the demo's settings, and validity --------------------------------------
 
 
+@pytest.mark.slow  # seconds of simulated steps or a tiny-model run on 2 cores
 def test_without_noise_the_white_box_audit_reaches_3_where_the_plain_projection_cannot():
     """Noise off, clipping on, batch 64 of 1,100, 20 steps: projecting the release alone drowns each canary in the
     real data's clipped sums (bound < 1: what issue 26 measured, 0.12); subtracting them leaves the canaries and
@@ -119,6 +121,7 @@ def test_without_noise_the_white_box_audit_reaches_3_where_the_plain_projection_
     assert canaries.design.guesses == "one_sided" and white.scoring.startswith("white-box")
 
 
+@pytest.mark.slow  # seconds of simulated steps or a tiny-model run on 2 cores
 def test_after_the_subtraction_an_excluded_canary_sees_only_the_noise():
     """What is left in an excluded canary's score is the noise (std sigma C sqrt(T) on a unit direction) and the
     other canaries' projections (small at d = 30,720): the real data's clipped sums are gone, and nothing more."""
@@ -130,6 +133,7 @@ def test_after_the_subtraction_an_excluded_canary_sees_only_the_noise():
     assert out.std() == pytest.approx(expected, rel=0.12)
 
 
+@pytest.mark.slow  # seconds of simulated steps or a tiny-model run on 2 cores
 def test_a_correct_run_stays_below_the_epsilon_it_is_compared_with():
     """Calibrated noise: the bound stays at or below the canaries' own epsilon, here the claim (8 and 1: the
     canaries are units of the same add/remove mechanism). Three seeds each, and far below it: at a 5 % failure
@@ -146,6 +150,7 @@ def test_a_correct_run_stays_below_the_epsilon_it_is_compared_with():
             assert res.epsilon_lower_bound <= compared, (target, seed, res)
 
 
+@pytest.mark.slow  # seconds of simulated steps or a tiny-model run on 2 cores
 def test_noise_100x_too_small_is_caught_above_a_claim_of_1():
     """The accountant is told sigma for epsilon 1, the step adds a hundredth of it: the audit exceeds the claim."""
     res, _ = simulate(noise_multiplier=_sigma(1.0), noise_scale=0.01, **DEMO)
@@ -184,6 +189,7 @@ RUN = dict(
 )
 
 
+@pytest.mark.slow  # seconds of simulated steps or a tiny-model run on 2 cores
 def test_readings_before_the_final_step_are_interim_and_the_summary_says_how_to_read_the_bound(tmp_path):
     """The attack: a bound shown at every few steps, the largest picked (or a stop decided on one) is not covered
     by the 95 %. Only the final step carries a bound; the others are labelled interim."""
@@ -206,6 +212,7 @@ def test_readings_before_the_final_step_are_interim_and_the_summary_says_how_to_
     assert "could show at most about" in (Path(summary["adapter_dir"]) / "README.md").read_text()
 
 
+@pytest.mark.slow  # seconds of simulated steps or a tiny-model run on 2 cores
 def test_a_run_stopped_by_hand_reports_an_interim_reading_not_a_bound(tmp_path):
     session = Session(RunConfig(**RUN, **_notes(tmp_path)))
     session.subscribe(lambda e: session.stop() if e.kind == "step" and e.step == 2 else None)
