@@ -4,17 +4,34 @@ Public API (imported lazily, so `import workbench` stays light and works without
 
     from workbench import RunConfig, Session, train, privacy
     workbench.sweep("run.yaml", grid={"target_epsilon": [2, 4, 8]}, seeds=3)   # a stored sweep (workbench/sweeps.py)
+    workbench.demo_config(model="tiny")   # the settings of `make demo` (assets/demo.yaml), overrides on top
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the public names are imported lazily (see __getattr__)
     from workbench.config import RunConfig
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "Session", "train", "sweep", "privacy", "RunStore", "__version__"]
+__all__ = ["RunConfig", "Session", "train", "sweep", "privacy", "RunStore", "demo_config", "__version__"]
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "assets" / "demo.yaml"  # what `make demo` trains
+
+
+def demo_config(**overrides: Any) -> "RunConfig":
+    """The demo's settings (assets/demo.yaml, the file `make demo` trains with) with ``overrides`` on top: the
+    notebooks and benchmarks read them here, so no copy of them can drift.
+
+    >>> demo_config(model="tiny").max_grad_norm == demo_config().max_grad_norm   # doctest: +SKIP
+    True
+    """
+    from workbench.config import RunConfig
+
+    config = RunConfig.from_file(DEMO_CONFIG)  # a ConfigError naming the path where the checkout has no assets/
+    return config.with_overrides(overrides) if overrides else config
 
 
 def train(config: "RunConfig | dict | None" = None, **overrides: Any) -> dict:

@@ -4,20 +4,28 @@ Executed with nbclient on the 'python3' kernel; jupyter_client starts that kerne
 running the tests (the venv's), so a clean checkout after `make install` needs no kernel setup.
 Each notebook gets its own WORKBENCH_HOME (the conftest fixture) and runs in a copy of notebooks/
 so nothing is written next to the stored notebooks.  Select with `-m notebook`.
+
+The executed notebook is saved as JupyterLab saves one (no widget state: its default) and must stay under
+5 MB; nbclient's default would store each plotly widget's 5 MB plotly.js bundle (benchmarks/notebooks.py
+measures both).  A notebook's statements about its run are checked against the run store (CHECKS).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MAX_BYTES = 5_000_000  # an executed notebook, saved without widget state
 
 
 def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
@@ -60,11 +68,65 @@ def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch):
     shutil.copy(path, workdir / path.name)
     nb = nbformat.read(workdir / path.name, as_version=4)
     client = nbclient.NotebookClient(
-        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(workdir)}}
+        nb,
+        kernel_name="python3",
+        timeout=300,
+        store_widget_state=False,  # as JupyterLab saves a notebook
+        resources={"metadata": {"path": str(workdir)}},
     )
     start = time.monotonic()
     client.execute()  # raises CellExecutionError naming the cell and the traceback on any error
     seconds = time.monotonic() - start
-    print(f"{path.name}: {seconds:.1f} s")
+    executed = workdir / f"executed_{path.name}"
+    nbformat.write(nb, executed)
+    print(f"{path.name}: {seconds:.1f} s, {executed.stat().st_size:,} bytes executed")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    assert executed.stat().st_size < MAX_BYTES, f"{path.name} executed is {executed.stat().st_size:,} bytes"
+    if path.stem in CHECKS:
+        CHECKS[path.stem](nb)
+
+
+def outputs_text(nb, mime: str) -> list[str]:
+    """Every output of ``mime`` (or stream text for 'stream') in cell order."""
+    found = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if mime == "stream" and out.output_type == "stream":
+                found.append(out.text)
+            elif mime in out.get("data", {}):
+                found.append(out.data[mime])
+    return found
+
+
+def check_04(nb) -> None:
+    """Notebook 04 trained the demo's settings (assets/demo.yaml; fast mode overrides only the model and the run's
+    size), and its result sentence states what the run store recorded: the untuned model's accuracy (the step-0
+    evaluation), the adapter's (the last evaluation), and whether the adapter beat the untuned model."""
+    from workbench.store.runs import RunStore
+
+    store = RunStore(os.environ["WORKBENCH_HOME"])
+    (run,) = [r for r in store.list() if r.name == "dp-lora-demo"]
+    demo = yaml.safe_load((ROOT / "assets" / "demo.yaml").read_text())
+    fast_only = {
+        "name",
+        "model",
+        "max_steps",
+        "batch_size",
+        "eval_every",
+        "eval_max_examples",
+        "generate_max_new_tokens",
+    }
+    drifted = {k: (run.config[k], v) for k, v in demo.items() if k not in fast_only and run.config[k] != v}
+    assert not drifted, f"notebook 04 did not train the demo's settings (ran, demo.yaml): {drifted}"
+    evals = [e for _, e in store.events(run.id, kinds=("eval",))]
+    untuned, final = evals[0], evals[-1]
+    assert untuned.step == 0 and final.step == run.config["max_steps"]
+    (sentence,) = [t for t in outputs_text(nb, "text/markdown") if t.startswith("**Routing accuracy")]
+    assert f"{final.accuracy:.3f} after DP fine-tuning" in sentence, sentence
+    assert f"against {untuned.accuracy:.3f} for the untuned model" in sentence, sentence
+    verdict = "the DP adapter beats" if final.accuracy > untuned.accuracy else "the DP adapter does not beat"
+    assert verdict in sentence, sentence
+
+
+CHECKS = {"04_dp_lora_fine_tune": check_04}
