@@ -210,7 +210,7 @@ def test_tuning_mode_draws_with_secret_randomness_and_records_the_session_in_the
     monkeypatch.setattr(sweep_module, "secret_generator", spy)
     monkeypatch.setattr(sweep_module, "draw_runs", lambda tuning, rng: 2)
     store = RunStore()
-    base = BASE.with_overrides({"neighboring": "add_remove", "max_steps": 1})
+    base = BASE.with_overrides({"neighboring": "add_remove", "public_dataset_size": 1000, "max_steps": 1})
     rec = create_sweep(base, grid=["noise_multiplier=1,2"], tuning="geometric", mean_runs=3, name="tune", store=store)
     assert used == ["ChaCha"]  # the count and the settings come from a ChaCha stream keyed by the OS
     assert rec.tuning == {"distribution": "geometric", "mean": 3.0, "shape": 1.0, "runs": 2}

@@ -80,6 +80,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     for name in ("transformers", "peft", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # dp_accounting's RDP logs "_compute_log_a_frac failed to converge" through absl for each order it drops
+    # (dozens per curve); the order is excluded and the bound stays valid, so it is noise to a user
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -185,8 +188,8 @@ def train(
 def _print_summary(s: dict) -> None:
     if s.get("status") == "failed":
         return
-    from workbench.engine.report import epsilon_sentence
-    from workbench.present.diagnostics import baseline_text
+    from workbench.engine.report import epsilon_sentence, person_sentence
+    from workbench.present.diagnostics import baseline_text, class_prior_text
 
     eps = s.get("epsilon")
     eps_text = "inf (non-private)" if isinstance(eps, float) and math.isinf(eps) else f"{eps:.4g}"
@@ -225,7 +228,11 @@ def _print_summary(s: dict) -> None:
         lines.append("  validation: " + " ".join(metrics))
     against = baseline_text(s, s.get("baseline"))
     if against:
-        lines.append(f"  against the untuned model: {against}")
+        which = "the untuned model and the majority class" if "majority class" in against else "the untuned model"
+        lines.append(f"  against {which} (validation telemetry, not covered by epsilon): {against}")
+    prior = class_prior_text(s, s.get("baseline"), private=bool(s.get("noise_multiplier")))
+    if prior:
+        lines.append(f"  {prior}")
     sentence = epsilon_sentence(
         eps if isinstance(eps, (int, float)) else None,
         delta=s.get("delta"),
@@ -237,6 +244,16 @@ def _print_summary(s: dict) -> None:
     )
     if sentence and s.get("steps"):
         lines.append(f"  what epsilon protects: {sentence}")
+        person = person_sentence(
+            eps if isinstance(eps, (int, float)) else None,
+            people=s.get("people"),
+            unit=s.get("privacy_unit") or "example",
+            user_sampling=s.get("user_sampling"),
+            max_examples_per_user=s.get("max_examples_per_user"),
+            example_epsilon=s.get("example_level_epsilon"),
+        )
+        if person:
+            lines.append(f"  {person}")
     if s.get("adapter_dir"):
         lines.append(f"  adapter: {s['adapter_dir']}")
     typer.echo("\n".join(lines), err=True)
@@ -418,9 +435,10 @@ def check(
     from workbench.privacy.checks import format_findings, preflight
 
     try:
-        _echo_sizes(cfg)
+        _echo_sizes(cfg, err=as_json)  # one stream in text mode: stdout and stderr lines ran together in a pipe
         task, plan = _plan_without_model(cfg)
         findings = preflight(cfg, plan, task=task)
+        person = _person_sentence(cfg, plan)
     except _user_errors() as err:
         _fail(str(err))
     if as_json:
@@ -428,15 +446,28 @@ def check(
     else:
         typer.echo(
             f"plan: N={plan.dataset_size} q={plan.sample_rate:.4g} steps={plan.steps} sigma={plan.noise_multiplier:.4g} "
-            f"delta={plan.delta:.2g} accountant={plan.accountant} unit={plan.privacy_unit}",
-            err=True,
+            f"delta={plan.delta:.2g} accountant={plan.accountant} unit={plan.privacy_unit}"
         )
         typer.echo(format_findings(findings) or "no findings")
+        if person:
+            typer.echo(person)
     if any(f.severity == "error" for f in findings):
         raise typer.Exit(1)
 
 
-def _echo_sizes(cfg: RunConfig) -> None:
+def _typed_size_is_public(cfg: RunConfig, dataset_size: int) -> RunConfig:
+    """`workbench plan --dataset-size N` is a calculator: where the relation needs a public size (add/remove),
+    the N typed is that public number."""
+    from workbench.engine.plan import resolve_neighboring
+
+    try:
+        resolve_neighboring(cfg)
+        return cfg
+    except ConfigError:
+        return cfg.with_overrides({"public_dataset_size": dataset_size})
+
+
+def _echo_sizes(cfg: RunConfig, *, err: bool = True) -> None:
     """The data's own counts, on this machine only: what public_dataset_size would declare."""
     from workbench.engine.plan import sampled_units
     from workbench.engine.prepare import dataset_sizes
@@ -449,7 +480,28 @@ def _echo_sizes(cfg: RunConfig) -> None:
         + (f" ({users} users)" if users and not uls else "")
         + "; to declare that size public (add/remove neighbours): --set public_dataset_size="
         + str(count),
-        err=True,
+        err=err,
+    )
+
+
+def _person_sentence(cfg: RunConfig, plan) -> str:
+    """What the planned epsilon means for a person when the data has users ('' otherwise): engine/report.py."""
+    from workbench.engine.data.describe import people
+    from workbench.engine.prepare import load_splits
+    from workbench.engine.report import person_sentence
+
+    train, _ = load_splits(cfg)
+    found = people(train)
+    if found is None:
+        return ""
+    eps = plan.epsilon_at(plan.steps) if plan.private else math.inf
+    return person_sentence(
+        eps,
+        people=found,
+        unit=plan.privacy_unit,
+        user_sampling=plan.user_sampling,
+        max_examples_per_user=plan.max_examples_per_user,
+        example_epsilon=plan.user_level_report(plan.steps).get("example_level_epsilon"),
     )
 
 
@@ -514,6 +566,7 @@ def plan_cmd(
             n_examples, n_users = _data_sizes(cfg)
         else:
             n_examples, n_users = dataset_size, dataset_size if cfg.privacy_unit == "user" else None
+            cfg = _typed_size_is_public(cfg, dataset_size)
         if recommend:
             from workbench.engine.recommend import recommend_for_config
 
@@ -590,9 +643,12 @@ def runs_list(as_json: bool = typer.Option(False, "--json")) -> None:
         as_json,
         to_json=lambda r: r.to_dict(),
         empty="no runs yet: `workbench train` starts one.",
-        header=f"{'run id':24} {'status':12} {'model':14} {'epsilon':>9} {'val_loss':>9} {'accuracy':>9}",
+        header=f"{'run id':24} {'name':{NAME_WIDTH}} {'status':12} {'model':14} {'epsilon':>9} {'val_loss':>9} {'accuracy':>9}",
         each=_print_run,
     )
+
+
+NAME_WIDTH = 24  # the runs list's name column (a longer name ends in "…"; `runs show` has it whole)
 
 
 def _print_run(r) -> None:
@@ -601,8 +657,10 @@ def _print_run(r) -> None:
     eps_t = "-" if eps is None else ("inf" if math.isinf(eps) else f"{eps:.3g}")
     vl = s.get("val_loss")
     acc = s.get("accuracy")
+    name = r.name or "-"
+    name = name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…"
     typer.echo(
-        f"{r.id:24} {r.status:12} {str(r.config.get('model'))[:14]:14} {eps_t:>9} "
+        f"{r.id:24} {name:{NAME_WIDTH}} {r.status:12} {str(r.config.get('model'))[:14]:14} {eps_t:>9} "
         f"{('-' if vl is None else f'{vl:.4f}'):>9} {('-' if acc is None else f'{acc:.3f}'):>9}"
     )
 
@@ -778,6 +836,7 @@ def ledger_cmd(
 ) -> None:
     """The privacy ledger: per dataset, every DP run on it, its epsilon, and the total of all of them composed
     (PLD over the stored events, not a sum). Deleted runs stay in it; --forget takes one out, on the record."""
+    _quiet_libraries()
     from workbench.store.ledger import Ledger, LedgerError
 
     ledger = Ledger(_store())

@@ -97,18 +97,16 @@ def test_plan_update_draws_three_accountants_and_the_noise_needed(ctx):
     t = time.perf_counter()
     # add/remove: RDP and PRV analyse it too, so all three are drawn (replace-one is PLD's alone, below)
     data_md, fig, summary, error = plan_tab.update_plan(
-        ctx, values(max_steps=200, accountant="pld", neighboring="add_remove")
+        ctx, values(max_steps=200, accountant="pld", neighboring="add_remove", public_size=True)
     )
     elapsed = time.perf_counter() - t
     assert error == "" and "N = " in data_md and "q = 16/" in data_md
     traces = {trace.name.split()[0]: trace for trace in fig.data}
     assert set(traces) == {"RDP", "PRV", "PLD"}
-    n = forms.dataset_info("demo").n_train
-    from workbench.engine.plan import published_size
-
+    n = forms.dataset_info("demo").n_train  # the "size is public" box declares this count
     sigma = privacy.calibrate(
         target_epsilon=8.0,
-        sample_rate=16 / published_size(n),
+        sample_rate=16 / n,
         steps=200,
         delta=forms.RunConfig().default_delta(dataset_size=n),
         accountant="pld",
@@ -131,7 +129,9 @@ def test_plan_update_draws_three_accountants_and_the_noise_needed(ctx):
 
 
 def test_edgeworth_is_marked_as_approximation_in_the_plan(ctx):
-    _, fig, summary, _ = plan_tab.update_plan(ctx, values(accountant="edgeworth"))
+    *_, error = plan_tab.update_plan(ctx, values(accountant="edgeworth"))
+    assert "public_dataset_size" in error  # Edgeworth's comparison is add/remove: it needs a public size
+    _, fig, summary, _ = plan_tab.update_plan(ctx, values(accountant="edgeworth", public_size=True))
     assert "Edgeworth (approximation)" in summary
     assert any("Edgeworth (approximation)" in t.name for t in fig.data)
 

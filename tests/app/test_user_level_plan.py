@@ -195,6 +195,7 @@ def test_plan_for_an_els_target_uses_the_engines_user_level_sigma():
         privacy_unit="user",
         user_sampling="els",
         max_examples_per_user=4,
+        public_dataset_size=1000,  # ELS is analysed for add/remove only: it needs a public size
     )
     plan = forms.compute_plan(config, dataset_size=1000, num_users=300)
     engine = make_plan(config, dataset_size=1000, num_users=300)
@@ -208,7 +209,7 @@ def test_the_app_and_the_widget_draw_one_plan():
     from workbench.widgets.planner import TARGET, PlanSettings, compute_plan
 
     config = RunConfig(data="demo", batch_size=50, max_steps=120, target_epsilon=4.0, max_examples_per_user=3)
-    config = config.with_overrides({"delta": 1e-5, "neighboring": "add_remove"})
+    config = config.with_overrides({"delta": 1e-5, "neighboring": "add_remove", "public_dataset_size": 5000})
     app = forms.compute_plan(config, dataset_size=5000)
     widget = compute_plan(
         PlanSettings(

@@ -190,6 +190,8 @@ def test_a_killed_run_reads_interrupted_with_its_events():
         "target_epsilon=null",
         "--set",
         "accountant=rdp",
+        "--set",
+        "public_dataset_size=1000",
     )
     store = RunStore()
     deadline = time.time() + 180

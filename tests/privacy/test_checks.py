@@ -120,7 +120,8 @@ def test_neighbouring_relation_names_what_the_size_means():
     assert replace.severity == "info" and "replace-one" in replace.message and "exactly" in replace.message
     assert "N=1000" in replace.message
     add = finding(RunConfig(), "neighbouring-relation", plan(neighboring="add_remove", published_population=1000))
-    assert "add/remove" in add.message and "rounded" in add.message
+    assert "add/remove" in add.message and "public_dataset_size=1000" in add.message and "never" in add.message
+    assert "public_dataset_size=1000" in replace.advice  # the one-step way to add/remove, when the size may be public
     unknown = finding(RunConfig(), "neighbouring-relation", plan(neighboring=None))
     assert "auto" in unknown.message
     assert "replace-one" in finding(RunConfig(neighboring="replace_one"), "neighbouring-relation").message

@@ -42,8 +42,8 @@ and at the end), so the bound is computed at the last step only, not every few s
 canaries.
 
 How many (``canary_count``): audit_canaries when set, else min(1000, N // 2), with N the number of
-training units the report publishes (examples, or users under ULS; rounded under add/remove, so that m
-does not reveal the exact size). "The data can hold" at most N canaries: then about a third of what is
+training units the report publishes (examples, or users under ULS; the declared public size under add/remove,
+so that m does not reveal the exact size). "The data can hold" at most N canaries: then about a third of what is
 trained is canaries (m / 2 included beside N real units); more is refused. Fewer than 2 cannot be audited.
 
 Randomness: the secrets, the coins and the per-step sampling come from ``RunRandomness.canary_rng()``

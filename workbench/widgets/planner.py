@@ -350,6 +350,7 @@ class PrivacyPlanner:
                 accountant=s.selected,
                 neighboring=s.neighboring,
                 min_steps=int(self.min_steps.value),
+                public_dataset_size=s.dataset_size,  # a calculator: the N typed here is a public number
             ):
                 if rec is not None:
                     self.recommendation = rec
