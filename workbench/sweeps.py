@@ -379,7 +379,12 @@ def create_sweep(
             # the split's salt stays the session's, so every draw trains on the same units (RepeatAndSelect's
             # assumption); each run's own seed (initialisation, dropout) comes from the secret stream, not base + i
             overrides_i = {**overrides_i, "split_seed": base.split_salt, "seed": seeds_i[i]}
-            members.append((f"t{i + 1:02d}" + (f"-{label}" if keys else ""), overrides_i))
+            # a random tag, not the draw's position: a name like t03 (exported in config.json) would reveal that
+            # at least 3 runs were drawn, the count RepeatAndSelect's bound keeps secret
+            tag = f"t{int(rng.integers(16**6)):06x}"
+            while any(m.startswith(tag) for m, _ in members):
+                tag = f"t{int(rng.integers(16**6)):06x}"
+            members.append((tag + (f"-{label}" if keys else ""), overrides_i))
         tuning_record = {**plan_tuning.to_dict(), "runs": k}
     else:
         members = combos
