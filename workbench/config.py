@@ -52,7 +52,8 @@ class RunConfig(BaseModel):
     model: str = Field(
         "default",
         description="'default' (SmolLM2-135M-Instruct, offline GGUF), 'tiny' (a small random Llama for "
-        "tests), a Hugging Face hub id, a local model directory, or a path to a .gguf file.",
+        "tests), 'minilm' (the all-MiniLM-L6-v2 encoder, offline, for classification), a Hugging Face hub id, a "
+        "local model directory, or a path to a .gguf file.",
     )
     task: Literal["auto", "causal_lm", "classification"] = Field(
         "auto", description="'auto' picks classification for text+label data, causal LM otherwise."

@@ -156,6 +156,13 @@ class EvalMetrics(Event):
     perplexity: float
     accuracy: float | None  # task accuracy (classification, or routing for the demo data)
     generations: list[dict[str, str]]  # {"prompt", "output"}
+    # with accuracy (telemetry from the validation data, as accuracy): the class the model predicted most and the
+    # share of the examples it predicted it for (1.0: one class whatever the input), and the majority class of the
+    # validation labels with its share (the accuracy of always answering it: the floor a classifier must beat)
+    predicted_label: str | None = None
+    prediction_share: float | None = None
+    majority_label: str | None = None
+    majority_share: float | None = None
 
 
 @dataclass(frozen=True)

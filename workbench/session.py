@@ -226,6 +226,7 @@ class Session:
             log.exception("the privacy ledger could not record run %s", self.run_id)
 
     def _summary(self, trainer, status: str, adapter: str | None, started: float) -> dict[str, Any]:
+        from workbench.engine.data.describe import people as describe_people
         from workbench.engine.randomness import SEEDED_LABEL
         from workbench.engine.report import STOP_NOTE, published_sizes
 
@@ -266,12 +267,19 @@ class Session:
             **trainer.audit_report(),  # audit runs: the one-run audit's lower bound (privacy/audit.py)
             **published_sizes(trainer.p),
             max_examples_per_user=plan.max_examples_per_user,
+            user_sampling=plan.user_sampling,
             **plan.user_level_report(trainer.step),
             model=cfg.model,
             data=cfg.data,
             wall_time=time.time() - started,
             **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in trainer.last_eval.items()},
         )
-        if trainer.baseline is not None:  # the untuned model's metrics (engine/baseline.py): telemetry, not exported
-            out["baseline"] = trainer.baseline
+        # the untuned model's metrics (engine/baseline.py) and the validation labels' majority class: telemetry from
+        # the validation data, not exported (store/export.py)
+        baseline = trainer.baseline if trainer.baseline is not None else (trainer.majority() or None)
+        if baseline is not None:
+            out["baseline"] = baseline
+        people = describe_people(trainer.p.train)
+        if people is not None:  # how many people, the most examples one has: counts of the private data, local
+            out["people"] = people
         return out

@@ -65,7 +65,10 @@ def test_the_baseline_is_measured_once_on_validation_data_and_keyed_by_data_and_
         "perplexity": first.perplexity,
         "accuracy": first.accuracy,
         "cached": False,
+        "majority_label": first.majority_label,  # the validation labels' most frequent department, and its share
+        "majority_share": first.majority_share,
     }
+    assert first.majority_label is not None and 0 < first.majority_share < 1
     assert first.accuracy is not None  # the demo's answers are choices: accuracy is measured too
 
     again = _trainer(prepared, cache, tmp_path)
@@ -101,7 +104,11 @@ def test_the_second_run_reads_the_baseline_and_the_summary_sets_it_beside_the_me
     assert second.exit_code == 0, second.output
     assert len(evaluations) == 3  # the baseline came from the cache
     assert "untuned model (step 0)" in second.output  # the progress line of the step-0 evaluation
-    assert "against the untuned model: accuracy " in second.output and "(untuned " in second.output
+    assert (
+        "against the untuned model and the majority class (validation telemetry, not covered by epsilon): accuracy "
+        in (second.output)
+    )
+    assert "(untuned " in second.output and '; majority class "' in second.output
     assert "what epsilon protects: ε = " in second.output
     assert "bounds how much one example replaced by another can change what this run released" in second.output
 
@@ -141,7 +148,8 @@ def test_a_stopped_runs_last_evaluation_skips_the_generations(monkeypatch):
     # the Stop, gives loss and accuracy only
     assert [e.step for e in evals] == [1, 1] and evals[0].generations and evals[1].generations == []
     assert generated == [2]  # nothing generated after the Stop
-    assert summary["val_loss"] is not None and "baseline" not in summary  # baseline_eval=False: no step 0
+    assert summary["val_loss"] is not None  # baseline_eval=False: no step 0, only the labels' majority class
+    assert set(summary["baseline"]) == {"majority_label", "majority_share"}
 
 
 @pytest.fixture

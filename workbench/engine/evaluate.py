@@ -9,6 +9,7 @@ position, so the teacher-forced validation forward already holds the logits need
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -54,10 +55,12 @@ def evaluate(
     gold: list[int | None],
     autocast,
 ) -> dict:
-    """Mean validation loss, perplexity and accuracy over ``examples``; the model's mode is restored after."""
+    """Mean validation loss, perplexity and accuracy over ``examples``; with accuracy, also which class the model
+    predicted most (``predicted_class``, an index) and for what share of the examples (``prediction_share``: 1.0 is
+    a model that answers one class whatever the input). The model's mode is restored after."""
     was_training = model.training
     model.eval()
-    losses, correct, counted = [], 0, 0
+    losses, correct, counted, predicted = [], 0, 0, Counter()
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id=pad_id).items()}
@@ -65,25 +68,46 @@ def evaluate(
             loss, logits = per_example_loss(model, batch, task=task)
         losses.append(loss.float().cpu())
         if task == "classification":
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            preds = logits.argmax(-1)
+            correct += int((preds == batch["labels"]).sum())
             counted += len(chunk)
+            predicted.update(preds.tolist())
         elif choices is not None:
-            c, n = _choice_hits(logits, batch, chunk, choices, gold[start : start + batch_size])
+            c, n, preds = _choice_hits(logits, batch, chunk, choices, gold[start : start + batch_size])
             correct, counted = correct + c, counted + n
+            predicted.update(preds)
     model.train(was_training)
     val_loss = float(torch.cat(losses).mean()) if losses else math.nan
+    top = predicted.most_common(1)[0] if counted else None
     return {
         "val_loss": val_loss,
         "perplexity": math.exp(min(val_loss, 50.0)) if task == "causal_lm" else math.nan,
         "accuracy": (correct / counted) if counted else None,
+        "predicted_class": top[0] if top else None,
+        "prediction_share": top[1] / counted if top else None,
     }
 
 
-def _choice_hits(logits, batch, chunk, choices: Choices, gold) -> tuple[int, int]:
+def majority_class(gold: list[int | None]) -> tuple[int, float] | None:
+    """(index, share) of the most frequent label among ``gold`` (None entries ignored): the accuracy of always
+    answering that class, the floor a classifier must beat to have learned more than the class frequencies.
+
+    >>> majority_class([1, 0, 1, None, 1])
+    (1, 0.75)
+    """
+    counts = Counter(g for g in gold if g is not None)
+    if not counts:
+        return None
+    index, n = counts.most_common(1)[0]
+    return index, n / sum(counts.values())
+
+
+def _choice_hits(logits, batch, chunk, choices: Choices, gold) -> tuple[int, int, list[int]]:
     t = batch["input_ids"].shape[1]
     keep = logits.shape[1]  # logits cover positions t-keep .. t-1
     ids = torch.tensor(choices.token_ids, device=logits.device)
     hits = n = 0
+    preds: list[int] = []
     for i, ex in enumerate(chunk):
         if gold[i] is None:
             continue
@@ -94,7 +118,8 @@ def _choice_hits(logits, batch, chunk, choices: Choices, gold) -> tuple[int, int
         pred = int(logits[i, row, ids].argmax())
         hits += int(pred == gold[i])
         n += 1
-    return hits, n
+        preds.append(pred)
+    return hits, n, preds
 
 
 @torch.no_grad()

@@ -149,6 +149,48 @@ def epsilon_sentence(
     return text
 
 
+def person_sentence(
+    epsilon: float | None,
+    *,
+    people: dict | None,
+    unit: str,
+    user_sampling: str | None = None,
+    max_examples_per_user: int | None = None,
+    example_epsilon: float | None = None,
+) -> str:
+    """One sentence on what ``epsilon`` means for a person, for data with users (``people``: describe.people's
+    ``{"users", "max_examples"}``); '' without users or before the first step. A user-level run: the epsilon is the
+    person's, at the cap k. An example-level run: a person with several examples is bounded by no cap, and the
+    sentence says how to protect people instead of examples.
+
+    >>> person_sentence(8.0, people={"users": 300, "max_examples": 30}, unit="example")[:60]
+    'for a person: not bounded by a cap. ε = 8 is per example, an'
+    """
+    if not people or not people.get("users") or epsilon is None:
+        return ""
+    if not math.isfinite(epsilon):
+        return "for a person: ε = ∞, a non-private run: nothing bounds what it reveals about anyone."
+    k, m = max_examples_per_user, people.get("max_examples")
+    if unit == "user" and user_sampling == "uls":
+        return (
+            f"for a person: ε = {epsilon:.3g} covers everything one person contributed (people are sampled, each "
+            f"giving the mean of at most k = {k} of their examples)."
+        )
+    if unit == "user":
+        alone = f"; one example alone: ε = {example_epsilon:.3g}" if example_epsilon is not None else ""
+        return (
+            f"for a person: ε = {epsilon:.3g} covers all of one person's examples (at most k = {k} of each "
+            f"person's are used{alone})."
+        )
+    if m == 1:
+        return f"for a person: each of the {people['users']:,} people has one example here, so ε = {epsilon:.3g} is also per person."
+    return (
+        f"for a person: not bounded by a cap. ε = {epsilon:.3g} is per example, and one of the {people['users']:,} "
+        f"people here has {m} examples; to protect people instead of examples set privacy_unit=user with "
+        "max_examples_per_user=k (`workbench plan` shows the person's ε at that k)."
+    )
+
+
 def _eps_text(x: Any) -> str:
     return x if isinstance(x, str) else f"{x:.4g}"
 

@@ -41,7 +41,7 @@ from workbench.engine.allocation import (
 from workbench.engine.baseline import baseline_key, untuned_metrics
 from workbench.engine.canaries import GradientCanaries
 from workbench.engine.dp_step import DPGradient, StepStats
-from workbench.engine.evaluate import answer_choices, evaluate, generate_samples
+from workbench.engine.evaluate import answer_choices, evaluate, generate_samples, majority_class
 from workbench.engine.exposure import demo_exposures
 from workbench.engine.grad_sample import PerExampleGrads
 from workbench.engine.input_canaries import InputCanaries, canary_count
@@ -385,7 +385,9 @@ class Trainer:
         """Validation loss and accuracy now, and sample generations unless ``generate`` is False (the last
         evaluation of a stopped run: generating costs seconds a prompt on a CPU, and a Stop must land at once)."""
         p = self.p
-        metrics = self._validation_metrics(p.val_tok[: p.config.eval_max_examples])
+        measured = self._validation_metrics(p.val_tok[: p.config.eval_max_examples])
+        metrics = {k: measured[k] for k in ("val_loss", "perplexity", "accuracy")}
+        classes = {**self._predicted(measured), **self.majority()}
         gens = []
         if p.task == "causal_lm" and generate:
             gens = generate_samples(
@@ -396,8 +398,25 @@ class Trainer:
                 max_new_tokens=p.config.generate_max_new_tokens,
                 autocast=self._autocast,
             )
-        self.last_eval = metrics
-        return EvalMetrics(run_id=self.run_id, step=self.step, generations=gens, **metrics)
+        self.last_eval = {**metrics, **self._predicted(measured)}
+        return EvalMetrics(run_id=self.run_id, step=self.step, generations=gens, **metrics, **classes)
+
+    def majority(self) -> dict:
+        """The majority class of the evaluated validation labels and its share (``majority_label``,
+        ``majority_share``): the accuracy of always answering that class. Telemetry from the validation data, as
+        the untuned baseline; {} without labels."""
+        found = majority_class(self.gold[: self.p.config.eval_max_examples])
+        names = self.p.train.label_names or ()
+        if found is None or found[0] >= len(names):
+            return {}
+        return {"majority_label": str(names[found[0]]), "majority_share": found[1]}
+
+    def _predicted(self, measured: dict) -> dict:
+        """The class the model predicted most in ``measured`` (an evaluation) and the share it predicted it for."""
+        index, names = measured.get("predicted_class"), self.p.train.label_names or ()
+        if index is None or index >= len(names):
+            return {}
+        return {"predicted_label": str(names[index]), "prediction_share": measured["prediction_share"]}
 
     def baseline_evaluation(self) -> EvalMetrics | None:
         """Step 0: the untuned model on the run's validation examples (loss and accuracy, no generations), read from
@@ -421,9 +440,11 @@ class Trainer:
         metrics, cached = untuned_metrics(
             key, lambda: self._validation_metrics(examples), cache=self.baseline_cache, about=about
         )
-        self.baseline = {**metrics, "cached": cached}
+        self.baseline = {**metrics, "cached": cached, **self.majority()}
         values = {k: (math.nan if metrics[k] is None else metrics[k]) for k in ("val_loss", "perplexity")}
-        return EvalMetrics(run_id=self.run_id, step=0, accuracy=metrics["accuracy"], generations=[], **values)
+        return EvalMetrics(
+            run_id=self.run_id, step=0, accuracy=metrics["accuracy"], generations=[], **values, **self.majority()
+        )
 
     def _validation_metrics(self, examples: list) -> dict:
         p = self.p

@@ -6,7 +6,8 @@
 - ``norm_title``: "…, step N: median 0.8 C · 37% clipped · max 12 C".
 - ``signal_to_noise``: per LoRA module, the norm of the clipped sum ||S_l|| against the expected norm of the noise
   added to it, sqrt(d_l) * sigma_l * C_l (the same units), and their ratio.
-- ``baseline_text``: the run's validation metric beside the untuned model's.
+- ``baseline_text``: the run's validation metric beside the untuned model's and the majority class's.
+- ``class_prior_text``: a classifier that learned nothing beyond the class frequencies, said plainly, with a hint.
 """
 
 from __future__ import annotations
@@ -91,23 +92,76 @@ def _fmt_metric(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def baseline_text(metrics: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None) -> str:
-    """'accuracy 0.41 (untuned 0.27, +0.14) · val_loss 1.2 (untuned 2.3, -1.1)'; the untuned values alone before
-    the run's own evaluation; '' without a baseline."""
+    """'accuracy 0.41 (untuned 0.27, +0.14) · val_loss 1.2 (untuned 2.3, -1.1)'; with the validation labels'
+    majority class in ``baseline`` (``majority_label``, ``majority_share``: the accuracy of always answering it)
+    'accuracy 0.556 (untuned 0.505, +0.051; majority class "1" 0.556, +0)'; the baselines alone before the run's
+    own evaluation; '' without a baseline."""
     if not baseline:
         return ""
     metrics = metrics or {}
+    majority = baseline.get("majority_share")
+    majority_text = (
+        f'majority class "{baseline.get("majority_label")}" {_fmt_metric(majority)}' if _number(majority) else ""
+    )
     parts = []
     for key in ("accuracy", "val_loss"):
-        base = baseline.get(key)
-        if not isinstance(base, (int, float)) or not math.isfinite(base):
+        base, now = baseline.get(key), metrics.get(key)
+        against = [(f"untuned {_fmt_metric(base)}", base)] if _number(base) else []
+        if key == "accuracy" and majority_text:
+            against.append((majority_text, majority))
+        if not against:
             continue
-        now = metrics.get(key)
-        if isinstance(now, (int, float)) and math.isfinite(now):
-            parts.append(f"{key} {_fmt_metric(now)} (untuned {_fmt_metric(base)}, {now - base:+.2g})")
+        if _number(now):
+            parts.append(f"{key} {_fmt_metric(now)} (" + "; ".join(f"{t}, {now - b:+.2g}" for t, b in against) + ")")
         else:
-            parts.append(f"untuned {key} {_fmt_metric(base)}")
+            parts.append(
+                " · ".join(t if t.startswith("majority") else f"untuned {key} {_fmt_metric(b)}" for t, b in against)
+            )
     return " · ".join(parts)
+
+
+ONE_CLASS_SHARE = 0.99  # a classifier that gives one class for this share of the examples "predicts one class"
+PRIOR_HINT = {
+    "cli": "`workbench plan --recommend`",
+    "app": "the Plan tab's Recommend",
+}
+
+
+def class_prior_text(
+    metrics: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None, *, private: bool = True, where: str = "cli"
+) -> str:
+    """One plain sentence when a run's final evaluation is at the class prior: it predicts one class for at least
+    ``ONE_CLASS_SHARE`` of the validation examples, or its accuracy is no better than always answering the majority
+    class (``baseline``'s ``majority_share``); with what to change (for a private run, the noise-batch ratio and the
+    recommender: ``where`` 'cli' or 'app'). '' when the run did better, or without the numbers to tell."""
+    metrics, baseline = metrics or {}, baseline or {}
+    accuracy, majority = metrics.get("accuracy"), baseline.get("majority_share")
+    share, label = metrics.get("prediction_share"), metrics.get("predicted_label")
+    if not _number(accuracy):
+        return ""
+    if _number(share) and share >= ONE_CLASS_SHARE:
+        text = (
+            f'predicts one class ("{label}" for {share:.0%} of the validation examples): nothing learned beyond the '
+            "class frequencies."
+        )
+    elif _number(majority) and accuracy <= majority:
+        text = (
+            f"accuracy {_fmt_metric(accuracy)} is no better than always answering the majority class "
+            f'"{baseline.get("majority_label")}" ({_fmt_metric(majority)}): nothing learned beyond the class frequencies.'
+        )
+    else:
+        return ""
+    if private:
+        return text + (
+            " Lower the learning rate or the clipping norm, or raise the batch for a smaller noise-batch ratio σ/B: "
+            f"{PRIOR_HINT.get(where, PRIOR_HINT['cli'])}."
+        )
+    return text + " Lower the learning rate or train longer."
 
 
 def untuned_eval(evals: Sequence[Any]) -> Any | None:

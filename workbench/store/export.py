@@ -21,7 +21,18 @@ from workbench.events import jsonable
 from workbench.store.runs import RunStore
 
 # Summary keys computed from the raw data (exported only with the telemetry), and the local path.
-DATA_DEPENDENT_KEYS = ("val_loss", "perplexity", "accuracy", "baseline", "wall_time", "reason", "adapter_dir")
+DATA_DEPENDENT_KEYS = (
+    "val_loss",
+    "perplexity",
+    "accuracy",
+    "predicted_label",
+    "prediction_share",
+    "baseline",
+    "people",
+    "wall_time",
+    "reason",
+    "adapter_dir",
+)
 PATH_KEYS = ("model", "data", "validation_data", "output_dir")  # exported by their last part only
 TELEMETRY_WARNING = """# Telemetry: not covered by the differential-privacy guarantee
 

@@ -49,6 +49,15 @@ def describe_dataset(ds: Dataset, tokenizer=None, *, max_seq_len: int = 512, exa
     return info
 
 
+def people(ds: Dataset) -> dict | None:
+    """``{"users": U, "max_examples": m}``: how many people the data holds and the most examples one of them
+    has (what a per-example epsilon means for a person), or None when the data has no user_id. Counts from the
+    private data: shown on this machine, never published."""
+    if ds.num_users is None:
+        return None
+    return {"users": ds.num_users, "max_examples": _per_user(ds)["max"]}
+
+
 def _per_user(ds: Dataset) -> dict:
     counts: dict[str, int] = {}
     for r in ds.records:
