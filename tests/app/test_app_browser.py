@@ -388,3 +388,109 @@ def test_an_audited_run_shows_its_lower_bound_and_the_ledger_counts_it(app_url, 
     ledger = wait_text(page, "#runs-ledger", run_id)
     assert "demo" in ledger and re.search(r"total|composed", ledger, re.I)
     shot(page, "ledger")
+
+
+# Every change of #plan-summary, with the Steps and Target ε fields' contents at that moment: a plan shown
+# unmarked must be the plan of what the fields hold then (issue 27: a session's plan read "ε = 8 over 15
+# steps" 4 s after 150 and 3 were typed, with no "computing" mark).
+WATCH_SUMMARY_JS = """() => {
+  window.__wbSummaryLog = [];
+  if (window.__wbWatching) return;
+  window.__wbWatching = true;
+  const field = (id) => document.querySelector(`#${id} input`).value;
+  new MutationObserver(() => {
+    const prose = document.querySelector("#plan-summary .prose");  // not Gradio's status tracker beside it
+    const text = prose ? prose.innerText : "";
+    window.__wbSummaryLog.push({text, steps: field("max-steps"), eps: field("target-epsilon")});
+  }).observe(document.getElementById("plan-summary"), {childList: true, subtree: true, characterData: true});
+}"""
+MARKED_SINCE_JS = """(since) => window.__wbSummaryLog.slice(since).some((e) => e.text.includes("computing the plan"))"""
+
+
+def _box(page, elem_id: str):
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+
+
+def _keys(page, elem_id: str, value: str) -> None:
+    """Type ``value`` into a field key by key, as a person does: no Enter, no leaving the field."""
+    box = _box(page, elem_id)
+    box.click()
+    box.press("Control+a")
+    box.press("Backspace")
+    box.press_sequentially(value, delay=60)
+
+
+def _marked_at_once(page, elem_id: str, value: str) -> None:
+    """Clear the field and let the plan settle; then the first keystroke shows the 'computing' mark before
+    any plan lands, and the rest is typed; the field keeps the focus throughout (no blur)."""
+    _keys(page, elem_id, "")
+    sync_api.expect(page.locator("#plan-summary")).not_to_contain_text("computing the plan", timeout=WAIT)
+    since = page.evaluate("() => window.__wbSummaryLog.length")
+    _box(page, elem_id).press_sequentially(value[0])
+    page.wait_for_function(MARKED_SINCE_JS, arg=since, timeout=2_000)
+    _box(page, elem_id).press_sequentially(value[1:], delay=60)
+    assert _box(page, elem_id).input_value() == value
+    assert page.evaluate(f"() => document.activeElement.closest('#{elem_id}') !== null"), "the field lost the focus"
+
+
+def test_typing_into_each_plan_field_updates_the_plan_without_enter_or_blur(app_url, browser, tmp_path):
+    """Issue 27 item 2: every Plan field, text fields included, marks the plan out of date at the first
+    keystroke and shows the plan of what was typed without Enter or leaving the field; with a second browser
+    session computing at the same time, no plan for other values than the fields ever shows unmarked."""
+    url, store, ctx = app_url
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(url)
+    _plan_now(page, r"Privacy check")
+    page.evaluate(WATCH_SUMMARY_JS)
+    n = 1098
+    typed = [  # (field, value, the plan once it is up to date)
+        ("batch-size", "64", rf"at q = {64 / n:.4g}"),
+        ("max-steps", "150", r"over 150 steps"),
+        ("target-epsilon", "3", r"within ε = 3 over 150 steps"),
+        ("delta", "1e-6", r"δ = 1e-06"),
+        ("max-grad-norm", "0.5", r"δ = 1e-06"),
+        ("max-examples-per-user", "3", r"k = 3 examples"),
+        ("labels", "no, yes", r"over 150 steps"),
+    ]
+    for elem_id, value, plan in typed:
+        _marked_at_once(page, elem_id, value)
+        _plan_now(page, plan)
+    page.get_by_role("radio", name="Epochs").check()
+    _plan_now(page, r"Privacy check")
+    _marked_at_once(page, "epochs", "2")
+    _plan_now(page, rf"over {math.ceil(2 / (64 / n))} steps")
+    page.get_by_role("radio", name="Noise multiplier σ").check()
+    _plan_now(page, r"With σ")
+    _marked_at_once(page, "noise-multiplier", "1.5")
+    _plan_now(page, r"With σ = 1.5 over")
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(f'{{"prompt": "question {i}", "response": "answer {i}"}}\n' for i in range(300)))
+    page.get_by_role("radio", name="Path on this machine").check()
+    _marked_at_once(page, "data-path", str(data))
+    wait_text(page, "#data-info", r"N = \d+ training examples \(300 loaded")
+    _plan_now(page, r"With σ = 1.5 over")
+
+    # two sessions: this one types while the other's plans compute (the queue runs one plan at a time)
+    page.get_by_role("radio", name="Demo dataset").check()
+    page.get_by_role("radio", name="Target ε").check()
+    page.get_by_role("radio", name="Steps").check()
+    other = browser.new_page(viewport={"width": 1500, "height": 1100})
+    other.goto(url)
+    _plan_now(other, r"Privacy check")
+    _plan_now(page, r"within ε = 3 over 150 steps")
+    page.evaluate(WATCH_SUMMARY_JS)
+    _keys(other, "max-steps", "700")  # PLD and PRV over 700 steps: seconds of CPU
+    _keys(page, "max-steps", "15")
+    _plan_now(page, r"over 15 steps")
+    _keys(other, "max-steps", "900")
+    _keys(page, "max-steps", "150")
+    _keys(page, "target-epsilon", "8")
+    _plan_now(page, r"within ε = 8 over 150 steps")
+    log = page.evaluate("() => window.__wbSummaryLog")
+    shown = [e for e in log if e["text"].strip() and "computing the plan" not in e["text"]]
+    assert shown, log
+    for e in (e for e in shown if e["steps"]):  # an unmarked plan is the plan of the fields at that moment
+        assert f"over {int(e['steps']):,} steps" in e["text"], e
+        claimed = re.search(r"ε = (\S+) over", e["text"])
+        assert claimed is None or claimed.group(1) == e["eps"], e
+    shot(page, "plan_typed")

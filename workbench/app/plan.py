@@ -522,6 +522,29 @@ def _wire_recommend(ctx: AppContext, controls: PlanControls, button: Any, fields
 
 
 STALE_NOTE = "⏳ *computing the plan for the values in the fields…*"
+TYPING_DEBOUNCE_MS = 400  # a text field's plan waits this long after the last keystroke
+
+# Each edit of a plan field gets the next number of this page (window.__wbPlanSeq); the server keeps the
+# newest number each browser session has shown it and drops a computation as soon as a newer one exists,
+# so a plan computed for older values (queued behind another session's, or overtaken while typing) never
+# replaces the "computing" mark. The hidden "plan-seq" input carries the number to the server.
+_BUMP_JS = (
+    "(...v) => { window.__wbPlanSeq = (window.__wbPlanSeq || 0) + 1; v[v.length - 2] = window.__wbPlanSeq; return v; }"
+)
+_CURRENT_JS = "(...v) => { v[v.length - 2] = window.__wbPlanSeq || 0; return v; }"
+_DEBOUNCED_JS = (  # the edit's number, sent after a pause: an edit typed meanwhile makes it a no-op on the server
+    "async (...v) => { const mine = window.__wbPlanSeq || 0;"
+    f" await new Promise((r) => setTimeout(r, {TYPING_DEBOUNCE_MS})); v[v.length - 2] = mine; return v; }}"
+)
+
+
+def newest_first(session: dict, seq: Any) -> int | None:
+    """Record edit number ``seq`` in a browser session's plan state; None when a newer edit is already known."""
+    seq = int(seq or 0)
+    if seq < session.get("seq", 0):
+        return None
+    session["seq"] = seq
+    return seq
 
 
 def _wire(
@@ -532,36 +555,47 @@ def _wire(
     c = controls.components
     outputs = [controls.data_info, plot, summary, controls.error, *(controls.row_errors[r] for r in ERROR_ROWS)]
 
-    # The newest field values this browser session asked a plan for: a State is one object per session
+    # The newest edit number this browser session sent (see _BUMP_JS): a State is one object per session
     # (Gradio keeps it in the session, not in the page, and it is not an API input).
     latest = gr.State({})
-    inputs = [*controls.inputs, latest]
+    seq = gr.Number(0, visible=False, elem_id="plan-seq")
+    inputs = [*controls.inputs, seq, latest]
 
-    def register(*values):  # unqueued: runs at once on every change
-        values[-1]["values"] = values[:-1]
+    def register(*values):  # unqueued: runs at once on every edit, so a running older plan stops
+        newest_first(values[-1], values[-2])
 
     def refresh(*values):
-        # A newer change to the fields makes this computation stale: it stops at its next stage
-        # boundary (the queue then runs the newer one), so an older plan never lands after a newer one.
-        session, values = values[-1] if isinstance(values[-1], dict) else {}, values[:-1]
-        session["values"] = values  # the queue runs only the newest pending trigger (always_last)
+        # A newer edit makes this computation stale: it stops at its next stage boundary, so an older plan
+        # never lands after a newer edit (the queue then runs the newer one).
+        session, mine, values = values[-1] if isinstance(values[-1], dict) else {}, values[-2], values[:-2]
+        mine = newest_first(session, mine)
+        if mine is None:
+            return
         for update in plan_updates(ctx, dict(zip(forms.PLAN_FIELDS, values))):
-            if session.get("values") != values:
+            if session.get("seq", 0) != mine:
                 return
             yield (gr.skip(),) * len(outputs) if update is None else route_error(update)
 
-    knobs = [c[n] for n in forms.PLAN_FIELDS if n not in ("upload_path", "data_path", "data_mode", "delta", "labels")]
-    typed = [c["data_path"], c["delta"], c["labels"]]  # text: refresh when typing is done, not on every key
+    fields = [(name, c[name]) for name in forms.PLAN_FIELDS if not isinstance(c[name], gr.State)]
+    typed = [comp for _, comp in fields if isinstance(comp, gr.Textbox)]  # refreshed as typed, debounced
+    knobs = [comp for _, comp in fields if not isinstance(comp, gr.Textbox)]  # Number, Radio, Dropdown, Checkbox
     # The dataset choice is a trigger of the one plan event too (not a chained refresh of its own): a
     # separate chain reading the same controls could run with the old choice and be dropped.
-    triggers = [k.change for k in knobs] + [t.submit for t in typed] + [t.blur for t in typed] + [c["data_mode"].change]
-    gr.on(triggers, register, inputs, None, queue=False, api_visibility="private", show_progress="hidden")
-    # the shown plan is marked out of date at once, in the browser, until the new one arrives
-    gr.on(triggers, None, None, summary, js=f"() => {STALE_NOTE!r}", api_visibility="private", show_progress="hidden")
-    gr.on(triggers, refresh, inputs, outputs, api_name="plan", trigger_mode="always_last", show_progress="hidden")
+    at_once = [k.change for k in knobs] + [t.submit for t in typed]
+    as_typed = [t.input for t in typed]
+    # every keystroke in a field marks the shown plan out of date at once, in the browser (a Number's
+    # change may wait for the browser to accept the number; its input event does not)
+    keystrokes = [comp.input for _, comp in fields if isinstance(comp, (gr.Textbox, gr.Number))]
+    hidden = dict(api_visibility="private", show_progress="hidden")
+    mark = f"() => {STALE_NOTE!r}"
+    gr.on(at_once + keystrokes, None, None, summary, js=mark, **hidden)
+    gr.on(at_once + as_typed, register, [seq, latest], None, js=_BUMP_JS, queue=False, **hidden)
+    plan_event = dict(trigger_mode="always_last", concurrency_id="plan", show_progress="hidden")
+    gr.on(at_once, refresh, inputs, outputs, js=_CURRENT_JS, api_name="plan", **plan_event)
+    gr.on(as_typed, refresh, inputs, outputs, js=_DEBOUNCED_JS, api_visibility="private", **plan_event)
     if stale is not None:  # a shown recommendation is for the old settings: say so at once
         js = f"(text) => text ? {RECOMMEND_STALE!r} : text"
-        gr.on(triggers, None, stale, stale, js=js, api_visibility="private", show_progress="hidden")
+        gr.on(at_once + keystrokes, None, stale, stale, js=js, **hidden)
 
     def mode_changed(mode):
         return gr.update(visible=mode == "upload"), gr.update(visible=mode == "path")
@@ -591,7 +625,8 @@ def _wire(
         stored, message = store_upload(ctx, path)
         return None, stored, message
 
+    upload.upload(None, None, summary, js=mark, **hidden)
     upload.upload(uploaded, upload, [upload, c["upload_path"], upload_msg], api_visibility="private").then(
-        refresh, inputs, outputs, api_visibility="private", show_progress="hidden"
+        refresh, inputs, outputs, js=_BUMP_JS, **plan_event, api_visibility="private"
     )
     controls.load = (refresh, inputs, outputs)
