@@ -161,9 +161,11 @@ def test_parallel_coordinates_over_the_swept_settings(sweep_views):
     store = RunStore()
     synthetic_run(store, "20260101-000000-cccccc", allocation="uniform")
     synthetic_run(store, "20260101-000000-dddddd", allocation="adaptive")
-    (trace,) = parcoords_figure(load_views(store, ["20260101-000000-cccccc", "20260101-000000-dddddd"])).data
+    synthetic_run(store, "20260101-000000-eeeeee", allocation="uniform", seed=1)
+    ids = ["20260101-000000-cccccc", "20260101-000000-dddddd", "20260101-000000-eeeeee"]
+    (trace,) = parcoords_figure(load_views(store, ids)).data
     alloc = next(d for d in trace.dimensions if d.label == "allocation")
-    assert list(alloc.ticktext) == ["uniform", "adaptive"] and list(alloc["values"]) == [0, 1]
+    assert list(alloc.ticktext) == ["uniform", "adaptive"] and list(alloc["values"]) == [0, 1, 0]
 
 
 def test_grouped_figure_and_table_show_the_resolved_privacy_values(sweep_views):

@@ -163,7 +163,7 @@ def compare_groups(
         panels = group_panels(_views(ctx, run_ids), by, x, band=band, smooth=smooth, log_y=log_y)
     except Exception as err:  # noqa: BLE001 - e.g. a run deleted meanwhile, a setting not in these runs
         return (*(empty_figure(t, "") for t in titles), empty_table, error_text(err))
-    return (*panels.figures.values(), {"headers": panels.table.headers, "data": panels.table.rows}, "")
+    return (*panels.figures.values(), {"headers": panels.table.headers, "data": panels.table.rows}, panels.note)
 
 
 def selection_cost(ctx: AppContext, run_ids: Sequence[str] | None) -> str:

@@ -269,11 +269,25 @@ def differing_keys(views: Sequence[RunView], *, ignore: frozenset[str] = IGNORED
 
 @dataclass
 class Group:
-    """Runs with the same settings (``by`` keys), their seeds aggregated."""
+    """Runs with the same settings (``by`` keys), their seeds aggregated; runs that did not finish (stopped,
+    failed, still running) form a group of their own, ``ended`` naming their status: a run cut short is not
+    another seed of a finished one."""
 
     label: str
     settings: dict[str, Any]
     runs: list[RunView] = field(default_factory=list)
+    ended: str | None = None  # None: finished runs; else the status its runs share
+
+
+def unfinished_note(groups: Sequence[Group]) -> str:
+    """A sentence when some groups hold runs that did not finish, '' otherwise."""
+    apart = [g.label for g in groups if g.ended]
+    if not apart:
+        return ""
+    return (
+        f"ℹ Runs that did not finish are grouped apart ({', '.join(apart)}), never averaged with finished runs "
+        "of the same settings as if they were seeds."
+    )
 
 
 def group_runs(views: Sequence[RunView], by: Sequence[str] | None = None) -> list[Group]:
@@ -290,10 +304,11 @@ def group_runs(views: Sequence[RunView], by: Sequence[str] | None = None) -> lis
     groups: dict[str, Group] = {}
     for v in views:
         settings = {k: v.config.get(k) for k in keys}
-        ident = json.dumps(settings, sort_keys=True, default=str)
+        ended = None if v.status == "finished" else v.status
+        ident = json.dumps([settings, ended], sort_keys=True, default=str)
         if ident not in groups:
             label = run_label(settings, keys) if keys else "all runs"
-            groups[ident] = Group(label, settings)
+            groups[ident] = Group(label + (f" ({ended})" if ended else ""), settings, ended=ended)
         groups[ident].runs.append(v)
     out = list(groups.values())
     labels = [g.label for g in out]
@@ -639,6 +654,9 @@ def frontier_figure(groups: Sequence[Group], metric: str | None = None, *, band:
     return fig
 
 
+PARCOORDS_MIN_RUNS = 3
+
+
 def parcoords_figure(
     views: Sequence[RunView], keys: Sequence[str] | None = None, metric: str | None = None
 ) -> go.Figure:
@@ -650,6 +668,12 @@ def parcoords_figure(
     rows = [v for v in views if v.last_eval is not None]
     if not rows:
         return empty_figure(title, "no evaluated runs among those chosen")
+    if len(rows) < PARCOORDS_MIN_RUNS:  # two lines across empty axes read as a broken chart
+        return empty_figure(
+            title,
+            f"{len(rows)} evaluated run{'s' if len(rows) > 1 else ''}: parallel coordinates need "
+            f"{PARCOORDS_MIN_RUNS} or more (the table and the frontier show these)",
+        )
     dims = []
     for key in keys:
         values = [v.config.get(key) for v in rows]
@@ -744,6 +768,7 @@ class GroupPanels(NamedTuple):
     figures: dict[str, go.Figure]  # group_loss, group_metric, frontier, parcoords (in this order)
     groups: list[Group]
     table: Table
+    note: str = ""  # unfinished_note: runs that did not finish are grouped apart
 
 
 def group_panels(
@@ -766,7 +791,7 @@ def group_panels(
         "frontier": frontier_figure(groups, metric, band=band),
         "parcoords": parcoords_figure(views),
     }
-    return GroupPanels(figures, groups, group_table(views, by))
+    return GroupPanels(figures, groups, group_table(views, by), unfinished_note(groups))
 
 
 def comparison_report(
@@ -828,6 +853,7 @@ __all__ = [
     "generations_table",
     "CompareError",
     "Group",
+    "unfinished_note",
     "Band",
     "FrontierPoint",
     "X_AXES",
