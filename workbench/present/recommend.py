@@ -66,10 +66,10 @@ def recommend_figure(rec: Recommendation | None, *, message: str = "press Recomm
             x=[best.batch_size],
             y=[best.noise_batch_ratio],
             mode="markers",
-            name="recommended",
+            name="recommended" if rec.complete else "best so far",
             marker=dict(symbol="star", size=16, color=RED, line=dict(color="white", width=1)),
             text=[_hover(best)],
-            hovertemplate="recommended<br>%{text}<extra></extra>",
+            hovertemplate=("recommended" if rec.complete else "best so far") + "<br>%{text}<extra></extra>",
         )
     )
     layout["annotations"].append(
@@ -87,21 +87,42 @@ def recommend_figure(rec: Recommendation | None, *, message: str = "press Recomm
     )
     if not rec.complete:
         layout["annotations"].append(
-            dict(text="calibrating…", x=1, y=1, xref="paper", yref="paper", showarrow=False, font=dict(color=GREY))
+            dict(
+                text="computing… (not the recommendation yet)",
+                x=1,
+                y=1,
+                xref="paper",
+                yref="paper",
+                showarrow=False,
+                font=dict(color=GREY),
+            )
         )
     return _figure(traces, layout)
 
 
-def recommend_markdown(rec: Recommendation) -> str:
-    """The recommendation as markdown: the setting in bold, then the reasons, the learning rate, the caveat."""
-    head, *rest = rec.sentences()
+def progress_line(rec: Recommendation) -> str:
+    """What an intermediate result may say: that it is one, and the best setting among those calibrated so far
+    (its reasons, e.g. "the budget is the limit", hold only once every candidate is calibrated)."""
+    b = rec.best
     return (
-        f"**{head}**" + "".join(f"  \n{line}" for line in rest if line) + ("" if rec.complete else "  \n_calibrating…_")
+        f"computing… {len(rec.candidates)} settings calibrated so far; the best of them: B = {b.batch_size:,}, "
+        f"T = {b.steps:,} (σ/B = {b.noise_batch_ratio:.3g}). Not the recommendation yet."
     )
+
+
+def recommend_markdown(rec: Recommendation) -> str:
+    """The recommendation as markdown: the setting in bold, then the reasons, the learning rate, the caveat; while
+    candidates are still being calibrated, only a marked progress line."""
+    if not rec.complete:
+        return f"⏳ _{progress_line(rec)}_"
+    head, *rest = rec.sentences()
+    return f"**{head}**" + "".join(f"  \n{line}" for line in rest if line)
 
 
 def recommend_html(rec: Recommendation) -> str:
     """The same reading as HTML (the notebook widget)."""
+    if not rec.complete:
+        return f"<div style='font-size:12px;color:#666'>⏳ {html.escape(progress_line(rec))}</div>"
     head, *rest = rec.sentences()
     body = "".join(f"<div>{html.escape(line)}</div>" for line in rest)
     return f"<div style='font-size:12px'><b>{html.escape(head)}</b>{body}</div>"
