@@ -123,15 +123,32 @@ def _choice_hits(logits, batch, chunk, choices: Choices, gold) -> tuple[int, int
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer, prompts, *, device: torch.device, max_new_tokens: int, autocast) -> list[dict]:
-    """Greedy generations for a few fixed prompts (chat messages), for the dashboards."""
+def generate_samples(
+    model,
+    tokenizer,
+    prompts,
+    *,
+    device: torch.device,
+    max_new_tokens: int,
+    autocast,
+    response_max_tokens: int | None = None,
+    answers: Answers | None = None,
+) -> list[dict]:
+    """Greedy generations for a few fixed prompts (chat messages), for the dashboards, in the form the run trains
+    on: at most ``response_max_tokens`` tokens when the responses are cut there, up to the first line break; with
+    labelled answers (the demo's routing), ``output`` is the answer the model ranks first, as accuracy scores it
+    ("Department: Billing"), and ``generated`` the greedy line (a model trained on the answer line alone may
+    repeat its prefix when left to generate on, which read as a bug beside a good accuracy)."""
     if max_new_tokens <= 0 or not prompts:
         return []
+    if response_max_tokens is not None:
+        max_new_tokens = min(max_new_tokens, response_max_tokens)
     was_training = model.training
     model.eval()
     out = []
     for messages in prompts:
-        ids = torch.tensor([encode_prompt(tokenizer, messages)], device=device)  # formatted as in training
+        prompt = encode_prompt(tokenizer, messages)  # formatted as in training
+        ids = torch.tensor([prompt], device=device)
         enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         with autocast():
             out_ids = model.generate(
@@ -142,6 +159,36 @@ def generate_samples(model, tokenizer, prompts, *, device: torch.device, max_new
                 eos_token_id=tokenizer.eos_token_id,
             )
         reply = tokenizer.decode(out_ids[0, ids.shape[1] :], skip_special_tokens=True)
-        out.append({"prompt": messages[-1]["content"], "output": reply.strip()})
+        line = reply.strip().split("\n", 1)[0].strip()
+        sample = {"prompt": messages[-1]["content"], "output": line}
+        if answers is not None:
+            sample = {**sample, "output": answers.chosen(model, prompt, device=device, autocast=autocast)}
+            sample["generated"] = line
+        out.append(sample)
     model.train(was_training)
     return out
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The labelled answers of a dataset (``answer_template`` over ``label_names``) and where they diverge."""
+
+    choices: Choices
+    template: str
+    label_names: tuple[str, ...]
+    prefix: tuple[int, ...]  # the answers' common first tokens (``choices.offset`` of them)
+
+    @classmethod
+    def of(cls, ds: Dataset, tokenizer, choices: Choices | None) -> Answers | None:
+        if choices is None:
+            return None
+        first = tokenizer(ds.answer_template.format(label=ds.label_names[0]), add_special_tokens=False)["input_ids"]
+        return cls(choices, ds.answer_template, tuple(ds.label_names), tuple(first[: choices.offset]))
+
+    def chosen(self, model, prompt: list[int], *, device: torch.device, autocast) -> str:
+        """The answer the model ranks first after ``prompt`` (the accuracy's ranking), as the template writes it."""
+        ids = torch.tensor([list(prompt) + list(self.prefix)], device=device)
+        with autocast():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+        best = int(logits[list(self.choices.token_ids)].argmax())
+        return self.template.format(label=self.label_names[best])

@@ -41,7 +41,7 @@ from workbench.engine.allocation import (
 from workbench.engine.baseline import baseline_key, untuned_metrics
 from workbench.engine.canaries import GradientCanaries
 from workbench.engine.dp_step import DPGradient, StepStats
-from workbench.engine.evaluate import answer_choices, evaluate, generate_samples, majority_class
+from workbench.engine.evaluate import Answers, answer_choices, evaluate, generate_samples, majority_class
 from workbench.engine.exposure import demo_exposures
 from workbench.engine.grad_sample import PerExampleGrads
 from workbench.engine.input_canaries import InputCanaries, canary_count
@@ -248,6 +248,7 @@ class Trainer:
             else None
         )
         self.choices = answer_choices(prepared.val, prepared.tokenizer)
+        self.answers = Answers.of(prepared.val, prepared.tokenizer, self.choices)  # the samples show the answer
         self.gold = self._gold_labels()
         self.step = 0
         self.last_eval: dict = {}
@@ -397,6 +398,8 @@ class Trainer:
                 device=p.device,
                 max_new_tokens=p.config.generate_max_new_tokens,
                 autocast=self._autocast,
+                response_max_tokens=p.config.response_max_tokens,
+                answers=self.answers,
             )
         self.last_eval = {**metrics, **self._predicted(measured)}
         return EvalMetrics(run_id=self.run_id, step=self.step, generations=gens, **metrics, **classes)
