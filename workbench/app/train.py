@@ -15,6 +15,7 @@ from workbench.app.live import dashboard, followed, selection_value
 from workbench.app.plan import PlanControls, ctx_base
 from workbench.app.state import AppContext, Selection
 from workbench.config import RunConfig
+from workbench.store.names import unique_name
 from workbench.store.runs import RunNotFound
 
 POLL_SECONDS = 1.0  # default period of the stream's store poll (build_app(poll_seconds=...))
@@ -30,8 +31,10 @@ def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> 
     try:
         config = forms.config_from_values(values, base=ctx_base(ctx))
         forms.check_start(config)
-        if not config.name:  # a readable name from what differs from the preset, unique in the store
-            config = config.with_overrides({"name": default_name(ctx, config)})
+        # a readable name from what differs from the preset; a typed name too is made unique in the store, so
+        # Compare's legend never reads one name against the same name
+        name = config.name or default_name(ctx, config)
+        config = config.with_overrides({"name": unique_name(name, (r.name for r in ctx.store.list()))})
         if config.nproc > 1:  # more processes than GPUs, no backend: the message now, not a failed run
             from workbench.engine import distributed
 
@@ -46,6 +49,22 @@ def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> 
     if busy:
         message = f"Run `{run_id}` is **queued**: it starts when run `{busy[-1]}` ends (one job per device)."
     return selection.select(run_id, follow=True), message
+
+
+def started_message(ctx: AppContext, run_id: str | None, *, poll: float = 1.0, timeout: float = 24 * 3600):
+    """Once a queued run leaves the queue, the message under Start says so ("Run ... is queued" stayed on screen
+    for minutes after the run had started); yields nothing for a run that was not queued. The session is read
+    in this process: no store query, nothing sent while the run waits."""
+    import time
+
+    session = ctx.sessions.get(run_id) if run_id else None
+    if session is None or session.status != "queued":
+        return
+    end = time.monotonic() + timeout
+    while session.status == "queued" and not session.done and time.monotonic() < end:
+        time.sleep(poll)
+    if session.status == "running" or session.done:
+        yield f"Started run `{run_id}` (it was queued) at {time.strftime('%H:%M:%S')}: {session.status}."
 
 
 def default_name(ctx: AppContext, config: RunConfig) -> str:
@@ -106,8 +125,8 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                 info=help_["model"],
                 elem_id="model",
             )
-            c["name"] = gr.Textbox(
-                base.name or "",
+            c["name"] = gr.Textbox(  # not prefilled from the config: every run would share its name
+                "",
                 label="Run name (optional)",
                 placeholder="empty: from the settings, e.g. eps8-B64-T100",
                 elem_id="run-name",
@@ -159,13 +178,34 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
             live = dashboard()  # header, live charts and generations: workbench/app/live.py
     inputs = plan.inputs + [c[n] for n in forms.TRAIN_FIELDS]
 
+    started = gr.State(None)  # the run the last Start queued, if it was queued
+
+    def wait_started(run_id):
+        said = False
+        for said_now in started_message(ctx, run_id):
+            said = True
+            yield said_now
+        if not said:  # not queued: the message stays
+            yield gr.skip()
+
     def on_start(sel, *values):
         names = forms.PLAN_FIELDS + forms.TRAIN_FIELDS
         new, message = start_run(ctx, sel, dict(zip(names, values)))
-        return new, (gr.skip() if new is sel else selection_value(new)), message
+        return new, (gr.skip() if new is sel else selection_value(new)), message, new.run_id if new is not sel else None
 
     start.click(
-        on_start, [selection] + inputs, [selection, live, message], api_visibility="private", concurrency_limit=1
+        on_start,
+        [selection] + inputs,
+        [selection, live, message, started],
+        api_visibility="private",
+        concurrency_limit=1,
+    ).then(  # waits in a thread of its own (no limit shared with Start) and answers once, when the run starts
+        wait_started,
+        started,
+        message,
+        api_visibility="private",
+        concurrency_limit=None,
+        show_progress="hidden",
     )
     stop.click(lambda sel: stop_run(ctx, sel), selection, message, api_visibility="private")
     return TrainControls(c, live)
