@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch: a CPU build where no NVIDIA GPU is present (2.13.0 is on this machine's disk), the
-# registry's default (CUDA) build where one is; an existing torch in the venv is left alone.
+# registry's default (CUDA) build where one is; an existing torch in the venv is left alone. numpy comes
+# with it: torch does not require it, and importing torch without it warns "Failed to initialize NumPy".
 TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_GPU_SPEC ?= torch
 STAMP  := $(VENV)/.installed
@@ -22,9 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	@if $(BIN)/python -c "import torch" >/dev/null 2>&1; then \
 	    echo "torch present: $$($(BIN)/python -c 'import torch; print(torch.__version__)') (left alone)"; \
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-	    echo "NVIDIA GPU found: installing $(TORCH_GPU_SPEC)"; $(BIN)/pip install -q "$(TORCH_GPU_SPEC)"; \
+	    echo "NVIDIA GPU found: installing $(TORCH_GPU_SPEC)"; $(BIN)/pip install -q "$(TORCH_GPU_SPEC)" numpy; \
 	else \
-	    echo "no GPU: installing the CPU build $(TORCH_CPU_SPEC)"; $(BIN)/pip install -q "$(TORCH_CPU_SPEC)"; \
+	    echo "no GPU: installing the CPU build $(TORCH_CPU_SPEC)"; $(BIN)/pip install -q "$(TORCH_CPU_SPEC)" numpy; \
 	fi
 	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[app,notebook,test]"
