@@ -5,6 +5,7 @@ Public API (imported lazily, so `import workbench` stays light and works without
     from workbench import RunConfig, Session, train, privacy
     workbench.sweep("run.yaml", grid={"target_epsilon": [2, 4, 8]}, seeds=3)   # a stored sweep (workbench/sweeps.py)
     workbench.demo_config(model="tiny")   # the settings of `make demo` (assets/demo.yaml), overrides on top
+    workbench.make_private(model, optimizer, ...)   # DP-SGD in your own loop (workbench/private.py); Trainer: workbench.hf
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ if TYPE_CHECKING:  # the public names are imported lazily (see __getattr__)
     from workbench.config import RunConfig
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "Session", "train", "sweep", "privacy", "RunStore", "demo_config", "__version__"]
+__all__ = [
+    "RunConfig",
+    "Session",
+    "train",
+    "sweep",
+    "privacy",
+    "RunStore",
+    "demo_config",
+    "make_private",
+    "__version__",
+]
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "assets" / "demo.yaml"  # what `make demo` trains
 
@@ -68,6 +79,10 @@ def __getattr__(name: str) -> Any:
         from workbench.sweeps import run_sweep
 
         return run_sweep
+    if name == "make_private":  # DP-SGD in a hand-written loop on the same engine (workbench/private.py)
+        from workbench.private import make_private
+
+        return make_private
     if name == "privacy":
         import importlib
 
