@@ -462,7 +462,7 @@ class PrivateTraining:
         path = folder / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump(_jsonable_state(self.dp.noise.rng.bit_generator.state), fh)
+            json.dump(_jsonable_state(noise_state(self.dp.noise)), fh)
         return name
 
     def restore(self, state: dict, *, streams: str | None) -> None:
@@ -490,7 +490,10 @@ class PrivateTraining:
             )
         noise = self.randomness.noise()
         path = self.store.run_dir(run_id) / STREAMS_DIR / streams
-        noise.rng.bit_generator.state = _state_from_json(json.loads(path.read_text()))
+        restore_noise(noise, _state_from_json(json.loads(path.read_text())))
+        close = getattr(self.dp, "close", None)
+        if close is not None:
+            close()  # the fresh source's background thread, if it has one
         self.dp.noise = noise
         self.batch_sampler.rng = self.randomness.sampling_rng()
         self.batch_sampler.drawn = 0
@@ -514,6 +517,9 @@ class PrivateTraining:
             )
         summary = self.summary(status)
         self.ended = status
+        close = getattr(self.dp, "close", None)  # a noise source that draws ahead on a thread stops here
+        if close is not None:
+            close()
         if self.store is not None and self.run_id is not None:
             self._record_ledger(status)
             self.emit(RunEnded(run_id=self.run_id, status=status, reason=reason, summary={**summary, "reason": reason}))
@@ -567,6 +573,18 @@ class PrivateTraining:
 class _Named:
     name: str
     label_names: tuple = field(default=())
+
+
+def noise_state(noise: Any) -> dict:
+    """Where a noise source stands (its own ``state()`` where it has one; a numpy stream's bit generator)."""
+    return noise.state() if hasattr(noise, "state") else {"bit_generator": noise.rng.bit_generator.state}
+
+
+def restore_noise(noise: Any, state: dict) -> None:
+    if hasattr(noise, "restore"):
+        noise.restore(state)
+    else:
+        noise.rng.bit_generator.state = state["bit_generator"]
 
 
 def _jsonable_state(state: Any) -> Any:

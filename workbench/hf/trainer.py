@@ -77,8 +77,9 @@ def check_training_arguments(args: Any) -> None:
         )
     if has("gradient_checkpointing") or has("activation_checkpointing"):
         raise DPTrainerError(
-            "gradient (activation) checkpointing is not supported: the recomputed forward would record every "
-            "per-example gradient twice. Turn it off (lower per_device_train_batch_size to save memory instead)."
+            "gradient (activation) checkpointing is not supported yet: the recomputed forward would record the "
+            "per-example gradients again. Set gradient_checkpointing=False (TRL's SFTConfig turns it on by default) "
+            "and lower per_device_train_batch_size to save memory instead."
         )
     if has("torch_compile") or has("auto_find_batch_size"):
         raise DPTrainerError(
