@@ -123,7 +123,15 @@ def test_k_control_is_last_in_plan_fields_and_defaults_to_the_config(_workbench_
     from workbench.app import build_app
 
     # controls added later go last, so the /plan API's positional inputs keep their places
-    assert forms.PLAN_FIELDS[-5:] == ("max_examples_per_user", "neighboring", "privacy_unit", "public_size", "labels")
+    assert forms.PLAN_FIELDS[-7:] == (
+        "max_examples_per_user",
+        "neighboring",
+        "privacy_unit",
+        "public_size",
+        "labels",
+        "columns",
+        "validation_data",
+    )
     app = build_app(RunStore(_workbench_home), defaults={"max_examples_per_user": 5})
     try:
         [k] = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "max-examples-per-user"]

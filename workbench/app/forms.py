@@ -38,6 +38,8 @@ PLAN_FIELDS = (
     "privacy_unit",  # example, user:els or user:uls (PRIVACY_UNIT_CHOICES): privacy_unit and user_sampling
     "public_size",  # a checkbox: public_dataset_size = the chosen data's training count (add/remove neighbours)
     "labels",  # comma-separated class names (classification)
+    "columns",  # role=column pairs, comma-separated: text=sentence, label=label
+    "validation_data",  # a validation file's path (empty: hold out a fraction)
 )
 PRIVACY_UNIT_CHOICES = [
     ("one example", "example"),
@@ -60,7 +62,7 @@ TRAIN_FIELDS = (
     "audit",
     "nproc",  # added later ones go last, as in PLAN_FIELDS
 )
-BUILTIN_MODELS = ("default", "tiny")
+BUILTIN_MODELS = ("default", "tiny", "minilm")  # every model the package ships (engine/models.py)
 PLAN_ACCOUNTANTS = ("rdp", "prv", "pld")  # always drawn; the selected one is added when it is another
 
 
@@ -71,9 +73,18 @@ class DataInfo:
     n_train: int
     n_users: int | None
     task: str
+    description: dict | None = None  # engine.data.describe_dataset without a tokenizer: schema, columns, labels...
+    validation_file: str | None = None  # the validation_data file, when one is given
+    n_validation: int | None = None  # its examples
 
     def describe(self, batch_size: int | None = None) -> str:
-        text = f"**N = {self.n_train:,}** training examples ({self.n_total:,} loaded, {self.n_total - self.n_train:,} held out for validation"
+        if self.validation_file:
+            text = (
+                f"**N = {self.n_train:,}** training examples ({self.n_validation:,} for validation from "
+                f"{Path(self.validation_file).name}"
+            )
+        else:
+            text = f"**N = {self.n_train:,}** training examples ({self.n_total:,} loaded, {self.n_total - self.n_train:,} held out for validation"
         text += f"; {self.n_users:,} users)" if self.n_users else ")"
         if batch_size:
             text += f" · sampling rate q = {batch_size}/{self.n_train:,} = {min(1.0, batch_size / self.n_train):.4g}"
@@ -189,12 +200,56 @@ def parse_group_size(value: Any) -> int:
     return int(k)
 
 
+def parse_columns(value: Any) -> dict[str, str]:
+    """The Columns control: 'text=sentence, label=label' -> {"text": "sentence", "label": "label"} (empty: {})."""
+    from workbench.engine.data import ROLES
+
+    out: dict[str, str] = {}
+    for part in str(value or "").split(","):
+        if not part.strip():
+            continue
+        role, sep, column = (x.strip() for x in part.partition("="))
+        if not sep or not role or not column:
+            raise ConfigError(
+                f"columns: {part.strip()!r} is not role=column. Write pairs separated by commas, e.g. "
+                "text=sentence, label=label."
+            )
+        if role not in ROLES:
+            raise ConfigError(f"columns: unknown role {role!r} (in {part.strip()!r}). Roles: {', '.join(ROLES)}.")
+        out[role] = column
+    return out
+
+
+def data_options(values: Mapping[str, Any], base: RunConfig) -> dict[str, Any]:
+    """``columns`` and ``validation_data`` from the Plan tab's controls (the base config's without them)."""
+    columns = parse_columns(values["columns"]) if "columns" in values else dict(base.columns)
+    if "validation_data" in values:
+        validation = str(values["validation_data"] or "").strip() or None
+    else:
+        validation = base.validation_data
+    return {"columns": columns, "validation_data": validation}
+
+
+def info_for(source: str, config: RunConfig | Mapping[str, Any]) -> DataInfo:
+    """``dataset_info`` of ``source`` read as ``config`` (a RunConfig or its keys) reads it."""
+    get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+    return dataset_info(
+        source,
+        validation_fraction=get("validation_fraction", 0.1),
+        seed=get("split_seed") if get("split_seed") is not None else get("seed", 0),
+        columns=get("columns") or None,
+        validation_data=get("validation_data"),
+    )
+
+
 def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = None) -> RunConfig:
     """A RunConfig from the controls' values (PLAN_FIELDS and TRAIN_FIELDS by name)."""
     base = base or RunConfig()
     o: dict[str, Any] = {}
     if "data_mode" in values:
         o["data"] = resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
+    if "columns" in values or "validation_data" in values:
+        o.update(data_options(values, base))
     if "batch_size" in values:
         o["batch_size"] = _number(values["batch_size"], integer=True)
     if "length_mode" in values:
@@ -246,7 +301,7 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
 def public_count(source: str, settings: Mapping[str, Any], *, base: RunConfig) -> int:
     """What the Plan tab's "size is public" box declares: the number of training units of ``source`` that the
     sampling draws from (users under ULS, examples otherwise; under ELS the examples before the per-user cap)."""
-    info = dataset_info(source, validation_fraction=base.validation_fraction, seed=base.seed)
+    info = info_for(source, settings)
     uls = settings.get("privacy_unit") == "user" and settings.get("user_sampling") == "uls"
     return int(info.n_users if uls and info.n_users else info.n_train)
 
@@ -265,8 +320,8 @@ def check_model(model: str) -> None:
     )
     if looks_like_path or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", model):
         raise ConfigError(
-            f"model {model!r}: no such file or folder. Use 'default', 'tiny', a Hugging Face hub id, "
-            "or the path of a local model folder or .gguf file."
+            f"model {model!r}: no such file or folder. Use 'default', 'tiny', 'minilm' (classification), a Hugging "
+            "Face hub id, or the path of a local model folder or .gguf file."
         )
 
 
@@ -274,19 +329,45 @@ _DATA_CACHE: OrderedDict[tuple, DataInfo] = OrderedDict()
 _DATA_LOCK = threading.Lock()
 
 
-def dataset_info(source: str, *, validation_fraction: float = 0.1, seed: int = 0) -> DataInfo:
-    """Load ``source`` (cached by path, size and modification time) and count its training split."""
-    path = Path(source).expanduser()
-    stamp = (path.stat().st_size, path.stat().st_mtime_ns) if source != "demo" and path.is_file() else None
-    key = (source, stamp, validation_fraction, seed)
+def _stamp(source: str | None) -> tuple | None:
+    path = Path(source or "").expanduser()
+    return (path.stat().st_size, path.stat().st_mtime_ns) if source not in (None, "demo") and path.is_file() else None
+
+
+def dataset_info(
+    source: str,
+    *,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    columns: Mapping[str, str] | None = None,
+    validation_data: str | None = None,
+) -> DataInfo:
+    """Load ``source`` with the ``columns`` mapping (cached by path, size and modification time) and count its
+    training split: all of it beside a ``validation_data`` file, else what the held-out fraction leaves. The
+    description (schema, columns, labels, users, the first examples) is what `workbench data` shows."""
+    mapping = tuple(sorted((columns or {}).items()))
+    key = (source, _stamp(source), validation_fraction, seed, mapping, validation_data, _stamp(validation_data))
     with _DATA_LOCK:
         if key in _DATA_CACHE:
             return _DATA_CACHE[key]
     from workbench.engine import data as data_mod
 
-    ds = data_mod.load_dataset(source)
-    train, _ = data_mod.split_validation(ds, fraction=validation_fraction, seed=seed)
-    info = DataInfo(source=source, n_total=len(ds), n_train=len(train), n_users=ds.num_users, task=ds.task)
+    ds = data_mod.load_dataset(source, columns=dict(mapping) or None)
+    n_val = None
+    if validation_data:
+        n_val, train = len(data_mod.load_dataset(validation_data, columns=dict(mapping) or None)), ds
+    else:
+        train, _ = data_mod.split_validation(ds, fraction=validation_fraction, seed=seed)
+    info = DataInfo(
+        source=source,
+        n_total=len(ds),
+        n_train=len(train),
+        n_users=ds.num_users,
+        task=ds.task,
+        description=data_mod.describe_dataset(ds, examples=3),
+        validation_file=validation_data,
+        n_validation=n_val,
+    )
     with _DATA_LOCK:
         _DATA_CACHE[key] = info
         while len(_DATA_CACHE) > 8:
@@ -435,7 +516,11 @@ def compute_plan(
 def check_start(config: RunConfig) -> PlanResult:
     """Everything that can be checked before a run starts; raises a user error with a message."""
     check_model(config.model)
-    if config.validation_data:
-        dataset_info(config.validation_data)
-    info = dataset_info(config.data, validation_fraction=config.validation_fraction, seed=config.split_salt)
+    info = info_for(config.data, config)
+    if info.task == "classification" or config.validation_data:  # the engine's label and validation checks
+        from workbench.engine.prepare import labels_needed, load_splits
+
+        if info.task == "classification" and config.labels is None and config.is_private:
+            raise ConfigError(labels_needed(config.data))
+        load_splits(config)
     return compute_plan(config, dataset_size=info.n_train, num_users=info.n_users, curves=False)

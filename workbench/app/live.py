@@ -190,7 +190,6 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
     from workbench.engine.randomness import SEEDED_LABEL
     from workbench.engine.report import relation_text
     from workbench.present import accountant_label, fmt_eps, progress
-    from workbench.present.diagnostics import baseline_text, untuned_eval
 
     final = view.final_epsilon if view.ended is not None else None  # an ended run: its summary's epsilon
     p = progress(view.started, view.latest_step, now, final_epsilon=final)
@@ -222,11 +221,7 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
         f'<div class="wb-header" data-run="{html.escape(view.run_id)}" data-status="{html.escape(status)}">'
         f'{title}{eps_html}{bar}<div class="wb-progress" id="wb-progress">{text}</div>'
     )
-    baseline = untuned_eval(view.evals)
-    if baseline is not None:
-        final = view.last_eval if view.last_eval is not None and view.last_eval.step > 0 else None
-        text = baseline_text(vars(final) if final is not None else None, vars(baseline))
-        out += f'<div class="wb-baseline" id="wb-baseline">validation: {html.escape(text)}</div>'
+    out += _baseline_html(view)
     sentence = _epsilon_sentence(view, p["epsilon"])
     if sentence:
         out += f'<div class="wb-protects" id="wb-protects">{html.escape(sentence)}</div>'
@@ -236,6 +231,32 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
     if status in ("failed", "interrupted") and reason:
         out += f'<div class="wb-reason">{html.escape(reason)}</div>'
     return out + "</div>"
+
+
+def _baseline_html(view) -> str:
+    """The latest evaluation beside the untuned model's and the majority class's (telemetry from the validation
+    data), and, once the run has ended, a plain sentence when it learned nothing beyond the class frequencies."""
+    import html
+
+    from workbench.present.diagnostics import baseline_text, class_prior_text, untuned_eval
+
+    untuned = untuned_eval(view.evals)
+    final = view.last_eval if view.last_eval is not None and view.last_eval.step > 0 else None
+    base = vars(untuned) if untuned is not None else None
+    if base is None and final is not None and final.majority_share is not None:  # no step-0 evaluation
+        base = {"majority_label": final.majority_label, "majority_share": final.majority_share}
+    text = baseline_text(vars(final) if final is not None else None, base)
+    if not text:
+        return ""
+    out = (
+        f'<div class="wb-baseline" id="wb-baseline">validation (telemetry, not covered by ε): {html.escape(text)}</div>'
+    )
+    if view.ended is not None and final is not None:
+        private = view.started is not None and view.started.noise_multiplier > 0
+        prior = class_prior_text(vars(final), base, private=private, where="app")
+        if prior:
+            out += f'<div class="wb-baseline wb-prior" id="wb-prior">⚠ {html.escape(prior)}</div>'
+    return out
 
 
 def stop_text(summary: dict | None) -> str:

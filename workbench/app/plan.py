@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from workbench.app import forms, sweep_panel
 from workbench.app.common import error_text
+from workbench.app.data_panel import data_markdown
 from workbench.app.state import AppContext
 from workbench.config import RunConfig
 from workbench.engine.report import relation_text
@@ -93,12 +94,13 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
     """
     base = ctx_base(ctx)
     try:
-        source = forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
-        info = forms.dataset_info(source, validation_fraction=base.validation_fraction, seed=base.seed)
+        info = chosen_data(values, base)
     except Exception as err:  # noqa: BLE001 - shown beside the dataset choice
         yield error_text(err), empty_figure(PLAN_TITLE, "choose a usable dataset"), "", ""
         return
     data_md = info.describe(_int_or_none(values.get("batch_size")))
+    panel = data_markdown(info.description, labels_set=values.get("labels"))
+    data_md += f"\n\n{panel}" if panel else ""
     try:
         config = forms.config_from_values(values, base=base)
         last = None
@@ -116,6 +118,12 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
             yield data_md, figure, text + "\n\n" + checks_markdown(config, info, stage), ""
     except Exception as err:  # noqa: BLE001 - shown under the knobs
         yield data_md, empty_figure(PLAN_TITLE, "no plan: see the message under the settings"), "", error_text(err)
+
+
+def chosen_data(values: dict[str, Any], base: RunConfig) -> forms.DataInfo:
+    """The data the Plan tab's controls name, read with their columns and validation file (forms.dataset_info)."""
+    source = forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
+    return forms.info_for(source, {**base.to_dict(), **forms.data_options(values, base)})
 
 
 def update_plan(ctx: AppContext, values: dict[str, Any]) -> tuple[Any, ...]:
@@ -137,8 +145,7 @@ def recommend_updates(
 
     base = ctx_base(ctx)
     try:
-        source = forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
-        info = forms.dataset_info(source, validation_fraction=base.validation_fraction, seed=base.seed)
+        info = chosen_data(values, base)
         config = forms.config_from_values({**values, "privacy_mode": "target"}, base=base)
         stages = recommend_for_config(
             config,
@@ -354,6 +361,22 @@ def build(ctx: AppContext) -> PlanControls:
                 visible=data_mode == "path",
                 elem_id="data-path",
             )
+            with gr.Row():
+                c["columns"] = gr.Textbox(
+                    ", ".join(f"{k}={v}" for k, v in base.columns.items()),
+                    label="Columns (role=column)",
+                    placeholder="auto; e.g. text=sentence, label=label",
+                    info="Which of your columns plays which role: text, label, prompt, response, instruction, input, "
+                    "output, messages, user_id. Empty: recognised by name.",
+                    elem_id="columns",
+                )
+                c["validation_data"] = gr.Textbox(
+                    base.validation_data or "",
+                    label="Validation file (path on this machine)",
+                    placeholder="empty: hold out a fraction of the data",
+                    info=help_["validation_data"],
+                    elem_id="validation-data",
+                )
             data_info = gr.Markdown("", elem_id="data-info")
             gr.Markdown("### Privacy knobs")
             rows: dict[str, Any] = {}  # a plan error is shown under the row of the field it names

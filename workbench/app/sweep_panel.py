@@ -116,7 +116,7 @@ def request(ctx: AppContext, values: dict[str, Any], knobs: Sequence[tuple[Any, 
 
 
 def _sizes(cfg: RunConfig) -> tuple[int, int | None]:
-    info = forms.dataset_info(cfg.data, validation_fraction=cfg.validation_fraction, seed=cfg.split_salt)
+    info = forms.info_for(cfg.data, cfg)
     return info.n_train, info.n_users
 
 

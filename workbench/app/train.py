@@ -118,7 +118,7 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             c["model"] = gr.Dropdown(
-                ["default", "tiny"],
+                list(forms.BUILTIN_MODELS),
                 value=base.model,
                 allow_custom_value=True,
                 label="Model",
