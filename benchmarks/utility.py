@@ -10,7 +10,8 @@ sst2: SST-2 (../shared/data/sst2, or --sst2-dir), dev accuracy (MiniLM encoder +
 A DP run that learns nothing is a bug to find, not a result.
 
 ``--json`` prints one object: ``untuned_accuracy``, ``dp_accuracy``, ``nonprivate_accuracy``, ``dp_epsilon``,
-``eval_messages`` (the held-out examples the accuracy is over), ``dp_seconds`` (the DP run's wall time:
+``eval_messages`` (the held-out examples the accuracy is over), ``majority_accuracy`` (always answering the
+validation labels' most frequent class) and ``dp_over_majority``, ``dp_seconds`` (the DP run's wall time:
 model loading, training and its evaluations), the gap and the settings, and each arm's details.
 """
 
@@ -115,7 +116,7 @@ def run(args) -> dict:
         for k, v in untuned(
             RunConfig(**{**base, "noise_multiplier": 0, "max_grad_norm": None, "target_epsilon": None}), store
         ).items()
-        if k in ("val_loss", "accuracy", "eval_messages")
+        if k in ("val_loss", "accuracy", "eval_messages", "majority_label", "majority_share")
     }
     arms = (
         ("dp", dict(target_epsilon=args.epsilon, max_grad_norm=base.get("max_grad_norm") or 1.0)),
@@ -141,6 +142,12 @@ def run(args) -> dict:
         eval_messages=out["untuned"].get("eval_messages"),
         dp_seconds=dp["wall_time"],
         dp_over_untuned=None if base_acc is None or dp["accuracy"] is None else dp["accuracy"] - base_acc,
+        # always answering the validation labels' most frequent class: a classifier at this accuracy learned nothing
+        # beyond the class frequencies (telemetry from the validation data, as the untuned accuracy)
+        majority_accuracy=out["untuned"].get("majority_share"),
+        dp_over_majority=None
+        if out["untuned"].get("majority_share") is None or dp["accuracy"] is None
+        else dp["accuracy"] - out["untuned"]["majority_share"],
         nonprivate_minus_dp=None
         if dp["accuracy"] is None or nonprivate["accuracy"] is None
         else nonprivate["accuracy"] - dp["accuracy"],
@@ -167,7 +174,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2, default=lambda x: "inf" if isinstance(x, float) and math.isinf(x) else str(x)))
         return
-    print(f"{args.task}: untuned accuracy {out['untuned']['accuracy']}, val_loss {out['untuned']['val_loss']:.4f}")
+    u = out["untuned"]
+    majority = f", majority class {u['majority_label']!r} {u['majority_share']:.3f}" if u.get("majority_share") else ""
+    print(f"{args.task}: untuned accuracy {u['accuracy']}, val_loss {u['val_loss']:.4f}{majority}")
     for name in ("dp", "nonprivate"):
         r = out[name]
         if r["accuracy"] is None and r["run_id"] is None:
