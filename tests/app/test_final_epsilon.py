@@ -26,8 +26,11 @@ from workbench.widgets.comparison import compare as compare_widget
 
 
 def _cli_epsilons() -> dict[str, str]:
+    from workbench.cli import NAME_WIDTH
+
     out = CliRunner().invoke(app, ["runs", "list"]).output
-    return {line.split()[0]: line.split()[3] for line in out.splitlines()[1:] if line.strip()}
+    start = 24 + 1 + NAME_WIDTH + 1 + 12 + 1 + 14 + 1  # id, name (may hold spaces), status, model: then epsilon
+    return {line.split()[0]: line[start : start + 9].strip() for line in out.splitlines()[1:] if line.strip()}
 
 
 def _surfaces(ctx, run_ids: list[str]) -> dict[str, dict[str, str]]:
