@@ -56,8 +56,8 @@ test-fast: install
 
 # ruff (pinned in pyproject.toml: another version may format differently): lint and format; CI runs it first.
 lint: install
-	$(BIN)/ruff check workbench tests benchmarks
-	$(BIN)/ruff format --check workbench tests benchmarks
+	$(BIN)/ruff check workbench tests benchmarks examples
+	$(BIN)/ruff format --check workbench tests benchmarks examples
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py --model default
