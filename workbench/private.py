@@ -440,12 +440,12 @@ class PrivateTraining:
         return report
 
     def state(self) -> dict:
-        """What a checkpoint keeps (never the key nor a stream's state): the run, the steps done, where the key
-        and the noise stream's position are (the store's run folder), and the plan to check a resume against."""
+        """What a checkpoint keeps (never the key, a stream's state or a local path): the run (its key and noise
+        stream's position are in the store's folder of that run), the steps done, and the plan to check a resume
+        against."""
         return {
             "run_id": self.run_id,
             "steps_done": self.steps_done,
-            "store": str(self.store.home) if self.store is not None else None,
             "noise_seed": self.randomness.noise_seed,
             "plan": {**self.plan.settings(), "max_grad_norm": self.plan.max_grad_norm},
         }
@@ -477,7 +477,7 @@ class PrivateTraining:
         if state.get("noise_seed") is not None:
             self.randomness = RunRandomness.seeded(state["noise_seed"])
         else:
-            if self.store is None or state.get("store") is None:
+            if self.store is None or state.get("streams") is None:
                 raise ConfigError(
                     "this checkpoint's run kept its secret key in a run store, and this trainer has none (store=None): "
                     "resume with the store the run was started with."
