@@ -158,10 +158,10 @@ def class_prior_text(
         return ""
     if private:
         return text + (
-            " Lower the learning rate or the clipping norm, or raise the batch for a smaller noise-batch ratio σ/B: "
+            " Retune the learning rate, lower the clipping norm, or raise the batch for a smaller noise-batch ratio σ/B: "
             f"{PRIOR_HINT.get(where, PRIOR_HINT['cli'])}."
         )
-    return text + " Lower the learning rate or train longer."
+    return text + " Retune the learning rate or train longer."
 
 
 def untuned_eval(evals: Sequence[Any]) -> Any | None:
