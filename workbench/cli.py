@@ -739,8 +739,8 @@ def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
     rec = _get_run(store, run_id)
     try:
         cfg = RunConfig.from_dict({**rec.config, "output_dir": None})  # never overwrite the original's adapter
-        randomness = (
-            RunRandomness.seeded(cfg.noise_seed)
+        randomness = (  # the noise source the run used: a seeded run's summary says (none: source 1)
+            RunRandomness.seeded(cfg.noise_seed, noise_version=(rec.summary or {}).get("noise_source", 1))
             if cfg.noise_seed is not None
             else RunRandomness.load(store.run_dir(rec.id), run_id=rec.id)
         )

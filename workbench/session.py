@@ -236,6 +236,7 @@ class Session:
             "status": status,
             "adapter_dir": adapter,
             "seeded_randomness": self.randomness.is_seeded,
+            "noise_source": self.randomness.noise_version,  # engine/noise.py; a replay uses the same source
         }
         if self.randomness.is_seeded:
             out["randomness"] = SEEDED_LABEL

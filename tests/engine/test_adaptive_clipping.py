@@ -168,6 +168,9 @@ class _NoNoise:
     def sample(self, shape, std, *, device="cpu"):
         return torch.zeros(tuple(shape), dtype=torch.float64, device=device)
 
+    def draw_step(self, sizes, **_):  # what DPGradient.finish takes: one step's values, flat (engine/noise.py)
+        return np.zeros(sum(sizes))
+
 
 def _units(norms: list[list[float]]) -> dict[str, SimpleNamespace]:
     """Per-unit gradients of given norm per block: norms[unit][block]."""
@@ -202,9 +205,9 @@ def test_the_count_noise_has_std_sigma_b_from_the_gradient_noise_generator():
     for _ in range(300):  # empty steps: what is released is the noise alone
         dp.start()
         st = dp.finish(expected_batch_size=1.0)
-        for g in dp.groups:  # the gradient noise first, then the counts', from the same stream
-            replay.sample((2,), dp.allocation.noise_std()[g])
-        expected = replay.sample((4,), sigma_b)
+        # one draw per step (engine/noise.py): the gradient noise first, then the counts', from the same stream
+        flat = replay.draw_step([2] * len(dp.groups) + [4], ahead=False)
+        expected = torch.from_numpy(flat[-4:]) * sigma_b
         assert torch.equal(torch.tensor(list(st.released_counts.values()), dtype=torch.float64), expected)
         draws.extend(st.released_counts.values())
     noise = RunRandomness.seeded(8).noise()
@@ -244,10 +247,8 @@ def test_data_parallel_counts_are_summed_over_ranks_and_noised_once_on_rank_0():
         dp.add_microbatch(_units(norms))
         out.append(dp.finish(expected_batch_size=4.0).released_counts)
     assert out[0] == out[1], "every rank uses rank 0's noisy counts"
-    replay = RunRandomness.seeded(1).noise()
-    for g in main.groups:
-        replay.sample((2,), main.allocation.noise_std()[g])
-    noise = replay.sample((4,), main.allocation.count_noise_std())
+    replay = RunRandomness.seeded(1).noise()  # one draw per step: the gradient noise, then the counts'
+    noise = torch.from_numpy(replay.draw_step([2] * len(main.groups) + [4])[-4:]) * main.allocation.count_noise_std()
     clean = [2 * (sum(u[l] <= 0.5 for u in norms) - 1.0) for l in range(4)]  # both ranks' units
     assert list(out[0].values()) == pytest.approx([c + float(n) for c, n in zip(clean, noise)], abs=1e-6)
 

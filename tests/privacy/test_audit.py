@@ -21,7 +21,7 @@ from workbench.config import ConfigError, RunConfig
 from workbench.engine.dp_step import DPGradient
 from workbench.engine.exposure import exposure, log_perplexities, random_candidates
 from workbench.engine.input_canaries import canary_count
-from workbench.engine.randomness import GaussianNoise, RunRandomness
+from workbench.engine.randomness import GaussianNoise, KeystreamNoise, RunRandomness
 from workbench.privacy.audit import GUESS_FRACTIONS, audit_scores, epsilon_lower_bound, p_value
 from workbench.session import Session
 from workbench.store.runs import RunStore
@@ -223,8 +223,8 @@ def test_noise_off_is_caught_far_above_a_small_epsilon(notes):
 def test_a_noise_bug_is_caught_above_the_claimed_epsilon(notes, monkeypatch):
     """A broken mechanism: the plan claims epsilon 2 but the noise comes out 100x too small. The audit
     bound exceeds the claim and `workbench audit` exits 1."""
-    real = GaussianNoise.sample
-    monkeypatch.setattr(GaussianNoise, "sample", lambda self, shape, std, **kw: real(self, shape, std / 100, **kw))
+    real = KeystreamNoise.draw_step  # what DPGradient.finish draws a step's noise from (engine/noise.py)
+    monkeypatch.setattr(KeystreamNoise, "draw_step", lambda self, sizes, **kw: real(self, sizes, **kw) / 100)
     summary = Session(RunConfig(**AUDIT, **notes, target_epsilon=2.0)).run()
     assert summary["status"] == "finished", summary
     assert summary["audit"]["epsilon_lower_bound"] > summary["epsilon"] + 1, summary["audit"]

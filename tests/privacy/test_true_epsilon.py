@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from workbench import privacy
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig
+from workbench.engine.noise import CHUNK, single_draws
 from workbench.engine.plan import make_plan
-from workbench.engine.randomness import KEY_FILE, SEEDED_LABEL, GaussianNoise, RunRandomness
+from workbench.engine.randomness import KEY_FILE, SEEDED_LABEL, RunRandomness
 from workbench.engine.report import CARD_START, place_card_section
 from workbench.session import Session
 from workbench.store.export import ExportError, export_run
@@ -45,8 +46,23 @@ def test_noise_ks_accepts_sigma_and_rejects_30_percent_off():
         assert stats.kstest(draws, "norm", args=(0, wrong)).pvalue < 1e-8
 
 
-def test_noise_is_one_discarded_draw_then_four_float64_draws_over_two():
+def test_noise_is_four_float64_draws_over_two():
+    """Source 2 (engine/noise.py, issue 29): each value is four float64 Box-Muller draws over two, from four different
+    pairs of a ChaCha20 keystream per (step, chunk). Opacus' one discarded draw guarded the alignment of a sequential
+    generator's draws across calls; a keystream keyed per (step, chunk) carries no state from call to call (noise.py's
+    docstring argues it), so nothing is discarded. tests/engine/test_noise_source.py checks the draws themselves
+    against the construction written out in numpy."""
     key = RunRandomness.secret()
+    got = key.noise().standard(1000)
+    z = single_draws(key._derive(b"gaussian-noise-v2"), 1, 0)  # step 1, chunk 0: the four draws of every value
+    n, i = CHUNK, np.arange(1000)
+    cos, sin = z[: 2 * n], z[2 * n :]
+    np.testing.assert_array_equal(got, (cos[i] + cos[n + i] + sin[i + 1] + sin[n + i + 1]) / 2)
+
+
+def test_source_1_is_one_discarded_draw_then_four_float64_draws_over_two():
+    """Runs stored before issue 29 keep source 1 (their key file says so), and replay with it."""
+    key = RunRandomness(RunRandomness.secret().key, noise_version=1)
     got = key.noise().standard(1000)
     rng = key._generator(b"gaussian-noise")  # the same ChaCha20 stream, replayed by hand
     rng.standard_normal()
@@ -60,9 +76,10 @@ def test_noise_is_one_discarded_draw_then_four_float64_draws_over_two():
 def test_noise_tail_beyond_6_sigma_is_present():
     """fp32 torch.normal on the CPU never exceeds ~5.77 sigma (24-bit uniforms). A value of the sum
     of four float64 draws / 2 exceeds 6 sigma whenever the four draws sum to 12, typically four
-    draws near 3 sigma, which the stream produces plentifully. The four-fold convolution of the
-    stream's own empirical draw distribution must put the normal mass beyond 6 sigma."""
-    draws = RunRandomness.secret()._generator(b"gaussian-noise").standard_normal(4_000_000)
+    draws near 3 sigma, which the source produces plentifully. The four-fold convolution of the
+    source's own empirical draw distribution (its single Box-Muller draws) must put the normal mass beyond 6 sigma."""
+    noise_key = RunRandomness.secret()._derive(b"gaussian-noise-v2")
+    draws = np.concatenate([single_draws(noise_key, 1, c) for c in range(4_000_000 // (4 * CHUNK) + 1)])
     width = 0.01
     edges = np.arange(-9.0, 9.0 + width, width)
     density = np.histogram(draws, bins=edges)[0] / len(draws)
@@ -76,7 +93,7 @@ def test_noise_tail_beyond_6_sigma_is_present():
 
 
 def test_noise_frequency_beyond_4_sigma_matches_the_normal_tail():
-    x = GaussianNoise(RunRandomness.secret()._generator(b"t")).standard(4_000_000)
+    x = RunRandomness.secret().noise().standard(4_000_000)
     count = int((np.abs(x) > 4.0).sum())
     expected = 4_000_000 * 2 * stats.norm.sf(4.0)  # ~253
     assert stats.poisson.cdf(count, expected) > 1e-4 and stats.poisson.sf(count - 1, expected) > 1e-4

@@ -434,6 +434,11 @@ class _NoNoise:
     def sample(self, *args, **kwargs):
         raise RuntimeError("only rank 0 adds the noise; a worker rank must never draw it")
 
+    draw_step = standard = sample
+
+    def close(self) -> None:
+        """Nothing to end: a worker rank has no noise source."""
+
 
 # -- a non-zero rank -----------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from torch import nn
 from workbench.engine.allocation import Allocation, group_modules
 from workbench.engine.clipping import NoClipping, PerLayerClipping, QuantileClipping, make_clipping
 from workbench.engine.grad_sample import ModuleGrads
-from workbench.engine.randomness import GaussianNoise
+from workbench.engine.noise import GaussianNoise, KeystreamNoise
 
 ParamTable = dict[str, list[tuple[str, nn.Parameter]]]  # module name -> [(param name, parameter)]
 UnitGrads = dict[str, list[torch.Tensor]]  # module name -> per-unit grads, one (U, *shape) per param
@@ -60,7 +60,7 @@ class DPGradient:
         *,
         max_grad_norm: float | None,
         noise_multiplier: float,
-        noise: GaussianNoise,
+        noise: KeystreamNoise | GaussianNoise,
         clipping: str = "flat",
         counts: bool = False,
     ) -> None:
@@ -191,6 +191,30 @@ class DPGradient:
                 self._clipped += int((clipped | ~finite).sum())
             self._norms.append(total.detach().float().cpu())
 
+    def _draw_noise(self, noised: list[tuple[torch.Tensor, float]]) -> dict[int, torch.Tensor]:
+        """The step's noise for each (tensor, std): N(0, std^2) in float64 on the tensor's device, by ``id``.
+
+        One draw of the secret source for the whole step (made ahead on a thread, engine/noise.py), moved to the
+        device once and cut into views; each view is scaled in place (the values are this step's alone)."""
+        if not noised:
+            return {}
+        flat = torch.from_numpy(self.noise.draw_step([t.numel() for t, _ in noised]))
+        on_device: dict[torch.device, torch.Tensor] = {}
+        out, offset = {}, 0
+        for t, std in noised:
+            if t.device not in on_device:
+                on_device[t.device] = flat.to(t.device)  # the one copy: host to device (none on the CPU)
+            values = on_device[t.device]
+            out[id(t)] = values[offset : offset + t.numel()].view(t.shape).mul_(float(std))
+            offset += t.numel()
+        return out
+
+    def close(self) -> None:
+        """End the noise source's background thread (a run's end, or its failure)."""
+        close = getattr(self.noise, "close", None)
+        if close is not None:
+            close()
+
     @torch.no_grad()
     def finish(self, *, expected_batch_size: float) -> StepStats:
         """Add the Gaussian noise once, scale by 1/(q N) and write ``p.grad``.
@@ -216,16 +240,19 @@ class DPGradient:
             dist.sum_([e[3] for e in entries] + counts)
         stds = {g: 0.0 for g in self.groups} if isinstance(self.clip, NoClipping) else self.allocation.noise_std()
         adds_noise = dist is None or dist.is_main
+        count_std = self.allocation.count_noise_std() if adds_noise else 0.0
+        noised = [(buf, stds[g]) for g, _, _, buf, _ in entries if stds[g] > 0 and adds_noise]
+        noised += [(c, count_std) for c in counts if count_std > 0]  # S_b = sum_i b_i + N(0, sigma_b^2 I_L)
+        noise = self._draw_noise(noised)  # one step of the secret source: the gradient's, then the counts'
         clean = {g: 0.0 for g in self.groups}
         outs = []
         for g, _, _, buf, _ in entries:
             clean[g] += float(buf.pow(2).sum())
-            out = buf.double()  # the noise is added in float64 (see randomness.GaussianNoise)
-            if stds[g] > 0 and adds_noise:
-                out += self.noise.sample(buf.shape, stds[g], device=buf.device)
+            out = buf.double()  # the noise is added in float64 (see engine/noise.py)
+            if id(buf) in noise:
+                out += noise[id(buf)]
             outs.append(out)
-        count_std = self.allocation.count_noise_std() if adds_noise else 0.0
-        counts = [noised_counts(c, count_std, self.noise) for c in counts]  # S_b = sum_i b_i + N(0, sigma_b^2 I_L)
+        counts = [c.double() + noise[id(c)] if id(c) in noise else c.double() for c in counts]
         if dist is not None:
             dist.from_main_(outs + counts)  # rank 0's noisy sums (and counts), bit for bit, on every rank
         released = {g: 0.0 for g in self.groups}
@@ -248,9 +275,9 @@ class DPGradient:
         )
 
 
-def noised_counts(counts: torch.Tensor, std: float, noise: GaussianNoise) -> torch.Tensor:
-    """S_b = counts + N(0, std^2 I) in float64 (std = sigma_b = z_b sqrt(L)/2), drawn from ``noise``: the run's
-    secret generator, the gradient noise's (randomness.py). std 0 (a rank other than 0) adds nothing."""
+def noised_counts(counts: torch.Tensor, std: float, noise: KeystreamNoise | GaussianNoise) -> torch.Tensor:
+    """S_b = counts + N(0, std^2 I) in float64 (std = sigma_b = z_b sqrt(L)/2), drawn from ``noise`` (one step of
+    its own; ``finish`` draws the counts' noise with the gradient's instead). std 0 adds nothing."""
     out = counts.double()
     if std > 0:
         out += noise.sample(out.shape, std, device=out.device)

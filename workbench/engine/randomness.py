@@ -19,20 +19,18 @@ owner can replay the run exactly (``workbench runs replay``).
 instead: the same code path, reproducible, and no differential-privacy guarantee; such runs are
 labelled "seeded randomness" everywhere.
 
-The Gaussian noise is drawn in float64 and made robust to the floating-point weaknesses of
-sampled normals the way Opacus' ``secure_mode`` does (opacus/optimizers/optimizer.py
-``_generate_noise``): one draw discarded, then each value is the sum of four draws divided by 2
-(still N(0, std^2)); Holohan and Braghin 2021, arXiv 2107.10138, and the floating-point attack on
-Opacus, arXiv 2112.05307 (after Mironov 2012). fp32 ``torch.normal`` on the CPU builds each draw
-from 24-bit uniforms and never exceeds about 5.77 sigma, a hole in the tail an observer can test
-for; float64 draws (53-bit uniforms) reach about 8.6 sigma, and a sum of four reaches far beyond.
+The Gaussian noise (``noise.py``) is float64 and robust to the floating-point weaknesses of sampled normals the
+way Opacus' ``secure_mode`` is: each value is the sum of four float64 draws over 2 (Holohan and Braghin 2021,
+arXiv 2107.10138; REFERENCES.md section 7). Since issue 29 (noise source 2) it comes from a ChaCha20 keystream per
+(step, chunk) derived from the noise key, made a step ahead on a background thread; runs stored before keep source
+1 (randomgen's ChaCha20 stream, one discarded draw) and replay with it. The source is recorded with the run: a
+second line of the key file, and ``noise_source`` in the summary (for seeded runs, which keep no key file).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import os
 import secrets
 import stat
@@ -40,8 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from randomgen import ChaCha
+
+from workbench.engine.noise import NOISE_SOURCES, NOISE_VERSION, GaussianNoise, KeystreamNoise
+
+__all__ = ["GaussianNoise", "KeystreamNoise", "NOISE_VERSION", "ReplayError", "RunRandomness", "stream"]
 
 KEY_BYTES = 32  # 256 bits from the OS; the issue asks for at least 128
 KEY_FILE = "randomness.key"
@@ -58,6 +59,7 @@ class RunRandomness:
 
     key: bytes
     noise_seed: int | None = None  # set only in the labelled, non-private seeded mode
+    noise_version: int = NOISE_VERSION  # which noise source (noise.py) the run draws from; older runs keep theirs
 
     @classmethod
     def secret(cls) -> "RunRandomness":
@@ -65,10 +67,12 @@ class RunRandomness:
         return cls(secrets.token_bytes(KEY_BYTES))
 
     @classmethod
-    def seeded(cls, noise_seed: int) -> "RunRandomness":
-        """A key anyone can recompute from ``noise_seed``: reproducible, not private."""
+    def seeded(cls, noise_seed: int, *, noise_version: int = NOISE_VERSION) -> "RunRandomness":
+        """A key anyone can recompute from ``noise_seed``: reproducible, not private. ``noise_version``: the
+        source a stored run used (its summary's ``noise_source``; 1 when it has none), for its replay."""
+        _check_version(noise_version, what=f"the seeded run (noise_seed={noise_seed})")
         digest = hashlib.sha256(f"workbench-noise-seed:{int(noise_seed)}".encode()).digest()
-        return cls(digest, noise_seed=int(noise_seed))
+        return cls(digest, noise_seed=int(noise_seed), noise_version=int(noise_version))
 
     @classmethod
     def for_config(cls, config) -> "RunRandomness":
@@ -94,9 +98,12 @@ class RunRandomness:
         """The generator of the Poisson sampling (one per run)."""
         return self._generator(b"poisson-sampling")
 
-    def noise(self) -> "GaussianNoise":
-        """The source of the Gaussian noise (one per run)."""
-        return GaussianNoise(self._generator(b"gaussian-noise"))
+    def noise(self, *, threads: int | None = None) -> "KeystreamNoise | GaussianNoise":
+        """The source of the Gaussian noise (one per run), the version the run uses (noise.py). ``threads``: how
+        many threads make a step's noise (source 2; the values do not depend on it)."""
+        if self.noise_version == 1:
+            return GaussianNoise(self._generator(b"gaussian-noise"))
+        return KeystreamNoise(self._derive(b"gaussian-noise-v2"), threads=threads)
 
     def canary_rng(self) -> np.random.Generator:
         """The generator of secret audit coins (canary inclusion), independent of the other two."""
@@ -117,8 +124,8 @@ class RunRandomness:
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / KEY_FILE
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.key.hex() + "\n")
+        with os.fdopen(fd, "w") as fh:  # the key, then the noise source (a file of one line is source 1)
+            fh.write(f"{self.key.hex()}\nnoise-source {self.noise_version}\n")
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)  # O_CREAT's mode is masked by umask; be explicit
         return path
 
@@ -137,48 +144,32 @@ class RunRandomness:
             raise ReplayError(
                 f"run {run_id}'s key file {path} cannot be read ({err.strerror}). Check its permissions."
             ) from None
+        lines = text.splitlines() or [""]
         try:
-            key = bytes.fromhex(text)
+            key = bytes.fromhex(lines[0])
         except ValueError:
+            key = b""
+        version = 1  # key files of one line were written before noise sources had numbers
+        if len(lines) == 2 and lines[1].startswith("noise-source ") and lines[1].split()[1].isdigit():
+            version = int(lines[1].split()[1])
+        elif len(lines) != 1:
             key = b""
         if len(key) != KEY_BYTES:
             raise ReplayError(
                 f"run {run_id}'s key file {path} is damaged (expected {2 * KEY_BYTES} hex digits). It cannot be replayed."
             )
-        return cls(key)
+        _check_version(version, what=f"run {run_id}")
+        return cls(key, noise_version=version)
+
+
+def _check_version(version: int, *, what: str) -> None:
+    if version not in NOISE_SOURCES:
+        raise ReplayError(
+            f"{what} drew its noise from source {version}, which this workbench version does not know (it knows "
+            f"{', '.join(map(str, NOISE_SOURCES))}): replay it with the workbench version that trained it."
+        )
 
 
 def stream(derived_key: bytes) -> np.random.Generator:
     """A numpy Generator over ChaCha20 (20 rounds) keyed with a 256-bit derived key."""
     return np.random.Generator(ChaCha(key=int.from_bytes(derived_key, "little"), counter=0, rounds=20))
-
-
-class GaussianNoise:
-    """N(0, std^2) noise in float64: one discarded draw, then (z1 + z2 + z3 + z4) / 2 per value.
-
-    The sum of four independent standard normals has variance 4, so dividing by 2 keeps the
-    distribution exactly N(0, 1); what changes is that no single floating-point draw sets a value
-    (Opacus secure_mode; Holohan and Braghin 2021). Drawn on the CPU from the ChaCha20 stream and
-    moved to the parameter's device: LoRA gradients are small, so this costs well under 1 % of a step
-    (benchmarks/overhead.py measures it).
-    """
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-
-    def standard(self, count: int) -> np.ndarray:
-        """``count`` float64 draws from N(0, 1), built as described above."""
-        self.rng.standard_normal()  # discarded, as Opacus' secure mode does
-        out = self.rng.standard_normal(count)
-        for _ in range(3):
-            out += self.rng.standard_normal(count)
-        out *= 0.5
-        return out
-
-    def sample(
-        self, shape: torch.Size | tuple[int, ...], std: float, *, device: torch.device | str = "cpu"
-    ) -> torch.Tensor:
-        """A float64 tensor of ``shape`` with i.i.d. N(0, std^2) entries, on ``device``."""
-        count = math.prod(shape)
-        values = torch.from_numpy(self.standard(count) * float(std)).reshape(tuple(shape))
-        return values.to(device)

@@ -284,6 +284,8 @@ class Trainer:
         except StopRequested:
             status, reason = "stopped", f"stopped by request after step {self.step}"
             self.stopped_by_request = True  # an audit then reports an interim reading, not a bound
+        finally:
+            self.dp.close()  # the noise source's thread, making a step ahead (engine/noise.py), ends with the loop
         if main and (status == "finished" or self.step > 0):
             self.emit(self.evaluation(generate=status != "stopped"))  # after a Stop: no generations, seconds
         return status, reason

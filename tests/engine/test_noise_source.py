@@ -1,0 +1,245 @@
+"""Noise source 2 (engine/noise.py, issue 29): a ChaCha20 keystream per (step, chunk), Box-Muller in float64, four
+draws over two, made a step ahead on a thread (the KS, tail and frequency tests on it are in
+tests/privacy/test_true_epsilon.py). Its construction and single draws, replay independent of the number of
+threads, old runs replaying with source 1, the key staying in the process, and no thread left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import multiprocessing
+import pickle
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from factories import TINY_RUN
+from scipy import stats
+from typer.testing import CliRunner
+
+from workbench.cli import app
+from workbench.config import RunConfig
+from workbench.engine import noise as noise_mod
+from workbench.engine.dp_step import DPGradient
+from workbench.engine.noise import CHUNK, GaussianNoise, KeystreamNoise, single_draws
+from workbench.engine.randomness import KEY_FILE, ReplayError, RunRandomness
+from workbench.session import Session
+from workbench.store.runs import RunStore
+
+FAST = dict(TINY_RUN, max_steps=3, noise_multiplier=1.0)
+
+
+def noise_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("workbench-noise")]
+
+
+def reference_chunk(noise_key: bytes, step: int, chunk: int) -> np.ndarray:
+    """The construction written out plainly in numpy (an independent implementation of the module docstring)."""
+    key = hmac.new(noise_key, b"workbench/noise-v2/" + struct.pack("<QQ", step, chunk), hashlib.sha256).digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(32 * CHUNK))
+    k = np.frombuffer(stream, dtype="<u8") >> np.uint64(11)
+    u = (k[: 2 * CHUNK].astype(np.float64) + 1.0) * 2.0**-53
+    theta = 2 * np.pi * k[2 * CHUNK :].astype(np.float64) * 2.0**-53
+    r = np.sqrt(-2.0 * np.log(u))
+    z_cos, z_sin = r * np.cos(theta), r * np.sin(theta)  # pair p's two halves
+    n = CHUNK
+    i = np.arange(n)
+    return (z_cos[i] + z_cos[n + i] + z_sin[(i + 1) % n] + z_sin[n + (i + 1) % n]) / 2
+
+
+def test_values_are_the_plain_construction_from_the_key():
+    key = RunRandomness.secret()._derive(b"gaussian-noise-v2")
+    with KeystreamNoise(key, threads=2) as source:
+        first = source.draw_step([CHUNK + 5]).copy()
+        second = source.draw_step([3]).copy()
+    np.testing.assert_allclose(first[:CHUNK], reference_chunk(key, 1, 0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(first[CHUNK:], reference_chunk(key, 1, 1)[:5], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(second, reference_chunk(key, 2, 0)[:3], rtol=1e-12, atol=1e-12)
+
+
+def test_single_draws_are_normal_and_reach_past_8_sigma_in_principle():
+    """Each of the four draws is a float64 Box-Muller normal: KS-normal, and its radius reaches sqrt(106 ln 2)."""
+    key = RunRandomness.secret()._derive(b"gaussian-noise-v2")
+    z = single_draws(key, 1, 0)
+    assert len(z) == 4 * CHUNK and stats.kstest(z, "norm").pvalue > 1e-4
+    assert math.sqrt(-2 * math.log(2.0**-53)) > 8.5  # the smallest u, (0 + 1) 2^-53, sets the largest radius
+
+
+def test_steps_are_bit_identical_with_1_2_and_4_threads(threads):
+    key = RunRandomness.seeded(5)._derive(b"gaussian-noise-v2")
+    sizes = [[3 * CHUNK + 17, 4], [3 * CHUNK + 17, 4], [10], [3 * CHUNK + 17, 4]]  # a shorter step in between
+    with KeystreamNoise(key, threads=1, prefetch=False) as one, KeystreamNoise(key, threads=threads) as many:
+        for s in sizes:
+            a, b = one.draw_step(s), many.draw_step(s)
+            assert a.tobytes() == b.tobytes()
+    assert not noise_threads()
+
+
+def test_a_value_depends_on_its_step_and_place_only():
+    """A step's values do not depend on its length (whole chunks are made and cut), and steps differ."""
+    key = RunRandomness.seeded(5)._derive(b"gaussian-noise-v2")
+    with KeystreamNoise(key) as long, KeystreamNoise(key) as short:
+        a, b = long.draw_step([CHUNK + 100]), short.draw_step([50])
+        assert a[:50].tobytes() == b.tobytes()
+        assert not np.array_equal(long.draw_step([50]), b)
+
+
+def test_a_seeded_run_replays_and_a_secret_key_changes_everything():
+    a, b = RunRandomness.seeded(3).noise(), RunRandomness.seeded(3).noise()
+    np.testing.assert_array_equal(a.standard(1000), b.standard(1000))
+    assert not np.array_equal(
+        RunRandomness.seeded(3).noise().standard(1000), RunRandomness.secret().noise().standard(1000)
+    )
+
+
+def test_a_run_replays_bit_for_bit_with_1_and_4_noise_threads(monkeypatch):
+    adapters = []
+    for threads in (1, 4):
+        monkeypatch.setattr(noise_mod, "default_threads", lambda threads=threads: threads)
+        summary = Session(RunConfig(**FAST), randomness=RunRandomness.seeded(11)).run()
+        assert summary["status"] == "finished" and summary["noise_source"] == 2
+        adapters.append((Path(summary["adapter_dir"]) / "adapter_model.safetensors").read_bytes())
+    assert adapters[0] == adapters[1]
+
+
+# -- the step: one draw, one copy to the device, version 1 arithmetic unchanged ---------------------------------
+
+
+def _toy(noise) -> tuple[DPGradient, list[torch.nn.Parameter]]:
+    a, b = torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5))
+    dp = DPGradient({"m1": [("w", a)], "m2": [("w", b)]}, max_grad_norm=1.0, noise_multiplier=2.0, noise=noise)
+    return dp, [a, b]
+
+
+def test_a_step_takes_one_draw_of_the_source_in_parameter_order():
+    dp, params = _toy(RunRandomness.seeded(2).noise())
+    dp.start()
+    dp.finish(expected_batch_size=1.0)
+    flat = RunRandomness.seeded(2).noise().draw_step([12, 5], ahead=False)
+    std = dp.allocation.noise_std()
+    got = torch.cat([p.grad.double().flatten() for p in params])
+    want = torch.cat([torch.from_numpy(flat[:12]) * std["m1"], torch.from_numpy(flat[12:]) * std["m2"]])
+    torch.testing.assert_close(got, want.float().double(), rtol=0, atol=0)
+    dp.close()
+
+
+def test_source_1_draws_as_it_always_did():
+    """Version 1 runs replay bit for bit: one discarded draw and four draws / 2 per tensor, scaled, then added."""
+    dp, params = _toy(RunRandomness.seeded(4, noise_version=1).noise())
+    dp.start()
+    dp.finish(expected_batch_size=1.0)
+    old = RunRandomness.seeded(4, noise_version=1).noise()
+    assert isinstance(old, GaussianNoise)
+    std = dp.allocation.noise_std()
+    for p, g in zip(params, ("m1", "m2")):
+        out = torch.zeros(p.shape, dtype=torch.float64)
+        out += torch.from_numpy(old.standard(p.numel()) * float(std[g])).reshape(p.shape)  # the old finish()
+        assert torch.equal(p.grad, out.to(p.dtype))
+
+
+# -- stored runs: the source is recorded, old key files are source 1 ----------------------------------------------
+
+
+def test_the_key_file_records_the_source_and_old_key_files_are_source_1(tmp_path):
+    new = RunRandomness.secret()
+    new.save(tmp_path)
+    assert (tmp_path / KEY_FILE).read_text().splitlines()[1] == "noise-source 2"
+    assert RunRandomness.load(tmp_path, run_id="r").noise_version == 2
+    (tmp_path / KEY_FILE).write_text(new.key.hex() + "\n")  # as runs before issue 29 wrote it
+    old = RunRandomness.load(tmp_path, run_id="r")
+    assert old.key == new.key and old.noise_version == 1 and isinstance(old.noise(), GaussianNoise)
+    (tmp_path / KEY_FILE).write_text(new.key.hex() + "\nnoise-source 9\n")
+    with pytest.raises(ReplayError, match="source 9, which this workbench version does not know"):
+        RunRandomness.load(tmp_path, run_id="r")
+
+
+def test_a_run_stored_with_source_1_replays_identically():
+    store = RunStore()
+    session = Session(
+        RunConfig(**FAST), store=store, randomness=RunRandomness(RunRandomness.secret().key, noise_version=1)
+    )
+    summary = session.run()
+    assert summary["status"] == "finished" and summary["noise_source"] == 1
+    key_file = store.run_dir(session.run_id) / KEY_FILE
+    key_file.write_text(key_file.read_text().splitlines()[0] + "\n")  # the one-line key file of an older workbench
+    replay = CliRunner().invoke(app, ["runs", "replay", session.run_id, "--json"])
+    assert replay.exit_code == 0, replay.output
+    assert json.loads(replay.stdout[replay.stdout.index("{") :])["identical_adapter"] is True
+
+
+def test_a_seeded_run_replays_with_the_source_its_summary_names():
+    store = RunStore()
+    summary = Session(RunConfig(**FAST, noise_seed=7), store=store).run()
+    assert summary["noise_source"] == 2
+    replay = CliRunner().invoke(app, ["runs", "replay", summary["run_id"], "--json"])
+    assert replay.exit_code == 0, replay.output
+    assert json.loads(replay.stdout[replay.stdout.index("{") :])["identical_adapter"] is True
+
+
+# -- the key stays in the process; no thread outlives the run -------------------------------------------------
+
+
+def test_the_key_never_leaves_the_process():
+    randomness = RunRandomness.secret()
+    source = randomness.noise(threads=2)
+    source.draw_step([3 * CHUNK])  # threads running: in this process, no child process
+    assert noise_threads() and not multiprocessing.active_children()
+    with pytest.raises(TypeError, match="never pickled"):
+        pickle.dumps(source)
+    noise_key = randomness._derive(b"gaussian-noise-v2")
+    assert noise_key.hex() not in repr(source) and randomness.key.hex() not in repr(source)
+    source.close()
+    assert not noise_threads()
+
+
+def test_a_run_leaves_no_key_in_its_store_but_the_key_file():
+    store = RunStore()
+    randomness = RunRandomness.secret()
+    session = Session(RunConfig(**FAST), store=store, randomness=randomness)
+    assert session.run()["status"] == "finished"
+    noise_key = randomness._derive(b"gaussian-noise-v2")
+    secrets_ = [randomness.key, noise_key, noise_mod.chunk_key(noise_key, 1, 0)]
+    files = [p for p in store.home.rglob("*") if p.is_file() and p.name != KEY_FILE]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        for s in secrets_:
+            assert s not in data and s.hex().encode() not in data, path
+
+
+def test_no_noise_thread_outlives_a_finished_or_failed_run(monkeypatch):
+    assert Session(RunConfig(**FAST)).run()["status"] == "finished"
+    assert not noise_threads()
+    real = DPGradient.finish
+    calls = []
+
+    def fail_on_step_2(self, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(self, **kw)
+
+    monkeypatch.setattr(DPGradient, "finish", fail_on_step_2)
+    summary = Session(RunConfig(**FAST)).run()
+    assert summary["status"] == "failed" and "boom" in summary["reason"]
+    assert not noise_threads()
+
+
+def test_close_waits_for_the_step_made_ahead_and_a_source_can_go_on_after_it():
+    source = RunRandomness.seeded(1).noise(threads=2)
+    first = source.draw_step([2 * CHUNK]).copy()
+    source.close()
+    assert not noise_threads()
+    again = RunRandomness.seeded(1).noise(threads=1)
+    again.restore(source.state())  # a checkpoint: continue after step 1
+    np.testing.assert_array_equal(again.draw_step([10]), source.draw_step([10]))
+    assert not np.array_equal(first[:10], again.draw_step([10]))
+    source.close()
+    again.close()
+    assert not noise_threads()

@@ -1,0 +1,303 @@
+"""The secret Gaussian noise of DP-SGD: float64 N(0, 1) draws, made from a cipher's keystream, ahead of the step.
+
+Version 2 (``KeystreamNoise``, every run since issue 29). Step t's noise is a vector of standard normals cut into
+chunks of ``CHUNK`` coordinates; chunk c is computed from its own keystream:
+
+    noise key --HMAC-SHA256("workbench/noise-v2/" || t || c)--> chunk key --ChaCha20 (OpenSSL)--> 4 CHUNK words
+    words -> 53-bit uniforms -> Box-Muller (float64) -> each value = (z1 + z2 + z3 + z4) / 2
+
+so a value depends only on (key, t, c, its place in the chunk): not on how many threads computed the chunks, in
+which order, nor on the step's length (the last chunk is computed whole and cut). ``runs replay`` therefore draws
+the same noise with 1, 2 or 16 threads. ChaCha20 comes from ``cryptography`` (OpenSSL, a maintained
+cryptographic library, several GB/s); the elementwise maths runs in torch's vectorised float64 kernels on blocks
+small enough (<= 32,768 elements) that torch never splits them over its own threads.
+
+The transform. A 64-bit word w gives k = w >> 11 (its top 53 bits); the radius uses u = (k + 1) 2^-53 in (0, 1]
+(exactly representable: log u is finite and u = 2^-53 gives the largest radius, sqrt(106 ln 2) = 8.57 sigma, as
+float64 draws reach in REFERENCES.md section 7), the angle v = k 2^-53 in [0, 1). Box-Muller:
+r = sqrt(-2 ln u), z = r cos(2 pi v) and z' = r sin(2 pi v), two independent N(0, 1) values (Box and Muller 1958).
+
+Why the sum of four stays, and what replaces Opacus' discarded draw. Opacus' secure mode (REFERENCES.md section 7;
+Holohan and Braghin 2021, arXiv 2107.10138; the floating-point attack on Opacus, arXiv 2112.05307, after Mironov
+2012) makes each value the sum of four normal draws over 2, so that no single floating-point draw sets a released
+value and its irregular set of reachable values (what the attack reads) is smoothed over four independent inputs.
+That construction is kept exactly: every value here is four independent float64 normals over two, and the four come
+from four different Box-Muller pairs (the two halves of one pair always land in two different values), so each
+value rests on eight 53-bit uniforms. The /2 is folded into the radius, sqrt(-ln(u) / 2) = r / 2 exactly (scaling
+by a power of two is exact), so the result is bit for bit the plain formula's.
+Opacus' one discarded draw guards a *sequential* generator: torch's Box-Muller caches the second value of a pair
+and a generator's state carries from one call to the next, so the alignment of draws to released values is
+predictable across calls. A counter-based keystream has neither: each (step, chunk) has its own key, derived
+through HMAC-SHA256 (a PRF), its words are ChaCha20 output (a PRF of key and counter), nothing is cached across
+chunks or steps, and no number of released values reveals the chunk key, other chunks or the run key. Discarding
+a word would only shift which PRF outputs are used, which changes nothing an observer can learn; so nothing is
+discarded, and the guard is instead that the key and every chunk key stay secret (never exported, no pickling).
+
+Ahead of the step: the noise does not depend on the data (jax_privacy #85's plan, REFERENCES.md section 10), so
+when step t's noise is taken, step t + 1's (the same length) is started on a background thread: a queue of one
+step. ``close()`` stops it; ``threads`` sets how many threads share one step's chunks (determinism does not depend
+on it). The key stays in the process: threads, never processes.
+
+Version 1 (``GaussianNoise``, runs stored before issue 29, kept so they replay bit for bit): numpy's normals from
+randomgen's ChaCha20, one discarded draw, then (z1 + z2 + z3 + z4) / 2 per value, synchronously.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import struct
+import threading
+import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+NOISE_VERSION = 2  # the noise source of new runs; stored with the run (randomness.py) and used by its replay
+NOISE_SOURCES = {
+    1: "randomgen ChaCha20 stream, numpy normals: one discarded draw, then four float64 draws / 2",
+    2: "ChaCha20 keystream (OpenSSL) per (step, chunk), Box-Muller in float64, four draws / 2",
+}
+CHUNK = 16_384  # coordinates per keystream: part of version 2's definition (a replay depends on it), never tuned
+_WORDS = 4 * CHUNK  # 64-bit words per chunk: four uniforms per value
+_NONCE = bytes(16)  # every chunk has its own key, so ChaCha20's counter and nonce start at zero
+_ZEROS = memoryview(bytes(8 * _WORDS))  # the plaintext whose encryption is the keystream
+_TWO_M53 = 2.0**-53
+
+
+def chunk_key(noise_key: bytes, step: int, chunk: int) -> bytes:
+    """The 256-bit ChaCha20 key of ``chunk`` of ``step``: HMAC-SHA256(noise key, label || step || chunk)."""
+    return hmac.new(noise_key, b"workbench/noise-v2/" + struct.pack("<QQ", step, chunk), hashlib.sha256).digest()
+
+
+class _Workspace:
+    """One thread's buffers for one chunk (reused: no allocation per chunk)."""
+
+    def __init__(self) -> None:
+        self.words = np.empty(_WORDS, dtype=np.uint64)
+        self.bytes = memoryview(self.words).cast("B")
+        self.ints = torch.from_numpy(self.words.view(np.int64))  # < 2^53 after the shift: int64 is exact
+        self.x = torch.empty(_WORDS, dtype=torch.float64)
+        self.cos = torch.empty(2 * CHUNK, dtype=torch.float64)
+
+
+def _half_draws(noise_key: bytes, step: int, chunk: int, ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's 4 CHUNK Box-Muller draws, halved: (r cos, r sin) / 2, two (2 CHUNK,) views of ``ws``."""
+    encryptor = Cipher(algorithms.ChaCha20(chunk_key(noise_key, step, chunk), _NONCE), mode=None).encryptor()
+    encryptor.update_into(_ZEROS, ws.bytes)
+    np.right_shift(ws.words, 11, out=ws.words)  # the top 53 bits
+    half = 2 * CHUNK  # every op below is on <= 32,768 elements: torch keeps it on this thread
+    u, v = ws.x[:half], ws.x[half:]
+    torch.add(ws.ints[:half], 1, out=u).mul_(_TWO_M53)  # (k + 1) 2^-53 in (0, 1], exact
+    torch.log(u, out=u).mul_(-0.5).sqrt_()  # sqrt(-ln(u) / 2) = r / 2 exactly
+    v.copy_(ws.ints[half:]).mul_(2 * math.pi * _TWO_M53)  # the angle 2 pi k 2^-53 (in float64: int * float is fp32)
+    cos = torch.cos(v, out=ws.cos).mul_(u)
+    sin = torch.sin(v, out=v).mul_(u)
+    return cos, sin
+
+
+def fill_chunk(noise_key: bytes, step: int, chunk: int, out: np.ndarray, ws: _Workspace | None = None) -> None:
+    """Write chunk ``chunk`` of step ``step`` (CHUNK values of (z1 + z2 + z3 + z4) / 2) into ``out``.
+
+    Value i takes the cos half of pairs i and CHUNK + i and the sin half of pairs i + 1 and CHUNK + i + 1 (mod
+    CHUNK): four different pairs, and the two halves of a pair go to two different values."""
+    cos, sin = _half_draws(noise_key, step, chunk, ws or _Workspace())
+    o, n = torch.from_numpy(out), CHUNK
+    torch.add(cos[:n], cos[n:], out=o)
+    o[:-1] += sin[1:n]
+    o[-1] += sin[0]
+    o[:-1] += sin[n + 1 :]
+    o[-1] += sin[n]
+
+
+def single_draws(noise_key: bytes, step: int, chunk: int) -> np.ndarray:
+    """The chunk's 4 CHUNK individual N(0, 1) draws before they are summed (for the tail tests)."""
+    cos, sin = _half_draws(noise_key, step, chunk, _Workspace())
+    return torch.cat([cos, sin]).mul_(2.0).numpy()
+
+
+def default_threads() -> int:
+    """Threads that share one step's chunks: half the cores, at most 4 (the noise is a few percent of a step)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+class KeystreamNoise:
+    """Version 2 of the secret noise (module docstring): steps of float64 N(0, 1), the next one made ahead.
+
+    ``draw_step(sizes)`` gives the next step's values for tensors of ``sizes`` elements, as one flat array (the
+    tensors take consecutive slices), and starts the step after it in the background. ``sample`` and ``standard``
+    are one step each, with nothing made ahead. Not picklable and its repr shows no key: the key never leaves the process."""
+
+    version = 2
+
+    def __init__(self, key: bytes, *, threads: int | None = None, prefetch: bool = True) -> None:
+        self._key = key
+        self.threads = int(threads or default_threads())
+        self.prefetch = prefetch
+        self.step = 0  # steps drawn so far; step t uses index t (1, 2, ...)
+        self._ahead: tuple[int, int, Future] | None = None  # (step, count, its future): the queue of one
+        self._runner: ThreadPoolExecutor | None = None  # one thread: makes the next step
+        self._pool: ThreadPoolExecutor | None = None  # threads - 1 more: share a step's chunks
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.wait_seconds = 0.0  # how long the last draw_step waited for its noise (what the step paid)
+        self.make_seconds = 0.0  # how long making the last step's noise took (in the background when prefetched)
+        # dropped without close(): the threads end after their chunk (not joined: the last reference may go on one)
+        self._finalizer = weakref.finalize(self, _shutdown, [], wait=False)
+
+    # -- the noise ---------------------------------------------------------------------------------
+    def draw_step(self, sizes: Sequence[int], *, ahead: bool = True) -> np.ndarray:
+        """The next step's ``sum(sizes)`` standard normals (float64, flat); starts the step after it (``ahead``)."""
+        count = int(sum(sizes))
+        t0 = time.perf_counter()
+        self.step += 1
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == self.step and ahead[1] >= count:
+            values = ahead[2].result()[:count]
+        else:
+            if ahead is not None and not ahead[2].cancel():  # a longer step than made ahead: that one goes unused
+                ahead[2].exception()  # (waits for it: one step's noise in the making at a time)
+            values = self._make(self.step, count)
+        self.wait_seconds = time.perf_counter() - t0
+        if self.prefetch and ahead and count:
+            self._ahead = (self.step + 1, count, self._executor().submit(self._make, self.step + 1, count))
+        return values
+
+    def standard(self, count: int) -> np.ndarray:
+        """``count`` float64 N(0, 1) values: one step of their own (nothing made ahead)."""
+        return self.draw_step([count], ahead=False)
+
+    def sample(
+        self, shape: torch.Size | tuple[int, ...], std: float, *, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """A float64 tensor of ``shape`` with i.i.d. N(0, std^2) entries, on ``device`` (one step)."""
+        values = torch.from_numpy(self.standard(math.prod(shape))).reshape(tuple(shape))
+        return values.mul_(float(std)).to(device)
+
+    def _make(self, step: int, count: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        chunks = -(-count // CHUNK)
+        out = np.empty(chunks * CHUNK)  # whole chunks: a value never depends on the step's length
+        parts = [range(i, chunks, self.threads) for i in range(self.threads)]
+        if self.threads > 1 and chunks > 1:
+            futures = [self._chunk_pool().submit(self._fill, step, part, out) for part in parts[1:]]
+            self._fill(step, parts[0], out)
+            for f in futures:
+                f.result()
+        else:
+            self._fill(step, range(chunks), out)
+        self.make_seconds = time.perf_counter() - t0
+        return out[:count]
+
+    def _fill(self, step: int, chunks: range, out: np.ndarray) -> None:
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
+            ws = self._local.ws = _Workspace()
+        for c in chunks:
+            fill_chunk(self._key, step, c, out[c * CHUNK : (c + 1) * CHUNK], ws)
+
+    # -- the threads ---------------------------------------------------------------------------------
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._runner is None:
+                self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workbench-noise-ahead")
+                self._finalizer.detach()
+                self._finalizer = weakref.finalize(self, _shutdown, [self._runner, self._pool], wait=False)
+            return self._runner
+
+    def _chunk_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="workbench-noise")
+                self._finalizer.detach()
+                self._finalizer = weakref.finalize(self, _shutdown, [self._runner, self._pool], wait=False)
+            return self._pool
+
+    def close(self) -> None:
+        """Drop the step made ahead and end the threads (waits for a chunk in progress, at most a moment)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[2].cancel()
+        with self._lock:
+            runner, pool, self._runner, self._pool = self._runner, self._pool, None, None
+        self._finalizer.detach()
+        _shutdown([runner, pool], wait=True)
+
+    def __enter__(self) -> "KeystreamNoise":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- where the stream stands (a checkpoint), and what must never happen to the key ------------------
+    def state(self) -> dict:
+        """Where the stream stands, JSON-able and without the key: the steps drawn."""
+        return {"noise_source": self.version, "steps": self.step}
+
+    def restore(self, state: dict) -> None:
+        """Continue after ``state["steps"]`` steps (a checkpoint of a run of the same key and version)."""
+        if state.get("noise_source") != self.version:
+            raise ValueError(
+                f"a noise state of source {state.get('noise_source')!r} cannot continue source {self.version}"
+            )
+        self.close()
+        self.step = int(state["steps"])
+
+    def __repr__(self) -> str:
+        return f"KeystreamNoise(v{self.version}, step={self.step}, threads={self.threads})"
+
+    def __reduce__(self):
+        raise TypeError("the noise source holds the run's secret key: it is never pickled or sent to another process")
+
+
+def _shutdown(executors: list, *, wait: bool) -> None:
+    for ex in executors:
+        if ex is not None:
+            ex.shutdown(wait=wait, cancel_futures=True)
+
+
+class GaussianNoise:
+    """Version 1 (runs stored before issue 29): N(0, std^2) in float64 from a numpy Generator (randomgen's
+    ChaCha20): one discarded draw, then (z1 + z2 + z3 + z4) / 2 per value, for every tensor separately."""
+
+    version = 1
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def standard(self, count: int) -> np.ndarray:
+        """``count`` float64 draws from N(0, 1), built as described above."""
+        self.rng.standard_normal()  # discarded, as Opacus' secure mode does
+        out = self.rng.standard_normal(count)
+        for _ in range(3):
+            out += self.rng.standard_normal(count)
+        out *= 0.5
+        return out
+
+    def draw_step(self, sizes: Sequence[int], *, ahead: bool = True) -> np.ndarray:
+        """One ``standard`` per tensor, in order (as version 1 always drew), as one flat array (never ahead)."""
+        parts = [self.standard(int(n)) for n in sizes]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def sample(
+        self, shape: torch.Size | tuple[int, ...], std: float, *, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """A float64 tensor of ``shape`` with i.i.d. N(0, std^2) entries, on ``device``."""
+        count = math.prod(shape)
+        values = torch.from_numpy(self.standard(count) * float(std)).reshape(tuple(shape))
+        return values.to(device)
+
+    def close(self) -> None:
+        """Nothing runs ahead in version 1."""
+
+    def state(self) -> dict:
+        return {"noise_source": self.version, "bit_generator": self.rng.bit_generator.state}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
