@@ -35,8 +35,13 @@ from workbench.store.runs import RunStore
 FAST = dict(TINY_RUN, max_steps=3, noise_multiplier=1.0)
 
 
-def noise_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("workbench-noise")]
+def noise_threads(before: frozenset = frozenset()) -> list[threading.Thread]:
+    """The noise threads alive now that were not in ``before`` (sources other tests dropped may still be ending)."""
+    return [t for t in threading.enumerate() if t.name.startswith("workbench-noise") and t not in before]
+
+
+def threads_now() -> frozenset:
+    return frozenset(noise_threads())
 
 
 def reference_chunk(noise_key: bytes, step: int, chunk: int) -> np.ndarray:
@@ -71,14 +76,19 @@ def test_single_draws_are_normal_and_reach_past_8_sigma_in_principle():
     assert math.sqrt(-2 * math.log(2.0**-53)) > 8.5  # the smallest u, (0 + 1) 2^-53, sets the largest radius
 
 
+# -- replay: the same values whatever the threads ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [2, 4])
 def test_steps_are_bit_identical_with_1_2_and_4_threads(threads):
+    before = threads_now()
     key = RunRandomness.seeded(5)._derive(b"gaussian-noise-v2")
     sizes = [[3 * CHUNK + 17, 4], [3 * CHUNK + 17, 4], [10], [3 * CHUNK + 17, 4]]  # a shorter step in between
     with KeystreamNoise(key, threads=1, prefetch=False) as one, KeystreamNoise(key, threads=threads) as many:
         for s in sizes:
             a, b = one.draw_step(s), many.draw_step(s)
             assert a.tobytes() == b.tobytes()
-    assert not noise_threads()
+    assert not noise_threads(before)
 
 
 def test_a_value_depends_on_its_step_and_place_only():
@@ -98,6 +108,7 @@ def test_a_seeded_run_replays_and_a_secret_key_changes_everything():
     )
 
 
+@pytest.mark.slow  # a few tiny runs: 10-30 s on 2 busy cores
 def test_a_run_replays_bit_for_bit_with_1_and_4_noise_threads(monkeypatch):
     adapters = []
     for threads in (1, 4):
@@ -159,6 +170,7 @@ def test_the_key_file_records_the_source_and_old_key_files_are_source_1(tmp_path
         RunRandomness.load(tmp_path, run_id="r")
 
 
+@pytest.mark.slow  # a few tiny runs: 10-30 s on 2 busy cores
 def test_a_run_stored_with_source_1_replays_identically():
     store = RunStore()
     session = Session(
@@ -173,6 +185,7 @@ def test_a_run_stored_with_source_1_replays_identically():
     assert json.loads(replay.stdout[replay.stdout.index("{") :])["identical_adapter"] is True
 
 
+@pytest.mark.slow  # a few tiny runs: 10-30 s on 2 busy cores
 def test_a_seeded_run_replays_with_the_source_its_summary_names():
     store = RunStore()
     summary = Session(RunConfig(**FAST, noise_seed=7), store=store).run()
@@ -186,16 +199,17 @@ def test_a_seeded_run_replays_with_the_source_its_summary_names():
 
 
 def test_the_key_never_leaves_the_process():
+    before = threads_now()
     randomness = RunRandomness.secret()
     source = randomness.noise(threads=2)
     source.draw_step([3 * CHUNK])  # threads running: in this process, no child process
-    assert noise_threads() and not multiprocessing.active_children()
+    assert noise_threads(before) and not multiprocessing.active_children()
     with pytest.raises(TypeError, match="never pickled"):
         pickle.dumps(source)
     noise_key = randomness._derive(b"gaussian-noise-v2")
     assert noise_key.hex() not in repr(source) and randomness.key.hex() not in repr(source)
     source.close()
-    assert not noise_threads()
+    assert not noise_threads(before)
 
 
 def test_a_run_leaves_no_key_in_its_store_but_the_key_file():
@@ -213,9 +227,11 @@ def test_a_run_leaves_no_key_in_its_store_but_the_key_file():
             assert s not in data and s.hex().encode() not in data, path
 
 
+@pytest.mark.slow  # a few tiny runs: 10-30 s on 2 busy cores
 def test_no_noise_thread_outlives_a_finished_or_failed_run(monkeypatch):
+    before = threads_now()
     assert Session(RunConfig(**FAST)).run()["status"] == "finished"
-    assert not noise_threads()
+    assert not noise_threads(before)
     real = DPGradient.finish
     calls = []
 
@@ -228,18 +244,32 @@ def test_no_noise_thread_outlives_a_finished_or_failed_run(monkeypatch):
     monkeypatch.setattr(DPGradient, "finish", fail_on_step_2)
     summary = Session(RunConfig(**FAST)).run()
     assert summary["status"] == "failed" and "boom" in summary["reason"]
-    assert not noise_threads()
+    assert not noise_threads(before)
 
 
 def test_close_waits_for_the_step_made_ahead_and_a_source_can_go_on_after_it():
+    before = threads_now()
     source = RunRandomness.seeded(1).noise(threads=2)
     first = source.draw_step([2 * CHUNK]).copy()
     source.close()
-    assert not noise_threads()
+    assert not noise_threads(before)
     again = RunRandomness.seeded(1).noise(threads=1)
     again.restore(source.state())  # a checkpoint: continue after step 1
     np.testing.assert_array_equal(again.draw_step([10]), source.draw_step([10]))
     assert not np.array_equal(first[:10], again.draw_step([10]))
     source.close()
     again.close()
-    assert not noise_threads()
+    assert not noise_threads(before)
+
+
+def test_the_drawing_thread_makes_what_the_background_has_not(monkeypatch):
+    """A background thread starved of CPU (or of the GIL, by a Python-bound step) never makes the step wait for it:
+    the drawing thread takes the chunks not yet taken. Here the background takes none."""
+    key = RunRandomness.seeded(6)._derive(b"gaussian-noise-v2")
+    with KeystreamNoise(key, threads=1, prefetch=False) as plain:
+        want = [plain.draw_step([2 * CHUNK + 1]).copy() for _ in range(2)]
+    monkeypatch.setattr(KeystreamNoise, "_work", lambda self, job: None)
+    with KeystreamNoise(key, threads=2) as idle_background:
+        got = [idle_background.draw_step([2 * CHUNK + 1]).copy() for _ in range(2)]
+    for a, b in zip(want, got):
+        assert a.tobytes() == b.tobytes()

@@ -52,7 +52,7 @@ import struct
 import threading
 import time
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -127,12 +127,63 @@ def default_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+class _StepJob:
+    """One step's noise in the making. Any thread takes the next chunk not yet taken, so the thread that draws the
+    step finishes what the background has not (it never waits on a thread starved of the GIL by the step itself)."""
+
+    def __init__(self, step: int, count: int) -> None:
+        self.step, self.count = step, count
+        self.chunks = -(-count // CHUNK)
+        self.out = np.empty(self.chunks * CHUNK)  # whole chunks: a value never depends on the step's length
+        self._taken = self._done = 0
+        self._cond = threading.Condition()
+        self._cancelled = False
+        self._error: BaseException | None = None
+        self._started = time.perf_counter()
+        self.seconds = 0.0  # from the job's start to its last chunk
+
+    def work(self, key: bytes, ws: _Workspace) -> None:
+        while True:
+            with self._cond:
+                if self._cancelled or self._error is not None or self._taken >= self.chunks:
+                    return
+                c, self._taken = self._taken, self._taken + 1
+            try:
+                fill_chunk(key, self.step, c, self.out[c * CHUNK : (c + 1) * CHUNK], ws)
+            except BaseException as err:  # noqa: BLE001 - handed to the drawing thread by finish()
+                with self._cond:
+                    self._error = err
+            with self._cond:
+                self._done += 1
+                self.seconds = time.perf_counter() - self._started
+                self._cond.notify_all()
+
+    def finish(self, key: bytes, ws: _Workspace) -> np.ndarray:
+        """Help make the step, wait for the chunks other threads hold, and return its ``count`` values."""
+        self.work(key, ws)
+        self.idle()
+        if self._error is not None:
+            raise self._error
+        return self.out[: self.count]
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+        self.idle()
+
+    def idle(self) -> None:
+        """Wait until no thread holds a chunk of this job."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._done == self._taken)
+
+
 class KeystreamNoise:
     """Version 2 of the secret noise (module docstring): steps of float64 N(0, 1), the next one made ahead.
 
     ``draw_step(sizes)`` gives the next step's values for tensors of ``sizes`` elements, as one flat array (the
-    tensors take consecutive slices), and starts the step after it in the background. ``sample`` and ``standard``
-    are one step each, with nothing made ahead. Not picklable and its repr shows no key: the key never leaves the process."""
+    tensors take consecutive slices), and starts the step after it on ``threads`` background threads (a queue of one
+    step). ``sample`` and ``standard`` are one step each, with nothing made ahead. ``close()`` ends the threads. Not
+    picklable, and its repr shows no key: the key never leaves the process."""
 
     version = 2
 
@@ -141,15 +192,13 @@ class KeystreamNoise:
         self.threads = int(threads or default_threads())
         self.prefetch = prefetch
         self.step = 0  # steps drawn so far; step t uses index t (1, 2, ...)
-        self._ahead: tuple[int, int, Future] | None = None  # (step, count, its future): the queue of one
-        self._runner: ThreadPoolExecutor | None = None  # one thread: makes the next step
-        self._pool: ThreadPoolExecutor | None = None  # threads - 1 more: share a step's chunks
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self.wait_seconds = 0.0  # how long the last draw_step waited for its noise (what the step paid)
-        self.make_seconds = 0.0  # how long making the last step's noise took (in the background when prefetched)
+        self._job: _StepJob | None = None  # the next step, in the making: the queue of one
+        self._pool: ThreadPoolExecutor | None = None  # started at the first step made ahead
+        self._local = threading.local()  # each thread's workspace
+        self.wait_seconds = 0.0  # how long the last draw_step took to hand over its noise (what the step paid)
+        self.make_seconds = 0.0  # from the start of making the last step's noise to its end (ahead: in the background)
         # dropped without close(): the threads end after their chunk (not joined: the last reference may go on one)
-        self._finalizer = weakref.finalize(self, _shutdown, [], wait=False)
+        self._finalizer = weakref.finalize(self, _shutdown, None, wait=False)
 
     # -- the noise ---------------------------------------------------------------------------------
     def draw_step(self, sizes: Sequence[int], *, ahead: bool = True) -> np.ndarray:
@@ -157,16 +206,15 @@ class KeystreamNoise:
         count = int(sum(sizes))
         t0 = time.perf_counter()
         self.step += 1
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == self.step and ahead[1] >= count:
-            values = ahead[2].result()[:count]
-        else:
-            if ahead is not None and not ahead[2].cancel():  # a longer step than made ahead: that one goes unused
-                ahead[2].exception()  # (waits for it: one step's noise in the making at a time)
-            values = self._make(self.step, count)
-        self.wait_seconds = time.perf_counter() - t0
+        job, self._job = self._job, None
+        if job is None or job.step != self.step or job.count < count:  # nothing ahead, or a shorter step
+            if job is not None:
+                job.cancel()
+            job = self._start(_StepJob(self.step, count), helpers=self.threads - 1)
+        values = job.finish(self._key, self._workspace())[:count]  # a longer step made ahead: its first values
+        self.wait_seconds, self.make_seconds = time.perf_counter() - t0, job.seconds
         if self.prefetch and ahead and count:
-            self._ahead = (self.step + 1, count, self._executor().submit(self._make, self.step + 1, count))
+            self._job = self._start(_StepJob(self.step + 1, count), helpers=self.threads)
         return values
 
     def standard(self, count: int) -> np.ndarray:
@@ -180,54 +228,36 @@ class KeystreamNoise:
         values = torch.from_numpy(self.standard(math.prod(shape))).reshape(tuple(shape))
         return values.mul_(float(std)).to(device)
 
-    def _make(self, step: int, count: int) -> np.ndarray:
-        t0 = time.perf_counter()
-        chunks = -(-count // CHUNK)
-        out = np.empty(chunks * CHUNK)  # whole chunks: a value never depends on the step's length
-        parts = [range(i, chunks, self.threads) for i in range(self.threads)]
-        if self.threads > 1 and chunks > 1:
-            futures = [self._chunk_pool().submit(self._fill, step, part, out) for part in parts[1:]]
-            self._fill(step, parts[0], out)
-            for f in futures:
-                f.result()
-        else:
-            self._fill(step, range(chunks), out)
-        self.make_seconds = time.perf_counter() - t0
-        return out[:count]
+    # -- the threads ---------------------------------------------------------------------------------
+    def _start(self, job: _StepJob, *, helpers: int) -> _StepJob:
+        for _ in range(min(helpers, job.chunks)):
+            self._executor().submit(self._work, job)
+        return job
 
-    def _fill(self, step: int, chunks: range, out: np.ndarray) -> None:
+    def _work(self, job: _StepJob) -> None:
+        job.work(self._key, self._workspace())
+
+    def _workspace(self) -> _Workspace:
         ws = getattr(self._local, "ws", None)
         if ws is None:
             ws = self._local.ws = _Workspace()
-        for c in chunks:
-            fill_chunk(self._key, step, c, out[c * CHUNK : (c + 1) * CHUNK], ws)
+        return ws
 
-    # -- the threads ---------------------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._runner is None:
-                self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workbench-noise-ahead")
-                self._finalizer.detach()
-                self._finalizer = weakref.finalize(self, _shutdown, [self._runner, self._pool], wait=False)
-            return self._runner
-
-    def _chunk_pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="workbench-noise")
-                self._finalizer.detach()
-                self._finalizer = weakref.finalize(self, _shutdown, [self._runner, self._pool], wait=False)
-            return self._pool
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="workbench-noise")
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _shutdown, self._pool, wait=False)
+        return self._pool
 
     def close(self) -> None:
-        """Drop the step made ahead and end the threads (waits for a chunk in progress, at most a moment)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            ahead[2].cancel()
-        with self._lock:
-            runner, pool, self._runner, self._pool = self._runner, self._pool, None, None
+        """Drop the step made ahead and end the threads (each finishes the chunk it holds: a moment)."""
+        job, self._job = self._job, None
+        if job is not None:
+            job.cancel()
+        pool, self._pool = self._pool, None
         self._finalizer.detach()
-        _shutdown([runner, pool], wait=True)
+        _shutdown(pool, wait=True)
 
     def __enter__(self) -> "KeystreamNoise":
         return self
@@ -256,10 +286,9 @@ class KeystreamNoise:
         raise TypeError("the noise source holds the run's secret key: it is never pickled or sent to another process")
 
 
-def _shutdown(executors: list, *, wait: bool) -> None:
-    for ex in executors:
-        if ex is not None:
-            ex.shutdown(wait=wait, cancel_futures=True)
+def _shutdown(pool: ThreadPoolExecutor | None, *, wait: bool) -> None:
+    if pool is not None:
+        pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class GaussianNoise:
