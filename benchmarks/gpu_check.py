@@ -251,15 +251,24 @@ def measure(method, *, device, warmup: int, steps: int, tokens: int) -> dict:
         before = torch.cuda.memory_allocated()
     for _ in range(warmup):
         method.step()
-    times = []
+    times, waits, makes = [], [], []
+    noise = getattr(getattr(method, "dp", None), "noise", None)  # the DP step's secret noise (engine/noise.py)
     for _ in range(steps):
         _sync(device)
         t0 = time.perf_counter()
         method.step()
         _sync(device)
         times.append(time.perf_counter() - t0)
+        if hasattr(noise, "wait_seconds"):
+            waits.append(noise.wait_seconds)
+            makes.append(noise.make_seconds)
     med = statistics.median(times)
     out = {"median_step_seconds": med, "tokens_per_second": tokens / med, "steps": steps}
+    if waits:  # the noise: made on the CPU a step ahead (background thread), uploaded once per step
+        out["noise_wait_seconds"] = statistics.median(waits)  # what the step waited for it
+        out["noise_make_seconds"] = statistics.median(makes)  # what making it took, in the background
+        out["noise_share_of_dp_step"] = out["noise_wait_seconds"] / med
+        method.dp.close()
     if device.type == "cuda":
         out["peak_memory_bytes"] = torch.cuda.max_memory_allocated() - before
     return out
@@ -448,7 +457,12 @@ def _row(r: dict) -> str:
     if "error" in r:
         return r["error"]
     mem = r.get("peak_memory_bytes")
-    return f"{r['tokens_per_second']:10.0f} tokens/s" + (f"  peak +{mem / 2**30:6.2f} GiB" if mem is not None else "")
+    noise = f"  noise waited {r['noise_share_of_dp_step']:.2%} of the step" if "noise_share_of_dp_step" in r else ""
+    return (
+        f"{r['tokens_per_second']:10.0f} tokens/s"
+        + (f"  peak +{mem / 2**30:6.2f} GiB" if mem is not None else "")
+        + noise
+    )
 
 
 def _print(report: dict) -> None:

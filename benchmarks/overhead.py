@@ -1,6 +1,16 @@
 """Step time and memory of DP-LoRA against non-private LoRA and Opacus, in one process.
 
-    python benchmarks/overhead.py [--model default|tiny] [--batch-size B] [--seq-len T] [--steps N] [--json]
+    python benchmarks/overhead.py [--model default|tiny] [--lora auto-r8|all-linear-r16] [--batch-size B]
+                                  [--seq-len T] [--steps N] [--json]
+    python benchmarks/overhead.py --noise-only [--coordinates N]     # the noise's throughput per core, old vs new
+
+``--lora``: the adapter: ``auto-r8`` (peft's default targets, r = 8, 460,800 coordinates on the default model) or
+``all-linear-r16`` (every linear layer, r = 16, about 4.9 million: issue 29's configuration, where the noise weighs).
+The noise's share of the DP step is printed twice: what the step waited for it (``noise_wait``: the next step's noise
+is made on a background thread while the current one runs, engine/noise.py) and what making it costs on one thread
+(``noise_make``), each over the median DP step. ``--noise-only`` times the secret noise alone on one core (CPU time,
+torch and the source on one thread): source 1 (randomgen ChaCha20 + numpy, synchronous) against source 2 (OpenSSL
+ChaCha20 keystream + Box-Muller), coordinates per CPU second and their ratio, measured interleaved in one run.
 
 The three methods train the same LoRA model (fresh copies), on the same batch of demo-data
 examples (fixed size B, truncated to T tokens), with AdamW (the classes of benchmarks/gpu_check.py, here at lr 1e-3
@@ -42,6 +52,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from gpu_check import SIGMA, C, NonPrivate, Opacus, Workbench  # noqa: E402 (the three methods, defined once)
 
 LR = 1e-3
+LORA = {"auto-r8": (8, "auto"), "all-linear-r16": (16, "all-linear")}  # --lora: (r, target modules)
 
 
 class PeakRSS:
@@ -79,26 +90,57 @@ def make_batch(tokenizer, batch_size: int, seq_len: int, device) -> dict[str, to
 
 
 def noise_cost(method: "Workbench", *, rounds: int) -> dict:
-    """Seconds per step of the noise alone, for every LoRA parameter of the model: the secret path
-    (ChaCha20 stream, float64, one discarded draw then four draws / 2, as DPGradient draws it) against
-    the old fp32 torch.normal from a seeded generator."""
+    """Seconds per step of the noise alone, for every LoRA parameter of the model, made on the calling thread: the
+    secret source as DPGradient draws it (source 2, one thread, nothing ahead), source 1 (what ran before issue 29)
+    and fp32 torch.normal from a seeded generator (not secret; for scale)."""
     shapes = [p.shape for p in method.params]
+    sizes = [math.prod(s) for s in shapes]
     device = method.params[0].device
-    secure, plain = RunRandomness.secret().noise(), torch.Generator(device=device).manual_seed(0)
-    t_secure, t_plain = [], []
+    secret = RunRandomness.secret()
+    new = secret.noise(threads=1)
+    old = RunRandomness(secret.key, noise_version=1).noise()
+    plain = torch.Generator(device=device).manual_seed(0)
+    t_new, t_old, t_plain = [], [], []
     for _ in range(max(3, rounds)):
         t0 = time.perf_counter()
-        for shape in shapes:
-            secure.sample(shape, SIGMA * C, device=device)
-        t_secure.append(time.perf_counter() - t0)
+        torch.from_numpy(new.draw_step(sizes, ahead=False)).to(device)
+        t_new.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        old.draw_step(sizes)
+        t_old.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for shape in shapes:
             torch.normal(0.0, SIGMA * C, size=shape, generator=plain, device=device)
         t_plain.append(time.perf_counter() - t0)
+    new.close()
     return {
-        "noise_coordinates": sum(math.prod(s) for s in shapes),
-        "noise_seconds_per_step": statistics.median(t_secure),
+        "noise_coordinates": sum(sizes),
+        "noise_make_seconds_per_step": statistics.median(t_new),
+        "noise_source_1_seconds_per_step": statistics.median(t_old),
         "fp32_torch_normal_seconds_per_step": statistics.median(t_plain),
+    }
+
+
+def noise_throughput(coordinates: int, *, rounds: int) -> dict:
+    """Coordinates per CPU second of each source on one core (torch on one thread, the source on one thread, nothing
+    made ahead), interleaved rounds, best of each: CPU time, so other processes on the machine count less."""
+    torch.set_num_threads(1)
+    secret = RunRandomness.secret()
+    sources = {"source_1": RunRandomness(secret.key, noise_version=1).noise(), "source_2": secret.noise(threads=1)}
+    best = {k: math.inf for k in sources}
+    for _ in range(rounds):
+        for name, src in sources.items():
+            t0 = time.process_time()
+            src.draw_step([coordinates], ahead=False)
+            best[name] = min(best[name], time.process_time() - t0)
+    sources["source_2"].close()
+    per_s = {k: coordinates / v for k, v in best.items()}
+    return {
+        "coordinates": coordinates,
+        "coordinates_per_cpu_second": per_s,
+        "new_over_old": per_s["source_2"] / per_s["source_1"],
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
     }
 
 
@@ -108,14 +150,18 @@ def run(args) -> dict:
     base, tok, _ = load_model(args.model, task="causal_lm", device=device)
     batch = make_batch(tok, args.batch_size, args.seq_len, device)
     methods = []
+    r, targets = LORA[args.lora]
     for cls in (NonPrivate, Workbench, Opacus):
-        model = attach_lora(copy.deepcopy(base), task="causal_lm", r=8, alpha=16, dropout=0.0, target_modules="auto")
+        model = attach_lora(
+            copy.deepcopy(base), task="causal_lm", r=r, alpha=2 * r, dropout=0.0, target_modules=targets
+        )
         try:
             methods.append(cls(model, batch, device, lr=LR, bf16=False))  # bf16=False: as loaded, no autocast
         except Exception as err:  # report, don't hide: e.g. an Opacus/peft incompatibility
             print(f"{cls.name}: could not set up ({type(err).__name__}: {err})", file=sys.stderr)
     del base
     times: dict[str, list[float]] = {m.name: [] for m in methods}
+    waits: list[float] = []  # what each timed DP step waited for its noise (made ahead on a thread)
     memory: dict[str, int] = {}
     for m in methods:  # warm-up and memory, one method at a time
         if device.type == "cuda":
@@ -140,10 +186,15 @@ def run(args) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[m.name].append(time.perf_counter() - t0)
+            if m.name == "workbench":
+                waits.append(m.dp.noise.wait_seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
-    noise = noise_cost(next(m for m in methods if m.name == "workbench"), rounds=args.steps)
+    workbench = next(m for m in methods if m.name == "workbench")
+    workbench.dp.close()
+    noise = noise_cost(workbench, rounds=args.steps)
     out = {
         "model": args.model,
+        "lora": args.lora,
         "device": str(device),
         "batch_size": int(batch["input_ids"].shape[0]),
         "seq_len": int(batch["input_ids"].shape[1]),
@@ -155,7 +206,10 @@ def run(args) -> dict:
         "memory_dp_over_nonprivate": memory["workbench"] / max(1, memory["nonprivate"]),
     }
     out.update(noise)
-    out["noise_share_of_dp_step"] = noise["noise_seconds_per_step"] / med["workbench"]
+    out["noise_wait_seconds_per_step"] = statistics.median(waits)
+    out["noise_share_of_dp_step"] = out["noise_wait_seconds_per_step"] / med["workbench"]  # what the step waited
+    out["noise_make_share_of_dp_step"] = noise["noise_make_seconds_per_step"] / med["workbench"]  # one thread's work
+    out["load_average"] = os.getloadavg()
     if "opacus" in med:
         out["dp_over_opacus"] = med["workbench"] / med["opacus"]
         out["memory_dp_over_opacus"] = memory["workbench"] / max(1, memory["opacus"])
@@ -165,6 +219,9 @@ def run(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default", help="default | tiny | a path or hub id")
+    ap.add_argument("--lora", default="auto-r8", choices=sorted(LORA), help="the adapter (see the docstring)")
+    ap.add_argument("--noise-only", action="store_true", help="only the noise's throughput per core, old vs new")
+    ap.add_argument("--coordinates", type=int, default=2_000_000, help="--noise-only: values per draw")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5, help="timed rounds (one step of each method per round)")
@@ -172,6 +229,20 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is present")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.noise_only:
+        out = noise_throughput(args.coordinates, rounds=max(3, args.steps))
+        if args.json:
+            print(json.dumps(out, indent=2))
+            return
+        per_s = out["coordinates_per_cpu_second"]
+        print(
+            f"secret noise, one core, {out['coordinates']:,} values a draw (load average {out['load_average'][0]:.1f}"
+            f" on {out['cpus']} CPUs):"
+        )
+        for k, v in per_s.items():
+            print(f"  {k}  {v / 1e6:7.1f} M values per CPU second")
+        print(f"  new_over_old {out['new_over_old']:.2f}")
+        return
     out = run(args)
     if args.json:
         print(json.dumps(out, indent=2))
@@ -187,10 +258,13 @@ def main() -> None:
         print(f"  dp_over_opacus            {out['dp_over_opacus']:.3f}")
     print(f"  memory_dp_over_nonprivate {out['memory_dp_over_nonprivate']:.3f}")
     print(
-        f"  noise ({out['noise_coordinates']:,} coordinates): {out['noise_seconds_per_step'] * 1e3:.1f} ms/step secure "
-        f"(fp32 torch.normal {out['fp32_torch_normal_seconds_per_step'] * 1e3:.1f} ms), "
-        f"{out['noise_share_of_dp_step']:.2%} of the DP step"
+        f"  noise ({out['noise_coordinates']:,} coordinates): the step waited {out['noise_wait_seconds_per_step'] * 1e3:.1f}"
+        f" ms ({out['noise_share_of_dp_step']:.2%} of the DP step); making it takes "
+        f"{out['noise_make_seconds_per_step'] * 1e3:.1f} ms on one thread ({out['noise_make_share_of_dp_step']:.2%}; "
+        f"source 1 {out['noise_source_1_seconds_per_step'] * 1e3:.1f} ms, "
+        f"fp32 torch.normal {out['fp32_torch_normal_seconds_per_step'] * 1e3:.1f} ms)"
     )
+    print(f"  load average {out['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
