@@ -45,17 +45,22 @@ def threads_now() -> frozenset:
 
 
 def reference_chunk(noise_key: bytes, step: int, chunk: int) -> np.ndarray:
-    """The construction written out plainly in numpy (an independent implementation of the module docstring)."""
+    """The construction written out plainly (an independent implementation of the module docstring)."""
     key = hmac.new(noise_key, b"workbench/noise-v2/" + struct.pack("<QQ", step, chunk), hashlib.sha256).digest()
-    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(32 * CHUNK))
-    k = np.frombuffer(stream, dtype="<u8") >> np.uint64(11)
-    u = (k[: 2 * CHUNK].astype(np.float64) + 1.0) * 2.0**-53
-    theta = 2 * np.pi * k[2 * CHUNK :].astype(np.float64) * 2.0**-53
-    r = np.sqrt(-2.0 * np.log(u))
-    z_cos, z_sin = r * np.cos(theta), r * np.sin(theta)  # pair p's two halves
+    candidates = 2 * CHUNK * 21 // 16
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(16 * candidates))
+    j = np.frombuffer(stream, dtype="<i8") >> 11  # signed top 53 bits
+    x = (2.0 * j + 1.0) / 2.0**53
+    u, v = x[:candidates], x[candidates:]
+    s = u * u + v * v
+    pairs = list(range(2 * CHUNK))  # pair p: candidate p, or (outside the disc) the next spare one inside it
+    spares = iter(q for q in range(2 * CHUNK, candidates) if s[q] < 1.0)
+    pairs = np.array([p if s[p] < 1.0 else next(spares) for p in pairs])
+    f = np.sqrt(-2.0 * np.log(s[pairs]) / s[pairs])
+    z1, z2 = u[pairs] * f, v[pairs] * f  # pair p's two values
     n = CHUNK
     i = np.arange(n)
-    return (z_cos[i] + z_cos[n + i] + z_sin[(i + 1) % n] + z_sin[n + (i + 1) % n]) / 2
+    return (z1[i] + z1[n + i] + z2[(i + 1) % n] + z2[n + (i + 1) % n]) / 2
 
 
 def test_values_are_the_plain_construction_from_the_key():
@@ -69,11 +74,13 @@ def test_values_are_the_plain_construction_from_the_key():
 
 
 def test_single_draws_are_normal_and_reach_past_8_sigma_in_principle():
-    """Each of the four draws is a float64 Box-Muller normal: KS-normal, and its radius reaches sqrt(106 ln 2)."""
+    """Each of the four draws is a float64 polar normal: KS-normal, and the smallest s (u = v = 2^-53) reaches ~12."""
     key = RunRandomness.secret()._derive(b"gaussian-noise-v2")
     z = single_draws(key, 1, 0)
     assert len(z) == 4 * CHUNK and stats.kstest(z, "norm").pvalue > 1e-4
-    assert math.sqrt(-2 * math.log(2.0**-53)) > 8.5  # the smallest u, (0 + 1) 2^-53, sets the largest radius
+    u = 2.0**-53
+    s = 2 * u * u
+    assert u * math.sqrt(-2 * math.log(s) / s) > 8.5
 
 
 # -- replay: the same values whatever the threads ------------------------------------------------------------

@@ -47,8 +47,8 @@ def test_noise_ks_accepts_sigma_and_rejects_30_percent_off():
 
 
 def test_noise_is_four_float64_draws_over_two():
-    """Source 2 (engine/noise.py, issue 29): each value is four float64 Box-Muller draws over two, from four different
-    pairs of a ChaCha20 keystream per (step, chunk). Opacus' one discarded draw guarded the alignment of a sequential
+    """Source 2 (engine/noise.py, issue 29): each value is four float64 normal draws over two (polar method), from four
+    different pairs of a ChaCha20 keystream per (step, chunk). Opacus' one discarded draw guarded the alignment of a sequential
     generator's draws across calls; a keystream keyed per (step, chunk) carries no state from call to call (noise.py's
     docstring argues it), so nothing is discarded. tests/engine/test_noise_source.py checks the draws themselves
     against the construction written out in numpy."""
@@ -56,8 +56,8 @@ def test_noise_is_four_float64_draws_over_two():
     got = key.noise().standard(1000)
     z = single_draws(key._derive(b"gaussian-noise-v2"), 1, 0)  # step 1, chunk 0: the four draws of every value
     n, i = CHUNK, np.arange(1000)
-    cos, sin = z[: 2 * n], z[2 * n :]
-    np.testing.assert_array_equal(got, (cos[i] + cos[n + i] + sin[i + 1] + sin[n + i + 1]) / 2)
+    first, second = z[: 2 * n], z[2 * n :]  # each pair's first and second value
+    np.testing.assert_array_equal(got, ((first[i] + first[n + i]) + (second[i + 1] + second[n + i + 1])) / 2)
 
 
 def test_source_1_is_one_discarded_draw_then_four_float64_draws_over_two():
@@ -77,7 +77,7 @@ def test_noise_tail_beyond_6_sigma_is_present():
     """fp32 torch.normal on the CPU never exceeds ~5.77 sigma (24-bit uniforms). A value of the sum
     of four float64 draws / 2 exceeds 6 sigma whenever the four draws sum to 12, typically four
     draws near 3 sigma, which the source produces plentifully. The four-fold convolution of the
-    source's own empirical draw distribution (its single Box-Muller draws) must put the normal mass beyond 6 sigma."""
+    source's own empirical draw distribution (its single polar draws) must put the normal mass beyond 6 sigma."""
     noise_key = RunRandomness.secret()._derive(b"gaussian-noise-v2")
     draws = np.concatenate([single_draws(noise_key, 1, c) for c in range(4_000_000 // (4 * CHUNK) + 1)])
     width = 0.01

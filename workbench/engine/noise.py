@@ -1,30 +1,36 @@
 """The secret Gaussian noise of DP-SGD: float64 N(0, 1) draws, made from a cipher's keystream, ahead of the step.
 
 Version 2 (``KeystreamNoise``, every run since issue 29). Step t's noise is a vector of standard normals cut into
-chunks of ``CHUNK`` coordinates; chunk c is computed from its own keystream:
+chunks of ``CHUNK`` values; chunk c is computed from its own keystream:
 
-    noise key --HMAC-SHA256("workbench/noise-v2/" || t || c)--> chunk key --ChaCha20 (OpenSSL)--> 4 CHUNK words
-    words -> 53-bit uniforms -> Box-Muller (float64) -> each value = (z1 + z2 + z3 + z4) / 2
+    noise key --HMAC-SHA256("workbench/noise-v2/" || t || c)--> chunk key --ChaCha20 (OpenSSL)--> 64-bit words
+    words -> 53-bit uniforms on (-1, 1) -> polar method (float64) -> each value = (z1 + z2 + z3 + z4) / 2
 
 so a value depends only on (key, t, c, its place in the chunk): not on how many threads computed the chunks, in
 which order, nor on the step's length (the last chunk is computed whole and cut). ``runs replay`` therefore draws
-the same noise with 1, 2 or 16 threads. ChaCha20 comes from ``cryptography`` (OpenSSL, a maintained
-cryptographic library, several GB/s); the elementwise maths runs in torch's vectorised float64 kernels on blocks
-small enough (<= 32,768 elements) that torch never splits them over its own threads.
+the same noise with 1, 2 or 16 threads. ChaCha20 comes from ``cryptography`` (OpenSSL, a maintained cryptographic
+library, several GB/s); the arithmetic is numpy's, which never splits an operation over threads. (torch's float64
+log, sin and cos were faster on one thread, but torch splits them over its intra-op threads from a few thousand
+elements: each call then waited for a second thread, 8 ms a call on a busy machine, and the split would change
+which elements its scalar and vector kernels compute: values that depend on the thread count.)
 
-The transform. A 64-bit word w gives k = w >> 11 (its top 53 bits); the radius uses u = (k + 1) 2^-53 in (0, 1]
-(exactly representable: log u is finite and u = 2^-53 gives the largest radius, sqrt(106 ln 2) = 8.57 sigma, as
-float64 draws reach in REFERENCES.md section 7), the angle v = k 2^-53 in [0, 1). Box-Muller:
-r = sqrt(-2 ln u), z = r cos(2 pi v) and z' = r sin(2 pi v), two independent N(0, 1) values (Box and Muller 1958).
+The transform: Marsaglia's polar method (Marsaglia and Bray 1964), Box-Muller without sine or cosine. A word's top
+53 bits, as a signed j, give u = (2 j + 1) 2^-53: uniform on (-1, 1), symmetric, never 0, exact. A pair (u, v) with
+s = u^2 + v^2 < 1 is kept (pi/4 of them: a chunk draws 21/16 of the pairs it needs, those outside the disc are
+replaced by spare ones inside it, and in the ~1e-32 case that is short the keystream goes on), and gives two
+independent N(0, 1) values u f and v f with
+f = sqrt(-2 ln s / s). Its largest value is about 12 (s of order 2^-105), beyond the 8.6 sigma that 53-bit Box-Muller
+reaches (REFERENCES.md section 7). The arithmetic is IEEE multiplications, additions, one division and one square
+root (correctly rounded on every machine) and numpy's log.
 
 Why the sum of four stays, and what replaces Opacus' discarded draw. Opacus' secure mode (REFERENCES.md section 7;
 Holohan and Braghin 2021, arXiv 2107.10138; the floating-point attack on Opacus, arXiv 2112.05307, after Mironov
 2012) makes each value the sum of four normal draws over 2, so that no single floating-point draw sets a released
 value and its irregular set of reachable values (what the attack reads) is smoothed over four independent inputs.
 That construction is kept exactly: every value here is four independent float64 normals over two, and the four come
-from four different Box-Muller pairs (the two halves of one pair always land in two different values), so each
-value rests on eight 53-bit uniforms. The /2 is folded into the radius, sqrt(-ln(u) / 2) = r / 2 exactly (scaling
-by a power of two is exact), so the result is bit for bit the plain formula's.
+from four different polar pairs (the two values of one pair always land in two different values), so each value
+rests on eight 53-bit uniforms. The /2 is folded into f, sqrt(-ln(s) / (2 s)) = f / 2 exactly (scaling by a power of
+two is exact), so the result is bit for bit ((z1 + z2) + (z3 + z4)) / 2.
 Opacus' one discarded draw guards a *sequential* generator: torch's Box-Muller caches the second value of a pair
 and a generator's state carries from one call to the next, so the alignment of draws to released values is
 predictable across calls. A counter-based keystream has neither: each (step, chunk) has its own key, derived
@@ -62,13 +68,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 NOISE_VERSION = 2  # the noise source of new runs; stored with the run (randomness.py) and used by its replay
 NOISE_SOURCES = {
     1: "randomgen ChaCha20 stream, numpy normals: one discarded draw, then four float64 draws / 2",
-    2: "ChaCha20 keystream (OpenSSL) per (step, chunk), Box-Muller in float64, four draws / 2",
+    2: "ChaCha20 keystream (OpenSSL) per (step, chunk), polar method in float64, four draws / 2",
 }
-CHUNK = 16_384  # coordinates per keystream: part of version 2's definition (a replay depends on it), never tuned
-_WORDS = 4 * CHUNK  # 64-bit words per chunk: four uniforms per value
+CHUNK = 16_384  # values per keystream: part of version 2's definition (a replay depends on it), never tuned
+_PAIRS = 2 * CHUNK  # accepted polar pairs per chunk: four normals per value
+_CANDIDATES = _PAIRS * 21 // 16  # candidate pairs drawn at once: pi/4 of them are accepted, 12 sd to spare
 _NONCE = bytes(16)  # every chunk has its own key, so ChaCha20's counter and nonce start at zero
-_ZEROS = memoryview(bytes(8 * _WORDS))  # the plaintext whose encryption is the keystream
-_TWO_M53 = 2.0**-53
+_ZEROS = memoryview(bytes(16 * _CANDIDATES))  # the plaintext whose encryption is the keystream
 
 
 def chunk_key(noise_key: bytes, step: int, chunk: int) -> bytes:
@@ -80,46 +86,71 @@ class _Workspace:
     """One thread's buffers for one chunk (reused: no allocation per chunk)."""
 
     def __init__(self) -> None:
-        self.words = np.empty(_WORDS, dtype=np.uint64)
+        self.words = np.empty(2 * _CANDIDATES, dtype=np.int64)
         self.bytes = memoryview(self.words).cast("B")
-        self.ints = torch.from_numpy(self.words.view(np.int64))  # < 2^53 after the shift: int64 is exact
-        self.x = torch.empty(_WORDS, dtype=torch.float64)
-        self.cos = torch.empty(2 * CHUNK, dtype=torch.float64)
+        self.x = np.empty(2 * _CANDIDATES)
+        self.s = np.empty(_CANDIDATES)
+        self.t = np.empty(_CANDIDATES)
+        self.keep = np.empty(_CANDIDATES, dtype=bool)
 
 
-def _half_draws(noise_key: bytes, step: int, chunk: int, ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chunk's 4 CHUNK Box-Muller draws, halved: (r cos, r sin) / 2, two (2 CHUNK,) views of ``ws``."""
-    encryptor = Cipher(algorithms.ChaCha20(chunk_key(noise_key, step, chunk), _NONCE), mode=None).encryptor()
+def _candidates(encryptor, ws: _Workspace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The next ``_CANDIDATES`` polar candidates of the keystream: (u, v, s = u^2 + v^2), views of ``ws``."""
     encryptor.update_into(_ZEROS, ws.bytes)
-    np.right_shift(ws.words, 11, out=ws.words)  # the top 53 bits
-    half = 2 * CHUNK  # every op below is on <= 32,768 elements: torch keeps it on this thread
-    u, v = ws.x[:half], ws.x[half:]
-    torch.add(ws.ints[:half], 1, out=u).mul_(_TWO_M53)  # (k + 1) 2^-53 in (0, 1], exact
-    torch.log(u, out=u).mul_(-0.5).sqrt_()  # sqrt(-ln(u) / 2) = r / 2 exactly
-    v.copy_(ws.ints[half:]).mul_(2 * math.pi * _TWO_M53)  # the angle 2 pi k 2^-53 (in float64: int * float is fp32)
-    cos = torch.cos(v, out=ws.cos).mul_(u)
-    sin = torch.sin(v, out=v).mul_(u)
-    return cos, sin
+    np.right_shift(ws.words, 11, out=ws.words)  # the top 53 bits, signed: j in [-2^52, 2^52)
+    np.multiply(ws.words, 2.0**-52, out=ws.x)
+    ws.x += 2.0**-53  # (2 j + 1) 2^-53: uniform on (-1, 1), symmetric, never 0, exact
+    u, v = ws.x[:_CANDIDATES], ws.x[_CANDIDATES:]
+    np.multiply(u, u, out=ws.s)
+    np.multiply(v, v, out=ws.t)
+    ws.s += ws.t
+    return u, v, ws.s
+
+
+def _half_draws(noise_key: bytes, step: int, chunk: int, ws: _Workspace) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk's 4 CHUNK polar draws, halved: (u f, v f) / 2, two (2 CHUNK,) views of ``ws``.
+
+    Pair p is candidate p when it falls in the unit disc; the k-th candidate below 2 CHUNK that falls outside is
+    replaced by the k-th candidate beyond 2 CHUNK that falls inside (accepted candidates are i.i.d. uniform on the
+    disc whatever their places, so the pairs are too; only the ~21 % replaced are moved, not every pair)."""
+    encryptor = Cipher(algorithms.ChaCha20(chunk_key(noise_key, step, chunk), _NONCE), mode=None).encryptor()
+    u, v, s = _candidates(encryptor, ws)
+    outside = np.flatnonzero(s[:_PAIRS] >= 1.0)
+    inside = _PAIRS + np.flatnonzero(s[_PAIRS:] < 1.0)[: len(outside)]
+    spare = [a[inside] for a in (u, v, s)]
+    while len(spare[2]) < len(outside):  # about 1e-32 per chunk: the keystream goes on (fresh buffers: ws is in use)
+        more = _candidates(encryptor, _Workspace())
+        more_inside = np.flatnonzero(more[2] < 1.0)
+        spare = [np.concatenate([a, b[more_inside]]) for a, b in zip(spare, more)]
+    u, v, s = u[:_PAIRS], v[:_PAIRS], s[:_PAIRS]
+    for a, b in zip((u, v, s), spare):
+        a[outside] = b[: len(outside)]
+    f = np.log(s, out=ws.t[:_PAIRS])
+    f *= -0.5
+    f /= s
+    np.sqrt(f, out=f)  # sqrt(-2 ln s / s) / 2, exactly half the textbook factor
+    u *= f
+    v *= f
+    return u, v
 
 
 def fill_chunk(noise_key: bytes, step: int, chunk: int, out: np.ndarray, ws: _Workspace | None = None) -> None:
     """Write chunk ``chunk`` of step ``step`` (CHUNK values of (z1 + z2 + z3 + z4) / 2) into ``out``.
 
-    Value i takes the cos half of pairs i and CHUNK + i and the sin half of pairs i + 1 and CHUNK + i + 1 (mod
-    CHUNK): four different pairs, and the two halves of a pair go to two different values."""
-    cos, sin = _half_draws(noise_key, step, chunk, ws or _Workspace())
-    o, n = torch.from_numpy(out), CHUNK
-    torch.add(cos[:n], cos[n:], out=o)
-    o[:-1] += sin[1:n]
-    o[-1] += sin[0]
-    o[:-1] += sin[n + 1 :]
-    o[-1] += sin[n]
+    Value i takes the first draw of accepted pairs i and CHUNK + i and the second draw of pairs i + 1 and
+    CHUNK + i + 1 (mod CHUNK): four different pairs, and the two draws of a pair go to two different values."""
+    first, second = _half_draws(noise_key, step, chunk, ws or _Workspace())
+    n = CHUNK
+    np.add(first[:n], first[n:], out=out)
+    tail = second[:n] + second[n:]
+    out[:-1] += tail[1:]
+    out[-1] += tail[0]
 
 
 def single_draws(noise_key: bytes, step: int, chunk: int) -> np.ndarray:
     """The chunk's 4 CHUNK individual N(0, 1) draws before they are summed (for the tail tests)."""
-    cos, sin = _half_draws(noise_key, step, chunk, _Workspace())
-    return torch.cat([cos, sin]).mul_(2.0).numpy()
+    first, second = _half_draws(noise_key, step, chunk, _Workspace())
+    return np.concatenate([first, second]) * 2.0
 
 
 def default_threads() -> int:
