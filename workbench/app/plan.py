@@ -23,7 +23,7 @@ from workbench.present.recommend import recommend_figure, recommend_markdown
 DATA_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 ACCOUNTANT_CHOICES = [(accountant_label(a), a) for a in ("pld", "rdp", "prv", "edgeworth")]
 NEIGHBORING_CHOICES = [
-    ("auto (replace one where PLD has it)", "auto"),
+    ("auto (add or remove if the size is public, else replace one)", "auto"),
     ("replace one unit", "replace_one"),
     ("add or remove one unit", "add_remove"),
 ]
@@ -591,13 +591,18 @@ def _wire(
         # A newer edit makes this computation stale: it stops at its next stage boundary, so an older plan
         # never lands after a newer edit (the queue then runs the newer one).
         session, mine, values = values[-1] if isinstance(values[-1], dict) else {}, values[-2], values[:-2]
+        # A dropped computation still yields once (no changes): a generator that yields nothing ends with
+        # empty outputs in Gradio, which wiped a newer plan's message (a debounced keystroke after Enter).
+        skip = (gr.skip(),) * len(outputs)
         mine = newest_first(session, mine)
         if mine is None:
+            yield skip
             return
         for update in plan_updates(ctx, dict(zip(forms.PLAN_FIELDS, values))):
             if session.get("seq", 0) != mine:
+                yield skip
                 return
-            yield (gr.skip(),) * len(outputs) if update is None else route_error(update)
+            yield skip if update is None else route_error(update)
 
     fields = [(name, c[name]) for name in forms.PLAN_FIELDS if not isinstance(c[name], gr.State)]
     typed = [comp for _, comp in fields if isinstance(comp, gr.Textbox)]  # refreshed as typed, debounced
