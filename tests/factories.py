@@ -95,3 +95,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_app(home, defaults: dict):
+    """The app over a run store in ``home``, served on a free port: yields (url, store, app context), then stops
+    every session it started and closes the app (the browser tests' fixture)."""
+    from workbench.app import build_app, serve
+
+    store = RunStore(home)
+    app = build_app(store, defaults=defaults)
+    _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
+    yield url, store, app.workbench
+    for session in app.workbench.sessions.values():
+        session.stop()
+        session.wait(60)
+    app.close()

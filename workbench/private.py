@@ -43,7 +43,7 @@ from workbench.engine.grad_sample import PerExampleGrads, UnsupportedModelError
 from workbench.engine.plan import PrivacyPlan, make_plan
 from workbench.engine.randomness import SEEDED_LABEL, RunRandomness
 from workbench.engine.sampling import micro_batches, poisson_sample
-from workbench.events import GRAD_NORM_BIN_EDGES, EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
+from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
 
 log = logging.getLogger(__name__)
 
@@ -268,24 +268,18 @@ class PrivateTraining:
             self.recorder.emit(event)
 
     def started_event(self) -> RunStarted:
-        from workbench.privacy.checks import preflight
+        from workbench.engine.trainer import started_event
 
-        plan = self.plan
-        device = next(p.device for ps in self.params.values() for _, p in ps)
-        return RunStarted(
+        return started_event(
             run_id=self.run_id,
-            config=self.config.to_dict(),
-            **plan.settings(),
-            dataset_size=plan.dataset_size,
-            num_users=plan.num_users,
-            planned_epsilon=plan.curve(),
-            modules=list(self.dp.groups),
-            trainable_parameters=sum(p.numel() for ps in self.params.values() for _, p in ps),
-            device=str(device),
+            config=self.config,
+            plan=self.plan,
+            dp=self.dp,
+            params=self.params,
+            device=next(p.device for ps in self.params.values() for _, p in ps),
             model_name=self.config.model,
-            seeded_randomness=self.randomness.is_seeded,
-            checks=[f.to_dict() for f in preflight(self.config, plan, task=self.task)],
-            module_dims=self.dp.dims(),
+            seeded=self.randomness.is_seeded,
+            task=self.task,
         )
 
     # -- one logical step -----------------------------------------------------------------------------
@@ -353,13 +347,9 @@ class PrivateTraining:
         return event
 
     def step_event(self, stats: StepStats, *, learning_rate: float | None = None) -> StepMetrics:
-        from workbench.engine.trainer import log_norm_telemetry
+        from workbench.engine.trainer import norm_telemetry
 
         plan, t = self.plan, self.steps_done
-        unit = plan.max_grad_norm or 1.0
-        scaled = np.nan_to_num(stats.norms.numpy() / unit, nan=1e30, posinf=1e30)
-        hist = np.histogram(scaled, bins=np.array(GRAD_NORM_BIN_EDGES[:-1] + (1e31,)))[0]
-        finite = stats.norms[torch.isfinite(stats.norms)]
         seconds = time.perf_counter() - self._t0
         if learning_rate is None and self.optimizer is not None:
             learning_rate = float(self.optimizer.param_groups[0]["lr"])
@@ -371,8 +361,6 @@ class PrivateTraining:
             learning_rate=learning_rate or 0.0,
             batch_size=stats.batch_size,
             epsilon=plan.epsilon_at(t),
-            grad_norm_hist=[int(c) for c in hist],
-            grad_norm_max=float(finite.max()) if len(finite) else 0.0,
             clipped_fraction=stats.clipped_fraction,
             module_grad_norm=stats.module_grad_norm,
             module_noise_std=stats.module_noise_std,
@@ -383,7 +371,7 @@ class PrivateTraining:
             module_noise_multiplier=dict(a.sigma),
             effective_noise_multiplier=plan.noise_multiplier if plan.private else 0.0,
             nonfinite=stats.nonfinite,
-            **log_norm_telemetry(stats.norms.numpy(), plan.max_grad_norm),
+            **norm_telemetry(stats.norms, plan.max_grad_norm),
         )
 
     def evaluation(self, *, val_loss: float, accuracy: float | None = None) -> None:

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from factories import free_port
+from factories import serve_app
 
 pytestmark = pytest.mark.browser
 
@@ -62,17 +62,7 @@ TRACES_JS = "(id) => { const el = document.querySelector(`#${id} .js-plotly-plot
 
 @pytest.fixture
 def app_url(_workbench_home):
-    from workbench.app import build_app, serve
-    from workbench.store.runs import RunStore
-
-    store = RunStore(_workbench_home)
-    app = build_app(store, defaults=DEFAULTS)
-    _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
-    yield url, store, app.workbench
-    for session in app.workbench.sessions.values():
-        session.stop()
-        session.wait(60)
-    app.close()
+    yield from serve_app(_workbench_home, DEFAULTS)
 
 
 @pytest.fixture

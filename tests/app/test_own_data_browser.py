@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from factories import free_port
+from factories import serve_app
 from test_own_data import MAPPING, write_reviews
 
 pytestmark = pytest.mark.browser
@@ -43,17 +43,7 @@ DEFAULTS = {
 
 @pytest.fixture
 def app_url(_workbench_home):
-    from workbench.app import build_app, serve
-    from workbench.store.runs import RunStore
-
-    store = RunStore(_workbench_home)
-    app = build_app(store, defaults=DEFAULTS)
-    _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
-    yield url, store, app.workbench
-    for session in app.workbench.sessions.values():
-        session.stop()
-        session.wait(60)
-    app.close()
+    yield from serve_app(_workbench_home, DEFAULTS)
 
 
 def wait_text(page, selector: str, pattern: str, timeout: int = WAIT) -> str:

@@ -78,6 +78,42 @@ def log_norm_telemetry(norms: np.ndarray, clip: float | None) -> dict:
     }
 
 
+def norm_telemetry(norms: torch.Tensor, clip: float | None) -> dict:
+    """Every StepMetrics field of the per-unit norms (telemetry from raw data, never exported): the linear and
+    log histograms in units of C, the largest finite norm and the median. One place for the trainer and for
+    scripts that drive the DP step themselves (workbench/private.py)."""
+    scaled = np.nan_to_num(norms.numpy() / (clip or 1.0), nan=1e30, posinf=1e30)  # non-finite -> overflow bin
+    hist = np.histogram(scaled, bins=np.array(GRAD_NORM_BIN_EDGES[:-1] + (1e31,)))[0]
+    finite = norms[torch.isfinite(norms)]
+    return {
+        "grad_norm_hist": [int(c) for c in hist],
+        "grad_norm_max": float(finite.max()) if len(finite) else 0.0,
+        **log_norm_telemetry(norms.numpy(), clip),
+    }
+
+
+def started_event(
+    *, run_id: str, config: RunConfig, plan, dp, params, device, model_name: str, seeded: bool, task: str | None
+) -> RunStarted:
+    """The RunStarted event of a run: its public settings, the planned epsilon curve and the pre-flight check.
+    One builder for the trainer and for scripts that drive the DP step themselves (workbench/private.py)."""
+    return RunStarted(
+        run_id=run_id,
+        config=config.to_dict(),
+        **plan.settings(),
+        dataset_size=plan.dataset_size,
+        num_users=plan.num_users,
+        planned_epsilon=plan.curve(),
+        modules=list(dp.groups),
+        trainable_parameters=sum(prm.numel() for ps in params.values() for _, prm in ps),
+        device=str(device),
+        model_name=model_name,
+        seeded_randomness=seeded,
+        checks=[f.to_dict() for f in preflight(config, plan, task=task)],
+        module_dims=dp.dims(),
+    )
+
+
 class StopRequested(Exception):
     """Raised inside a step when a stop was asked for; the partial step is discarded (nothing released)."""
 
@@ -504,31 +540,22 @@ class Trainer:
         return [index.get(r.label) if r.label is not None else None for r in kept][: len(self.p.val_tok)]
 
     def _started_event(self) -> RunStarted:
-        p, plan = self.p, self.p.plan
-        n_params = sum(prm.numel() for ps in self.params.values() for _, prm in ps)
-        return RunStarted(
+        p = self.p
+        return started_event(
             run_id=self.run_id,
-            config=p.config.to_dict(),
-            **plan.settings(),
-            dataset_size=plan.dataset_size,
-            num_users=plan.num_users,
-            planned_epsilon=plan.curve(),
-            modules=list(self.dp.groups),
-            trainable_parameters=n_params,
-            device=str(p.device),
+            config=p.config,
+            plan=p.plan,
+            dp=self.dp,
+            params=self.params,
+            device=p.device,
             model_name=p.model_name,
-            seeded_randomness=self.randomness.is_seeded,
-            checks=[f.to_dict() for f in preflight(p.config, plan, task=p.task)],
-            module_dims=self.dp.dims(),
+            seeded=self.randomness.is_seeded,
+            task=p.task,
         )
 
     def _step_event(self, step: int, stats: StepStats, losses, tokens: int, seconds: float, allocation) -> StepMetrics:
         plan = self.p.plan
-        unit = plan.max_grad_norm or 1.0
-        scaled = np.nan_to_num(stats.norms.numpy() / unit, nan=1e30, posinf=1e30)  # non-finite -> overflow bin
-        hist = np.histogram(scaled, bins=np.array(GRAD_NORM_BIN_EDGES[:-1] + (1e31,)))[0]
         loss = float(torch.cat(losses).mean()) if losses else math.nan
-        finite = stats.norms[torch.isfinite(stats.norms)]
         return StepMetrics(
             run_id=self.run_id,
             step=step,
@@ -536,8 +563,6 @@ class Trainer:
             learning_rate=float(self.scheduler.get_last_lr()[0]),
             batch_size=sum(len(x) for x in losses),
             epsilon=plan.epsilon_at(step),
-            grad_norm_hist=[int(c) for c in hist],
-            grad_norm_max=float(finite.max()) if len(finite) else 0.0,
             clipped_fraction=stats.clipped_fraction,
             module_grad_norm=stats.module_grad_norm,
             module_noise_std=stats.module_noise_std,
@@ -550,7 +575,7 @@ class Trainer:
             nonfinite=stats.nonfinite,
             notices=self._notices(step, stats),
             **self._audit_bound(step),
-            **log_norm_telemetry(stats.norms.numpy(), plan.max_grad_norm),
+            **norm_telemetry(stats.norms, plan.max_grad_norm),
             module_unclipped_fraction=unclipped_fraction(
                 stats.released_counts, expected_batch_size=plan.expected_batch_size
             ),
