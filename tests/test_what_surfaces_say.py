@@ -51,7 +51,7 @@ def test_parallel_coordinates_need_three_runs():
 
 
 def test_an_intermediate_recommendation_is_marked_and_claims_no_reasons():
-    from workbench.engine.recommend import recommend_stages
+    from workbench.planning.recommend import recommend_stages
     from workbench.present.recommend import recommend_figure, recommend_html, recommend_markdown
 
     stages = [

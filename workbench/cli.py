@@ -380,7 +380,7 @@ def calibrate(
     run = dict(sample_rate=sample_rate, steps=steps, delta=delta)
     try:
         if _user_level(privacy_unit):
-            from workbench.engine.plan import calibrate_els
+            from workbench.planning.plan import calibrate_els
 
             accountant = "pld"
             _els_relation(neighboring)
@@ -458,7 +458,7 @@ def check(
 def _typed_size_is_public(cfg: RunConfig, dataset_size: int) -> RunConfig:
     """`workbench plan --dataset-size N` is a calculator: where the relation needs a public size (add/remove),
     the N typed is that public number."""
-    from workbench.engine.plan import resolve_neighboring
+    from workbench.planning.plan import resolve_neighboring
 
     try:
         resolve_neighboring(cfg)
@@ -469,7 +469,7 @@ def _typed_size_is_public(cfg: RunConfig, dataset_size: int) -> RunConfig:
 
 def _echo_sizes(cfg: RunConfig, *, err: bool = True) -> None:
     """The data's own counts, on this machine only: what public_dataset_size would declare."""
-    from workbench.engine.plan import sampled_units
+    from workbench.planning.plan import sampled_units
     from workbench.engine.prepare import dataset_sizes
 
     examples, users = dataset_sizes(cfg)
@@ -507,7 +507,7 @@ def _person_sentence(cfg: RunConfig, plan) -> str:
 
 def _plan_without_model(cfg: RunConfig):
     """(task, PrivacyPlan) from the data splits alone; under user-level DP N counts each user's first k."""
-    from workbench.engine.plan import make_plan
+    from workbench.planning.plan import make_plan
     from workbench.engine.prepare import dataset_sizes, load_splits
 
     train, _ = load_splits(cfg)
@@ -568,7 +568,7 @@ def plan_cmd(
             n_examples, n_users = dataset_size, dataset_size if cfg.privacy_unit == "user" else None
             cfg = _typed_size_is_public(cfg, dataset_size)
         if recommend:
-            from workbench.engine.recommend import recommend_for_config
+            from workbench.planning.recommend import recommend_for_config
 
             rec = recommend_for_config(
                 cfg,
@@ -580,7 +580,7 @@ def plan_cmd(
                 min_steps=min_steps,
             )
         else:
-            from workbench.engine.plan import make_plan
+            from workbench.planning.plan import make_plan
 
             plan = make_plan(cfg, dataset_size=n_examples, num_users=n_users)
             final = plan.epsilon_at(plan.steps)

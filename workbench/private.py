@@ -11,7 +11,7 @@ One logical step, in a hand-written loop (examples/make_private_loop.py):
         private.step()                                 # + N(0, sigma^2 C^2) once, / qN, optimizer.step()
     private.end()                                      # RunEnded, the ledger row
 
-Underneath is the engine of ``workbench train``: the plan (engine/plan.py ``make_plan``), the run's secret
+Underneath is the engine of ``workbench train``: the plan (planning/plan.py ``make_plan``), the run's secret
 key and its ChaCha20 streams (engine/randomness.py), the per-example gradient hooks that refuse trainable
 parameters they do not cover (engine/grad_sample.py), and the same ``DPGradient`` (engine/dp_step.py) that
 clips, sums and adds the float64 noise once per logical step. The accountant counts logical steps, which are
@@ -40,7 +40,7 @@ import torch
 from workbench.config import ConfigError, RunConfig
 from workbench.engine.dp_step import DPGradient, StepStats
 from workbench.engine.grad_sample import PerExampleGrads, UnsupportedModelError
-from workbench.engine.plan import PrivacyPlan, make_plan
+from workbench.planning.plan import PrivacyPlan, make_plan
 from workbench.engine.randomness import SEEDED_LABEL, RunRandomness
 from workbench.engine.sampling import micro_batches, poisson_sample
 from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics

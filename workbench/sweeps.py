@@ -450,7 +450,7 @@ def planned_cost(
     sizes: Callable[[RunConfig], tuple[int, int | None]] | None = None,
 ) -> SweepCost:
     """The privacy cost of training every member of ``members`` ((label, overrides) from ``validate``) to its
-    planned length: each run's plan (``engine.plan.make_plan``: sigma calibrated as the run will calibrate it)
+    planned length: each run's plan (``planning.make_plan``: sigma calibrated as the run will calibrate it)
     gives its DP event, and the events compose with PLD as the ledger composes stored runs. ``sizes(config)``:
     (training examples, users) of a run's data (default: load the data). SweepError names a combination whose
     plan fails (a batch larger than the data, a target epsilon out of reach)."""
@@ -496,7 +496,7 @@ def _planned(
     """(DP event at the planned length, planned epsilon, delta, relation) of each member's plan (``planned_cost``)."""
     from dp_accounting import dp_event
 
-    from workbench.engine.plan import make_plan
+    from workbench.planning.plan import make_plan
     from workbench.privacy.accountants import PrivacyError
 
     sizes = sizes or _dataset_size

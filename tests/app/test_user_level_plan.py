@@ -193,7 +193,7 @@ def test_planner_worker_draws_the_user_level_column():
 
 def test_plan_for_an_els_target_uses_the_engines_user_level_sigma():
     from workbench.config import RunConfig
-    from workbench.engine.plan import make_plan
+    from workbench.planning.plan import make_plan
 
     config = RunConfig(
         data="demo",

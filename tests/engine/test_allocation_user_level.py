@@ -268,7 +268,7 @@ def test_els_epsilon_is_dp_accountings_mixture_pld_and_a_run_tracks_it_cheaply()
 
     from dp_accounting.pld import pld_privacy_accountant
 
-    from workbench.engine.plan import PrivacyPlan
+    from workbench.planning.plan import PrivacyPlan
     from workbench.privacy.user_level import _mixture_event, mixture_grid
 
     sigma, q, steps, delta, k = 1.0, 0.01, 1000, 1e-6, 2

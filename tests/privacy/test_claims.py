@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig
-from workbench.engine.plan import make_plan
+from workbench.planning.plan import make_plan
 from workbench.session import Session
 from workbench.store.runs import RunStore
 

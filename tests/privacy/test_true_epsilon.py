@@ -19,7 +19,7 @@ from workbench import privacy
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig
 from workbench.engine.noise import CHUNK, single_draws
-from workbench.engine.plan import make_plan
+from workbench.planning.plan import make_plan
 from workbench.engine.randomness import KEY_FILE, SEEDED_LABEL, RunRandomness
 from workbench.engine.report import CARD_START, place_card_section
 from workbench.session import Session

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from workbench.cli import app as cli_app
 from workbench.config import RunConfig
-from workbench.engine.plan import PrivacyPlan
+from workbench.planning.plan import PrivacyPlan
 from workbench.privacy import dp_events, tuning
 from workbench.session import Session
 from workbench.store.ledger import Ledger, LedgerError, compose_entries
@@ -372,7 +372,7 @@ def test_an_old_store_keeps_its_runs_and_its_tuning_bound_says_it_covers_only_th
 
 def test_a_tuning_sweep_stores_the_event_of_every_setting_of_its_grid(monkeypatch):
     import workbench.sweeps as sweep_module
-    from workbench.engine.plan import make_plan
+    from workbench.planning.plan import make_plan
     from workbench.engine.prepare import load_splits
 
     monkeypatch.setattr(sweep_module, "draw_runs", lambda tuning, rng: 1)  # at most one setting drawn

@@ -387,13 +387,13 @@ def check_users(config: RunConfig, num_users: int | None) -> None:
 def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None = None) -> Iterator[PlanResult | None]:
     """The plan for ``config`` on N examples, progressively: each PlanResult adds a curve.
 
-    The one progressive plan (``engine.plan.plan_curves``: RDP's sigma and curve in well under a
+    The one progressive plan (``planning.plan_curves``: RDP's sigma and curve in well under a
     second, then the bound's calibration, PLD and PRV), then the user-level epsilon (about a second)
     last.  ``None`` is yielded between slow computations, as a place to stop when the knobs moved
     on (the caller stops iterating).
     """
     from workbench import privacy
-    from workbench.engine.plan import make_plan, plan_curves
+    from workbench.planning.plan import make_plan, plan_curves
 
     check_users(config, num_users)
     fixed = config.noise_multiplier is not None
@@ -498,7 +498,7 @@ def compute_plan(
         stages = plan_stages(config, dataset_size=dataset_size, num_users=num_users)
         *_, last = (stage for stage in stages if stage is not None)
         return last
-    from workbench.engine.plan import make_plan
+    from workbench.planning.plan import make_plan
 
     check_users(config, num_users)
     plan = make_plan(config, dataset_size=dataset_size, num_users=num_users)  # checks batch <= N, delta < 1/N; sigma

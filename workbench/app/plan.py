@@ -139,9 +139,9 @@ def recommend_updates(
     ctx: AppContext, values: dict[str, Any], budget: Any, min_steps: Any
 ) -> Iterator[tuple[Any, str, str] | None]:
     """(figure, text, error) of the batch-size recommendation for the Plan tab's data, target ε, δ,
-    accountant, relation and privacy unit (engine/recommend.py), one update per calibrated candidate;
+    accountant, relation and privacy unit (planning/recommend.py), one update per calibrated candidate;
     ``None`` marks a place where a newer request may stop it."""
-    from workbench.engine.recommend import recommend_for_config
+    from workbench.planning.recommend import recommend_for_config
 
     base = ctx_base(ctx)
     try:
@@ -168,7 +168,7 @@ SEVERITY_MARK = {"error": "⛔", "warning": "⚠", "info": "ℹ"}
 
 def checks_markdown(config: RunConfig, info: forms.DataInfo, plan: forms.PlanResult) -> str:
     """The pre-flight privacy check of these settings (privacy/checks.py), one line per finding."""
-    from workbench.engine.plan import make_plan
+    from workbench.planning.plan import make_plan
     from workbench.privacy.checks import preflight
 
     fixed = config.with_overrides({"noise_multiplier": plan.noise_multiplier})  # the sigma the plan found

@@ -13,7 +13,7 @@ from workbench.config import RunConfig
 from workbench.engine import data as data_mod
 from workbench.engine.fingerprint import dataset_fingerprint, unit_identities
 from workbench.engine.models import attach_lora, load_model, resolve_device
-from workbench.engine.plan import PrivacyPlan, make_plan
+from workbench.planning.plan import PrivacyPlan, make_plan
 
 
 @dataclass

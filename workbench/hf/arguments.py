@@ -15,7 +15,7 @@ from typing import Optional
 
 @dataclass
 class PrivacyArguments:
-    """Differential privacy for ``DPTrainer`` (workbench.hf): what the plan is made of (engine/plan.py)."""
+    """Differential privacy for ``DPTrainer`` (workbench.hf): what the plan is made of (planning/plan.py)."""
 
     target_epsilon: Optional[float] = field(
         default=8.0, metadata={"help": "Epsilon budget; sigma is calibrated to reach it at the last step."}

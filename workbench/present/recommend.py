@@ -1,6 +1,6 @@
 """The batch-size recommendation drawn: the noise-batch ratio sigma / B against the expected batch size.
 
-Pure presentation of ``engine.recommend.Recommendation`` (no gradio, no accounting): a plotly figure with
+Pure presentation of ``planning.recommend.Recommendation`` (no gradio, no accounting): a plotly figure with
 the recommended point marked, and the same reading as markdown (app) or HTML (widget).
 """
 
@@ -11,7 +11,7 @@ import math
 
 import plotly.graph_objects as go
 
-from workbench.engine.recommend import Candidate, Recommendation
+from workbench.planning.recommend import Candidate, Recommendation
 from workbench.present.figures import BLUE, GREY, ORANGE, RED, _figure, base_layout, empty_figure
 
 RECOMMEND_TITLE = "Noise-batch ratio σ/B against batch size"

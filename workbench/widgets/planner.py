@@ -83,13 +83,13 @@ class _Stale(Exception):
 
 
 def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=None) -> PlanResult:
-    """Curves and readouts for ``settings``: the one progressive plan (``engine.plan.plan_curves``),
+    """Curves and readouts for ``settings``: the one progressive plan (``planning.plan_curves``),
     the app's Plan tab computes too, with each upper bound's own sigma for the target beside it.
 
     ``on_partial(result)`` is called after each curve, so a panel can draw RDP at once and PRV when
     it arrives; ``is_current`` lets a worker abandon stale work (``_Stale``).
     """
-    from workbench.engine.plan import plan_curves
+    from workbench.planning.plan import plan_curves
 
     s = settings
     out = PlanResult(settings=s)
@@ -257,7 +257,7 @@ class PrivacyPlanner:
                 ),
             ]
         )
-        self.recommendation = None  # engine.recommend.Recommendation, after recommend()
+        self.recommendation = None  # planning.recommend.Recommendation, after recommend()
         self.budget = w.BoundedIntText(
             value=20_000,
             min=1,
@@ -331,9 +331,9 @@ class PrivacyPlanner:
     # -- recommending -------------------------------------------------------------------------------
     def recommend(self, budget_examples: int | None = None, min_steps: int | None = None):
         """The batch size and steps with the smallest σ/B for N, target ε, δ, accountant and relation of
-        the sliders within the budget (engine/recommend.py), drawn as they are calibrated; returns the
+        the sliders within the budget (planning/recommend.py), drawn as they are calibrated; returns the
         Recommendation, or None with the message shown."""
-        from workbench.engine.recommend import recommend_stages
+        from workbench.planning.recommend import recommend_stages
 
         if budget_examples is not None:
             self.budget.value = budget_examples

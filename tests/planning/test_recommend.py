@@ -1,4 +1,4 @@
-"""The batch-size recommendation (engine/recommend.py): the smallest noise-batch ratio sigma / B within a
+"""The batch-size recommendation (planning/recommend.py): the smallest noise-batch ratio sigma / B within a
 compute budget, never a setting that overshoots the target epsilon, more budget never a worse ratio, and
 bad input as one clear message (exit code 2 from `workbench plan --recommend`)."""
 
@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from workbench import privacy
 from workbench.cli import app
-from workbench.engine import recommend as rec_mod
-from workbench.engine.recommend import RecommendError, recommend
+from workbench.planning import recommend as rec_mod
+from workbench.planning.recommend import RecommendError, recommend
 
 SMALL = dict(dataset_size=200, target_epsilon=4.0, delta=1e-5, min_steps=10)  # batches 8 ... 64
 

@@ -9,7 +9,7 @@ for fine-tuning. This module applies that rule; it is a heuristic (it does not p
 The candidates: expected batch sizes B, powers of two from 8 to N/2, and for each one two step counts,
 the fewest steps the user accepts (``min_steps``) and as many as the budget pays for (budget // B, at
 most ``MAX_STEPS``). Every candidate's sigma comes from ``privacy.calibrate`` with the plan's q (the plan's
-published population and neighbouring relation, ``engine.plan``) and the plan's upper-bound accountant
+published population and neighbouring relation, ``planning.plan``) and the plan's upper-bound accountant
 (Edgeworth never sets the noise), and its epsilon is checked with the same accountant: a candidate whose
 epsilon overshoots the target is dropped, never recommended.
 
@@ -30,7 +30,7 @@ from typing import Iterator
 
 from workbench import privacy
 from workbench.config import ConfigError, RunConfig
-from workbench.engine.plan import resolve_neighboring
+from workbench.planning.plan import resolve_neighboring
 from workbench.privacy.validation import check_delta
 
 SMALLEST_BATCH = 8
