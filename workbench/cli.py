@@ -469,8 +469,8 @@ def _typed_size_is_public(cfg: RunConfig, dataset_size: int) -> RunConfig:
 
 def _echo_sizes(cfg: RunConfig, *, err: bool = True) -> None:
     """The data's own counts, on this machine only: what public_dataset_size would declare."""
-    from workbench.planning.plan import sampled_units
     from workbench.engine.prepare import dataset_sizes
+    from workbench.planning.plan import sampled_units
 
     examples, users = dataset_sizes(cfg)
     uls = cfg.privacy_unit == "user" and cfg.user_sampling == "uls"
@@ -507,8 +507,8 @@ def _person_sentence(cfg: RunConfig, plan) -> str:
 
 def _plan_without_model(cfg: RunConfig):
     """(task, PrivacyPlan) from the data splits alone; under user-level DP N counts each user's first k."""
-    from workbench.planning.plan import make_plan
     from workbench.engine.prepare import dataset_sizes, load_splits
+    from workbench.planning.plan import make_plan
 
     train, _ = load_splits(cfg)
     task = train.task if cfg.task == "auto" else cfg.task

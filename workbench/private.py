@@ -40,10 +40,10 @@ import torch
 from workbench.config import ConfigError, RunConfig
 from workbench.engine.dp_step import DPGradient, StepStats
 from workbench.engine.grad_sample import PerExampleGrads, UnsupportedModelError
-from workbench.planning.plan import PrivacyPlan, make_plan
 from workbench.engine.randomness import SEEDED_LABEL, RunRandomness
 from workbench.engine.sampling import micro_batches, poisson_sample
 from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
+from workbench.planning.plan import PrivacyPlan, make_plan
 
 log = logging.getLogger(__name__)
 

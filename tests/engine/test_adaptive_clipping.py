@@ -37,8 +37,8 @@ from workbench.engine.clipping import QuantileClipping
 from workbench.engine.distributed import WorkerRandomness
 from workbench.engine.dp_step import DPGradient, noised_counts
 from workbench.engine.losses import per_example_loss
-from workbench.planning.plan import make_plan
 from workbench.engine.randomness import RunRandomness
+from workbench.planning.plan import make_plan
 from workbench.session import Session
 from workbench.store.runs import RunStore
 

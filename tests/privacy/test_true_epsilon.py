@@ -19,9 +19,9 @@ from workbench import privacy
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig
 from workbench.engine.noise import CHUNK, single_draws
-from workbench.planning.plan import make_plan
 from workbench.engine.randomness import KEY_FILE, SEEDED_LABEL, RunRandomness
 from workbench.engine.report import CARD_START, place_card_section
+from workbench.planning.plan import make_plan
 from workbench.session import Session
 from workbench.store.export import ExportError, export_run
 from workbench.store.runs import RunStore

@@ -372,8 +372,8 @@ def test_an_old_store_keeps_its_runs_and_its_tuning_bound_says_it_covers_only_th
 
 def test_a_tuning_sweep_stores_the_event_of_every_setting_of_its_grid(monkeypatch):
     import workbench.sweeps as sweep_module
-    from workbench.planning.plan import make_plan
     from workbench.engine.prepare import load_splits
+    from workbench.planning.plan import make_plan
 
     monkeypatch.setattr(sweep_module, "draw_runs", lambda tuning, rng: 1)  # at most one setting drawn
     store = RunStore()

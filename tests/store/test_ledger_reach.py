@@ -28,8 +28,8 @@ from workbench.cli import app as cli_app
 from workbench.config import RunConfig
 from workbench.engine.data import load_dataset
 from workbench.engine.fingerprint import dataset_fingerprint, unit_identities
-from workbench.planning.plan import PrivacyPlan
 from workbench.engine.randomness import RunRandomness
+from workbench.planning.plan import PrivacyPlan
 from workbench.privacy import dp_events
 from workbench.session import Session
 from workbench.store.export import ExportError, export_run
