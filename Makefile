@@ -54,10 +54,12 @@ test: install browser
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not browser and not notebook and not slow" $(PYTEST_ARGS)
 
-# ruff (pinned in pyproject.toml: another version may format differently): lint and format; CI runs it first.
+# ruff (pinned in pyproject.toml: another version may format differently): lint and format; then import-linter
+# checks the layer contracts in pyproject.toml ([tool.importlinter]). CI runs it first.
 lint: install
 	$(BIN)/ruff check workbench tests benchmarks examples
 	$(BIN)/ruff format --check workbench tests benchmarks examples
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py --model default
