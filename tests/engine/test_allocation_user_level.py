@@ -280,7 +280,7 @@ def test_els_epsilon_is_dp_accountings_mixture_pld_and_a_run_tracks_it_cheaply()
     )
     assert got == pytest.approx(expected, rel=1e-9)
     assert got == pytest.approx(4.55, rel=0.01)  # REFERENCES.md
-    plan = PrivacyPlan(
+    plan = PrivacyPlan.of(
         dataset_size=10_000,
         sample_rate=q,
         steps=steps,

@@ -43,7 +43,7 @@ def oracle(events, *, delta: float, neighboring: str) -> float:
 def _plan(**settings) -> PrivacyPlan:
     """A PLD plan over 1,000 examples at delta 1e-5 with C = 1 and the noise given (no target); ``settings`` on top."""
     fixed = dict(dataset_size=1000, delta=1e-5, accountant="pld", target_epsilon=None, max_grad_norm=1.0)
-    return PrivacyPlan(**{**fixed, **settings})
+    return PrivacyPlan.of(**{**fixed, **settings})
 
 
 def train(store: RunStore, name: str, **overrides) -> dict:

@@ -83,7 +83,7 @@ def plan(unit: str = "example", **settings) -> PrivacyPlan:
     )
     if unit == "user":
         fixed.update(user_sampling="uls", max_examples_per_user=2, num_users=14)  # users sampled at q
-    return PrivacyPlan(**{**fixed, **settings})
+    return PrivacyPlan.of(**{**fixed, **settings})
 
 
 def prepared(path: str, p: PrivacyPlan) -> SimpleNamespace:

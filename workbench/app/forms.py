@@ -12,11 +12,18 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from workbench.config import ConfigError, RunConfig
+from workbench.planning.stages import (  # noqa: F401  (the Plan tab's names for them)
+    PLAN_ACCOUNTANTS,
+    PlanResult,
+    UserLevel,
+    compute_plan,
+    plan_stages,
+)
 
 # Names of the Plan tab's controls, in the order the app passes them to callbacks.
 PLAN_FIELDS = (
@@ -63,7 +70,6 @@ TRAIN_FIELDS = (
     "nproc",  # added later ones go last, as in PLAN_FIELDS
 )
 BUILTIN_MODELS = ("default", "tiny", "minilm")  # every model the package ships (engine/models.py)
-PLAN_ACCOUNTANTS = ("rdp", "prv", "pld")  # always drawn; the selected one is added when it is another
 
 
 @dataclass(frozen=True)
@@ -89,52 +95,6 @@ class DataInfo:
         if batch_size:
             text += f" · sampling rate q = {batch_size}/{self.n_train:,} = {min(1.0, batch_size / self.n_train):.4g}"
         return text
-
-
-@dataclass(frozen=True)
-class UserLevel:
-    """One user with up to k examples beside one example (REFERENCES.md section 2).
-
-    ELS: ``epsilon`` is the mixture-of-Gaussians PLD (None while it is being computed) and the
-    group-privacy bound (k eps, delta_k) is derived from ``example_epsilon``.  ULS: the sampled
-    unit is already the user, so ``epsilon`` is the example-level accounting with users as the unit.
-    """
-
-    k: int
-    example_epsilon: float | None = None  # the chosen accountant's, at delta
-    epsilon: float | None = None
-    group_epsilon: float | None = None
-    group_delta: float | None = None
-    num_users: int | None = None
-    sampling: str = "els"  # "uls" when the config samples users
-    charged: bool = False  # the run's budget is this epsilon (privacy_unit "user")
-    error: str = ""
-
-    @property
-    def pending(self) -> bool:
-        return self.epsilon is None and not self.error
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    """A privacy plan as the Plan tab shows it; ``pending`` accountants are still being computed."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    accountant: str
-    target_epsilon: float | None
-    curves: dict[str, list[tuple[int, float]]]  # accountant -> (step, epsilon)
-    pending: tuple[str, ...] = ()
-    provisional: bool = False  # noise_multiplier is RDP's while the chosen accountant calibrates
-    user_level: UserLevel | None = None  # computed last: the mixture PLD takes about a second
-    neighboring: str = "add_remove"  # the relation every curve and sigma here is for
-    bound: str = "pld"  # the upper-bound accountant that set sigma (edgeworth never does)
-
-    def final_epsilon(self, accountant: str) -> float | None:
-        curve = self.curves.get(accountant)
-        return curve[-1][1] if curve else None
 
 
 def resolve_data(mode: str, upload_path: str | None, data_path: str | None) -> str:
@@ -373,144 +333,6 @@ def dataset_info(
         while len(_DATA_CACHE) > 8:
             _DATA_CACHE.popitem(last=False)
     return info
-
-
-def check_users(config: RunConfig, num_users: int | None) -> None:
-    """User-level runs need users: a user_id column."""
-    if config.privacy_unit == "user" and not num_users:
-        raise ConfigError(
-            "privacy_unit is 'user' but the data has no user_id column: add one (the person each "
-            "example belongs to) or set privacy_unit to 'example'."
-        )
-
-
-def plan_stages(config: RunConfig, *, dataset_size: int, num_users: int | None = None) -> Iterator[PlanResult | None]:
-    """The plan for ``config`` on N examples, progressively: each PlanResult adds a curve.
-
-    The one progressive plan (``planning.plan_curves``: RDP's sigma and curve in well under a
-    second, then the bound's calibration, PLD and PRV), then the user-level epsilon (about a second)
-    last.  ``None`` is yielded between slow computations, as a place to stop when the knobs moved
-    on (the caller stops iterating).
-    """
-    from workbench import privacy
-    from workbench.planning.plan import make_plan, plan_curves
-
-    check_users(config, num_users)
-    fixed = config.noise_multiplier is not None
-    probe = make_plan(
-        config.with_overrides({"noise_multiplier": config.noise_multiplier if fixed else 0.0}),
-        dataset_size=dataset_size,
-        num_users=num_users,
-    )  # the engine's checks: batch <= N, delta < 1/N
-    q, steps, delta, chosen = probe.sample_rate, probe.steps, probe.delta, config.accountant
-    target = None if fixed else config.target_epsilon
-    uls = config.privacy_unit == "user" and config.user_sampling == "uls"
-    user = UserLevel(
-        k=config.max_examples_per_user,
-        num_users=num_users,
-        sampling="uls" if uls else "els",
-        charged=config.privacy_unit == "user",
-    )
-    stages = plan_curves(
-        sample_rate=q,
-        steps=steps,
-        delta=delta,
-        accountants=tuple(dict.fromkeys(("rdp", chosen, *PLAN_ACCOUNTANTS))),
-        selected=chosen,
-        neighboring=probe.neighboring,
-        noise_multiplier=float(config.noise_multiplier) if fixed else None,
-        target_epsilon=target,
-        els_k=user.k if user.charged and not uls and not fixed else None,  # ELS: the mixture PLD calibrates
-    )
-    last = None
-    for stage in stages:
-        if stage is None:
-            yield None
-            continue
-        if stage.noise_multiplier is None:  # the calibration failed: its message is the plan
-            raise privacy.PrivacyError(next(iter(stage.errors.values())))
-        sigma = stage.noise_multiplier
-        if sigma == 0:
-            yield PlanResult(
-                0.0,
-                q,
-                steps,
-                delta,
-                chosen,
-                None,
-                {},
-                user_level=replace(
-                    user, example_epsilon=math.inf, epsilon=math.inf, group_epsilon=math.inf, group_delta=1.0
-                ),
-            )
-            return
-        last = PlanResult(
-            noise_multiplier=sigma,
-            sample_rate=q,
-            steps=steps,
-            delta=delta,
-            accountant=chosen,
-            target_epsilon=target,
-            curves=dict(stage.curves),
-            pending=stage.pending,
-            provisional=stage.provisional,
-            user_level=replace(user, example_epsilon=stage.final_epsilon(stage.bound)),
-            neighboring=stage.neighboring,
-            bound=stage.bound,
-        )
-        yield last
-    yield None
-    yield replace(
-        last,
-        user_level=user_level(
-            last.user_level, noise_multiplier=last.noise_multiplier, sample_rate=q, steps=steps, delta=delta
-        ),
-    )
-
-
-def user_level(user: UserLevel, *, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> UserLevel:
-    """``user`` with its epsilon and group-privacy bound; privacy errors become ``user.error``."""
-    from workbench import privacy
-    from workbench.privacy.user_level import els_beside_group_bound
-
-    if user.sampling == "uls":  # the sampled unit is the user: the example-level accounting is user-level
-        return replace(user, epsilon=user.example_epsilon)
-    try:
-        eps, group = els_beside_group_bound(
-            noise_multiplier=noise_multiplier,
-            sample_rate=sample_rate,
-            steps=steps,
-            delta=delta,
-            k=user.k,
-            example_epsilon=user.example_epsilon,
-        )
-    except privacy.PrivacyError as err:
-        return replace(user, error=str(err))
-    return replace(user, epsilon=eps, group_epsilon=group[0], group_delta=group[1])
-
-
-def compute_plan(
-    config: RunConfig, *, dataset_size: int, num_users: int | None = None, curves: bool = True
-) -> PlanResult:
-    """The complete plan (every curve and the user-level epsilon), or with ``curves=False`` just the
-    engine's plan (sigma)."""
-    if curves:
-        stages = plan_stages(config, dataset_size=dataset_size, num_users=num_users)
-        *_, last = (stage for stage in stages if stage is not None)
-        return last
-    from workbench.planning.plan import make_plan
-
-    check_users(config, num_users)
-    plan = make_plan(config, dataset_size=dataset_size, num_users=num_users)  # checks batch <= N, delta < 1/N; sigma
-    return PlanResult(
-        noise_multiplier=float(plan.noise_multiplier),
-        sample_rate=plan.sample_rate,
-        steps=plan.steps,
-        delta=plan.delta,
-        accountant=plan.accountant,
-        target_epsilon=plan.target_epsilon,
-        curves={},
-    )
 
 
 def check_start(config: RunConfig) -> PlanResult:

@@ -16,18 +16,18 @@ computed after the curves) beside the example-level epsilon and the older group-
 from __future__ import annotations
 
 import html
-import math
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ipywidgets as w
 
 from workbench import privacy
+from workbench.config import ConfigError, RunConfig
 from workbench.engine.report import relation_text
+from workbench.planning.stages import PlanResult, plan_stages
 from workbench.present import accountant_label, fmt_eps, plan_figure
 from workbench.present.recommend import recommend_figure, recommend_html
-from workbench.privacy.user_level import els_beside_group_bound
 from workbench.widgets._live import figure_widget, sync_figure
 
 NOISE, TARGET = "noise multiplier → ε", "target ε → noise"
@@ -37,22 +37,26 @@ _STEPS = [int(m * 10**e) for e in range(0, 6) for m in (1, 2, 5)] + [1_000_000]
 _DELTAS = [10.0**-e for e in range(3, 13)]
 
 
+_RUN = RunConfig.model_fields  # the run's defaults: the planner shows the epsilon a run of these settings gets
+
+
 @dataclass(frozen=True)
 class PlanSettings:
-    """What the sliders say."""
+    """What the sliders say. Every privacy default is the run config's (``RunConfig``), so the planner, the
+    app's Plan tab and a run show the same epsilon for the same settings."""
 
     dataset_size: int = 10_000
-    batch_size: int = 256
+    batch_size: int = _RUN["batch_size"].default
     steps: int = 1000
-    delta: float = 1e-5
+    delta: float = 1e-5  # RunConfig.default_delta(10_000)
     mode: str = NOISE
     noise_multiplier: float = 1.0
-    target_epsilon: float = 8.0
-    max_grad_norm: float = 1.0
+    target_epsilon: float = _RUN["target_epsilon"].default
+    max_grad_norm: float = _RUN["max_grad_norm"].default
     accountants: tuple[str, ...] = ("pld", "rdp", "prv", "edgeworth")
-    selected: str = "pld"
-    max_examples_per_user: int = 4  # k, for the user-level column
-    neighboring: str = "add_remove"  # a calculator at a given q; replace_one is PLD's alone (privacy/accountants.py)
+    selected: str = _RUN["accountant"].default
+    max_examples_per_user: int = _RUN["max_examples_per_user"].default  # k, for the user-level column
+    neighboring: str = _RUN["neighboring"].default  # auto: add/remove, the N typed here being public
 
     @property
     def sample_rate(self) -> float:
@@ -62,87 +66,88 @@ class PlanSettings:
     def epochs(self) -> float:
         return self.sample_rate * self.steps
 
+    def config(self) -> RunConfig:
+        """The run config these sliders describe. The N typed here is a public number (a calculator, like
+        `workbench plan --dataset-size`), so add/remove (and auto) publish it as ``public_dataset_size``."""
+        target = self.mode == TARGET
+        return RunConfig(
+            batch_size=self.batch_size,
+            max_steps=self.steps,
+            delta=self.delta,
+            noise_multiplier=None if target else self.noise_multiplier,
+            target_epsilon=self.target_epsilon if target else None,
+            max_grad_norm=self.max_grad_norm,
+            accountant=self.selected,
+            neighboring=self.neighboring,
+            max_examples_per_user=self.max_examples_per_user,
+            public_dataset_size=None if self.neighboring == "replace_one" else self.dataset_size,
+        )
 
-@dataclass
-class PlanResult:
-    """The numbers behind the panel, one entry per accountant (errors as messages, not tracebacks)."""
+
+USER_LEVEL = "user-level"  # the key of its message in PlannerResult.errors
+
+
+@dataclass(frozen=True)
+class PlannerResult:
+    """What the panel draws: the settings it was computed for and the plan (``planning.stages.PlanResult``,
+    the one the app's Plan tab shows), or the message that stopped it."""
 
     settings: PlanSettings
-    noise_multiplier: float | None = None  # the sigma the curves use (given, or the selected accountant's)
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    epsilon: dict[str, float] = field(default_factory=dict)  # at the last step, at noise_multiplier
-    sigma_needed: dict[str, float] = field(default_factory=dict)  # target mode: each accountant's own sigma
-    errors: dict[str, str] = field(default_factory=dict)
-    example_epsilon: float | None = None  # the selected accountant's, beside the user-level epsilon
-    user_epsilon: float | None = None  # ELS, k examples per user (mixture-of-Gaussians PLD)
-    group_bound: tuple[float, float] | None = None  # (eps_k, delta_k) by group privacy
+    plan: PlanResult | None = None
+    failure: str = ""
+
+    curves = property(lambda self: self.plan.curves if self.plan else {})
+    epsilon = property(lambda self: self.plan.epsilon if self.plan else {})
+    sigma_needed = property(lambda self: self.plan.sigma_needed if self.plan else {})
+    noise_multiplier = property(lambda self: self.plan.noise_multiplier if self.plan else None)
+    example_epsilon = property(lambda self: self.plan.example_epsilon if self.plan else None)
+    user_epsilon = property(lambda self: self.plan.user_epsilon if self.plan else None)
+    group_bound = property(lambda self: self.plan.group_bound if self.plan else None)
+    neighboring = property(lambda self: self.plan.neighboring if self.plan else self.settings.neighboring)
+
+    @property
+    def errors(self) -> dict[str, str]:
+        out = dict(self.plan.errors) if self.plan else {}
+        if self.plan and self.plan.user_level and self.plan.user_level.error:
+            out[USER_LEVEL] = self.plan.user_level.error
+        if self.failure:
+            out["planner"] = self.failure
+        return out
 
 
 class _Stale(Exception):
     """Newer settings arrived while computing; drop this result."""
 
 
-def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=None) -> PlanResult:
-    """Curves and readouts for ``settings``: the one progressive plan (``planning.plan_curves``),
-    the app's Plan tab computes too, with each upper bound's own sigma for the target beside it.
+def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=None) -> PlannerResult:
+    """Curves and readouts for ``settings``: the one progressive plan the app's Plan tab computes too
+    (``planning.stages.plan_stages`` of ``settings.config()``), with each upper bound's own sigma for the target
+    beside it.
 
     ``on_partial(result)`` is called after each curve, so a panel can draw RDP at once and PRV when
     it arrives; ``is_current`` lets a worker abandon stale work (``_Stale``).
     """
-    from workbench.planning.plan import plan_curves
-
-    s = settings
-    out = PlanResult(settings=s)
-    stages = plan_curves(
-        sample_rate=s.sample_rate,
-        steps=s.steps,
-        delta=s.delta,
-        accountants=tuple(s.accountants),
-        selected=s.selected,
-        neighboring=s.neighboring,
-        noise_multiplier=s.noise_multiplier if s.mode != TARGET else None,
-        target_epsilon=s.target_epsilon if s.mode == TARGET else None,
-        compare_sigmas=True,
-    )
-    for stage in stages:
-        if not is_current():
-            raise _Stale
-        if stage is None:  # between slow computations: only the check above
-            continue
-        out.noise_multiplier = stage.noise_multiplier
-        out.sigma_needed, out.errors = dict(stage.sigma_needed), dict(stage.errors)
-        new = [acc for acc in stage.curves if acc not in out.curves]
-        out.curves = {acc: list(curve) for acc, curve in stage.curves.items()}
-        out.epsilon = {acc: curve[-1][1] if curve else math.nan for acc, curve in out.curves.items()}
-        if new and on_partial is not None:  # the user-level column comes after the last curve
-            on_partial(out)
-    if out.noise_multiplier is None:
-        return out
-    if not is_current():
-        raise _Stale
-    add_user_level(out)
-    return out
-
-
-USER_LEVEL = "user-level"  # the key of its message in PlanResult.errors
-
-
-def add_user_level(out: PlanResult) -> None:
-    """The example-level epsilon of the selected accountant, the ELS user-level epsilon and the
-    group-privacy bound, into ``out`` (a privacy error becomes a message)."""
-    s, sigma = out.settings, out.noise_multiplier
-    common = dict(noise_multiplier=sigma, sample_rate=s.sample_rate, steps=s.steps, delta=s.delta)
+    out = PlannerResult(settings)
     try:
-        bound = privacy.bound_accountant(s.selected)
-        eps = out.epsilon.get(bound)
-        out.example_epsilon = (
-            eps if eps is not None else privacy.epsilon(**common, accountant=bound, neighboring=s.neighboring)
+        stages = plan_stages(
+            settings.config(),
+            dataset_size=settings.dataset_size,
+            accountants=tuple(settings.accountants),
+            compare_sigmas=True,
+            failures_as_results=True,
         )
-        out.user_epsilon, out.group_bound = els_beside_group_bound(
-            **common, k=s.max_examples_per_user, example_epsilon=out.example_epsilon
-        )
-    except privacy.PrivacyError as err:
-        out.errors[USER_LEVEL] = str(err)
+        for stage in stages:
+            if not is_current():
+                raise _Stale
+            if stage is None:  # between slow computations: only the check above
+                continue
+            new = set(stage.curves) - set(out.curves)
+            out = PlannerResult(settings, stage)
+            if new and on_partial is not None:  # the user-level column comes after the last curve
+                on_partial(out)
+    except (ConfigError, privacy.PrivacyError) as err:
+        return PlannerResult(settings, out.plan, failure=str(err))
+    return out
 
 
 def _options(values: list, fmt) -> list[tuple[str, Any]]:
@@ -164,7 +169,7 @@ class PrivacyPlanner:
         self._idle = threading.Event()
         self._idle.set()
         self._worker: threading.Thread | None = None
-        self.result: PlanResult | None = None
+        self.result: PlannerResult | None = None
         self._build(settings)
         self.update()
 
@@ -229,7 +234,11 @@ class PrivacyPlanner:
             style=style,
         )
         self.neighboring = w.Dropdown(
-            options=[("add or remove one example", "add_remove"), ("replace one example (PLD only)", "replace_one")],
+            options=[
+                ("auto (add or remove: N is public here)", "auto"),
+                ("add or remove one example", "add_remove"),
+                ("replace one example (PLD only)", "replace_one"),
+            ],
             value=s.neighboring,
             description="neighbouring datasets",
             style=style,
@@ -381,7 +390,7 @@ class PrivacyPlanner:
         else:
             self.update()
 
-    def update(self) -> PlanResult:
+    def update(self) -> PlannerResult:
         """Recompute for the current sliders now, in this thread, and redraw."""
         with self._lock:
             self._version += 1
@@ -400,7 +409,7 @@ class PrivacyPlanner:
         self.status.value = "<i style='color:#777'>computing…</i>"
         self._wake.set()
 
-    def wait(self, timeout: float | None = None) -> PlanResult | None:
+    def wait(self, timeout: float | None = None) -> PlannerResult | None:
         """Block until the worker has drawn the newest settings."""
         self._idle.wait(timeout)
         return self.result
@@ -416,7 +425,7 @@ class PrivacyPlanner:
                 version = self._version
             settings = self.settings
 
-            def partial(result: PlanResult, version=version) -> None:
+            def partial(result: PlannerResult, version=version) -> None:
                 if self._version == version:
                     self._draw(result, busy=True)
 
@@ -425,7 +434,7 @@ class PrivacyPlanner:
             except _Stale:
                 continue
             except Exception as err:  # shown in the panel: the planner must stay usable
-                result = PlanResult(settings=settings, errors={"planner": f"{type(err).__name__}: {err}"})
+                result = PlannerResult(settings, failure=f"{type(err).__name__}: {err}")
             with self._lock:
                 if self._version != version:
                     continue
@@ -435,7 +444,7 @@ class PrivacyPlanner:
                     self._idle.set()
 
     # -- drawing -----------------------------------------------------------------------------------
-    def _draw(self, result: PlanResult, *, busy: bool = False) -> None:
+    def _draw(self, result: PlannerResult, *, busy: bool = False) -> None:
         s = result.settings
         self.result = result
         target = s.target_epsilon if s.mode == TARGET else None
@@ -460,7 +469,7 @@ class PrivacyPlanner:
             + (
                 f"<span style='color:#555'>q = {s.sample_rate:.4g}, {s.epochs:.3g} epochs, "
                 f"δ = {s.delta:.0e}{'' if s.delta < 1 / s.dataset_size else ' — δ is not below 1/N!'}; "
-                f"ε for neighbouring datasets with {relation_text(s.neighboring, 'example')}"
+                f"ε for neighbouring datasets with {relation_text(result.neighboring, 'example')}"
                 + (
                     "; Edgeworth is an approximation: PLD sets σ"
                     if "edgeworth" in s.accountants and s.mode == TARGET
@@ -472,7 +481,7 @@ class PrivacyPlanner:
         )
 
     @staticmethod
-    def _table(result: PlanResult) -> str:
+    def _table(result: PlannerResult) -> str:
         s = result.settings
         cell = "border:1px solid #ddd;padding:3px 8px;text-align:right;"
         expected = s.sample_rate * s.dataset_size
@@ -512,12 +521,12 @@ class PrivacyPlanner:
         return f"<table style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>{''.join(rows)}</table>"
 
     @staticmethod
-    def _user_table(result: PlanResult) -> str:
+    def _user_table(result: PlannerResult) -> str:
         """Example-level epsilon, user-level epsilon (ELS) and the group-privacy bound, one row each."""
         s = result.settings
         if result.noise_multiplier is None:
             return "<i style='color:#777'>no noise multiplier</i>"
-        if result.user_epsilon is None:
+        if result.user_epsilon is None or result.group_bound is None:
             text = html.escape(result.errors.get(USER_LEVEL, "computing user-level ε…"))
             return f"<i style='color:#777'>{text}</i>"
         cell = "border:1px solid #ddd;padding:3px 8px;text-align:right;"
