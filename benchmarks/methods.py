@@ -117,6 +117,7 @@ def run(args) -> dict:
     the summary is computed from the sweeps' CSV export (``runs.csv``), as the README's tables are."""
     import pandas as pd
 
+    from workbench.present.sweeps import progress_line
     from workbench.store.export import export_sweep_metrics
     from workbench.sweeps import create_sweep, execute
 
@@ -134,7 +135,7 @@ def run(args) -> dict:
         if config.neighboring == "add_remove":  # the benchmark's data size is public: declare it (plan.py)
             config = config.with_overrides({"public_dataset_size": declared_size(config)})
         create_sweep(config, grid={"seed": args.seeds}, name=name, store=store)
-        execute(name, store=store, progress=lambda p: print(p.line(), flush=True))
+        execute(name, store=store, progress=lambda p: print(progress_line(p), flush=True))
         runs = pd.read_csv(export_sweep_metrics(store, name, export_dir, "csv") / "runs.csv")
         failed = runs[runs["status"] != "finished"]
         if len(failed):

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import workbench
 from workbench.cli import app
 from workbench.config import RunConfig
+from workbench.present.sweeps import progress_line
 from workbench.store.runs import RunStore
 from workbench.store.sweeps import SweepStore
 from workbench.sweeps import (
@@ -147,7 +148,7 @@ def test_a_killed_sweep_resumes_without_retraining_finished_runs():
     seen = []
     after = execute("killed", store=store, progress=seen.append)
     assert [p.label for p in seen] == ["sigma2", "sigma3"]
-    assert seen[-1].done == seen[-1].total == 3 and "[3/3]" in seen[-1].line()
+    assert seen[-1].done == seen[-1].total == 3 and "[3/3]" in progress_line(seen[-1])
     assert after.members[0].run_id == finished  # not retrained
     assert after.members[1].run_id != killed and after.members[1].attempts == (killed,)
     assert store.get(killed).status == "interrupted"  # the killed attempt is kept

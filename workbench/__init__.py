@@ -76,7 +76,7 @@ def __getattr__(name: str) -> Any:
 
         return RunStore
     if name == "sweep":  # workbench.sweep(config, grid={...}, seeds=3): workbench/sweeps.py
-        from workbench.sweeps import run_sweep
+        from workbench.api import run_sweep
 
         return run_sweep
     if name == "make_private":  # DP-SGD in a hand-written loop on the same engine (workbench/private.py)

@@ -30,7 +30,6 @@ import itertools
 import math
 import re
 import secrets
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ import yaml
 from workbench.config import ConfigError, RunConfig
 from workbench.store.names import ABBREVIATIONS, format_value, run_label  # noqa: F401 (re-exported)
 from workbench.store.runs import RunStore
-from workbench.store.sweeps import DONE, Member, SweepNotFound, SweepRecord, SweepStore
+from workbench.store.sweeps import DONE, Member, SweepRecord, SweepStore
 
 TUNING_DISTRIBUTIONS = ("poisson", "geometric", "logarithmic", "truncated_negative_binomial")
 NOT_SWEPT = ("name", "output_dir")  # the sweep names its runs and gives each its own folder
@@ -412,35 +411,12 @@ class SweepCost:
     neighboring: str | None
     note: str | None = None
 
-    def line(self) -> str:
-        from workbench.present.series import fmt_eps
-
-        runs = f"{self.runs} run" + ("s" if self.runs != 1 else "")
-        if self.epsilon is None:
-            return f"{runs}, each ε ≤ {fmt_eps(self.per_run)}; no total: {self.note}."
-        if math.isinf(self.epsilon):
-            return f"{runs}: the total privacy cost is ε = ∞ (a run is non-private: noise 0 or a noise seed)."
-        text = (
-            f"{runs}, each ε ≤ {fmt_eps(self.per_run)}; all of them together (releasing them, or choosing the best "
-            f"by a private validation metric): **ε = {fmt_eps(self.epsilon)}** at δ = {self.delta:.2g} "
-            f"(PLD composition, {self.neighboring})."
-        )
-        return text + (f" Note: {self.note}." if self.note else "")
-
 
 def _dataset_size(cfg: RunConfig) -> tuple[int, int | None]:
-    """(training examples, users) of ``cfg``'s data, as the run will split it (its columns, validation data
-    and labels; under user-level DP each user's first ``max_examples_per_user``). Examples that tokenisation
-    drops are still counted: the run may have a few fewer."""
-    from collections import Counter
+    """(training examples after the per-user cap, users) as the run will count them (``prepare.dataset_sizes``)."""
+    from workbench.engine.prepare import dataset_sizes
 
-    from workbench.engine.prepare import load_splits
-
-    train, _ = load_splits(cfg)
-    if cfg.privacy_unit != "user":
-        return len(train), train.num_users
-    per_user = Counter(r.user_id for r in train.records)
-    return sum(min(n, cfg.max_examples_per_user) for n in per_user.values()), len(per_user)
+    return dataset_sizes(cfg)
 
 
 def planned_cost(
@@ -557,19 +533,6 @@ class Progress:
     summary: dict[str, Any]
     seconds: float
     remaining_seconds: float | None
-
-    def line(self) -> str:
-        from workbench.present.series import fmt_duration, fmt_eps
-
-        s = self.summary
-        eps = s.get("epsilon")
-        metrics = " ".join(f"{k}={s[k]:.4g}" for k in ("val_loss", "accuracy") if isinstance(s.get(k), (int, float)))
-        eta = f" | about {fmt_duration(self.remaining_seconds)} left" if self.remaining_seconds else ""
-        eps_text = fmt_eps(float(eps)) if eps is not None else "–"
-        return (
-            f"sweep {self.sweep} [{self.done}/{self.total}] {self.label}: {self.status} "
-            f"eps={eps_text} {metrics} ({fmt_duration(self.seconds)}){eta}"
-        ).replace("  ", " ")
 
 
 def pending(sweeps: SweepStore, rec: SweepRecord) -> list[Member]:
@@ -732,108 +695,10 @@ def _device(rec: SweepRecord) -> str:
     return device
 
 
-def run_sweep(
-    config: RunConfig | dict | str | Path | None = None,
-    *,
-    grid: Iterable[str] | Mapping[str, Sequence[Any]] | None = None,
-    seeds: int | str | Sequence[int] | None = None,
-    name: str | None = None,
-    parallel: int = 1,
-    tuning: str | None = None,
-    mean_runs: float | None = None,
-    tuning_shape: float | None = None,
-    store: RunStore | None = None,
-    progress: bool | Callable[[Progress], None] = True,
-    **overrides: Any,
-) -> "SweepResult":
-    """Validate, store and run a sweep; returns a ``SweepResult`` (its runs, statuses and final numbers).
-
-    >>> import workbench
-    >>> result = workbench.sweep(model="tiny", max_steps=3, grid={"target_epsilon": [4, 8]}, seeds=2)  # doctest: +SKIP
-    >>> result.table()                                                                                  # doctest: +SKIP
-    """
-    store = store or RunStore()
-    rec = create_sweep(
-        config,
-        grid=grid,
-        seeds=seeds,
-        name=name,
-        tuning=tuning,
-        mean_runs=mean_runs,
-        tuning_shape=tuning_shape,
-        store=store,
-        overrides=overrides,
-    )
-    callback = _print_progress if progress is True else (progress or None)
-    execute(rec.name, store=store, parallel=parallel, progress=callback)
-    return SweepResult(rec.name, store)
-
-
-def resume(
-    name: str,
-    *,
-    store: RunStore | None = None,
-    parallel: int = 1,
-    progress: bool | Callable[[Progress], None] = True,
-) -> "SweepResult":
-    """Train what did not finish of sweep ``name`` (SweepError when there is no such sweep)."""
-    store = store or RunStore()
-    try:
-        SweepStore(store).get(name)
-    except SweepNotFound as err:
-        raise SweepError(str(err)) from None
-    callback = _print_progress if progress is True else (progress or None)
-    execute(name, store=store, parallel=parallel, progress=callback)
-    return SweepResult(name, store)
-
-
-def _print_progress(p: Progress) -> None:
-    print(p.line(), file=sys.stderr, flush=True)
-
-
-@dataclass
-class SweepResult:
-    """A stored sweep, read from the run store when asked."""
-
-    name: str
-    store: RunStore
-
-    @property
-    def record(self) -> SweepRecord:
-        return SweepStore(self.store).get(self.name)
-
-    @property
-    def run_ids(self) -> list[str]:
-        return self.record.run_ids
-
-    def statuses(self) -> dict[str, str]:
-        sweeps = SweepStore(self.store)
-        return {m.label: sweeps.status(m) for m in self.record.members}
-
-    def table(self):
-        """The comparison table of the sweep's groups (``present.compare.group_table``) as a pandas DataFrame."""
-        import pandas as pd
-
-        from workbench.present.compare import group_table, load_views
-
-        views = load_views(self.store, self.run_ids)
-        table = group_table(views)
-        return pd.DataFrame(table.rows, columns=table.headers)
-
-    def _repr_html_(self) -> str:
-        counts = SweepStore(self.store).counts(self.record)
-        return f"<b>sweep {self.name}</b>: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-
-    def __repr__(self) -> str:
-        counts = SweepStore(self.store).counts(self.record)
-        return f"SweepResult({self.name!r}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
-
-
 __all__ = [
     "SweepError",
     "Tuning",
     "Progress",
-    "SweepResult",
     "parse_grid",
     "grid_from_file",
     "parse_seeds",
@@ -847,6 +712,4 @@ __all__ = [
     "create_sweep",
     "execute",
     "pending",
-    "run_sweep",
-    "resume",
 ]

@@ -17,6 +17,7 @@ from workbench.app import runs as runs_tab  # noqa: E402
 from workbench.app import sweep_panel  # noqa: E402
 from workbench.app import train as train_tab  # noqa: E402
 from workbench.app.state import Selection  # noqa: E402
+from workbench.present.sweeps import cost_line  # noqa: E402
 from workbench.store.sweeps import SweepStore  # noqa: E402
 
 NO_KNOB = ("", "")
@@ -33,7 +34,7 @@ def test_the_panel_shows_the_grid_and_its_total_privacy_cost_before_anything_tra
     req = sweep_panel.request(ctx, values(max_steps=3), [("target_epsilon", "4, 8"), NO_KNOB], 2)
     cost = planned_cost(req.base, req.members, sizes=sweep_panel._sizes)
     assert cost.runs == 4 and cost.per_run == 8.0 and 8.0 < cost.epsilon < 4 * 8.0
-    assert cost.line() in text and "PLD composition" in text
+    assert cost_line(cost) in text and "PLD composition" in text
     # a noise sweep from the Plan tab's target mode: the runs are not capped by the target
     req = sweep_panel.request(ctx, values(max_steps=3), [("noise_multiplier", "0.5, 1"), ("lora_r", "4")], 1)
     assert req.base.target_epsilon is None and [label for label, _ in req.members] == ["sigma0.5-r4", "sigma1-r4"]

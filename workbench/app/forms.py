@@ -97,6 +97,11 @@ class DataInfo:
         return text
 
 
+def ctx_base(ctx) -> RunConfig:
+    """The app's base config: the defaults it was opened with (``AppContext.defaults``) over the run config's."""
+    return RunConfig().with_overrides(ctx.defaults)
+
+
 def resolve_data(mode: str, upload_path: str | None, data_path: str | None) -> str:
     """The data source the controls describe: 'demo', the stored upload, or the typed path."""
     if mode == "upload":

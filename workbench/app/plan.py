@@ -92,7 +92,7 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
     ``None`` marks a point where the caller may stop (the Gradio wrapper sends no-op updates
     there, so a newer knob change can cancel the rest).
     """
-    base = ctx_base(ctx)
+    base = forms.ctx_base(ctx)
     try:
         info = chosen_data(values, base)
     except Exception as err:  # noqa: BLE001 - shown beside the dataset choice
@@ -143,7 +143,7 @@ def recommend_updates(
     ``None`` marks a place where a newer request may stop it."""
     from workbench.planning.recommend import recommend_for_config
 
-    base = ctx_base(ctx)
+    base = forms.ctx_base(ctx)
     try:
         info = chosen_data(values, base)
         config = forms.config_from_values({**values, "privacy_mode": "target"}, base=base)
@@ -314,10 +314,6 @@ def _remove_gradio_copy(path: Path) -> None:
         pass
 
 
-def ctx_base(ctx: AppContext) -> RunConfig:
-    return RunConfig().with_overrides(ctx.defaults)
-
-
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -332,7 +328,7 @@ def build(ctx: AppContext) -> PlanControls:
     """Lay out the Plan tab and wire its events; call inside ``gr.Tab``."""
     import gradio as gr
 
-    base = ctx_base(ctx)
+    base = forms.ctx_base(ctx)
     help_ = {k: h for k, _, h in RunConfig.help_table()}
     c: dict[str, Any] = {}
     data_mode = "demo" if base.data == "demo" else "path"

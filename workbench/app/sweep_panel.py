@@ -76,7 +76,7 @@ def _message(err: BaseException) -> str:
 def request(ctx: AppContext, values: dict[str, Any], knobs: Sequence[tuple[Any, Any]], seeds: Any) -> SweepRequest:
     """Check the panel: ``knobs`` are (setting, "v1, v2, ...") pairs (an empty setting is unused), ``seeds`` a count.
     Raises SweepError / SweepInputError / the config's errors with a message."""
-    from workbench.app.plan import ctx_base
+
     from workbench.sweeps import parse_grid, parse_seeds, validate
 
     items, keys = [], []
@@ -94,7 +94,7 @@ def request(ctx: AppContext, values: dict[str, Any], knobs: Sequence[tuple[Any, 
         raise SweepInputError(f"seeds must be a whole number ≥ 1 (runs per setting). Found {seeds!r}.") from None
     if not items and count == 1:
         raise SweepInputError("the grid is empty: choose a setting and type its values (e.g. 2, 4, 8), or 2 seeds.")
-    config = forms.config_from_values(values, base=ctx_base(ctx))
+    config = forms.config_from_values(values, base=forms.ctx_base(ctx))
     forms.check_model(config.model)
     pairs = parse_grid(items)
     partners: dict[str, Any] = {}
@@ -123,11 +123,12 @@ def _sizes(cfg: RunConfig) -> tuple[int, int | None]:
 def _checked(ctx: AppContext, values: dict[str, Any], knobs: Sequence[tuple[Any, Any]], seeds: Any):
     """(request, its preview text): every run's plan made (sigma calibrated, batch and delta checked against the
     data) and their total privacy cost."""
+    from workbench.present.sweeps import cost_line
     from workbench.sweeps import planned_cost
 
     req = request(ctx, values, knobs, seeds)
     cost = planned_cost(req.base, req.members, sizes=_sizes)
-    return req, grid_text(req) + "\n\n**Privacy**: " + cost.line()
+    return req, grid_text(req) + "\n\n**Privacy**: " + cost_line(cost)
 
 
 def preview(ctx: AppContext, values: dict[str, Any], knobs: Sequence[tuple[Any, Any]], seeds: Any) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 from workbench.app import forms
 from workbench.app.common import error_text
 from workbench.app.live import dashboard, followed, selection_value
-from workbench.app.plan import PlanControls, ctx_base
+from workbench.app.plan import PlanControls
 from workbench.app.state import AppContext, Selection
 from workbench.config import RunConfig
 from workbench.store.names import unique_name
@@ -29,7 +29,7 @@ def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> 
     from workbench.session import Session
 
     try:
-        config = forms.config_from_values(values, base=ctx_base(ctx))
+        config = forms.config_from_values(values, base=forms.ctx_base(ctx))
         forms.check_start(config)
         # a readable name from what differs from the preset; a typed name too is made unique in the store, so
         # Compare's legend never reads one name against the same name
@@ -72,7 +72,7 @@ def default_name(ctx: AppContext, config: RunConfig) -> str:
     (store/names.py, the notation of sweep runs), with " (2)", " (3)", ... when a stored run has that name."""
     from workbench.store.names import default_run_name, unique_name
 
-    return unique_name(default_run_name(config, ctx_base(ctx)), (r.name for r in ctx.store.list()))
+    return unique_name(default_run_name(config, forms.ctx_base(ctx)), (r.name for r in ctx.store.list()))
 
 
 def stop_run(ctx: AppContext, selection: Selection) -> str:
@@ -112,7 +112,7 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
     """Lay out the Train tab and wire Start and Stop; call inside ``gr.Tab``."""
     import gradio as gr
 
-    base = ctx_base(ctx)
+    base = forms.ctx_base(ctx)
     help_ = {k: h for k, _, h in RunConfig.help_table()}
     c: dict[str, Any] = {}
     with gr.Row(equal_height=False):

@@ -1,4 +1,4 @@
-"""The `workbench sweep` and `workbench compare` commands (registered on the app by ``workbench/cli.py``).
+"""The `workbench sweep` and `workbench compare` commands (``register(app)`` adds them to the CLI's app).
 
     workbench sweep --config run.yaml --grid target_epsilon=2,4,8 --seeds 3 --name eps
     workbench sweep resume eps
@@ -17,14 +17,23 @@ from typing import Optional
 
 import typer
 
-from workbench.cli import _fail, _print_json, _print_list, _quiet_libraries, _store, app
+from workbench.cli.common import (
+    _fail,
+    _load_config,
+    _print_json,
+    _print_list,
+    _Progress,
+    _quiet_libraries,
+    _store,
+    _telemetry_note,
+)
+from workbench.present.sweeps import progress_line
 
 sweep_app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
     help="Run a grid of settings times seeds as one stored sweep; resume, list and export sweeps.",
 )
-app.add_typer(sweep_app, name="sweep")
 
 
 def _grid_help() -> str:
@@ -61,7 +70,6 @@ def sweep(
     if ctx.invoked_subcommand is not None:
         return
     _quiet_libraries()
-    from workbench.cli import _load_config
     from workbench.sweeps import SweepError, create_sweep, parse_grid, parse_seeds, validate
 
     base = _load_config(config, set_)
@@ -113,14 +121,13 @@ def sweep(
 
 
 def _run(name: str, parallel: int, as_json: bool) -> None:
-    from workbench.cli import _Progress
     from workbench.store.sweeps import SweepStore
     from workbench.sweeps import SweepError, execute
 
     store = _store()
 
     def progress(p) -> None:
-        typer.echo(p.line(), err=True)
+        typer.echo(progress_line(p), err=True)
 
     try:
         rec = execute(
@@ -241,18 +248,9 @@ def sweep_export(
     )
 
 
-def _telemetry_note(fmt: str) -> None:
-    typer.echo(
-        f"warning: the {fmt} export holds training telemetry computed from the raw data (losses, gradient norms, "
-        "validation metrics); it is NOT covered by the differential-privacy guarantee. Do not publish it.",
-        err=True,
-    )
-
-
 # -- compare -----------------------------------------------------------------------------------------
 
 
-@app.command("compare")
 def compare_cmd(
     items: list[str] = typer.Argument(..., help="Run ids (or unique prefixes) and sweep names."),
     by: list[str] = typer.Option(
@@ -284,3 +282,9 @@ def compare_cmd(
     front = [p["group"] for p in report["frontier"] if p["pareto"]]
     if front:
         typer.echo(f"Pareto front (less epsilon, better {report['metric']}): " + ", ".join(front))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `workbench sweep ...` and `workbench compare` to ``app``."""
+    app.add_typer(sweep_app, name="sweep")
+    app.command("compare")(compare_cmd)

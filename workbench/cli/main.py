@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Optional
 
 import typer
 
+from workbench.cli.common import (
+    _fail,
+    _load_config,
+    _print_json,
+    _print_list,
+    _Progress,
+    _quiet_libraries,
+    _store,
+    _user_errors,
+)
 from workbench.config import ConfigError, RunConfig
 from workbench.events import jsonable
 
@@ -24,114 +32,6 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(no_args_is_help=True, help="List, show, export and delete stored runs.")
 app.add_typer(runs_app, name="runs")
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(jsonable(value), indent=2))
-
-
-def _print_list(
-    items: list,
-    as_json: bool,
-    *,
-    to_json: Callable[[Any], Any],
-    empty: str,
-    each: Callable[[Any], None],
-    header: str = "",
-) -> None:
-    """What a listing command prints: ``items`` as one JSON list; ``empty`` (saying what to do) when there are
-    none; or ``header`` (if any) and each item, printed by ``each``."""
-    if as_json:
-        _print_json([to_json(item) for item in items])
-    elif not items:
-        typer.echo(empty)
-    else:
-        if header:
-            typer.echo(header)
-        for item in items:
-            each(item)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _user_errors():
-    from workbench.session import user_errors
-
-    return user_errors()
-
-
-def _load_config(path: Optional[Path], overrides: list[str]) -> RunConfig:
-    """The config file (or the defaults) with ``--set`` overrides; a bad one exits 2 with its message."""
-    try:
-        return (RunConfig.from_file(path) if path else RunConfig()).with_overrides(overrides)
-    except ConfigError as err:
-        _fail(str(err))
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("WORKBENCH_ONLINE") != "1" else None
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for name in ("transformers", "peft", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # dp_accounting's RDP logs "_compute_log_a_frac failed to converge" through absl for each order it drops
-    # (dozens per curve); the order is excluded and the bound stays valid, so it is noise to a user
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
-# -- train -----------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A tqdm bar on stderr showing loss and epsilon; a subscriber like any other."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def __call__(self, event) -> None:
-        from tqdm import tqdm
-
-        kind = event.kind
-        if kind == "run_started":
-            self.bar = tqdm(total=event.planned_steps, desc="DP-LoRA", unit="step", file=sys.stderr, dynamic_ncols=True)
-            typer.echo(
-                f"run {event.run_id}: N={event.dataset_size} q={event.sample_rate:.4g} sigma={event.noise_multiplier:.4g} "
-                f"delta={event.delta:.2g} steps={event.planned_steps} accountant={event.accountant} "
-                f"neighbouring={event.neighboring} device={event.device}",
-                err=True,
-            )
-            if event.checks:
-                from workbench.privacy.checks import Finding, format_findings
-
-                typer.echo(
-                    format_findings([Finding(**c) for c in event.checks if c.get("severity") != "info"]), err=True
-                )
-        elif kind == "step" and self.bar is not None:
-            if event.notices:
-                from workbench.privacy.checks import Finding, format_findings
-
-                self.bar.write(format_findings([Finding(**n) for n in event.notices]), file=sys.stderr)
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{event.loss:.3f}", eps=f"{event.epsilon:.3g}", batch=event.batch_size)
-        elif kind == "eval" and self.bar is not None:
-            acc = "" if event.accuracy is None else f" accuracy={event.accuracy:.3f}"
-            at = "untuned model (step 0)" if event.step == 0 else f"step {event.step}"
-            self.bar.write(f"{at}: val_loss={event.val_loss:.4f}{acc}", file=sys.stderr)
-        elif kind == "run_ended" and self.bar is not None:
-            self.bar.close()
 
 
 @app.command()
@@ -154,7 +54,7 @@ def train(
         return
     _quiet_libraries()
     cfg = _load_config(config, set_)
-    from workbench.engine import distributed
+    from workbench.running import launch as distributed
     from workbench.session import Session
 
     try:  # --nproc N: launch N ranks and wait (exit code); a rank > 0 trains and exits; rank 0 goes on below
@@ -327,35 +227,68 @@ def epsilon(
     """Epsilon spent by the Poisson-subsampled Gaussian mechanism after T steps (user-level: ELS)."""
     from workbench import privacy
 
-    run = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
     try:
-        if _user_level(privacy_unit):
-            accountant = "pld"
-            _els_relation(neighboring)
-            eps = privacy.user_epsilon_els(**run, max_examples_per_user=k)
-        else:
-            eps = privacy.epsilon(**run, accountant=accountant, neighboring=neighboring)
+        mech = _mechanism(noise_multiplier, sample_rate, steps, delta, accountant, privacy_unit, k, neighboring)
+        approximation = privacy.is_approximation(accountant) and not mech.els
+        eps = (
+            privacy.epsilon(**_run(mech), accountant=accountant, neighboring=neighboring)
+            if approximation
+            else mech.epsilon()
+        )
     except privacy.PrivacyError as err:
         _fail(str(err))
     out = dict(
         epsilon=eps,
-        **run,
-        accountant=accountant,
-        approximation=privacy.is_approximation(accountant),
+        **_run(mech),
+        accountant=accountant if approximation else mech.accountant,
+        approximation=approximation,
         privacy_unit=privacy_unit,
         neighboring=neighboring,
     )
-    if _user_level(privacy_unit):
-        ex = privacy.epsilon(**run)
-        g_eps, g_delta = privacy.group_privacy_bound(epsilon=ex, delta=delta, group_size=k)
+    if mech.els:
+        g_eps, g_delta = mech.group_bound()
         out.update(
-            max_examples_per_user=k, example_level_epsilon=ex, group_privacy_epsilon=g_eps, group_privacy_delta=g_delta
+            max_examples_per_user=k,
+            example_level_epsilon=mech.unit_epsilon(),
+            group_privacy_epsilon=g_eps,
+            group_privacy_delta=g_delta,
         )
     if as_json:
         _print_json(out)
     else:
         note = " (Edgeworth approximation, not an upper bound)" if out["approximation"] else ""
         typer.echo(f"epsilon = {eps:.6g}{note}")
+
+
+def _mechanism(sigma, sample_rate, steps, delta, accountant, privacy_unit, k, neighboring):
+    """The mechanism the accounting commands describe (planning.Mechanism): ELS for a user, the upper bound
+    for the accountant named (Edgeworth is a comparison beside PLD)."""
+    from workbench import privacy
+    from workbench.planning.mechanism import Mechanism
+
+    user = _user_level(privacy_unit)
+    if user:
+        _els_relation(neighboring)
+    else:
+        privacy.check_neighboring(neighboring, accountant=privacy.bound_accountant(accountant))
+    return Mechanism(
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        noise_multiplier=sigma,
+        accountant="pld" if user else privacy.bound_accountant(accountant),
+        neighboring=neighboring,
+        privacy_unit=privacy_unit,
+        user_sampling="els" if user else None,
+        max_examples_per_user=k if user else None,
+        comparison_accountant="edgeworth" if accountant == "edgeworth" and not user else None,
+    )
+
+
+def _run(mech) -> dict:
+    return dict(
+        noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=mech.steps, delta=mech.delta
+    )
 
 
 @app.command()
@@ -376,25 +309,15 @@ def calibrate(
     approximation of the epsilon at that sigma is shown beside it."""
     from workbench import privacy
 
-    comparison = None
-    run = dict(sample_rate=sample_rate, steps=steps, delta=delta)
     try:
-        if _user_level(privacy_unit):
-            from workbench.planning.plan import calibrate_els
-
-            accountant = "pld"
-            _els_relation(neighboring)
-            sigma = calibrate_els(target_epsilon=target_epsilon, **run, k=k)
-            eps = privacy.user_epsilon_els(noise_multiplier=sigma, **run, max_examples_per_user=k)
-        else:
-            bound = privacy.bound_accountant(accountant)
-            sigma = privacy.calibrate(target_epsilon=target_epsilon, **run, accountant=bound, neighboring=neighboring)
-            eps = privacy.epsilon(noise_multiplier=sigma, **run, accountant=bound, neighboring=neighboring)
-            if accountant == "edgeworth":
-                comparison = privacy.epsilon(noise_multiplier=sigma, **run, accountant="edgeworth")
-            accountant = bound
+        mech = _mechanism(None, sample_rate, steps, delta, accountant, privacy_unit, k, neighboring)
+        mech = mech.calibrated(target_epsilon)
+        eps, comparison = mech.epsilon(), mech.comparison_epsilon()
     except privacy.PrivacyError as err:
         _fail(str(err))
+    sigma, accountant = mech.noise_multiplier, mech.accountant
+    run = _run(mech)
+    del run["noise_multiplier"]
     out = dict(
         noise_multiplier=sigma,
         epsilon=eps,
@@ -620,12 +543,6 @@ def _data_sizes(cfg: RunConfig) -> tuple[int, int | None]:
 # -- runs --------------------------------------------------------------------------------------------
 
 
-def _store():
-    from workbench.store.runs import RunStore
-
-    return RunStore()
-
-
 def _get_run(store, run_id: str):
     from workbench.store.runs import RunNotFound
 
@@ -718,7 +635,7 @@ def runs_export(
             target = export_run(store, rec.id, directory, telemetry=with_telemetry, force=force)
         else:
             target = export_metrics(store, rec.id, directory, fmt)
-            from workbench.cli_sweeps import _telemetry_note
+            from workbench.cli.common import _telemetry_note
 
             _telemetry_note(fmt)
     except ExportError as err:
@@ -1099,7 +1016,9 @@ def app_cmd(
     launch(host=host, port=port, share=share, auth=auth, max_upload_mb=max_upload_mb, defaults=defaults)
 
 
-from workbench import cli_sweeps as _cli_sweeps  # noqa: E402,F401 - registers `sweep` and `compare` on the app
+from workbench.cli import sweeps as _sweeps  # noqa: E402 - `sweep` and `compare`
+
+_sweeps.register(app)
 
 
 def main() -> None:
