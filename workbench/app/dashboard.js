@@ -1,6 +1,7 @@
 // The Train tab's live dashboard (workbench/app/live.py): one stream of rows in, five uPlot charts,
 // the run header and the generations table out.  uPlot (workbench/app/vendor, MIT) draws every chart;
-// the heatmap's cells are painted in a uPlot draw hook over uPlot's own scales and axes.
+// the heatmap's cells are painted in a uPlot draw hook over uPlot's own scales and axes.  This script only
+// draws: the smoothed loss and the titles come computed from Python (workbench/present/live.py).
 (() => {
   if (window.__wbDashboard) return;
   const BLUE = "#1f77b4", ORANGE = "#ff7f0e", GREEN = "#2ca02c", RED = "#d62728", GREY = "#7f7f7f", PURPLE = "#9467bd";
@@ -14,16 +15,6 @@
     const c = VIRIDIS[i].map((a, k) => Math.round(a + f * (VIRIDIS[i + 1][k] - a)));
     return `rgb(${c[0]},${c[1]},${c[2]})`;
   };
-  // Bias-corrected exponential moving average, as workbench.present.series.ema.
-  function ema(ys) {
-    const n = ys.filter((y) => y != null).length, a = Math.min(0.3, Math.max(0.02, 10 / Math.max(n, 1)));
-    let acc = 0, w = 0;
-    return ys.map((y) => {
-      if (y == null) return null;
-      acc = (1 - a) * acc + a * y; w = (1 - a) * w + a;
-      return acc / w;
-    });
-  }
   const line = (label, stroke, extra = {}) => Object.assign({ label, stroke, width: 2, spanGaps: true, points: { show: false } }, extra);
   const bars = (label, fill, extra = {}) =>
     Object.assign({ label, fill, stroke: fill, width: 0, paths: uPlot.paths.bars({ size: [0.9, Infinity], ...(extra.bar || {}) }), points: { show: false } }, extra);
@@ -39,14 +30,6 @@
   const linearBounds = (r) => (r.started ? r.started.bins.map((e) => [e, e + 0.1]) : []);
   const linearLabels = (r) => (r.started ? r.started.bins.map((e, j, all) => (j === all.length - 1 ? `> ${e}` : `${e.toFixed(1)}–${(e + 0.1).toFixed(1)}`)) : []);
   const telemetry = (r) => (r.started && r.started.telemetry_note) || "";
-  // "Per-example gradient norms, step 7: median 0.8 C · 37% clipped · max 12 C" (as present.diagnostics.norm_title)
-  function normTitle(last, clip) {
-    const unit = clip ? " C" : "", parts = [];
-    if (last.median != null) parts.push(`median ${fmt(last.median, 2)}${unit}`);
-    if (last.clipped != null) parts.push(`${Math.round(100 * last.clipped)}% clipped`);
-    if (last.max != null) parts.push(`max ${fmt(clip ? last.max / clip : last.max, 2)}${unit}`);
-    return `Per-example gradient norms, step ${last.step}` + (parts.length ? ": " + parts.join(" · ") : "");
-  }
 
   // Each chart: the uPlot options, and data(rows) -> [x, y1, ...] (plus the title and a note when empty).
   const CHARTS = {
@@ -60,8 +43,8 @@
         const steps = new Map(r.steps.map((s) => [s.step, s.loss]));
         const evals = new Map(r.evals.map((e) => [e.step, e.val_loss]));
         const x = [...new Set([...steps.keys(), ...evals.keys()])].sort((a, b) => a - b);
-        const loss = x.map((s) => (steps.has(s) ? steps.get(s) : null));
-        return { title: "Loss", data: [x, loss, ema(loss), x.map((s) => (evals.has(s) ? evals.get(s) : null))], note: x.length ? "" : "no steps yet" };
+        const get = (m) => x.map((s) => (m.has(s) ? m.get(s) : null));
+        return { title: "Loss", data: [x, get(steps), get(r.smoothed), get(evals)], note: x.length ? "" : "no steps yet" };
       },
     },
     "epsilon-plot": {
@@ -111,9 +94,8 @@
         const x = bounds.map(([lo, hi]) => (lo + hi) / 2), cut = log ? 0 : 1;
         const counts = ((last && (log ? last.loghist : last.hist)) || bounds.map(() => 0)).slice(0, bounds.length);
         const total = counts.reduce((a, b) => a + b, 0);
-        const title = last && total ? normTitle(last, r.started && r.started.clip) : "Per-example gradient norms";
         return {
-          title,
+          title: last ? last.norm_title : "Per-example gradient norms",
           layout: log ? "log" : "linear",
           caption: telemetry(r),
           data: [x, counts.map((c, i) => (bounds[i][0] < cut - 1e-9 ? c : null)), counts.map((c, i) => (bounds[i][0] >= cut - 1e-9 ? c : null))],
@@ -171,15 +153,12 @@
         const m = (host.__wbModules = r.modules);
         host.__wbNames = m ? m.short : [];
         const snr = m ? (m.snr || m.names.map(() => null)).map((v) => (v != null && v > 0 ? Math.log10(v) : null)) : [];
-        const shown = m ? (m.snr || []).filter((v) => v != null && v > 0).sort((a, b) => a - b) : [], n = shown.length;
-        let title = "Signal to noise per LoRA module" + (m ? `, step ${m.step}` : "");
-        if (n) title += `: median SNR ${fmt((shown[Math.floor((n - 1) / 2)] + shown[Math.ceil((n - 1) / 2)]) / 2, 2)}`;
         const noNoise = m && !m.noise.some((v) => v > 0);
         return {
-          title,
+          title: m ? m.title : "Signal to noise per LoRA module",
           caption: telemetry(r),
           data: m ? [m.short.map((_, i) => i), snr, m.noise] : [[], [], []],
-          note: !m ? "no steps yet" : shown.length ? "" : noNoise ? "SNR: non-private run, no noise" : "SNR: no module sizes (a run stored before)",
+          note: !m ? "no steps yet" : snr.some((v) => v != null) ? "" : noNoise ? "SNR: non-private run, no noise" : "SNR: no module sizes (a run stored before)",
         };
       },
     },
@@ -262,12 +241,25 @@
     out.textContent = `step ${heat.x[i]} · norm ${heat.labels[j] || ""} C · ${Math.round(100 * heat.frac[i][j])}% of batch`;
   }
 
-  function mount(element, streamUrl) {
+  // The stream's key from Gradio's API (workbench/app/live.py, stream_key_api), which answers logged-in pages
+  // only: POST <root>/gradio_api/call/NAME, then GET .../NAME/EVENT_ID ("event: complete", "data: [key]").
+  async function fetchKey(url) {
+    const call = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: '{"data":[]}' });
+    if (!call.ok) throw new Error(`stream key: HTTP ${call.status}`);
+    const { event_id: id } = await call.json();
+    const text = await (await fetch(`${url}/${id}`)).text();
+    const data = /event: complete\r?\ndata: (.*)/.exec(text);
+    if (!data) throw new Error(`stream key: ${text.slice(0, 200)}`);
+    return JSON.parse(data[1])[0];
+  }
+
+  function mount(element, streamUrl, keyUrl) {
     const state = { run: undefined, follow: true, seq: 0, nonce: null, rows: empty() };
     const charts = {};  // id -> { host, plot, dirty, visible, zoomed }
-    let source = null, retry = null, timer = null, lastDraw = 0;
+    let source = null, retry = null, timer = null, lastDraw = 0, key = null, keyCall = null, epoch = 0;
 
-    function empty() { return { started: null, steps: [], evals: [], modules: null }; }
+    // smoothed: step -> smoothed train loss, as the server sends it (present.live.smoothed_loss)
+    function empty() { return { started: null, steps: [], evals: [], modules: null, smoothed: new Map() }; }
     for (const id of Object.keys(CHARTS)) {
       const host = element.querySelector("#" + id);
       const title = document.createElement("div"), note = document.createElement("div"), readout = document.createElement("div");
@@ -344,6 +336,10 @@
       const r = state.rows;
       if (update.started) r.started = update.started;
       if (update.steps.length) r.steps.push(...update.steps);
+      if (update.smoothed) {
+        if (update.smoothed.reset) r.smoothed.clear();
+        for (const [step, value] of update.smoothed.points) r.smoothed.set(step, value);
+      }
       if (update.modules) r.modules = update.modules;
       if (update.evals.length) { r.evals.push(...update.evals); generations(); }
       if (update.reset && !update.evals.length) generations();
@@ -353,15 +349,25 @@
       element.dataset.status = update.status || "";
     }
 
+    function later() { clearTimeout(retry); retry = setTimeout(() => { retry = null; connect(); }, 1000); }
     function connect() {
       if (source || document.hidden) return;  // a hidden tab holds no stream (browsers allow 6 per host)
-      const params = new URLSearchParams({ run: state.run || "", after: String(state.seq), follow: state.follow ? "1" : "0" });
+      const mine = epoch;
+      if (!key) {  // first the key (once per page, again after a stream that never opened)
+        keyCall = keyCall || fetchKey(keyUrl).finally(() => { keyCall = null; });
+        keyCall.then((k) => { key = k; if (mine === epoch) connect(); }, () => { if (mine === epoch) later(); });
+        return;
+      }
+      const params = new URLSearchParams({ run: state.run || "", after: String(state.seq), follow: state.follow ? "1" : "0", key });
+      const opened = { yes: false };
       source = new EventSource(streamUrl + "?" + params);
+      source.onopen = () => { opened.yes = true; };
       source.addEventListener("update", (event) => apply(JSON.parse(event.data)));
       // the stream ended (its bound, or the server restarts): the next one, from the rows the page holds
-      source.onerror = () => { close(); retry = setTimeout(() => { retry = null; connect(); }, 1000); };
+      source.onerror = () => { close(); if (!opened.yes) key = null; later(); };
     }
     function close() {
+      epoch++;
       if (source) source.close();
       source = null;
       clearTimeout(retry); retry = null;

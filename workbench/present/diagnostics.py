@@ -3,7 +3,7 @@
 - ``TELEMETRY_NOTE``: the caption of every chart computed from the private data without noise (per-example
   gradient norms, the clean per-module norms): they are not covered by epsilon.
 - The log-scale norm bins (``GRAD_NORM_LOG_BIN_EDGES``, units of C) as positions on a log10 axis, and their labels.
-- ``norm_title``: "…, step N: median 0.8 C · 37% clipped · max 12 C".
+- ``norm_title``: "…, step N: median 0.8 C · 37% clipped · max 12 C"; ``snr_title``: "…, step N: median SNR 0.4".
 - ``signal_to_noise``: per LoRA module, the norm of the clipped sum ||S_l|| against the expected norm of the noise
   added to it, sqrt(d_l) * sigma_l * C_l (the same units), and their ratio.
 - ``baseline_text``: the run's validation metric beside the untuned model's and the majority class's.
@@ -63,6 +63,23 @@ def norm_title(
     if max_norm is not None and math.isfinite(max_norm):
         parts.append(f"max {fmt_ratio(max_norm / clip if clip else max_norm)}{unit}")
     return f"Per-example gradient norms, step {step}" + (": " + " · ".join(parts) if parts else "")
+
+
+SNR_TITLE = "Signal to noise per LoRA module"
+
+
+def snr_title(step: int, snr: Sequence[float | None]) -> str:
+    """'Signal to noise per LoRA module, step 7: median SNR 0.4': the median over the modules with a ratio
+    (``signal_to_noise``'s ``snr``; None where unknown), or no median when none has one.
+
+    >>> snr_title(7, [0.1, None, 0.4, 2.0])
+    'Signal to noise per LoRA module, step 7: median SNR 0.4'
+    """
+    shown = sorted(v for v in snr if v is not None and math.isfinite(v) and v > 0)
+    if not shown:
+        return f"{SNR_TITLE}, step {step}"
+    n = len(shown)
+    return f"{SNR_TITLE}, step {step}: median SNR {fmt_ratio((shown[(n - 1) // 2] + shown[n // 2]) / 2)}"
 
 
 def signal_to_noise(step: StepMetrics, dims: Mapping[str, int] | None) -> dict[str, list[Any]]:

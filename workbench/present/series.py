@@ -42,8 +42,18 @@ def finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[np.ndarray, np.nda
     return x[keep], y[keep]
 
 
+def ema_alpha(n: int) -> float:
+    """The smoothing factor ``ema`` uses for ``n`` points unless told: about 10 / n, within [0.02, 0.3].  The live
+    view (present/live.py) resends a run's smoothed loss when this changes with the number of points.
+
+    >>> ema_alpha(10), ema_alpha(100), ema_alpha(10_000)
+    (0.3, 0.1, 0.02)
+    """
+    return min(0.3, max(0.02, 10.0 / max(n, 1)))
+
+
 def ema(ys: Sequence[float], *, alpha: float | None = None) -> np.ndarray:
-    """Exponential moving average, bias-corrected; alpha defaults to about 10 / len(ys).
+    """Exponential moving average, bias-corrected; alpha defaults to about 10 / len(ys) (``ema_alpha``).
 
     >>> ema([1.0, 1.0, 4.0], alpha=0.5).round(3).tolist()
     [1.0, 1.0, 2.714]
@@ -53,7 +63,7 @@ def ema(ys: Sequence[float], *, alpha: float | None = None) -> np.ndarray:
     y = np.asarray(ys, dtype=float)
     if len(y) == 0:
         return y
-    a = alpha if alpha is not None else min(0.3, max(0.02, 10.0 / len(y)))
+    a = alpha if alpha is not None else ema_alpha(len(y))
     # acc_t = (1 - a) acc_{t-1} + a y_t, divided by the same recursion over ones (bias correction)
     acc = lfilter([a], [1.0, a - 1.0], y)
     weight = lfilter([a], [1.0, a - 1.0], np.ones_like(y))
