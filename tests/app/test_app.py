@@ -267,19 +267,6 @@ def test_store_version_changes_exactly_when_a_run_does(_workbench_home):
     assert store.version() == empty  # the same runs (none): the same token
 
 
-def test_served_app_quiets_gradios_idle_queue_polling(_workbench_home):
-    from workbench.app import QUEUE_IDLE_POLL_S, QUEUE_PROGRESS_POLL_S, build_app, serve
-
-    app = build_app(RunStore(_workbench_home), defaults={"model": "tiny"})
-    assert app._queue.sleep_when_free < QUEUE_IDLE_POLL_S  # Gradio's own: 1 ms
-    try:
-        serve(app, port=free_port(), block=False, quiet=True)
-        assert app._queue.sleep_when_free == QUEUE_IDLE_POLL_S
-        assert app._queue.progress_update_sleep_when_free == QUEUE_PROGRESS_POLL_S
-    finally:
-        app.close()
-
-
 def test_a_plan_error_is_shown_under_the_row_of_the_field_it_names(ctx):
     rows = list(plan_tab.ERROR_ROWS)
     for changes, row in [

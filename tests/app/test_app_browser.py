@@ -488,3 +488,40 @@ def test_typing_into_each_plan_field_updates_the_plan_without_enter_or_blur(app_
         claimed = re.search(r"ε = (\S+) over", e["text"])
         assert claimed is None or claimed.group(1) == e["eps"], e
     shot(page, "plan_typed")
+
+
+def test_a_logged_in_page_streams_the_run_and_draws_what_python_computed(_workbench_home, browser):
+    """With a login (``workbench app --auth``): Gradio's login page, then the dashboard's stream, whose key the
+    page gets from Gradio's API (workbench/app/live.py), draws a stored run with the smoothed loss and the titles
+    that present/live.py computed: dashboard.js only draws."""
+    from factories import fake_run, free_port
+
+    from workbench.app import build_app, serve
+    from workbench.present.live import rows
+    from workbench.store.runs import RunStore
+
+    run_id = "20250101-000000-aaaaaa"
+    store = RunStore(_workbench_home)
+    fake_run(store, run_id, steps=40)
+    app = build_app(store, defaults={"model": "tiny"})
+    _, url, _ = serve(app, port=free_port(), block=False, quiet=True, auth="ann:secret")
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.locator("input[type=password]").wait_for(timeout=WAIT)
+        page.locator("input:not([type=password])").first.fill("ann")
+        page.locator("input[type=password]").fill("secret")
+        page.get_by_role("button", name=re.compile("log ?in", re.I)).click()
+        page.get_by_role("tab", name="Train").click()
+        wait_text(page, "#run-header", run_id)
+        sent = rows(store.events(run_id))
+        for panel in ("loss-plot", "hist-plot", "noise-plot"):
+            page.locator(f"#{panel}").scroll_into_view_if_needed()
+            drawn = f"() => Number(document.getElementById('{panel}').dataset.draws || 0) > 0"
+            page.wait_for_function(drawn, timeout=WAIT)
+        page.wait_for_function(f"() => ({POINTS_JS})(['loss-plot', 1]) == 40", timeout=WAIT)  # the smoothed line
+        assert points(page, "loss-plot", 0) == 40
+        sync_api.expect(page.locator("#hist-plot .wb-chart-title")).to_have_text(sent["steps"][-1]["norm_title"])
+        sync_api.expect(page.locator("#noise-plot .wb-chart-title")).to_have_text(sent["modules"]["title"])
+    finally:
+        app.close()

@@ -4,18 +4,21 @@ test_app_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
 import time
 
 import pytest
-from factories import evaluation, fake_run, free_port, started, step
+from factories import MODULES, evaluation, fake_run, free_port, started, step
 
-from workbench.app.live import STATIC, STATIC_PREFIX, STREAM_PATH, followed, selection_value, update
+from workbench.app.live import KEY_PATH, STATIC, STATIC_PREFIX, STREAM_PATH, followed, selection_value, update
 from workbench.app.state import AppContext, Selection
 from workbench.events import RunEnded
-from workbench.present.live import BIN_EDGES, rows
+from workbench.present.diagnostics import norm_title, signal_to_noise, snr_title
+from workbench.present.live import BIN_EDGES, NORM_TITLE, rows, smoothed_loss
+from workbench.present.series import ema
 from workbench.store.runs import RunStore
 
 pytest.importorskip("gradio")
@@ -40,6 +43,52 @@ def test_rows_carry_every_step_and_evaluation_as_plain_numbers():
     assert out["modules"]["short"] == ["layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj", "layers.1.v_proj"]
     json.dumps(out, allow_nan=False)  # valid JSON as it stands
     assert rows([])["seq"] == 0 and rows([])["steps"] == []
+
+
+def test_rows_carry_the_smoothed_loss_and_the_titles_computed_in_python():
+    """The page only draws (workbench/app/dashboard.js): the smoothed train loss is present.series.ema's over the
+    finite losses, the histogram's title present.diagnostics.norm_title's, the module panel's snr_title's."""
+    first = dataclasses.replace(started("r1", steps=60), module_dims={m: 4 for m in MODULES})
+    losses = [3.0, 2.5, math.nan, 2.0, 2.2]
+    events = [(1, first)] + [(k + 1, step(k, loss=loss)) for k, loss in enumerate(losses, start=1)]
+    out = rows(events)
+    finite = [(k, loss) for k, loss in enumerate(losses, start=1) if math.isfinite(loss)]
+    assert out["smoothed"]["reset"] and [p[0] for p in out["smoothed"]["points"]] == [1, 2, 4, 5]  # no NaN
+    assert [p[1] for p in out["smoothed"]["points"]] == pytest.approx(ema([loss for _, loss in finite]).tolist())
+    assert out["steps"][-1]["norm_title"] == norm_title(5, median=None, clipped=0.25, max_norm=1.3, clip=1.0)
+    assert out["steps"][-1]["norm_title"] == "Per-example gradient norms, step 5: 25% clipped · max 1.3 C"
+    assert out["modules"]["title"] == snr_title(5, signal_to_noise(events[-1][1], first.module_dims)["snr"])
+    assert out["modules"]["title"].startswith("Signal to noise per LoRA module, step 5: median SNR ")
+    empty = dataclasses.replace(step(6), grad_norm_hist=[0] * len(BIN_EDGES))  # an empty Poisson batch
+    assert rows([(7, empty)], started=first)["steps"][0]["norm_title"] == NORM_TITLE
+    no_sizes = rows([(1, started("r1")), (2, step(1))])["modules"]  # a run stored before the sizes: no SNR
+    assert no_sizes["title"] == snr_title(1, [None]) == "Signal to noise per LoRA module, step 1"
+    json.dumps(out, allow_nan=False)
+
+
+def test_the_smoothed_loss_is_sent_whole_again_only_when_its_factor_changes():
+    steps = [step(k, loss=1.0 + k % 3) for k in range(1, 41)]
+    losses = [s.loss for s in steps]
+    # up to 33 losses ema's factor is 0.3 throughout: a page holding 20 steps gets the 10 new values only
+    part = smoothed_loss(steps[:20], steps[20:30])
+    assert not part["reset"] and [p[0] for p in part["points"]] == list(range(21, 31))
+    assert [p[1] for p in part["points"]] == pytest.approx(ema(losses[:30])[20:].tolist())
+    # from 34 losses on, each new one changes the factor (about 10 / n): every value again
+    whole = smoothed_loss(steps[:35], steps[35:36])
+    assert whole["reset"] and [p[0] for p in whole["points"]] == list(range(1, 37))
+    assert [p[1] for p in whole["points"]] == pytest.approx(ema(losses[:36]).tolist())
+    assert smoothed_loss(steps, []) is None and smoothed_loss(steps, [step(41, loss=math.nan)]) is None
+
+
+def test_update_smooths_the_loss_over_the_steps_the_page_holds(ctx):
+    fake_run(ctx.store, A, steps=3, finished=False)
+    first = update(ctx, A, after=0, follow=True)
+    assert first["smoothed"]["reset"] and [p[0] for p in first["smoothed"]["points"]] == [1, 2, 3]
+    ctx.store.append(step(4, A))
+    more = update(ctx, A, after=first["seq"], follow=True)
+    assert not more["smoothed"]["reset"] and [p[0] for p in more["smoothed"]["points"]] == [4]
+    assert more["smoothed"]["points"][0][1] == pytest.approx(ema([2.0 / k for k in range(1, 5)])[-1])
+    assert update(ctx, A, after=more["seq"], follow=True)["smoothed"] is None  # nothing new
 
 
 def test_a_following_page_moves_to_the_newest_active_run_and_a_pinned_one_stays(ctx):
@@ -155,15 +204,36 @@ def test_the_stream_sends_each_new_step_once_and_follows_the_run_to_its_end(serv
     assert "uPlot" in requests.get(url + STATIC_PREFIX + "uPlot.iife.min.js", timeout=10).text[:3000]
 
 
+def _stream_key(session, url: str) -> requests.Response | str:
+    """The stream's key as the page gets it: from Gradio's API (POST, then GET the event's result); the
+    refusal when Gradio refuses the call."""
+    call = session.post(url + KEY_PATH, json={"data": []}, timeout=10)
+    if not call.ok:
+        return call
+    result = session.get(f"{url}{KEY_PATH}/{call.json()['event_id']}", timeout=10).text
+    return json.loads(result.split("data: ", 1)[1].splitlines()[0])[0]
+
+
 def test_the_stream_needs_the_login_when_auth_is_set(served):
+    """With a login, the stream wants the key that Gradio's API hands to logged-in clients only
+    (workbench/app/live.py: no reading of Gradio's cookies or tokens)."""
     store, start = served
     fake_run(store, A, steps=1)
     url = start(auth="ann:secret")
     assert requests.get(url + STREAM_PATH, params={"run": A}, timeout=10).status_code == 401
+    assert _stream_key(requests, url).status_code == 401  # Gradio's API: not without the login
     with requests.Session() as s:
         assert s.post(url + "/login", data={"username": "ann", "password": "secret"}, timeout=10).ok
-        with s.get(url + STREAM_PATH, params={"run": A}, stream=True, timeout=30) as answer:
+        key = _stream_key(s, url)
+        assert isinstance(key, str) and len(key) >= 32
+        assert s.get(url + STREAM_PATH, params={"run": A}, timeout=10).status_code == 401  # the login alone: no
+        assert s.get(url + STREAM_PATH, params={"run": A, "key": key[:-1] + "x"}, timeout=10).status_code == 401
+        with s.get(url + STREAM_PATH, params={"run": A, "key": key}, stream=True, timeout=30) as answer:
             assert answer.status_code == 200 and _events(answer, 1)[0]["run"] == A
+    # the key works from another client too (it is the login's proof, not a cookie), and static files need none
+    with requests.get(url + STREAM_PATH, params={"run": A, "key": key}, stream=True, timeout=30) as answer:
+        assert answer.status_code == 200
+    assert requests.get(url + STATIC_PREFIX + "dashboard.js", timeout=10).status_code == 200
 
 
 def test_the_frame_patch_is_first_in_the_page_and_gradios_module_still_asks_for_frames(served):

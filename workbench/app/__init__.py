@@ -36,7 +36,7 @@ def build_app(
     from workbench.app import sweep_panel
     from workbench.app import train as train_tab
     from workbench.app.forms import PLAN_FIELDS, TRAIN_FIELDS
-    from workbench.app.live import SHOW_TRAIN_JS, selection_value
+    from workbench.app.live import SHOW_TRAIN_JS, selection_value, stream_key_api
     from workbench.app.state import AppContext, Selection
     from workbench.config import RunConfig
     from workbench.store.runs import RunStore
@@ -87,32 +87,11 @@ def build_app(
             api_visibility="private",
             show_progress="hidden",
         )
+        stream_key_api(ctx)  # the live stream's key, for logged-in pages (workbench/app/live.py)
     app.workbench = ctx
     app.poll_seconds = poll_seconds or float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or train_tab.POLL_SECONDS)
     app.max_upload_mb = max_upload_mb
     return app
-
-
-# How often Gradio's queue looks for work when it has none, in seconds.  Gradio 6.31 polls every
-# 1 ms for new events and every 10 ms for progress updates (queueing.Queue.sleep_when_free and
-# progress_update_sleep_when_free): about 1,100 wake-ups a second on the event-loop thread of the
-# app process, which is also the process that trains.  Measured on an idle app with no page open:
-# 0.068 CPU-s/s, and 0.009 with these values.  Each wake-up also takes the GIL from the training
-# thread.  At 50 ms an event waits at most 50 ms longer to start, and the queue position Gradio
-# shows is sent at 4 Hz.  Gradio has no setting for either, so the app sets the queue's attributes.
-QUEUE_IDLE_POLL_S = 0.05
-QUEUE_PROGRESS_POLL_S = 0.25
-
-
-def quiet_queue(app) -> None:
-    """Slow Gradio's idle queue polling to QUEUE_IDLE_POLL_S / QUEUE_PROGRESS_POLL_S (see above)."""
-    queue = getattr(app, "_queue", None)
-    for name, seconds in (
-        ("sleep_when_free", QUEUE_IDLE_POLL_S),
-        ("progress_update_sleep_when_free", QUEUE_PROGRESS_POLL_S),
-    ):
-        if hasattr(queue, name):  # a Gradio release without it: nothing to do
-            setattr(queue, name, max(getattr(queue, name), seconds))
 
 
 def serve(
@@ -125,14 +104,15 @@ def serve(
     block: bool = True,
     quiet: bool = False,
 ):
-    """Launch a built app with the workbench's safety settings; returns (fastapi app, local url, share url)."""
+    """Launch a built app with the workbench's safety settings; returns (fastapi app, local url, share url).
+    Only ``launch()``'s documented parameters: the live stream's routes go to Gradio's FastAPI app through
+    ``app_kwargs`` (workbench/app/live.py), behind the login when ``auth`` is set."""
     from starlette.middleware import Middleware
 
     from workbench.app import frames, live
     from workbench.app.common import CSS
 
     ctx = app.workbench
-    quiet_queue(app)
     credentials = tuple(auth.split(":", 1)) if auth else None
     home = Path(ctx.store.home)
     return app.launch(
@@ -154,8 +134,8 @@ def serve(
         # the live dashboard's stream and static files (workbench/app/live.py); Gradio's idle frame loop
         # slowed (workbench/app/frames.py)
         app_kwargs={
-            "middleware": [Middleware(live.LiveMiddleware, poll_seconds=app.poll_seconds, **live.bind(ctx))]
-            + ([Middleware(frames.FramePatchMiddleware)] if frames.enabled() else [])
+            "routes": live.router(ctx, poll_seconds=app.poll_seconds, login=credentials is not None).routes,
+            "middleware": [Middleware(frames.FramePatchMiddleware)] if frames.enabled() else [],
         },
     )
 

@@ -5,10 +5,12 @@
 
 - **The page** holds one ``gr.HTML`` (``dashboard()``): the run header, five charts and the
   generations table.  Its value says which run to show (``selection_value``): the Start button,
-  the Runs tab's "Open dashboard" and page load set it.  Its script (dashboard.js) opens one
-  ``EventSource`` on ``<root>/workbench/stream?run=ID&after=SEQ&follow=0|1`` and appends what comes
-  down to its charts, redrawn at most 4 times a second and only when on screen.  Hover (the legend
-  follows the pointer), drag-to-zoom (double-click resets) and the finished-run view are uPlot's.
+  the Runs tab's "Open dashboard" and page load set it.  Its script (dashboard.js) asks Gradio's API
+  for the stream's key once (``KEY_API``), opens one ``EventSource`` on
+  ``<root>/workbench/stream?run=ID&after=SEQ&follow=0|1&key=KEY`` and draws what comes down: the
+  rows carry the smoothed loss and the titles computed in Python (``present.live``), so the script
+  only draws, at most 4 times a second and only the charts on screen.  Hover (the legend follows the
+  pointer), drag-to-zoom (double-click resets) and the finished-run view are uPlot's.
 - **The server** answers each stream from the store: every time ``RunStore.version()`` changes
   (read once per ``poll_seconds`` for all open streams) it sends an ``update`` event with the rows
   after the page's sequence number (``present.live.rows``), the run's status and header.  A page
@@ -16,6 +18,12 @@
   active run when its own run has ended (``reset``).  No Gradio event runs while a run trains:
   each Gradio event re-sends every output component's state, which cost a watching browser
   0.15 CPU-s/s before anything was drawn (measured when this path was first built).
+- **Mounting and login, on Gradio's public surface.**  The stream and the static files are FastAPI
+  routes (``router``) that ``serve`` hands to ``Blocks.launch(app_kwargs={"routes": ...})``, Gradio's
+  documented way to configure its FastAPI app (the same routes fit a FastAPI app that mounts the
+  workbench with ``gr.mount_gradio_app``).  With a login, the stream asks for a key that only Gradio's
+  API hands out (``stream_key_api``, a ``gr.api`` endpoint): Gradio serves its API to logged-in
+  clients only, so the workbench never reads Gradio's cookies or tokens.
 
 Why uPlot: a canvas chart library built for streaming time series (about 50 kB), maintained, MIT
 licensed; Plotly re-lays out an SVG document at every update (0.28 CPU-s a step for the five
@@ -29,20 +37,23 @@ import asyncio
 import functools
 import itertools
 import json
+import secrets
 import time
 from importlib.resources import files
-from typing import Any
-from urllib.parse import parse_qs
 
 from workbench.app.state import AppContext, Selection
 
 STREAM_PATH = "/workbench/stream"
 STATIC_PREFIX = "/workbench/static/"
 STATIC = {  # served from the package: the vendored chart library and the page's dashboard script
-    "uPlot.iife.min.js": ("vendor/uPlot.iife.min.js", b"text/javascript; charset=utf-8"),
-    "uPlot.min.css": ("vendor/uPlot.min.css", b"text/css; charset=utf-8"),
-    "dashboard.js": ("dashboard.js", b"text/javascript; charset=utf-8"),
+    "uPlot.iife.min.js": ("vendor/uPlot.iife.min.js", "text/javascript; charset=utf-8"),
+    "uPlot.min.css": ("vendor/uPlot.min.css", "text/css; charset=utf-8"),
+    "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
 }
+# The Gradio API endpoint that hands a page the stream's key (``stream_key_api``), and where Gradio serves
+# it: POST <root>/gradio_api/call/NAME, then GET .../NAME/EVENT_ID (Gradio's documented REST API).
+KEY_API = "workbench_stream_key"
+KEY_PATH = "/gradio_api/call/" + KEY_API
 # The longest one stream stays open; then the page opens the next with the sequence number it holds
 # (a server that shuts down, or a proxy, never waits on a stream for longer).
 STREAM_S = 300.0
@@ -81,7 +92,7 @@ function load(src, css) {
 }
 const ready = Promise.all([load(__PREFIX__ + "uPlot.min.css", true), load(__PREFIX__ + "uPlot.iife.min.js")])
   .then(() => load(__PREFIX__ + "dashboard.js"))
-  .then(() => window.__wbDashboard.mount(element, root + __STREAM__));
+  .then(() => window.__wbDashboard.mount(element, root + __STREAM__, root + __KEY__));
 ready.then((dash) => dash.select(props.value)).catch((err) => console.error("workbench: dashboard did not load", err));
 watch("value", () => ready.then((dash) => dash.select(props.value)));
 """
@@ -95,6 +106,7 @@ def dashboard(elem_id: str = "live-dashboard"):
         LOAD_JS.replace("__ROOT__", ROOT_JS)
         .replace("__PREFIX__", json.dumps(STATIC_PREFIX))
         .replace("__STREAM__", json.dumps(STREAM_PATH))
+        .replace("__KEY__", json.dumps(KEY_PATH))
     )
     return gr.HTML(value=None, html_template=TEMPLATE, js_on_load=js, elem_id=elem_id, show_label=False, padding=False)
 
@@ -147,7 +159,9 @@ def followed(ctx: AppContext, run_id: str | None, follow: bool) -> str | None:
 def update(ctx: AppContext, run_id: str | None, *, after: int, follow: bool, now: float | None = None) -> dict:
     """One ``update`` event for a page showing ``run_id`` up to event ``after``: the run it should show
     (``reset`` when that is another run: the rows start again from its first event), its status and
-    header, and the rows after the page's (``present.live.rows``)."""
+    header, and the rows after the page's (``present.live.rows``, with the smoothed loss over the steps
+    the page holds and the new ones)."""
+    from workbench.events import StepMetrics
     from workbench.present.live import rows
     from workbench.store.runs import RunNotFound
 
@@ -168,12 +182,23 @@ def update(ctx: AppContext, run_id: str | None, *, after: int, follow: bool, now
             "header": _message_header(f"Run {shown} was deleted."),
             **rows(()),
         }
-    view = ctx.views.get(shown)
+    events = list(ctx.store.events(shown, after_seq=after))
+    view = ctx.views.get(shown)  # read after the events: it holds each of them, and perhaps newer ones
+    first = next((e.step for _, e in events if isinstance(e, StepMetrics)), None)
+    earlier = _steps_before(view.steps, first) if after and first is not None else ()
     as_of = view.latest_step.time if view.latest_step is not None and record.status == "running" else now or time.time()
-    out = rows(ctx.store.events(shown, after_seq=after), started=view.started)
+    out = rows(events, started=view.started, earlier=earlier)
     out["seq"] = max(out["seq"], after)
     header = header_html(view, record.status, record.reason, now=as_of)
     return {"run": shown, "reset": reset, "status": record.status, "header": header, **out}
+
+
+def _steps_before(steps: list, step: int) -> list:
+    """The steps of a run's view before its latest step numbered ``step`` (the first one a page lacks)."""
+    for i in range(len(steps) - 1, -1, -1):
+        if steps[i].step == step:
+            return steps[:i]
+    return list(steps)
 
 
 def _message_header(message: str) -> str:
@@ -291,81 +316,87 @@ def _epsilon_sentence(view, epsilon: float | None) -> str:
 # -- the server side -------------------------------------------------------------------------------
 
 
-class LiveMiddleware:
-    """ASGI middleware over the Gradio app: the stream endpoint and the static files of the live path
-    (behind the app's login when ``--auth`` is set).  ``update(run, after=, follow=)`` makes one event
-    (``update`` above, bound to the app's context); ``version()`` is the store's change token."""
+def stream_key_api(ctx: AppContext) -> None:
+    """Inside the app's ``gr.Blocks``: the Gradio API endpoint ``KEY_API`` that hands a page the stream's key
+    (``ctx.stream_key``).  Gradio answers its API only to a client it has let in (the login of ``launch(auth=...)``,
+    or an ``auth_dependency``), so holding the key is holding a login; the stream asks for it when the app has one."""
+    import gradio as gr
 
-    def __init__(self, app, *, update, version, poll_seconds: float) -> None:
-        self.app = app
-        self.update = update
-        self.watch = VersionWatch(version, poll_seconds)
+    def stream_key() -> str:
+        """The key of the Train tab's live stream (workbench/app/live.py)."""
+        return ctx.stream_key
 
-    async def __call__(self, scope, receive, send):
-        path = scope.get("path", "") if scope["type"] == "http" and scope.get("method") == "GET" else ""
-        root = scope.get("root_path", "").rstrip("/")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        if path == STREAM_PATH:
-            await self._stream(scope, receive, send)
-        elif path.startswith(STATIC_PREFIX) and path[len(STATIC_PREFIX) :] in STATIC:
-            await _static(send, *STATIC[path[len(STATIC_PREFIX) :]])
-        else:
-            await self.app(scope, receive, send)
+    gr.api(stream_key, api_name=KEY_API, api_visibility="undocumented", concurrency_limit=None)
 
-    async def _stream(self, scope, receive, send) -> None:
-        """``?run=ID&after=SEQ&follow=0|1``: an ``update`` event at once, then one each time the store
+
+def router(ctx: AppContext, *, poll_seconds: float, login: bool):
+    """The live path's routes (a FastAPI ``APIRouter``): the stream and its static files.  ``serve`` hands them
+    to Gradio's FastAPI app through ``launch(app_kwargs={"routes": ...})``; a FastAPI app that mounts the
+    workbench with ``gr.mount_gradio_app`` can ``include_router`` them.  ``login``: the stream asks for the key
+    of ``stream_key_api`` (set it when the app has a login); ``poll_seconds``: how often the store's version is
+    read for all open streams."""
+    from fastapi import APIRouter
+    from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+    watch = VersionWatch(ctx.store.version, poll_seconds)
+    bound = functools.partial(update, ctx)
+
+    async def stream(request):
+        """``?run=ID&after=SEQ&follow=0|1&key=KEY``: an ``update`` event at once, then one each time the store
         changes and the page's run has something new; ends after STREAM_S (the page reconnects)."""
-        import anyio
-
-        if not await _logged_in(scope):
-            await _respond(send, 401, b"log in first")
-            return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = request.query_params
+        if login and not secrets.compare_digest(query.get("key", "").encode(), ctx.stream_key.encode()):
+            return PlainTextResponse("log in first", status_code=401, headers={"cache-control": "no-store"})
         try:
-            run = query.get("run", [""])[0] or None
-            after = int(query.get("after", ["0"])[0])
-            follow = query.get("follow", ["1"])[0] not in ("0", "false")
+            run = query.get("run") or None
+            after = int(query.get("after", "0"))
+            follow = query.get("follow", "1") not in ("0", "false")
         except ValueError:
-            await _respond(send, 400, b"expected ?run=ID&after=SEQ&follow=0|1")
-            return
-        headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-store"),
-            (b"x-accel-buffering", b"no"),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        gone = asyncio.ensure_future(_disconnected(receive))
-        end = time.monotonic() + STREAM_S
-        since, last_state = None, None
-        try:
-            while not gone.done() and time.monotonic() < end:
-                version = await self.watch.read(max_age=self.watch.period / 2)
-                if version == since:
-                    version = await self.watch.changed(since, min(KEEPALIVE_S, max(end - time.monotonic(), 0)), gone)
-                    if version is None:
-                        break  # the page went away
-                    if version == since:
-                        await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
-                        continue
-                since = version
-                event = await anyio.to_thread.run_sync(lambda: self.update(run, after=after, follow=follow))
-                state = (event["run"], event["status"], event["header"])
-                if event["reset"] or event["seq"] > after or state != last_state:
-                    data = json.dumps(event, separators=(",", ":"))
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": f"event: update\ndata: {data}\n\n".encode(),
-                            "more_body": True,
-                        }
-                    )
-                    run, after, last_state = event["run"], event["seq"], state
-            await send({"type": "http.response.body", "body": b""})
-        except OSError:
-            pass  # the connection went away while writing
-        finally:
-            gone.cancel()
+            return PlainTextResponse(
+                "expected ?run=ID&after=SEQ&follow=0|1", status_code=400, headers={"cache-control": "no-store"}
+            )
+        return StreamingResponse(
+            _updates(bound, watch, run, after=after, follow=follow),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+    async def static(request):
+        """A file of the live path from the package (public library code: no login needed)."""
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return PlainTextResponse("not found", status_code=404)
+        path, media_type = STATIC[name]
+        if path not in _STATIC_CACHE:
+            _STATIC_CACHE[path] = files("workbench.app").joinpath(path).read_bytes()
+        return Response(_STATIC_CACHE[path], media_type=media_type, headers={"cache-control": "no-cache"})
+
+    routes = APIRouter()  # Starlette-style endpoints (they take the request): no parameters for FastAPI to read
+    routes.add_route(STREAM_PATH, stream, methods=["GET"], include_in_schema=False)
+    routes.add_route(STATIC_PREFIX + "{name}", static, methods=["GET"], include_in_schema=False)
+    return routes
+
+
+async def _updates(update, watch: "VersionWatch", run: str | None, *, after: int, follow: bool):
+    """The stream's body: ``update`` events as the store changes, a keep-alive comment after KEEPALIVE_S of
+    nothing, for STREAM_S.  A page that goes away cancels it (Starlette's StreamingResponse)."""
+    import anyio
+
+    end = time.monotonic() + STREAM_S
+    since, last_state = None, None
+    while time.monotonic() < end:
+        version = await watch.read(max_age=watch.period / 2)
+        if version == since:
+            version = await watch.changed(since, min(KEEPALIVE_S, max(end - time.monotonic(), 0)))
+            if version == since:
+                yield b": keep-alive\n\n"
+                continue
+        since = version
+        event = await anyio.to_thread.run_sync(lambda: update(run, after=after, follow=follow))
+        state = (event["run"], event["status"], event["header"])
+        if event["reset"] or event["seq"] > after or state != last_state:
+            yield f"event: update\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+            run, after, last_state = event["run"], event["seq"], state
 
 
 class VersionWatch:
@@ -388,74 +419,17 @@ class VersionWatch:
                 self._at = time.monotonic()
             return self._value
 
-    async def changed(self, since: str, wait: float, gone: asyncio.Future) -> str | None:
-        """The version once it differs from ``since``, or ``since`` after ``wait`` seconds; None when
-        ``gone`` (the client's disconnect) is done first."""
+    async def changed(self, since: str, wait: float) -> str:
+        """The version once it differs from ``since``, or ``since`` after ``wait`` seconds."""
         deadline = time.monotonic() + wait
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return since
-            await asyncio.wait({gone}, timeout=min(self.period, left))
-            if gone.done():
-                return None
+            await asyncio.sleep(min(self.period, left))
             version = await self.read(max_age=self.period / 2)
             if version != since:
                 return version
 
 
 _STATIC_CACHE: dict[str, bytes] = {}
-
-
-async def _static(send, name: str, content_type: bytes) -> None:
-    """A file of the live path from the package (public library code: no login needed)."""
-    if name not in _STATIC_CACHE:
-        _STATIC_CACHE[name] = files("workbench.app").joinpath(name).read_bytes()
-    body = _STATIC_CACHE[name]
-    headers = [
-        (b"content-type", content_type),
-        (b"cache-control", b"no-cache"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _disconnected(receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _respond(send, status: int, body: bytes) -> None:
-    headers = [
-        (b"content-type", b"text/plain"),
-        (b"cache-control", b"no-store"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _logged_in(scope) -> bool:
-    """Gradio's own rule (routes.py, login_check): no auth configured, or a valid login cookie."""
-    import inspect
-
-    from starlette.requests import Request
-
-    app = scope.get("app")
-    if app is None or (getattr(app, "auth", None) is None and getattr(app, "auth_dependency", None) is None):
-        return True
-    request = Request(scope)
-    if app.auth_dependency is not None:
-        user = app.auth_dependency(request)
-        if inspect.isawaitable(user):
-            user = await user
-        return user is not None
-    cookie = app.cookie_id
-    token = request.cookies.get(f"access-token-{cookie}") or request.cookies.get(f"access-token-unsecure-{cookie}")
-    return app.tokens.get(token) is not None
-
-
-def bind(ctx: AppContext) -> dict[str, Any]:
-    """The middleware's keyword arguments for an app's context."""
-    return {"update": functools.partial(update, ctx), "version": ctx.store.version}

@@ -4,6 +4,7 @@ run views, and the small per-browser selection record.  No gradio here, so tests
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class AppContext:
     sessions: dict[str, Any] = field(default_factory=dict)  # run_id -> Session started by this server
     sweep_jobs: dict[str, Any] = field(default_factory=dict)  # sweep name -> SweepJob started by this server
     views: RunViews = None  # type: ignore[assignment]
+    # The live stream's key (workbench/app/live.py): handed out by Gradio's API, to logged-in pages only.
+    stream_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     def __post_init__(self) -> None:
         if self.views is None:
