@@ -11,7 +11,7 @@ import math
 import os
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -82,6 +82,16 @@ class DataInfo:
     description: dict | None = None  # engine.data.describe_dataset without a tokenizer: schema, columns, labels...
     validation_file: str | None = None  # the validation_data file, when one is given
     n_validation: int | None = None  # its examples
+    user_counts: tuple[int, ...] = ()  # examples of each user in the training split
+
+    def sizes(self, config: RunConfig | Mapping[str, Any]) -> tuple[int, int | None]:
+        """(training examples after the per-user cap, users of the training split): the counts a run plans with
+        (``engine.prepare.dataset_sizes`` computes the same from the run's own split)."""
+        get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+        if get("privacy_unit") != "user" or not self.user_counts:
+            return self.n_train, self.n_users
+        k = get("max_examples_per_user", 8)
+        return sum(min(n, k) for n in self.user_counts), self.n_users
 
     def describe(self, batch_size: int | None = None) -> str:
         if self.validation_file:
@@ -265,10 +275,10 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
 
 def public_count(source: str, settings: Mapping[str, Any], *, base: RunConfig) -> int:
     """What the Plan tab's "size is public" box declares: the number of training units of ``source`` that the
-    sampling draws from (users under ULS, examples otherwise; under ELS the examples before the per-user cap)."""
-    info = info_for(source, settings)
+    sampling draws from (users under ULS, examples otherwise; under ELS the examples after the per-user cap)."""
+    examples, users = info_for(source, settings).sizes(settings)
     uls = settings.get("privacy_unit") == "user" and settings.get("user_sampling") == "uls"
-    return int(info.n_users if uls and info.n_users else info.n_train)
+    return int(users if uls and users else examples)
 
 
 def privacy_unit_value(config: RunConfig) -> str:
@@ -327,11 +337,12 @@ def dataset_info(
         source=source,
         n_total=len(ds),
         n_train=len(train),
-        n_users=ds.num_users,
+        n_users=train.num_users or None,  # the training split's: validation holds out whole users
         task=ds.task,
         description=data_mod.describe_dataset(ds, examples=3),
         validation_file=validation_data,
         n_validation=n_val,
+        user_counts=tuple(Counter(r.user_id for r in train.records).values()) if train.num_users else (),
     )
     with _DATA_LOCK:
         _DATA_CACHE[key] = info
@@ -350,4 +361,5 @@ def check_start(config: RunConfig) -> PlanResult:
         if info.task == "classification" and config.labels is None and config.is_private:
             raise ConfigError(labels_needed(config.data))
         load_splits(config)
-    return compute_plan(config, dataset_size=info.n_train, num_users=info.n_users, curves=False)
+    examples, users = info.sizes(config)
+    return compute_plan(config, dataset_size=examples, num_users=users, curves=False)

@@ -104,7 +104,8 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
     try:
         config = forms.config_from_values(values, base=base)
         last = None
-        for stage in forms.plan_stages(config, dataset_size=info.n_train, num_users=info.n_users):
+        examples, users = info.sizes(config)
+        for stage in forms.plan_stages(config, dataset_size=examples, num_users=users):
             if stage is None:
                 yield None
                 continue
@@ -147,10 +148,11 @@ def recommend_updates(
     try:
         info = chosen_data(values, base)
         config = forms.config_from_values({**values, "privacy_mode": "target"}, base=base)
+        examples, users = info.sizes(config)
         stages = recommend_for_config(
             config,
-            dataset_size=info.n_train,
-            num_users=info.n_users,
+            dataset_size=examples,
+            num_users=users,
             budget_examples=forms.whole_number("compute budget", budget),
             min_steps=forms.whole_number("fewest steps", min_steps),
             stages=True,
@@ -172,7 +174,8 @@ def checks_markdown(config: RunConfig, info: forms.DataInfo, plan: forms.PlanRes
     from workbench.privacy.checks import preflight
 
     fixed = config.with_overrides({"noise_multiplier": plan.noise_multiplier})  # the sigma the plan found
-    resolved = make_plan(fixed, dataset_size=info.n_train, num_users=info.n_users)
+    examples, users = info.sizes(config)
+    resolved = make_plan(fixed, dataset_size=examples, num_users=users)
     findings = preflight(config, resolved, task=info.task)
     lines = [f"- {SEVERITY_MARK[f.severity]} **{f.severity}**: {f.message} → {f.advice}" for f in findings]
     return "**Privacy check** (`workbench check`)\n\n" + ("\n".join(lines) or "- nothing to report")

@@ -116,8 +116,7 @@ def request(ctx: AppContext, values: dict[str, Any], knobs: Sequence[tuple[Any, 
 
 
 def _sizes(cfg: RunConfig) -> tuple[int, int | None]:
-    info = forms.info_for(cfg.data, cfg)
-    return info.n_train, info.n_users
+    return forms.info_for(cfg.data, cfg).sizes(cfg)
 
 
 def _checked(ctx: AppContext, values: dict[str, Any], knobs: Sequence[tuple[Any, Any]], seeds: Any):

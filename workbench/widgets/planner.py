@@ -57,6 +57,7 @@ class PlanSettings:
     selected: str = _RUN["accountant"].default
     max_examples_per_user: int = _RUN["max_examples_per_user"].default  # k, for the user-level column
     neighboring: str = _RUN["neighboring"].default  # auto: add/remove, the N typed here being public
+    privacy_unit: str = "example"  # or "user:els" (k examples per user) or "user:uls" (N counts users), as the app
 
     @property
     def sample_rate(self) -> float:
@@ -66,11 +67,22 @@ class PlanSettings:
     def epochs(self) -> float:
         return self.sample_rate * self.steps
 
+    @property
+    def num_users(self) -> int | None:
+        """Users behind N: N itself under ULS; under ELS the fewest N capped examples can come from (k each),
+        which makes the check delta < 1/users the strictest one."""
+        if self.privacy_unit == "user:uls":
+            return self.dataset_size
+        return -(-self.dataset_size // self.max_examples_per_user) if self.privacy_unit == "user:els" else None
+
     def config(self) -> RunConfig:
         """The run config these sliders describe. The N typed here is a public number (a calculator, like
         `workbench plan --dataset-size`), so add/remove (and auto) publish it as ``public_dataset_size``."""
         target = self.mode == TARGET
+        unit, _, sampling = self.privacy_unit.partition(":")
         return RunConfig(
+            privacy_unit=unit,
+            user_sampling=sampling or _RUN["user_sampling"].default,
             batch_size=self.batch_size,
             max_steps=self.steps,
             delta=self.delta,
@@ -132,6 +144,7 @@ def compute_plan(settings: PlanSettings, *, is_current=lambda: True, on_partial=
         stages = plan_stages(
             settings.config(),
             dataset_size=settings.dataset_size,
+            num_users=settings.num_users,
             accountants=tuple(settings.accountants),
             compare_sigmas=True,
             failures_as_results=True,
@@ -244,6 +257,17 @@ class PrivacyPlanner:
             style=style,
             tooltip="The relation every epsilon here is for (replace one: N is public)",
         )
+        self.privacy_unit = w.Dropdown(
+            options=[
+                ("one example", "example"),
+                ("one user: ELS (examples sampled, k per user)", "user:els"),
+                ("one user: ULS (users sampled; N counts users)", "user:uls"),
+            ],
+            value=s.privacy_unit,
+            description="privacy unit",
+            style=style,
+            tooltip="What the target epsilon protects, as the app's Plan tab and a run's privacy_unit",
+        )
         self.max_examples_per_user = w.IntSlider(
             value=min(64, max(1, s.max_examples_per_user)),
             min=1,
@@ -302,6 +326,7 @@ class PrivacyPlanner:
             self.accountants,
             self.selected,
             self.neighboring,
+            self.privacy_unit,
             self.max_examples_per_user,
         ]
         for control in controls:
@@ -329,6 +354,7 @@ class PrivacyPlanner:
             selected=self.selected.value,
             max_examples_per_user=int(self.max_examples_per_user.value),
             neighboring=self.neighboring.value,
+            privacy_unit=self.privacy_unit.value,
         )
 
     def _show_mode(self) -> None:
