@@ -5,9 +5,9 @@
 
 One run per arm with the settings of assets/demo.yaml (the clinic inbox, the default model), with
 audit=input_canaries: m secret canary examples, each included with probability 1/2, scored by how much
-training lowered the adapter's loss on them (engine/input_canaries.py), give an empirical lower bound on
+training lowered the adapter's loss on them (audit/input_canaries.py), give an empirical lower bound on
 epsilon (privacy/audit.py); the demo's five planted member numbers give their exposure among |R| random
-candidates of the same format (engine/exposure.py). Arms: target epsilon 1, 4 and 8, and no noise
+candidates of the same format (audit/exposure.py). Arms: target epsilon 1, 4 and 8, and no noise
 (noise_multiplier 0, clipping on: the claim is infinite).
 
 The lower bound of a DP arm must stay below its claimed epsilon. A short CPU run sees each included canary
@@ -36,8 +36,8 @@ warnings.filterwarnings("ignore")
 
 import yaml  # noqa: E402
 
+from workbench.audit import exposure  # noqa: E402
 from workbench.config import RunConfig  # noqa: E402
-from workbench.engine import exposure  # noqa: E402
 from workbench.session import Session  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
 

@@ -193,8 +193,7 @@ class Workbench(_Method):
             from workbench.engine.distributed import WorkerRandomness
 
             noise = WorkerRandomness().noise()
-        self.dp = DPGradient(params, max_grad_norm=C, noise_multiplier=SIGMA, noise=noise)
-        self.dp.collective = collective
+        self.dp = DPGradient(params, max_grad_norm=C, noise_multiplier=SIGMA, noise=noise, collective=collective)
         self.params = [p for ps in params.values() for _, p in ps]
         self.opt = torch.optim.AdamW(self.params, lr=lr)
         self.expected = float(batch["input_ids"].shape[0]) * (collective.world_size if collective else 1)
@@ -325,7 +324,7 @@ def data_parallel(args, single: dict | None) -> dict:
     """The DP step on 2 ranks (one GPU each; gloo on the CPU), per-rank batch ``--dp-batch``, against one rank."""
     import tempfile
 
-    from workbench.engine.distributed import free_port
+    from workbench.running.launch import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rank0.json"

@@ -15,9 +15,12 @@ import time
 import traceback
 from typing import Any, Callable
 
-from workbench.config import ConfigError, RunConfig
+from workbench.config import RunConfig
+from workbench.engine.errors import user_errors
 from workbench.events import Event, RunEnded
 from workbench.store.runs import RunStore, new_run_id
+
+__all__ = ["Session", "user_errors"]
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[Event], None]
@@ -25,18 +28,6 @@ Subscriber = Callable[[Event], None]
 # One training job at a time per device: a second session waits ("queued") for the first.
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's input: reported as a message, never a traceback."""
-    from workbench.engine.data import DataError
-    from workbench.engine.distributed import DistributedError
-    from workbench.engine.grad_sample import UnsupportedModelError
-    from workbench.engine.models import ModelError
-    from workbench.engine.randomness import ReplayError
-    from workbench.privacy import PrivacyError
-
-    return (ConfigError, DataError, DistributedError, ModelError, PrivacyError, ReplayError, UnsupportedModelError)
 
 
 def _device_lock(device: str) -> threading.Lock:
@@ -150,22 +141,23 @@ class Session:
             self._done.set()
 
     def _train(self) -> None:
-        from workbench.engine import distributed
+        from workbench.audit import for_run
         from workbench.engine.baseline import CACHE_FILE
         from workbench.engine.trainer import Trainer, prepare
+        from workbench.running import launch
 
         started = time.time()
         trainer = None
         try:
             run_dir = self.store.run_dir(self.run_id)
             # nproc > 1 in a process that is no rank yet (the app, a notebook): this Session hosts the group, as
-            # its rank 0, with ranks 1..N-1 as child processes reaped when the block ends (engine/distributed.py).
+            # its rank 0, with ranks 1..N-1 as child processes reaped when the block ends (running/launch.py).
             group = (
-                distributed.hosted(self.config, run_dir, run_id=self.run_id)
-                if distributed.hosts(self.config)
+                launch.hosted(self.config, run_dir, run_id=self.run_id)
+                if launch.hosts(self.config)
                 else contextlib.nullcontext()
             )
-            with group as dist:
+            with group as collective:
                 prepared = prepare(self.config)
                 if self.replay_of is not None:  # the same key on other data would cancel the noise: refused
                     from workbench.store.ledger import Ledger
@@ -178,7 +170,8 @@ class Session:
                     should_stop=self._should_stop(lambda: trainer),
                     run_dir=run_dir,
                     randomness=self.randomness,
-                    dist=dist,
+                    collective=collective,
+                    audit=for_run,  # audit runs: the canaries listen to every step (workbench/audit)
                     baseline_cache=self.store.home / CACHE_FILE,
                 )
                 status, reason = trainer.run()

@@ -152,10 +152,18 @@ def test_thresholds_move_toward_the_quantile_step_by_step(start, direction):
 # -- the released counts -------------------------------------------------------------------------------------
 
 
-def _toy_dp(noise, *, count_sigma: float = 1.0) -> DPGradient:
+def _toy_dp(noise, *, count_sigma: float = 1.0, collective=None) -> DPGradient:
     """Four blocks of one 2-vector each, C_l = 0.5, per-layer clipping with quantile counts."""
     params = {m: [("weight", torch.nn.Parameter(torch.zeros(2)))] for m in BLOCKS}
-    dp = DPGradient(params, max_grad_norm=1.0, noise_multiplier=1.0, noise=noise, clipping="per_layer", counts=True)
+    dp = DPGradient(
+        params,
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+        noise=noise,
+        clipping="per_layer",
+        counts=True,
+        collective=collective,
+    )
     groups = list(dp.groups)
     sigmas = solve_sigmas({g: 1.0 for g in groups}, sigma=2.0, bound=3.0)
     dp.set_allocation(
@@ -238,11 +246,11 @@ class _FakeCollective:
 
 def test_data_parallel_counts_are_summed_over_ranks_and_noised_once_on_rank_0():
     sent: list = []
-    main, worker = _toy_dp(RunRandomness.seeded(1).noise()), _toy_dp(WorkerRandomness().noise())  # worker: no draws
+    main = _toy_dp(RunRandomness.seeded(1).noise(), collective=_FakeCollective(True, sent))
+    worker = _toy_dp(WorkerRandomness().noise(), collective=_FakeCollective(False, sent))  # worker: no draws
     norms = [[0.1, 0.6, 0.5, 0.2], [0.4, 0.7, 0.51, 0.9]]
     out = []
-    for is_main, dp in ((True, main), (False, worker)):
-        dp.collective = _FakeCollective(is_main, sent)
+    for dp in (main, worker):
         dp.start()
         dp.add_microbatch(_units(norms))
         out.append(dp.finish(expected_batch_size=4.0).released_counts)

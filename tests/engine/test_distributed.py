@@ -1,4 +1,5 @@
-"""Data-parallel DP-SGD on torch.distributed (engine/distributed.py), with 2 gloo processes on the CPU:
+"""Data-parallel DP-SGD on torch.distributed (engine/distributed.py; the processes: running/launch.py), with 2 gloo
+processes on the CPU:
 the union of the ranks' Poisson samples is a Poisson sample of rate q, the noise is added once (std sigma C,
 not sqrt(2) sigma C nor sigma C / sqrt(2)), a 2-process seeded run equals the 1-process run (the oracle) with
 the same epsilon and report, and a dead or hung rank fails the run within a bounded time, leaving nothing."""
@@ -120,9 +121,12 @@ def _noise_rank(rank: int, port: int, out: str) -> None:
     weight = torch.nn.Parameter(torch.zeros(40_000))
     noise = RunRandomness.secret().noise() if rank == 0 else distributed.WorkerRandomness().noise()  # raises if drawn
     dp = DPGradient(
-        {"layers.0.q_proj.lora_A": [("weight", weight)]}, max_grad_norm=C, noise_multiplier=SIGMA, noise=noise
+        {"layers.0.q_proj.lora_A": [("weight", weight)]},
+        max_grad_norm=C,
+        noise_multiplier=SIGMA,
+        noise=noise,
+        collective=ctx,
     )
-    dp.collective = ctx
     dp.start()  # zero clipped sums on both ranks: what is released is the noise alone
     dp.finish(expected_batch_size=1.0)
     torch.save(weight.grad, Path(out) / f"rank{rank}.pt")
@@ -130,7 +134,7 @@ def _noise_rank(rank: int, port: int, out: str) -> None:
 
 
 def test_the_noise_is_added_once_with_std_sigma_c(tmp_path):
-    from workbench.engine.distributed import free_port
+    from workbench.running.launch import free_port
 
     port = free_port()
     ctx = multiprocessing.get_context("spawn")
@@ -300,11 +304,12 @@ def _wait_steps(session, n: int, timeout: float = 120) -> None:
 def test_a_session_hosts_two_processes_and_matches_one_in_seeded_mode():
     from workbench import train
     from workbench.engine import distributed
+    from workbench.running import launch
 
     session = _session(**ORACLE)
     two = session.run()  # in this thread: this process is rank 0, rank 1 a child process
     assert not _children() and not torch.distributed.is_initialized()
-    assert distributed._CURRENT is None and not distributed._HOST_LOCK.locked()
+    assert distributed._CURRENT is None and not launch._HOST_LOCK.locked()
     assert (session.store.run_dir(session.run_id) / "rank-1.log").exists()
     _assert_same_run(train(**ORACLE), two)
 
@@ -340,9 +345,9 @@ def test_killing_a_hosted_rank_fails_the_run_with_its_log_and_no_hang(monkeypatc
 
 
 def test_a_rank_that_cannot_start_fails_the_hosted_run_at_once(monkeypatch):
-    from workbench.engine import distributed
+    from workbench.running import launch
 
-    monkeypatch.setattr(distributed.sys, "executable", "/bin/false")  # rank 1 exits 1 before saying "up"
+    monkeypatch.setattr(launch.sys, "executable", "/bin/false")  # rank 1 exits 1 before saying "up"
     t0 = time.monotonic()
     summary = _session(model="tiny", max_steps=1).run()
     assert summary["status"] == "failed" and time.monotonic() - t0 < 10
@@ -353,15 +358,17 @@ def test_a_rank_that_cannot_start_fails_the_hosted_run_at_once(monkeypatch):
 def test_one_hosted_group_per_process_and_a_one_process_session_beside_it(monkeypatch):
     from workbench.config import RunConfig
     from workbench.engine import distributed
+    from workbench.engine.collective import LocalCollective
+    from workbench.running import launch
 
-    assert distributed.hosts(RunConfig(nproc=2)) and not distributed.hosts(RunConfig(nproc=1))
+    assert launch.hosts(RunConfig(nproc=2)) and not launch.hosts(RunConfig(nproc=1))
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert not distributed.hosts(RunConfig(nproc=2))  # a rank already (torchrun): the launcher's group, not a host
+    assert not launch.hosts(RunConfig(nproc=2))  # a rank already (torchrun): the launcher's group, not a host
     monkeypatch.undo()
-    with distributed._HOST_LOCK:
-        distributed._HOST_RUN[:] = ["run-a"]
+    with launch._HOST_LOCK:
+        launch._HOST_RUN[:] = ["run-a"]
         summary = _session(model="tiny", max_steps=1).run()
-        distributed._HOST_RUN.clear()
+        launch._HOST_RUN.clear()
     assert summary["status"] == "failed" and "wait for run run-a to end" in summary["reason"], summary["reason"]
-    assert isinstance(distributed.current(RunConfig(nproc=1)), distributed.Local)
+    assert isinstance(distributed.current(RunConfig(nproc=1)), LocalCollective)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workbench.engine.canaries import GradientCanaries
+from workbench.audit.canaries import GradientCanaries
 from workbench.engine.dp_step import DPGradient
 from workbench.engine.grad_sample import ModuleGrads
 from workbench.engine.randomness import GaussianNoise
@@ -45,7 +45,6 @@ def simulate(
     weight = torch.nn.Parameter(torch.zeros(shape))
     params = {"m": [("weight", weight)]}
     noise = GaussianNoise(np.random.default_rng(seed + 10_000))
-    dp = DPGradient(params, max_grad_norm=clip, noise_multiplier=noise_multiplier * noise_scale, noise=noise)
     q = batch / population
     canary = GradientCanaries(
         params,
@@ -57,7 +56,9 @@ def simulate(
         steps=steps,
         scoring=scoring,
     )
-    dp.on_release = canary.record_release
+    dp = DPGradient(
+        params, max_grad_norm=clip, noise_multiplier=noise_multiplier * noise_scale, noise=noise, listeners=[canary]
+    )
     v = torch.from_numpy(rng.standard_normal(shape)).float()
     v /= v.norm()
     for _ in range(steps):

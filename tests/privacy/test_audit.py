@@ -16,11 +16,11 @@ import torch
 from factories import TINY_RUN
 from typer.testing import CliRunner
 
+from workbench.audit.exposure import exposure, log_perplexities, random_candidates
+from workbench.audit.input_canaries import canary_count
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig
 from workbench.engine.dp_step import DPGradient
-from workbench.engine.exposure import exposure, log_perplexities, random_candidates
-from workbench.engine.input_canaries import canary_count
 from workbench.engine.randomness import GaussianNoise, KeystreamNoise, RunRandomness
 from workbench.privacy.audit import GUESS_FRACTIONS, audit_scores, epsilon_lower_bound, p_value
 from workbench.session import Session
@@ -132,16 +132,27 @@ def test_bad_counts_are_refused_with_the_value(bad):
 # -- the canary step ---------------------------------------------------------------------------------
 
 
+class _Released:
+    """A release listener (dp_step.ReleaseListener) that keeps a copy of every parameter's released noisy sum."""
+
+    def __init__(self) -> None:
+        self.sums: dict = {}
+
+    def released(self, dp, release) -> None:
+        self.sums.update({(m, j): out.clone() for m, j, out in release.sums})
+
+
 def test_a_canary_is_one_clipped_unit_and_stays_out_of_the_telemetry():
     lin = torch.nn.Linear(3, 2, bias=False)
+    listener = _Released()
     dp = DPGradient(
         {"m": [("weight", lin.weight)]},
         max_grad_norm=1.0,
         noise_multiplier=0.0,
         noise=GaussianNoise(np.random.default_rng(0)),
+        listeners=[listener],
     )
-    released = {}
-    dp.on_release = lambda m, j, out: released.__setitem__((m, j), out.clone())
+    released = listener.sums
     dp.start()
     direction = torch.ones(1, 2, 3) / math.sqrt(6)  # one unit of norm exactly C = 1
     dp.add_canaries({"m": [direction]})

@@ -84,7 +84,7 @@ import torch
 from workbench.privacy.audit import AuditResult, audit_design
 
 if TYPE_CHECKING:
-    from workbench.engine.dp_step import DPGradient, ParamTable
+    from workbench.engine.dp_step import DPGradient, ParamTable, Release
 
 CHUNK = 32  # canaries handled at once (added to the sum, or scored): memory CHUNK x d floats
 KIND = "gradient_canaries"
@@ -175,8 +175,13 @@ class GradientCanaries:
         return len(sampled)
 
     def record_release(self, module: str, index: int, released: torch.Tensor) -> None:
-        """``DPGradient.on_release``: add this step's released noisy sum (float64) to the running sum."""
+        """Add this step's released noisy sum (float64) of one parameter to the running sum."""
         _accumulate(self._released, (module, index), released)
+
+    def released(self, dp: "DPGradient", release: "Release") -> None:
+        """A release listener of the DP step (dp_step.ReleaseListener): every parameter's released noisy sum."""
+        for module, index, value in release.sums:
+            self.record_release(module, index, value)
 
     # -- the auditor ------------------------------------------------------------------------------
     def scores(self, scoring: str | None = None) -> np.ndarray:

@@ -63,6 +63,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from workbench.config import RunConfig
+
 _ADAPTER_SUFFIX = re.compile(r"\.(lora_A|lora_B)\.[^.]+$|\.modules_to_save\.[^.]+$")
 
 
@@ -214,3 +216,84 @@ class AdaptiveImportance:
             return None
         mean = sum(self.score.values()) / len(self.score)
         return {g: s / mean + 1e-3 for g, s in self.score.items()}
+
+
+class NoiseAllocator:
+    """The allocation policy of a per-layer run: C_l and sigma_l for each step, with sum sigma_l^-2 = sigma^-2 always
+    (with the counts' z_b^-2 in the sum under quantile clip norms). ``allocation`` is the first step's; a release
+    listener of the DP step (dp_step.ReleaseListener): after each release it sets the next step's, computed from
+    the released noisy sums and counts and public constants only (post-processing)."""
+
+    QUANTILE_LIMITS = (1e-6, 1e6)  # quantile clip norms stay within these multiples of C (a float guard only)
+
+    def __init__(self, config: RunConfig, params: dict, *, noise_multiplier: float, expected_batch_size: float) -> None:
+        """``params``: the DP step's table, module -> [(parameter name, parameter)] (its blocks and their sizes)."""
+        self.config, self.noise_multiplier = config, noise_multiplier
+        blocks = group_modules(list(params))
+        self.groups = list(blocks)
+        self.dims = {g: sum(p.numel() for m in ms for _, p in params[m]) for g, ms in blocks.items()}
+        self.expected_batch_size = expected_batch_size  # qN, public: the divisor of the released counts
+        self.importance = AdaptiveImportance(self.groups, smoothing=config.allocation_smoothing)
+        self.weights = manual_weights(self.groups, config.allocation_weights) if config.allocation == "manual" else None
+        # quantile clip norms: C_l(0) = C/sqrt(L), then moved by each step's released counts (module docstring)
+        self.thresholds: dict[str, float] | None = None
+        if config.clip_allocation == "quantile":
+            self.thresholds = clip_norms(self.groups, max_grad_norm=config.max_grad_norm, weights=None)
+        self.allocation = self._allocation(self.weights)
+
+    def _allocation(self, weights: dict[str, float] | None) -> Allocation:
+        cfg, sigma = self.config, self.noise_multiplier
+        w = weights or {g: 1.0 for g in self.groups}
+        if self.thresholds is not None:  # the counts take z_b^-2 = share sigma^-2, the gradient the rest
+            sigma_grad, z_b = split_budget(sigma, cfg.clip_quantile_share)
+            sigmas = solve_sigmas(w, sigma=sigma_grad, bound=cfg.allocation_bound)
+            return Allocation(clip=dict(self.thresholds), sigma=sigmas, count_sigma=z_b)
+        sigmas = solve_sigmas(w, sigma=sigma, bound=cfg.allocation_bound)
+        clips = clip_norms(
+            self.groups, max_grad_norm=cfg.max_grad_norm, weights=w if cfg.clip_allocation == "importance" else None
+        )
+        return Allocation(clip=clips, sigma=sigmas)
+
+    def released(self, dp, release) -> None:
+        """The next step's allocation, set on ``dp`` (a DPGradient), from ``release`` (a dp_step.Release).
+
+        Post-processing: only the released noisy sums and counts and public constants are read here. In data-parallel
+        runs every rank holds rank 0's released values, so every rank computes the same next step."""
+        cfg, current, stats = self.config, release.allocation, release.stats
+        if self.thresholds is None and cfg.allocation != "adaptive":
+            return
+        if self.thresholds is not None:
+            c = cfg.max_grad_norm
+            self.thresholds = quantile_update(
+                current.clip,
+                unclipped_fraction(stats.released_counts, expected_batch_size=self.expected_batch_size),
+                quantile=cfg.clip_quantile,
+                lr=cfg.clip_quantile_lr,
+                limits=(c * self.QUANTILE_LIMITS[0], c * self.QUANTILE_LIMITS[1]),
+            )
+        if cfg.allocation == "adaptive":
+            self.importance.update(released_sq_norm=stats.released_sq_norm, dims=self.dims, allocation=current)
+            self.weights = self.importance.weights()
+        self.allocation = self._allocation(self.weights)
+        dp.set_allocation(self.allocation)
+
+    def report(self) -> dict:
+        """The quantile clip norms' settings and budget split (summary, privacy report); {} for other clip norms."""
+        if self.thresholds is None:
+            return {}
+        cfg, a = self.config, self.allocation
+        sigma_grad, z_b = split_budget(self.noise_multiplier, cfg.clip_quantile_share)
+        return {
+            "quantile_clipping": {
+                "method": "Andrew et al. 2021: C_l <- C_l exp(-eta (bbar_l - gamma)) from noised centred counts",
+                "quantile": cfg.clip_quantile,
+                "budget_share": cfg.clip_quantile_share,
+                "learning_rate": cfg.clip_quantile_lr,
+                "initial_clip_norm": cfg.max_grad_norm / math.sqrt(len(self.groups)),
+                "count_noise_multiplier": z_b,
+                "count_noise_std": a.count_noise_std(),
+                "gradient_noise_multiplier": sigma_grad,
+                "accounting": "one Gaussian mechanism with the counts: sum_l sigma_l^-2 + z_b^-2 = sigma^-2, "
+                "so the epsilon is that of the plan's sigma",
+            }
+        }

@@ -2,10 +2,20 @@
 
     start()                           zero the clipped-sum buffers
     add_microbatch(grads, owners)     per-unit norms -> clip -> add to the sum   (per micro-batch)
-    add_canaries(unit)                audit runs only: canary units, clipped and added alike (canaries.py;
-                                      input canaries: add_microbatch(..., canary=True), input_canaries.py)
-    finish(expected_batch_size)       add the Gaussian noise once, divide by q*N, write p.grad
-                                      (quantile clip norms: also release the noised counts S_b)
+    add_canaries(unit)                audit runs only: canary units, clipped and added alike (audit/canaries.py;
+                                      input canaries: add_microbatch(..., canary=True), audit/input_canaries.py)
+    finish(expected_batch_size)       one stage each:
+        _reduce                       the clipped sums (and counts) over every process (the collective)
+        _noise                        + N(0, sigma_l^2 C_l^2) once, in float64, on rank 0 alone
+        _share                        every process takes rank 0's noisy sums, bit for bit
+        _scale                        p.grad = noisy sum / (q*N)
+        _release                      the release listeners read what was released (allocation, audit)
+                                      (quantile clip norms: the noised counts S_b are released too)
+
+Its parts are given at construction: the clipped-sum ``collective`` (collective.LocalCollective for one
+process, distributed.Distributed for a rank of several: the same interface), the secret ``noise`` source, and
+the ``listeners`` of each release (``ReleaseListener``: the allocation policy, allocation.NoiseAllocator, and the
+audits, workbench/audit), which see only released values, so what they do with them is post-processing.
 
 The unit of privacy is one example, or (user-level sampling, ULS) one user: then the examples of
 a user are averaged first (``owners`` says whose each example is) and that mean is clipped.
@@ -22,7 +32,7 @@ A unit whose gradient is not finite (NaN/inf) contributes zero: its contribution
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +40,7 @@ from torch import nn
 
 from workbench.engine.allocation import Allocation, group_modules
 from workbench.engine.clipping import NoClipping, PerLayerClipping, QuantileClipping, make_clipping
+from workbench.engine.collective import Collective, LocalCollective
 from workbench.engine.grad_sample import ModuleGrads
 from workbench.engine.noise import GaussianNoise, KeystreamNoise
 
@@ -51,6 +62,22 @@ class StepStats:
     released_counts: dict[str, float] = field(default_factory=dict)  # quantile clip norms: block -> S_b,l (noised)
 
 
+@dataclass(frozen=True)
+class Release:
+    """What one step released: each parameter's noisy sum (float64, before the division by q N), and its stats."""
+
+    sums: tuple[tuple[str, int, torch.Tensor], ...]  # (module, parameter index, noisy sum), in parameter order
+    stats: StepStats
+    allocation: Allocation  # the C_l and sigma_l this step used
+
+
+class ReleaseListener(Protocol):
+    """Reads each step's release, after the noise: the audits' scores, the next step's allocation. It may read only
+    ``release`` and public constants (post-processing); it must not change the released tensors."""
+
+    def released(self, dp: "DPGradient", release: Release) -> None: ...
+
+
 class DPGradient:
     """Clip per-unit gradients, sum, noise once, and average over the expected batch size."""
 
@@ -63,8 +90,15 @@ class DPGradient:
         noise: KeystreamNoise | GaussianNoise,
         clipping: str = "flat",
         counts: bool = False,
+        allocation: Allocation | None = None,
+        collective: Collective | None = None,
+        listeners: Sequence[ReleaseListener] = (),
     ) -> None:
-        """``counts``: quantile clip norms (per-layer clipping only): release the noised indicator counts too."""
+        """``counts``: quantile clip norms (per-layer clipping only): release the noised indicator counts too.
+        ``allocation``: the first step's per-layer C_l and sigma_l (per-layer clipping; default: flat, C and sigma
+        for every block). ``collective``: the processes the clipped sums are summed over (default: this one alone,
+        collective.LocalCollective); rank 0 alone adds the noise. ``listeners``: called after each release, in
+        order (``ReleaseListener``)."""
         if noise_multiplier > 0 and max_grad_norm is None:
             raise ValueError("noise needs a clipping norm")
         if counts and (clipping != "per_layer" or max_grad_norm is None):
@@ -84,12 +118,12 @@ class DPGradient:
         self._clipped = 0
         self._nonfinite = 0
         self._pending: dict[object, tuple[UnitGrads, int]] = {}
-        # Called with (module, param index, released noisy sum in float64) for every parameter at
-        # finish(): the audit's scoring reads what the mechanism released (engine/canaries.py).
-        self.on_release: Callable[[str, int, torch.Tensor], None] | None = None
-        # Data-parallel runs (engine/distributed.py): the process group. finish() then sums the clipped sums of
-        # all ranks, rank 0 alone adds the noise, and every rank receives rank 0's noisy sum.
-        self.collective = None
+        # Data-parallel runs (engine/distributed.py): finish() sums the clipped sums of all ranks, rank 0 alone adds
+        # the noise, and every rank receives rank 0's noisy sum. One process: every collective is the identity.
+        self.collective = collective if collective is not None else LocalCollective()
+        self.listeners = tuple(listeners)  # the allocation policy, the audits: they read each release
+        if allocation is not None:
+            self.set_allocation(allocation)
 
     def _flat_allocation(self) -> Allocation:
         c = self.max_grad_norm or 0.0
@@ -120,7 +154,7 @@ class DPGradient:
     ) -> None:
         """Add one micro-batch: clip each example now, or (``owners`` given) hold per-user sums.
 
-        ``canary``: input canaries (engine/input_canaries.py), each its own unit (also under ULS), clipped and
+        ``canary``: input canaries (audit/input_canaries.py), each its own unit (also under ULS), clipped and
         summed alike and left out of the telemetry, as ``add_canaries``."""
         missing = [m for m in self.params if m not in grads]
         if missing:
@@ -159,14 +193,14 @@ class DPGradient:
 
     def clipped_sum(self) -> dict[str, list[torch.Tensor]]:
         """The clipped sum so far (before noise; this rank's units only): the white-box audit reads the real
-        data's part just before the canaries join it (engine/canaries.py). Read it, never write it. Under ULS the
+        data's part just before the canaries join it (audit/canaries.py). Read it, never write it. Under ULS the
         users held so far are clipped and added first (as finish() would: every micro-batch of the step is in)."""
         self._flush_owners()
         return self._sums
 
     @torch.no_grad()
     def add_canaries(self, unit: UnitGrads) -> None:
-        """Add audit canaries (engine/canaries.py): extra units, clipped and summed like any unit, and
+        """Add audit canaries (audit/canaries.py): extra units, clipped and summed like any unit, and
         left out of the telemetry (norms, clipped fraction), which describes the real data."""
         self._clip_and_add(unit, record=False)
 
@@ -217,62 +251,96 @@ class DPGradient:
 
     @torch.no_grad()
     def finish(self, *, expected_batch_size: float) -> StepStats:
-        """Add the Gaussian noise once, scale by 1/(q N) and write ``p.grad``.
+        """Add the Gaussian noise once, scale by 1/(q N), write ``p.grad`` and tell the listeners what was released.
 
         Quantile clip norms: the summed indicators get their noise N(0, sigma_b^2 I_L) right after the gradient's,
         from the same secret generator (``self.noise``, randomness.py; never a public seed), and are released in
         ``StepStats.released_counts`` for the next step's C_l (allocation.quantile_update).
 
-        Data-parallel (``collective`` set): the clipped sums (and the counts with them) are all-reduced first, so
-        each holds the sum over every rank's units; rank 0 alone adds the noise (once: distributed.py says why it is
-        neither multiplied nor divided by the number of ranks), the counts' noise too, and broadcasts the noisy sums
-        and counts, so every rank applies the same update and the same next C_l."""
+        Data-parallel: the clipped sums (and the counts with them) are all-reduced first, so each holds the sum over
+        every rank's units; rank 0 alone adds the noise (once: distributed.py says why it is neither multiplied nor
+        divided by the number of ranks), the counts' noise too, and broadcasts the noisy sums and counts, so every
+        rank applies the same update and the same next C_l. One process: the collective does nothing."""
         self._flush_owners()
-        dist = self.collective
-        entries = [
+        sums = self._entries()  # (block, module, index, clipped sum, parameter), in parameter order
+        counts = [] if self._counts is None else [self._counts]  # the (L,) indicator sum, quantile clip norms only
+        self._reduce(sums, counts)
+        clean = self._norms_before_noise(sums)
+        stds = {g: 0.0 for g in self.groups} if isinstance(self.clip, NoClipping) else self.allocation.noise_std()
+        noisy, noisy_counts = self._noise(sums, counts, stds)
+        self._share(noisy + noisy_counts)
+        self._scale(sums, noisy, expected_batch_size)
+        stats = self._stats(sums, noisy, noisy_counts, clean, stds)
+        self._release(Release(tuple((m, j, out) for (_, m, j, _, _), out in zip(sums, noisy)), stats, self.allocation))
+        return stats
+
+    def _entries(self) -> list[tuple[str, str, int, torch.Tensor, nn.Parameter]]:
+        return [
             (g, m, j, buf, p)
             for g, ms in self.groups.items()
             for m in ms
             for j, (buf, (_, p)) in enumerate(zip(self._sums[m], self.params[m]))
         ]
-        counts = [] if self._counts is None else [self._counts]  # the (L,) indicator sum, quantile clip norms only
-        if dist is not None:
-            dist.sum_([e[3] for e in entries] + counts)
-        stds = {g: 0.0 for g in self.groups} if isinstance(self.clip, NoClipping) else self.allocation.noise_std()
-        adds_noise = dist is None or dist.is_main
-        count_std = self.allocation.count_noise_std() if adds_noise else 0.0
-        noised = [(buf, stds[g]) for g, _, _, buf, _ in entries if stds[g] > 0 and adds_noise]
-        noised += [(c, count_std) for c in counts if count_std > 0]  # S_b = sum_i b_i + N(0, sigma_b^2 I_L)
-        noise = self._draw_noise(noised)  # one step of the secret source: the gradient's, then the counts'
+
+    def _reduce(self, sums: list, counts: list[torch.Tensor]) -> None:
+        """The clipped sums and counts over every process, in place (one process: as they are)."""
+        self.collective.sum_([e[3] for e in sums] + counts)
+
+    def _norms_before_noise(self, sums: list) -> dict[str, float]:
+        """Each block's squared norm of the clipped sum (telemetry, before the noise)."""
         clean = {g: 0.0 for g in self.groups}
-        outs = []
-        for g, _, _, buf, _ in entries:
+        for g, _, _, buf, _ in sums:
             clean[g] += float(buf.pow(2).sum())
+        return clean
+
+    def _noise(
+        self, sums: list, counts: list[torch.Tensor], stds: dict[str, float]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The noisy sums and counts in float64: + N(0, std^2) from one step of the secret source on rank 0 (the
+        gradient's, then the counts'); the other ranks' stay clean until ``_share`` overwrites them."""
+        adds_noise = self.collective.is_main
+        count_std = self.allocation.count_noise_std() if adds_noise else 0.0
+        noised = [(buf, stds[g]) for g, _, _, buf, _ in sums if stds[g] > 0 and adds_noise]
+        noised += [(c, count_std) for c in counts if count_std > 0]  # S_b = sum_i b_i + N(0, sigma_b^2 I_L)
+        noise = self._draw_noise(noised)
+        outs = []
+        for _, _, _, buf, _ in sums:
             out = buf.double()  # the noise is added in float64 (see engine/noise.py)
             if id(buf) in noise:
                 out += noise[id(buf)]
             outs.append(out)
-        counts = [c.double() + noise[id(c)] if id(c) in noise else c.double() for c in counts]
-        if dist is not None:
-            dist.from_main_(outs + counts)  # rank 0's noisy sums (and counts), bit for bit, on every rank
-        released = {g: 0.0 for g in self.groups}
-        for (g, m, j, _, p), out in zip(entries, outs):
-            if self.on_release is not None:
-                self.on_release(m, j, out)
-            released[g] += float(out.pow(2).sum())
+        return outs, [c.double() + noise[id(c)] if id(c) in noise else c.double() for c in counts]
+
+    def _share(self, released: list[torch.Tensor]) -> None:
+        """Rank 0's noisy sums (and counts), bit for bit, on every rank (one process: already its own)."""
+        self.collective.from_main_(released)
+
+    @staticmethod
+    def _scale(sums: list, noisy: list[torch.Tensor], expected_batch_size: float) -> None:
+        """p.grad = noisy sum / (q N): the expected batch size, as the accountant assumes (post-processing)."""
+        for (_, _, _, _, p), out in zip(sums, noisy):
             p.grad = (out / expected_batch_size).to(p.dtype)
-        grad_norm = {g: c**0.5 for g, c in clean.items()}
+
+    def _stats(self, sums: list, noisy: list, noisy_counts: list, clean: dict, stds: dict) -> StepStats:
+        released = {g: 0.0 for g in self.groups}
+        for (g, _, _, _, _), out in zip(sums, noisy):
+            released[g] += float(out.pow(2).sum())
         norms = torch.cat(self._norms) if self._norms else torch.zeros(0)
         return StepStats(
             batch_size=len(norms),
             norms=norms,
             clipped_fraction=self._clipped / len(norms) if len(norms) else 0.0,
             nonfinite=self._nonfinite,
-            module_grad_norm=grad_norm,
+            module_grad_norm={g: c**0.5 for g, c in clean.items()},
             module_noise_std=stds,
             released_sq_norm=released,
-            released_counts=dict(zip(self.groups, counts[0].tolist())) if counts else {},
+            released_counts=dict(zip(self.groups, noisy_counts[0].tolist())) if noisy_counts else {},
         )
+
+    def _release(self, release: Release) -> None:
+        """Every listener reads this step's release, in order (the audit's scores; the next step's allocation)."""
+        for listener in self.listeners:
+            listener.released(self, release)
 
 
 def noised_counts(counts: torch.Tensor, std: float, noise: KeystreamNoise | GaussianNoise) -> torch.Tensor:

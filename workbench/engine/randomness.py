@@ -110,7 +110,7 @@ class RunRandomness:
         return self._generator(b"canaries")
 
     def exposure_rng(self) -> np.random.Generator:
-        """The generator of the exposure test's random candidates (engine/exposure.py), independent of the others."""
+        """The generator of the exposure test's random candidates (audit/exposure.py), independent of the others."""
         return self._generator(b"exposure-candidates")
 
     def __repr__(self) -> str:

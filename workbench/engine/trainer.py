@@ -1,15 +1,21 @@
 """The training loop: Poisson-sampled logical steps of DP-SGD on LoRA adapters, with events.
 
-One logical step (read top to bottom):
-    indices = poisson_sample(N, q)                     # batch size varies, may be 0
+One logical step (``Trainer.train_step``, read top to bottom):
+    indices = sampler.draw()                           # Poisson at rate q (data-parallel: this rank's shard); may be 0
     for micro in micro_batches(indices, P):            # memory bounded by P whatever q is
         losses = per_example_loss(model, micro)        # (b,)
         losses.sum().backward()                        # hooks record per-example grads
         dp.add_microbatch(hooks.grads)                 # clip each example to C, add to sum
-    canaries.add_to(dp)                                # audit runs only: sampled canary units, norm C
-    (audit=input_canaries: sampled canary examples, clipped and added like the micro-batches above)
-    dp.finish(expected_batch_size=q*N)                 # + N(0, sigma^2 C^2) once, / qN
+    audit.add_canaries(dp, ...)                        # audit runs only: the sampled canaries, as extra units
+    dp.finish(expected_batch_size=q*N)                 # sum over ranks, + N(0, sigma^2 C^2) once, / qN; the release
+                                                       # listeners (allocation, audit) read what was released
     optimizer.step(); scheduler.step()
+    collective.gather_step(...)                        # every rank's norms, losses and tokens, for the step event
+
+Its parts are given at construction: the collective (collective.LocalCollective, or a rank of a data-parallel
+group, distributed.Distributed: the same interface, so no line here asks how many processes run), the DP step
+(dp_step.DPGradient) with its release listeners (allocation.NoiseAllocator, the audit), and the audit's factory
+(workbench/audit, which the engine never imports).
 """
 
 from __future__ import annotations
@@ -19,43 +25,28 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
 from workbench.config import RunConfig
-from workbench.engine import canaries as gradient_canaries
 from workbench.engine import data as data_mod
 from workbench.engine import distributed
-from workbench.engine.allocation import (
-    AdaptiveImportance,
-    Allocation,
-    clip_norms,
-    manual_weights,
-    quantile_update,
-    solve_sigmas,
-    split_budget,
-    unclipped_fraction,
-)
+from workbench.engine.allocation import NoiseAllocator, unclipped_fraction
 from workbench.engine.baseline import baseline_key, untuned_metrics
-from workbench.engine.canaries import GradientCanaries
-from workbench.engine.dp_step import DPGradient, StepStats
+from workbench.engine.collective import LocalCollective
+from workbench.engine.dp_step import DPGradient, ParamTable, Release, StepStats
 from workbench.engine.evaluate import Answers, answer_choices, evaluate, generate_samples, majority_class
-from workbench.engine.exposure import demo_exposures
 from workbench.engine.grad_sample import PerExampleGrads
-from workbench.engine.input_canaries import InputCanaries, canary_count
 from workbench.engine.losses import per_example_loss
 from workbench.engine.prepare import Prepared, load_splits, prepare  # noqa: F401 (re-exported for callers)
 from workbench.engine.randomness import RunRandomness
 from workbench.engine.report import save_adapter
-from workbench.engine.sampling import micro_batches, poisson_sample
 from workbench.events import GRAD_NORM_BIN_EDGES, GRAD_NORM_LOG_BIN_EDGES, EvalMetrics, Event, RunStarted, StepMetrics
-from workbench.privacy.audit import canary_epsilon
 from workbench.privacy.checks import clipping_activity, preflight
 
 CLIPPING_CHECK_STEPS = 3  # the per-example norms of this many first steps feed the "clipping never active" check
-AUDIT_POINTS = 10  # audit runs: the running lower bound is computed about this many times, and at the last step
 
 log = logging.getLogger(__name__)
 
@@ -136,77 +127,37 @@ def make_optimizer(params, config: RunConfig, total_steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-class NoiseAllocator:
-    """Per-layer C_l and sigma_l for each step (see allocation.py); sum sigma_l^-2 = sigma^-2 always (with the
-    counts' z_b^-2 in the sum under quantile clip norms)."""
+class StepAudit(Protocol):
+    """The one-run audit as the trainer sees it (workbench/audit/run.py, ``RunAudit``): canaries added before the
+    noise, a release listener of the DP step, the step event's fields and the summary's report."""
 
-    QUANTILE_LIMITS = (1e-6, 1e6)  # quantile clip norms stay within these multiples of C (a float guard only)
+    def add_canaries(self, dp: DPGradient, backward: Callable[[list], object]) -> None: ...
 
-    def __init__(self, config: RunConfig, dp: DPGradient, *, expected_batch_size: float) -> None:
-        self.config, self.dp = config, dp
-        self.groups = list(dp.groups)
-        self.expected_batch_size = expected_batch_size  # qN, public: the divisor of the released counts
-        self.importance = AdaptiveImportance(self.groups, smoothing=config.allocation_smoothing)
-        self.weights = manual_weights(self.groups, config.allocation_weights) if config.allocation == "manual" else None
-        # quantile clip norms: C_l(0) = C/sqrt(L), then moved by each step's released counts (allocation.py)
-        self.thresholds: dict[str, float] | None = None
-        if config.clip_allocation == "quantile":
-            self.thresholds = clip_norms(self.groups, max_grad_norm=config.max_grad_norm, weights=None)
-        dp.set_allocation(self._allocation(self.weights))
+    def released(self, dp: DPGradient, release: Release) -> None: ...
 
-    def _allocation(self, weights: dict[str, float] | None) -> Allocation:
-        cfg, sigma = self.config, self.dp.noise_multiplier
-        w = weights or {g: 1.0 for g in self.groups}
-        if self.thresholds is not None:  # the counts take z_b^-2 = share sigma^-2, the gradient the rest
-            sigma_grad, z_b = split_budget(sigma, cfg.clip_quantile_share)
-            sigmas = solve_sigmas(w, sigma=sigma_grad, bound=cfg.allocation_bound)
-            return Allocation(clip=dict(self.thresholds), sigma=sigmas, count_sigma=z_b)
-        sigmas = solve_sigmas(w, sigma=sigma, bound=cfg.allocation_bound)
-        clips = clip_norms(
-            self.groups, max_grad_norm=cfg.max_grad_norm, weights=w if cfg.clip_allocation == "importance" else None
-        )
-        return Allocation(clip=clips, sigma=sigmas)
+    def step_fields(self, step: int) -> dict[str, float]: ...
 
-    def after_step(self, stats: StepStats) -> None:
-        # Post-processing: only the released noisy sums and counts and public constants are read here. In
-        # data-parallel runs every rank holds rank 0's released values, so every rank computes the same next step.
-        cfg, current = self.config, self.dp.allocation
-        if self.thresholds is None and cfg.allocation != "adaptive":
-            return
-        if self.thresholds is not None:
-            c = cfg.max_grad_norm
-            self.thresholds = quantile_update(
-                current.clip,
-                unclipped_fraction(stats.released_counts, expected_batch_size=self.expected_batch_size),
-                quantile=cfg.clip_quantile,
-                lr=cfg.clip_quantile_lr,
-                limits=(c * self.QUANTILE_LIMITS[0], c * self.QUANTILE_LIMITS[1]),
-            )
-        if cfg.allocation == "adaptive":
-            self.importance.update(released_sq_norm=stats.released_sq_norm, dims=self.dp.dims(), allocation=current)
-            self.weights = self.importance.weights()
-        self.dp.set_allocation(self._allocation(self.weights))
+    def report(self, step: int, *, stopped: bool) -> dict: ...
 
-    def report(self) -> dict:
-        """The quantile clip norms' settings and budget split (summary, privacy report); {} for other clip norms."""
-        if self.thresholds is None:
-            return {}
-        cfg, a = self.config, self.dp.allocation
-        sigma_grad, z_b = split_budget(self.dp.noise_multiplier, cfg.clip_quantile_share)
-        return {
-            "quantile_clipping": {
-                "method": "Andrew et al. 2021: C_l <- C_l exp(-eta (bbar_l - gamma)) from noised centred counts",
-                "quantile": cfg.clip_quantile,
-                "budget_share": cfg.clip_quantile_share,
-                "learning_rate": cfg.clip_quantile_lr,
-                "initial_clip_norm": cfg.max_grad_norm / math.sqrt(len(self.groups)),
-                "count_noise_multiplier": z_b,
-                "count_noise_std": a.count_noise_std(),
-                "gradient_noise_multiplier": sigma_grad,
-                "accounting": "one Gaussian mechanism with the counts: sum_l sigma_l^-2 + z_b^-2 = sigma^-2, "
-                "so the epsilon is that of the plan's sigma",
-            }
-        }
+
+class AuditFactory(Protocol):
+    def __call__(self, prepared: Prepared, *, params: ParamTable, randomness, autocast: Callable) -> StepAudit: ...
+
+
+class NoAudit:
+    """A run without an audit (and every rank but 0 of an audited one: the canaries live on rank 0)."""
+
+    def add_canaries(self, dp: DPGradient, backward: Callable[[list], object]) -> None:
+        """No canaries."""
+
+    def released(self, dp: DPGradient, release: Release) -> None:
+        """Nothing to score."""
+
+    def step_fields(self, step: int) -> dict[str, float]:
+        return {}
+
+    def report(self, step: int, *, stopped: bool) -> dict:
+        return {}
 
 
 class Trainer:
@@ -221,67 +172,63 @@ class Trainer:
         should_stop: Callable[[], bool] = lambda: False,
         run_dir: Path,
         randomness: RunRandomness,
-        dist: "distributed.Distributed | distributed.Local | None" = None,
+        collective: "distributed.Distributed | LocalCollective | None" = None,
+        audit: AuditFactory | None = None,
         baseline_cache: Path | None = None,
     ) -> None:
-        """``dist``: this process's rank in a data-parallel group (a Session hosting one passes its rank 0);
+        """``collective``: this process's rank in a data-parallel group (a Session hosting one passes its rank 0);
         default: the group this process was started in (``distributed.current``), or one process.
-        ``baseline_cache``: the file of untuned validation metrics (engine/baseline.py; a Session passes the one
-        under its store's home); None measures the baseline every run."""
+        ``audit``: builds the run's audit when the config asks for one (``workbench.audit.for_run``; a Session
+        passes it); audits live on rank 0. ``baseline_cache``: the file of untuned validation metrics
+        (engine/baseline.py; a Session passes the one under its store's home); None measures the baseline every
+        run."""
         self.p = prepared
         self.run_id = run_id
         self.emit = emit
         self.should_stop = should_stop
         self.run_dir = run_dir
-        cfg = prepared.config
+        cfg, plan = prepared.config, prepared.plan
         # Sampling and noise come from the run's key (secret unless noise_seed: randomness.py),
         # never from cfg.seed, which is public (it is in the exported config).
         self.randomness = randomness
-        # Data-parallel runs (engine/distributed.py): this process's rank; Local (no collectives) otherwise.
-        self.dist = dist if dist is not None else distributed.current(cfg)
-        self.distributed = self.dist.world_size > 1
-        if self.distributed:
-            self.dist.agree(None)  # every rank prepared, or every rank fails with the failing rank's message
-        self.sample_rng = randomness.sampling_rng()
+        # This process's rank of a data-parallel group (engine/distributed.py), or LocalCollective: one process.
+        self.collective = collective if collective is not None else distributed.current(cfg)
+        self.collective.agree(None)  # every rank prepared, or every rank fails with the failing rank's message
         self.hooks = PerExampleGrads(prepared.model)
         self.params = self.hooks.trainable_parameters()
         flat = [p for ps in self.params.values() for _, p in ps]
-        self.optimizer, self.scheduler = make_optimizer(flat, cfg, prepared.plan.steps)
-        self.private_path = prepared.plan.private or cfg.max_grad_norm is not None
+        self.optimizer, self.scheduler = make_optimizer(flat, cfg, plan.steps)
+        with torch.no_grad():  # the same starting weights on every rank
+            self.collective.from_main_([prm.data for prm in flat], what="the broadcast of the starting weights")
+        self.private_path = plan.private or cfg.max_grad_norm is not None
+        clipping = cfg.resolved_clipping if cfg.max_grad_norm is not None else "flat"
+        self.allocator = (
+            NoiseAllocator(
+                cfg, self.params, noise_multiplier=plan.noise_multiplier, expected_batch_size=plan.expected_batch_size
+            )
+            if clipping == "per_layer" and plan.private
+            else None
+        )
+        self.audit = self._make_audit(audit)
         self.dp = DPGradient(
             self.params,
             max_grad_norm=cfg.max_grad_norm,
-            noise_multiplier=prepared.plan.noise_multiplier,
+            noise_multiplier=plan.noise_multiplier,
             noise=randomness.noise(),
-            clipping=cfg.resolved_clipping if cfg.max_grad_norm is not None else "flat",
-            counts=cfg.clip_allocation == "quantile" and prepared.plan.private,
+            clipping=clipping,
+            counts=cfg.clip_allocation == "quantile" and plan.private,
+            allocation=self.allocator.allocation if self.allocator is not None else None,
+            collective=self.collective,  # finish() sums over the ranks; the noise is added once, on rank 0
+            listeners=[self.audit] + ([self.allocator] if self.allocator is not None else []),
         )
-        self.allocator = (
-            NoiseAllocator(cfg, self.dp, expected_batch_size=prepared.plan.expected_batch_size)
-            if self.dp.clipping == "per_layer" and prepared.plan.private
-            else None
-        )
-        if self.distributed:  # the same starting weights everywhere; finish() sums over ranks, noise on rank 0
-            self.dp.collective = self.dist
-            with torch.no_grad():
-                self.dist.from_main_([prm.data for prm in flat], what="the broadcast of the starting weights")
-        main = self.dist.is_main  # audits live on rank 0 (its key's canary stream), their units added once
-        self.canaries = self._canaries() if cfg.audit == "gradient_canaries" and main else None
-        self.input_canaries = self._input_canaries() if cfg.audit == "input_canaries" and main else None
-        self._audit: tuple[int, dict] | None = None  # audit_report's result, per step (scoring is costly)
         self.stopped_by_request = False
-        self.users = (
-            self._users() if prepared.plan.privacy_unit == "user" and prepared.plan.user_sampling == "uls" else None
-        )
-        self.sampler = (
-            self.dist.sampler(
-                randomness,
-                identities=distributed.unit_identities(prepared.train_tok, by_user=self.users is not None),
-                sample_rate=prepared.plan.sample_rate,
-                seed=cfg.seed,
-            )
-            if self.distributed
-            else None
+        self.users = self._users() if plan.privacy_unit == "user" and plan.user_sampling == "uls" else None
+        self.sampler = self.collective.sampler(
+            randomness,
+            units=prepared.train_tok,
+            by_user=self.users is not None,
+            sample_rate=plan.sample_rate,
+            seed=cfg.seed,
         )
         self.choices = answer_choices(prepared.val, prepared.tokenizer)
         self.answers = Answers.of(prepared.val, prepared.tokenizer, self.choices)  # the samples show the answer
@@ -292,11 +239,21 @@ class Trainer:
         self.baseline: dict | None = None  # the untuned model's metrics (step 0), with "cached"
         self._early_norms: list[torch.Tensor] = []
 
+    def _make_audit(self, factory: AuditFactory | None) -> StepAudit:
+        """The run's audit on rank 0 when the config asks for one (its canary stream comes from rank 0's key, and
+        its units are added once), NoAudit otherwise."""
+        kind = self.p.config.audit
+        if kind == "none" or not self.collective.is_main:
+            return NoAudit()
+        if factory is None:
+            raise ValueError(f"audit={kind} needs its audit: pass audit=workbench.audit.for_run to the Trainer")
+        return factory(self.p, params=self.params, randomness=self.randomness, autocast=self._autocast)
+
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> tuple[str, str]:
         """Train until the planned steps, the budget, or a stop. Returns (status, reason)."""
         plan, cfg = self.p.plan, self.p.config
-        main = self.dist.is_main  # only rank 0 emits events (and so writes the store) and evaluates
+        main = self.collective.is_main  # only rank 0 emits events (and so writes the store) and evaluates
         if main:
             self.emit(self._started_event())
             baseline = self.baseline_evaluation() if cfg.baseline_eval else None
@@ -307,7 +264,7 @@ class Trainer:
         status, reason = "finished", f"completed {plan.steps} planned steps"
         try:
             for step in range(1, plan.steps + 1):
-                if self.dist.stop_requested(self.should_stop()):  # data-parallel: any rank's request, on every rank
+                if self.collective.stop_requested(self.should_stop()):  # any rank's request, on every rank
                     raise StopRequested
                 if not plan.budget_allows(step):
                     reason = f"privacy budget spent: another step would exceed epsilon={plan.target_epsilon:g}"
@@ -335,67 +292,69 @@ class Trainer:
 
     def _stop_within_step(self) -> bool:
         # Data-parallel: a rank leaving mid-step would leave the others waiting in the all-reduce, so a stop
-        # takes effect at the next step's stop check (distributed.stop_requested), within one step.
-        return not self.distributed and self.should_stop()
+        # takes effect at the next step's stop check (collective.stop_requested), within one step.
+        return self.collective.stops_within_step and self.should_stop()
 
     def train_step(self, step: int) -> StepMetrics:
-        p, plan = self.p, self.p.plan
+        """One logical step of DP-SGD (the module docstring), and its event."""
         t0 = time.perf_counter()
         indices, owners = self._sample()
-        losses, tokens = [], 0
         self.dp.start()
         self.hooks.enabled = self.private_path
+        losses, tokens = self._backward([self.p.train_tok[i] for i in indices], owners)
+        self.audit.add_canaries(self.dp, self._backward_canaries)  # audit runs: they join before the noise
+        allocation = self.dp.allocation  # this step's C_l and sigma_l (the allocation policy sets the next)
+        stats = self._finish_gradient()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step
+        stats, losses, tokens = self.collective.gather_step(stats, losses, tokens)  # every rank's telemetry
+        return self._step_event(step, stats, losses, tokens, time.perf_counter() - t0, allocation)
+
+    def _backward(
+        self, examples: list, owners: np.ndarray | None = None, *, canary: bool = False
+    ) -> tuple[list[torch.Tensor], int]:
+        """Per-example gradients of ``examples`` in micro-batches of at most P (memory bounded whatever q is), each
+        unit clipped and added to the DP sum (``owners``: whose each example is, under ULS; ``canary``: audit units,
+        left out of the telemetry); the non-private baseline backpropagates the same objective with ordinary
+        autograd. Returns the per-example losses and the tokens."""
+        p = self.p
         pbs = p.config.physical_batch_size
-        for start, micro in zip(range(0, len(indices), pbs), micro_batches(indices, pbs)):
+        losses, tokens = [], 0
+        for start in range(0, len(examples), pbs):
             if self._stop_within_step():
                 raise StopRequested
-            batch = self._batch([p.train_tok[i] for i in micro])
+            batch = self._batch(examples[start : start + pbs])
             tokens += int(batch["attention_mask"].sum())
             self.hooks.reset()
             with self._autocast():
                 loss, _ = per_example_loss(p.model, batch, task=p.task)  # (b,)
             if self.private_path:
                 loss.sum().backward()
-                self.dp.add_microbatch(self.hooks.grads, None if owners is None else owners[start : start + len(micro)])
+                part = None if owners is None else owners[start : start + pbs]
+                self.dp.add_microbatch(self.hooks.grads, part, canary=canary)
                 self._drop_grads()
             else:  # the non-private baseline: ordinary autograd, same objective
-                (loss.sum() / plan.expected_batch_size).backward()
+                (loss.sum() / p.plan.expected_batch_size).backward()
             losses.append(loss.detach().float().cpu())
-        if self.canaries is not None:  # audit runs: the sampled canaries join the clipped sum before the noise
-            self.canaries.add_to(self.dp)
-        if self.input_canaries is not None:
-            self._train_input_canaries()
-        stats = self._finish_gradient()
-        allocation = self.dp.allocation
-        if self.allocator is not None:  # the next step's allocation, from what this step released
-            self.allocator.after_step(stats)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step = step
-        if self.distributed:  # every rank's norms, losses and tokens, for rank 0's step event
-            stats, losses, tokens = self.dist.gather_step(stats, losses, tokens)
-            if not self.dist.is_main:
-                return None
-        return self._step_event(step, stats, losses, tokens, time.perf_counter() - t0, allocation)
+        return losses, tokens
+
+    def _backward_canaries(self, examples: list) -> None:
+        """The audit's canary examples (input canaries): clipped and summed as extra units, out of the telemetry."""
+        self._backward(examples, canary=True)
 
     def _sample(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """Poisson-sample examples, or (ULS) users and then all of each sampled user's examples."""
-        plan = self.p.plan
+        """Poisson-sample examples, or (ULS) users and then all of each sampled user's examples. The sampler draws
+        over every unit, or (data-parallel) over this rank's shard (collective.sampler)."""
         if self.users is None:
-            return self._draw(plan.dataset_size), None
-        chosen = self._draw(len(self.users))
+            return self.sampler.draw(), None
+        chosen = self.sampler.draw()
         idx = [self.users[u] for u in chosen]
         if not idx:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         owners = np.concatenate([np.full(len(ix), u) for u, ix in zip(chosen, idx)])
         return np.concatenate(idx), owners
-
-    def _draw(self, population: int) -> np.ndarray:
-        """Poisson-sampled unit indices: over all units, or (data-parallel) over this rank's shard."""
-        if self.sampler is not None:
-            return self.sampler.draw()
-        return poisson_sample(population, self.p.plan.sample_rate, self.sample_rng)
 
     def _users(self) -> list[np.ndarray]:
         by_user: dict[str, list[int]] = {}
@@ -404,15 +363,12 @@ class Trainer:
         return [np.array(by_user[u]) for u in sorted(by_user)]
 
     def _finish_gradient(self) -> StepStats:
+        """The DP step's release (dp_step.DPGradient.finish), or the non-private baseline's gradients summed over the
+        ranks (each already / q N) with their per-block norms."""
         plan = self.p.plan
         if self.private_path:
             return self.dp.finish(expected_batch_size=plan.expected_batch_size)
-        if self.distributed:  # the non-private baseline: sum the ranks' gradients (each already / q N)
-            flat = [prm for ps in self.params.values() for _, prm in ps]
-            for prm in flat:
-                if prm.grad is None:
-                    prm.grad = torch.zeros_like(prm)
-            self.dist.sum_([prm.grad for prm in flat])
+        self.collective.sum_grads_([prm for ps in self.params.values() for _, prm in ps])
         norms = {}
         for g, ms in self.dp.groups.items():
             norms[g] = math.sqrt(
@@ -574,7 +530,7 @@ class Trainer:
             effective_noise_multiplier=self._effective_sigma(allocation),
             nonfinite=stats.nonfinite,
             notices=self._notices(step, stats),
-            **self._audit_bound(step),
+            **self.audit.step_fields(step),
             **norm_telemetry(stats.norms, plan.max_grad_norm),
             module_unclipped_fraction=unclipped_fraction(
                 stats.released_counts, expected_batch_size=plan.expected_batch_size
@@ -592,118 +548,9 @@ class Trainer:
         finding = clipping_activity(torch.cat(self._early_norms), self.p.config.max_grad_norm)
         return [finding.to_dict()] if finding is not None else []
 
-    # -- the one-run audit (audit=gradient_canaries: engine/canaries.py; input_canaries: input_canaries.py) --
-    def _canaries(self) -> GradientCanaries:
-        """Secret canaries from the run's key. An extra unit each: the real data's accounting is unchanged."""
-        plan = self.p.plan
-        canaries = GradientCanaries(
-            self.params,
-            count=self.p.config.audit_canaries or gradient_canaries.DEFAULT_COUNT,
-            sample_rate=plan.sample_rate,
-            clip_norm=plan.max_grad_norm,
-            delta=plan.delta,
-            rng=self.randomness.canary_rng(),
-            steps=plan.steps,
-        )
-        self.dp.on_release = canaries.record_release  # scores read the released noisy sums
-        return canaries
-
-    def _input_canaries(self) -> InputCanaries:
-        """Secret canary examples from the run's key, Poisson-sampled at the real units' q. Extra units whose
-        content and coins are independent of the data: the real data's accounting is unchanged (input_canaries.py)."""
-        plan = self.p.plan
-        units = plan.published_population or plan.population  # published: m must not reveal the exact size
-        unit = "user" if plan.privacy_unit == "user" and plan.user_sampling == "uls" else "example"
-        count = canary_count(self.p.config.audit_canaries, units=units, unit=unit)
-        return InputCanaries(
-            self.p,
-            count=count,
-            sample_rate=plan.sample_rate,
-            delta=plan.delta,
-            rng=self.randomness.canary_rng(),
-            autocast=self._autocast,
-            steps=plan.steps,
-        )
-
-    def _train_input_canaries(self) -> None:
-        """This step's sampled input canaries: per-example gradients, clipped and summed as extra units."""
-        sampled = self.input_canaries.sample()
-        pbs = self.p.config.physical_batch_size
-        for micro in micro_batches(sampled, pbs):
-            if self._stop_within_step():
-                raise StopRequested
-            batch = self._batch([self.input_canaries.examples[i] for i in micro])
-            self.hooks.reset()
-            with self._autocast():
-                loss, _ = per_example_loss(self.p.model, batch, task=self.p.task)  # (b,)
-            loss.sum().backward()
-            self.dp.add_microbatch(self.hooks.grads, canary=True)
-            self._drop_grads()
-
-    def _audit_final(self, step: int) -> bool:
-        """Whether ``step`` ends the run by the plan (its last step, or the budget's stop): a time fixed before
-        training, so the audit there is a bound. Every earlier reading is interim: one of several looks, and a
-        largest one picked among them, or a stop decided on one, would not be covered by the confidence."""
-        plan = self.p.plan
-        return step == plan.steps or not plan.budget_allows(step + 1)
-
-    def _audit_bound(self, step: int) -> dict[str, float]:
-        """The step event's audit fields: the bound at the final step only (``audit_epsilon_lower_bound``),
-        interim readings every few steps before it (``audit_interim``, not a bound)."""
-        final = self._audit_final(step) if self.canaries is not None or self.input_canaries is not None else False
-        if self.canaries is not None:
-            every = max(1, self.p.plan.steps // AUDIT_POINTS)
-            if step % every and not final:
-                return {}
-            value = self.canaries.result().epsilon_lower_bound
-        elif self.input_canaries is not None and final:  # scoring costs 2 m forwards: last step only
-            value = self.input_canaries.result().epsilon_lower_bound
-        else:
-            return {}
-        return {"audit_epsilon_lower_bound": value} if final else {"audit_interim": value}
-
-    def _audit_comparison(self) -> dict:
-        """What the bound is compared against (privacy.audit.canary_epsilon, engine/canaries.py proves why), and
-        whether this result is only an interim reading."""
-        plan = self.p.plan
-        eps = canary_epsilon(
-            noise_multiplier=plan.noise_multiplier,
-            sample_rate=plan.sample_rate,
-            steps=self.step,
-            delta=plan.delta,
-            accountant=plan.accountant,
-        )
-        same = plan.neighboring == "add_remove" and plan.privacy_unit == "example"
-        what = (
-            f"the canaries' own epsilon (add/remove of one canary, Poisson at q = {plan.sample_rate:.4g}, "
-            f"sigma = {plan.noise_multiplier:.4g}, {self.step} steps, delta = {plan.delta:.2g}): "
-            + ("the run's claim, for the canaries are units of the same mechanism" if same else "at most the claim")
-        )
-        interim = self.stopped_by_request or not self._audit_final(self.step)
-        return {"compared_epsilon": eps if math.isfinite(eps) else "inf", "compared_to": what, "interim": interim}
-
     def audit_report(self) -> dict:
-        """{"audit": the result so far} for audit runs (summary, privacy report), {} otherwise. On the demo data it
-        holds the exposure of the planted secrets too (engine/exposure.py). Computed once per step."""
-        auditor = self.canaries if self.canaries is not None else self.input_canaries
-        if auditor is None or self.step == 0:
-            return {}
-        if self._audit is not None and self._audit[0] == self.step:
-            return self._audit[1]
-        try:
-            out = {"audit": {**auditor.result().to_dict(), **self._audit_comparison()}}
-        except ValueError as err:  # e.g. non-finite released sums: say so rather than lose the summary
-            log.error("the audit could not be computed: %s", err)
-            return {}
-        if self.p.config.data == "demo" and self.p.task == "causal_lm":
-            try:
-                out["audit"]["exposure"] = demo_exposures(
-                    self.p, self.randomness.exposure_rng(), autocast=self._autocast
-                )
-            except Exception:  # noqa: BLE001 - the exposure test failing must not lose the audit
-                log.exception("the exposure of the demo secrets could not be computed")
-        self._audit = (self.step, out)
-        return out
+        """{"audit": the result so far} for audit runs (summary, privacy report), {} otherwise (workbench/audit)."""
+        return self.audit.report(self.step, stopped=self.stopped_by_request)
 
     def allocation_report(self) -> dict:
         """The current per-module clip norms and noise multipliers, and the multiplier the accountant sees."""

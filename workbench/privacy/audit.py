@@ -102,7 +102,7 @@ class AuditResult:
     confidence: float
     kind: str  # what was audited, e.g. "gradient_canaries"
     guess_sides: str = "two_sided"  # "two_sided" (top k in, bottom k out) or "one_sided" (top k in)
-    # What the engine adds (engine/canaries.py, trainer.audit_report): the power (audit_power) of these settings, the
+    # What the audit adds (audit/canaries.py, audit/run.py): the power (audit_power) of these settings, the
     # epsilon the bound is compared against and what it is, how the canaries were scored, and whether this is an
     # interim reading (not a bound: computed before the run's planned end).
     power: float | None = None
@@ -417,7 +417,7 @@ def canary_epsilon(
 
     A canary is one unit Poisson-sampled at the real units' rate q, of norm at most C, through the same Gaussian
     noise sigma C for ``steps`` steps, and "included or not" is add/remove of that unit. So its epsilon is DP-SGD's
-    under add/remove at (sigma, q, T, delta), from an upper-bound accountant (engine/canaries.py proves that the
+    under add/remove at (sigma, q, T, delta), from an upper-bound accountant (audit/canaries.py proves that the
     white-box scores keep this guarantee). It equals the run's claim for an example-level add/remove claim and is
     below a replace-one or user-level claim. inf without noise.
 
