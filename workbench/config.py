@@ -15,11 +15,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workbench.errors import UserError
+
 ACCOUNTANT_CHOICES = ("pld", "rdp", "prv", "edgeworth")
 NEIGHBORING_CHOICES = ("auto", "replace_one", "add_remove")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration a user wrote is not usable; the message says which key and what to do."""
 
 

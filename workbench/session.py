@@ -16,11 +16,11 @@ import traceback
 from typing import Any, Callable
 
 from workbench.config import RunConfig
-from workbench.engine.errors import user_errors
+from workbench.errors import UserError
 from workbench.events import Event, RunEnded
 from workbench.store.runs import RunStore, new_run_id
 
-__all__ = ["Session", "user_errors"]
+__all__ = ["Session"]
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[Event], None]
@@ -177,7 +177,7 @@ class Session:
                 status, reason = trainer.run()
                 adapter = str(trainer.save(stopped=status == "stopped")) if trainer.step > 0 else None
             self._end(status, reason, self._summary(trainer, status, adapter, started), trainer=trainer)
-        except user_errors() as err:
+        except UserError as err:
             self._end("failed", str(err), self._summary(trainer, "failed", None, started), trainer=trainer)
         except Exception as err:  # a bug, not bad input: keep the traceback in the run folder
             path = self.store.run_dir(self.run_id)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from workbench.config import ConfigError, RunConfig
+from workbench.errors import UserError
 from workbench.store.names import ABBREVIATIONS, format_value, run_label  # noqa: F401 (re-exported)
 from workbench.store.runs import RunStore
 from workbench.store.sweeps import DONE, Member, SweepRecord, SweepStore
@@ -47,7 +48,7 @@ NOT_SWEPT = ("name", "output_dir")  # the sweep names its runs and gives each it
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep that cannot be run as asked; the message lists every problem found."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import logging
 
+from workbench.errors import UserError
+
 log = logging.getLogger("workbench.app")
 
 CSS = """
@@ -42,24 +44,9 @@ CSS = """
 """
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The engine's user errors, plus the store's; the bare config error if the engine cannot load."""
-    from workbench.config import ConfigError
-    from workbench.store.export import ExportError
-    from workbench.store.runs import RunNotFound
-
-    try:
-        from workbench.session import user_errors as engine_user_errors
-
-        engine = engine_user_errors()
-    except ImportError:
-        engine = (ConfigError,)
-    return (*engine, ExportError, RunNotFound)
-
-
 def error_text(err: BaseException) -> str:
     """A user error as one Markdown line; anything else is logged with its traceback and summarised."""
-    if isinstance(err, user_errors()):
+    if isinstance(err, UserError):
         message = str(err).strip() or type(err).__name__
     else:
         log.exception("unexpected error in an app callback")

@@ -20,6 +20,7 @@ from workbench.app import forms
 from workbench.app.common import error_text
 from workbench.app.state import AppContext
 from workbench.config import ConfigError, RunConfig
+from workbench.errors import UserError
 
 log = logging.getLogger("workbench.app")
 
@@ -49,7 +50,7 @@ ENDED = ("finished", "stopped", "failed")
 TIMER_SECONDS = 5.0  # the progress line's refresh while a sweep runs (the app avoids chatty polling)
 
 
-class SweepInputError(ValueError):
+class SweepInputError(UserError, ValueError):
     """Bad values in the panel; the message says what to change."""
 
 

@@ -46,12 +46,6 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _user_errors():
-    from workbench.session import user_errors
-
-    return user_errors()
-
-
 def _load_config(path: Optional[Path], overrides: list[str]) -> RunConfig:
     """The config file (or the defaults) with ``--set`` overrides; a bad one exits 2 with its message."""
     try:

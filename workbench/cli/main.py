@@ -22,9 +22,9 @@ from workbench.cli.common import (
     _Progress,
     _quiet_libraries,
     _store,
-    _user_errors,
 )
 from workbench.config import ConfigError, RunConfig
+from workbench.errors import UserError
 from workbench.events import jsonable
 
 app = typer.Typer(
@@ -362,7 +362,7 @@ def check(
         task, plan = _plan_without_model(cfg)
         findings = preflight(cfg, plan, task=task)
         person = _person_sentence(cfg, plan)
-    except _user_errors() as err:
+    except UserError as err:
         _fail(str(err))
     if as_json:
         _print_json([f.to_dict() for f in findings])
@@ -507,7 +507,7 @@ def plan_cmd(
 
             plan = make_plan(cfg, dataset_size=n_examples, num_users=n_users)
             final = plan.epsilon_at(plan.steps)
-    except _user_errors() as err:
+    except UserError as err:
         _fail(str(err))
     if recommend:
         if as_json:
@@ -699,7 +699,7 @@ def _replay_data_check(store, run_id: str, cfg: RunConfig) -> None:
 
     try:
         digest = dataset_fingerprint(load_source(cfg), privacy_unit=cfg.privacy_unit)
-    except _user_errors() as err:
+    except UserError as err:
         raise ReplayError(f"run {run_id}'s data cannot be read for its replay: {err}") from None
     Ledger(store).check_replay(run_id, digest, data=cfg.data)
 
@@ -802,12 +802,11 @@ def _data_fingerprints(ledger, path: str, column: list[str]):
     _quiet_libraries()
     from workbench.engine.data import load_dataset
     from workbench.engine.fingerprint import dataset_fingerprint, unit_identities
-    from workbench.store.ledger_units import UnitKeyError
 
     try:
         ds = load_dataset(path, columns=dict(_split_kv(c) for c in column) or None)
         touching = ledger.data_units(unit_identities(ds))
-    except (*_user_errors(), UnitKeyError) as err:
+    except UserError as err:
         _fail(str(err))
     return [dataset_fingerprint(ds, privacy_unit=unit) for unit in ("example", "user")], touching
 
@@ -949,7 +948,7 @@ def data(
         ds = load_dataset(path, columns=columns)
         tok = _tokenizer(model)
         info = describe_dataset(ds, tok, max_seq_len=max_seq_len)
-    except _user_errors() as err:
+    except UserError as err:
         _fail(str(err))
     if as_json:
         _print_json(info)

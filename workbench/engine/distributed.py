@@ -67,6 +67,7 @@ import torch  # noqa: E402
 
 from workbench.config import ConfigError, RunConfig  # noqa: E402
 from workbench.engine.collective import LocalCollective  # noqa: E402
+from workbench.errors import UserError
 
 DEFAULT_TIMEOUT_S = 300.0  # collectives and the rendezvous; rank 0's evaluations between steps must fit in it
 HOSTED_ENV = "WORKBENCH_HOSTED"  # "1" in the environment of the ranks a Session hosts (running/launch.py)
@@ -77,7 +78,7 @@ class DistributedSetupError(ConfigError):
     """A multi-process run cannot start (bad --nproc, no backend, no GPUs, rendezvous unreachable)."""
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """A rank died, hung, or could not prepare: the run fails with this message."""
 
 

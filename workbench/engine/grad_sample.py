@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from workbench.errors import UserError
+
 # Per-example gradient rules, keyed by layer type (as Opacus' register_grad_sampler): each takes the
 # module, its input x (B, T, in) and the gradient of its output g (B, T, out), both fp32, and returns
 # the per-example (weight, bias) gradients (None for a frozen parameter). Only nn.Linear is needed:
@@ -43,7 +45,7 @@ def linear_grad_sample(module: nn.Linear, x: torch.Tensor, g: torch.Tensor):
     return weight, bias
 
 
-class UnsupportedModelError(RuntimeError):
+class UnsupportedModelError(UserError, RuntimeError):
     """The model has trainable parameters we cannot compute per-example gradients for."""
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from workbench.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,7 +30,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model spec cannot be loaded; the message says why and what to do."""
 
 

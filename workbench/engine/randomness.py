@@ -41,6 +41,7 @@ import numpy as np
 from randomgen import ChaCha
 
 from workbench.engine.noise import NOISE_SOURCES, NOISE_VERSION, GaussianNoise, KeystreamNoise
+from workbench.errors import UserError
 
 __all__ = ["GaussianNoise", "KeystreamNoise", "NOISE_VERSION", "ReplayError", "RunRandomness", "stream"]
 
@@ -49,7 +50,7 @@ KEY_FILE = "randomness.key"
 SEEDED_LABEL = "seeded randomness: no differential-privacy guarantee"
 
 
-class ReplayError(ValueError):
+class ReplayError(UserError, ValueError):
     """A run cannot be replayed (its key is missing, unreadable or damaged); the message says what to do."""
 
 

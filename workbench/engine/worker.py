@@ -12,7 +12,7 @@ from pathlib import Path
 
 from workbench.config import RunConfig
 from workbench.engine.distributed import Distributed, DistributedError, WorkerRandomness, shutdown
-from workbench.engine.errors import user_errors
+from workbench.errors import UserError
 
 
 def run_worker(config: RunConfig, ctx: Distributed) -> int:
@@ -26,7 +26,7 @@ def run_worker(config: RunConfig, ctx: Distributed) -> int:
             prepared = prepare(config)
         except Exception as err:  # noqa: BLE001 - told to rank 0, which fails the run with it (one message)
             with contextlib.suppress(DistributedError):
-                ctx.agree(str(err) if isinstance(err, user_errors()) else f"{type(err).__name__}: {err}")
+                ctx.agree(str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}")
             return 2
         randomness = RunRandomness.seeded(config.noise_seed) if config.noise_seed is not None else WorkerRandomness()
         trainer = Trainer(
@@ -41,7 +41,7 @@ def run_worker(config: RunConfig, ctx: Distributed) -> int:
     except DistributedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except user_errors() as err:
+    except UserError as err:
         print(f"error: rank {ctx.rank}: {err}", file=sys.stderr)
         return 2
     except Exception:  # noqa: BLE001 - a bug: the traceback, then exit 1

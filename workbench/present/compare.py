@@ -18,6 +18,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench.errors import UserError
 from workbench.present.figures import base_layout, empty_figure
 from workbench.present.series import downsample, ema, finite, fmt_eps
 from workbench.present.view import RunView
@@ -208,7 +209,7 @@ METRICS = {
 BANDS = ("sd", "minmax", "none")
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """A comparison that cannot be made as asked (an unknown run or sweep, an unknown axis); one message."""
 
 

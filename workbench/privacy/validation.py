@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 import numbers
 
+from workbench.errors import UserError
+
 ACCOUNTANTS = ("pld", "rdp", "prv", "edgeworth")
 NEIGHBORING = ("add_remove", "replace_one")
 
 
-class PrivacyError(ValueError):
+class PrivacyError(UserError, ValueError):
     """Bad input to privacy accounting, or a value the chosen accountant cannot give."""
 
 

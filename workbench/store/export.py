@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+from workbench.errors import UserError
 from workbench.events import jsonable
 from workbench.store.runs import RunStore
 
@@ -48,7 +49,7 @@ Keep them with the data they came from; do not publish them with the adapter.
 EXPORT_TIME = 315_619_200
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The run cannot be exported; the message says why."""
 
 

@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+from workbench.errors import UserError
 from workbench.privacy.accountants import PrivacyError
 from workbench.privacy.dp_events import (
     common_relation,
@@ -142,7 +143,7 @@ _COLUMNS = (
 )
 
 
-class LedgerError(ValueError):
+class LedgerError(UserError, ValueError):
     """A ledger request that cannot be done (an unknown run, a run forgotten twice); one message."""
 
 

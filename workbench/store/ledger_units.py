@@ -24,6 +24,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from workbench.errors import UserError
+
 KEY_FILE = "ledger.key"
 HASH_BYTES = 16  # per identity; 128 bits
 PAIR = 2 * HASH_BYTES  # an example's hash, then its user's (zeros: no user)
@@ -35,7 +37,7 @@ LEGACY_NOTE = (
 )
 
 
-class UnitKeyError(ValueError):
+class UnitKeyError(UserError, ValueError):
     """The home's unit key is missing or does not match the hashes stored; one message."""
 
 

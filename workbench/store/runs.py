@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from workbench.errors import UserError
 from workbench.events import (
     EvalMetrics,
     Event,
@@ -61,7 +62,7 @@ CREATE INDEX IF NOT EXISTS events_kind ON events(run_id, kind, seq);
 ACTIVE = ("running", "queued")
 
 
-class RunNotFound(KeyError):
+class RunNotFound(UserError, KeyError):
     def __str__(self) -> str:
         return f"no run with id {self.args[0]!r}. `workbench runs list` shows the stored runs."
 

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.errors import UserError
+
 SCHEMAS = ("prompt_response", "alpaca", "chat", "text", "classification")
 ROLES = ("prompt", "response", "instruction", "input", "output", "messages", "text", "label", "user_id")
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -47,7 +49,7 @@ _CHAT_ROLES = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the user's data; str(err) is one message saying where, what and what to do."""
 
 
