@@ -22,8 +22,8 @@ from workbench.config import RunConfig
 from workbench.engine.data import TokenizedExample
 from workbench.engine.evaluate import evaluate, majority_class
 from workbench.engine.prepare import dataset_sizes, load_splits
-from workbench.engine.report import person_sentence
 from workbench.planning.plan import make_plan
+from workbench.planning.wording import person_sentence
 from workbench.present.diagnostics import baseline_text, class_prior_text
 from workbench.store.export import export_run
 from workbench.store.runs import RunStore

@@ -13,9 +13,9 @@ import pytest
 from factories import MODULES, NBINS, evaluation, started, step
 
 from workbench.app.live import header_html
-from workbench.engine.report import epsilon_sentence
 from workbench.engine.trainer import log_norm_telemetry
 from workbench.events import GRAD_NORM_LOG_BIN_EDGES, RunEnded, StepMetrics, event_from_dict
+from workbench.planning.wording import epsilon_sentence
 from workbench.present import TELEMETRY_NOTE, RunView, baseline_text, panels
 from workbench.present.figures import grad_norm_heatmap, grad_norm_histogram, noise_allocation_figure
 from workbench.present.live import LOG_BINS, module_row, rows

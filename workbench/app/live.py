@@ -213,7 +213,7 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
 
     from workbench.app.common import badge
     from workbench.engine.randomness import SEEDED_LABEL
-    from workbench.engine.report import relation_text
+    from workbench.planning.wording import relation_text
     from workbench.present import accountant_label, fmt_eps, progress
 
     final = view.final_epsilon if view.ended is not None else None  # an ended run: its summary's epsilon
@@ -295,8 +295,8 @@ def stop_text(summary: dict | None) -> str:
 
 
 def _epsilon_sentence(view, epsilon: float | None) -> str:
-    """What the epsilon spent so far protects (engine/report.py), once the run has taken a step."""
-    from workbench.engine.report import epsilon_sentence
+    """What the epsilon spent so far protects (planning/wording.py), once the run has taken a step."""
+    from workbench.planning.wording import epsilon_sentence
 
     s = view.started
     if s is None or view.latest_step is None:

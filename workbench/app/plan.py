@@ -16,7 +16,7 @@ from workbench.app.common import error_text
 from workbench.app.data_panel import data_markdown
 from workbench.app.state import AppContext
 from workbench.config import RunConfig
-from workbench.engine.report import relation_text
+from workbench.planning.wording import relation_text
 from workbench.present import accountant_label, empty_figure, fmt_eps, plan_figure
 from workbench.present.recommend import recommend_figure, recommend_markdown
 

@@ -88,7 +88,7 @@ def train(
 def _print_summary(s: dict) -> None:
     if s.get("status") == "failed":
         return
-    from workbench.engine.report import epsilon_sentence, person_sentence
+    from workbench.planning.wording import epsilon_sentence, person_sentence
     from workbench.present.diagnostics import baseline_text, class_prior_text
 
     eps = s.get("epsilon")
@@ -408,10 +408,10 @@ def _echo_sizes(cfg: RunConfig, *, err: bool = True) -> None:
 
 
 def _person_sentence(cfg: RunConfig, plan) -> str:
-    """What the planned epsilon means for a person when the data has users ('' otherwise): engine/report.py."""
+    """What the planned epsilon means for a person when the data has users ('' otherwise): planning/wording.py."""
     from workbench.engine.data.describe import people
     from workbench.engine.prepare import load_splits
-    from workbench.engine.report import person_sentence
+    from workbench.planning.wording import person_sentence
 
     train, _ = load_splits(cfg)
     found = people(train)

@@ -22,8 +22,8 @@ import ipywidgets as w
 
 from workbench.config import RunConfig
 from workbench.engine.randomness import SEEDED_LABEL
-from workbench.engine.report import relation_text
 from workbench.events import Event
+from workbench.planning.wording import relation_text
 from workbench.present import PANELS, STATUS_COLORS, RunView, generations_table, panels, progress
 from workbench.session import Session
 from workbench.store.runs import ACTIVE, RunStore

@@ -24,8 +24,8 @@ import ipywidgets as w
 
 from workbench import privacy
 from workbench.config import ConfigError, RunConfig
-from workbench.engine.report import relation_text
 from workbench.planning.stages import PlanResult, plan_stages
+from workbench.planning.wording import relation_text
 from workbench.present import accountant_label, fmt_eps, plan_figure
 from workbench.present.recommend import recommend_figure, recommend_html
 from workbench.widgets._live import figure_widget, sync_figure

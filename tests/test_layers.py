@@ -1,5 +1,6 @@
-"""One base class for the errors a user's input causes (issue 28): every surface catches ``UserError`` and shows
-its message; anything else is a bug and keeps its traceback."""
+"""Layers the code keeps (issue 28): one base class for the errors a user's input causes (every surface catches
+``UserError`` and shows its message; anything else is a bug and keeps its traceback), and planning (the mechanism,
+the plan, its wording) loads no torch."""
 
 from __future__ import annotations
 
@@ -51,3 +52,15 @@ def test_catching_user_errors_loads_no_torch():
 
     code = "import sys, workbench.errors, workbench.config; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_the_plan_tab_and_the_planner_words_load_no_torch():
+    """Planning and its wording are torch-free (issue 28): the Plan tab's sentences need no engine."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, workbench.planning.stages, workbench.planning.wording, workbench.planning.recommend; "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
