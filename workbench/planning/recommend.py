@@ -23,6 +23,7 @@ batch is reported beside it, so the cost of spending the rest of the budget on m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,8 @@ from typing import Iterator
 
 from workbench import privacy
 from workbench.config import ConfigError, RunConfig
-from workbench.planning.plan import resolve_neighboring
+from workbench.planning.mechanism import Mechanism
+from workbench.planning.plan import mechanism_for
 from workbench.privacy.validation import check_delta
 
 SMALLEST_BATCH = 8
@@ -51,13 +53,15 @@ class RecommendError(privacy.PrivacyError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One (B, T) setting with the sigma the plan's calibration gives it and the epsilon it spends."""
+    """One (B, T) setting: its mechanism (sigma as the plan's calibration gives it) and the epsilon it spends."""
 
     batch_size: int  # expected batch size B = q * published population
-    steps: int
-    sample_rate: float
-    noise_multiplier: float
+    mechanism: Mechanism
     epsilon: float  # the bound accountant's, at sigma: never above the target
+
+    steps = property(lambda self: self.mechanism.steps)
+    sample_rate = property(lambda self: self.mechanism.sample_rate)
+    noise_multiplier = property(lambda self: self.mechanism.noise_multiplier)
 
     @property
     def noise_batch_ratio(self) -> float:
@@ -69,7 +73,15 @@ class Candidate:
         return self.batch_size * self.steps
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "noise_batch_ratio": self.noise_batch_ratio, "examples": self.examples}
+        return dict(
+            batch_size=self.batch_size,
+            steps=self.steps,
+            sample_rate=self.sample_rate,
+            noise_multiplier=self.noise_multiplier,
+            epsilon=self.epsilon,
+            noise_batch_ratio=self.noise_batch_ratio,
+            examples=self.examples,
+        )
 
 
 @dataclass(frozen=True)
@@ -89,10 +101,6 @@ class LearningRateNote:
 class Recommendation:
     population: int  # N: the privacy units sampled (examples; users under ULS)
     target_epsilon: float
-    delta: float
-    accountant: str  # the upper-bound accountant that set every sigma
-    neighboring: str
-    privacy_unit: str
     budget_examples: int
     min_steps: int
     best: Candidate
@@ -101,6 +109,12 @@ class Recommendation:
     learning_rate: LearningRateNote
     skipped: tuple[str, ...] = field(default=())  # candidates dropped, and why
     complete: bool = True  # False while candidates are still being calibrated
+
+    # delta, the bound, the relation and the unit are every candidate's mechanism's (the best one's here)
+    delta = property(lambda self: self.best.mechanism.delta)
+    accountant = property(lambda self: self.best.mechanism.accountant)  # the upper bound that set every sigma
+    neighboring = property(lambda self: self.best.mechanism.neighboring)
+    privacy_unit = property(lambda self: self.best.mechanism.privacy_unit)
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
@@ -223,20 +237,19 @@ def batch_grid(population: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=2048)
-def _candidate(
-    batch_size: int, steps: int, population: int, target: float, delta: float, accountant: str, neighboring: str
-) -> Candidate | str:
-    """A calibrated, checked candidate, or why there is none (cached: the app and tests repeat them)."""
-    q = min(1.0, batch_size / population)
-    common = dict(sample_rate=q, steps=steps, delta=delta, accountant=accountant, neighboring=neighboring)
+def _candidate(batch_size: int, steps: int, population: int, target: float, base: Mechanism) -> Candidate | str:
+    """A calibrated, checked candidate of ``base`` (the plan's delta, bound, relation and unit) at B and T, or why
+    there is none (cached: the app and tests repeat them)."""
+    mechanism = dataclasses.replace(base, sample_rate=min(1.0, batch_size / population), steps=steps)
     try:
-        sigma = privacy.calibrate(target_epsilon=target, **common)
-        eps = privacy.epsilon(noise_multiplier=sigma, **common)
+        mechanism = mechanism.calibrated(target)
+        eps = mechanism.epsilon()
     except privacy.PrivacyError as err:
         return f"B = {batch_size}, T = {steps}: {err}"
     if eps > target * (1 + EPSILON_SLACK):  # never recommend an overshoot (Opacus #346)
+        sigma = mechanism.noise_multiplier
         return f"B = {batch_size}, T = {steps}: sigma {sigma:.4g} gives epsilon {eps:.6g} > target {target:g}"
-    return Candidate(batch_size, steps, q, float(sigma), float(eps))
+    return Candidate(batch_size, mechanism, float(eps))
 
 
 def recommend_stages(
@@ -284,9 +297,12 @@ def recommend_stages(
             f"N = {n} {unit} is too small: the batch sizes tried run from {SMALLEST_BATCH} to N/2, so N must be at "
             f"least {2 * SMALLEST_BATCH}. Add data."
         )
-    try:
+    try:  # delta, the relation and the bound exactly as the run's plan resolves them (plan.mechanism_for)
         config = RunConfig.from_dict(
             dict(
+                batch_size=SMALLEST_BATCH,
+                max_steps=min_steps,
+                delta=None if delta is None else check_delta(delta),
                 target_epsilon=float(target_epsilon),
                 accountant=accountant,
                 neighboring=neighboring,
@@ -295,15 +311,9 @@ def recommend_stages(
                 public_dataset_size=public_dataset_size,
             )
         )
-        relation = resolve_neighboring(config)
+        base, _ = mechanism_for(config, dataset_size=n, num_users=n if privacy_unit == "user" else None)
     except ConfigError as err:
         raise RecommendError(str(err)) from None
-    default_delta = config.default_delta(dataset_size=public_dataset_size or n)
-    delta = default_delta if delta is None else check_delta(delta)
-    if delta >= 1.0 / n:
-        raise RecommendError(
-            f"delta={delta:g} is not below 1/N = {1.0 / n:.3g} (N={n} {unit}); choose delta <= {default_delta:g}."
-        )
     if budget < SMALLEST_BATCH:
         raise RecommendError(
             f"a budget of {budget:,} examples is too small for one step: the smallest batch tried is {SMALLEST_BATCH}."
@@ -313,9 +323,8 @@ def recommend_stages(
             f"a budget of {budget:,} examples pays for fewer than min steps = {min_steps:,} steps even at the smallest "
             f"batch ({SMALLEST_BATCH}: {SMALLEST_BATCH * min_steps:,} examples). Raise the budget or lower min steps."
         )
-    bound = privacy.bound_accountant(accountant)
     population = public_dataset_size or n  # the plan's q = B / public size (make_plan)
-    key = (population, float(target_epsilon), float(delta), bound, relation)
+    key = (population, float(target_epsilon), base)
     grid = batch_grid(n)
     # the min-steps series first (it holds the recommendation), then the whole-budget curve
     jobs = [(b, min_steps, "min") for b in grid if b * min_steps <= budget]
@@ -339,10 +348,6 @@ def recommend_stages(
         return Recommendation(
             population=n,
             target_epsilon=float(target_epsilon),
-            delta=float(delta),
-            accountant=bound,
-            neighboring=relation,
-            privacy_unit=privacy_unit,
             budget_examples=budget,
             min_steps=min_steps,
             best=best,

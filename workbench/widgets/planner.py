@@ -368,7 +368,7 @@ class PrivacyPlanner:
         """The batch size and steps with the smallest σ/B for N, target ε, δ, accountant and relation of
         the sliders within the budget (planning/recommend.py), drawn as they are calibrated; returns the
         Recommendation, or None with the message shown."""
-        from workbench.planning.recommend import recommend_stages
+        from workbench.planning.recommend import recommend_for_config
 
         if budget_examples is not None:
             self.budget.value = budget_examples
@@ -377,22 +377,20 @@ class PrivacyPlanner:
         s = self.settings
         self.recommendation = None
         try:
-            for rec in recommend_stages(
+            for rec in recommend_for_config(
+                replace(s, mode=TARGET).config(),  # the sliders' run config, at their target epsilon
                 dataset_size=s.dataset_size,
-                target_epsilon=s.target_epsilon,
+                num_users=s.num_users,
                 budget_examples=int(self.budget.value),
-                delta=s.delta,
-                accountant=s.selected,
-                neighboring=s.neighboring,
                 min_steps=int(self.min_steps.value),
-                public_dataset_size=s.dataset_size,  # a calculator: the N typed here is a public number
+                stages=True,
             ):
                 if rec is not None:
                     self.recommendation = rec
                     fig = recommend_figure(rec).update_layout(width=self.plot_width + 480, autosize=False)
                     sync_figure(self.recommend_figure, fig)
                     self.recommend_text.value = recommend_html(rec)
-        except privacy.PrivacyError as err:
+        except (privacy.PrivacyError, ConfigError) as err:
             sync_figure(self.recommend_figure, recommend_figure(None, message="no recommendation"))
             self.recommend_text.value = f"<div style='color:#d62728'>{html.escape(str(err))}</div>"
             return None
