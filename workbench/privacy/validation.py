@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 import numbers
 
+from workbench.config import ACCOUNTANT_CHOICES as ACCOUNTANTS  # one list: the run config's choices
 from workbench.errors import UserError
 
-ACCOUNTANTS = ("pld", "rdp", "prv", "edgeworth")
 NEIGHBORING = ("add_remove", "replace_one")
 
 

@@ -53,7 +53,7 @@ class PlanSettings:
     noise_multiplier: float = 1.0
     target_epsilon: float = _RUN["target_epsilon"].default
     max_grad_norm: float = _RUN["max_grad_norm"].default
-    accountants: tuple[str, ...] = ("pld", "rdp", "prv", "edgeworth")
+    accountants: tuple[str, ...] = privacy.ACCOUNTANTS
     selected: str = _RUN["accountant"].default
     max_examples_per_user: int = _RUN["max_examples_per_user"].default  # k, for the user-level column
     neighboring: str = _RUN["neighboring"].default  # auto: add/remove, the N typed here being public
