@@ -37,7 +37,7 @@ warnings.filterwarnings("ignore")
 import yaml  # noqa: E402
 
 from workbench.audit import exposure  # noqa: E402
-from workbench.config import RunConfig  # noqa: E402
+from workbench.config import RunConfig, flatten  # noqa: E402
 from workbench.session import Session  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
 
@@ -51,7 +51,7 @@ ARMS = {
 
 
 def settings(args) -> dict:
-    cfg = yaml.safe_load((HERE.parent / "assets" / "demo.yaml").read_text())
+    cfg = flatten(yaml.safe_load((HERE.parent / "assets" / "demo.yaml").read_text()))  # grouped -> flat keys
     cfg.pop("target_epsilon", None)
     cfg.pop("response_max_tokens", None)  # the planted secrets are in the reply after the answer line: keep it
     cfg.update(

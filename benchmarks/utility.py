@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-from workbench.config import RunConfig  # noqa: E402
+from workbench.config import RunConfig, flatten  # noqa: E402
 from workbench.engine.trainer import Trainer, prepare  # noqa: E402
 from workbench.session import Session  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
@@ -40,7 +40,7 @@ def settings(args) -> dict:
     cfg = _base_settings(args)
     for item in args.set or []:
         key, _, value = item.partition("=")
-        cfg[key.strip()] = yaml_value(value)
+        cfg[RunConfig.field_name(key.strip()) or key.strip()] = yaml_value(value)  # lora.r or lora_r -> lora_r
     return cfg
 
 
@@ -54,7 +54,7 @@ def _base_settings(args) -> dict:
     if args.task == "demo":  # the settings of `make demo`, so the figures describe that run
         import yaml
 
-        cfg = yaml.safe_load((HERE.parent / "assets" / "demo.yaml").read_text())
+        cfg = flatten(yaml.safe_load((HERE.parent / "assets" / "demo.yaml").read_text()))  # grouped -> flat keys
         cfg.pop("target_epsilon", None)
         cfg.update(generate_max_new_tokens=0, seed=args.seed)
         for key, value in (

@@ -1,16 +1,26 @@
 """One validated, frozen run configuration.
 
 Every field carries its help text once (``Field(description=...)``); the command line, the app's
-tooltips and the docs read it from here.  ``RunConfig.from_overrides`` turns ``key=value`` strings
+tooltips and the docs read it from here.  ``RunConfig.with_overrides`` turns ``key=value`` strings
 (``workbench train --set ...``) into typed values with messages that name the bad key.
+
+Users write and read the configuration in groups (``GROUPS``): YAML files nest them
+(``privacy: {target_epsilon: 8}``), ``--set`` takes dotted keys (``--set privacy.target_epsilon=8``,
+``--set lora.r=4``), ``to_yaml`` and ``--help-keys`` show them.  A field names its own dotted key
+(``json_schema_extra={"key": "lora.r"}``); a field without one is a top-level, what-to-train key.  The
+code reads the fields flat (``cfg.lora_r``, or ``cfg.lora.r`` through a group's read-only view), and
+``to_dict()`` stays flat: the run store, fingerprints and exports keep their keys.  The flat names stay
+valid as aliases everywhere a key is accepted.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,6 +33,19 @@ NEIGHBORING_CHOICES = ("auto", "replace_one", "add_remove")
 
 class ConfigError(UserError, ValueError):
     """A configuration a user wrote is not usable; the message says which key and what to do."""
+
+
+# The groups of the configuration as users write it (YAML, --set, --help-keys), in the order to_yaml writes
+# them after the top-level keys. Each field names its dotted key ("group.name") with json_schema_extra.
+GROUPS: dict[str, str] = {
+    "privacy": "the guarantee: budget or noise, delta, accountant, neighbouring relation, privacy unit",
+    "clipping": "the per-unit clipping norm, flat or per-layer clipping and the per-layer noise allocation",
+    "audit": "the empirical privacy audit of one run",
+    "lora": "the LoRA adapter: rank, scale, dropout, which layers and modules",
+    "optimisation": "the optimizer, its learning-rate schedule, the batch size and the run's length",
+    "evaluation": "validation during the run, sample generations and where the adapter goes",
+    "performance": "where and in what pieces it runs: physical batch, device, processes",
+}
 
 
 # Quantile clip norms (engine/allocation.py): each key's valid range and the message when it is outside.
@@ -84,30 +107,59 @@ class RunConfig(BaseModel):
     )
 
     # how long
-    max_steps: int | None = Field(None, ge=1, description="Number of logical DP-SGD steps.")
-    epochs: float | None = Field(None, gt=0, description="Passes over the data in expectation (steps = epochs / q).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Number of logical DP-SGD steps.", json_schema_extra={"key": "optimisation.max_steps"}
+    )
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description="Passes over the data in expectation (steps = epochs / q).",
+        json_schema_extra={"key": "optimisation.epochs"},
+    )
     batch_size: int = Field(
-        32, ge=1, description="Expected logical batch size; the sampling rate is q = batch_size / N."
+        32,
+        ge=1,
+        description="Expected logical batch size; the sampling rate is q = batch_size / N.",
+        json_schema_extra={"key": "optimisation.batch_size"},
     )
     physical_batch_size: int = Field(
-        16, ge=1, description="Examples per forward/backward pass; bounds memory whatever the sampled batch is."
+        16,
+        ge=1,
+        description="Examples per forward/backward pass; bounds memory whatever the sampled batch is.",
+        json_schema_extra={"key": "performance.physical_batch_size"},
     )
 
     # privacy
     target_epsilon: float | None = Field(
-        8.0, gt=0, description="Privacy budget; the noise multiplier is calibrated to reach it at the last step."
+        8.0,
+        gt=0,
+        description="Privacy budget; the noise multiplier is calibrated to reach it at the last step.",
+        json_schema_extra={"key": "privacy.target_epsilon"},
     )
     noise_multiplier: float | None = Field(
-        None, ge=0, description="Noise std / clipping norm. Set it instead of target_epsilon; 0 = non-private."
+        None,
+        ge=0,
+        description="Noise std / clipping norm. Set it instead of target_epsilon; 0 = non-private.",
+        json_schema_extra={"key": "privacy.noise_multiplier"},
     )
-    delta: float | None = Field(None, gt=0, lt=1, description="Delta of (epsilon, delta)-DP; default: below 1/N.")
+    delta: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Delta of (epsilon, delta)-DP; default: below 1/N.",
+        json_schema_extra={"key": "privacy.delta"},
+    )
     max_grad_norm: float | None = Field(
-        1.0, gt=0, description="Per-example clipping norm C. Empty (None) means no clipping (non-private only)."
+        1.0,
+        gt=0,
+        description="Per-example clipping norm C. Empty (None) means no clipping (non-private only).",
+        json_schema_extra={"key": "clipping.max_grad_norm"},
     )
     accountant: Literal["pld", "rdp", "prv", "edgeworth"] = Field(
         "pld",
         description="Privacy accountant: pld (tightest, default), rdp or prv (upper bounds). 'edgeworth' is an "
         "approximation: it is shown beside PLD, and PLD still sets the noise and the budget stop.",
+        json_schema_extra={"key": "privacy.accountant"},
     )
     neighboring: Literal["auto", "replace_one", "add_remove"] = Field(
         "auto",
@@ -117,6 +169,7 @@ class RunConfig(BaseModel):
         "needs). auto: add_remove when public_dataset_size is given, else replace_one where the accountant has it (PLD "
         "over examples or ULS users); rdp, prv, edgeworth and ELS analyse add_remove only, so they need "
         "public_dataset_size.",
+        json_schema_extra={"key": "privacy.neighboring"},
     )
     public_dataset_size: int | None = Field(
         None,
@@ -126,31 +179,46 @@ class RunConfig(BaseModel):
         "neighbours (the relation most papers report; less noise than replace_one for the same epsilon) and every "
         "published number (q = batch_size / this, the steps, the default delta, the size) comes from it, never from "
         "the data. `workbench check` shows the data's count to copy.",
+        json_schema_extra={"key": "privacy.public_dataset_size"},
     )
     privacy_unit: Literal["example", "user"] = Field(
-        "example", description="The unit the guarantee protects: one example, or one user (needs user_id)."
+        "example",
+        description="The unit the guarantee protects: one example, or one user (needs user_id).",
+        json_schema_extra={"key": "privacy.unit"},
     )
     user_sampling: Literal["els", "uls"] = Field(
         "els",
         description="User-level DP: 'els' samples examples (user epsilon by the mixture-of-Gaussians PLD); "
         "'uls' samples users, each contributing the clipped mean of its examples.",
+        json_schema_extra={"key": "privacy.user_sampling"},
     )
-    max_examples_per_user: int = Field(8, ge=1, description="k: each user's examples are capped at k (user-level DP).")
+    max_examples_per_user: int = Field(
+        8,
+        ge=1,
+        description="k: each user's examples are capped at k (user-level DP).",
+        json_schema_extra={"key": "privacy.max_examples_per_user"},
+    )
     user_example_selection: Literal["random", "longest"] = Field(
-        "random", description="Which k examples a user keeps: a seeded random choice, or the longest."
+        "random",
+        description="Which k examples a user keeps: a seeded random choice, or the longest.",
+        json_schema_extra={"key": "privacy.user_example_selection"},
     )
     clipping: Literal["auto", "flat", "per_layer"] = Field(
         "auto",
         description="'flat': one norm C over all LoRA modules; 'per_layer': module l clipped to C_l "
         "(||(C_l)|| = C). 'auto': flat for uniform allocation with fixed clip norms, per_layer otherwise.",
+        json_schema_extra={"key": "clipping.kind"},
     )
     allocation: Literal["uniform", "manual", "adaptive"] = Field(
         "uniform",
         description="Per-layer noise allocation keeping sum sigma_l^-2 = sigma^-2: uniform, manual (weights), "
         "or adaptive (importance from released noisy gradients: post-processing, no extra privacy cost).",
+        json_schema_extra={"key": "clipping.allocation"},
     )
     allocation_weights: dict[str, float] = Field(
-        default_factory=dict, description="manual allocation: {module pattern: weight}; more weight, less noise."
+        default_factory=dict,
+        description="manual allocation: {module pattern: weight}; more weight, less noise.",
+        json_schema_extra={"key": "clipping.allocation_weights"},
     )
     clip_allocation: Literal["fixed", "importance", "quantile"] = Field(
         "fixed",
@@ -159,21 +227,36 @@ class RunConfig(BaseModel):
         "per-unit gradient norms, learnt from a noised count of the units under C_l each step. The count spends "
         "clip_quantile_share of the noise budget inside the same plan (the epsilon is unchanged; the gradient noise "
         "grows by 1/sqrt(1 - share)). Needs per-layer clipping (auto chooses it) and a private run.",
+        json_schema_extra={"key": "clipping.clip_allocation"},
     )
     clip_quantile: float = Field(
-        0.5, description="quantile clipping: the target quantile gamma of each module's per-unit norms, in (0, 1)."
+        0.5,
+        description="quantile clipping: the target quantile gamma of each module's per-unit norms, in (0, 1).",
+        json_schema_extra={"key": "clipping.clip_quantile"},
     )
     clip_quantile_share: float = Field(
         0.05,
         description="quantile clipping: the share of the privacy budget (noise precision) spent on the noised "
         "counts; the rest goes to the gradient.",
+        json_schema_extra={"key": "clipping.clip_quantile_share"},
     )
     clip_quantile_lr: float = Field(
-        0.2, description="quantile clipping: the geometric rate eta > 0 of C_l <- C_l exp(-eta (bbar_l - gamma))."
+        0.2,
+        description="quantile clipping: the geometric rate eta > 0 of C_l <- C_l exp(-eta (bbar_l - gamma)).",
+        json_schema_extra={"key": "clipping.clip_quantile_lr"},
     )
-    allocation_smoothing: float = Field(0.9, ge=0, lt=1, description="adaptive: moving-average factor of the score.")
+    allocation_smoothing: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="adaptive: moving-average factor of the score.",
+        json_schema_extra={"key": "clipping.allocation_smoothing"},
+    )
     allocation_bound: float = Field(
-        3.0, ge=1, description="Each sigma_l stays within [sigma sqrt(L)/b, sigma sqrt(L) b] (floor and ceiling)."
+        3.0,
+        ge=1,
+        description="Each sigma_l stays within [sigma sqrt(L)/b, sigma sqrt(L) b] (floor and ceiling).",
+        json_schema_extra={"key": "clipping.allocation_bound"},
     )
 
     # empirical privacy audit (privacy/audit.py, engine/canaries.py)
@@ -188,42 +271,80 @@ class RunConfig(BaseModel):
         "the demo data the exposure of its planted secrets. The real data's guarantee is unchanged, but the canaries "
         "are trained into the adapter: an audit run is for checking the implementation, not for release. Needs "
         "max_grad_norm.",
+        json_schema_extra={"key": "audit.kind"},
     )
     audit_canaries: int | None = Field(
         None,
         ge=2,
         description="m: the number of canaries of the audit, each included with probability 1/2. Empty: 1000 gradient "
         "canaries, or min(1000, N // 2) input canaries for N training units; more input canaries than N are refused.",
+        json_schema_extra={"key": "audit.canaries"},
     )
 
     # optimisation
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer applied to the privatised gradient.")
-    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW).")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warm-up.")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="Optimizer applied to the privatised gradient.",
+        json_schema_extra={"key": "optimisation.optimizer"},
+    )
+    learning_rate: float = Field(
+        2e-3, gt=0, description="Peak learning rate.", json_schema_extra={"key": "optimisation.learning_rate"}
+    )
+    weight_decay: float = Field(
+        0.0, ge=0, description="Decoupled weight decay (AdamW).", json_schema_extra={"key": "optimisation.weight_decay"}
+    )
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="SGD momentum.", json_schema_extra={"key": "optimisation.momentum"}
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear warm-up steps.", json_schema_extra={"key": "optimisation.warmup_steps"}
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="Decay after warm-up.", json_schema_extra={"key": "optimisation.lr_schedule"}
+    )
 
     # LoRA
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.", json_schema_extra={"key": "lora.r"})
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.", json_schema_extra={"key": "lora.alpha"})
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the LoRA input.", json_schema_extra={"key": "lora.dropout"}
+    )
     lora_layers: int | None = Field(
-        None, ge=1, description="LoRA only in the last N transformer layers (the backward pass stops there: faster)."
+        None,
+        ge=1,
+        description="LoRA only in the last N transformer layers (the backward pass stops there: faster).",
+        json_schema_extra={"key": "lora.layers"},
     )
     lora_target_modules: str = Field(
         "auto",
         description="'auto' (attention query and value projections), 'all-linear', or comma-separated module names.",
+        json_schema_extra={"key": "lora.target_modules"},
     )
 
     # evaluation and output
-    eval_every: int = Field(0, ge=0, description="Evaluate every N steps; 0 = about five times per run.")
-    eval_max_examples: int = Field(64, ge=1, description="Validation examples used per evaluation.")
-    generate_max_new_tokens: int = Field(32, ge=0, description="Tokens generated per sample prompt (0 = none).")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="Evaluate every N steps; 0 = about five times per run.",
+        json_schema_extra={"key": "evaluation.every"},
+    )
+    eval_max_examples: int = Field(
+        64,
+        ge=1,
+        description="Validation examples used per evaluation.",
+        json_schema_extra={"key": "evaluation.max_examples"},
+    )
+    generate_max_new_tokens: int = Field(
+        32,
+        ge=0,
+        description="Tokens generated per sample prompt (0 = none).",
+        json_schema_extra={"key": "evaluation.generate_max_new_tokens"},
+    )
     baseline_eval: bool = Field(
         True,
         description="Evaluate the untuned model first (step 0, validation loss and accuracy, no generations), shown "
         "beside the run's metric; cached per model, data and evaluation settings under the workbench home.",
+        json_schema_extra={"key": "evaluation.baseline"},
     )
     seed: int = Field(
         0,
@@ -240,8 +361,11 @@ class RunConfig(BaseModel):
         description="Seed the Poisson sampling and the noise instead of a secret key: reproducible for teaching and "
         "debugging, but with NO differential-privacy guarantee (anyone with the seed can replay the noise). Such runs "
         "are labelled 'seeded randomness' everywhere and export refuses them unless forced.",
+        json_schema_extra={"key": "privacy.noise_seed"},
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses CUDA when present.", json_schema_extra={"key": "performance.device"}
+    )
     nproc: int = Field(
         1,
         ge=1,
@@ -249,8 +373,19 @@ class RunConfig(BaseModel):
         "its own shard at rate q, the clipped sums are added up and the noise is added once: the same privacy as "
         "one process. `workbench train --nproc N` (or torchrun, whose world size it then records) starts the ranks; the "
         "app, a notebook or a Session host them, as rank 0 with ranks 1..N-1 as child processes.",
+        json_schema_extra={"key": "performance.nproc"},
     )
-    output_dir: str | None = Field(None, description="Where the adapter goes; default: the run's folder.")
+    output_dir: str | None = Field(
+        None,
+        description="Where the adapter goes; default: the run's folder.",
+        json_schema_extra={"key": "evaluation.output_dir"},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grouped_keys(cls, data: Any) -> Any:
+        """Nested groups, dotted keys and flat names (aliases) to the flat fields; ConfigError names a bad key."""
+        return flatten(data) if isinstance(data, Mapping) else data
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -328,6 +463,36 @@ class RunConfig(BaseModel):
             return self.clipping
         return "flat" if self.allocation == "uniform" and self.clip_allocation != "quantile" else "per_layer"
 
+    # -- groups: read-only views, cfg.privacy.target_epsilon == cfg.target_epsilon ------------------
+    def group(self, name: str) -> Group:
+        """One group's settings by their dotted names' last part: ``cfg.group("lora").r == cfg.lora_r``.
+
+        ``clipping`` and ``audit`` are reached this way only: ``cfg.clipping`` and ``cfg.audit`` stay the
+        fields they always were (the clipping kind and the audit kind)."""
+        if name not in GROUPS:
+            raise ConfigError(f"unknown config group {name!r}. The groups: {', '.join(GROUPS)}.")
+        return Group(name, {short: getattr(self, field) for short, field in _MEMBERS[name].items()})
+
+    @property
+    def privacy(self) -> Group:
+        return self.group("privacy")
+
+    @property
+    def lora(self) -> Group:
+        return self.group("lora")
+
+    @property
+    def optimisation(self) -> Group:
+        return self.group("optimisation")
+
+    @property
+    def evaluation(self) -> Group:
+        return self.group("evaluation")
+
+    @property
+    def performance(self) -> Group:
+        return self.group("performance")
+
     # -- derived ---------------------------------------------------------------------------------
     @property
     def is_private(self) -> bool:
@@ -344,13 +509,24 @@ class RunConfig(BaseModel):
 
     # -- round trips -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The flat form (field names), as the run store, fingerprints and exports keep it."""
         return self.model_dump(mode="json")
 
+    def to_grouped(self) -> dict[str, Any]:
+        """The form users write: the top-level keys, then one mapping per group (``{"lora": {"r": 8, ...}}``)."""
+        flat = self.to_dict()
+        out: dict[str, Any] = {name: flat[name] for name, key in _KEYS.items() if key == name}
+        for group, members in _MEMBERS.items():
+            out[group] = {short: flat[field] for short, field in members.items()}
+        return out
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The grouped form as YAML, what a user saves and edits; ``from_file`` reads it back."""
+        return yaml.safe_dump(self.to_grouped(), sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """A config from a mapping: nested groups, dotted keys or flat names (the form ``to_dict`` writes)."""
         try:
             return cls.model_validate(data)
         except ValidationError as err:
@@ -369,37 +545,201 @@ class RunConfig(BaseModel):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values. Found {type(data).__name__}.")
         return cls.from_dict(data)
 
-    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "RunConfig":
-        """Apply ``key=value`` strings (values parsed as YAML) or a dict on top of this config."""
-        data = self.to_dict()
-        if isinstance(overrides, dict):
-            items = overrides.items()
+    def with_overrides(self, overrides: list[str] | Mapping[str, Any]) -> "RunConfig":
+        """Apply ``key=value`` strings (values parsed as YAML) or a mapping on top of this config.
+
+        Keys are dotted (``privacy.target_epsilon``), flat (``target_epsilon``) or a group with a mapping
+        (``{"lora": {"r": 4}}``); a key repeated in the same spelling takes its last value, a flat key and its
+        dotted twin with different values are a ConfigError."""
+        if isinstance(overrides, Mapping):
+            items = list(overrides.items())
         else:
             items = [_split_override(item) for item in overrides]
-        for key, value in items:
-            if key not in RunConfig.model_fields:
-                close = [k for k in RunConfig.model_fields if key.replace("-", "_") == k]
-                hint = f" Did you mean {close[0]}?" if close else " Run `workbench train --help-keys` for the list."
-                raise ConfigError(f"unknown config key {key!r}.{hint}")
-            data[key] = value
-        return RunConfig.from_dict(data)
+        return RunConfig.from_dict({**self.to_dict(), **_merge(items)})
 
     @staticmethod
-    def help_table() -> list[tuple[str, str, str]]:
-        """(key, default, help) for every field, for CLI and UI help."""
+    def field_name(key: str) -> str | None:
+        """The field a key a user wrote sets (``"lora.r"`` and ``"lora_r"`` -> ``"lora_r"``); None if none."""
+        return _FIELDS.get(key.replace("-", "_"))
+
+    @staticmethod
+    def dotted_key(field: str) -> str:
+        """The key users write for a field: ``"lora_r"`` -> ``"lora.r"``; a top-level field is its own name."""
+        return _KEYS[field]
+
+    @staticmethod
+    def help_table(*, flat: bool = True) -> list[tuple[str, str, str]]:
+        """(key, default, help) for every field, for CLI and UI help.
+
+        ``flat=False``: the dotted keys users write, top-level keys first, then group by group (``workbench
+        train --help-keys``); ``flat=True``: the field names in declaration order (the app's tooltips)."""
+        fields = RunConfig.model_fields
+        order = list(fields) if flat else [*(n for n, k in _KEYS.items() if k == n), *_grouped_fields()]
         return [
-            (name, json.dumps(f.get_default(call_default_factory=True)), f.description or "")
-            for name, f in RunConfig.model_fields.items()
+            (
+                name if flat else _KEYS[name],
+                json.dumps(fields[name].get_default(call_default_factory=True)),
+                fields[name].description or "",
+            )
+            for name in order
         ]
+
+
+class Group(Mapping):
+    """A read-only view of one configuration group: ``cfg.lora.r``, ``cfg.lora["r"]``, ``dict(cfg.lora)``."""
+
+    __slots__ = ("_name", "_values")
+
+    def __init__(self, name: str, values: dict[str, Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, short: str) -> Any:
+        try:
+            return self._values[short]
+        except KeyError:
+            raise AttributeError(
+                f"config group {self._name!r} has no key {short!r}; it holds {', '.join(self._values)}"
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"a run configuration is frozen: use cfg.with_overrides({{'{self._name}.{name}': ...}}) for a changed copy"
+        )
+
+    def __getitem__(self, short: str) -> Any:
+        return self._values[short]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"{self._name}({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+
+# -- the keys users write --------------------------------------------------------------------------
+def _declared_keys() -> dict[str, str]:
+    keys = {}
+    for name, field in RunConfig.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        key = str(extra.get("key", name))
+        group, _, short = key.rpartition(".")
+        if key != name and (group not in GROUPS or not short or "." in group):
+            raise RuntimeError(f"RunConfig.{name}: key {key!r} must be 'group.name' with a group of {list(GROUPS)}")
+        keys[name] = key
+    if len(set(keys.values())) != len(keys):
+        raise RuntimeError("RunConfig: two fields declare the same key")
+    return keys
+
+
+_KEYS: dict[str, str] = _declared_keys()  # field -> the key users write ("lora_r" -> "lora.r", "seed" -> "seed")
+_FIELDS: dict[str, str] = {**{key: name for name, key in _KEYS.items()}, **{name: name for name in _KEYS}}
+_MEMBERS: dict[str, dict[str, str]] = {  # group -> {short name: field}, groups in GROUPS' order
+    group: {key.partition(".")[2]: name for name, key in _KEYS.items() if key.partition(".")[0] == group and "." in key}
+    for group in GROUPS
+}
+
+
+_NONE_CHOICE = {name for name, f in RunConfig.model_fields.items() if "none" in get_args(f.annotation)}
+
+
+def _grouped_fields() -> list[str]:
+    return [field for members in _MEMBERS.values() for field in members.values()]
+
+
+def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat fields of a configuration a user wrote with nested groups, dotted keys or flat names (any mix).
+
+    Only the keys given come back (no defaults). ConfigError names each unknown key with the closest one and
+    each key given twice with different values (a flat name and its dotted twin).
+
+    >>> flatten({"privacy": {"target_epsilon": 4}, "lora.r": 2, "seed": 1})
+    {'target_epsilon': 4, 'lora_r': 2, 'seed': 1}
+    """
+    if all(isinstance(k, str) and k in RunConfig.model_fields and not _is_group(k, v) for k, v in data.items()):
+        return dict(data)  # already flat: what to_dict writes and the store keeps
+    return _merge(list(data.items()))
+
+
+def _is_group(key: str, value: Any) -> bool:
+    """A group's nested settings: ``clipping`` and ``audit`` are fields too, a group only with a mapping."""
+    return key in GROUPS and (isinstance(value, Mapping) or (value is None and key not in RunConfig.model_fields))
+
+
+def _merge(items: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # field -> how it was written: "target_epsilon={}", "privacy: {{r: {}}}", ...
+    problems: list[str] = []
+    for field, written, value in _entries(items, problems):
+        if field in out and spelled[field] != written and out[field] != value:
+            problems.append(
+                f"{_KEYS[field]} is given twice with different values: {spelled[field].format(repr(out[field]))} "
+                f"and {written.format(repr(value))} ({field} is the flat name of {_KEYS[field]}). Keep one."
+            )
+            continue
+        out[field], spelled[field] = value, written
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return out
+
+
+def _entries(items: Iterable[tuple[Any, Any]], problems: list[str]) -> Iterator[tuple[str, str, Any]]:
+    """(field, how it was written as a format string, value) for each setting; unknown keys go to ``problems``."""
+    for key, value in items:
+        if not isinstance(key, str):
+            problems.append(f"config key {key!r} is not text. Keys are names such as lora.r.")
+        elif _is_group(key, value):
+            for short, v in (value or {}).items():
+                field = _MEMBERS[key].get(str(short))
+                if field is None and _KEYS.get(str(short), "").startswith(f"{key}."):
+                    field = str(short)  # the flat name inside its group: lora: {lora_r: 4}
+                if field is None:
+                    problems.append(_unknown(f"{key}.{short}"))
+                else:
+                    yield field, f"{key}: {{{{{short}: {{}}}}}}", v
+        elif key in _FIELDS:
+            yield _FIELDS[key], f"{key}={{}}", value
+        elif key in GROUPS:
+            problems.append(
+                f"{key} is a group of settings: write them nested ({key}: {{{next(iter(_MEMBERS[key]))}: ...}}) "
+                f"or dotted ({_KEYS[next(iter(_MEMBERS[key].values()))]}=...). Found {value!r}."
+            )
+        else:
+            problems.append(_unknown(key))
+
+
+def _unknown(key: str) -> str:
+    close = _closest(key)
+    hint = f" Did you mean {close}?" if close else " Run `workbench train --help-keys` for the list."
+    return f"unknown config key {key!r}.{hint}"
+
+
+def _closest(key: str) -> str | None:
+    """The dotted key a user most likely meant: the same name in another group, else the nearest spelling."""
+    k = key.replace("-", "_")
+    if k in _FIELDS:
+        return _KEYS[_FIELDS[k]]
+    tail = k.rpartition(".")[2]
+    if "." in k:
+        owners = {_KEYS[_FIELDS[tail]]} if tail in _FIELDS else set()
+        owners |= {f"{group}.{tail}" for group, members in _MEMBERS.items() if tail in members}
+        if len(owners) == 1:
+            return owners.pop()
+    match = difflib.get_close_matches(k, list(_FIELDS), n=1, cutoff=0.6)
+    return _KEYS[_FIELDS[match[0]]] if match else None
 
 
 def _split_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r} is not key=value, e.g. --set batch_size=64.")
+        raise ConfigError(f"override {item!r} is not key=value, e.g. --set optimisation.batch_size=64.")
     key, raw = item.split("=", 1)
     key = key.strip().replace("-", "_")
     if raw.strip().lower() in ("none", "null", ""):
-        return key, None
+        # audit=none is the choice "none", not empty (which the audit field refuses)
+        return key, "none" if raw.strip().lower() == "none" and RunConfig.field_name(key) in _NONE_CHOICE else None
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -410,7 +750,7 @@ def _split_override(item: str) -> tuple[str, Any]:
 def _explain(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        loc = ".".join([_KEYS.get(str(x), str(x)) if i == 0 else str(x) for i, x in enumerate(e["loc"])]) or "config"
         found = e.get("input")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from workbench.config import ConfigError, RunConfig
+from workbench.config import GROUPS, ConfigError, RunConfig
 from workbench.errors import UserError
 from workbench.store.names import ABBREVIATIONS, format_value, run_label  # noqa: F401 (re-exported)
 from workbench.store.runs import RunStore
@@ -70,25 +70,44 @@ class Tuning:
 def parse_grid(items: Iterable[str] | Mapping[str, Sequence[Any]] | None) -> list[tuple[str, list[Any]]]:
     """``["key=v1,v2", ...]`` (values parsed as YAML, as ``--set`` does) or ``{key: [v1, v2]}`` -> [(key, values)].
 
-    >>> parse_grid(["target_epsilon=4,8", "allocation=uniform,adaptive"])
+    Keys may be dotted (``privacy.target_epsilon``), flat, or a group mapping (``{"lora": {"r": [4, 8]}}``); they
+    come back as the config's field names, as the stored runs' configs hold them (unknown keys as written).
+
+    >>> parse_grid(["privacy.target_epsilon=4,8", "allocation=uniform,adaptive"])
     [('target_epsilon', [4, 8]), ('allocation', ['uniform', 'adaptive'])]
     """
     if not items:
         return []
     pairs: list[tuple[str, list[Any]]] = []
     if isinstance(items, Mapping):
-        for key, values in items.items():
+        for key, values in _grouped_items(items):
             if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
                 values = [values]
-            pairs.append((str(key).strip().replace("-", "_"), list(values)))
+            pairs.append((_field(key), list(values)))
     else:
         for item in items:
             if "=" not in item:
-                raise SweepError(f"--grid {item!r} is not key=v1,v2,..., e.g. --grid target_epsilon=2,4,8.")
+                raise SweepError(f"--grid {item!r} is not key=v1,v2,..., e.g. --grid privacy.target_epsilon=2,4,8.")
             key, raw = item.split("=", 1)
             values = [_parse_value(v) for v in raw.split(",") if v.strip()]
-            pairs.append((key.strip().replace("-", "_"), values))
+            pairs.append((_field(key), values))
     return pairs
+
+
+def _grouped_items(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A group's mapping (``lora: {r: [4, 8]}``) as dotted keys (``lora.r``); other keys as they are."""
+    out: list[tuple[str, Any]] = []
+    for key, values in data.items():
+        if str(key) in GROUPS and isinstance(values, Mapping):
+            out.extend((f"{key}.{sub}", v) for sub, v in values.items())
+        else:
+            out.append((str(key), values))
+    return out
+
+
+def _field(key: str) -> str:
+    key = key.strip().replace("-", "_")
+    return RunConfig.field_name(key) or key
 
 
 def grid_from_file(path: str | Path) -> list[str]:
@@ -101,9 +120,11 @@ def grid_from_file(path: str | Path) -> list[str]:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise SweepError(f"sweep file {path} is not valid YAML/JSON: {err}") from None
     if not isinstance(data, dict):
-        raise SweepError(f"sweep file {path} must map settings to lists of values, e.g. target_epsilon: [2, 4, 8].")
+        raise SweepError(
+            f"sweep file {path} must map settings to lists of values, e.g. privacy: {{target_epsilon: [2, 4, 8]}}."
+        )
     items = []
-    for key, values in data.items():
+    for key, values in _grouped_items(data):
         values = values if isinstance(values, list) else [values]
         if any(isinstance(v, (dict, list)) for v in values):
             raise SweepError(f"sweep file {path}: {key} must be a list of plain values. Found {values!r}.")

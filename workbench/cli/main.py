@@ -23,7 +23,7 @@ from workbench.cli.common import (
     _quiet_libraries,
     _store,
 )
-from workbench.config import ConfigError, RunConfig
+from workbench.config import GROUPS, ConfigError, RunConfig
 from workbench.errors import UserError
 from workbench.events import jsonable
 
@@ -37,7 +37,12 @@ app.add_typer(runs_app, name="runs")
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML or JSON config file."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set batch_size=64 (repeatable)."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        "-s",
+        help="Override a config key: --set optimisation.batch_size=64 (repeatable; --help-keys lists them).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
     help_keys: bool = typer.Option(False, "--help-keys", help="List every config key with its default and help."),
     nproc: Optional[int] = typer.Option(
@@ -49,8 +54,14 @@ def train(
 ) -> None:
     """Fine-tune with DP-LoRA; a progress bar with loss and epsilon goes to stderr."""
     if help_keys:
-        for key, default, text in RunConfig.help_table():
-            typer.echo(f"{key:24} {default:12} {text}")
+        rows = RunConfig.help_table(flat=False)  # dotted keys, top-level first, then group by group
+        width = max(len(key) for key, _, _ in rows)
+        group = None
+        for key, default, text in rows:
+            if "." in key and key.split(".")[0] != group:
+                group = key.split(".")[0]
+                typer.echo(f"\n# {group}: {GROUPS[group]} (YAML: nested under {group}:)")
+            typer.echo(f"{key:{width}} {default:12} {text}")
         return
     _quiet_libraries()
     cfg = _load_config(config, set_)
@@ -344,7 +355,12 @@ def calibrate(
 @app.command()
 def check(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML or JSON config file."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set batch_size=64 (repeatable)."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        "-s",
+        help="Override a config key: --set optimisation.batch_size=64 (repeatable; --help-keys lists them).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as a JSON list on stdout."),
 ) -> None:
     """Pre-flight privacy check of a run config: the DP pitfalls it walks into, one line each.
@@ -448,7 +464,12 @@ def plan_cmd(
         None, "--dataset-size", "-n", help="N in privacy units (examples; users under ULS). Default: the config's data."
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML or JSON config file."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config key: --set batch_size=64 (repeatable)."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        "-s",
+        help="Override a config key: --set optimisation.batch_size=64 (repeatable; --help-keys lists them).",
+    ),
     target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="Default: the config's (8)."),
     delta: Optional[float] = typer.Option(None, "--delta", help="Default: the config's, or below 1/N."),
     accountant: Optional[str] = typer.Option(None, "--accountant", help="pld (default), rdp, prv, or edgeworth."),

@@ -44,7 +44,9 @@ def _grid_help() -> str:
 def sweep(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="The base run config (YAML or JSON)."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override a base config key: --set max_steps=20."),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a base config key: --set optimisation.max_steps=20."
+    ),
     grid: list[str] = typer.Option([], "--grid", "-g", help=_grid_help()),
     grid_file: Optional[Path] = typer.Option(
         None, "--grid-file", help="A YAML/JSON file mapping settings to lists of values (added to any --grid)."
