@@ -14,6 +14,7 @@ from workbench.engine import data as data_mod
 from workbench.engine.fingerprint import dataset_fingerprint, unit_identities
 from workbench.engine.models import attach_lora, load_model, resolve_device
 from workbench.planning.plan import PrivacyPlan, make_plan
+from workbench.planning.sizes import unit_sizes
 
 
 @dataclass
@@ -115,14 +116,16 @@ def dataset_sizes(config: RunConfig) -> tuple[int, int | None]:
 
     train, _ = load_splits(config)
     if config.privacy_unit != "user":
-        return len(train), train.num_users or None
+        return len(train), train.num_users or None  # (unit_sizes at the example level)
     per_user = Counter(r.user_id for r in train.records)
     if not train.num_users or None in per_user:
         raise data_mod.DataError(
             "privacy_unit is 'user' but some examples have no user_id: add a user_id column (or map one with "
             "columns: {user_id: your_column}), or set privacy_unit to 'example'."
         )
-    return sum(min(n, config.max_examples_per_user) for n in per_user.values()), len(per_user)
+    return unit_sizes(
+        examples=len(train), user_counts=per_user.values(), privacy_unit="user", k=config.max_examples_per_user
+    )
 
 
 def load_source(config: RunConfig) -> data_mod.Dataset:
