@@ -244,8 +244,9 @@ def test_api_exposes_no_training_or_deletion(_workbench_home):
 
         for path in ("monitoring", "monitoring/summary"):  # monitoring is off
             assert requests.get(url + path, timeout=10).status_code == 403
-        args = [v for k, v in PLAN_DEFAULTS.items() if k != "upload_path"]  # gr.State is not an API input
-        data_md, _, summary, error, *row_errors = client.predict(*args, api_name="/plan")
+        # the controls by name (gr.State is not an API input); the ones left out take their defaults
+        kwargs = {k: v for k, v in PLAN_DEFAULTS.items() if k != "upload_path"}
+        data_md, _, summary, error, *row_errors = client.predict(**kwargs, api_name="/plan")
         assert "N = " in data_md and "σ = " in summary and error == "" and row_errors == [""] * len(plan_tab.ERROR_ROWS)
     finally:
         app.close()

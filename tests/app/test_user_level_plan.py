@@ -119,19 +119,10 @@ def test_user_unit_without_user_id_is_a_message(ctx, tmp_path):
     assert "no user_id column" in error and "Traceback" not in error
 
 
-def test_k_control_is_last_in_plan_fields_and_defaults_to_the_config(_workbench_home):
+def test_k_control_is_a_plan_field_and_defaults_to_the_config(_workbench_home):
     from workbench.app import build_app
 
-    # controls added later go last, so the /plan API's positional inputs keep their places
-    assert forms.PLAN_FIELDS[-7:] == (
-        "max_examples_per_user",
-        "neighboring",
-        "privacy_unit",
-        "public_size",
-        "labels",
-        "columns",
-        "validation_data",
-    )
+    assert "max_examples_per_user" in forms.PLAN_FIELDS  # passed by name: no place to keep
     app = build_app(RunStore(_workbench_home), defaults={"max_examples_per_user": 5})
     try:
         [k] = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "max-examples-per-user"]

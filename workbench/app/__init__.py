@@ -35,7 +35,6 @@ def build_app(
     from workbench.app import runs as runs_tab
     from workbench.app import sweep_panel
     from workbench.app import train as train_tab
-    from workbench.app.forms import PLAN_FIELDS, TRAIN_FIELDS
     from workbench.app.live import SHOW_TRAIN_JS, selection_value, stream_key_api
     from workbench.app.state import AppContext, Selection
     from workbench.config import RunConfig
@@ -59,8 +58,7 @@ def build_app(
         compare["opened"].then(None, train.dashboard, None, js=SHOW_TRAIN_JS)
         # the Plan tab's Sweep panel starts from the Plan and Train tabs' values, as Start does
         sweep = plan.sweep
-        form_inputs = plan.inputs + [train.components[n] for n in TRAIN_FIELDS]
-        sweep_panel.wire(ctx, sweep, form_inputs, PLAN_FIELDS + TRAIN_FIELDS)
+        sweep_panel.wire(ctx, sweep, {**plan.components, **train.components})
         gr.on(  # the sweep's progress line follows the Runs tab's refresh too
             [runs_page.select, runs["refresh"].click],
             lambda: sweep_panel.progress_text(ctx),
@@ -78,8 +76,7 @@ def build_app(
         app.load(on_load, None, [selection, train.dashboard], api_visibility="private", show_progress="hidden").then(
             None, train.dashboard, None, js=SHOW_TRAIN_JS
         )
-        refresh_plan, plan_inputs, plan_outputs = plan.load
-        app.load(refresh_plan, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
+        app.load(**plan.load, api_visibility="private", show_progress="hidden")
         app.load(  # a page opened while this server runs a sweep: its progress line, refreshed
             lambda: sweep_panel.on_load(ctx),
             None,

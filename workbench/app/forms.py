@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from workbench.app.controls import HAND_MADE, field_spec
 from workbench.config import ConfigError, RunConfig
 from workbench.planning.stages import (  # noqa: F401  (the Plan tab's names for them)
     PLAN_ACCOUNTANTS,
@@ -25,35 +26,36 @@ from workbench.planning.stages import (  # noqa: F401  (the Plan tab's names for
     plan_stages,
 )
 
-# Names of the Plan tab's controls, in the order the app passes them to callbacks.
+# The Plan and Train tabs' controls by name: the callbacks receive them by name (Gradio's inputs_kwargs), so the
+# order means nothing. Each is a RunConfig field's control (controls.py, from the field's type, range and help)
+# unless controls.HAND_MADE lists it.
 PLAN_FIELDS = (
     "data_mode",
     "upload_path",
     "data_path",
+    "columns",
+    "validation_data",
     "batch_size",
+    "max_grad_norm",
     "length_mode",
     "epochs",
     "max_steps",
-    "delta",
     "privacy_mode",
     "target_epsilon",
     "noise_multiplier",
-    "max_grad_norm",
+    "delta",
     "accountant",
-    "max_examples_per_user",  # added later ones go last: the /plan API's positional inputs keep their places
+    "max_examples_per_user",
     "neighboring",
     "privacy_unit",  # example, user:els or user:uls (PRIVACY_UNIT_CHOICES): privacy_unit and user_sampling
     "public_size",  # a checkbox: public_dataset_size = the chosen data's training count (add/remove neighbours)
     "labels",  # comma-separated class names (classification)
-    "columns",  # role=column pairs, comma-separated: text=sentence, label=label
-    "validation_data",  # a validation file's path (empty: hold out a fraction)
 )
 PRIVACY_UNIT_CHOICES = [
     ("one example", "example"),
     ("one user: ELS (examples sampled, k per user)", "user:els"),
     ("one user: ULS (users sampled)", "user:uls"),
 ]
-# Names of the Train tab's controls (each a RunConfig key).
 TRAIN_FIELDS = (
     "model",
     "name",
@@ -66,9 +68,11 @@ TRAIN_FIELDS = (
     "physical_batch_size",
     "eval_every",
     "seed",
+    "nproc",
     "audit",
-    "nproc",  # added later ones go last, as in PLAN_FIELDS
 )
+# Fields read only with the radio that says which of them counts (length_mode, privacy_mode).
+_MODE_FIELDS = {"epochs", "max_steps", "target_epsilon", "noise_multiplier"}
 BUILTIN_MODELS = ("default", "tiny", "minilm")  # every model the package ships (engine/models.py)
 
 
@@ -87,11 +91,16 @@ class DataInfo:
     def sizes(self, config: RunConfig | Mapping[str, Any]) -> tuple[int, int | None]:
         """(training examples after the per-user cap, users of the training split): the counts a run plans with
         (``engine.prepare.dataset_sizes`` computes the same from the run's own split)."""
+        from workbench.planning.sizes import unit_sizes
+
         get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
-        if get("privacy_unit") != "user" or not self.user_counts:
-            return self.n_train, self.n_users
-        k = get("max_examples_per_user", 8)
-        return sum(min(n, k) for n in self.user_counts), self.n_users
+        n, users = unit_sizes(
+            examples=self.n_train,
+            user_counts=self.user_counts,
+            privacy_unit=get("privacy_unit"),
+            k=get("max_examples_per_user", 8),
+        )
+        return n, users or self.n_users
 
     def describe(self, batch_size: int | None = None) -> str:
         if self.validation_file:
@@ -218,7 +227,9 @@ def info_for(source: str, config: RunConfig | Mapping[str, Any]) -> DataInfo:
 
 
 def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = None) -> RunConfig:
-    """A RunConfig from the controls' values (PLAN_FIELDS and TRAIN_FIELDS by name)."""
+    """A RunConfig from the controls' values by name (PLAN_FIELDS and TRAIN_FIELDS): the hand-made controls
+    (controls.HAND_MADE) and the fields a mode radio chooses between are read here, every other field's
+    control by its field's type (``field_value``)."""
     base = base or RunConfig()
     o: dict[str, Any] = {}
     if "data_mode" in values:
@@ -261,16 +272,39 @@ def config_from_values(values: Mapping[str, Any], *, base: RunConfig | None = No
         o["public_dataset_size"] = None
     if "audit" in values:  # a checkbox: the white-box one-run audit (privacy/audit.py)
         o["audit"] = "gradient_canaries" if values["audit"] else "none"
-    for key in ("max_grad_norm", "accountant", *TRAIN_FIELDS):
-        if key in values and key not in ("name", "audit", "nproc"):
-            o[key] = _number(values[key], integer=key in ("lora_r", "physical_batch_size", "eval_every", "seed"))
     if "nproc" in values:  # the Processes control: data-parallel ranks on this machine
         o["nproc"] = whole_number("processes (nproc)", values["nproc"])
     if "name" in values:
         o["name"] = (values["name"] or "").strip() or None
-    if isinstance(o.get("model"), str):
-        o["model"] = o["model"].strip()
+    if "model" in values:
+        o["model"] = (values["model"] or "").strip() or None
+    for key, value in values.items():  # every other field's control: its value as the field's type
+        if key not in o and key not in _MODE_FIELDS and key not in HAND_MADE and is_field(key):
+            parsed = field_value(key, value)
+            if parsed is not None or field_spec(key).kind != "choice":  # an empty choice keeps the base's
+                o[key] = parsed
     return base.with_overrides(o)
+
+
+def is_field(name: str) -> bool:
+    try:
+        field_spec(name)
+    except KeyError:
+        return False
+    return True
+
+
+def field_value(name: str, value: Any) -> Any:
+    """A field-backed control's value as the field's type: a whole number for an int field (2.0 -> 2), a number
+    for a float field, text stripped; empty means None (the config says whether None is allowed)."""
+    kind = field_spec(name).kind
+    if kind in ("int", "float"):
+        return _number(value, integer=kind == "int")
+    if kind == "bool":
+        return bool(value)
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
 
 
 def public_count(source: str, settings: Mapping[str, Any], *, base: RunConfig) -> int:

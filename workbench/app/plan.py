@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from workbench.app import forms, sweep_panel
 from workbench.app.common import error_text
+from workbench.app.controls import control, field_controls, field_spec
 from workbench.app.data_panel import data_markdown
 from workbench.app.state import AppContext
 from workbench.config import RunConfig
@@ -21,28 +22,19 @@ from workbench.present import accountant_label, empty_figure, fmt_eps, plan_figu
 from workbench.present.recommend import recommend_figure, recommend_markdown
 
 DATA_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
-ACCOUNTANT_CHOICES = [(accountant_label(a), a) for a in ("pld", "rdp", "prv", "edgeworth")]
-NEIGHBORING_CHOICES = [
-    ("auto (add or remove if the size is public, else replace one)", "auto"),
-    ("replace one unit", "replace_one"),
-    ("add or remove one unit", "add_remove"),
-]
 
 
 @dataclass
 class PlanControls:
-    """The Plan tab's components, in forms.PLAN_FIELDS order (the Train tab reads them too)."""
+    """The Plan tab's components by forms.PLAN_FIELDS name (the Train tab reads them too): callbacks get them
+    by name (Gradio's ``inputs_kwargs``), never by position."""
 
     components: dict[str, Any]
     data_info: Any
     error: Any  # a plan error that names none of the fields (under the last one)
-    load: tuple = ()  # (fn, inputs, outputs) to run on page load
+    load: dict = field(default_factory=dict)  # the plan event's arguments (fn, inputs, ...), run on page load
     row_errors: dict[str, Any] = field(default_factory=dict)  # ERROR_ROWS name -> the Markdown under that row
     sweep: Any = None  # the Sweep panel (app/sweep_panel.py), wired by build_app once the Train tab exists
-
-    @property
-    def inputs(self) -> list[Any]:
-        return [self.components[name] for name in forms.PLAN_FIELDS]
 
 
 # -- callbacks (plain functions; the tests call them directly) ------------------------------------
@@ -328,165 +320,16 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def build(ctx: AppContext) -> PlanControls:
-    """Lay out the Plan tab and wire its events; call inside ``gr.Tab``."""
+    """Lay out the Plan tab and wire its events; call inside ``gr.Tab``. The field-backed controls come from
+    the config's fields (controls.py); the ones listed in controls.HAND_MADE are made here."""
     import gradio as gr
 
     base = forms.ctx_base(ctx)
-    help_ = {k: h for k, _, h in RunConfig.help_table()}
-    c: dict[str, Any] = {}
-    data_mode = "demo" if base.data == "demo" else "path"
+    c: dict[str, Any] = {}  # the controls by forms.PLAN_FIELDS name
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
-            gr.Markdown("### Data")
-            c["data_mode"] = gr.Radio(
-                [("Demo dataset", "demo"), ("Upload a file", "upload"), ("Path on this machine", "path")],
-                value=data_mode,
-                label="Dataset",
-                elem_id="data-mode",
-            )
-            upload = gr.File(
-                label=f"Data file ({', '.join(DATA_FORMATS)}; at most {ctx.max_upload_mb} MB)",
-                file_types=list(DATA_FORMATS),
-                type="filepath",
-                visible=data_mode == "upload",
-                elem_id="data-upload",
-            )
-            upload_msg = gr.Markdown("", elem_id="upload-msg")
-            c["upload_path"] = gr.State(None)
-            c["data_path"] = gr.Textbox(
-                value=base.data if data_mode == "path" else "",
-                label="Path",
-                placeholder="/data/train.jsonl",
-                visible=data_mode == "path",
-                elem_id="data-path",
-            )
-            with gr.Row():
-                c["columns"] = gr.Textbox(
-                    ", ".join(f"{k}={v}" for k, v in base.columns.items()),
-                    label="Columns (role=column)",
-                    placeholder="auto; e.g. text=sentence, label=label",
-                    info="Which of your columns plays which role: text, label, prompt, response, instruction, input, "
-                    "output, messages, user_id. Empty: recognised by name.",
-                    elem_id="columns",
-                )
-                c["validation_data"] = gr.Textbox(
-                    base.validation_data or "",
-                    label="Validation file (path on this machine)",
-                    placeholder="empty: hold out a fraction of the data",
-                    info=help_["validation_data"],
-                    elem_id="validation-data",
-                )
-            data_info = gr.Markdown("", elem_id="data-info")
-            gr.Markdown("### Privacy knobs")
-            rows: dict[str, Any] = {}  # a plan error is shown under the row of the field it names
-            with gr.Row():
-                c["batch_size"] = gr.Number(
-                    base.batch_size,
-                    label="Expected batch size",
-                    precision=0,
-                    minimum=1,
-                    info=help_["batch_size"],
-                    elem_id="batch-size",
-                )
-                c["max_grad_norm"] = gr.Number(
-                    base.max_grad_norm, label="Clipping norm C", info=help_["max_grad_norm"], elem_id="max-grad-norm"
-                )
-            rows["batch"] = _row_error("batch")
-            with gr.Row():
-                c["length_mode"] = gr.Radio(
-                    [("Epochs", "epochs"), ("Steps", "steps")],
-                    value="steps" if base.max_steps else "epochs",
-                    label="Length in",
-                )
-                c["epochs"] = gr.Number(
-                    base.epochs or 1.0, label="Epochs", minimum=0, interactive=not base.max_steps, elem_id="epochs"
-                )
-                c["max_steps"] = gr.Number(
-                    base.max_steps or 100,
-                    label="Steps",
-                    precision=0,
-                    minimum=1,
-                    interactive=bool(base.max_steps),
-                    elem_id="max-steps",
-                )
-            rows["length"] = _row_error("length")
-            with gr.Row():
-                c["privacy_mode"] = gr.Radio(
-                    [("Target ε", "target"), ("Noise multiplier σ", "sigma")],
-                    value="sigma" if base.noise_multiplier is not None else "target",
-                    label="Set",
-                )
-                sigma_mode = base.noise_multiplier is not None
-                c["target_epsilon"] = gr.Number(
-                    base.target_epsilon or 8.0, label="Target ε", interactive=not sigma_mode, elem_id="target-epsilon"
-                )
-                c["noise_multiplier"] = gr.Number(
-                    base.noise_multiplier if sigma_mode else 1.0,
-                    label="Noise multiplier σ",
-                    elem_id="noise-multiplier",
-                    minimum=0,
-                    interactive=sigma_mode,
-                    info="0 = non-private baseline",
-                )
-            rows["privacy"] = _row_error("privacy")
-            with gr.Row():
-                c["delta"] = gr.Textbox(
-                    "" if base.delta is None else f"{base.delta:g}",
-                    label="δ",
-                    placeholder="auto: below 1/N",
-                    info="Empty: the largest power of ten ≤ 1/(10 N).",
-                    elem_id="delta",
-                )
-                c["accountant"] = gr.Dropdown(
-                    ACCOUNTANT_CHOICES,
-                    value=base.accountant,
-                    label="Accountant",
-                    elem_id="accountant",
-                    info=help_["accountant"],
-                )
-            rows["delta"] = _row_error("delta")
-            with gr.Row():  # no minimum=: a bad k gets the plan's message, not Gradio's
-                c["max_examples_per_user"] = gr.Number(
-                    base.max_examples_per_user,
-                    label="Max examples per user k",
-                    precision=0,
-                    info=help_["max_examples_per_user"],
-                    elem_id="max-examples-per-user",
-                )
-                c["neighboring"] = gr.Dropdown(
-                    NEIGHBORING_CHOICES,
-                    value=base.neighboring,
-                    label="Neighbouring datasets",
-                    info=help_["neighboring"],
-                    elem_id="neighboring",
-                )
-            rows["user"] = _row_error("user")
-            c["privacy_unit"] = gr.Dropdown(
-                forms.PRIVACY_UNIT_CHOICES,
-                value=forms.privacy_unit_value(base),
-                label="Privacy unit: what ε protects",
-                info=help_["privacy_unit"] + " " + help_["user_sampling"],
-                elem_id="privacy-unit",
-            )
-            rows["unit"] = _row_error("unit")
-            with gr.Row():
-                c["public_size"] = gr.Checkbox(
-                    base.public_dataset_size is not None,
-                    label="The training set's size is public (add/remove neighbours)",
-                    info="Tick when you may publish how many training units you hold (most papers do): ε is then for "
-                    "one unit added or removed, with less noise than replace-one for the same ε, and q, the steps "
-                    "and δ come from that declared size (public_dataset_size), never from the data's own count.",
-                    elem_id="public-size",
-                )
-                c["labels"] = gr.Textbox(
-                    ", ".join(base.labels or ()),
-                    label="Labels (classification)",
-                    placeholder="e.g. negative, positive",
-                    info="The classes, in order, comma-separated. A private classification run needs them: they are "
-                    "released with the adapter, so they must not be read from the private data.",
-                    elem_id="labels",
-                )
-            rows["public"] = _row_error("public")
+            upload, upload_msg, data_info = _data_controls(ctx, base, c)
+            rows = _privacy_knobs(base, c)
             error = gr.Markdown("", elem_classes="wb-error", elem_id="plan-error")
         with gr.Column(scale=3):
             plot = gr.Plot(label="Privacy plan", elem_id="plan-plot")
@@ -512,6 +355,130 @@ def build(ctx: AppContext) -> PlanControls:
     return controls
 
 
+def _data_controls(ctx: AppContext, base: RunConfig, c: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The Data section's controls, into ``c``; (the upload box, its message, the data's description)."""
+    import gradio as gr
+
+    data_mode = "demo" if base.data == "demo" else "path"
+    gr.Markdown("### Data")
+    c["data_mode"] = gr.Radio(
+        [("Demo dataset", "demo"), ("Upload a file", "upload"), ("Path on this machine", "path")],
+        value=data_mode,
+        label="Dataset",
+        elem_id="data-mode",
+    )
+    upload = gr.File(
+        label=f"Data file ({', '.join(DATA_FORMATS)}; at most {ctx.max_upload_mb} MB)",
+        file_types=list(DATA_FORMATS),
+        type="filepath",
+        visible=data_mode == "upload",
+        elem_id="data-upload",
+    )
+    upload_msg = gr.Markdown("", elem_id="upload-msg")
+    c["upload_path"] = gr.State(None)
+    c["data_path"] = gr.Textbox(
+        value=base.data if data_mode == "path" else "",
+        label="Path",
+        placeholder="/data/train.jsonl",
+        visible=data_mode == "path",
+        elem_id="data-path",
+    )
+    with gr.Row():
+        c["columns"] = gr.Textbox(
+            ", ".join(f"{k}={v}" for k, v in base.columns.items()),
+            label="Columns (role=column)",
+            placeholder="auto; e.g. text=sentence, label=label",
+            info="Which of your columns plays which role: text, label, prompt, response, instruction, input, "
+            "output, messages, user_id. Empty: recognised by name.",
+            elem_id="columns",
+        )
+        c["validation_data"] = control("validation_data", base, placeholder="empty: hold out a fraction of the data")
+    return upload, upload_msg, gr.Markdown("", elem_id="data-info")
+
+
+def _privacy_knobs(base: RunConfig, c: dict[str, Any]) -> dict[str, Any]:
+    """The Privacy knobs section's controls, into ``c``, a row at a time; the Markdown under each row (ERROR_ROWS),
+    where a plan error that names one of its fields is shown."""
+    import gradio as gr
+
+    rows: dict[str, Any] = {}
+    steps_mode, sigma_mode = bool(base.max_steps), base.noise_multiplier is not None
+    gr.Markdown("### Privacy knobs")
+    with gr.Row():
+        c |= field_controls(["batch_size", "max_grad_norm"], base)
+    rows["batch"] = _row_error("batch")
+    with gr.Row():
+        c["length_mode"] = gr.Radio(
+            [("Epochs", "epochs"), ("Steps", "steps")], value="steps" if steps_mode else "epochs", label="Length in"
+        )
+        c["epochs"] = control("epochs", base, value=base.epochs or 1.0, interactive=not steps_mode)
+        c["max_steps"] = control("max_steps", base, value=base.max_steps or 100, interactive=steps_mode)
+    rows["length"] = _row_error("length")
+    with gr.Row():
+        c["privacy_mode"] = gr.Radio(
+            [("Target ε", "target"), ("Noise multiplier σ", "sigma")],
+            value="sigma" if sigma_mode else "target",
+            label="Set",
+        )
+        c["target_epsilon"] = control(
+            "target_epsilon", base, value=base.target_epsilon or 8.0, interactive=not sigma_mode
+        )
+        noise = base.noise_multiplier if sigma_mode else 1.0
+        c["noise_multiplier"] = control("noise_multiplier", base, value=noise, interactive=sigma_mode)
+    rows["privacy"] = _row_error("privacy")
+    with gr.Row():
+        c["delta"] = gr.Textbox(
+            "" if base.delta is None else f"{base.delta:g}",
+            label="δ",
+            placeholder="auto: below 1/N",
+            info="Empty: the largest power of ten ≤ 1/(10 N).",
+            elem_id="delta",
+        )
+        c["accountant"] = control("accountant", base)
+    rows["delta"] = _row_error("delta")
+    with gr.Row():  # k unbounded (controls.UNBOUNDED): a bad k gets the plan's message under its row, not Gradio's
+        c["max_examples_per_user"] = control("max_examples_per_user", base)
+        c["neighboring"] = control("neighboring", base)
+    rows["user"] = _row_error("user")
+    c["privacy_unit"] = gr.Dropdown(
+        forms.PRIVACY_UNIT_CHOICES,
+        value=forms.privacy_unit_value(base),
+        label="Privacy unit: what ε protects",
+        info=field_spec("privacy_unit").help + " " + field_spec("user_sampling").help,
+        elem_id="privacy-unit",
+    )
+    rows["unit"] = _row_error("unit")
+    with gr.Row():
+        c["public_size"] = gr.Checkbox(
+            base.public_dataset_size is not None,
+            label="The training set's size is public (add/remove neighbours)",
+            info="Tick when you may publish how many training units you hold (most papers do): ε is then for "
+            "one unit added or removed, with less noise than replace-one for the same ε, and q, the steps "
+            "and δ come from that declared size (public_dataset_size), never from the data's own count.",
+            elem_id="public-size",
+        )
+        c["labels"] = gr.Textbox(
+            ", ".join(base.labels or ()),
+            label="Labels (classification)",
+            placeholder="e.g. negative, positive",
+            info="The classes, in order, comma-separated. A private classification run needs them: they are "
+            "released with the adapter, so they must not be read from the private data.",
+            elem_id="labels",
+        )
+    rows["public"] = _row_error("public")
+    return rows
+
+
+def _editable_by(radio: Any, first_mode: str, first: Any, second: Any) -> None:
+    """Only the field ``radio`` chooses is editable: ``first`` in ``first_mode``, else ``second``."""
+    import gradio as gr
+
+    def mode_changed(mode):
+        return gr.update(interactive=mode == first_mode), gr.update(interactive=mode != first_mode)
+
+    radio.change(mode_changed, radio, [first, second], api_visibility="private", show_progress="hidden")
+
+
 def _row_error(row: str):
     import gradio as gr
 
@@ -524,19 +491,18 @@ def _wire_recommend(ctx: AppContext, controls: PlanControls, button: Any, fields
 
     latest = gr.State({})
 
-    def run(*values):
-        session, values = values[-1], values[:-1]
-        session["values"] = values
-        *plan_values, budget, min_steps = values
-        for update in recommend_updates(ctx, dict(zip(forms.PLAN_FIELDS, plan_values)), budget, min_steps):
-            if session.get("values") != values:
+    def run(budget, min_steps, session, **values):
+        request = session["request"] = (budget, min_steps, values)
+        for update in recommend_updates(ctx, values, budget, min_steps):
+            if session.get("request") != request:
                 return
             yield (gr.skip(),) * len(outputs) if update is None else update
 
     button.click(
         run,
-        [*controls.inputs, *fields, latest],
+        [*fields, latest],
         outputs,
+        inputs_kwargs=controls.components,
         api_name="recommend",
         trigger_mode="always_last",
         show_progress="minimal",
@@ -549,14 +515,12 @@ TYPING_DEBOUNCE_MS = 400  # a text field's plan waits this long after the last k
 # Each edit of a plan field gets the next number of this page (window.__wbPlanSeq); the server keeps the
 # newest number each browser session has shown it and drops a computation as soon as a newer one exists,
 # so a plan computed for older values (queued behind another session's, or overtaken while typing) never
-# replaces the "computing" mark. The hidden "plan-seq" input carries the number to the server.
-_BUMP_JS = (
-    "(...v) => { window.__wbPlanSeq = (window.__wbPlanSeq || 0) + 1; v[v.length - 2] = window.__wbPlanSeq; return v; }"
-)
-_CURRENT_JS = "(...v) => { v[v.length - 2] = window.__wbPlanSeq || 0; return v; }"
+# replaces the "computing" mark. The hidden "plan-seq" input, the events' first input, carries the number.
+_BUMP_JS = "(...v) => { window.__wbPlanSeq = (window.__wbPlanSeq || 0) + 1; v[0] = window.__wbPlanSeq; return v; }"
+_CURRENT_JS = "(...v) => { v[0] = window.__wbPlanSeq || 0; return v; }"
 _DEBOUNCED_JS = (  # the edit's number, sent after a pause: an edit typed meanwhile makes it a no-op on the server
     "async (...v) => { const mine = window.__wbPlanSeq || 0;"
-    f" await new Promise((r) => setTimeout(r, {TYPING_DEBOUNCE_MS})); v[v.length - 2] = mine; return v; }}"
+    f" await new Promise((r) => setTimeout(r, {TYPING_DEBOUNCE_MS})); v[0] = mine; return v; }}"
 )
 
 
@@ -581,45 +545,45 @@ def _wire(
     # (Gradio keeps it in the session, not in the page, and it is not an API input).
     latest = gr.State({})
     seq = gr.Number(0, visible=False, elem_id="plan-seq")
-    inputs = [*controls.inputs, seq, latest]
+    plan_inputs = dict(inputs=[seq, latest], inputs_kwargs=c, outputs=outputs)  # the controls by name
 
-    def register(*values):  # unqueued: runs at once on every edit, so a running older plan stops
-        newest_first(values[-1], values[-2])
+    def register(seq, session):  # unqueued: runs at once on every edit, so a running older plan stops
+        newest_first(session, seq)
 
-    def refresh(*values):
+    def refresh(seq, session, **values):
         # A newer edit makes this computation stale: it stops at its next stage boundary, so an older plan
         # never lands after a newer edit (the queue then runs the newer one).
-        session, mine, values = values[-1] if isinstance(values[-1], dict) else {}, values[-2], values[:-2]
+        session = session if isinstance(session, dict) else {}
         # A dropped computation still yields once (no changes): a generator that yields nothing ends with
         # empty outputs in Gradio, which wiped a newer plan's message (a debounced keystroke after Enter).
         skip = (gr.skip(),) * len(outputs)
-        mine = newest_first(session, mine)
+        mine = newest_first(session, seq)
         if mine is None:
             yield skip
             return
-        for update in plan_updates(ctx, dict(zip(forms.PLAN_FIELDS, values))):
+        for update in plan_updates(ctx, values):
             if session.get("seq", 0) != mine:
                 yield skip
                 return
             yield skip if update is None else route_error(update)
 
-    fields = [(name, c[name]) for name in forms.PLAN_FIELDS if not isinstance(c[name], gr.State)]
-    typed = [comp for _, comp in fields if isinstance(comp, gr.Textbox)]  # refreshed as typed, debounced
-    knobs = [comp for _, comp in fields if not isinstance(comp, gr.Textbox)]  # Number, Radio, Dropdown, Checkbox
+    fields = [comp for comp in c.values() if not isinstance(comp, gr.State)]
+    typed = [comp for comp in fields if isinstance(comp, gr.Textbox)]  # refreshed as typed, debounced
+    knobs = [comp for comp in fields if not isinstance(comp, gr.Textbox)]  # Number, Radio, Dropdown, Checkbox
     # The dataset choice is a trigger of the one plan event too (not a chained refresh of its own): a
     # separate chain reading the same controls could run with the old choice and be dropped.
     at_once = [k.change for k in knobs] + [t.submit for t in typed]
     as_typed = [t.input for t in typed]
     # every keystroke in a field marks the shown plan out of date at once, in the browser (a Number's
     # change may wait for the browser to accept the number; its input event does not)
-    keystrokes = [comp.input for _, comp in fields if isinstance(comp, (gr.Textbox, gr.Number))]
+    keystrokes = [comp.input for comp in fields if isinstance(comp, (gr.Textbox, gr.Number))]
     hidden = dict(api_visibility="private", show_progress="hidden")
     mark = f"() => {STALE_NOTE!r}"
     gr.on(at_once + keystrokes, None, None, summary, js=mark, **hidden)
     gr.on(at_once + as_typed, register, [seq, latest], None, js=_BUMP_JS, queue=False, **hidden)
     plan_event = dict(trigger_mode="always_last", concurrency_id="plan", show_progress="hidden")
-    gr.on(at_once, refresh, inputs, outputs, js=_CURRENT_JS, api_name="plan", **plan_event)
-    gr.on(as_typed, refresh, inputs, outputs, js=_DEBOUNCED_JS, api_visibility="private", **plan_event)
+    gr.on(at_once, refresh, **plan_inputs, js=_CURRENT_JS, api_name="plan", **plan_event)
+    gr.on(as_typed, refresh, **plan_inputs, js=_DEBOUNCED_JS, api_visibility="private", **plan_event)
     if stale is not None:  # a shown recommendation is for the old settings: say so at once
         js = f"(text) => text ? {RECOMMEND_STALE!r} : text"
         gr.on(at_once + keystrokes, None, stale, stale, js=js, **hidden)
@@ -631,22 +595,8 @@ def _wire(
         mode_changed, c["data_mode"], [upload, c["data_path"]], api_visibility="private", show_progress="hidden"
     )
 
-    def length_mode(mode):  # only the field that counts is editable
-        return gr.update(interactive=mode == "epochs"), gr.update(interactive=mode == "steps")
-
-    def privacy_mode(mode):
-        return gr.update(interactive=mode == "target"), gr.update(interactive=mode == "sigma")
-
-    c["length_mode"].change(
-        length_mode, c["length_mode"], [c["epochs"], c["max_steps"]], api_visibility="private", show_progress="hidden"
-    )
-    c["privacy_mode"].change(
-        privacy_mode,
-        c["privacy_mode"],
-        [c["target_epsilon"], c["noise_multiplier"]],
-        api_visibility="private",
-        show_progress="hidden",
-    )
+    _editable_by(c["length_mode"], "epochs", c["epochs"], c["max_steps"])  # only the field that counts is editable
+    _editable_by(c["privacy_mode"], "target", c["target_epsilon"], c["noise_multiplier"])
 
     def uploaded(path):
         stored, message = store_upload(ctx, path)
@@ -654,6 +604,6 @@ def _wire(
 
     upload.upload(None, None, summary, js=mark, **hidden)
     upload.upload(uploaded, upload, [upload, c["upload_path"], upload_msg], api_visibility="private").then(
-        refresh, inputs, outputs, js=_BUMP_JS, **plan_event, api_visibility="private"
+        refresh, **plan_inputs, js=_BUMP_JS, **plan_event, api_visibility="private"
     )
-    controls.load = (refresh, inputs, outputs)
+    controls.load = dict(fn=refresh, **plan_inputs)

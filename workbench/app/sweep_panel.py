@@ -345,24 +345,17 @@ def layout() -> SweepControls:
     return SweepControls(knobs, seeds, name, check, start_btn, stop_btn, preview_md, error, progress, timer)
 
 
-def wire(ctx: AppContext, c: SweepControls, form_inputs: list[Any], names: Sequence[str]) -> None:
-    """Connect the panel: ``form_inputs`` are the Plan and Train tabs' controls, named by ``names``."""
+def wire(ctx: AppContext, c: SweepControls, form: dict[str, Any]) -> None:
+    """Connect the panel: ``form`` holds the Plan and Train tabs' controls by name (passed to the callbacks by
+    name, as Gradio's ``inputs_kwargs``)."""
     import gradio as gr
 
-    n = len(form_inputs)
+    def on_preview(sweep_knob1, sweep_values1, sweep_knob2, sweep_values2, sweep_seeds, **values):
+        return preview(ctx, values, [(sweep_knob1, sweep_values1), (sweep_knob2, sweep_values2)], sweep_seeds)
 
-    def split(values):
-        form, own = dict(zip(names, values[:n])), values[n:]
-        knobs = [(own[0], own[1]), (own[2], own[3])]
-        return form, knobs, own[4], own[5:]
-
-    def on_preview(*values):
-        form, knobs, seeds, _ = split(values)
-        return preview(ctx, form, knobs, seeds)
-
-    def on_start(*values):
-        form, knobs, seeds, rest = split(values)
-        error, text, line = start(ctx, form, knobs, seeds, rest[0] if rest else None)
+    def on_start(sweep_knob1, sweep_values1, sweep_knob2, sweep_values2, sweep_seeds, sweep_name, **values):
+        knobs = [(sweep_knob1, sweep_values1), (sweep_knob2, sweep_values2)]
+        error, text, line = start(ctx, values, knobs, sweep_seeds, sweep_name)
         if error:
             return error, "", gr.skip(), gr.skip()
         return "", text, line, gr.Timer(active=True)
@@ -370,7 +363,7 @@ def wire(ctx: AppContext, c: SweepControls, form_inputs: list[Any], names: Seque
     def on_tick():
         return progress_text(ctx), gr.Timer(active=running(ctx))
 
-    inputs = [*form_inputs, *c.inputs]
+    inputs = c.inputs
     (knob1, text1), (knob2, text2) = c.knobs
     triggers = [c.check.click, knob1.input, knob2.input, text1.submit, text1.blur, text2.submit, text2.blur]
     triggers += [c.seeds.submit, c.seeds.blur]
@@ -379,6 +372,7 @@ def wire(ctx: AppContext, c: SweepControls, form_inputs: list[Any], names: Seque
         on_preview,
         inputs,
         [c.preview, c.error],
+        inputs_kwargs=form,
         api_visibility="private",
         trigger_mode="always_last",
         show_progress="minimal",
@@ -387,6 +381,7 @@ def wire(ctx: AppContext, c: SweepControls, form_inputs: list[Any], names: Seque
         on_start,
         [*inputs, c.name],
         [c.error, c.preview, c.progress, c.timer],
+        inputs_kwargs=form,
         api_visibility="private",
         concurrency_limit=1,
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from workbench.app import forms
 from workbench.app.common import error_text
+from workbench.app.controls import control, field_controls, field_spec
 from workbench.app.live import dashboard, followed, selection_value
 from workbench.app.plan import PlanControls
 from workbench.app.state import AppContext, Selection
@@ -109,11 +110,11 @@ class TrainControls:
 
 
 def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
-    """Lay out the Train tab and wire Start and Stop; call inside ``gr.Tab``."""
+    """Lay out the Train tab and wire Start and Stop; call inside ``gr.Tab``. The field-backed controls come from
+    the config's fields (controls.py); the ones listed in controls.HAND_MADE are made here."""
     import gradio as gr
 
     base = forms.ctx_base(ctx)
-    help_ = {k: h for k, _, h in RunConfig.help_table()}
     c: dict[str, Any] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
@@ -122,7 +123,7 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                 value=base.model,
                 allow_custom_value=True,
                 label="Model",
-                info=help_["model"],
+                info=field_spec("model").help,
                 elem_id="model",
             )
             c["name"] = gr.Textbox(  # not prefilled from the config: every run would share its name
@@ -132,37 +133,11 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                 elem_id="run-name",
             )
             with gr.Accordion("LoRA and optimiser", open=False):
-                with gr.Row():
-                    c["lora_r"] = gr.Number(base.lora_r, label="LoRA r", precision=0, minimum=1)
-                    c["lora_alpha"] = gr.Number(base.lora_alpha, label="LoRA alpha")
-                    c["lora_dropout"] = gr.Number(base.lora_dropout, label="LoRA dropout", minimum=0)
-                c["lora_target_modules"] = gr.Textbox(
-                    base.lora_target_modules, label="LoRA target modules", info=help_["lora_target_modules"]
-                )
-                with gr.Row():
-                    c["optimizer"] = gr.Dropdown(["adamw", "sgd"], value=base.optimizer, label="Optimizer")
-                    c["learning_rate"] = gr.Number(base.learning_rate, label="Learning rate")
-                with gr.Row():
-                    c["physical_batch_size"] = gr.Number(
-                        base.physical_batch_size,
-                        label="Physical batch",
-                        precision=0,
-                        minimum=1,
-                        info=help_["physical_batch_size"],
-                    )
-                    c["eval_every"] = gr.Number(
-                        base.eval_every, label="Evaluate every (0 = auto)", precision=0, minimum=0
-                    )
-                    c["seed"] = gr.Number(base.seed, label="Seed", precision=0, info=help_["seed"])
+                for row in TRAIN_ROWS:
+                    with gr.Row():
+                        c |= field_controls(row, base)
             gr.Markdown("Data and privacy settings come from the **Plan** tab.")
-            c["nproc"] = gr.Number(
-                base.nproc,
-                label="Processes",
-                precision=0,
-                info="Data-parallel ranks on this machine: one per GPU on CUDA, or CPU processes sharing the cores. "
-                "ε is unchanged by it; this app is rank 0, the others' logs go to the run's folder.",
-                elem_id="nproc",
-            )
+            c["nproc"] = control("nproc", base)  # unbounded (controls.UNBOUNDED): a bad count's message beside Start
             c["audit"] = gr.Checkbox(
                 base.audit != "none",
                 label="Audit this run (gradient canaries)",
@@ -176,7 +151,22 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
             message = gr.Markdown("", elem_classes="wb-error", elem_id="train-message")
         with gr.Column(scale=4):
             live = dashboard()  # header, live charts and generations: workbench/app/live.py
-    inputs = plan.inputs + [c[n] for n in forms.TRAIN_FIELDS]
+    _wire(ctx, {**plan.components, **c}, selection, live, start, stop, message)
+    return TrainControls(c, live)
+
+
+# The LoRA and optimiser accordion's rows of field-backed controls.
+TRAIN_ROWS = (
+    ("lora_r", "lora_alpha", "lora_dropout"),
+    ("lora_target_modules",),
+    ("optimizer", "learning_rate"),
+    ("physical_batch_size", "eval_every", "seed"),
+)
+
+
+def _wire(ctx: AppContext, form: dict[str, Any], selection: Any, live: Any, start: Any, stop: Any, message: Any):
+    """Start (with the Plan and Train tabs' controls by name), the message once a queued run starts, and Stop."""
+    import gradio as gr
 
     started = gr.State(None)  # the run the last Start queued, if it was queued
 
@@ -188,15 +178,15 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
         if not said:  # not queued: the message stays
             yield gr.skip()
 
-    def on_start(sel, *values):
-        names = forms.PLAN_FIELDS + forms.TRAIN_FIELDS
-        new, message = start_run(ctx, sel, dict(zip(names, values)))
+    def on_start(sel, **values):
+        new, message = start_run(ctx, sel, values)
         return new, (gr.skip() if new is sel else selection_value(new)), message, new.run_id if new is not sel else None
 
     start.click(
         on_start,
-        [selection] + inputs,
+        selection,
         [selection, live, message, started],
+        inputs_kwargs=form,
         api_visibility="private",
         concurrency_limit=1,
     ).then(  # waits in a thread of its own (no limit shared with Start) and answers once, when the run starts
@@ -208,4 +198,3 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
         show_progress="hidden",
     )
     stop.click(lambda sel: stop_run(ctx, sel), selection, message, api_visibility="private")
-    return TrainControls(c, live)
