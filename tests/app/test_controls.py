@@ -60,9 +60,18 @@ def test_every_control_is_a_field_or_listed_as_hand_made(_workbench_home):
     assert len(generated(components)) >= 18
 
 
-@pytest.mark.parametrize("defaults", [{}, {"max_steps": 50, "noise_multiplier": 0.8, "lora_r": 4, "seed": 3}])
-def test_every_generated_control_matches_its_field(_workbench_home, defaults):
+NEW_KNOBS = ("warmup_steps", "lr_schedule", "baseline_eval", "weight_decay", "momentum")  # in no tab today
+
+
+@pytest.mark.parametrize(
+    "defaults, new_knobs",
+    [({}, False), ({"max_steps": 50, "noise_multiplier": 0.8, "lora_r": 4, "seed": 3, "warmup_steps": 7}, True)],
+)
+def test_every_generated_control_matches_its_field(_workbench_home, monkeypatch, defaults, new_knobs):
+    if new_knobs:  # a field shown in the Train tab is one name in forms.TRAIN_ROWS
+        monkeypatch.setattr(forms, "TRAIN_ROWS", (*forms.TRAIN_ROWS, NEW_KNOBS))
     demo, components, base = build(_workbench_home, {"accountant": "rdp", "optimizer": "sgd", **defaults})
+    assert set(NEW_KNOBS) <= set(components) if new_knobs else not set(NEW_KNOBS) & set(components)
     for name, comp in generated(components).items():
         info = RunConfig.model_fields[name]
         spec = controls.field_spec(name)
@@ -74,6 +83,9 @@ def test_every_generated_control_matches_its_field(_workbench_home, defaults):
             assert isinstance(comp, gr.Dropdown), name
             assert [v for _, v in comp.choices] == list(typing.get_args(info.annotation)), name
             assert all(accepts(name, v) for _, v in comp.choices) and not accepts(name, "no-such-choice"), name
+            continue
+        if spec.kind == "bool":
+            assert isinstance(comp, gr.Checkbox) and accepts(name, comp.value), name
             continue
         assert isinstance(comp, gr.Number if spec.kind in ("int", "float") else gr.Textbox), name
         if isinstance(comp, gr.Textbox):

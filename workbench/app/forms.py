@@ -56,21 +56,15 @@ PRIVACY_UNIT_CHOICES = [
     ("one user: ELS (examples sampled, k per user)", "user:els"),
     ("one user: ULS (users sampled)", "user:uls"),
 ]
-TRAIN_FIELDS = (
-    "model",
-    "name",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_target_modules",
-    "optimizer",
-    "learning_rate",
-    "physical_batch_size",
-    "eval_every",
-    "seed",
-    "nproc",
-    "audit",
+# The Train tab's "LoRA and optimiser" rows: each name a field-backed control (controls.py). A new field shown
+# there is one name here.
+TRAIN_ROWS = (
+    ("lora_r", "lora_alpha", "lora_dropout"),
+    ("lora_target_modules",),
+    ("optimizer", "learning_rate"),
+    ("physical_batch_size", "eval_every", "seed"),
 )
+TRAIN_FIELDS = ("model", "name", *(name for row in TRAIN_ROWS for name in row), "nproc", "audit")
 # Fields read only with the radio that says which of them counts (length_mode, privacy_mode).
 _MODE_FIELDS = {"epochs", "max_steps", "target_epsilon", "noise_multiplier"}
 BUILTIN_MODELS = ("default", "tiny", "minilm")  # every model the package ships (engine/models.py)

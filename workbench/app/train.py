@@ -133,7 +133,7 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
                 elem_id="run-name",
             )
             with gr.Accordion("LoRA and optimiser", open=False):
-                for row in TRAIN_ROWS:
+                for row in forms.TRAIN_ROWS:
                     with gr.Row():
                         c |= field_controls(row, base)
             gr.Markdown("Data and privacy settings come from the **Plan** tab.")
@@ -153,15 +153,6 @@ def build(ctx: AppContext, plan: PlanControls, selection: Any) -> TrainControls:
             live = dashboard()  # header, live charts and generations: workbench/app/live.py
     _wire(ctx, {**plan.components, **c}, selection, live, start, stop, message)
     return TrainControls(c, live)
-
-
-# The LoRA and optimiser accordion's rows of field-backed controls.
-TRAIN_ROWS = (
-    ("lora_r", "lora_alpha", "lora_dropout"),
-    ("lora_target_modules",),
-    ("optimizer", "learning_rate"),
-    ("physical_batch_size", "eval_every", "seed"),
-)
 
 
 def _wire(ctx: AppContext, form: dict[str, Any], selection: Any, live: Any, start: Any, stop: Any, message: Any):
