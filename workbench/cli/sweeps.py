@@ -1,10 +1,10 @@
 """The `workbench sweep` and `workbench compare` commands (``register(app)`` adds them to the CLI's app).
 
-    workbench sweep --config run.yaml --grid target_epsilon=2,4,8 --seeds 3 --name eps
+    workbench sweep --config run.yaml --grid privacy.target_epsilon=2,4,8 --seeds 3 --name eps
     workbench sweep resume eps
     workbench sweep list
     workbench sweep export eps DIR --format csv|parquet|tensorboard
-    workbench compare eps [RUN_OR_SWEEP ...] [--by target_epsilon] [--json]
+    workbench compare eps [RUN_OR_SWEEP ...] [--by privacy.target_epsilon] [--json]
 
 Bad input prints one line ("error: ...") and exits 2, like every other command.
 """
@@ -27,6 +27,7 @@ from workbench.cli.common import (
     _store,
     _telemetry_note,
 )
+from workbench.config import RunConfig
 from workbench.present.sweeps import progress_line
 
 sweep_app = typer.Typer(
@@ -37,7 +38,9 @@ sweep_app = typer.Typer(
 
 
 def _grid_help() -> str:
-    return "A setting and its values: --grid target_epsilon=2,4,8 (repeatable; the sweep is their cross product)."
+    return (
+        "A setting and its values: --grid privacy.target_epsilon=2,4,8 (repeatable; the sweep is their cross product)."
+    )
 
 
 @sweep_app.callback()
@@ -266,6 +269,7 @@ def compare_cmd(
     marked) and the table of differing settings with the resolved sigma, q, delta, relation and final metrics."""
     from workbench.present.compare import CompareError, comparison_report, group_table, load_views, resolve_runs
 
+    by = [RunConfig.field_name(key) or key for key in by]  # --by privacy.target_epsilon: the stored runs' field name
     store = _store()
     try:
         run_ids = resolve_runs(store, items)
