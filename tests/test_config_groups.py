@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,7 @@ def test_group_views_read_the_flat_fields():
     assert cfg.clipping == "per_layer" and cfg.group("clipping").kind == "per_layer"
     assert cfg.audit == "none" and cfg.group("audit").canaries == 10
     assert dict(cfg.lora) == cfg.to_grouped()["lora"]
+    assert copy.deepcopy(cfg.lora) == pickle.loads(pickle.dumps(cfg.lora)) == cfg.lora
     with pytest.raises(AttributeError, match="frozen"):
         cfg.lora.r = 4
     with pytest.raises(AttributeError, match="no key 'rank'"):

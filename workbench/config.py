@@ -595,6 +595,8 @@ class Group(Mapping):
         object.__setattr__(self, "_values", values)
 
     def __getattr__(self, short: str) -> Any:
+        if short.startswith("_"):  # copy and pickle probe the instance before its slots are set
+            raise AttributeError(short)
         try:
             return self._values[short]
         except KeyError:
@@ -606,6 +608,9 @@ class Group(Mapping):
         raise AttributeError(
             f"a run configuration is frozen: use cfg.with_overrides({{'{self._name}.{name}': ...}}) for a changed copy"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle rebuild it through __init__
+        return (Group, (self._name, dict(self._values)))
 
     def __getitem__(self, short: str) -> Any:
         return self._values[short]
