@@ -134,6 +134,7 @@ SLOW_TESTS = {
     "test_response_only_mask_with_smollm2",
     "test_runs_are_reproducible_only_from_the_labelled_noise_seed",
     "test_same_settings_differ_replay_is_identical_and_exports_hold_no_key",
+    "test_script_runs_on_a_files_rows_count_in_one_total_with_workbench_train_on_that_file",
     "test_second_start_is_queued",
     "test_seeded_mode_is_reproducible_and_labelled_everywhere",
     "test_sft_trainer_on_chat_data_stays_within_its_target_and_trains_the_lora_weights",

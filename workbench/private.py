@@ -18,7 +18,9 @@ clips, sums and adds the float64 noise once per logical step. The accountant cou
 optimizer updates; micro-batches only bound memory.
 
 Every event goes to the run store (``store=None`` turns it off), so ``workbench app`` shows a script's run
-live in the Train tab, lists it in Runs and Compare, and the ledger counts it under its data's fingerprint.
+live in the Train tab, lists it in Runs and Compare, and the ledger counts it with every run on the same examples:
+each row is normalised as `workbench train` reads a file (``dataset_identity``), so a script on a file's rows and
+`workbench train` on that file share one total.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -100,6 +102,7 @@ class ScriptData:
     dataset_fingerprint: str | None = None
     dataset_name: str | None = None
     dataset_units: list | None = None
+    dataset_note: str | None = None  # on the ledger's row: rows that are not records (``dataset_identity``)
 
 
 def _plain(x: Any) -> Any:
@@ -113,17 +116,88 @@ def _plain(x: Any) -> Any:
     return repr(x)
 
 
-def dataset_identity(dataset: Any, size: int) -> tuple[str, list[tuple[bytes, None]]]:
-    """(fingerprint, units) of a script's training set, as engine/fingerprint.py names a workbench dataset: SHA-256
-    over every row as canonical JSON (in order), and per row the BLAKE2b-256 of its content (an example unit).
-    Local only: the ledger keys the units with its secret and never publishes either."""
-    h = hashlib.sha256(b"workbench-script-dataset-v1\nunit:example\n")
-    units = []
+def _as_row(item: Any) -> dict | None:
+    """A dataset item as a row of plain values (a mapping's or a dataclass's fields; tensors and numpy values as
+    Python ones), or None when it is neither (a tuple, a tensor)."""
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        item = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    if not isinstance(item, Mapping):
+        return None
+    return {str(k): v.tolist() if isinstance(v, (torch.Tensor, np.ndarray, np.generic)) else v for k, v in item.items()}
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """What the ledger reads of a script's training set: its exact-records fingerprint, per row its unit identity
+    (engine/fingerprint.py ``unit_identities``) and, when some rows are not records, a note saying so."""
+
+    fingerprint: str
+    units: list[tuple[bytes, bytes | None]]
+    note: str | None = None
+
+
+def dataset_identity(
+    dataset: Any, size: int, *, columns: dict[str, str] | None = None, privacy_unit: str = "example"
+) -> DataIdentity:
+    """The identity of a script's training set as the ledger links runs by it (store/ledger.py).
+
+    Each row is normalised on its own with the engine's record normalisation (engine/data/normalise.py
+    ``normalise_row``: the roles ``columns`` maps, then the standard names text/label, prompt/response,
+    instruction/output, messages ...), and its unit is ``unit_identities`` of that record: the rows of a file
+    are the same units as the records `workbench train` reads from it, so both runs count in one ledger group.
+    When every row normalises, the fingerprint is ``dataset_fingerprint`` of the records (the file's own).
+
+    A row that does not normalise (e.g. tokenised only: input_ids, labels) is named by its raw content instead
+    (BLAKE2b-256 of its canonical JSON) and the note says how many: such a row links only to runs on the same
+    raw rows. Either way a row's identity depends on that row alone (neighbour-stable). Local only: the ledger
+    keys the units with its secret and never publishes either."""
+    from workbench.engine.data import ROLES, DataError, Dataset
+    from workbench.engine.data.normalise import normalise_row
+    from workbench.engine.fingerprint import dataset_fingerprint, unit_identities
+
+    unknown = sorted(set(columns or {}) - set(ROLES))
+    if unknown:
+        raise DataError(
+            f"unknown role(s) {unknown} in `columns`. Map these roles to your dataset's column names: "
+            f"{', '.join(ROLES)}, e.g. {{'text': 'sentence'}}."
+        )
+    records: dict[int, Any] = {}
+    raw: list[str] = []
+    first_raw: tuple[int, dict | None, Any] | None = None
     for i in range(size):
-        line = json.dumps(dataset[i], default=_plain, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        item = dataset[i]
+        row = _as_row(item)
+        if row is not None:
+            try:
+                records[i] = normalise_row(row, columns, name="the training set", line=i + 1)
+            except DataError:
+                pass
+        if i not in records and first_raw is None:
+            first_raw = (i, row, item)
+        raw.append(json.dumps(item, default=_plain, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+
+    def as_dataset(recs) -> Any:
+        return Dataset(name="script", schema="script", task="script", records=tuple(recs), columns={}, label_names=None)
+
+    named = dict(zip(records, unit_identities(as_dataset(records.values()))))
+    units = [
+        named[i] if i in named else (hashlib.blake2b(f"example:{line}".encode("utf-8"), digest_size=32).digest(), None)
+        for i, line in enumerate(raw)
+    ]
+    if first_raw is None:
+        return DataIdentity(dataset_fingerprint(as_dataset(records.values()), privacy_unit=privacy_unit), units)
+    h = hashlib.sha256(b"workbench-script-dataset-v1\nunit:example\n")
+    for line in raw:
         h.update(line.encode("utf-8") + b"\n")
-        units.append((hashlib.blake2b(f"example:{line}".encode("utf-8"), digest_size=32).digest(), None))
-    return h.hexdigest(), units
+    i, row, item = first_raw
+    what = f"columns {', '.join(map(str, row)) or 'none'}" if row is not None else f"a {type(item).__name__}"
+    note = (
+        f"{size - len(records)} of {size} training rows are not records the workbench reads (text/label, "
+        f"prompt/response, instruction/output or messages; first: row {i + 1}, {what}): they are identified by "
+        "their raw content, so they link only to runs on the very same rows, not to a `workbench train` run on "
+        "the file they came from. Keep the text columns in the dataset (or pass columns=...) to link them"
+    )
+    return DataIdentity(h.hexdigest(), units, note)
 
 
 def privacy_config(**settings: Any) -> RunConfig:
@@ -193,10 +267,14 @@ class PrivateTraining:
         task: str = "causal_lm",
         dataset: Any = None,
         dataset_name: str = "script",
+        columns: dict[str, str] | None = None,
         chunks: int = 1,
         register: bool = True,
     ) -> None:
-        """``register``: write the run to the store now (make_private); the Trainer registers at train()."""
+        """``register``: write the run to the store now (make_private); the Trainer registers at train().
+        ``columns``: which of ``dataset``'s columns hold which roles (text, label, prompt, response, messages ...),
+        where they are not the standard names, as a run config's ``columns``: the ledger names its rows' units by
+        the records they make (``dataset_identity``)."""
         _check_supported(config)
         if config.max_grad_norm is None and config.is_private:
             raise ConfigError("a private run needs a clipping norm (max_grad_norm, e.g. 1.0).")
@@ -226,7 +304,11 @@ class PrivateTraining:
         self.name = name or config.name
         self.run_id: str | None = None
         self.recorder: RunRecorder | None = None
-        fingerprint, units = dataset_identity(dataset, dataset_size) if dataset is not None else (None, None)
+        identity = (
+            dataset_identity(dataset, dataset_size, columns=columns, privacy_unit=config.privacy_unit)
+            if dataset is not None
+            else None
+        )
         self.data = ScriptData(
             config=config,
             plan=self.plan,
@@ -235,9 +317,10 @@ class PrivateTraining:
             task=task,
             model_name=config.model,
             train=_Named(dataset_name),
-            dataset_fingerprint=fingerprint,
+            dataset_fingerprint=identity.fingerprint if identity else None,
             dataset_name=dataset_name,
-            dataset_units=units,
+            dataset_units=identity.units if identity else None,
+            dataset_note=identity.note if identity else None,
         )
         self._open = False
         self._losses: list[torch.Tensor] = []
@@ -622,6 +705,7 @@ def make_private(
     noise_seed: int | None = None,
     task: str = "causal_lm",
     dataset: Any = None,
+    columns: dict[str, str] | None = None,
     data_name: str = "script",
     name: str | None = None,
     store: Any = DEFAULT_STORE,
@@ -632,8 +716,11 @@ def make_private(
 
     ``dataset_size``: the number of training examples (its length when ``dataset`` is given); under
     neighboring=add_remove every published number comes from ``public_dataset_size`` instead. ``dataset``: the
-    training set (optional): its fingerprint names the run's data in the ledger. ``noise_seed``: the labelled
-    seeded mode (reproducible, no DP guarantee). ``store=None``: write nothing to the run store."""
+    training set (optional, its rows as the loop reads them): the ledger counts the run under the units its rows
+    are, so a run on the rows of a file shares one total with `workbench train` runs on that file
+    (``dataset_identity``); ``columns`` maps roles to its column names where they are not the standard ones
+    (e.g. ``{"text": "sentence"}``). ``noise_seed``: the labelled seeded mode (reproducible, no DP guarantee).
+    ``store=None``: write nothing to the run store."""
     if dataset_size is None:
         if dataset is None or not hasattr(dataset, "__len__"):
             raise ConfigError("make_private needs dataset_size (or a dataset with a length): q = batch / size.")
@@ -657,6 +744,7 @@ def make_private(
         public_dataset_size=public_dataset_size,
         noise_seed=noise_seed,
         task=task,
+        columns=columns,
         learning_rate=optimizer.param_groups[0]["lr"] if optimizer is not None else None,
         generate_max_new_tokens=0,
     )
@@ -670,4 +758,5 @@ def make_private(
         task=task,
         dataset=dataset,
         dataset_name=data_name,
+        columns=columns,
     )

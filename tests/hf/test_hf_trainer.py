@@ -104,6 +104,7 @@ def test_the_run_is_in_the_store_the_live_view_and_the_ledger(tmp_path, ctx):
     assert view["steps"][-1]["epsilon"] == pytest.approx(t.privacy.epsilon)
     (row,) = [e for e in Ledger(ctx.store).entries() if e.run_id == run_id]
     assert row.epsilon == pytest.approx(t.privacy.epsilon) and row.fingerprint and not row.non_private
+    assert "are not records" in row.note  # tokenised rows only: named by their raw content, and it says so
     assert (ctx.store.run_dir(run_id) / "randomness.key").exists()  # secret mode: the key beside the run only
 
 

@@ -144,8 +144,10 @@ def _pieces(inputs: dict, size: int):
 
 class DPTrainerMixin:
     """Put before a Trainer class: ``class DPTrainer(DPTrainerMixin, Trainer)``. Extra keywords: ``privacy_args``
-    (PrivacyArguments), ``store`` (the run store: "default", a RunStore or path, None for none), ``run_name``.
-    ``self.privacy`` is the run's ``PrivateTraining`` (plan, epsilon, the DP step)."""
+    (PrivacyArguments), ``store`` (the run store: "default", a RunStore or path, None for none), ``run_name``,
+    ``columns`` (which of the training set's columns hold text, label, prompt, response, messages ... where they
+    are not the standard names: the ledger counts the run under the records its rows are, with `workbench train`
+    runs on the same examples). ``self.privacy`` is the run's ``PrivateTraining`` (plan, epsilon, the DP step)."""
 
     def __init__(
         self,
@@ -153,6 +155,7 @@ class DPTrainerMixin:
         privacy_args: PrivacyArguments | None = None,
         store: Any = DEFAULT_STORE,
         run_name: str | None = None,
+        columns: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         check_training_arguments(kwargs.get("args", args[1] if len(args) > 1 else None))
@@ -191,6 +194,7 @@ class DPTrainerMixin:
             warmup_steps=int(a.warmup_steps) if isinstance(a.warmup_steps, int) else 0,
             seed=a.seed,
             generate_max_new_tokens=0,
+            columns=columns,
             **settings,
         )
         self.privacy = PrivateTraining(
@@ -203,6 +207,7 @@ class DPTrainerMixin:
             task=config.task,
             dataset=self.train_dataset,
             dataset_name=config.data,
+            columns=columns,
             chunks=chunks,
             register=False,
         )

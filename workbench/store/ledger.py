@@ -405,7 +405,7 @@ class Ledger:
         if replay_of:
             notes.append(f"replay of {replay_of}: a copy of that release (same key, same data), not counted again")
         fingerprint, digest, key_note = self._data_names(prepared)
-        notes += [key_note] if key_note else []
+        notes += [n for n in (key_note, getattr(prepared, "dataset_note", None)) if n]  # a script's raw rows
         event = _non_private_event() if non_private else plan.dp_event(steps)
         entry = LedgerEntry(
             run_id=run_id,

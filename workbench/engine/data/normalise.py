@@ -44,6 +44,22 @@ def _build_dataset(table: _Table, mapping: dict[str, str]) -> Dataset:
     )
 
 
+def normalise_row(
+    row: dict, columns: dict[str, str] | None = None, *, name: str = "row", line: int | None = None
+) -> Record:
+    """One row -> its `Record`, by the rules `load_dataset` applies to a file's rows (the roles from
+    ``columns``, then the standard column names, and the schema they give), on this row alone: what a row
+    becomes depends on no other row. A row of a file whose rows share their columns becomes the record the
+    file's loading gives it. DataError when the row does not normalise (no recognised schema, an empty field)."""
+    table = _Table(name, [(line, row)], list(row))
+    mapping = dict(columns or {})
+    roles = _resolve_roles(table, mapping)
+    schema = _detect_schema(table, roles, mapping)
+    required, optional = _SCHEMA_ROLES[schema]
+    used = {r: roles[r] for r in required + optional if r in roles}
+    return _make_record(table, line, row, schema, used)
+
+
 def _resolve_roles(table: _Table, mapping: dict[str, str]) -> dict[str, str]:
     """role -> column: the user's mapping first, then the standard names."""
     by_lower = {c.lower(): c for c in table.columns}
