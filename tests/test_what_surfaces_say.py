@@ -152,7 +152,7 @@ import sys
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 if sys.argv[1] == "quiet":
-    from workbench.cli import _quiet_libraries
+    from workbench.cli.common import _quiet_libraries
     _quiet_libraries()
 rdp_privacy_accountant.RdpAccountant().compose(dp_event.PoissonSampledDpEvent(0.1, dp_event.GaussianDpEvent(1.0)))
 """

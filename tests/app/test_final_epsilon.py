@@ -26,7 +26,7 @@ from workbench.widgets.comparison import compare as compare_widget
 
 
 def _cli_epsilons() -> dict[str, str]:
-    from workbench.cli import NAME_WIDTH
+    from workbench.cli.main import NAME_WIDTH
 
     out = CliRunner().invoke(app, ["runs", "list"]).output
     start = 24 + 1 + NAME_WIDTH + 1 + 12 + 1 + 14 + 1  # id, name (may hold spaces), status, model: then epsilon
