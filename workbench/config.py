@@ -155,13 +155,13 @@ class RunConfig(BaseModel):
         description="Per-example clipping norm C. Empty (None) means no clipping (non-private only).",
         json_schema_extra={"key": "clipping.max_grad_norm"},
     )
-    accountant: Literal["pld", "rdp", "prv", "edgeworth"] = Field(
+    accountant: Literal[ACCOUNTANT_CHOICES] = Field(
         "pld",
         description="Privacy accountant: pld (tightest, default), rdp or prv (upper bounds). 'edgeworth' is an "
         "approximation: it is shown beside PLD, and PLD still sets the noise and the budget stop.",
         json_schema_extra={"key": "privacy.accountant"},
     )
-    neighboring: Literal["auto", "replace_one", "add_remove"] = Field(
+    neighboring: Literal[NEIGHBORING_CHOICES] = Field(
         "auto",
         description="Neighbouring datasets the epsilon is for. replace_one: one unit replaced (neighbours have the same "
         "size, so the exact size is public and published). add_remove: one unit added or removed (the exact size would "
