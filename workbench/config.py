@@ -366,6 +366,13 @@ class RunConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses CUDA when present.", json_schema_extra={"key": "performance.device"}
     )
+    noise_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads that make the secret noise of the next step while this one computes (noise source 2); "
+        "default: half the cores, at most 4. The noise's values never depend on it (one keystream per step and chunk).",
+        json_schema_extra={"key": "performance.noise_threads"},
+    )
     nproc: int = Field(
         1,
         ge=1,

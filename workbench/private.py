@@ -288,7 +288,7 @@ class PrivateTraining:
             self.params,
             max_grad_norm=config.max_grad_norm,
             noise_multiplier=self.plan.noise_multiplier,
-            noise=self.randomness.noise(),
+            noise=self.randomness.noise(threads=self.config.noise_threads),
             clipping="flat",
         )
         self.batch_sampler = PoissonBatchSampler(
@@ -559,7 +559,7 @@ class PrivateTraining:
                 "the checkpoint does not say where its noise stream stands (it was saved without a run store): it "
                 "cannot be resumed without restarting the noise, which would reuse noise already released."
             )
-        noise = self.randomness.noise()
+        noise = self.randomness.noise(threads=self.config.noise_threads)
         path = self.store.run_dir(run_id) / STREAMS_DIR / streams
         restore_noise(noise, _state_from_json(json.loads(path.read_text())))
         close = getattr(self.dp, "close", None)

@@ -116,11 +116,11 @@ def test_a_seeded_run_replays_and_a_secret_key_changes_everything():
 
 
 @pytest.mark.slow  # a few tiny runs: 10-30 s on 2 busy cores
-def test_a_run_replays_bit_for_bit_with_1_and_4_noise_threads(monkeypatch):
+def test_a_run_replays_bit_for_bit_with_1_and_4_noise_threads():
     adapters = []
-    for threads in (1, 4):
-        monkeypatch.setattr(noise_mod, "default_threads", lambda threads=threads: threads)
-        summary = Session(RunConfig(**FAST), randomness=RunRandomness.seeded(11)).run()
+    for threads in (1, 4):  # the run config's knob (performance.noise_threads), as a user sets it
+        config = RunConfig(**FAST).with_overrides([f"performance.noise_threads={threads}"])
+        summary = Session(config, randomness=RunRandomness.seeded(11)).run()
         assert summary["status"] == "finished" and summary["noise_source"] == 2
         adapters.append((Path(summary["adapter_dir"]) / "adapter_model.safetensors").read_bytes())
     assert adapters[0] == adapters[1]

@@ -214,7 +214,7 @@ class Trainer:
             self.params,
             max_grad_norm=cfg.max_grad_norm,
             noise_multiplier=plan.noise_multiplier,
-            noise=randomness.noise(),
+            noise=randomness.noise(threads=cfg.noise_threads),
             clipping=clipping,
             counts=cfg.clip_allocation == "quantile" and plan.private,
             allocation=self.allocator.allocation if self.allocator is not None else None,
