@@ -3,6 +3,11 @@
 This is the only object a UI touches: ``start()``, ``stop()``, ``status``, ``wait()``, and
 ``subscribe(fn)``.  The run store is always subscribed, so every event is persisted; a
 subscriber that raises is logged and never stops training.
+
+A Stop lands in seconds: the forward pass under way ends at its next layer and the partial step is discarded
+(data-parallel: at the next step), an evaluation under way is abandoned, and a run stopped by hand skips its last
+evaluation; its adapter and privacy report are saved and the run is stored 'stopped'. ``evaluate_run`` evaluates a stored run's adapter afterwards, on request
+(`workbench runs evaluate`, the Runs tab's Evaluate).
 """
 
 from __future__ import annotations
@@ -13,14 +18,15 @@ import math
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 from workbench.config import RunConfig
 from workbench.errors import UserError
-from workbench.events import Event, RunEnded
-from workbench.store.runs import RunStore, new_run_id
+from workbench.events import EvalMetrics, Event, RunEnded
+from workbench.store.runs import ACTIVE, RunStore, new_run_id
 
-__all__ = ["Session"]
+__all__ = ["Session", "evaluate_run", "EvaluateError"]
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[Event], None]
@@ -94,7 +100,9 @@ class Session:
         return self.summary or {}
 
     def stop(self) -> None:
-        """Ask the run to stop; it takes effect within one step (the partial step is discarded)."""
+        """Ask the run to stop; it takes effect at the next layer of the forward pass under way (the partial step is
+        discarded, an evaluation under way abandoned) and the run's last evaluation is skipped (``evaluate_run`` runs
+        it on request)."""
         self._stop.set()
 
     def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
@@ -266,7 +274,7 @@ class Session:
             model=cfg.model,
             data=cfg.data,
             wall_time=time.time() - started,
-            **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in trainer.last_eval.items()},
+            **_final_metrics(trainer),
         )
         # the untuned model's metrics (engine/baseline.py) and the validation labels' majority class: telemetry from
         # the validation data, not exported (store/export.py)
@@ -277,3 +285,71 @@ class Session:
         if people is not None:  # how many people, the most examples one has: counts of the private data, local
             out["people"] = people
         return out
+
+
+def _finite(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+
+
+def _final_metrics(trainer) -> dict[str, Any]:
+    """The validation metrics of the weights the run saved: its last evaluation's when that evaluated them; none
+    when a Stop skipped it (an earlier evaluation measured earlier weights; ``evaluate_run`` fills them in)."""
+    return _finite(trainer.last_eval) if trainer.last_eval_step == trainer.step else {}
+
+
+class EvaluateError(UserError, ValueError):
+    """A stored run cannot be evaluated; the message says why."""
+
+
+def evaluate_run(
+    run_id: str, *, store: RunStore | None = None, generate: bool = True, wait: float | None = 0.0
+) -> EvalMetrics:
+    """Evaluate a stored run's adapter now, as its last evaluation would have (a Stop skips it): the run's validation
+    examples scored the same way (engine/validation.py), with the generations unless ``generate`` is False. The
+    evaluation is appended to the run's events at the steps it took and its numbers go into the run's summary.
+    Telemetry like every evaluation: computed from the validation split, which no step read, so not covered by
+    epsilon and spending no privacy budget (engine/validation.py says why). ``wait``: seconds to wait for a run
+    training on the same device in this process (None: as long as it takes). EvaluateError (a message, never a
+    traceback) for a run that is active, has no adapter, or whose data changed since it trained."""
+    from workbench.engine.trainer import prepare
+    from workbench.engine.validation import evaluate_adapter, summary_metrics
+    from workbench.store.ledger import Ledger
+
+    store = store or RunStore()
+    record = store.get(run_id)  # RunNotFound (a UserError) names the command that lists the runs
+    summary = record.summary or {}
+    adapter = summary.get("adapter_dir")
+    if record.status in ACTIVE:
+        raise EvaluateError(f"run {record.id} is {record.status}: evaluate it once it has ended (stop it first).")
+    if not adapter:
+        why = {
+            "failed": f"it failed before saving one ({record.reason})" if record.reason else "it failed",
+            "interrupted": "its process ended before the run did",
+        }.get(record.status) or ("none was saved" if summary.get("steps") else "it ended before its first step")
+        raise EvaluateError(
+            f"run {record.id} has no adapter to evaluate: {why}. Only a run that took a step and ended (finished or "
+            "stopped) has one."
+        )
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise EvaluateError(f"run {record.id}'s adapter is no longer in {adapter}: nothing to evaluate.")
+    config = RunConfig.from_dict(record.config)  # a ConfigError (a UserError) if this version reads it otherwise
+    lock = _device_lock(config.device)  # one job a device: the evaluation also reseeds torch (prepare)
+    if not lock.acquire(timeout=-1 if wait is None else wait):
+        raise EvaluateError(
+            f"another run is training on this device ({config.device}); evaluate run {record.id} once it has ended."
+        )
+    try:
+        prepared = prepare(config)
+        if Ledger(store).trained_on(record.id, prepared.dataset_fingerprint) is False:
+            raise EvaluateError(
+                f"{config.data} no longer holds the records run {record.id} trained on (their fingerprint differs): "
+                "its validation split would not be the one its evaluations read, so it is not evaluated."
+            )
+        evaluation = evaluate_adapter(
+            prepared, Path(adapter), run_id=record.id, step=int(summary.get("steps") or 0), generate=generate
+        )
+    finally:
+        lock.release()
+    store.append(evaluation)
+    store.set_status(record.id, record.status, summary={**summary, **_finite(summary_metrics(evaluation))})
+    return evaluation

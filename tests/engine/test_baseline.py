@@ -1,7 +1,7 @@
 """The untuned baseline (engine/baseline.py): a step-0 evaluation on the held-out validation examples, measured once
 per model, data and evaluation settings and then read from the cache under the workbench home; the command line's
-summary puts it beside the run's metric with the sentence on what epsilon protects; a stopped run's last evaluation
-skips the generations. The tiny model throughout."""
+summary puts it beside the run's metric with the sentence on what epsilon protects; a Stop skips the run's last
+evaluation and abandons one under way. The tiny model throughout."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from factories import TINY_RUN
 from typer.testing import CliRunner
 
 import workbench.engine.trainer as trainer_mod
+import workbench.engine.validation as validation_mod
 from workbench.cli import app
 from workbench.config import RunConfig
 from workbench.engine.baseline import CACHE_FILE
@@ -27,15 +28,16 @@ FAST = TINY_RUN
 
 @pytest.fixture
 def evaluations(monkeypatch):
-    """Every call of the trainer's evaluate function: the examples it was given."""
+    """Every call of the evaluate function the trainer's evaluations use (engine/validation.py): the examples it was
+    given."""
     calls: list[list] = []
-    real = trainer_mod.evaluate
+    real = validation_mod.evaluate
 
     def counting(model, examples, **kw):
         calls.append(list(examples))
         return real(model, examples, **kw)
 
-    monkeypatch.setattr(trainer_mod, "evaluate", counting)
+    monkeypatch.setattr(validation_mod, "evaluate", counting)
     return calls
 
 
@@ -129,27 +131,35 @@ def test_the_second_run_reads_the_baseline_and_the_summary_sets_it_beside_the_me
     assert "baseline" not in released and "epsilon" in released  # telemetry from the validation data stays out
 
 
-def test_a_stopped_runs_last_evaluation_skips_the_generations(monkeypatch):
+def test_a_stop_skips_the_last_evaluation_and_abandons_one_under_way(monkeypatch):
     generated = []
-    real = trainer_mod.generate_samples
+    real = validation_mod.generate_samples
 
     def counting(*args, **kw):
         generated.append(kw["max_new_tokens"])
         return real(*args, **kw)
 
-    monkeypatch.setattr(trainer_mod, "generate_samples", counting)
+    monkeypatch.setattr(validation_mod, "generate_samples", counting)
     cfg = RunConfig(**{**FAST, "generate_max_new_tokens": 2}, noise_multiplier=1.0, baseline_eval=False)
-    stopped = Session(cfg.with_overrides({"max_steps": 2, "eval_every": 1}), store=RunStore())
-    stopped.subscribe(lambda e: stopped.stop() if e.kind == "step" else None)  # Stop after step 1
+    stopped = Session(cfg.with_overrides({"max_steps": 3, "eval_every": 1}), store=RunStore())
+    stopped.subscribe(lambda e: stopped.stop() if e.kind == "eval" else None)  # Stop once step 1's evaluation is out
     summary = stopped.run()
     assert summary["status"] == "stopped" and summary["steps"] == 1
+    # step 1's evaluation generates as before; after the Stop no evaluation runs (the last one is skipped)
     evals = [e for e in stopped.events if e.kind == "eval"]
-    # the evaluation every step (already under way when Stop was pressed) generates as before; the last one, after
-    # the Stop, gives loss and accuracy only
-    assert [e.step for e in evals] == [1, 1] and evals[0].generations and evals[1].generations == []
-    assert generated == [2]  # nothing generated after the Stop
-    assert summary["val_loss"] is not None  # baseline_eval=False: no step 0, only the labels' majority class
-    assert set(summary["baseline"]) == {"majority_label", "majority_share"}
+    assert [e.step for e in evals] == [1] and evals[0].generations and generated == [2]
+    assert summary["val_loss"] is not None  # that evaluation measured the weights the run saved
+    assert set(summary["baseline"]) == {"majority_label", "majority_share"}  # baseline_eval=False: the labels' only
+
+    # a Stop pressed after step 1, before its evaluation: the evaluation is abandoned before its first batch, the
+    # summary has no validation numbers (none measured the saved weights), and nothing was generated
+    generated.clear()
+    again = Session(cfg.with_overrides({"max_steps": 3, "eval_every": 1}), store=RunStore())
+    again.subscribe(lambda e: again.stop() if e.kind == "step" else None)
+    summary = again.run()
+    assert summary["status"] == "stopped" and summary["steps"] == 1
+    assert [e.kind for e in again.events if e.kind == "eval"] == [] and generated == []
+    assert "val_loss" not in summary and summary["adapter_dir"]
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -54,14 +55,28 @@ def evaluate(
     choices: Choices | None,
     gold: list[int | None],
     autocast,
-) -> dict:
+    should_stop: Callable[[], bool] | None = None,
+) -> dict | None:
     """Mean validation loss, perplexity and accuracy over ``examples``; with accuracy, also which class the model
     predicted most (``predicted_class``, an index) and for what share of the examples (``prediction_share``: 1.0 is
-    a model that answers one class whatever the input). The model's mode is restored after."""
+    a model that answers one class whatever the input). The model's mode is restored after.
+
+    ``should_stop`` is asked before every batch: when it says yes the evaluation is abandoned and None returned, so
+    a Stop pressed during an evaluation waits for one batch at most, not for the whole validation split."""
     was_training = model.training
     model.eval()
+    try:
+        measured = _measure(model, examples, task, pad_id, device, batch_size, choices, gold, autocast, should_stop)
+    finally:
+        model.train(was_training)
+    return measured
+
+
+def _measure(model, examples, task, pad_id, device, batch_size, choices, gold, autocast, should_stop) -> dict | None:
     losses, correct, counted, predicted = [], 0, 0, Counter()
     for start in range(0, len(examples), batch_size):
+        if should_stop is not None and should_stop():
+            return None
         chunk = examples[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id=pad_id).items()}
         with autocast():
@@ -76,7 +91,6 @@ def evaluate(
             c, n, preds = _choice_hits(logits, batch, chunk, choices, gold[start : start + batch_size])
             correct, counted = correct + c, counted + n
             predicted.update(preds)
-    model.train(was_training)
     val_loss = float(torch.cat(losses).mean()) if losses else math.nan
     top = predicted.most_common(1)[0] if counted else None
     return {
@@ -133,20 +147,31 @@ def generate_samples(
     autocast,
     response_max_tokens: int | None = None,
     answers: Answers | None = None,
-) -> list[dict]:
+    should_stop: Callable[[], bool] | None = None,
+) -> list[dict] | None:
     """Greedy generations for a few fixed prompts (chat messages), for the dashboards, in the form the run trains
     on: at most ``response_max_tokens`` tokens when the responses are cut there, up to the first line break; with
     labelled answers (the demo's routing), ``output`` is the answer the model ranks first, as accuracy scores it
     ("Department: Billing"), and ``generated`` the greedy line (a model trained on the answer line alone may
-    repeat its prefix when left to generate on, which read as a bug beside a good accuracy)."""
+    repeat its prefix when left to generate on, which read as a bug beside a good accuracy). ``should_stop`` is asked
+    before every prompt: yes abandons the generations (None), as in ``evaluate``."""
     if max_new_tokens <= 0 or not prompts:
         return []
     if response_max_tokens is not None:
         max_new_tokens = min(max_new_tokens, response_max_tokens)
     was_training = model.training
     model.eval()
+    try:
+        return _generate(model, tokenizer, prompts, device, max_new_tokens, autocast, answers, should_stop)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model, tokenizer, prompts, device, max_new_tokens, autocast, answers, should_stop) -> list[dict] | None:
     out = []
     for messages in prompts:
+        if should_stop is not None and should_stop():
+            return None
         prompt = encode_prompt(tokenizer, messages)  # formatted as in training
         ids = torch.tensor([prompt], device=device)
         enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -165,7 +190,6 @@ def generate_samples(
             sample = {**sample, "output": answers.chosen(model, prompt, device=device, autocast=autocast)}
             sample["generated"] = line
         out.append(sample)
-    model.train(was_training)
     return out
 
 

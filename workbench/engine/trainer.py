@@ -37,12 +37,12 @@ from workbench.engine.allocation import NoiseAllocator, unclipped_fraction
 from workbench.engine.baseline import baseline_key, untuned_metrics
 from workbench.engine.collective import LocalCollective
 from workbench.engine.dp_step import DPGradient, ParamTable, Release, StepStats
-from workbench.engine.evaluate import Answers, answer_choices, evaluate, generate_samples, majority_class
 from workbench.engine.grad_sample import PerExampleGrads
 from workbench.engine.losses import per_example_loss
 from workbench.engine.prepare import Prepared, load_splits, prepare  # noqa: F401 (re-exported for callers)
 from workbench.engine.randomness import RunRandomness
 from workbench.engine.report import save_adapter
+from workbench.engine.validation import Validation, summary_metrics
 from workbench.events import GRAD_NORM_BIN_EDGES, GRAD_NORM_LOG_BIN_EDGES, EvalMetrics, Event, RunStarted, StepMetrics
 from workbench.privacy.checks import clipping_activity, preflight
 
@@ -107,6 +107,14 @@ def started_event(
 
 class StopRequested(Exception):
     """Raised inside a step when a stop was asked for; the partial step is discarded (nothing released)."""
+
+
+def block_pre_hooks(model: torch.nn.Module, check: Callable[[], None]) -> list:
+    """``check`` run before every block of the model's layer stacks (each ``nn.ModuleList``'s children: a decoder's
+    layers, an encoder's), so that a Stop can end a forward pass within one block instead of one micro-batch (seconds
+    for the default model on a CPU): ``check`` raises to stop. Returns the hooks' handles."""
+    blocks = [child for module in model.modules() if isinstance(module, torch.nn.ModuleList) for child in module]
+    return [block.register_forward_pre_hook(lambda _module, _args: check()) for block in blocks]
 
 
 def make_optimizer(params, config: RunConfig, total_steps: int):
@@ -195,6 +203,9 @@ class Trainer:
         self.collective = collective if collective is not None else distributed.current(cfg)
         self.collective.agree(None)  # every rank prepared, or every rank fails with the failing rank's message
         self.hooks = PerExampleGrads(prepared.model)
+        # a Stop within a forward pass: before each block, the stop check of what runs now (_stoppable), if any
+        self._stop_check: Callable[[], bool] | None = None
+        self._block_hooks = block_pre_hooks(prepared.model, self._stop_in_forward)
         self.params = self.hooks.trainable_parameters()
         flat = [p for ps in self.params.values() for _, p in ps]
         self.optimizer, self.scheduler = make_optimizer(flat, cfg, plan.steps)
@@ -230,11 +241,12 @@ class Trainer:
             sample_rate=plan.sample_rate,
             seed=cfg.seed,
         )
-        self.choices = answer_choices(prepared.val, prepared.tokenizer)
-        self.answers = Answers.of(prepared.val, prepared.tokenizer, self.choices)  # the samples show the answer
-        self.gold = self._gold_labels()
+        # the validation examples and how every evaluation scores them (engine/validation.py: what they are to epsilon)
+        self.validation = Validation(prepared, autocast=self._autocast)
+        self.gold = self.validation.gold
         self.step = 0
-        self.last_eval: dict = {}
+        self.last_eval: dict = {}  # the latest evaluation's numbers (summary_metrics), at step last_eval_step
+        self.last_eval_step: int | None = None
         self.baseline_cache = baseline_cache
         self.baseline: dict | None = None  # the untuned model's metrics (step 0), with "cached"
         self._early_norms: list[torch.Tensor] = []
@@ -256,7 +268,7 @@ class Trainer:
         main = self.collective.is_main  # only rank 0 emits events (and so writes the store) and evaluates
         if main:
             self.emit(self._started_event())
-            baseline = self.baseline_evaluation() if cfg.baseline_eval else None
+            baseline = self.baseline_evaluation(should_stop=self.should_stop) if cfg.baseline_eval else None
             if baseline is not None:
                 self.emit(baseline)
         self.set_training_mode()  # explicitly: a cached baseline skips the evaluation that used to leave it
@@ -273,14 +285,25 @@ class Trainer:
                 if main:
                     self.emit(event)
                 if main and step % every == 0 and step != plan.steps:
-                    self.emit(self.evaluation())
+                    # None: a Stop abandoned it; the next stop check, on every rank, ends the run (data-parallel:
+                    # the other ranks wait there, so rank 0 leaves only through it)
+                    evaluation = self.evaluation(should_stop=self.should_stop)
+                    if evaluation is not None:
+                        self.emit(evaluation)
         except StopRequested:
             status, reason = "stopped", f"stopped by request after step {self.step}"
             self.stopped_by_request = True  # an audit then reports an interim reading, not a bound
         finally:
             self.dp.close()  # the noise source's thread, making a step ahead (engine/noise.py), ends with the loop
-        if main and (status == "finished" or self.step > 0):
-            self.emit(self.evaluation(generate=status != "stopped"))  # after a Stop: no generations, seconds
+        # A run stopped by hand skips its last evaluation (tens of seconds on a CPU: a Stop must land in seconds);
+        # `workbench runs evaluate` or the Runs tab's Evaluate measures the stored adapter afterwards on request
+        # (engine/validation.py, evaluate_adapter). A Stop during a finished run's last evaluation abandons it too.
+        if main and status == "finished":
+            evaluation = self.evaluation(should_stop=self.should_stop)
+            if evaluation is None:
+                reason += "; Stop skipped the last evaluation"
+            else:
+                self.emit(evaluation)
         return status, reason
 
     def set_training_mode(self) -> None:
@@ -295,14 +318,29 @@ class Trainer:
         # takes effect at the next step's stop check (collective.stop_requested), within one step.
         return self.collective.stops_within_step and self.should_stop()
 
+    @contextlib.contextmanager
+    def _stoppable(self, check: Callable[[], bool] | None):
+        """While the block runs, a forward pass of the model raises StopRequested at its next layer once ``check``
+        says yes (block_pre_hooks)."""
+        self._stop_check = check
+        try:
+            yield
+        finally:
+            self._stop_check = None
+
+    def _stop_in_forward(self) -> None:
+        if self._stop_check is not None and self._stop_check():
+            raise StopRequested
+
     def train_step(self, step: int) -> StepMetrics:
         """One logical step of DP-SGD (the module docstring), and its event."""
         t0 = time.perf_counter()
         indices, owners = self._sample()
         self.dp.start()
         self.hooks.enabled = self.private_path
-        losses, tokens = self._backward([self.p.train_tok[i] for i in indices], owners)
-        self.audit.add_canaries(self.dp, self._backward_canaries)  # audit runs: they join before the noise
+        with self._stoppable(self._stop_within_step):  # a Stop ends the forward pass under way at its next layer
+            losses, tokens = self._backward([self.p.train_tok[i] for i in indices], owners)
+            self.audit.add_canaries(self.dp, self._backward_canaries)  # audit runs: they join before the noise
         allocation = self.dp.allocation  # this step's C_l and sigma_l (the allocation policy sets the next)
         stats = self._finish_gradient()
         self.optimizer.step()
@@ -376,51 +414,33 @@ class Trainer:
             )
         return StepStats(0, torch.zeros(0), 0.0, 0, norms, {g: 0.0 for g in norms}, {})
 
-    def evaluation(self, *, generate: bool = True) -> EvalMetrics:
-        """Validation loss and accuracy now, and sample generations unless ``generate`` is False (the last
-        evaluation of a stopped run: generating costs seconds a prompt on a CPU, and a Stop must land at once)."""
-        p = self.p
-        measured = self._validation_metrics(p.val_tok[: p.config.eval_max_examples])
-        metrics = {k: measured[k] for k in ("val_loss", "perplexity", "accuracy")}
-        classes = {**self._predicted(measured), **self.majority()}
-        gens = []
-        if p.task == "causal_lm" and generate:
-            gens = generate_samples(
-                p.model,
-                p.tokenizer,
-                p.train.eval_prompts,
-                device=p.device,
-                max_new_tokens=p.config.generate_max_new_tokens,
-                autocast=self._autocast,
-                response_max_tokens=p.config.response_max_tokens,
-                answers=self.answers,
-            )
-        self.last_eval = {**metrics, **self._predicted(measured)}
-        return EvalMetrics(run_id=self.run_id, step=self.step, generations=gens, **metrics, **classes)
+    def evaluation(self, *, generate: bool = True, should_stop: Callable[[], bool] | None = None) -> EvalMetrics | None:
+        """Validation loss and accuracy now, and sample generations unless ``generate`` is False; None when
+        ``should_stop`` said yes during it (checked between two batches or prompts, engine/validation.py, and before
+        each layer of a forward pass): a Stop waits for one layer, not for the evaluation. Sets ``last_eval`` (the
+        summary's)."""
+        try:
+            with self._stoppable(should_stop):
+                evaluation = self.validation.evaluation(
+                    run_id=self.run_id, step=self.step, generate=generate, should_stop=should_stop
+                )
+        except StopRequested:
+            return None
+        if evaluation is not None:
+            self.last_eval, self.last_eval_step = summary_metrics(evaluation), evaluation.step
+        return evaluation
 
     def majority(self) -> dict:
-        """The majority class of the evaluated validation labels and its share (``majority_label``,
-        ``majority_share``): the accuracy of always answering that class. Telemetry from the validation data, as
-        the untuned baseline; {} without labels."""
-        found = majority_class(self.gold[: self.p.config.eval_max_examples])
-        names = self.p.train.label_names or ()
-        if found is None or found[0] >= len(names):
-            return {}
-        return {"majority_label": str(names[found[0]]), "majority_share": found[1]}
+        """The validation labels' majority class and its share (Validation.majority); {} without labels."""
+        return self.validation.majority()
 
-    def _predicted(self, measured: dict) -> dict:
-        """The class the model predicted most in ``measured`` (an evaluation) and the share it predicted it for."""
-        index, names = measured.get("predicted_class"), self.p.train.label_names or ()
-        if index is None or index >= len(names):
-            return {}
-        return {"predicted_label": str(names[index]), "prediction_share": measured["prediction_share"]}
-
-    def baseline_evaluation(self) -> EvalMetrics | None:
+    def baseline_evaluation(self, *, should_stop: Callable[[], bool] | None = None) -> EvalMetrics | None:
         """Step 0: the untuned model on the run's validation examples (loss and accuracy, no generations), read from
         the cache when this model, data and evaluation were measured before (engine/baseline.py); None without
-        validation examples. Sets ``self.baseline`` (the summary's)."""
+        validation examples, or when ``should_stop`` said yes while it was measured (then nothing is cached). Sets
+        ``self.baseline`` (the summary's)."""
         p = self.p
-        examples = p.val_tok[: p.config.eval_max_examples]
+        examples = self.validation.examples
         if not examples:
             return None
         gold = self.gold[: len(examples)]
@@ -430,31 +450,26 @@ class Trainer:
             task=p.task,
             examples=examples,
             gold=gold,
-            choices=self.choices,
+            choices=self.validation.choices,
             device=p.device.type,
         )
         about = {"model": p.model_name, "data": p.config.data, "examples": len(examples)}
-        metrics, cached = untuned_metrics(
-            key, lambda: self._validation_metrics(examples), cache=self.baseline_cache, about=about
-        )
+
+        def measure() -> dict:
+            measured = self.validation.metrics(examples, should_stop=should_stop)
+            if measured is None:
+                raise StopRequested
+            return measured
+
+        try:
+            with self._stoppable(should_stop):
+                metrics, cached = untuned_metrics(key, measure, cache=self.baseline_cache, about=about)
+        except StopRequested:  # nothing cached; the loop's first stop check ends the run
+            return None
         self.baseline = {**metrics, "cached": cached, **self.majority()}
         values = {k: (math.nan if metrics[k] is None else metrics[k]) for k in ("val_loss", "perplexity")}
         return EvalMetrics(
             run_id=self.run_id, step=0, accuracy=metrics["accuracy"], generations=[], **values, **self.majority()
-        )
-
-    def _validation_metrics(self, examples: list) -> dict:
-        p = self.p
-        return evaluate(
-            p.model,
-            examples,
-            task=p.task,
-            pad_id=p.tokenizer.pad_token_id,
-            device=p.device,
-            batch_size=p.config.physical_batch_size,
-            choices=self.choices,
-            gold=self.gold[: len(examples)],
-            autocast=self._autocast,
         )
 
     def save(self, *, stopped: bool = False) -> Path:
@@ -487,13 +502,6 @@ class Trainer:
             # bf16 backbone; LoRA weights stay fp32 and the hooks compute per-example grads in fp32.
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    def _gold_labels(self) -> list[int | None]:
-        """Label index of each tokenised validation example (records dropped by tokenisation skipped)."""
-        index = {n: i for i, n in enumerate(self.p.train.label_names or ())}
-        dropped = set(getattr(getattr(self.p.val_tok, "stats", None), "dropped_lines", ()))
-        kept = [r for r in self.p.val.records if r.line is None or r.line not in dropped]
-        return [index.get(r.label) if r.label is not None else None for r in kept][: len(self.p.val_tok)]
 
     def _started_event(self) -> RunStarted:
         p = self.p

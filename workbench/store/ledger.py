@@ -481,13 +481,10 @@ class Ledger:
                 f"run {run_id} has no row in the privacy ledger (it took no step, or trained before the ledger "
                 "existed): nothing shows which data it trained on, so it is not replayed."
             ) from None
-        if entry.records_digest is None:  # a row from before units were kept: its fingerprint is the digest
-            same = hmac.compare_digest(entry.fingerprint, records_digest)
-        else:
-            try:
-                same = hmac.compare_digest(units.keyed_digest(records_digest, self._key()), entry.records_digest)
-            except units.UnitKeyError as err:
-                raise ReplayError(f"run {run_id} cannot be checked against its data: {err}") from None
+        try:
+            same = self._same_records(entry, records_digest)
+        except units.UnitKeyError as err:
+            raise ReplayError(f"run {run_id} cannot be checked against its data: {err}") from None
         if not same:
             raise ReplayError(
                 f"refusing to replay run {entry.run_id}: {data} no longer holds the records it trained on (their "
@@ -495,6 +492,20 @@ class Ledger:
                 "share every noise draw and their difference would cancel the noise. Train a new run instead."
             )
         return entry
+
+    def trained_on(self, run_id: str, records_digest: str) -> bool | None:
+        """Whether run ``run_id`` trained on the data whose exact-records digest (engine/fingerprint.py
+        ``dataset_fingerprint``) is ``records_digest``; None when the ledger cannot tell (no row for the run, or the
+        home's unit key is gone)."""
+        try:
+            return self._same_records(self.get(run_id), records_digest)
+        except (LedgerError, units.UnitKeyError):
+            return None
+
+    def _same_records(self, entry: LedgerEntry, records_digest: str) -> bool:
+        if entry.records_digest is None:  # a row from before units were kept: its fingerprint is the digest
+            return hmac.compare_digest(entry.fingerprint, records_digest)
+        return hmac.compare_digest(units.keyed_digest(records_digest, self._key()), entry.records_digest)
 
     def set_tuning(self, run_ids: Sequence[str], *, session: str, distribution: str, mean: float, shape: float) -> None:
         """Mark ``run_ids`` as one tuning session with a random number of runs (for a sweep command)."""
