@@ -253,6 +253,9 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
     stop = stop_text(view.ended.summary if view.ended is not None else None)
     if stop:
         out += f'<div class="wb-stop-note" id="wb-stop-note">{html.escape(stop)}</div>'
+    unevaluated = evaluation_note(view, status)
+    if unevaluated:
+        out += f'<div class="wb-stop-note" id="wb-eval-note">{html.escape(unevaluated)}</div>'
     if status in ("failed", "interrupted") and reason:
         out += f'<div class="wb-reason">{html.escape(reason)}</div>'
     return out + "</div>"
@@ -282,6 +285,21 @@ def _baseline_html(view) -> str:
         if prior:
             out += f'<div class="wb-baseline wb-prior" id="wb-prior">⚠ {html.escape(prior)}</div>'
     return out
+
+
+def evaluation_note(view, status: str) -> str:
+    """A run that ended without evaluating its last weights (a Stop skips that evaluation, to land in seconds): says
+    so, which step the numbers shown are from, and where to evaluate it now."""
+    if status not in ("stopped", "finished") or view.ended is None or view.latest_step is None:
+        return ""
+    last = view.last_eval.step if view.last_eval is not None else 0
+    if last >= view.latest_step.step:
+        return ""
+    shown = f" (the validation numbers above are step {last}'s)" if last else ""
+    return (
+        f"Not evaluated after step {view.latest_step.step}{shown}: the Stop skipped that evaluation. Evaluate in the "
+        f"Runs tab (or `workbench runs evaluate {view.run_id}`) measures it now."
+    )
 
 
 def stop_text(summary: dict | None) -> str:

@@ -1,5 +1,6 @@
-"""The Runs tab: every stored run; open one's dashboard, export it as a zip, delete it (confirmed); the privacy
-ledger below (per dataset, every run that trained and the composed ε).
+"""The Runs tab: every stored run; open one's dashboard, evaluate its adapter (a Stop skips the last evaluation),
+export it as a zip, delete it (confirmed); the privacy ledger below (per dataset, every run that trained and the
+composed ε).
 
 (No ``from __future__ import annotations`` here: Gradio reads the ``gr.SelectData`` hint at run time.)
 """
@@ -56,6 +57,26 @@ def export_zip(ctx: AppContext, run_id: str | None) -> tuple[str | None, str]:
     )
 
 
+def evaluate_stored(ctx: AppContext, run_id: str | None) -> str:
+    """Evaluate the chosen run's adapter on its validation split now and add it to the run's events
+    (session.evaluate_run: what a Stop skipped); the message says what it measured, or why it cannot."""
+    from workbench.session import evaluate_run
+
+    if not run_id:
+        return "Choose a run first."
+    try:
+        evaluation = evaluate_run(run_id, store=ctx.store)  # refused at once while a run trains on this device
+    except Exception as err:  # noqa: BLE001 - e.g. a run without an adapter: a message, never a traceback
+        return error_text(err)
+    numbers = f"val_loss {evaluation.val_loss:.4f}"
+    if evaluation.accuracy is not None:
+        numbers = f"accuracy {evaluation.accuracy:.3f}, " + numbers
+    return (
+        f"Evaluated `{run_id}` after step {evaluation.step}: {numbers}. Validation telemetry from held-out examples, "
+        "not covered by ε (it spends no privacy budget); its dashboard shows it with the run's other evaluations."
+    )
+
+
 def delete_run(ctx: AppContext, run_id: str | None) -> str:
     """Delete a run that is not active; the message says what happened."""
     if not run_id:
@@ -92,6 +113,7 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
         refresh = gr.Button("Refresh", size="sm", scale=1)
     with gr.Row():
         open_btn = gr.Button("Open dashboard", elem_id="open-run")
+        evaluate_btn = gr.Button("Evaluate", elem_id="evaluate-run")
         export_btn = gr.Button("Export adapter + privacy report", elem_id="export-run")
         delete_btn = gr.Button("Delete…", variant="stop", elem_id="delete-run")
     with gr.Row(visible=False) as confirm_row:
@@ -133,6 +155,9 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
 
     opened = open_btn.click(open_run, picker, [selection, dashboard, message], api_visibility="private")
     export_btn.click(lambda rid: export_zip(ctx, rid), picker, [download, message], api_visibility="private")
+    evaluate_btn.click(lambda rid: evaluate_stored(ctx, rid), picker, message, api_visibility="private").then(
+        reload, picker, [table, picker], api_visibility="private", show_progress="hidden"
+    )
 
     def ask(run_id):
         if not run_id:

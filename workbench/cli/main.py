@@ -30,7 +30,7 @@ from workbench.events import jsonable
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="DP Workbench: differentially private LoRA fine-tuning."
 )
-runs_app = typer.Typer(no_args_is_help=True, help="List, show, export and delete stored runs.")
+runs_app = typer.Typer(no_args_is_help=True, help="List, show, evaluate, export and delete stored runs.")
 app.add_typer(runs_app, name="runs")
 
 
@@ -137,6 +137,11 @@ def _print_summary(s: dict) -> None:
     metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
     if metrics:
         lines.append("  validation: " + " ".join(metrics))
+    elif s.get("adapter_dir"):
+        lines.append(
+            "  validation: not measured after the last step (a Stop skips that evaluation); "
+            f"`workbench runs evaluate {s.get('run_id')}` measures the adapter now"
+        )
     against = baseline_text(s, s.get("baseline"))
     if against:
         which = "the untuned model and the majority class" if "majority class" in against else "the untuned model"
@@ -620,6 +625,39 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
     for k, v in (rec.summary or {}).items():
         typer.echo(f"  {k}: {v}")
     typer.echo(f"  events: {counts}")
+
+
+@runs_app.command("evaluate")
+def runs_evaluate(
+    run_id: str,
+    no_generate: bool = typer.Option(
+        False,
+        "--no-generate",
+        help="Loss and accuracy only, without the sample generations (seconds a prompt on a CPU).",
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Evaluate a stored run's adapter on its validation split now and add the evaluation to its events (a Stop skips
+    the last one): telemetry from held-out examples no step read, not covered by epsilon, spending no budget."""
+    _quiet_libraries()
+    from workbench.session import evaluate_run
+
+    store = _store()
+    rec = _get_run(store, run_id)
+    try:
+        evaluation = evaluate_run(rec.id, store=store, generate=not no_generate, wait=None)
+    except UserError as err:
+        _fail(str(err))
+    if as_json:
+        _print_json(evaluation.to_dict())
+        return
+    numbers = [f"val_loss {evaluation.val_loss:.4f}"]
+    if evaluation.accuracy is not None:
+        numbers.append(f"accuracy {evaluation.accuracy:.3f}")
+    typer.echo(
+        f"evaluated {rec.id} after step {evaluation.step}: {', '.join(numbers)} "
+        "(validation telemetry, not covered by epsilon; stored with the run's events)"
+    )
 
 
 @runs_app.command("export")
