@@ -7,7 +7,7 @@ so nothing is written next to the stored notebooks.  Select with `-m notebook`.
 
 The executed notebook is saved as JupyterLab saves one (no widget state: its default) and must stay under
 5 MB; nbclient's default would store each plotly widget's 5 MB plotly.js bundle (benchmarks/notebooks.py
-measures both).  A notebook's statements about its run are checked against the run store (CHECKS).
+measures both).  A notebook's statements about its runs are checked against the run store (CHECKS).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
         "05_user_level_dp_and_noise_allocation",
         "06_auditing_and_the_cost_of_tuning",
         "07_sweeps",
+        "08_your_own_script",
     ):
         assert f"{stem}.ipynb" in names
     for path in NOTEBOOKS:
@@ -131,4 +132,21 @@ def check_04(nb) -> None:
     assert verdict in sentence, sentence
 
 
-CHECKS = {"04_dp_lora_fine_tune": check_04}
+def check_08(nb) -> None:
+    """Notebook 08's three runs (make_private, DPTrainer, `workbench train` on the same file) are in the run store,
+    finished within the target, and counted in one ledger group whose total composes all three."""
+    from workbench.store.ledger import Ledger
+    from workbench.store.runs import RunStore
+
+    store = RunStore(os.environ["WORKBENCH_HOME"])
+    runs = {r.name: r for r in store.list() if r.name in ("nb08-loop", "nb08-trainer", "nb08-workbench-train")}
+    assert len(runs) == 3 and all(r.status == "finished" for r in runs.values()), runs
+    assert runs["nb08-loop"].summary["integration"] == "script" == runs["nb08-trainer"].summary["integration"]
+    assert all(r.final_epsilon <= r.config["target_epsilon"] + 1e-9 for r in runs.values())
+    ids = {r.id for r in runs.values()}
+    (group,) = [d for d in Ledger(store).datasets() if ids & {e.run_id for e in d.entries}]
+    assert ids <= {e.run_id for e in group.entries}
+    assert group.total.epsilon > max(r.final_epsilon for r in runs.values())
+
+
+CHECKS = {"04_dp_lora_fine_tune": check_04, "08_your_own_script": check_08}
