@@ -50,7 +50,7 @@ ERROR_ROWS = {
     "privacy": ("target_epsilon", "noise_multiplier", "privacy_mode"),
     "delta": ("delta", "accountant"),
     "user": ("max_examples_per_user", "max examples per user", "neighboring"),
-    "unit": ("privacy_unit", "user_sampling"),
+    "unit": ("privacy_unit", "privacy.unit", "user_sampling"),  # a message names the field or its dotted key
     "public": ("public_dataset_size", "labels"),
 }
 
