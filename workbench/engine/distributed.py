@@ -426,7 +426,7 @@ class WorkerRandomness:
     def sampling_rng(self):
         return None
 
-    def noise(self):
+    def noise(self, *, threads: int | None = None):  # the trainer passes noise_threads; a worker makes no noise
         return _NoNoise()
 
     def __repr__(self) -> str:
