@@ -7,7 +7,7 @@ tooltips and the docs read it from here.  ``RunConfig.with_overrides`` turns ``k
 Users write and read the configuration in groups (``GROUPS``): YAML files nest them
 (``privacy: {target_epsilon: 8}``), ``--set`` takes dotted keys (``--set privacy.target_epsilon=8``,
 ``--set lora.r=4``), ``to_yaml`` and ``--help-keys`` show them.  A field names its own dotted key
-(``json_schema_extra={"key": "lora.r"}``); a field without one is a top-level, what-to-train key.  The
+(````); a field without one is a top-level, what-to-train key.  The
 code reads the fields flat (``cfg.lora_r``, or ``cfg.lora.r`` through a group's read-only view), and
 ``to_dict()`` stays flat: the run store, fingerprints and exports keep their keys.  The flat names stay
 valid as aliases everywhere a key is accepted.
@@ -36,7 +36,7 @@ class ConfigError(UserError, ValueError):
 
 
 # The groups of the configuration as users write it (YAML, --set, --help-keys), in the order to_yaml writes
-# them after the top-level keys. Each field names its dotted key ("group.name") with json_schema_extra.
+# them after the top-level keys. Each grouped field has its dotted key ("group.name") in KEYS below.
 GROUPS: dict[str, str] = {
     "privacy": "the guarantee: budget or noise, delta, accountant, neighbouring relation, privacy unit",
     "clipping": "the per-unit clipping norm, flat or per-layer clipping and the per-layer noise allocation",
@@ -45,6 +45,55 @@ GROUPS: dict[str, str] = {
     "optimisation": "the optimizer, its learning-rate schedule, the batch size and the run's length",
     "evaluation": "validation during the run, sample generations and where the adapter goes",
     "performance": "where and in what pieces it runs: physical batch, device, processes",
+}
+
+KEYS: dict[str, str] = {  # field -> the dotted key users write; a field not here is a top-level key
+    "max_steps": "optimisation.max_steps",
+    "epochs": "optimisation.epochs",
+    "batch_size": "optimisation.batch_size",
+    "physical_batch_size": "performance.physical_batch_size",
+    "target_epsilon": "privacy.target_epsilon",
+    "noise_multiplier": "privacy.noise_multiplier",
+    "delta": "privacy.delta",
+    "max_grad_norm": "clipping.max_grad_norm",
+    "accountant": "privacy.accountant",
+    "neighboring": "privacy.neighboring",
+    "public_dataset_size": "privacy.public_dataset_size",
+    "privacy_unit": "privacy.unit",
+    "user_sampling": "privacy.user_sampling",
+    "max_examples_per_user": "privacy.max_examples_per_user",
+    "user_example_selection": "privacy.user_example_selection",
+    "clipping": "clipping.kind",
+    "allocation": "clipping.allocation",
+    "allocation_weights": "clipping.allocation_weights",
+    "clip_allocation": "clipping.clip_allocation",
+    "clip_quantile": "clipping.clip_quantile",
+    "clip_quantile_share": "clipping.clip_quantile_share",
+    "clip_quantile_lr": "clipping.clip_quantile_lr",
+    "allocation_smoothing": "clipping.allocation_smoothing",
+    "allocation_bound": "clipping.allocation_bound",
+    "audit": "audit.kind",
+    "audit_canaries": "audit.canaries",
+    "optimizer": "optimisation.optimizer",
+    "learning_rate": "optimisation.learning_rate",
+    "weight_decay": "optimisation.weight_decay",
+    "momentum": "optimisation.momentum",
+    "warmup_steps": "optimisation.warmup_steps",
+    "lr_schedule": "optimisation.lr_schedule",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_layers": "lora.layers",
+    "lora_target_modules": "lora.target_modules",
+    "eval_every": "evaluation.every",
+    "eval_max_examples": "evaluation.max_examples",
+    "generate_max_new_tokens": "evaluation.generate_max_new_tokens",
+    "baseline_eval": "evaluation.baseline",
+    "noise_seed": "privacy.noise_seed",
+    "device": "performance.device",
+    "noise_threads": "performance.noise_threads",
+    "nproc": "performance.nproc",
+    "output_dir": "evaluation.output_dir",
 }
 
 
@@ -107,26 +156,21 @@ class RunConfig(BaseModel):
     )
 
     # how long
-    max_steps: int | None = Field(
-        None, ge=1, description="Number of logical DP-SGD steps.", json_schema_extra={"key": "optimisation.max_steps"}
-    )
+    max_steps: int | None = Field(None, ge=1, description="Number of logical DP-SGD steps.")
     epochs: float | None = Field(
         None,
         gt=0,
         description="Passes over the data in expectation (steps = epochs / q).",
-        json_schema_extra={"key": "optimisation.epochs"},
     )
     batch_size: int = Field(
         32,
         ge=1,
         description="Expected logical batch size; the sampling rate is q = batch_size / N.",
-        json_schema_extra={"key": "optimisation.batch_size"},
     )
     physical_batch_size: int = Field(
         16,
         ge=1,
         description="Examples per forward/backward pass; bounds memory whatever the sampled batch is.",
-        json_schema_extra={"key": "performance.physical_batch_size"},
     )
 
     # privacy
@@ -134,32 +178,27 @@ class RunConfig(BaseModel):
         8.0,
         gt=0,
         description="Privacy budget; the noise multiplier is calibrated to reach it at the last step.",
-        json_schema_extra={"key": "privacy.target_epsilon"},
     )
     noise_multiplier: float | None = Field(
         None,
         ge=0,
         description="Noise std / clipping norm. Set it instead of target_epsilon; 0 = non-private.",
-        json_schema_extra={"key": "privacy.noise_multiplier"},
     )
     delta: float | None = Field(
         None,
         gt=0,
         lt=1,
         description="Delta of (epsilon, delta)-DP; default: below 1/N.",
-        json_schema_extra={"key": "privacy.delta"},
     )
     max_grad_norm: float | None = Field(
         1.0,
         gt=0,
         description="Per-example clipping norm C. Empty (None) means no clipping (non-private only).",
-        json_schema_extra={"key": "clipping.max_grad_norm"},
     )
     accountant: Literal[ACCOUNTANT_CHOICES] = Field(
         "pld",
         description="Privacy accountant: pld (tightest, default), rdp or prv (upper bounds). 'edgeworth' is an "
         "approximation: it is shown beside PLD, and PLD still sets the noise and the budget stop.",
-        json_schema_extra={"key": "privacy.accountant"},
     )
     neighboring: Literal[NEIGHBORING_CHOICES] = Field(
         "auto",
@@ -169,7 +208,6 @@ class RunConfig(BaseModel):
         "needs). auto: add_remove when public_dataset_size is given, else replace_one where the accountant has it (PLD "
         "over examples or ULS users); rdp, prv, edgeworth and ELS analyse add_remove only, so they need "
         "public_dataset_size.",
-        json_schema_extra={"key": "privacy.neighboring"},
     )
     public_dataset_size: int | None = Field(
         None,
@@ -179,46 +217,38 @@ class RunConfig(BaseModel):
         "neighbours (the relation most papers report; less noise than replace_one for the same epsilon) and every "
         "published number (q = batch_size / this, the steps, the default delta, the size) comes from it, never from "
         "the data. `workbench check` shows the data's count to copy.",
-        json_schema_extra={"key": "privacy.public_dataset_size"},
     )
     privacy_unit: Literal["example", "user"] = Field(
         "example",
         description="The unit the guarantee protects: one example, or one user (needs user_id).",
-        json_schema_extra={"key": "privacy.unit"},
     )
     user_sampling: Literal["els", "uls"] = Field(
         "els",
         description="User-level DP: 'els' samples examples (user epsilon by the mixture-of-Gaussians PLD); "
         "'uls' samples users, each contributing the clipped mean of its examples.",
-        json_schema_extra={"key": "privacy.user_sampling"},
     )
     max_examples_per_user: int = Field(
         8,
         ge=1,
         description="k: each user's examples are capped at k (user-level DP).",
-        json_schema_extra={"key": "privacy.max_examples_per_user"},
     )
     user_example_selection: Literal["random", "longest"] = Field(
         "random",
         description="Which k examples a user keeps: a seeded random choice, or the longest.",
-        json_schema_extra={"key": "privacy.user_example_selection"},
     )
     clipping: Literal["auto", "flat", "per_layer"] = Field(
         "auto",
         description="'flat': one norm C over all LoRA modules; 'per_layer': module l clipped to C_l "
         "(||(C_l)|| = C). 'auto': flat for uniform allocation with fixed clip norms, per_layer otherwise.",
-        json_schema_extra={"key": "clipping.kind"},
     )
     allocation: Literal["uniform", "manual", "adaptive"] = Field(
         "uniform",
         description="Per-layer noise allocation keeping sum sigma_l^-2 = sigma^-2: uniform, manual (weights), "
         "or adaptive (importance from released noisy gradients: post-processing, no extra privacy cost).",
-        json_schema_extra={"key": "clipping.allocation"},
     )
     allocation_weights: dict[str, float] = Field(
         default_factory=dict,
         description="manual allocation: {module pattern: weight}; more weight, less noise.",
-        json_schema_extra={"key": "clipping.allocation_weights"},
     )
     clip_allocation: Literal["fixed", "importance", "quantile"] = Field(
         "fixed",
@@ -227,36 +257,30 @@ class RunConfig(BaseModel):
         "per-unit gradient norms, learnt from a noised count of the units under C_l each step. The count spends "
         "clip_quantile_share of the noise budget inside the same plan (the epsilon is unchanged; the gradient noise "
         "grows by 1/sqrt(1 - share)). Needs per-layer clipping (auto chooses it) and a private run.",
-        json_schema_extra={"key": "clipping.clip_allocation"},
     )
     clip_quantile: float = Field(
         0.5,
         description="quantile clipping: the target quantile gamma of each module's per-unit norms, in (0, 1).",
-        json_schema_extra={"key": "clipping.clip_quantile"},
     )
     clip_quantile_share: float = Field(
         0.05,
         description="quantile clipping: the share of the privacy budget (noise precision) spent on the noised "
         "counts; the rest goes to the gradient.",
-        json_schema_extra={"key": "clipping.clip_quantile_share"},
     )
     clip_quantile_lr: float = Field(
         0.2,
         description="quantile clipping: the geometric rate eta > 0 of C_l <- C_l exp(-eta (bbar_l - gamma)).",
-        json_schema_extra={"key": "clipping.clip_quantile_lr"},
     )
     allocation_smoothing: float = Field(
         0.9,
         ge=0,
         lt=1,
         description="adaptive: moving-average factor of the score.",
-        json_schema_extra={"key": "clipping.allocation_smoothing"},
     )
     allocation_bound: float = Field(
         3.0,
         ge=1,
         description="Each sigma_l stays within [sigma sqrt(L)/b, sigma sqrt(L) b] (floor and ceiling).",
-        json_schema_extra={"key": "clipping.allocation_bound"},
     )
 
     # empirical privacy audit (privacy/audit.py, engine/canaries.py)
@@ -271,54 +295,37 @@ class RunConfig(BaseModel):
         "the demo data the exposure of its planted secrets. The real data's guarantee is unchanged, but the canaries "
         "are trained into the adapter: an audit run is for checking the implementation, not for release. Needs "
         "max_grad_norm.",
-        json_schema_extra={"key": "audit.kind"},
     )
     audit_canaries: int | None = Field(
         None,
         ge=2,
         description="m: the number of canaries of the audit, each included with probability 1/2. Empty: 1000 gradient "
         "canaries, or min(1000, N // 2) input canaries for N training units; more input canaries than N are refused.",
-        json_schema_extra={"key": "audit.canaries"},
     )
 
     # optimisation
     optimizer: Literal["adamw", "sgd"] = Field(
         "adamw",
         description="Optimizer applied to the privatised gradient.",
-        json_schema_extra={"key": "optimisation.optimizer"},
     )
-    learning_rate: float = Field(
-        2e-3, gt=0, description="Peak learning rate.", json_schema_extra={"key": "optimisation.learning_rate"}
-    )
-    weight_decay: float = Field(
-        0.0, ge=0, description="Decoupled weight decay (AdamW).", json_schema_extra={"key": "optimisation.weight_decay"}
-    )
-    momentum: float = Field(
-        0.9, ge=0, lt=1, description="SGD momentum.", json_schema_extra={"key": "optimisation.momentum"}
-    )
-    warmup_steps: int = Field(
-        0, ge=0, description="Linear warm-up steps.", json_schema_extra={"key": "optimisation.warmup_steps"}
-    )
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
-        "linear", description="Decay after warm-up.", json_schema_extra={"key": "optimisation.lr_schedule"}
-    )
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warm-up.")
 
     # LoRA
-    lora_r: int = Field(8, ge=1, description="LoRA rank.", json_schema_extra={"key": "lora.r"})
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.", json_schema_extra={"key": "lora.alpha"})
-    lora_dropout: float = Field(
-        0.0, ge=0, lt=1, description="Dropout on the LoRA input.", json_schema_extra={"key": "lora.dropout"}
-    )
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_layers: int | None = Field(
         None,
         ge=1,
         description="LoRA only in the last N transformer layers (the backward pass stops there: faster).",
-        json_schema_extra={"key": "lora.layers"},
     )
     lora_target_modules: str = Field(
         "auto",
         description="'auto' (attention query and value projections), 'all-linear', or comma-separated module names.",
-        json_schema_extra={"key": "lora.target_modules"},
     )
 
     # evaluation and output
@@ -326,25 +333,21 @@ class RunConfig(BaseModel):
         0,
         ge=0,
         description="Evaluate every N steps; 0 = about five times per run.",
-        json_schema_extra={"key": "evaluation.every"},
     )
     eval_max_examples: int = Field(
         64,
         ge=1,
         description="Validation examples used per evaluation.",
-        json_schema_extra={"key": "evaluation.max_examples"},
     )
     generate_max_new_tokens: int = Field(
         32,
         ge=0,
         description="Tokens generated per sample prompt (0 = none).",
-        json_schema_extra={"key": "evaluation.generate_max_new_tokens"},
     )
     baseline_eval: bool = Field(
         True,
         description="Evaluate the untuned model first (step 0, validation loss and accuracy, no generations), shown "
         "beside the run's metric; cached per model, data and evaluation settings under the workbench home.",
-        json_schema_extra={"key": "evaluation.baseline"},
     )
     seed: int = Field(
         0,
@@ -361,17 +364,13 @@ class RunConfig(BaseModel):
         description="Seed the Poisson sampling and the noise instead of a secret key: reproducible for teaching and "
         "debugging, but with NO differential-privacy guarantee (anyone with the seed can replay the noise). Such runs "
         "are labelled 'seeded randomness' everywhere and export refuses them unless forced.",
-        json_schema_extra={"key": "privacy.noise_seed"},
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="'auto' uses CUDA when present.", json_schema_extra={"key": "performance.device"}
-    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
     noise_threads: int | None = Field(
         None,
         ge=1,
         description="Threads that make the secret noise of the next step while this one computes (noise source 2); "
         "default: half the cores, at most 4. The noise's values never depend on it (one keystream per step and chunk).",
-        json_schema_extra={"key": "performance.noise_threads"},
     )
     nproc: int = Field(
         1,
@@ -380,12 +379,10 @@ class RunConfig(BaseModel):
         "its own shard at rate q, the clipped sums are added up and the noise is added once: the same privacy as "
         "one process. `workbench train --nproc N` (or torchrun, whose world size it then records) starts the ranks; the "
         "app, a notebook or a Session host them, as rank 0 with ranks 1..N-1 as child processes.",
-        json_schema_extra={"key": "performance.nproc"},
     )
     output_dir: str | None = Field(
         None,
         description="Where the adapter goes; default: the run's folder.",
-        json_schema_extra={"key": "evaluation.output_dir"},
     )
 
     @model_validator(mode="before")
@@ -480,25 +477,12 @@ class RunConfig(BaseModel):
             raise ConfigError(f"unknown config group {name!r}. The groups: {', '.join(GROUPS)}.")
         return Group(name, {short: getattr(self, field) for short, field in _MEMBERS[name].items()})
 
-    @property
-    def privacy(self) -> Group:
-        return self.group("privacy")
-
-    @property
-    def lora(self) -> Group:
-        return self.group("lora")
-
-    @property
-    def optimisation(self) -> Group:
-        return self.group("optimisation")
-
-    @property
-    def evaluation(self) -> Group:
-        return self.group("evaluation")
-
-    @property
-    def performance(self) -> Group:
-        return self.group("performance")
+    # the groups as read-only views (clipping and audit are fields of their own: ``group("clipping")``)
+    privacy = property(lambda self: self.group("privacy"), doc="The privacy group (a read-only view).")
+    lora = property(lambda self: self.group("lora"), doc="The LoRA group (a read-only view).")
+    optimisation = property(lambda self: self.group("optimisation"), doc="The optimisation group (a read-only view).")
+    evaluation = property(lambda self: self.group("evaluation"), doc="The evaluation group (a read-only view).")
+    performance = property(lambda self: self.group("performance"), doc="The performance group (a read-only view).")
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -635,9 +619,11 @@ class Group(Mapping):
 # -- the keys users write --------------------------------------------------------------------------
 def _declared_keys() -> dict[str, str]:
     keys = {}
-    for name, field in RunConfig.model_fields.items():
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        key = str(extra.get("key", name))
+    unknown = set(KEYS) - set(RunConfig.model_fields)
+    if unknown:
+        raise RuntimeError(f"KEYS names no RunConfig field: {sorted(unknown)}")
+    for name in RunConfig.model_fields:
+        key = KEYS.get(name, name)
         group, _, short = key.rpartition(".")
         if key != name and (group not in GROUPS or not short or "." in group):
             raise RuntimeError(f"RunConfig.{name}: key {key!r} must be 'group.name' with a group of {list(GROUPS)}")

@@ -15,18 +15,9 @@ from typing import Optional
 import numpy as np
 from dp_accounting import dp_event, mechanism_calibration, privacy_accountant
 
-from workbench.privacy.accountants import (
-    _RELATION,
-    PrivacyError,
-    _epsilon_cached,
-    check_accountant,
-    check_count,
-    check_delta,
-    check_neighboring,
-    check_noise_multiplier,
-    check_real,
-    check_sample_rate,
-)
+from workbench.privacy import validation as v
+from workbench.privacy.accountants import _RELATION, _epsilon_cached
+from workbench.privacy.validation import PrivacyError
 
 SIGMA_SEARCH_START = 1.0
 SIGMA_FLOOR = 0.1  # eps at sigma=0.1 is ~100 or more for any realistic q, T, delta
@@ -98,19 +89,19 @@ def calibrate(
     The search covers sigma in [0.1, 1e4]: if sigma = 0.1 already meets the target, 0.1 is
     returned; if sigma = 1e4 does not, PrivacyError says what to change.
     """
-    target = check_real("target_epsilon", target_epsilon)
+    target = v.check_real("target_epsilon", target_epsilon)
     if target <= 0:
         raise PrivacyError(f"target_epsilon must be > 0. Found {target}.")
-    q = check_sample_rate(sample_rate)
-    steps = check_count("steps", steps, minimum=1)
-    delta = check_delta(delta)
-    accountant = check_accountant(accountant)
+    q = v.check_sample_rate(sample_rate)
+    steps = v.check_count("steps", steps, minimum=1)
+    delta = v.check_delta(delta)
+    accountant = v.check_accountant(accountant)
     if accountant == "edgeworth":
         raise PrivacyError(
             "the edgeworth accountant is an approximation, not an upper bound, and never sets the noise: "
             "calibrate with accountant=pld (or rdp, prv) and compare Edgeworth's estimate beside it."
         )
-    neighboring = check_neighboring(neighboring, accountant=accountant)
+    neighboring = v.check_neighboring(neighboring, accountant=accountant)
 
     def eps(sigma: float) -> float:
         return _epsilon_or_inf(accountant, sigma, q, steps, delta, neighboring)
@@ -168,13 +159,13 @@ def epsilon_curve(
 
     Cost per point: pld ~5-50 ms, rdp < 1 ms, edgeworth ~5 ms, prv 0.05-1 s (use few points).
     """
-    sigma = check_noise_multiplier(noise_multiplier)
-    q = check_sample_rate(sample_rate)
-    steps = check_count("steps", steps, minimum=0)
-    delta = check_delta(delta)
-    accountant = check_accountant(accountant)
-    max_points = check_count("max_points", max_points, minimum=1)
-    neighboring = check_neighboring(neighboring, accountant=accountant)
+    sigma = v.check_noise_multiplier(noise_multiplier)
+    q = v.check_sample_rate(sample_rate)
+    steps = v.check_count("steps", steps, minimum=0)
+    delta = v.check_delta(delta)
+    accountant = v.check_accountant(accountant)
+    max_points = v.check_count("max_points", max_points, minimum=1)
+    neighboring = v.check_neighboring(neighboring, accountant=accountant)
     if max_points == 1:
         points = [steps]
     else:
