@@ -3,8 +3,10 @@
 
     .venv/bin/python benchmarks/hf_overhead.py --model default --steps 4
 
-Seconds per training example (Poisson batches vary in size): the DP runs' from their step events (step_time over
-batch size), the plain Trainer's from its train_runtime over steps x batch. Prints one JSON line.
+Seconds per training example (Poisson batches vary in size), every path timed per optimizer step and the first step
+left out of all three (it holds one-off warm-up): the DP runs' from their step events (step_time over batch size),
+the plain Trainer's from a callback around each step over its fixed batch. The data is the same in all three: the
+demo's chat records (examples/sft_lora.py's chat_data is `workbench train`'s data=demo). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -40,10 +42,20 @@ def sft(model_name: str, *, steps: int, dp: bool, out: str, batch: int, micro: i
         use_cpu=True, bf16=False, gradient_checkpointing=False, disable_tqdm=True,
     )  # fmt: skip
     if not dp:
-        t = SFTTrainer(model=model, args=args, train_dataset=chat_data(), processing_class=tok)
-        start = time.perf_counter()
+        from transformers import TrainerCallback
+
+        times: list[float] = []
+
+        class StepTimes(TrainerCallback):
+            def on_step_begin(self, *args, **kwargs):
+                self.start = time.perf_counter()
+
+            def on_step_end(self, *args, **kwargs):
+                times.append(time.perf_counter() - self.start)
+
+        t = SFTTrainer(model=model, args=args, train_dataset=chat_data(), processing_class=tok, callbacks=[StepTimes()])
         t.train()
-        return (time.perf_counter() - start) / (steps * batch)
+        return sum(times[1:]) / (len(times[1:]) * batch)
     t = make_dp_trainer(SFTTrainer)(
         model=model, args=args, train_dataset=chat_data(), processing_class=tok,
         privacy_args=PrivacyArguments(target_epsilon=8.0, expected_batch_size=batch),
@@ -53,7 +65,7 @@ def sft(model_name: str, *, steps: int, dp: bool, out: str, batch: int, micro: i
 
 
 def per_example(store, run_id: str) -> float:
-    steps = [e for _, e in store.events(run_id) if e.kind == "step"]
+    steps = [e for _, e in store.events(run_id) if e.kind == "step"][1:]  # the first step holds the warm-up
     return sum(e.step_time for e in steps) / max(1, sum(e.batch_size for e in steps))
 
 
@@ -74,7 +86,7 @@ def workbench_train(model_name: str, *, steps: int, batch: int, micro: int, leng
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="default")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--length", type=int, default=128)
