@@ -97,7 +97,9 @@ def stop_run(ctx: AppContext, selection: Selection) -> str:
     if session.done:
         return f"Run `{run_id}` has already ended ({session.status})."
     session.stop()
-    return f"Stopping run `{run_id}` after the current step…"
+    return (
+        f"Stopping run `{run_id}`: the step under way is discarded and the last evaluation skipped (Evaluate in Runs)…"
+    )
 
 
 # -- layout ---------------------------------------------------------------------------------------

@@ -80,7 +80,10 @@ def train(
         while not session.done:
             time.sleep(0.2)
     except KeyboardInterrupt:
-        typer.echo("stopping after the current step...", err=True)
+        typer.echo(
+            "stopping: the step under way is discarded and the last evaluation skipped (workbench runs evaluate)...",
+            err=True,
+        )
         session.stop()
         session.wait()
     distributed.shutdown()

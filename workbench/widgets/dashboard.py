@@ -98,7 +98,7 @@ class Dashboard:
             description="Stop",
             icon="stop",
             button_style="danger",
-            tooltip="Stop the run after the current step (nothing partial is released)",
+            tooltip="Stop the run: the step under way is discarded (nothing partial is released)",
         )
         self.start_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
