@@ -17,16 +17,7 @@ from typing import Optional
 
 import typer
 
-from workbench.cli.common import (
-    _fail,
-    _load_config,
-    _print_json,
-    _print_list,
-    _Progress,
-    _quiet_libraries,
-    _store,
-    _telemetry_note,
-)
+from workbench.cli import common
 from workbench.config import RunConfig
 from workbench.present.sweeps import progress_line
 
@@ -74,23 +65,23 @@ def sweep(
     """Run the cross product of the --grid settings times --seeds, one run after another, as one stored sweep."""
     if ctx.invoked_subcommand is not None:
         return
-    _quiet_libraries()
+    common._quiet_libraries()
     from workbench.sweeps import SweepError, create_sweep, parse_grid, parse_seeds, validate
 
-    base = _load_config(config, set_)
+    base = common._load_config(config, set_)
     if grid_file is not None:
         from workbench.sweeps import SweepError, grid_from_file
 
         try:
             grid = [*grid, *grid_from_file(grid_file)]
         except SweepError as err:
-            _fail(str(err))
+            common._fail(str(err))
     if dry_run:
         try:
             members = validate(base, parse_grid(grid), parse_seeds(seeds, base.seed))
         except SweepError as err:
-            _fail(str(err))
-        _print_json([{"label": label, "overrides": o} for label, o in members]) if as_json else [
+            common._fail(str(err))
+        common._print_json([{"label": label, "overrides": o} for label, o in members]) if as_json else [
             typer.echo(label) for label, _ in members
         ]
         return
@@ -103,10 +94,10 @@ def sweep(
             tuning=tuning,
             mean_runs=mean_runs,
             tuning_shape=tuning_shape,
-            store=_store(),
+            store=common._store(),
         )
     except SweepError as err:
-        _fail(str(err))
+        common._fail(str(err))
     if rec.tuning:
         typer.echo(
             f"sweep {rec.name}: tuning mode, {rec.tuning['distribution']} with mean {rec.tuning['mean']:g}: "
@@ -129,7 +120,7 @@ def _run(name: str, parallel: int, as_json: bool) -> None:
     from workbench.store.sweeps import SweepStore
     from workbench.sweeps import SweepError, execute
 
-    store = _store()
+    store = common._store()
 
     def progress(p) -> None:
         typer.echo(progress_line(p), err=True)
@@ -140,17 +131,17 @@ def _run(name: str, parallel: int, as_json: bool) -> None:
             store=store,
             parallel=parallel,
             progress=progress,
-            subscribers=(lambda member: (_Progress(),)) if parallel == 1 and sys.stderr.isatty() else None,
+            subscribers=(lambda member: (common._Progress(),)) if parallel == 1 and sys.stderr.isatty() else None,
         )
     except SweepError as err:
-        _fail(str(err))
+        common._fail(str(err))
     except KeyboardInterrupt:
         typer.echo(f"interrupted: `workbench sweep resume {name}` trains what did not finish.", err=True)
         raise typer.Exit(130)
     sweeps = SweepStore(store)
     counts = sweeps.counts(rec)
     if as_json:
-        _print_json(_sweep_json(sweeps, rec))
+        common._print_json(_sweep_json(sweeps, rec))
     else:
         typer.echo(f"sweep {name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), err=True)
     if any(k != "finished" for k in counts):
@@ -172,15 +163,15 @@ def sweep_resume(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train what did not finish of sweep NAME (never-started, interrupted, failed or stopped runs)."""
-    _quiet_libraries()
+    common._quiet_libraries()
     from workbench.store.sweeps import SweepNotFound, SweepStore
     from workbench.sweeps import pending
 
-    sweeps = SweepStore(_store())
+    sweeps = SweepStore(common._store())
     try:
         rec = sweeps.get(name)
     except SweepNotFound as err:
-        _fail(str(err))
+        common._fail(str(err))
     todo = pending(sweeps, rec)
     typer.echo(
         f"sweep {name}: {len(rec.members) - len(todo)} of {len(rec.members)} runs done, {len(todo)} to train", err=True
@@ -193,7 +184,7 @@ def sweep_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every stored sweep: its name, settings swept, and how many of its runs finished."""
     from workbench.store.sweeps import SweepStore
 
-    sweeps = SweepStore(_store())
+    sweeps = SweepStore(common._store())
 
     def line(r) -> None:
         swept = ", ".join(r.keys) + (
@@ -201,7 +192,7 @@ def sweep_list(as_json: bool = typer.Option(False, "--json")) -> None:
         )
         typer.echo(f"{r.name:28} {len(r.members):>5} {sweeps.counts(r).get('finished', 0):>8}  {swept}")
 
-    _print_list(
+    common._print_list(
         sweeps.list(),
         as_json,
         to_json=lambda r: _sweep_json(sweeps, r),
@@ -216,13 +207,13 @@ def sweep_show(name: str, as_json: bool = typer.Option(False, "--json")) -> None
     """One sweep: each run's label, run id and status."""
     from workbench.store.sweeps import SweepNotFound, SweepStore
 
-    sweeps = SweepStore(_store())
+    sweeps = SweepStore(common._store())
     try:
         rec = sweeps.get(name)
     except SweepNotFound as err:
-        _fail(str(err))
+        common._fail(str(err))
     if as_json:
-        _print_json(_sweep_json(sweeps, rec))
+        common._print_json(_sweep_json(sweeps, rec))
         return
     typer.echo(f"sweep {rec.name}: " + ", ".join(f"{v} {k}" for k, v in sweeps.counts(rec).items()))
     for m in rec.members:
@@ -242,13 +233,13 @@ def sweep_export(
     from workbench.store.sweeps import SweepNotFound
 
     try:
-        target = export_sweep_metrics(_store(), name, directory, fmt)
+        target = export_sweep_metrics(common._store(), name, directory, fmt)
     except SweepNotFound as err:
-        _fail(str(err))
+        common._fail(str(err))
     except ExportError as err:
-        _fail(str(err))
-    _telemetry_note(fmt)
-    _print_json({"sweep": name, "format": fmt, "exported_to": str(target)}) if as_json else typer.echo(
+        common._fail(str(err))
+    common._telemetry_note(fmt)
+    common._print_json({"sweep": name, "format": fmt, "exported_to": str(target)}) if as_json else typer.echo(
         f"exported sweep {name} ({fmt}) to {target}"
     )
 
@@ -270,15 +261,15 @@ def compare_cmd(
     from workbench.present.compare import CompareError, comparison_report, group_table, load_views, resolve_runs
 
     by = [RunConfig.field_name(key) or key for key in by]  # --by privacy.target_epsilon: the stored runs' field name
-    store = _store()
+    store = common._store()
     try:
         run_ids = resolve_runs(store, items)
         views = load_views(store, run_ids)
         report = comparison_report(views, by=by or None, x=x, band=band)
     except CompareError as err:
-        _fail(str(err))
+        common._fail(str(err))
     if as_json:
-        _print_json(report)
+        common._print_json(report)
         return
     table = group_table(views, by=by or None)
     widths = [max(len(str(h)), *(len(str(r[i])) for r in table.rows)) for i, h in enumerate(table.headers)]

@@ -59,7 +59,12 @@ class Mechanism:
     # -- epsilon --------------------------------------------------------------------------------------
     @functools.cached_property
     def _tracker(self) -> privacy.EpsilonTracker:  # cached on the frozen value (its __dict__, not a field)
-        return privacy.EpsilonTracker(
+        return privacy.EpsilonTracker(**self._accounting)
+
+    @property
+    def _accounting(self) -> dict:
+        """What the unit's accountant reads, but the number of steps."""
+        return dict(
             noise_multiplier=self.noise_multiplier,
             sample_rate=self.sample_rate,
             delta=self.delta,
@@ -135,14 +140,7 @@ class Mechanism:
             n = min(points, self.steps)
             steps = sorted({round(self.steps * (i + 1) / n) for i in range(n)})
             return [(0, 0.0)] + [(t, self.epsilon(t)) for t in steps]
-        return privacy.epsilon_curve(
-            noise_multiplier=self.noise_multiplier,
-            sample_rate=self.sample_rate,
-            steps=self.steps,
-            delta=self.delta,
-            accountant=self.accountant,
-            neighboring=self.neighboring,
-        )
+        return privacy.epsilon_curve(**self._accounting, steps=self.steps)
 
     def group_bound(self, step: int | None = None) -> tuple[float, float]:
         """ELS: the older group-privacy bound (k eps, delta_k) from the example-level epsilon."""
