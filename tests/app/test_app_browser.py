@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,8 +27,6 @@ pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the Chromium launch the benchmarks use
-from chromium import launch_chromium  # noqa: E402
 
 ARTIFACTS = ROOT / "artifacts" / "browser"
 # Small, fast tiny-model runs: 0.1-0.4 s a step on two busy CPU cores.  The first run is long
@@ -63,14 +60,6 @@ TRACES_JS = "(id) => { const el = document.querySelector(`#${id} .js-plotly-plot
 @pytest.fixture
 def app_url(_workbench_home):
     yield from serve_app(_workbench_home, DEFAULTS)
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 def shot(page, name: str) -> Path:

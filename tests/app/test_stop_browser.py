@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from factories import serve_app
@@ -20,9 +18,7 @@ if shutil.which("chromium") is None:
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the Chromium launch the benchmarks use
-from chromium import launch_chromium  # noqa: E402
+from test_app_browser import wait_text  # noqa: E402  (the Chromium fixture is tests/app/conftest.py's)
 
 STOP_BOUND_S = 5.0  # issue 29: the run shown stopped within 5 s of pressing Stop
 # A long run whose last evaluation would be slow: about 440 held-out examples (validation_fraction 0.4 of the demo's
@@ -40,25 +36,11 @@ DEFAULTS = {
     "baseline_eval": False,
     "generate_max_new_tokens": 8,
 }
-WAIT = 90_000  # ms: generous, the machine is shared
 
 
 @pytest.fixture
 def app_url(_workbench_home):
     yield from serve_app(_workbench_home, DEFAULTS)
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
-
-
-def wait_text(page, selector: str, pattern: str, timeout: int = WAIT) -> str:
-    sync_api.expect(page.locator(selector)).to_contain_text(re.compile(pattern), timeout=timeout)
-    return page.locator(selector).inner_text()
 
 
 def test_stop_shows_the_run_stopped_within_seconds_and_evaluate_measures_it_afterwards(app_url, browser):
