@@ -173,3 +173,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium for the browser tests, launched as the benchmarks launch it (benchmarks/chromium.py)."""
+    import sys
+    from pathlib import Path
+
+    from playwright import sync_api
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from chromium import launch_chromium
+
+    with sync_api.sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()

@@ -18,7 +18,7 @@ if shutil.which("chromium") is None:
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from test_app_browser import wait_text  # noqa: E402  (the Chromium fixture is tests/app/conftest.py's)
+from test_app_browser import wait_text  # noqa: E402  (the Chromium fixture is tests/conftest.py's)
 
 STOP_BOUND_S = 5.0  # issue 29: the run shown stopped within 5 s of pressing Stop
 # A long run whose last evaluation would be slow: about 440 held-out examples (validation_fraction 0.4 of the demo's

@@ -19,7 +19,6 @@ from typing import Any, Mapping
 from workbench.app.controls import HAND_MADE, field_spec
 from workbench.config import ConfigError, RunConfig
 from workbench.planning.stages import (  # noqa: F401  (the Plan tab's names for them)
-    PLAN_ACCOUNTANTS,
     PlanResult,
     UserLevel,
     compute_plan,

@@ -17,6 +17,7 @@ from workbench.app.controls import control, field_controls, field_spec
 from workbench.app.data_panel import data_markdown
 from workbench.app.state import AppContext
 from workbench.config import RunConfig
+from workbench.planning.stages import PlanResult, UserLevel, plan_stages
 from workbench.planning.wording import relation_text
 from workbench.present import accountant_label, empty_figure, fmt_eps, plan_figure
 from workbench.present.recommend import recommend_figure, recommend_markdown
@@ -97,7 +98,7 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
         config = forms.config_from_values(values, base=base)
         last = None
         examples, users = info.sizes(config)
-        for stage in forms.plan_stages(config, dataset_size=examples, num_users=users):
+        for stage in plan_stages(config, dataset_size=examples, num_users=users):
             if stage is None:
                 yield None
                 continue
@@ -160,7 +161,7 @@ def recommend_updates(
 SEVERITY_MARK = {"error": "⛔", "warning": "⚠", "info": "ℹ"}
 
 
-def checks_markdown(config: RunConfig, info: forms.DataInfo, plan: forms.PlanResult) -> str:
+def checks_markdown(config: RunConfig, info: forms.DataInfo, plan: PlanResult) -> str:
     """The pre-flight privacy check of these settings (privacy/checks.py), one line per finding."""
     from workbench.planning.plan import make_plan
     from workbench.privacy.checks import preflight
@@ -173,7 +174,7 @@ def checks_markdown(config: RunConfig, info: forms.DataInfo, plan: forms.PlanRes
     return "**Privacy check** (`workbench check`)\n\n" + ("\n".join(lines) or "- nothing to report")
 
 
-def plan_summary(plan: forms.PlanResult) -> str:
+def plan_summary(plan: PlanResult) -> str:
     """The plan in two sentences, with epsilon at the last step for each accountant, then the
     example-level and user-level epsilon side by side."""
     head = f"{plan.steps:,} steps at q = {plan.sample_rate:.4g}, δ = {plan.delta:.0e}"
@@ -214,7 +215,7 @@ def plan_summary(plan: forms.PlanResult) -> str:
 USER_LEVEL_HEAD = "| protects | ε | δ |\n|---|---|---|"
 
 
-def user_level_summary(user: forms.UserLevel, plan: forms.PlanResult) -> str:
+def user_level_summary(user: UserLevel, plan: PlanResult) -> str:
     """Example-level and user-level epsilon side by side, as a markdown table and a note."""
     if user.sampling == "uls":
         return (
@@ -256,7 +257,7 @@ def _fmt_delta(delta: float) -> str:
     return "1 (vacuous)" if delta >= 1 else f"{delta:.2g}"
 
 
-def _users_note(user: forms.UserLevel) -> str:
+def _users_note(user: UserLevel) -> str:
     if user.num_users:
         return f" The dataset has {user.num_users:,} users."
     return " The dataset has no user_id column, so k is an assumption about how many examples one person gave."
