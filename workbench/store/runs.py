@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_kind ON events(run_id, kind, seq);
 """
+# Columns added after the first schema, each with its type: a store made before gains them on open (ALTER TABLE
+# ... ADD COLUMN keeps every row; the new column reads NULL in the old ones).
+ADDED_COLUMNS = {"owner": "TEXT"}  # owner: the workshop participant who started the run (None outside a workshop)
+RUN_COLUMNS = "id, name, created, updated, status, reason, pid, host, config, summary, owner"
 
 ACTIVE = ("running", "queued")
 
@@ -109,6 +113,7 @@ class RunRecord:
     reason: str | None
     config: dict[str, Any]
     summary: dict[str, Any] | None
+    owner: str | None = None  # the workshop participant who started it (workbench app --workshop); None outside one
 
     @property
     def final_epsilon(self) -> float | None:
@@ -117,6 +122,7 @@ class RunRecord:
         return None if self.status in ACTIVE else stored_epsilon(self.summary)
 
     def to_dict(self) -> dict[str, Any]:
+        owner = {"owner": self.owner} if self.owner is not None else {}  # outside a workshop: as before
         return {
             "run_id": self.id,
             "name": self.name,
@@ -126,7 +132,20 @@ class RunRecord:
             "reason": self.reason,
             "config": self.config,
             "summary": self.summary,
+            **owner,
         }
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """The columns of ADDED_COLUMNS a store made by an earlier version lacks, added in place (rows kept)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as err:  # another process added it between the read and the ALTER
+                if "duplicate column" not in str(err):
+                    raise
 
 
 def _died(status: str, pid: int | None, host: str | None) -> bool:
@@ -159,6 +178,7 @@ class RunStore:
         self._seq_lock = threading.Lock()
         with self._conn() as c:
             c.executescript(SCHEMA)
+            _add_columns(c)
 
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / run_id
@@ -176,13 +196,20 @@ class RunStore:
 
     # -- writing -----------------------------------------------------------------------------------
     def create_run(
-        self, run_id: str, *, config: dict[str, Any], name: str | None = None, status: str = "running"
+        self,
+        run_id: str,
+        *,
+        config: dict[str, Any],
+        name: str | None = None,
+        status: str = "running",
+        owner: str | None = None,
     ) -> None:
         now = time.time()
         with self._conn() as c:
             c.execute(
-                "INSERT INTO runs (id, name, created, updated, status, pid, host, config) VALUES (?,?,?,?,?,?,?,?)",
-                (run_id, name, now, now, status, os.getpid(), socket.gethostname(), json.dumps(config)),
+                "INSERT INTO runs (id, name, created, updated, status, pid, host, config, owner) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (run_id, name, now, now, status, os.getpid(), socket.gethostname(), json.dumps(config), owner),
             )
 
     def set_status(self, run_id: str, status: str, *, reason: str | None = None, summary: dict | None = None) -> None:
@@ -239,26 +266,36 @@ class RunStore:
 
     # -- reading -----------------------------------------------------------------------------------
     def _record(self, row) -> RunRecord:
-        run_id, name, created, updated, status, reason, pid, host, config, summary = row
+        run_id, name, created, updated, status, reason, pid, host, config, summary, owner = row
         if _died(status, pid, host):
             status, reason = "interrupted", reason or "the training process ended without finishing the run"
         return RunRecord(
-            run_id, name, created, updated, status, reason, json.loads(config), json.loads(summary) if summary else None
+            run_id,
+            name,
+            created,
+            updated,
+            status,
+            reason,
+            json.loads(config),
+            json.loads(summary) if summary else None,
+            owner,
         )
 
     def get(self, run_id: str) -> RunRecord:
         with self._conn() as c:
-            row = c.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = c.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
-                matches = c.execute("SELECT * FROM runs WHERE id LIKE ?", (run_id + "%",)).fetchall()
+                matches = c.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?", (run_id + "%",)).fetchall()
                 if len(matches) != 1:
                     raise RunNotFound(run_id)
                 row = matches[0]
         return self._record(row)
 
-    def list(self) -> list[RunRecord]:
+    def list(self, *, owner: str | None = None) -> list[RunRecord]:
+        """Every run, newest first; ``owner``: only that workshop participant's."""
+        where, args = ("WHERE owner=? ", (owner,)) if owner is not None else ("", ())
         with self._conn() as c:
-            rows = c.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+            rows = c.execute(f"SELECT {RUN_COLUMNS} FROM runs {where}ORDER BY created DESC", args).fetchall()
         return [self._record(r) for r in rows]
 
     def version(self) -> str:
