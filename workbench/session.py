@@ -58,17 +58,23 @@ class Session:
         stop_after: int | None = None,
         name: str | None = None,
         replay_of: str | None = None,
+        owner: str | None = None,
+        device_lock: threading.Lock | None = None,
     ) -> None:
         """``randomness``: the run's key (default: a fresh secret one, or the labelled seeded mode when the
         config sets noise_seed); ``replay`` passes a stored run's key. ``stop_after``: stop after that many
         steps (a replay of a stopped run). ``replay_of``: the run whose key this replays; its data must be the
-        data that run trained on (else ReplayError), and the ledger links the two as one release."""
+        data that run trained on (else ReplayError), and the ledger links the two as one release. ``owner``: the
+        workshop participant who started it (stored with the run). ``device_lock``: the lock the run holds while it
+        trains (default: one per device); the workshop queue (running/queue.py) passes a gate of its own."""
         from workbench.engine.randomness import RunRandomness
 
         self.config = config
         self.randomness = randomness or RunRandomness.for_config(config)
         self.stop_after = stop_after
         self.replay_of = replay_of
+        self.owner = owner
+        self._device_lock = device_lock
         self.name = name or config.name
         self.store = store or RunStore()
         self.run_id = new_run_id()
@@ -115,7 +121,9 @@ class Session:
 
     # -- internals ---------------------------------------------------------------------------------
     def _register(self) -> None:
-        self.store.create_run(self.run_id, config=self.config.to_dict(), name=self.name, status="queued")
+        self.store.create_run(
+            self.run_id, config=self.config.to_dict(), name=self.name, status="queued", owner=self.owner
+        )
         # The key stays beside the run (mode 0600) so the data owner can replay it; never exported.
         self.randomness.save(self.store.run_dir(self.run_id))
         self.status = "queued"
@@ -133,7 +141,7 @@ class Session:
                 log.exception("subscriber %r raised on %s; training goes on", fn, event.kind)
 
     def _run(self) -> None:
-        lock = _device_lock(self.config.device)
+        lock = self._device_lock or _device_lock(self.config.device)
         try:
             while not lock.acquire(timeout=0.2):
                 if self._stop.is_set():
