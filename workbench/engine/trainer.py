@@ -251,6 +251,15 @@ class Trainer:
         self.baseline: dict | None = None  # the untuned model's metrics (step 0), with "cached"
         self._early_norms: list[torch.Tensor] = []
 
+    def close(self) -> None:
+        """Detach this trainer from its model (the per-example and Stop hooks) and end the noise thread: a caller that
+        builds several trainers on one model in turn (workbench/federated: one per client and round) calls it."""
+        self.hooks.remove()
+        for handle in self._block_hooks:
+            handle.remove()
+        self._block_hooks = []
+        self.dp.close()
+
     def _make_audit(self, factory: AuditFactory | None) -> StepAudit:
         """The run's audit on rank 0 when the config asks for one (its canary stream comes from rank 0's key, and
         its units are added once), NoAudit otherwise."""
