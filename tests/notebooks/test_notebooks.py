@@ -41,6 +41,7 @@ def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
         "06_auditing_and_the_cost_of_tuning",
         "07_sweeps",
         "08_your_own_script",
+        "09_workshop",
     ):
         assert f"{stem}.ipynb" in names
     for path in NOTEBOOKS:
@@ -149,4 +150,22 @@ def check_08(nb) -> None:
     assert group.total.epsilon > max(r.final_epsilon for r in runs.values())
 
 
-CHECKS = {"04_dp_lora_fine_tune": check_04, "08_your_own_script": check_08}
+def check_09(nb) -> None:
+    """Notebook 09's check cells (tagged 'check') each showed a right answer (its committed solutions), and its two
+    runs are in one ledger group whose total the ledger check judged."""
+    from workbench.store.ledger import Ledger
+    from workbench.store.runs import RunStore
+
+    checks = [c for c in nb.cells if "check" in c.metadata.get("tags", [])]
+    assert len(checks) >= 5
+    for cell in checks:
+        shown = [o.data["text/markdown"] for o in cell.outputs if "text/markdown" in o.get("data", {})]
+        assert len(shown) == 1 and shown[0].startswith("**✅ Right"), (cell.source, shown)
+    store = RunStore(os.environ["WORKBENCH_HOME"])
+    ids = {r.id for r in store.list() if r.name in ("workshop-first", "workshop-second")}
+    assert len(ids) == 2
+    (group,) = [d for d in Ledger(store).datasets() if ids <= {e.run_id for e in d.entries}]
+    assert group.total.epsilon > max(e.epsilon for e in group.entries)
+
+
+CHECKS = {"04_dp_lora_fine_tune": check_04, "08_your_own_script": check_08, "09_workshop": check_09}
