@@ -14,7 +14,12 @@ __all__ = ["build_app", "launch", "serve"]
 
 
 def build_app(
-    store=None, *, defaults: Mapping[str, Any] | None = None, max_upload_mb: int = 50, poll_seconds: float | None = None
+    store=None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    max_upload_mb: int = 50,
+    poll_seconds: float | None = None,
+    workshop=None,
 ):
     """Build the app over ``store`` (default: the RunStore under $WORKBENCH_HOME).
 
@@ -22,6 +27,9 @@ def build_app(
     ``poll_seconds``: how often the dashboard's stream reads whether the run store changed (default
     1, or the environment variable WORKBENCH_APP_POLL_SECONDS); the page redraws only then.
     The app's shared state is ``app.workbench`` (an ``AppContext``), for tests and tooling.
+    ``workshop``: a ``workbench.app.workshop.Workshop`` over the same store (``workbench app --workshop``): each
+    participant sees their own runs, runs go through its fair queue, and a Workshop tab shows the queue and the class
+    view; ``serve`` then logs people in through it. None: the app as it always was.
     """
     # Gradio summarises per-event analytics in a pandas DataFrame after every event, monitoring on
     # or off; with browsers polling each second that is CPU taken from training. Its queue reads
@@ -42,6 +50,8 @@ def build_app(
 
     RunConfig().with_overrides(dict(defaults or {}))  # a bad default fails here, with its message
     ctx = AppContext(store or RunStore(), defaults=dict(defaults or {}), max_upload_mb=max_upload_mb)
+    if workshop is not None:
+        ctx.store, ctx.workshop = workshop.store, workshop
     with gr.Blocks(title="DP Workbench", delete_cache=(3600, 3600)) as app:
         selection = gr.State(Selection())
         gr.Markdown("## DP Workbench · differentially private LoRA fine-tuning")
@@ -54,6 +64,14 @@ def build_app(
                 compare = compare_tab.build(ctx, compare_page, selection, train.dashboard)
             with gr.Tab("Runs", id="runs") as runs_page:
                 runs = runs_tab.build(ctx, runs_page, selection, train.dashboard)
+            if ctx.workshop is not None:
+                from workbench.app import workshop as workshop_tab
+
+                with gr.Tab("Workshop", id="workshop") as workshop_page:
+                    class_view = workshop_tab.build_tab(ctx)
+                workshop_page.select(
+                    class_view["show"], None, class_view["outputs"], api_visibility="private", show_progress="hidden"
+                )
         runs["opened"].then(None, train.dashboard, None, js=SHOW_TRAIN_JS)
         compare["opened"].then(None, train.dashboard, None, js=SHOW_TRAIN_JS)
         # the Plan tab's Sweep panel starts from the Plan and Train tabs' values, as Start does
@@ -68,10 +86,14 @@ def build_app(
             show_progress="hidden",
         )
 
-        def on_load():
-            # the newest active run (and the Train tab brought forward), else the newest run
-            chosen = ctx.default_selection()
-            return chosen, selection_value(chosen, show=ctx.newest_active() is not None)
+        from workbench.app.workshop import takes_request, user_of
+
+        @takes_request
+        def on_load(request=None):
+            # the newest active run (and the Train tab brought forward), else the newest run (of the user's)
+            user = user_of(request)
+            chosen = ctx.default_selection(user)
+            return chosen, selection_value(chosen, show=ctx.newest_active(user) is not None)
 
         app.load(on_load, None, [selection, train.dashboard], api_visibility="private", show_progress="hidden").then(
             None, train.dashboard, None, js=SHOW_TRAIN_JS
@@ -112,11 +134,24 @@ def serve(
     ctx = app.workbench
     credentials = tuple(auth.split(":", 1)) if auth else None
     home = Path(ctx.store.home)
+    routes = live.router(ctx, poll_seconds=app.poll_seconds, login=credentials is not None or ctx.workshop is not None)
+    routes = list(routes.routes)
+    login, message = credentials, None
+    if ctx.workshop is not None:  # Gradio's login asks the workshop (app/workshop.py); joining has a page of its own
+        from workbench.app.workshop import JOIN_PATH, join_routes
+
+        login = ctx.workshop.auth
+        message = "Log in with your workshop name and password."
+        if ctx.workshop.join_code:
+            routes += join_routes(ctx)
+            message += f' New here? <a href="{JOIN_PATH}">Join with the workshop\'s code</a> first.'
+
     return app.launch(
         server_name=host,
         server_port=port,
         share=share,
-        auth=credentials,
+        auth=login,
+        auth_message=message,
         max_file_size=f"{app.max_upload_mb}mb",
         enable_monitoring=False,
         mcp_server=False,
@@ -131,7 +166,7 @@ def serve(
         # the live dashboard's stream and static files (workbench/app/live.py); Gradio's idle frame loop
         # slowed (workbench/app/frames.py)
         app_kwargs={
-            "routes": live.router(ctx, poll_seconds=app.poll_seconds, login=credentials is not None).routes,
+            "routes": routes,
             "middleware": [Middleware(frames.FramePatchMiddleware)] if frames.enabled() else [],
         },
     )
@@ -144,14 +179,23 @@ def launch(
     auth: str | None = None,
     max_upload_mb: int = 50,
     defaults: Mapping[str, Any] | None = None,
+    workshop: Mapping[str, Any] | None = None,
 ) -> None:
     """Serve the workbench until interrupted (``workbench app``): default model, demo data preselected
-    (``defaults``: RunConfig keys that preset the controls, e.g. those of assets/demo.yaml)."""
+    (``defaults``: RunConfig keys that preset the controls, e.g. those of assets/demo.yaml). ``workshop``: the
+    keywords of ``Workshop.from_options`` (participants_file, join_code, instructor, slots, max_queued)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    if share and not auth:
+    if share and not auth and not workshop:
         raise ValueError("share=True publishes the app on the internet; pass auth='USER:PASS' too.")
+    room = None
+    if workshop is not None:
+        from workbench.app.workshop import Workshop
+        from workbench.session import Session
+        from workbench.store.runs import RunStore
+
+        room = Workshop.from_options(RunStore(), session_factory=Session, **workshop)
     serve(
-        build_app(max_upload_mb=max_upload_mb, defaults=defaults),
+        build_app(max_upload_mb=max_upload_mb, defaults=defaults, workshop=room),
         host=host,
         port=port,
         share=share,

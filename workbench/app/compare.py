@@ -11,9 +11,9 @@ from workbench.app.state import AppContext, Selection
 from workbench.present import compare_figures, empty_figure, fmt_eps, privacy_utility_scatter, settings_diff_table
 
 
-def run_choices(ctx: AppContext) -> list[tuple[str, str]]:
-    """(label, run id) for every stored run, newest first."""
-    return [(f"{r.id}" + (f" · {r.name}" if r.name else "") + f" ({r.status})", r.id) for r in ctx.runs()]
+def run_choices(ctx: AppContext, user: str | None = None) -> list[tuple[str, str]]:
+    """(label, run id) for every stored run ``user`` may see, newest first."""
+    return [(f"{r.id}" + (f" · {r.name}" if r.name else "") + f" ({r.status})", r.id) for r in ctx.runs(user)]
 
 
 def compare(ctx: AppContext, run_ids: Sequence[str] | None) -> tuple[Any, Any, Any, dict, str]:
@@ -69,11 +69,12 @@ def open_choices(ctx: AppContext, run_ids: Sequence[str] | None) -> list[tuple[s
     return plotted + others
 
 
-def open_run(ctx: AppContext, run_id: str | None) -> tuple[Selection | None, str]:
+def open_run(ctx: AppContext, run_id: str | None, user: str | None = None) -> tuple[Selection | None, str]:
     """The Train tab's selection for ``run_id`` (not following newer runs), or None with the message."""
     if not run_id:
         return None, "Choose a run to open."
     try:
+        ctx.check_run(user, run_id)
         ctx.store.get(run_id)
     except Exception as err:  # noqa: BLE001 - deleted meanwhile
         return None, error_text(err)
@@ -87,12 +88,16 @@ BAND_CHOICES = [("± sd over seeds", "sd"), ("min–max over seeds", "minmax")]
 SWEEP_PREFIX = "sweep:"
 
 
-def expand(ctx: AppContext, ids: Sequence[str] | None) -> list[str]:
-    """The picker's values as run ids: ``sweep:NAME`` becomes the sweep's stored runs (duplicates dropped)."""
+def expand(ctx: AppContext, ids: Sequence[str] | None, user: str | None = None) -> list[str]:
+    """The picker's values as run ids: ``sweep:NAME`` becomes the sweep's stored runs (duplicates dropped). In a
+    workshop, a run that is not ``user``'s is refused (RunNotYours), and a participant names runs only."""
     out: list[str] = []
     for value in ids or []:
         out += sweep_runs(ctx, value[len(SWEEP_PREFIX) :]) if value.startswith(SWEEP_PREFIX) else [value]
-    return list(dict.fromkeys(out))
+    out = list(dict.fromkeys(out))
+    for rid in out:
+        ctx.check_run(user, rid)
+    return out
 
 
 def sweep_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -200,6 +205,7 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
     import gradio as gr
 
     from workbench.app.live import selection_value
+    from workbench.app.workshop import takes_request, user_of
 
     with gr.Row():
         picker = gr.Dropdown(
@@ -253,25 +259,45 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
     group_outputs = [group_loss, group_metric, frontier, parcoords, group_table, group_message]
 
     # Sweeps are entries of the run picker ("sweep:NAME" stands for its runs).
-    def choices(current):
-        options = [(f"sweep {label}", f"{SWEEP_PREFIX}{name}") for label, name in sweep_choices(ctx)]
-        options += run_choices(ctx)
+    @takes_request
+    def choices(current, request=None):
+        user = user_of(request)
+        shared = ctx.workshop is None or ctx.workshop.is_instructor(user)  # sweeps: not a participant's
+        options = [(f"sweep {label}", f"{SWEEP_PREFIX}{name}") for label, name in sweep_choices(ctx)] if shared else []
+        options += run_choices(ctx, user)
         ids = {v for _, v in options}
         return gr.update(choices=options, value=[v for v in (current or []) if v in ids])
 
-    def regroup(ids, by, x, band_value, smooth_value, log_value):
+    @takes_request
+    def regroup(ids, by, x, band_value, smooth_value, log_value, request=None):
         return compare_groups(
-            ctx, expand(ctx, ids), by, x or "epsilon", band_value or "sd", bool(smooth_value), bool(log_value)
+            ctx,
+            expand(ctx, ids, user_of(request)),
+            by,
+            x or "epsilon",
+            band_value or "sd",
+            bool(smooth_value),
+            bool(log_value),
         )
 
-    def refresh_open(ids, current):
-        options = open_choices(ctx, expand(ctx, ids))
+    @takes_request
+    def refresh_open(ids, current, request=None):
+        options = open_choices(ctx, expand(ctx, ids, user_of(request)))
         ids_shown = [v for _, v in options]
         return gr.update(choices=options, value=current if current in ids_shown else None)
 
-    def refresh_groups(ids):
+    @takes_request
+    def refresh_groups(ids, request=None):
         # choices only: setting the value here could undo a choice made while this event waited in the queue
-        return gr.update(choices=group_choices(ctx, expand(ctx, ids)))
+        return gr.update(choices=group_choices(ctx, expand(ctx, ids, user_of(request))))
+
+    @takes_request
+    def compared(ids, request=None):
+        return compare(ctx, expand(ctx, ids, user_of(request)))
+
+    @takes_request
+    def cost_of(ids, request=None):
+        return selection_cost(ctx, expand(ctx, ids, user_of(request)))
 
     tab.select(choices, picker, picker, api_visibility="private", show_progress="hidden")
     refresh.click(choices, picker, picker, api_visibility="private")
@@ -280,7 +306,7 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
     # the picker: with more listeners on its change, Gradio 6 fired the picker's change again and again while its
     # list was open.
     picker.change(
-        lambda ids: compare(ctx, expand(ctx, ids)),
+        compared,
         picker,
         [loss, eps, scatter, diff, message],
         api_name="compare",
@@ -289,7 +315,7 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
         regroup, group_inputs, group_outputs, api_visibility="private", show_progress="hidden"
     ).then(refresh_open, [picker, open_picker], open_picker, api_visibility="private", show_progress="hidden")
     picker.change(
-        lambda ids: selection_cost(ctx, expand(ctx, ids)),
+        cost_of,
         picker,
         cost,
         api_visibility="private",
@@ -306,8 +332,9 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
             show_progress="hidden",
         )
 
-    def on_open(run_id):
-        chosen, text = open_run(ctx, run_id)
+    @takes_request
+    def on_open(run_id, request=None):
+        chosen, text = open_run(ctx, run_id, user_of(request))
         if chosen is None:
             return gr.skip(), gr.skip(), text
         return chosen, selection_value(chosen, show=True), ""

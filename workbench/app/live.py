@@ -134,9 +134,9 @@ def selection_value(selection: Selection, *, show: bool = False) -> str:
 # -- what the stream sends -------------------------------------------------------------------------
 
 
-def followed(ctx: AppContext, run_id: str | None, follow: bool) -> str | None:
+def followed(ctx: AppContext, run_id: str | None, follow: bool, user: str | None = None) -> str | None:
     """The run a page shows: ``run_id``; when it follows and that run has ended (or there is none),
-    the newest active run, if any; with no run at all, the newest stored one."""
+    the newest active run, if any; with no run at all, the newest stored one (in a workshop: of ``user``'s)."""
     from workbench.store.runs import ACTIVE, RunNotFound
 
     if not follow:
@@ -147,16 +147,18 @@ def followed(ctx: AppContext, run_id: str | None, follow: bool) -> str | None:
                 return run_id
         except RunNotFound:
             pass
-    newest = ctx.newest_active()
+    newest = ctx.newest_active(user)
     if newest is not None:
         return newest
     if run_id is None:
-        runs = ctx.store.list()
+        runs = ctx.runs(user)
         return runs[0].id if runs else None
     return run_id
 
 
-def update(ctx: AppContext, run_id: str | None, *, after: int, follow: bool, now: float | None = None) -> dict:
+def update(
+    ctx: AppContext, run_id: str | None, *, after: int, follow: bool, now: float | None = None, user: str | None = None
+) -> dict:
     """One ``update`` event for a page showing ``run_id`` up to event ``after``: the run it should show
     (``reset`` when that is another run: the rows start again from its first event), its status and
     header, and the rows after the page's (``present.live.rows``, with the smoothed loss over the steps
@@ -165,15 +167,18 @@ def update(ctx: AppContext, run_id: str | None, *, after: int, follow: bool, now
     from workbench.present.live import rows
     from workbench.store.runs import RunNotFound
 
-    shown = followed(ctx, run_id, follow)
+    shown = followed(ctx, run_id, follow, user)
     reset = shown != run_id
     if reset:
         after = 0
     if shown is None:
         return {"run": None, "reset": reset, "status": None, "header": _message_header(NO_RUN), **rows(())}
     try:
+        ctx.check_run(user, shown)  # in a workshop: a participant's own runs only (RunNotYours, below)
         record = ctx.store.get(shown)
-    except RunNotFound:
+    except RunNotFound as err:
+        if err.__class__ is not RunNotFound:  # RunNotYours: nothing of the run is sent
+            return {"run": shown, "reset": reset, "status": None, "header": _message_header(str(err)), **rows(())}
         ctx.views.forget(shown)
         return {
             "run": shown,
@@ -189,7 +194,7 @@ def update(ctx: AppContext, run_id: str | None, *, after: int, follow: bool, now
     as_of = view.latest_step.time if view.latest_step is not None and record.status == "running" else now or time.time()
     out = rows(events, started=view.started, earlier=earlier)
     out["seq"] = max(out["seq"], after)
-    header = header_html(view, record.status, record.reason, now=as_of)
+    header = header_html(view, record.status, record.reason, now=as_of, queued=_queued_text(ctx, shown))
     return {"run": shown, "reset": reset, "status": record.status, "header": header, **out}
 
 
@@ -207,7 +212,20 @@ def _message_header(message: str) -> str:
     return f'<div class="wb-header"><div class="wb-title">{html.escape(message)}</div></div>'
 
 
-def header_html(view, status: str, reason: str | None, *, now: float) -> str:
+def _queued_text(ctx: AppContext, run_id: str) -> str | None:
+    """In a workshop, a queued run's place and estimate ("3rd in line, about 4 min"); else None."""
+    if ctx.workshop is None:
+        return None
+    from workbench.running.queue import wait_text
+
+    place = ctx.workshop.queue.position(run_id)
+    if place is None or place.status != "queued":
+        return None
+    paused = " (the queue is paused)" if ctx.workshop.queue.paused else ""
+    return f"queued: {wait_text(place.position, place.wait_s)}{paused}"
+
+
+def header_html(view, status: str, reason: str | None, *, now: float, queued: str | None = None) -> str:
     """Run, status, a progress bar with ETA, and epsilon spent as a big number."""
     import html
 
@@ -234,7 +252,7 @@ def header_html(view, status: str, reason: str | None, *, now: float) -> str:
     target = f"<small> of {fmt_eps(p['target_epsilon'])}</small>" if p["target_epsilon"] is not None else ""
     eps_html = f'<div class="wb-eps" id="wb-epsilon">ε = {fmt_eps(p["epsilon"])}{target}</div>'
     if status == "queued":
-        text = "queued: waits for the run on this device to finish"
+        text = queued or "queued: waits for the run on this device to finish"
     elif status == "running" and view.started is None:
         text = "preparing: loading the model and the data…"
     elif status == "running" or view.started is not None:
@@ -344,6 +362,14 @@ def stream_key_api(ctx: AppContext) -> None:
         """The key of the Train tab's live stream (workbench/app/live.py)."""
         return ctx.stream_key
 
+    if ctx.workshop is not None:  # a key of each participant's own: the stream serves them their runs only
+        from workbench.app.workshop import takes_request, user_key, user_of
+
+        @takes_request
+        def stream_key(request=None) -> str:
+            """The key of the Train tab's live stream for the logged-in participant (workbench/app/workshop.py)."""
+            return user_key(ctx, user_of(request))
+
     gr.api(stream_key, api_name=KEY_API, api_visibility="undocumented", concurrency_limit=None)
 
 
@@ -363,7 +389,14 @@ def router(ctx: AppContext, *, poll_seconds: float, login: bool):
         """``?run=ID&after=SEQ&follow=0|1&key=KEY``: an ``update`` event at once, then one each time the store
         changes and the page's run has something new; ends after STREAM_S (the page reconnects)."""
         query = request.query_params
-        if login and not secrets.compare_digest(query.get("key", "").encode(), ctx.stream_key.encode()):
+        user = None
+        if ctx.workshop is not None:  # whose key: they are served their own runs (the instructor: all)
+            from workbench.app.workshop import key_user
+
+            user = key_user(ctx, query.get("key", ""))
+            if user is None:
+                return PlainTextResponse("log in first", status_code=401, headers={"cache-control": "no-store"})
+        elif login and not secrets.compare_digest(query.get("key", "").encode(), ctx.stream_key.encode()):
             return PlainTextResponse("log in first", status_code=401, headers={"cache-control": "no-store"})
         try:
             run = query.get("run") or None
@@ -374,7 +407,7 @@ def router(ctx: AppContext, *, poll_seconds: float, login: bool):
                 "expected ?run=ID&after=SEQ&follow=0|1", status_code=400, headers={"cache-control": "no-store"}
             )
         return StreamingResponse(
-            _updates(bound, watch, run, after=after, follow=follow),
+            _updates(functools.partial(bound, user=user) if user else bound, watch, run, after=after, follow=follow),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )

@@ -78,7 +78,7 @@ def route_error(update: tuple[Any, ...]) -> tuple[Any, ...]:
     return (data, figure, summary, "" if row else error, *(error if name == row else "" for name in ERROR_ROWS))
 
 
-def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any, ...] | None]:
+def plan_updates(ctx: AppContext, values: dict[str, Any], user: str | None = None) -> Iterator[tuple[Any, ...] | None]:
     """(data info, plot, plan summary, error), progressively: RDP within a second, then PLD and PRV,
     then the user-level epsilon (one user with up to k examples) in the summary.
 
@@ -87,6 +87,9 @@ def plan_updates(ctx: AppContext, values: dict[str, Any]) -> Iterator[tuple[Any,
     """
     base = forms.ctx_base(ctx)
     try:
+        ctx.check_data(
+            user, forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
+        )
         info = chosen_data(values, base)
     except Exception as err:  # noqa: BLE001 - shown beside the dataset choice
         yield error_text(err), empty_figure(PLAN_TITLE, "choose a usable dataset"), "", ""
@@ -130,7 +133,7 @@ RECOMMEND_STALE = "⏳ *the settings changed: press Recommend for these values.*
 
 
 def recommend_updates(
-    ctx: AppContext, values: dict[str, Any], budget: Any, min_steps: Any
+    ctx: AppContext, values: dict[str, Any], budget: Any, min_steps: Any, user: str | None = None
 ) -> Iterator[tuple[Any, str, str] | None]:
     """(figure, text, error) of the batch-size recommendation for the Plan tab's data, target ε, δ,
     accountant, relation and privacy unit (planning/recommend.py), one update per calibrated candidate;
@@ -139,6 +142,9 @@ def recommend_updates(
 
     base = forms.ctx_base(ctx)
     try:
+        ctx.check_data(
+            user, forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
+        )
         info = chosen_data(values, base)
         config = forms.config_from_values({**values, "privacy_mode": "target"}, base=base)
         examples, users = info.sizes(config)
@@ -263,7 +269,7 @@ def _users_note(user: UserLevel) -> str:
     return " The dataset has no user_id column, so k is an assumption about how many examples one person gave."
 
 
-def store_upload(ctx: AppContext, temp_path: str | None) -> tuple[str | None, str]:
+def store_upload(ctx: AppContext, temp_path: str | None, user: str | None = None) -> tuple[str | None, str]:
     """Move an uploaded file into $WORKBENCH_HOME/uploads and delete Gradio's copy.
 
     Returns (stored path or None, message).  The stored copy is never served by the app.
@@ -281,8 +287,9 @@ def store_upload(ctx: AppContext, temp_path: str | None) -> tuple[str | None, st
             )
         digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
         safe = re.sub(r"[^\w.\-]", "_", src.name)[-80:]
-        ctx.uploads_dir.mkdir(parents=True, exist_ok=True)
-        target = ctx.uploads_dir / f"{digest}-{safe}"
+        folder = ctx.uploads_for(user)  # in a workshop: the participant's own folder
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{digest}-{safe}"
         shutil.copyfile(src, target)
         return str(target), f"Stored **{src.name}** ({size / 1024:.0f} kB) in the app's uploads folder."
     except _UploadError as err:
@@ -492,10 +499,13 @@ def _wire_recommend(ctx: AppContext, controls: PlanControls, button: Any, fields
 
     latest = gr.State({})
 
-    def run(budget, min_steps, session, **values):
-        request = session["request"] = (budget, min_steps, values)
-        for update in recommend_updates(ctx, values, budget, min_steps):
-            if session.get("request") != request:
+    from workbench.app.workshop import takes_request, user_of
+
+    @takes_request
+    def run(budget, min_steps, session, request=None, **values):
+        asked = session["request"] = (budget, min_steps, values)
+        for update in recommend_updates(ctx, values, budget, min_steps, user_of(request)):
+            if session.get("request") != asked:
                 return
             yield (gr.skip(),) * len(outputs) if update is None else update
 
@@ -551,7 +561,10 @@ def _wire(
     def register(seq, session):  # unqueued: runs at once on every edit, so a running older plan stops
         newest_first(session, seq)
 
-    def refresh(seq, session, **values):
+    from workbench.app.workshop import takes_request, user_of
+
+    @takes_request
+    def refresh(seq, session, request=None, **values):
         # A newer edit makes this computation stale: it stops at its next stage boundary, so an older plan
         # never lands after a newer edit (the queue then runs the newer one).
         session = session if isinstance(session, dict) else {}
@@ -562,7 +575,7 @@ def _wire(
         if mine is None:
             yield skip
             return
-        for update in plan_updates(ctx, values):
+        for update in plan_updates(ctx, values, user_of(request)):
             if session.get("seq", 0) != mine:
                 yield skip
                 return
@@ -599,8 +612,9 @@ def _wire(
     _editable_by(c["length_mode"], "epochs", c["epochs"], c["max_steps"])  # only the field that counts is editable
     _editable_by(c["privacy_mode"], "target", c["target_epsilon"], c["noise_multiplier"])
 
-    def uploaded(path):
-        stored, message = store_upload(ctx, path)
+    @takes_request
+    def uploaded(path, request=None):
+        stored, message = store_upload(ctx, path, user_of(request))
         return None, stored, message
 
     upload.upload(None, None, summary, js=mark, **hidden)

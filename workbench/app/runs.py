@@ -16,10 +16,10 @@ from workbench.app.state import AppContext, Selection
 from workbench.present import runs_table
 
 
-def list_runs(ctx: AppContext) -> dict[str, Any]:
+def list_runs(ctx: AppContext, user: str | None = None) -> dict[str, Any]:
     """The runs table as Gradio's Dataframe value (headers + data). An ended run's epsilon is its summary's; a
     run without one (running, or killed) has its view brought up to date first (one read earlier may stop mid-run)."""
-    records = ctx.runs()
+    records = ctx.runs(user)  # in a workshop: the participant's own (the instructor's: all)
     views = {rec.id: ctx.views.get(rec.id) for rec in records if rec.final_epsilon is None and rec.status != "queued"}
     table = runs_table(records, views={**ctx.views.cached(), **views})
     return {"headers": table.headers, "data": table.rows}
@@ -37,13 +37,14 @@ def ledger_view(ctx: AppContext) -> str:
         return error_text(err)
 
 
-def export_zip(ctx: AppContext, run_id: str | None) -> tuple[str | None, str]:
+def export_zip(ctx: AppContext, run_id: str | None, user: str | None = None) -> tuple[str | None, str]:
     """Export the run (adapter, privacy report, config; no telemetry) and zip it; (zip path, message)."""
     from workbench.store.export import export_run
 
     if not run_id:
         return None, "Choose a run first."
     try:
+        ctx.check_run(user, run_id)
         folder = export_run(ctx.store, run_id, tempfile.mkdtemp(prefix="workbench-export-"))
         archive = shutil.make_archive(str(folder), "zip", root_dir=folder.parent, base_dir=folder.name)
         shutil.rmtree(folder, ignore_errors=True)
@@ -57,7 +58,7 @@ def export_zip(ctx: AppContext, run_id: str | None) -> tuple[str | None, str]:
     )
 
 
-def evaluate_stored(ctx: AppContext, run_id: str | None) -> str:
+def evaluate_stored(ctx: AppContext, run_id: str | None, user: str | None = None) -> str:
     """Evaluate the chosen run's adapter on its validation split now and add it to the run's events
     (session.evaluate_run: what a Stop skipped); the message says what it measured, or why it cannot."""
     from workbench.session import evaluate_run
@@ -65,6 +66,7 @@ def evaluate_stored(ctx: AppContext, run_id: str | None) -> str:
     if not run_id:
         return "Choose a run first."
     try:
+        ctx.check_run(user, run_id)
         evaluation = evaluate_run(run_id, store=ctx.store)  # refused at once while a run trains on this device
     except Exception as err:  # noqa: BLE001 - e.g. a run without an adapter: a message, never a traceback
         return error_text(err)
@@ -77,10 +79,14 @@ def evaluate_stored(ctx: AppContext, run_id: str | None) -> str:
     )
 
 
-def delete_run(ctx: AppContext, run_id: str | None) -> str:
+def delete_run(ctx: AppContext, run_id: str | None, user: str | None = None) -> str:
     """Delete a run that is not active; the message says what happened."""
     if not run_id:
         return "Choose a run first."
+    try:
+        ctx.check_run(user, run_id)
+    except Exception as err:  # noqa: BLE001 - in a workshop, another participant's run
+        return error_text(err)
     session = ctx.sessions.get(run_id)
     if session is not None and not session.done:
         return f"⚠️ Run `{run_id}` is still active; stop it before deleting it."
@@ -100,6 +106,8 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
     """Lay out the Runs tab; ``selection`` is the Train tab's state, ``dashboard`` its live dashboard
     (workbench/app/live.py): "Open dashboard" shows the chosen run there and brings the Train tab forward."""
     import gradio as gr
+
+    from workbench.app.workshop import user_of
 
     table = gr.Dataframe(
         headers=["run", "name", "status", "model", "ε", "metric", "steps", "created"],
@@ -129,8 +137,8 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
     )
     ledger = gr.HTML("", elem_id="runs-ledger")  # filled when the tab opens, like the runs table
 
-    def reload(current):
-        data = list_runs(ctx)
+    def reload(current, request: gr.Request = None):
+        data = list_runs(ctx, user_of(request))
         ids = [row[0] for row in data["data"]]
         return data, gr.update(choices=ids, value=current if current in ids else (ids[0] if ids else None))
 
@@ -147,28 +155,43 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
 
     table.select(row_chosen, None, picker, api_visibility="private")
 
-    def open_run(run_id):
+    def open_run(run_id, request: gr.Request = None):
         if not run_id:
             return gr.skip(), gr.skip(), "Choose a run first."
+        try:
+            ctx.check_run(user_of(request), run_id)
+        except Exception as err:  # noqa: BLE001 - in a workshop, another participant's run
+            return gr.skip(), gr.skip(), error_text(err)
         chosen = Selection(run_id=run_id, follow=False)
         return chosen, selection_value(chosen, show=True), ""
 
     opened = open_btn.click(open_run, picker, [selection, dashboard, message], api_visibility="private")
-    export_btn.click(lambda rid: export_zip(ctx, rid), picker, [download, message], api_visibility="private")
-    evaluate_btn.click(lambda rid: evaluate_stored(ctx, rid), picker, message, api_visibility="private").then(
+
+    def export(rid, request: gr.Request = None):
+        return export_zip(ctx, rid, user_of(request))
+
+    def evaluate(rid, request: gr.Request = None):
+        return evaluate_stored(ctx, rid, user_of(request))
+
+    export_btn.click(export, picker, [download, message], api_visibility="private")
+    evaluate_btn.click(evaluate, picker, message, api_visibility="private").then(
         reload, picker, [table, picker], api_visibility="private", show_progress="hidden"
     )
 
-    def ask(run_id):
+    def ask(run_id, request: gr.Request = None):
         if not run_id:
             return gr.update(visible=False), "", "Choose a run first."
+        try:
+            ctx.check_run(user_of(request), run_id)
+        except Exception as err:  # noqa: BLE001 - in a workshop, another participant's run
+            return gr.update(visible=False), "", error_text(err)
         return gr.update(visible=True), f"Delete run **{run_id}** and its files permanently?", ""
 
     delete_btn.click(ask, picker, [confirm_row, confirm_text, message], api_visibility="private")
     cancel_btn.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
 
-    def confirmed(run_id):
-        return (gr.update(visible=False), delete_run(ctx, run_id), *reload(None))
+    def confirmed(run_id, request: gr.Request = None):
+        return (gr.update(visible=False), delete_run(ctx, run_id, user_of(request)), *reload(None, request))
 
     confirm_btn.click(confirmed, picker, [confirm_row, message, table, picker], api_visibility="private").then(
         lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden"

@@ -77,6 +77,9 @@ class AppContext:
     views: RunViews = None  # type: ignore[assignment]
     # The live stream's key (workbench/app/live.py): handed out by Gradio's API, to logged-in pages only.
     stream_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    # `workbench app --workshop`: the participants, their access rules and the fair queue (app/workshop.py's
+    # Workshop); None outside a workshop, where every browser sees and manages every run, as before.
+    workshop: Any = None
 
     def __post_init__(self) -> None:
         if self.views is None:
@@ -86,22 +89,38 @@ class AppContext:
     def uploads_dir(self) -> Path:
         return self.store.home / "uploads"
 
-    def runs(self) -> list[RunRecord]:
-        return self.store.list()
+    def runs(self, user: str | None = None) -> list[RunRecord]:
+        """The runs ``user`` may see: in a workshop a participant's own (the instructor's: all), else all."""
+        return self.store.list() if self.workshop is None else self.workshop.visible(user)
 
-    def newest_active(self) -> str | None:
-        """The newest running run, else the newest queued one."""
-        runs = self.store.list()
+    def check_run(self, user: str | None, run_id: str | None) -> None:
+        """In a workshop, RunNotYours (a UserError) unless ``user`` may see and manage ``run_id``; else nothing."""
+        if self.workshop is not None and run_id:
+            self.workshop.check(user, run_id)
+
+    def check_data(self, user: str | None, source: str) -> None:
+        """In a workshop, a participant's data is the demo data, their own uploads or a dataset name (never a file
+        of this machine outside their uploads folder); else nothing."""
+        if self.workshop is not None:
+            self.workshop.check_data(user, source)
+
+    def uploads_for(self, user: str | None) -> Path:
+        """Where ``user``'s uploads go: their own folder in a workshop, else the shared one."""
+        return self.uploads_dir if self.workshop is None else self.workshop.uploads_dir(user)
+
+    def newest_active(self, user: str | None = None) -> str | None:
+        """The newest running run, else the newest queued one (of those ``user`` may see)."""
+        runs = self.runs(user)
         for status in ACTIVE:
             for rec in runs:
                 if rec.status == status:
                     return rec.id
         return None
 
-    def default_selection(self) -> Selection:
-        """On page load: the newest running run, else the newest run of any status."""
-        active = self.newest_active()
+    def default_selection(self, user: str | None = None) -> Selection:
+        """On page load: the newest running run, else the newest run of any status (of those ``user`` may see)."""
+        active = self.newest_active(user)
         if active is not None:
             return Selection(run_id=active)
-        runs = self.store.list()
+        runs = self.runs(user)
         return Selection(run_id=runs[0].id if runs else None)

@@ -350,10 +350,22 @@ def wire(ctx: AppContext, c: SweepControls, form: dict[str, Any]) -> None:
     name, as Gradio's ``inputs_kwargs``)."""
     import gradio as gr
 
+    from workbench.app.workshop import takes_request, user_of
+
     def on_preview(sweep_knob1, sweep_values1, sweep_knob2, sweep_values2, sweep_seeds, **values):
         return preview(ctx, values, [(sweep_knob1, sweep_values1), (sweep_knob2, sweep_values2)], sweep_seeds)
 
-    def on_start(sweep_knob1, sweep_values1, sweep_knob2, sweep_values2, sweep_seeds, sweep_name, **values):
+    @takes_request
+    def on_start(
+        sweep_knob1, sweep_values1, sweep_knob2, sweep_values2, sweep_seeds, sweep_name, request=None, **values
+    ):
+        if ctx.workshop is not None:  # a sweep's runs would bypass the fair queue: not in a workshop
+            return (
+                "⚠️ Sweeps are off in workshop mode: start runs one by one from the Train tab.",
+                "",
+                gr.skip(),
+                gr.skip(),
+            )
         knobs = [(sweep_knob1, sweep_values1), (sweep_knob2, sweep_values2)]
         error, text, line = start(ctx, values, knobs, sweep_seeds, sweep_name)
         if error:
@@ -385,5 +397,12 @@ def wire(ctx: AppContext, c: SweepControls, form: dict[str, Any]) -> None:
         api_visibility="private",
         concurrency_limit=1,
     )
-    c.stop.click(lambda: stop(ctx), None, c.progress, api_visibility="private")
+
+    @takes_request
+    def on_stop(request=None):
+        if ctx.workshop is not None and not ctx.workshop.is_instructor(user_of(request)):
+            return "⚠️ Sweeps are off in workshop mode."
+        return stop(ctx)
+
+    c.stop.click(on_stop, None, c.progress, api_visibility="private")
     c.timer.tick(on_tick, None, [c.progress, c.timer], api_visibility="private", show_progress="hidden")

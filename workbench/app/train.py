@@ -25,12 +25,16 @@ POLL_SECONDS = 1.0  # default period of the stream's store poll (build_app(poll_
 # -- callbacks ------------------------------------------------------------------------------------
 
 
-def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> tuple[Selection, str]:
-    """Validate everything, then start a Session on its background thread; (selection, message)."""
+def start_run(
+    ctx: AppContext, selection: Selection, values: dict[str, Any], user: str | None = None
+) -> tuple[Selection, str]:
+    """Validate everything, then start a Session on its background thread (in a workshop: hand it to the fair
+    queue as ``user``'s run); (selection, message)."""
     from workbench.session import Session
 
     try:
         config = forms.config_from_values(values, base=forms.ctx_base(ctx))
+        ctx.check_data(user, config.data)  # in a workshop: the demo data, a dataset name or the user's own uploads
         forms.check_start(config)
         # a readable name from what differs from the preset; a typed name too is made unique in the store, so
         # Compare's legend never reads one name against the same name
@@ -42,6 +46,8 @@ def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> 
             distributed.check_launch(config, config.nproc)
     except Exception as err:  # noqa: BLE001 - bad input: a message beside Start, nothing started
         return selection, error_text(err)
+    if ctx.workshop is not None:
+        return _submit(ctx, selection, config, user)
     busy = [rid for rid, s in ctx.sessions.items() if not s.done]
     session = Session(config, store=ctx.store)
     run_id = session.start()
@@ -50,6 +56,24 @@ def start_run(ctx: AppContext, selection: Selection, values: dict[str, Any]) -> 
     if busy:
         message = f"Run `{run_id}` is **queued**: it starts when run `{busy[-1]}` ends (one job per device)."
     return selection.select(run_id, follow=True), message
+
+
+def _submit(ctx: AppContext, selection: Selection, config: RunConfig, user: str | None) -> tuple[Selection, str]:
+    """A workshop's Start: the run joins the fair queue (running/queue.py) as ``user``'s; the message says its
+    place and estimate, or why the queue refused it (the per-participant limit)."""
+    from workbench.running.queue import wait_text
+
+    try:
+        run_id = ctx.workshop.queue.submit(config, owner=user or "anonymous")
+    except Exception as err:  # noqa: BLE001 - over the queue limit: a message, nothing stored
+        return selection, error_text(err)
+    ctx.sessions[run_id] = ctx.workshop.queue.session(run_id)
+    place = ctx.workshop.queue.position(run_id)
+    if place is None or place.status == "running":
+        return selection.select(run_id, follow=True), f"Started run `{run_id}`."
+    paused = " The instructor has paused the queue." if ctx.workshop.queue.paused else ""
+    where = wait_text(place.position, place.wait_s)
+    return selection.select(run_id, follow=True), f"Run `{run_id}` is **queued**: {where}.{paused}"
 
 
 def started_message(ctx: AppContext, run_id: str | None, *, poll: float = 1.0, timeout: float = 24 * 3600):
@@ -76,12 +100,16 @@ def default_name(ctx: AppContext, config: RunConfig) -> str:
     return unique_name(default_run_name(config, forms.ctx_base(ctx)), (r.name for r in ctx.store.list()))
 
 
-def stop_run(ctx: AppContext, selection: Selection) -> str:
+def stop_run(ctx: AppContext, selection: Selection, user: str | None = None) -> str:
     """Ask the run on show to stop (the selected one, or the newer run the page followed to); it takes
     effect within one step."""
-    run_id = followed(ctx, selection.run_id, selection.follow)
+    run_id = followed(ctx, selection.run_id, selection.follow, user)
     if run_id is None:
         return "No run selected."
+    try:
+        ctx.check_run(user, run_id)  # in a workshop: the participant's own run (the instructor's: any)
+    except RunNotFound as err:
+        return error_text(err)
     session = ctx.sessions.get(run_id)
     if session is None:
         try:
@@ -171,8 +199,11 @@ def _wire(ctx: AppContext, form: dict[str, Any], selection: Any, live: Any, star
         if not said:  # not queued: the message stays
             yield gr.skip()
 
-    def on_start(sel, **values):
-        new, message = start_run(ctx, sel, values)
+    from workbench.app.workshop import takes_request, user_of
+
+    @takes_request
+    def on_start(sel, request=None, **values):
+        new, message = start_run(ctx, sel, values, user_of(request))
         return new, (gr.skip() if new is sel else selection_value(new)), message, new.run_id if new is not sel else None
 
     start.click(
@@ -190,4 +221,9 @@ def _wire(ctx: AppContext, form: dict[str, Any], selection: Any, live: Any, star
         concurrency_limit=None,
         show_progress="hidden",
     )
-    stop.click(lambda sel: stop_run(ctx, sel), selection, message, api_visibility="private")
+
+    @takes_request
+    def on_stop(sel, request=None):
+        return stop_run(ctx, sel, user_of(request))
+
+    stop.click(on_stop, selection, message, api_visibility="private")

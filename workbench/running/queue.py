@@ -101,7 +101,9 @@ def wait_text(position: int, wait_s: float) -> str:
 
 class FairQueue:
     """See the module docstring. ``max_queued``: how many runs one participant may have waiting (not counting the
-    ones training); ``slots``: how many runs train at once."""
+    ones training); ``slots``: how many runs train at once; ``session_factory``: ``workbench.session.Session`` (or a
+    stand-in with its ``run_id``, ``start``, ``stop``, ``status`` and ``subscribe``), called with the config and
+    ``store``, ``owner``, ``name`` and ``device_lock`` (running/ does not import session: session imports running/)."""
 
     def __init__(
         self,
@@ -267,6 +269,11 @@ class FairQueue:
         return QueueError(f"run {job.run_id} has already ended ({status}): nothing to {action}. It stays stored.")
 
     # -- reading -------------------------------------------------------------------------------------
+    def session(self, run_id: str) -> Any:
+        """The session of a run this queue took (None for another)."""
+        job = self._jobs.get(run_id)
+        return job.session if job else None
+
     def owner_of(self, run_id: str) -> str | None:
         job = self._jobs.get(run_id)
         return job.owner if job else None

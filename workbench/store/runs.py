@@ -226,6 +226,11 @@ class RunStore:
                 ),
             )
 
+    def set_owner(self, run_id: str, owner: str | None) -> None:
+        """Give a run to a workshop participant (None: to no one)."""
+        with self._conn() as c:
+            c.execute("UPDATE runs SET owner=? WHERE id=?", (owner, run_id))
+
     def append(self, event: Event) -> None:
         """Write one event (committed at once)."""
         payload = json.dumps(event.to_dict())
