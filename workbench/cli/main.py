@@ -1057,8 +1057,28 @@ def app_cmd(
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="Preset the controls from a run config (YAML/JSON), e.g. assets/demo.yaml."
     ),
+    workshop: bool = typer.Option(
+        False, "--workshop", help="Workshop mode: participants log in, see their own runs, share a fair queue."
+    ),
+    participants_file: Optional[Path] = typer.Option(
+        None,
+        "--participants-file",
+        help="Workshop: a CSV file 'name,password,role' (role 'instructor' marks the instructor).",
+    ),
+    join_code: Optional[str] = typer.Option(
+        None, "--join-code", help="Workshop: participants join at /workbench/join with this code and a chosen name."
+    ),
+    instructor: Optional[str] = typer.Option(
+        None, "--instructor", help="Workshop: the instructor's NAME:PASSWORD (or mark one in the participants file)."
+    ),
+    workshop_slots: int = typer.Option(
+        1, "--workshop-slots", min=1, help="Workshop: runs that train at once (small runs share the cores)."
+    ),
+    max_queued: int = typer.Option(
+        2, "--max-queued", min=1, help="Workshop: runs each participant may have waiting in the queue."
+    ),
 ) -> None:
-    """Open the Gradio workbench (Plan, Train, Compare, Runs)."""
+    """Open the Gradio workbench (Plan, Train, Compare, Runs; with --workshop, a Workshop tab too)."""
     _quiet_libraries()
     defaults: dict = {}
     if config is not None:
@@ -1074,7 +1094,25 @@ def app_cmd(
         from workbench.app import launch
     except ImportError as err:
         _fail(f"the app needs gradio ({err}). Install it with `pip install 'dp-workbench[app]'` or `make install`.")
-    launch(host=host, port=port, share=share, auth=auth, max_upload_mb=max_upload_mb, defaults=defaults)
+    room = None
+    if workshop:
+        room = dict(
+            participants_file=str(participants_file) if participants_file else None,
+            join_code=join_code,
+            instructor=instructor,
+            slots=workshop_slots,
+            max_queued=max_queued,
+        )
+        from workbench.app.workshop import Workshop, WorkshopError
+        from workbench.store.runs import RunStore
+
+        try:  # the flags' problems as messages now, before the server starts
+            Workshop.from_options(RunStore(), session_factory=lambda *a, **k: None, **room)
+        except WorkshopError as err:
+            _fail(str(err))
+    elif participants_file or join_code or instructor:
+        _fail("--participants-file, --join-code and --instructor are workshop options: add --workshop.")
+    launch(host=host, port=port, share=share, auth=auth, max_upload_mb=max_upload_mb, defaults=defaults, workshop=room)
 
 
 from workbench.cli import sweeps as _sweeps  # noqa: E402 - `sweep` and `compare`
