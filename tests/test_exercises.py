@@ -13,6 +13,7 @@ import pytest
 from dp_accounting import dp_event, pld, rdp
 
 from workbench import exercises as ex
+from workbench.errors import UserError
 from workbench.privacy.dp_events import event_to_json
 from workbench.store.ledger import Ledger, LedgerEntry
 from workbench.store.runs import RunStore
@@ -138,6 +139,10 @@ def test_the_clip_norm_check_is_a_noisy_count_not_the_raw_fraction():
 
 def test_the_clip_norm_check_says_what_is_wrong_with_no_number(norms):
     assert not ex.check_clip_norm("median", norms) and not ex.check_clip_norm(0.0, norms)
+    for bad in ([], [1.0, math.nan], "norms"):
+        with pytest.raises(ex.ExerciseError, match="non-empty sequence of finite numbers"):
+            ex.check_clip_norm(1.0, bad)
+    assert issubclass(ex.ExerciseError, UserError)
 
 
 # -- 4. user-level epsilon ------------------------------------------------------------------------------------------

@@ -29,10 +29,15 @@ import numpy as np
 from randomgen import ChaCha
 
 from workbench.engine.allocation import quantile_update, unclipped_fraction
+from workbench.errors import UserError
 from workbench.planning.mechanism import Mechanism
 
 DELTA = 1e-5
 CLOSE = 0.10  # a numeric answer within 10 % of the reference is right
+
+
+class ExerciseError(UserError, ValueError):
+    """What an exercise was given cannot be used (no norms, a norm that is not a number); the message says what."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -246,9 +251,14 @@ def _count_epsilon(noise_multiplier: float, releases: int, delta: float) -> floa
 
 
 def _norms(values: Any) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        array = np.array([np.nan])
     if array.size == 0 or not np.all(np.isfinite(array)):
-        raise ValueError("the norms must be a non-empty sequence of finite numbers.")
+        raise ExerciseError(
+            "the norms must be a non-empty sequence of finite numbers (one per example), e.g. the notebook's `norms`."
+        )
     return array
 
 
