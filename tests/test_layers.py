@@ -16,6 +16,7 @@ def user_error_classes():
     from workbench.engine.grad_sample import UnsupportedModelError
     from workbench.engine.models import ModelError
     from workbench.engine.randomness import ReplayError
+    from workbench.exercises import ExerciseError
     from workbench.planning.recommend import RecommendError
     from workbench.present.compare import CompareError
     from workbench.privacy import PrivacyError
@@ -28,7 +29,7 @@ def user_error_classes():
     return [
         ConfigError, DataError, DistributedError, DistributedSetupError, UnsupportedModelError, ModelError,
         ReplayError, RecommendError, CompareError, PrivacyError, ExportError, LedgerError, UnitKeyError,
-        RunNotFound, SweepError,
+        RunNotFound, SweepError, ExerciseError,
     ]  # fmt: skip
 
 
