@@ -2,7 +2,8 @@
 
     python benchmarks/overhead.py [--model default|tiny] [--lora auto-r8|all-linear-r16] [--batch-size B]
                                   [--seq-len T] [--steps N] [--json]
-    python benchmarks/overhead.py --noise-only [--coordinates N]     # the noise's throughput per core, old vs new
+    python benchmarks/overhead.py --noise-only [--coordinates N]     # the noise's throughput per core, old vs new,
+                                                                     # where source 2's time goes, alternatives
 
 ``--lora``: the adapter: ``auto-r8`` (peft's default targets, r = 8, 460,800 coordinates on the default model) or
 ``all-linear-r16`` (every linear layer, r = 16, about 4.9 million: issue 29's configuration, where the noise weighs).
@@ -10,7 +11,9 @@ The noise's share of the DP step is printed twice: what the step waited for it (
 is made on a background thread while the current one runs, engine/noise.py) and what making it costs on one thread
 (``noise_make``), each over the median DP step. ``--noise-only`` times the secret noise alone on one core (CPU time,
 torch and the source on one thread): source 1 (randomgen ChaCha20 + numpy, synchronous) against source 2 (OpenSSL
-ChaCha20 keystream + Box-Muller), coordinates per CPU second and their ratio, measured interleaved in one run.
+ChaCha20 keystream + polar method), coordinates per CPU second and their ratio, measured interleaved in one run; then
+where source 2's CPU time goes, stage by stage (the same numpy calls as engine/noise.py, checked bit for bit against it),
+and the alternatives issue 29 asked to measure: AES-CTR keystreams and numpy's ziggurat over randomgen's AESCounter.
 
 The three methods train the same LoRA model (fresh copies), on the same batch of demo-data
 examples (fixed size B, truncated to T tokens), with AdamW (the classes of benchmarks/gpu_check.py, here at lr 1e-3
@@ -41,8 +44,12 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
+from randomgen import AESCounter  # noqa: E402
 
+from workbench.engine import noise as noise_mod  # noqa: E402
 from workbench.engine.data import collate, tokenize_dataset  # noqa: E402
 from workbench.engine.data.demo import demo_dataset  # noqa: E402
 from workbench.engine.models import attach_lora, load_model  # noqa: E402
@@ -144,6 +151,98 @@ def noise_throughput(coordinates: int, *, rounds: int) -> dict:
     }
 
 
+def _stages(key: bytes, step: int, chunk: int, ws, out: np.ndarray, clock: dict) -> None:
+    """engine/noise.py's fill_chunk for one chunk, the same numpy calls in the same order, each stage timed."""
+    t = time.process_time()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.process_time()
+        clock[name] = clock.get(name, 0.0) + now - t
+        t = now
+
+    cand, pairs, n = noise_mod._CANDIDATES, noise_mod._PAIRS, noise_mod.CHUNK
+    ck = noise_mod.chunk_key(key, step, chunk)
+    encryptor = Cipher(algorithms.ChaCha20(ck, noise_mod._NONCE), mode=None).encryptor()
+    lap("chunk key (HMAC) + cipher set-up")
+    encryptor.update_into(noise_mod._ZEROS, ws.bytes)
+    lap("keystream (ChaCha20, OpenSSL)")
+    np.right_shift(ws.words, 11, out=ws.words)
+    np.multiply(ws.words, 2.0**-52, out=ws.x)
+    ws.x += 2.0**-53
+    lap("words -> uniforms on (-1, 1)")
+    u, v, s = ws.x[:cand], ws.x[cand:], ws.s
+    np.multiply(u, u, out=s)
+    np.multiply(v, v, out=ws.t)
+    s += ws.t
+    lap("s = u^2 + v^2")
+    outside = np.flatnonzero(s[:pairs] >= 1.0)
+    inside = pairs + np.flatnonzero(s[pairs:] < 1.0)[: len(outside)]
+    assert len(inside) == len(outside)  # the ~1e-32 case that needs more keystream is noise.py's, not timed here
+    for a in (u, v, s):
+        a[outside] = a[inside]
+    lap("accept/reject (replace the ~21 % outside the disc)")
+    u, v, s = u[:pairs], v[:pairs], s[:pairs]
+    f = np.log(s, out=ws.t[:pairs])
+    lap("log")
+    f *= -0.5
+    f /= s
+    lap("* -0.5, / s")
+    np.sqrt(f, out=f)
+    lap("sqrt")
+    u *= f
+    v *= f
+    lap("u f, v f")
+    np.add(u[:n], u[n:], out=out)
+    tail = v[:n] + v[n:]
+    out[:-1] += tail[1:]
+    out[-1] += tail[0]
+    lap("sum of four")
+
+
+def _best_per(fn, count: int, rounds: int) -> float:
+    """Best CPU seconds of ``fn()`` over ``rounds``, per unit of ``count``."""
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best / count
+
+
+def noise_profile(*, chunks: int = 32, rounds: int = 5) -> dict:
+    """Where source 2's CPU time goes per value (one core), and the alternatives' costs, in nanoseconds."""
+    key = RunRandomness.secret()._derive(b"gaussian-noise-v2")
+    ws, want, got = noise_mod._Workspace(), np.empty(noise_mod.CHUNK), np.empty(noise_mod.CHUNK)
+    clock: dict[str, float] = {}
+    for r in range(rounds):
+        for c in range(chunks):
+            _stages(key, r + 1, c, ws, got, clock)
+    noise_mod.fill_chunk(key, rounds, chunks - 1, want)
+    assert want.tobytes() == got.tobytes(), "the profile no longer follows engine/noise.py"
+    values = rounds * chunks * noise_mod.CHUNK
+    stages = {k: v / values * 1e9 for k, v in clock.items()}
+    words = 1 << 16  # keystream speeds on a 512 KiB buffer, set-up included
+    plain, buf = memoryview(bytes(8 * words)), bytearray(8 * words)
+    ciphers = {
+        "ChaCha20": lambda: Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None),
+        "AES-256-CTR": lambda: Cipher(algorithms.AES(key), modes.CTR(bytes(16))),
+        "AES-128-CTR": lambda: Cipher(algorithms.AES(key[:16]), modes.CTR(bytes(16))),
+    }
+    keystream = {
+        k: _best_per(lambda c=c: c().encryptor().update_into(plain, buf), words, 20) * 1e9 for k, c in ciphers.items()
+    }
+    zig, normals = np.random.Generator(AESCounter(key=int.from_bytes(key[:16], "little"))), np.empty(words)
+    ziggurat = _best_per(lambda: zig.standard_normal(out=normals), words, 20) * 1e9
+    return {
+        "ns_per_value_by_stage": stages,
+        "ns_per_value": sum(stages.values()),
+        "keystream_ns_per_64_bit_word": keystream,
+        "keystream_words_per_value": 4 * noise_mod._CANDIDATES / noise_mod._PAIRS,
+        "numpy_ziggurat_over_randomgen_AESCounter_ns_per_draw": ziggurat,
+    }
+
+
 def run(args) -> dict:
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
@@ -231,6 +330,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.noise_only:
         out = noise_throughput(args.coordinates, rounds=max(3, args.steps))
+        out["source_2_profile"] = prof = noise_profile()
         if args.json:
             print(json.dumps(out, indent=2))
             return
@@ -242,6 +342,18 @@ def main() -> None:
         for k, v in per_s.items():
             print(f"  {k}  {v / 1e6:7.1f} M values per CPU second")
         print(f"  new_over_old {out['new_over_old']:.2f}")
+        print(f"source 2, one core, CPU time by stage ({prof['ns_per_value']:.1f} ns per value in all):")
+        for k, v in prof["ns_per_value_by_stage"].items():
+            print(f"  {k:50} {v:5.2f} ns/value {v / prof['ns_per_value']:6.1%}")
+        ks = ", ".join(f"{k} {v:.2f}" for k, v in prof["keystream_ns_per_64_bit_word"].items())
+        print(
+            f"alternatives: keystream ns per 64-bit word: {ks} ({prof['keystream_words_per_value']:.2f} words a value)"
+        )
+        print(
+            "  numpy's ziggurat over randomgen's AESCounter: "
+            f"{prof['numpy_ziggurat_over_randomgen_AESCounter_ns_per_draw']:.1f} ns a draw (four draws a value; "
+            f"source 2: {prof['ns_per_value'] / 4:.1f} ns a draw)"
+        )
         return
     out = run(args)
     if args.json:
