@@ -92,6 +92,8 @@ KEYS: dict[str, str] = {  # field -> the dotted key users write; a field not her
     "noise_seed": "privacy.noise_seed",
     "device": "performance.device",
     "noise_threads": "performance.noise_threads",
+    "prefix_cache": "performance.prefix_cache",
+    "prefix_cache_mb": "performance.prefix_cache_mb",
     "nproc": "performance.nproc",
     "output_dir": "evaluation.output_dir",
 }
@@ -372,6 +374,20 @@ class RunConfig(BaseModel):
         description="Threads that make the secret noise of the next step while this one computes (noise source 2); "
         "default: half the cores, at most 4. The noise's values never depend on it (one keystream per step and chunk).",
     )
+    prefix_cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep the hidden states that enter the first LoRA layer (with lora.layers, the frozen layers "
+        "before it give the same output for an example every step), so a step runs only the adapted layers and the "
+        "head: 'auto' where it applies (Llama decoders such as the default model, BERT encoders such as MiniLM), 'on' refuses a run where it cannot, "
+        "'off' recomputes every step. The DP mechanism is the same either way.",
+    )
+    prefix_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="Memory (MiB) the cached prefix may hold; beyond it the states go to a private spill file in the "
+        "run's folder (mode 0600, deleted at once, gone when the run ends), and what does not fit on disk is "
+        "recomputed.",
+    )
     nproc: int = Field(
         1,
         ge=1,
@@ -398,6 +414,12 @@ class RunConfig(BaseModel):
         if isinstance(v, (list, tuple)):
             return [str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x for x in v]
         return v
+
+    @field_validator("prefix_cache", mode="before")
+    @classmethod
+    def _switch_words(cls, v: Any) -> Any:
+        """YAML reads `prefix_cache: off` (and on) as a boolean: the words meant."""
+        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("clip_quantile", "clip_quantile_share", "clip_quantile_lr")
     @classmethod

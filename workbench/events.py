@@ -108,6 +108,9 @@ class RunStarted(Event):
     seeded_randomness: bool = False  # sampling and noise from a public noise_seed: NO DP guarantee
     checks: list[dict[str, str]] = field(default_factory=list)  # the pre-flight privacy findings
     module_dims: dict[str, int] = field(default_factory=dict)  # d_l: trainable parameters of each module
+    # the cached frozen prefix (engine/prefix_cache.py): layers cached, the size of every example's states, the caps;
+    # or {"off": why}
+    prefix_cache: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,7 @@ class Session:
             clipping=trainer.dp.clipping,
             **trainer.allocation_report(),
             **trainer.audit_report(),  # audit runs: the one-run audit's lower bound (privacy/audit.py)
+            **trainer.prefix_cache_report(),  # the cached frozen prefix: layers, size, build time (telemetry)
             **published_sizes(trainer.p),
             max_examples_per_user=plan.max_examples_per_user,
             user_sampling=plan.user_sampling,

@@ -96,6 +96,9 @@ class _Progress:
                 f"neighbouring={event.neighboring} device={event.device}",
                 err=True,
             )
+            cache = prefix_cache_line(event.prefix_cache, lora_layers=event.config.get("lora_layers"))
+            if cache:
+                typer.echo(cache, err=True)
             if event.checks:
                 from workbench.privacy.checks import Finding, format_findings
 
@@ -115,6 +118,24 @@ class _Progress:
             self.bar.write(f"{at}: val_loss={event.val_loss:.4f}{acc}", file=sys.stderr)
         elif kind == "run_ended" and self.bar is not None:
             self.bar.close()
+
+
+def prefix_cache_line(cache: dict, *, lora_layers: int | None = None) -> str:
+    """The header's line on the cached frozen prefix (engine/prefix_cache.py): what it caches, or why it is off when
+    the run adapts only its last layers (where one would expect it); "" otherwise.
+
+    >>> prefix_cache_line({"layers_cached": 26, "layers": 30, "full_mb": 150.2, "memory_cap_mb": 1024})
+    'prefix cache: layers 0-25 of 30 computed once per example (150.2 MiB for every example; memory cap 1024 MiB)'
+    """
+    if "layers_cached" in cache:
+        k = cache["layers_cached"]
+        return (
+            f"prefix cache: layers 0-{k - 1} of {cache['layers']} computed once per example ({cache['full_mb']} MiB "
+            f"for every example; memory cap {cache['memory_cap_mb']} MiB)"
+        )
+    if cache.get("off") and lora_layers:
+        return f"prefix cache: off ({cache['off']})"
+    return ""
 
 
 def _store():

@@ -39,6 +39,7 @@ from workbench.engine.collective import LocalCollective
 from workbench.engine.dp_step import DPGradient, ParamTable, Release, StepStats
 from workbench.engine.grad_sample import PerExampleGrads
 from workbench.engine.losses import per_example_loss
+from workbench.engine.prefix_cache import prefix_cache_for
 from workbench.engine.prepare import Prepared, load_splits, prepare  # noqa: F401 (re-exported for callers)
 from workbench.engine.randomness import RunRandomness
 from workbench.engine.report import save_adapter
@@ -84,10 +85,21 @@ def norm_telemetry(norms: torch.Tensor, clip: float | None) -> dict:
 
 
 def started_event(
-    *, run_id: str, config: RunConfig, plan, dp, params, device, model_name: str, seeded: bool, task: str | None
+    *,
+    run_id: str,
+    config: RunConfig,
+    plan,
+    dp,
+    params,
+    device,
+    model_name: str,
+    seeded: bool,
+    task: str | None,
+    prefix_cache: dict | None = None,
 ) -> RunStarted:
     """The RunStarted event of a run: its public settings, the planned epsilon curve and the pre-flight check.
-    One builder for the trainer and for scripts that drive the DP step themselves (workbench/private.py)."""
+    One builder for the trainer and for scripts that drive the DP step themselves (workbench/private.py).
+    ``prefix_cache``: the cached frozen prefix's header (engine/prefix_cache.py), or why it is off."""
     return RunStarted(
         run_id=run_id,
         config=config.to_dict(),
@@ -102,6 +114,7 @@ def started_event(
         seeded_randomness=seeded,
         checks=[f.to_dict() for f in preflight(config, plan, task=task)],
         module_dims=dp.dims(),
+        prefix_cache=prefix_cache or {},
     )
 
 
@@ -207,6 +220,19 @@ class Trainer:
         self._stop_check: Callable[[], bool] | None = None
         self._block_hooks = block_pre_hooks(prepared.model, self._stop_in_forward)
         self.params = self.hooks.trainable_parameters()
+        # The frozen layers before the first adapted one, cached per training example (engine/prefix_cache.py): a
+        # step then runs the adapted layers and the head only. The DP mechanism is unchanged: the same sampling,
+        # per-example gradients, clipping and noise. Built for the steps' mode (set_training_mode: train mode only
+        # for a non-private run); None, with the reason, where it does not apply (prefix_cache=on refuses instead).
+        self.prefix_cache, self.prefix_cache_off = prefix_cache_for(
+            prepared.model,
+            mode=cfg.prefix_cache,
+            memory_mb=cfg.prefix_cache_mb,
+            training=not plan.private,
+            lengths=[len(ex.input_ids) for ex in prepared.train_tok],
+            spill_dir=run_dir,
+            autocast=self._autocast,
+        )
         flat = [p for ps in self.params.values() for _, p in ps]
         self.optimizer, self.scheduler = make_optimizer(flat, cfg, plan.steps)
         with torch.no_grad():  # the same starting weights on every rank
@@ -304,6 +330,7 @@ class Trainer:
             self.stopped_by_request = True  # an audit then reports an interim reading, not a bound
         finally:
             self.dp.close()  # the noise source's thread, making a step ahead (engine/noise.py), ends with the loop
+            self.close_prefix_cache()  # its memory and spill file (private data) go with the loop, also on a Stop
         # A run stopped by hand skips its last evaluation (tens of seconds on a CPU: a Stop must land in seconds);
         # `workbench runs evaluate` or the Runs tab's Evaluate measures the stored adapter afterwards on request
         # (engine/validation.py, evaluate_adapter). A Stop during a finished run's last evaluation abandons it too.
@@ -348,7 +375,7 @@ class Trainer:
         self.dp.start()
         self.hooks.enabled = self.private_path
         with self._stoppable(self._stop_within_step):  # a Stop ends the forward pass under way at its next layer
-            losses, tokens = self._backward([self.p.train_tok[i] for i in indices], owners)
+            losses, tokens = self._backward([self.p.train_tok[i] for i in indices], owners, indices=indices)
             self.audit.add_canaries(self.dp, self._backward_canaries)  # audit runs: they join before the noise
         allocation = self.dp.allocation  # this step's C_l and sigma_l (the allocation policy sets the next)
         stats = self._finish_gradient()
@@ -360,12 +387,18 @@ class Trainer:
         return self._step_event(step, stats, losses, tokens, time.perf_counter() - t0, allocation)
 
     def _backward(
-        self, examples: list, owners: np.ndarray | None = None, *, canary: bool = False
+        self,
+        examples: list,
+        owners: np.ndarray | None = None,
+        *,
+        canary: bool = False,
+        indices: np.ndarray | None = None,
     ) -> tuple[list[torch.Tensor], int]:
         """Per-example gradients of ``examples`` in micro-batches of at most P (memory bounded whatever q is), each
         unit clipped and added to the DP sum (``owners``: whose each example is, under ULS; ``canary``: audit units,
         left out of the telemetry); the non-private baseline backpropagates the same objective with ordinary
-        autograd. Returns the per-example losses and the tokens."""
+        autograd. ``indices``: the examples' places in the training split, for the cached prefix (None: not
+        training examples, the whole model runs). Returns the per-example losses and the tokens."""
         p = self.p
         pbs = p.config.physical_batch_size
         losses, tokens = [], 0
@@ -375,7 +408,8 @@ class Trainer:
             batch = self._batch(examples[start : start + pbs])
             tokens += int(batch["attention_mask"].sum())
             self.hooks.reset()
-            with self._autocast():
+            rows = None if indices is None else indices[start : start + pbs]
+            with self._autocast(), self._from_prefix_cache(rows, batch):
                 loss, _ = per_example_loss(p.model, batch, task=p.task)  # (b,)
             if self.private_path:
                 loss.sum().backward()
@@ -386,6 +420,25 @@ class Trainer:
                 (loss.sum() / p.plan.expected_batch_size).backward()
             losses.append(loss.detach().float().cpu())
         return losses, tokens
+
+    def _from_prefix_cache(self, rows: np.ndarray | None, batch: dict[str, torch.Tensor]):
+        """The model runs from its first adapted layer on, fed the cached prefix of the training examples ``rows``
+        (engine/prefix_cache.py; their missing states computed first), or whole when there is no cache or no rows."""
+        if self.prefix_cache is None or rows is None:
+            return contextlib.nullcontext()
+        return self.prefix_cache.substituted(self.p.model, rows, batch)
+
+    def prefix_cache_report(self) -> dict:
+        """{"prefix_cache": what the cached frozen prefix did (layers, size, build time), or why it was off}: the
+        summary's. Counts of the sampled examples: telemetry, left out of an export (store/export.py)."""
+        if self.prefix_cache is None:
+            return {"prefix_cache": {"off": self.prefix_cache_off}}
+        return {"prefix_cache": self.prefix_cache.report()}
+
+    def close_prefix_cache(self) -> None:
+        """Free the cached prefix: its memory and its spill file (the report keeps its numbers)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.close()
 
     def _backward_canaries(self, examples: list) -> None:
         """The audit's canary examples (input canaries): clipped and summed as extra units, out of the telemetry."""
@@ -524,6 +577,9 @@ class Trainer:
             model_name=p.model_name,
             seeded=self.randomness.is_seeded,
             task=p.task,
+            prefix_cache=self.prefix_cache.header()
+            if self.prefix_cache is not None
+            else {"off": self.prefix_cache_off},
         )
 
     def _step_event(self, step: int, stats: StepStats, losses, tokens: int, seconds: float, allocation) -> StepMetrics:

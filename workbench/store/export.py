@@ -33,6 +33,7 @@ DATA_DEPENDENT_KEYS = (
     "wall_time",
     "reason",
     "adapter_dir",
+    "prefix_cache",  # counts of the sampled examples and their tokens (engine/prefix_cache.py)
 )
 PATH_KEYS = ("model", "data", "validation_data", "output_dir")  # exported by their last part only
 TELEMETRY_WARNING = """# Telemetry: not covered by the differential-privacy guarantee
