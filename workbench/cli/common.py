@@ -128,14 +128,35 @@ def prefix_cache_line(cache: dict, *, lora_layers: int | None = None) -> str:
     'prefix cache: layers 0-25 of 30 computed once per example (150.2 MiB for every example; memory cap 1024 MiB)'
     """
     if "layers_cached" in cache:
-        k = cache["layers_cached"]
         return (
-            f"prefix cache: layers 0-{k - 1} of {cache['layers']} computed once per example ({cache['full_mb']} MiB "
+            f"prefix cache: {_first_layers(cache['layers_cached'])} of {cache['layers']} computed once per example ({cache['full_mb']} MiB "
             f"for every example; memory cap {cache['memory_cap_mb']} MiB)"
         )
     if cache.get("off") and lora_layers:
         return f"prefix cache: off ({cache['off']})"
     return ""
+
+
+def _first_layers(k: int) -> str:
+    return "layer 0" if k == 1 else f"layers 0-{k - 1}"
+
+
+def prefix_cache_summary(cache: dict | None) -> str:
+    """The summary's line on what the cached frozen prefix did, "" when it was off.
+
+    >>> prefix_cache_summary({"layers_cached": 26, "layers": 30, "examples": 800, "memory_mb": 120.5,
+    ...     "spilled_mb": 0.0, "build_seconds": 61.2, "hits": 700, "built": 800, "recomputed": 0})
+    'prefix cache: layers 0-25 of 30 for 800 examples (120.5 MiB in memory, 0.0 MiB spilled), built in 61.2 s; 700 of 1500 example draws read it'
+    """
+    if not cache or "layers_cached" not in cache:
+        return ""
+    draws = cache["hits"] + cache["built"]
+    line = (
+        f"prefix cache: {_first_layers(cache['layers_cached'])} of {cache['layers']} for {cache['examples']} examples ({cache['memory_mb']} "
+        f"MiB in memory, {cache['spilled_mb']} MiB spilled), built in {cache['build_seconds']} s; {cache['hits']} of "
+        f"{draws} example draws read it"
+    )
+    return line + (f", {cache['recomputed']} recomputed (no room)" if cache.get("recomputed") else "")
 
 
 def _store():

@@ -22,6 +22,7 @@ from workbench.cli.common import (
     _Progress,
     _quiet_libraries,
     _store,
+    prefix_cache_summary,
 )
 from workbench.config import GROUPS, ConfigError, RunConfig
 from workbench.errors import UserError
@@ -137,6 +138,8 @@ def _print_summary(s: dict) -> None:
             f"  stopped by hand: epsilon above is the planned one; the {s['steps_done_epsilon']:.4g} of the steps done "
             f"holds only if the stop used public information only. {s.get('stop_note')}"
         )
+    if prefix_cache_summary(s.get("prefix_cache")):
+        lines.append("  " + prefix_cache_summary(s.get("prefix_cache")))
     metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
     if metrics:
         lines.append("  validation: " + " ".join(metrics))
