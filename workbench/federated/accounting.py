@@ -139,12 +139,16 @@ class FederatedPrivacy:
         """The worst subject's epsilon by PLD composition of its clients' events (tighter than the sum)."""
         if self.level != "subject" or not self.private:
             return None
+        from dp_accounting import NeighboringRelation
         from dp_accounting.dp_event import ComposedDpEvent
         from dp_accounting.pld import PLDAccountant
 
         events = self.dp_events()
         worst = self.worst_subject()
-        accountant = PLDAccountant()
+        replace_one = self.plans[0].neighboring == "replace_one"  # one config: every client's relation is the same
+        accountant = PLDAccountant(
+            NeighboringRelation.REPLACE_ONE if replace_one else NeighboringRelation.ADD_OR_REMOVE_ONE
+        )
         accountant.compose(ComposedDpEvent([events[c] for c in worst]))
         return float(accountant.get_epsilon(self.delta))
 

@@ -15,7 +15,7 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.engine import data as data_mod
-from workbench.engine.prepare import Prepared, prepare
+from workbench.engine.prepare import Prepared, load_splits, prepare
 from workbench.federated.partition import Partition, PartitionSpec, column_values, partition
 from workbench.planning.plan import PrivacyPlan, make_plan
 
@@ -41,24 +41,11 @@ class Federation:
 
     def __init__(self, config: RunConfig, settings: Settings, spec: PartitionSpec, local: RunConfig) -> None:
         self.config, self.settings, self.spec, self.local = config, settings, spec, local
-        self.base: Prepared = prepare(config)
+        train, _ = load_splits(config)  # the layout first: bad settings are messages before the model loads
+        self.layout: Partition = layout(config, settings, spec, train)
+        self.base: Prepared = prepare(config)  # the same split (neighbour-stable, keyed by the config's salt)
         if settings.ffa:
             freeze_lora_a(self.base.model)
-        train = self.base.train
-        values = (
-            column_values(config.data, spec.column, [r.line for r in train.records])
-            if spec.kind == "by-column"
-            else None
-        )
-        self.layout: Partition = partition(
-            train.records,
-            clients=settings.clients,
-            spec=spec,
-            salt=f"workbench-federated/{config.split_salt}",
-            seed=config.seed,
-            column_values=values,
-            dataset=config.data,
-        )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -120,6 +107,22 @@ class Federation:
         with torch.no_grad():
             for name, value in arrays.items():
                 params[name].copy_(torch.as_tensor(value, dtype=params[name].dtype))
+
+
+def layout(config: RunConfig, settings: Settings, spec: PartitionSpec, train: data_mod.Dataset) -> Partition:
+    """The training records over the clients (partition.py); the salt and seed are the config's public ones."""
+    values = (
+        column_values(config.data, spec.column, [r.line for r in train.records]) if spec.kind == "by-column" else None
+    )
+    return partition(
+        train.records,
+        clients=settings.clients,
+        spec=spec,
+        salt=f"workbench-federated/{config.split_salt}",
+        seed=config.seed,
+        column_values=values,
+        dataset=config.data,
+    )
 
 
 def freeze_lora_a(model: torch.nn.Module) -> None:

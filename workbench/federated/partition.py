@@ -38,9 +38,9 @@ class PartitionSpec:
     alpha: float | None = None
 
     def __str__(self) -> str:
-        return {"by-column": f"by-column:{self.column}", "dirichlet": f"dirichlet:{self.alpha:g}"}.get(
-            self.kind, self.kind
-        )
+        if self.kind == "by-column":
+            return f"by-column:{self.column}"
+        return f"dirichlet:{self.alpha:g}" if self.kind == "dirichlet" else self.kind
 
 
 def parse_partition(text: str) -> PartitionSpec:
@@ -96,10 +96,11 @@ def partition(
     seed: int = 0,
     column_values: Sequence[str | None] | None = None,
     dataset: str = "the data",
+    allow_empty: bool = False,
 ) -> Partition:
     """The records' layout over ``clients`` clients (module docstring). ``column_values``: each record's value of
     the partition column (by-column). FederatedError for more clients than units, a missing column, or a client
-    left empty."""
+    left empty (unless ``allow_empty``: the layout itself, for comparing neighbouring datasets)."""
     if clients < 1:
         raise FederatedError(f"--clients must be at least 1. Found {clients}.")
     if spec.kind == "by-user":
@@ -135,7 +136,7 @@ def partition(
     for i, c in enumerate(assign):
         indices[c].append(i)
     empty = [names[c] for c in range(clients) if not indices[c]]
-    if empty:
+    if empty and not allow_empty:
         raise FederatedError(
             f"--partition {spec} over {clients} clients leaves {len(empty)} client(s) with no records "
             f"({', '.join(empty[:5])}): each unit is placed by a keyed hash (so the layout is neighbour-stable), "
@@ -153,8 +154,9 @@ def _enough(clients: int, units: int, what: str, dataset: str) -> None:
 
 
 def _dirichlet(records: Sequence, *, clients: int, alpha: float, salt: str, seed: int) -> list[int]:
-    """Each record's client: its label's Dirichlet(alpha) shares (public seed, one draw per label in sorted order,
-    so a label's shares do not depend on which other labels occur... in the sorted list of the labels present)."""
+    """Each record's client: its label's Dirichlet(alpha) client shares, drawn from a generator keyed by the public
+    seed and the label alone (so they do not depend on the other records), and the record's keyed hash in [0, 1)
+    placed in their cumulative sums."""
     labels = sorted({str(r.label) for r in records})
     shares = {}
     for label in labels:  # the label's own generator: its shares depend on the seed and the label only
