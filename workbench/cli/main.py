@@ -1121,6 +1121,9 @@ def app_cmd(
 from workbench.cli import sweeps as _sweeps  # noqa: E402 - `sweep` and `compare`
 
 _sweeps.register(app)
+from workbench.cli import federate as _federate  # noqa: E402 - `federate` (federated DP-LoRA on Flower)
+
+_federate.register(app)
 
 
 def main() -> None:

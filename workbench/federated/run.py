@@ -222,7 +222,15 @@ class FederatedRun:
         for c, norm in zip(result.clients, result.norms):
             self.client_rows[int(c["client"])]["update_norm"] = norm
         self.bytes_per_round.append(result.bytes_sent)
-        notices = [{"level": "warning", "message": f"client failed: {f}"} for f in result.failures]
+        notices = [
+            {
+                "code": "client_failed",
+                "severity": "warning",
+                "message": f"a client failed this round and contributed nothing: {f}",
+                "advice": "the round completed with the others; the run's error log of that client says why",
+            }
+            for f in result.failures
+        ]
         return StepMetrics(
             run_id=self.run_id,
             step=result.round,
