@@ -8,8 +8,9 @@ with its adapter; the ServerApp runs Flower's ``Strategy.start`` with ``DPFedAvg
 round into the engine's events (a round is a step on the dashboard: the loss, the clients' update norms against
 the clip, the noise, epsilon against the plan; an evaluation every ``eval_every`` rounds and at the end), written
 to the run store as they happen. ``flwr.simulation.run_simulation`` runs both: the ServerApp on a thread of this
-process, the K ClientApps as virtual SuperNodes in Ray actors (``flwr[simulation]``). The same two apps run under
-Flower's deployment engine (a SuperLink, K SuperNodes) through ``workbench.federated.app`` (docs/federated.md).
+process, the K ClientApps as virtual SuperNodes in Ray actors (``flwr[simulation]``). Flower's deployment engine
+(a SuperLink and K SuperNodes on other machines) would run the same two apps; the module that names them for
+``flwr run`` (``module:attr`` references and the spec as the run config) is not written yet.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ class FederatedRun:
                 s.privacy_level
             ],
             num_users=self.fed.base.train.num_users,
+            neighboring=p.client.neighboring if client is not None else p.plans[0].neighboring,
             seeded_randomness=self.randomness.is_seeded,
         )
 
