@@ -60,7 +60,10 @@ def local_config(config: RunConfig, *, rounds: int, local_steps: int, level: str
     """The config a client trains each round with: non-private under client-level DP (the server's noise is the
     mechanism), else the config's DP-SGD planned over every step it may take (R x local_steps)."""
     if level == "client":
-        return config.with_overrides({"noise_multiplier": 0, "target_epsilon": None, "max_steps": local_steps})
+        # plain local training: max_grad_norm is the clip of each client's update at the server, not of examples
+        return config.with_overrides(
+            {"noise_multiplier": 0, "target_epsilon": None, "max_grad_norm": None, "max_steps": local_steps}
+        )
     if level == "subject" and config.privacy_unit != "user":
         raise FederatedError(
             "--privacy-level subject needs each client to protect a person's records together: set privacy.unit=user "
