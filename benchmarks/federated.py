@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 from workbench.config import RunConfig  # noqa: E402
+from workbench.events import jsonable  # noqa: E402
 from workbench.federated.run import federate  # noqa: E402
 from workbench.session import Session  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
@@ -37,6 +38,8 @@ def base_config(args) -> RunConfig:
     cfg = RunConfig.from_file(HERE.parent / "assets" / "demo.yaml").with_overrides(
         {"target_epsilon": args.epsilon, "eval_every": 10**6, "generate_max_new_tokens": 0}
     )
+    if args.client_batch:  # a clinic holds about 100 training messages: the demo's batch of 64 is most of one
+        cfg = cfg.with_overrides({"batch_size": args.client_batch})
     if args.fast:
         cfg = cfg.with_overrides(
             {"model": "tiny", "batch_size": 4, "physical_batch_size": 8, "max_steps": 2, "eval_max_examples": 16}
@@ -64,7 +67,7 @@ def federated_arm(cfg: RunConfig, args, *, partition: str, private: bool, store:
         "status": s["status"],
         "accuracy": s.get("accuracy"),
         "epsilon": s["epsilon"],
-        "protects": "a clinic (client level)",
+        "protects": "a clinic (client level)" if private else "nothing (non-private)",
         "noise_multiplier": s.get("noise_multiplier"),
         "bytes_per_round": s["bytes_per_round"],
         "seconds": time.time() - t0,
@@ -72,8 +75,10 @@ def federated_arm(cfg: RunConfig, args, *, partition: str, private: bool, store:
     }
 
 
-def central_arm(cfg: RunConfig, store: RunStore) -> dict:
+def central_arm(cfg: RunConfig, store: RunStore, batch: int | None) -> dict:
     t0 = time.time()
+    if batch is not None:  # the centralised run keeps the demo's own batch size (assets/demo.yaml)
+        cfg = cfg.with_overrides({"batch_size": batch})
     summary = Session(cfg, store=store, name="bench-federated-central-dp").run()
     return {
         "status": summary["status"],
@@ -94,18 +99,19 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=1)
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--alpha", type=float, default=0.3)
+    ap.add_argument("--client-batch", type=int, default=16, help="the federated arms' batch size (per client)")
     ap.add_argument("--arms", default="federated_dp,federated_nonpriv,central_dp,dirichlet_dp")
     ap.add_argument("--fast", action="store_true", help="tiny model, 3 clients, 2 rounds: the script runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.fast:
-        args.clients, args.rounds, args.clients_per_round = 3, 2, 2
+        args.clients, args.rounds, args.clients_per_round, args.client_batch = 3, 2, 2, None
     cfg = base_config(args)
     store = RunStore()
     arms = {
         "federated_dp": lambda: federated_arm(cfg, args, partition="by-user", private=True, store=store),
         "federated_nonpriv": lambda: federated_arm(cfg, args, partition="by-user", private=False, store=store),
-        "central_dp": lambda: central_arm(cfg, store),
+        "central_dp": lambda: central_arm(cfg, store, None if args.fast else 64),
         "dirichlet_dp": lambda: federated_arm(
             cfg, args, partition=f"dirichlet:{args.alpha:g}", private=True, store=store
         ),
@@ -124,9 +130,9 @@ def main() -> None:
     for name in args.arms.split(","):
         out[name] = arms[name]()
         if not args.json:
-            print(name, json.dumps(out[name]), flush=True)
+            print(name, json.dumps(jsonable(out[name])), flush=True)
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(jsonable(out), indent=2))  # epsilon inf as "inf" (JSON has no infinity)
 
 
 if __name__ == "__main__":
