@@ -49,13 +49,13 @@ the profile). About 44 ns a value on the 2-core development machine, 2.7x source
 uniforms ~20 %, the accept/reject replacement ~18 %, s ~11 %, log + division + sqrt ~16 %, the rest (products, the
 sum, the chunk key and cipher set-up) ~14 %. Every stage is one numpy pass at 0.3 to 1.7 ns an element, about 40
 element passes a value (four draws, 5.25 keystream words), so the sum is flat and no single change moves it much:
-AES-256-CTR (OpenSSL, AES-NI) is 1.56 ns a word against ChaCha20's 1.83 (~3 % of a value); numpy's ziggurat over
-randomgen's AESCounter (AES-128) costs 12.4 ns a draw against 11 here; integer-valued uniforms (shift, or, cast)
-with the 2^-106 scale folded into f give the same bits and no measurable gain; chunks of 4,096 to 32,768 values,
-np.place or take/put for the replacement were slower or equal. A design free to change the values (AES-CTR,
-interleaved pairs moved as complex128, fewer conversion passes) was estimated at ~15 % faster: not enough for a third
-stored source. The 5x over source 1 that issue 29 asked for needs the ~40 passes fused into one compiled loop, with
-a log of its own that is the same on every machine; numpy offers neither.
+AES-256-CTR (OpenSSL, AES-NI) is 1.56 ns a word against ChaCha20's 1.83; numpy's ziggurat over randomgen's AESCounter
+(AES-128) costs 12.4 ns a draw against 11 here; integer-valued uniforms (shift, or, cast) with the 2^-106 scale folded
+into f give the same bits and no measurable gain; chunks of 4,096 to 32,768 values, np.place or take/put for the
+replacement were slower or equal. Sources that change the values, timed in one run against this one: AES-256-CTR,
+a two-pass conversion (j 2^-52, s = 0 refused), or both, within 3 % of it; interleaved pairs moved as complex128 15 %
+slower. None is worth a third stored source. The 5x over source 1 that issue 29 asked for needs the ~40 passes fused
+into one compiled loop, with a log of its own that is the same on every machine; numpy offers neither.
 
 Version 1 (``GaussianNoise``, runs stored before issue 29, kept so they replay bit for bit): numpy's normals from
 randomgen's ChaCha20, one discarded draw, then (z1 + z2 + z3 + z4) / 2 per value, synchronously.
