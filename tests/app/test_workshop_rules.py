@@ -104,6 +104,9 @@ def test_start_goes_through_the_queue_and_says_the_limit(room):
     assert "ann already has 1 run(s) waiting" in third and len(ctx.store.list()) == before
     _, theirs = train.start_run(ctx, Selection(), app_values(data_mode="path", data_path="/etc/passwd"), "bob")
     assert "not open to participants" in theirs
+    ann_file = str(ctx.workshop.uploads_dir("ann") / "abc-x.csv")
+    _, validation = train.start_run(ctx, Selection(), app_values(validation_data=ann_file), "bob")
+    assert "not open to participants" in validation
     assert ctx.store.get(sel.run_id).owner == "ann" and ctx.store.get(sel2.run_id).owner == "ann"
 
 

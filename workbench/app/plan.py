@@ -87,9 +87,7 @@ def plan_updates(ctx: AppContext, values: dict[str, Any], user: str | None = Non
     """
     base = forms.ctx_base(ctx)
     try:
-        ctx.check_data(
-            user, forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
-        )
+        _check_sources(ctx, values, user)
         info = chosen_data(values, base)
     except Exception as err:  # noqa: BLE001 - shown beside the dataset choice
         yield error_text(err), empty_figure(PLAN_TITLE, "choose a usable dataset"), "", ""
@@ -117,6 +115,12 @@ def plan_updates(ctx: AppContext, values: dict[str, Any], user: str | None = Non
         yield data_md, empty_figure(PLAN_TITLE, "no plan: see the message under the settings"), "", error_text(err)
 
 
+def _check_sources(ctx: AppContext, values: dict[str, Any], user: str | None) -> None:
+    """In a workshop, the data and validation files the controls name must be open to ``user`` (AppContext)."""
+    ctx.check_data(user, forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path")))
+    ctx.check_data(user, str(values.get("validation_data") or "").strip())
+
+
 def chosen_data(values: dict[str, Any], base: RunConfig) -> forms.DataInfo:
     """The data the Plan tab's controls name, read with their columns and validation file (forms.dataset_info)."""
     source = forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
@@ -142,9 +146,7 @@ def recommend_updates(
 
     base = forms.ctx_base(ctx)
     try:
-        ctx.check_data(
-            user, forms.resolve_data(values["data_mode"], values.get("upload_path"), values.get("data_path"))
-        )
+        _check_sources(ctx, values, user)
         info = chosen_data(values, base)
         config = forms.config_from_values({**values, "privacy_mode": "target"}, base=base)
         examples, users = info.sizes(config)
@@ -596,6 +598,10 @@ def _wire(
     gr.on(at_once + keystrokes, None, None, summary, js=mark, **hidden)
     gr.on(at_once + as_typed, register, [seq, latest], None, js=_BUMP_JS, queue=False, **hidden)
     plan_event = dict(trigger_mode="always_last", concurrency_id="plan", show_progress="hidden")
+    if ctx.workshop is not None:  # many browsers: a plan already computed need not wait behind a new one's accounting
+        from workbench.app.workshop import PLAN_CONCURRENCY
+
+        plan_event["concurrency_limit"] = PLAN_CONCURRENCY
     gr.on(at_once, refresh, **plan_inputs, js=_CURRENT_JS, api_name="plan", **plan_event)
     gr.on(as_typed, refresh, **plan_inputs, js=_DEBOUNCED_JS, api_visibility="private", **plan_event)
     if stale is not None:  # a shown recommendation is for the old settings: say so at once

@@ -34,7 +34,8 @@ def start_run(
 
     try:
         config = forms.config_from_values(values, base=forms.ctx_base(ctx))
-        ctx.check_data(user, config.data)  # in a workshop: the demo data, a dataset name or the user's own uploads
+        for source in (config.data, config.validation_data):  # in a workshop: demo, a dataset name or own uploads
+            ctx.check_data(user, source)
         forms.check_start(config)
         # a readable name from what differs from the preset; a typed name too is made unique in the store, so
         # Compare's legend never reads one name against the same name
