@@ -1,0 +1,342 @@
+"""A workshop on one machine (issue 31): 20 simulated participants on one `workbench app --workshop` server.
+
+    flock /tmp/bench.lock python benchmarks/workshop.py [--participants 20] [--long-steps 40] [--short-steps 4]
+                                                       [--plan-every 10] [--window 360] [--slots 1]
+
+The server runs in this process (tiny model, a temporary run store, a participants file of N participants and an
+instructor). The participants are HTTP clients in a second process (so their Python does not share the server's
+interpreter lock; on a real workshop they sit at other machines), each with its own login and thread. Each one:
+
+- follows the live stream (``/workbench/stream`` with its own key, following its newest run), as its Train tab does;
+- asks the Plan tab for a plan every ``--plan-every`` seconds (give or take half), with another batch size each time,
+  through the event the page calls (Gradio's queue, ``fn_index`` of the ``plan`` endpoint); the latency is from the
+  request to the first answer (the RDP plan the page shows first) and to the complete one (PLD and PRV too);
+- presses Start twice at once (its first and second run), through the Train tab's Start event, as the page does.
+
+Measured, printed as JSON:
+
+- ``alone``: one ``--long-steps`` run with nobody else on the server: its steps per second (steps 3 to the end);
+- ``loaded``: participant 0's first run is ``--long-steps`` long, started first while the 20 follow their streams and
+  plan; its steps per second, and ``throughput_ratio`` = loaded / alone (the issue asks at least 0.9);
+- ``plan_latency_s``: the first and the complete answers' median, 95th percentile and maximum;
+- ``runs``: every run the participants asked for, by stored status once the window ended (queued runs still waiting
+  then are cancelled by the instructor and stored 'stopped': nothing is lost or left 'queued');
+- ``fairness``: pairs (one participant's first run, another's second run) where the second started before the first
+  although the first was asked for before that second started: must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+DEFAULTS = {
+    "model": "tiny",
+    "batch_size": 8,
+    "physical_batch_size": 8,
+    "max_seq_len": 64,
+    "eval_max_examples": 8,
+    "generate_max_new_tokens": 4,
+    "eval_every": 1000,  # one evaluation, at the end: the steps per second measure training, not evaluations
+    "baseline_eval": False,
+}
+
+
+# -- the participants (a second process) ----------------------------------------------------------------------
+
+
+def _login(url: str, name: str, password: str):
+    import httpx
+
+    client = httpx.Client(base_url=url, timeout=120)
+    r = client.post("/login", data={"username": name, "password": password})
+    r.raise_for_status()
+    return client
+
+
+def _event(client, fn_index: int, data: list) -> tuple[float | None, float, bool, list]:
+    """One Gradio event through its queue: (seconds to the first answer, seconds to completion, success, output)."""
+    import json as _json
+
+    session = uuid.uuid4().hex[:10]
+    t0 = time.perf_counter()
+    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+    client.post("/gradio_api/queue/join", json=body).raise_for_status()
+    first = None
+    with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            msg = _json.loads(line[5:])
+            if msg.get("msg") == "process_generating" and first is None:
+                output = (msg.get("output") or {}).get("data") or []
+                if any(v not in (None, "", [], {}) and not _skip(v) for v in output):
+                    first = time.perf_counter() - t0
+            if msg.get("msg") == "process_completed":
+                done = time.perf_counter() - t0
+                out = (msg.get("output") or {}).get("data") or []
+                return (first if first is not None else done), done, bool(msg.get("success")), out
+    raise RuntimeError("the event never completed")
+
+
+def _skip(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
+def _inputs(config: dict, dep: dict, overrides: dict) -> list:
+    comps = {c["id"]: c for c in config["components"]}
+    data = []
+    for i in dep["inputs"]:
+        props = comps[i].get("props", {})
+        data.append(overrides.get(props.get("elem_id"), props.get("value")))
+    return data
+
+
+def _find(config: dict, *, api_name: str | None = None, trigger_elem: str | None = None) -> tuple[int, dict]:
+    comps = {c["id"]: c for c in config["components"]}
+    for index, dep in enumerate(config["dependencies"]):
+        if api_name is not None and dep.get("api_name") == api_name:
+            return dep.get("id", index), dep
+        if trigger_elem is not None:
+            for target in dep.get("targets") or []:
+                comp = comps.get(target[0] if isinstance(target, list) else target)
+                if comp and comp.get("props", {}).get("elem_id") == trigger_elem and dep.get("backend_fn"):
+                    return dep.get("id", index), dep
+    raise LookupError(api_name or trigger_elem)
+
+
+def _follow(client, stop: threading.Event, counts: dict) -> None:
+    """The Train tab's live stream, following the participant's newest run, until ``stop``."""
+    import json as _json
+
+    r = client.post("/gradio_api/call/workbench_stream_key", json={"data": []})
+    text = client.get(f"/gradio_api/call/workbench_stream_key/{r.json()['event_id']}").text
+    key = _json.loads(text.split("data:", 1)[1].strip().splitlines()[0])[0]
+    after = 0
+    while not stop.is_set():
+        params = {"run": "", "after": str(after), "follow": "1", "key": key}
+        try:
+            with client.stream("GET", "/workbench/stream", params=params, timeout=None) as stream:
+                for line in stream.iter_lines():
+                    if stop.is_set():
+                        return
+                    if line.startswith("data:"):
+                        counts["updates"] = counts.get("updates", 0) + 1
+                        counts["bytes"] = counts.get("bytes", 0) + len(line)
+        except Exception:  # noqa: BLE001 - the server closing at the end
+            if not stop.is_set():
+                time.sleep(1)
+
+
+def _participant(url, name, steps, plan_every, duration, out: list, lock: threading.Lock) -> None:
+    client = _login(url, name, "pw-" + name)
+    config = client.get("/config").json()
+    plan_fn, plan_dep = _find(config, api_name="plan")
+    start_fn, start_dep = _find(config, trigger_elem="start")
+    stop = threading.Event()
+    counts: dict = {}
+    follower = threading.Thread(target=_follow, args=(_login(url, name, "pw-" + name), stop, counts), daemon=True)
+    follower.start()
+    record = {"name": name, "plans": [], "starts": [], "stream": counts}
+    for i, n in enumerate(steps):  # the first and the second run, at once
+        t = time.time()
+        _, _, ok, output = _event(client, start_fn, _inputs(config, start_dep, {"max-steps": n}))
+        record["starts"].append({"asked": t, "ok": ok, "message": str(output)[:300], "nth": i})
+    rng = random.Random(name)
+    end = time.monotonic() + duration
+    time.sleep(rng.uniform(0, plan_every))
+    while time.monotonic() < end:
+        batch = rng.choice([8, 16, 24, 32, 48, 64])
+        first, done, ok, _ = _event(client, plan_fn, _inputs(config, plan_dep, {"batch-size": batch}))
+        record["plans"].append({"first": first, "done": done, "ok": ok, "at": time.time()})
+        time.sleep(max(0.0, rng.uniform(0.5, 1.5) * plan_every))
+    stop.set()
+    with lock:
+        out.append(record)
+
+
+def participants_process(url, names, long_steps, short_steps, plan_every, duration, path) -> None:
+    """The N participants, one thread each; their records to ``path`` (JSON)."""
+    out: list = []
+    lock = threading.Lock()
+    threads = []
+    for i, name in enumerate(names):
+        steps = [long_steps if i == 0 else short_steps, short_steps]
+        t = threading.Thread(target=_participant, args=(url, name, steps, plan_every, duration, out, lock))
+        threads.append(t)
+        t.start()
+        if i == 0:
+            time.sleep(2.0)  # participant 0's first run is the measured one: it starts first
+    for t in threads:
+        t.join()
+    Path(path).write_text(json.dumps(out))
+
+
+# -- the server and the measurements -----------------------------------------------------------------------------
+
+
+def steps_per_second(store, run_id: str) -> float | None:
+    """A run's training speed from its stored step events (step 3 to the last: the first steps warm up)."""
+    from workbench.events import StepMetrics
+
+    times = [(e.step, e.time) for _, e in store.events(run_id) if isinstance(e, StepMetrics)]
+    times = [(s, t) for s, t in times if s >= 3]
+    if len(times) < 2:
+        return None
+    (s0, t0), (s1, t1) = times[0], times[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+def fairness_violations(starts: dict, asked: dict, firsts: dict, seconds: dict) -> list:
+    """(first run, second run) pairs of different participants where the second started before the first although
+    the first had been asked for before the second started."""
+    bad = []
+    for owner, first in firsts.items():
+        for other, second in seconds.items():
+            if owner == other or second not in starts:
+                continue
+            if asked[first] < starts[second] and starts.get(first, float("inf")) > starts[second]:
+                bad.append((first, second))
+    return bad
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--participants", type=int, default=20)
+    ap.add_argument("--long-steps", type=int, default=40)
+    ap.add_argument("--short-steps", type=int, default=4)
+    ap.add_argument("--plan-every", type=float, default=10.0)
+    ap.add_argument("--window", type=float, default=360.0, help="seconds the participants stay")
+    ap.add_argument("--slots", type=int, default=1)
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from factories import free_port
+
+    from workbench.app import build_app, serve
+    from workbench.app.workshop import Workshop
+    from workbench.config import RunConfig
+    from workbench.session import Session
+    from workbench.store.runs import ACTIVE, RunStore
+
+    load_before = os.getloadavg()  # the machine is shared: its load beside the figures
+    home = Path(tempfile.mkdtemp(prefix="workbench-workshop-bench-"))
+    os.environ["WORKBENCH_HOME"] = str(home)
+    names = [f"p{i:02d}" for i in range(args.participants)]
+    people = home / "people.csv"
+    people.write_text("name,password,role\nteacher,t-pw,instructor\n" + "".join(f"{n},pw-{n},\n" for n in names))
+    store = RunStore(home)
+
+    # alone: the long run with nobody on the server (the same code path: the queue, one slot)
+    alone_room = Workshop.from_options(store, session_factory=Session, participants_file=str(people), slots=args.slots)
+    cfg = RunConfig().with_overrides({**DEFAULTS, "max_steps": args.long_steps})
+    alone_id = alone_room.queue.submit(cfg, owner="p00")
+    alone_room.queue.wait_idle(600)
+    alone = steps_per_second(store, alone_id)
+
+    room = Workshop.from_options(
+        store, session_factory=Session, participants_file=str(people), slots=args.slots, max_queued=2
+    )
+    started: dict[str, float] = {}
+    room.queue.subscribe(lambda e: started.setdefault(e.run_id, e.time) if e.kind == "started" else None)
+    app = build_app(store, defaults=DEFAULTS, workshop=room)
+    _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
+    before = {r.id for r in store.list()}
+    path = home / "participants.json"
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(
+        target=participants_process,
+        args=(url.rstrip("/"), names, args.long_steps, args.short_steps, args.plan_every, args.window, str(path)),
+    )
+    t0 = time.time()
+    proc.start()
+    proc.join(args.window + 300)
+    # the window is over: the instructor cancels what still waits; everything ends stored
+    for q in room.queue.snapshot():
+        try:
+            room.queue.cancel(q.run_id)
+        except Exception:  # noqa: BLE001 - ended meanwhile
+            pass
+    room.queue.wait_idle(300)
+    app.close()
+
+    records = json.loads(path.read_text())
+    runs = [r for r in store.list() if r.id not in before]
+    by_owner: dict[str, list] = {}
+    for r in sorted(runs, key=lambda r: r.created):
+        by_owner.setdefault(r.owner, []).append(r)
+    firsts = {o: rs[0].id for o, rs in by_owner.items()}
+    seconds = {o: rs[1].id for o, rs in by_owner.items() if len(rs) > 1}
+    asked = {r.id: r.created for r in runs}
+    long_id = firsts.get("p00")
+    loaded = steps_per_second(store, long_id) if long_id else None
+    firsts_t = [p["first"] for rec in records for p in rec["plans"] if p["ok"]]
+    done_t = [p["done"] for rec in records for p in rec["plans"] if p["ok"]]
+    warm = [p["first"] for rec in records for p in rec["plans"] if p["ok"] and p["at"] > t0 + 60]
+    statuses: dict[str, int] = {}
+    for r in runs:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    result = {
+        "load_average_before_after": [load_before, os.getloadavg()],
+        "participants": args.participants,
+        "slots": args.slots,
+        "cpu_count": os.cpu_count(),
+        "window_s": round(time.time() - t0, 1),
+        "alone_steps_per_s": alone,
+        "loaded_steps_per_s": loaded,
+        "throughput_ratio": (loaded / alone) if loaded and alone else None,
+        "plan_requests": len(firsts_t),
+        "plan_failures": sum(1 for rec in records for p in rec["plans"] if not p["ok"]),
+        "plan_latency_s": {
+            "first_answer": {
+                "p50": statistics.median(firsts_t),
+                "p95": percentile(firsts_t, 0.95),
+                "max": max(firsts_t),
+            }
+            if firsts_t
+            else None,
+            "complete": {"p50": statistics.median(done_t), "p95": percentile(done_t, 0.95), "max": max(done_t)}
+            if done_t
+            else None,
+        },
+        "plan_first_answer_within_1s_share": (sum(t <= 1.0 for t in firsts_t) / len(firsts_t)) if firsts_t else None,
+        "plan_first_answer_p95_after_first_60s": percentile(warm, 0.95) if warm else None,
+        "stream_updates": sum(rec["stream"].get("updates", 0) for rec in records),
+        "runs_asked": sum(len(rec["starts"]) for rec in records),
+        "runs_stored": len(runs),
+        "runs_by_status": statuses,
+        "runs_left_active": sum(1 for r in runs if r.status in ACTIVE),
+        "runs_started": len(started),
+        "fairness_violations": fairness_violations(started, asked, firsts, seconds),
+        "start_order_owners": [store.get(r).owner for r in sorted(started, key=started.get)][:45],
+        "start_refusals": [
+            s["message"]
+            for rec in records
+            for s in rec["starts"]
+            if "queued" not in s["message"] and "Started" not in s["message"]
+        ][:5],
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
