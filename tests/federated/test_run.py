@@ -29,10 +29,19 @@ def crash(partitions):
     return mod
 
 
-def _left_running():
+def _left_running(grace=15.0):
+    """Ray's processes among this process's children, after up to ``grace`` seconds for them to exit."""
+    import time
+
     import psutil
 
-    return [p.name() for p in psutil.Process().children(recursive=True) if p.is_running()]
+    deadline = time.time() + grace
+    while True:
+        names = [p.name() for p in psutil.Process().children(recursive=True) if p.is_running()]
+        ray = [n for n in names if "raylet" in n or "gcs_server" in n]
+        if not ray or time.time() > deadline:
+            return ray
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -58,18 +67,28 @@ def test_a_client_level_run_is_stored_with_its_rounds_as_steps_and_survives_a_cr
     rows = {c["client"]: c for c in summary["clients"]}
     assert rows["client-1"]["rounds"] == 0 and rows["client-0"]["rounds"] == 2
     assert summary["bytes_per_round"] > 0 and summary["adapter_dir"]
+    # the dashboard: the live rows (the app's stream) and the notebooks' view and panels read the rounds as steps
+    from workbench import present
+    from workbench.present.live import rows
+    from workbench.present.view import RunView
+
+    live = rows(store.events(summary["run_id"]))
+    assert [r["step"] for r in live["steps"]] == [1, 2] and live["ended"]["status"] == "finished"
+    view = RunView.from_events(summary["run_id"], store.events(summary["run_id"]))
+    assert present.panels(view)
     assert not ray.is_initialized()
-    assert not any("raylet" in n or "gcs_server" in n for n in _left_running())
+    assert _left_running() == []
 
 
 @pytest.mark.slow
 def test_a_round_whose_every_client_crashes_fails_the_run_with_one_message():
     store = RunStore()
     summary = federate(config(), clients=2, rounds=2, clients_per_round=2, store=store, client_mods=[crash({0, 1})])
-    assert summary["status"] == "failed"
-    assert "every sampled client failed" in summary["reason"] and "client lost its disk" in summary["reason"]
+    assert summary["status"] == "failed", summary["reason"]
+    assert "every sampled client failed" in summary["reason"], summary["reason"]
+    assert "client lost its disk" in summary["reason"], summary["reason"]
     assert store.get(summary["run_id"]).status == "failed"
-    assert not any("raylet" in n or "gcs_server" in n for n in _left_running())
+    assert _left_running() == []
 
 
 def test_bad_settings_fail_before_anything_is_stored():
