@@ -250,3 +250,32 @@ def test_app_command_presets_the_controls_from_a_config(monkeypatch, tmp_path):
     assert seen["host"] == "127.0.0.1"
     r = invoke("app", "--config", str(tmp_path / "missing.yaml"))
     assert r.exit_code == 2 and "does not exist" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("neighboring", ["auto", "add_remove", "replace_one"])
+def test_plan_calculator_agrees_with_the_notebook_planner(neighboring):
+    """`workbench plan --dataset-size N` and the notebook planner are the same calculator: the N typed is public, so
+    for the same inputs (auto included) they state the same relation and the same epsilon, which dp_accounting
+    gives independently for that relation."""
+    import dp_accounting
+    from dp_accounting.pld import PLDAccountant
+
+    from workbench.widgets.planner import PlanSettings
+
+    args = ["plan", "--dataset-size", "1000", "--json", "--neighboring", neighboring]
+    args += ["--set", "noise_multiplier=1", "--set", "batch_size=10", "--set", "max_steps=100", "--accountant", "pld"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cli = json.loads(result.stdout[result.stdout.index("{") :])
+    widget = PlanSettings(dataset_size=1000, batch_size=10, steps=100, noise_multiplier=1.0, neighboring=neighboring)
+    from workbench.planning.plan import make_plan
+
+    mechanism = make_plan(widget.config(), dataset_size=1000).mechanism
+    expected = "replace_one" if neighboring == "replace_one" else "add_remove"
+    assert cli["neighboring"] == mechanism.neighboring == expected
+    relation = dp_accounting.NeighboringRelation.REPLACE_ONE if expected == "replace_one" else None
+    acc = PLDAccountant(**({"neighboring_relation": relation} if relation else {}))
+    event = dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.0))
+    oracle = acc.compose(event, 100).get_epsilon(1e-5)
+    assert cli["epsilon"] == pytest.approx(mechanism.epsilon(), rel=1e-9)
+    assert cli["epsilon"] == pytest.approx(oracle, rel=2e-2)

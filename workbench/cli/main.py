@@ -406,15 +406,12 @@ def check(
 
 
 def _typed_size_is_public(cfg: RunConfig, dataset_size: int) -> RunConfig:
-    """`workbench plan --dataset-size N` is a calculator: where the relation needs a public size (add/remove),
-    the N typed is that public number."""
-    from workbench.planning.plan import resolve_neighboring
-
-    try:
-        resolve_neighboring(cfg)
+    """`workbench plan --dataset-size N` is a calculator: the N typed is a public number, declared as
+    ``public_dataset_size`` unless the relation is replace-one (which needs none). So ``auto`` resolves to add/remove,
+    as in the notebook planner (widgets.planner.PlanSettings.config), and both give one epsilon for the same inputs."""
+    if cfg.neighboring == "replace_one" or cfg.public_dataset_size is not None:
         return cfg
-    except ConfigError:
-        return cfg.with_overrides({"public_dataset_size": dataset_size})
+    return cfg.with_overrides({"public_dataset_size": dataset_size})
 
 
 def _echo_sizes(cfg: RunConfig, *, err: bool = True) -> None:
