@@ -369,3 +369,47 @@ def test_a_data_parallel_run_caches_per_rank_and_matches_one_process_uncached():
     two = _session(**settings).run()
     assert two["prefix_cache"]["layers_cached"] == 1, two.get("prefix_cache")
     _assert_same_run(train(**settings, prefix_cache="off"), two)
+
+
+def test_evaluations_read_the_validation_examples_prefix_and_score_as_without_it(tmp_path):
+    """The validation examples' prefix is kept between evaluations (eval mode); the loss and the accuracy equal the
+    whole model's, on the first evaluation (built) and the next (read)."""
+    from workbench.engine.validation import Validation
+
+    prepared = prepare(RunConfig(**dict(RUN, eval_max_examples=6), data=_qa_file(tmp_path, n=40)))
+    trainer = Trainer(prepared, run_id="t", emit=lambda e: None, run_dir=tmp_path, randomness=RunRandomness.secret())
+    cached = trainer.validation
+    assert cached.prefix_cache is not None
+    _nonzero_lora_b(prepared.model)
+    plain = Validation(prepared, autocast=_null)
+    for _ in range(2):
+        got, want = cached.metrics(cached.examples), plain.metrics(plain.examples)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
+        assert got["accuracy"] == want["accuracy"]
+    report = cached.prefix_cache.report()
+    assert report["built"] == len(cached.examples) and report["hits"] == len(cached.examples)
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_the_head_on_target_positions_only_gives_the_same_losses_and_per_example_gradients(layers):
+    """losses.target_loss (training: the LM head on the positions that predict a target) against per_example_loss's
+    head from the earliest target on, per example: rows whose answers start at different places."""
+    model = _llama(layers=layers, adapted=1)
+    batch = _batch([11, 4, 9, 7, 13], task="causal_lm", seed=4)
+    batch["labels"][2] = -100  # a row with no target: loss 0, gradient 0
+    full = _per_example(model, batch, task="causal_lm")
+    hooks = PerExampleGrads(model)
+    hooks.enabled = True
+    try:
+        loss, logits = per_example_loss(model, batch, task="causal_lm", targets_only=True)
+        assert logits is None
+        loss.sum().backward()
+        gathered = {name: g.weight.clone() for name, g in hooks.grads.items()}
+    finally:
+        hooks.remove()
+        model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(loss.detach(), full.pop("loss"), rtol=1e-5, atol=1e-6)
+    assert set(gathered) == set(full)
+    for name in full:
+        torch.testing.assert_close(gathered[name], full[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert all(g[2].abs().sum() == 0 for g in gathered.values())

@@ -8,6 +8,7 @@ position, so the teacher-forced validation forward already holds the logits need
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -56,30 +57,37 @@ def evaluate(
     gold: list[int | None],
     autocast,
     should_stop: Callable[[], bool] | None = None,
+    forward: Callable[[int, dict], contextlib.AbstractContextManager] | None = None,
 ) -> dict | None:
     """Mean validation loss, perplexity and accuracy over ``examples``; with accuracy, also which class the model
     predicted most (``predicted_class``, an index) and for what share of the examples (``prediction_share``: 1.0 is
     a model that answers one class whatever the input). The model's mode is restored after.
 
     ``should_stop`` is asked before every batch: when it says yes the evaluation is abandoned and None returned, so
-    a Stop pressed during an evaluation waits for one batch at most, not for the whole validation split."""
+    a Stop pressed during an evaluation waits for one batch at most, not for the whole validation split.
+    ``forward(start, batch)``: a context each batch's forward pass runs in (the examples from ``start`` on): the
+    cached frozen prefix of the validation examples (engine/prefix_cache.py), or None for the whole model."""
     was_training = model.training
     model.eval()
     try:
-        measured = _measure(model, examples, task, pad_id, device, batch_size, choices, gold, autocast, should_stop)
+        measured = _measure(
+            model, examples, task, pad_id, device, batch_size, choices, gold, autocast, should_stop, forward
+        )
     finally:
         model.train(was_training)
     return measured
 
 
-def _measure(model, examples, task, pad_id, device, batch_size, choices, gold, autocast, should_stop) -> dict | None:
+def _measure(
+    model, examples, task, pad_id, device, batch_size, choices, gold, autocast, should_stop, forward=None
+) -> dict | None:
     losses, correct, counted, predicted = [], 0, 0, Counter()
     for start in range(0, len(examples), batch_size):
         if should_stop is not None and should_stop():
             return None
         chunk = examples[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id=pad_id).items()}
-        with autocast():
+        with autocast(), forward(start, batch) if forward is not None else contextlib.nullcontext():
             loss, logits = per_example_loss(model, batch, task=task)
         losses.append(loss.float().cpu())
         if task == "classification":

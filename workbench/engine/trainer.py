@@ -39,7 +39,7 @@ from workbench.engine.collective import LocalCollective
 from workbench.engine.dp_step import DPGradient, ParamTable, Release, StepStats
 from workbench.engine.grad_sample import PerExampleGrads
 from workbench.engine.losses import per_example_loss
-from workbench.engine.prefix_cache import prefix_cache_for
+from workbench.engine.prefix_cache import MIB, prefix_cache_for
 from workbench.engine.prepare import Prepared, load_splits, prepare  # noqa: F401 (re-exported for callers)
 from workbench.engine.randomness import RunRandomness
 from workbench.engine.report import save_adapter
@@ -268,7 +268,7 @@ class Trainer:
             seed=cfg.seed,
         )
         # the validation examples and how every evaluation scores them (engine/validation.py: what they are to epsilon)
-        self.validation = Validation(prepared, autocast=self._autocast)
+        self.validation = Validation(prepared, autocast=self._autocast, prefix_cache=self._validation_prefix_cache())
         self.gold = self.validation.gold
         self.step = 0
         self.last_eval: dict = {}  # the latest evaluation's numbers (summary_metrics), at step last_eval_step
@@ -410,7 +410,7 @@ class Trainer:
             self.hooks.reset()
             rows = None if indices is None else indices[start : start + pbs]
             with self._autocast(), self._from_prefix_cache(rows, batch):
-                loss, _ = per_example_loss(p.model, batch, task=p.task)  # (b,)
+                loss, _ = per_example_loss(p.model, batch, task=p.task, targets_only=True)  # (b,): the head on targets
             if self.private_path:
                 loss.sum().backward()
                 part = None if owners is None else owners[start : start + pbs]
@@ -427,6 +427,28 @@ class Trainer:
         if self.prefix_cache is None or rows is None:
             return contextlib.nullcontext()
         return self.prefix_cache.substituted(self.p.model, rows, batch)
+
+    def _validation_prefix_cache(self):
+        """The evaluated validation examples' frozen prefix, kept between the run's evaluations (they run in eval
+        mode: no dropout, so it applies wherever the architecture does), in memory only, within what the training
+        split's cache leaves of prefix_cache_mb (beyond it: recomputed); None with prefix_cache=off."""
+        cfg = self.p.config
+        if cfg.prefix_cache == "off":
+            return None
+        left = cfg.prefix_cache_mb
+        if self.prefix_cache is not None:
+            left = max(0, left - math.ceil(self.prefix_cache.full_bytes / MIB))
+        examples = self.p.val_tok[: cfg.eval_max_examples]
+        cache, _ = prefix_cache_for(
+            self.p.model,
+            mode="auto",
+            memory_mb=left,
+            training=False,
+            lengths=[len(ex.input_ids) for ex in examples],
+            spill_dir=None,
+            autocast=self._autocast,
+        )
+        return cache
 
     def prefix_cache_report(self) -> dict:
         """{"prefix_cache": what the cached frozen prefix did (layers, size, build time), or why it was off}: the

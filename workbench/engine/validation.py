@@ -23,6 +23,7 @@ import torch
 
 from workbench.engine.evaluate import Answers, answer_choices, evaluate, generate_samples, majority_class
 from workbench.engine.models import ModelError
+from workbench.engine.prefix_cache import PrefixCache
 from workbench.engine.prepare import Prepared
 from workbench.events import EvalMetrics
 
@@ -42,9 +43,12 @@ class Validation:
     """The validation examples a run evaluates (the split's first ``eval_max_examples``), their gold labels and the
     candidate answers (the demo's routing), and the evaluation event built from them."""
 
-    def __init__(self, prepared: Prepared, *, autocast: Callable) -> None:
+    def __init__(self, prepared: Prepared, *, autocast: Callable, prefix_cache: PrefixCache | None = None) -> None:
+        """``prefix_cache``: the frozen prefix of ``examples`` (by their place in it), kept between evaluations
+        (engine/prefix_cache.py; the evaluations run in eval mode, and the frozen layers do not change)."""
         self.p = prepared
         self.autocast = autocast
+        self.prefix_cache = prefix_cache
         self.choices = answer_choices(prepared.val, prepared.tokenizer)
         self.answers = Answers.of(prepared.val, prepared.tokenizer, self.choices)  # the samples show the answer
         self.gold = self._gold_labels()
@@ -67,7 +71,13 @@ class Validation:
             gold=self.gold[: len(examples)],
             autocast=self.autocast,
             should_stop=should_stop,
+            forward=self._cached_prefix if self.prefix_cache is not None and examples == self.examples else None,
         )
+
+    def _cached_prefix(self, start: int, batch: dict):
+        """The batch of ``examples[start:]`` run from the first adapted layer on (engine/prefix_cache.py)."""
+        rows = range(start, start + len(batch["input_ids"]))
+        return self.prefix_cache.substituted(self.p.model, rows, batch)
 
     def evaluation(
         self, *, run_id: str, step: int, generate: bool = True, should_stop: StopCheck | None = None
