@@ -284,9 +284,9 @@ def test_the_released_update_with_the_cache_equals_the_uncached_one(tmp_path, me
     assert not [p for p in run_dir.rglob("*") if "prefix-cache" in p.name], "no spill file is left in the run folder"
 
 
-def test_a_non_private_llama_run_caches_too_and_matches():
+def test_a_non_private_llama_run_caches_too_and_matches(tmp_path):
     """A non-private run trains in train mode; the Llama prefix has no dropout, so the cache applies there too."""
-    settings = dict(RUN, noise_multiplier=0, max_grad_norm=None, target_epsilon=None)
+    settings = dict(RUN, data=_qa_file(tmp_path), noise_multiplier=0, max_grad_norm=None, target_epsilon=None)
     plain, cached = train(**settings, prefix_cache="off"), train(**settings, prefix_cache="auto")
     assert cached["prefix_cache"]["layers_cached"] == 1
     a, b = _adapter(plain), _adapter(cached)
