@@ -598,10 +598,6 @@ def _wire(
     gr.on(at_once + keystrokes, None, None, summary, js=mark, **hidden)
     gr.on(at_once + as_typed, register, [seq, latest], None, js=_BUMP_JS, queue=False, **hidden)
     plan_event = dict(trigger_mode="always_last", concurrency_id="plan", show_progress="hidden")
-    if ctx.workshop is not None:  # many browsers: a plan already computed need not wait behind a new one's accounting
-        from workbench.app.workshop import PLAN_CONCURRENCY
-
-        plan_event["concurrency_limit"] = PLAN_CONCURRENCY
     gr.on(at_once, refresh, **plan_inputs, js=_CURRENT_JS, api_name="plan", **plan_event)
     gr.on(as_typed, refresh, **plan_inputs, js=_DEBOUNCED_JS, api_visibility="private", **plan_event)
     if stale is not None:  # a shown recommendation is for the old settings: say so at once

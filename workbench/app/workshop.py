@@ -49,10 +49,6 @@ from workbench.store.runs import ACTIVE, RunNotFound, RunRecord, RunStore
 JOIN_PATH = "/workbench/join"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,31}$")
 JOINED_FILE = "workshop-participants.json"
-# Plan requests answered at once in a workshop (one, outside it): with one, every participant's plan waited behind the
-# one whose settings no one had asked for yet (seconds of accounting), while the others' come from the cache in
-# milliseconds (benchmarks/workshop.py: the 95th percentile fell from 52 s to the figure in docs/workshop.md).
-PLAN_CONCURRENCY = 4
 
 
 class WorkshopError(UserError, ValueError):
