@@ -136,6 +136,11 @@ def test_two_participants_and_the_instructor(workshop_url, browser):
     wait_text(teacher, "#workshop-message", r"already ended \(finished\): nothing to cancel")
     assert store.get(ann1).status == "finished"
 
+    # bob's ledger: the shared dataset's total over the class's three runs, his own run named, not ann's
+    bob.get_by_role("tab", name="Runs").click()
+    bob.locator("#runs-refresh, button:has-text('Refresh')").first.click()
+    ledger = wait_text(bob, "#runs-ledger", rf"PLD composition of 3 runs.*Your runs on it: {bob1}")
+    assert ann1 not in ledger and ann2 not in ledger
     # the class view: three points, the best at the target, the ledger's total for the shared dataset
     target = teacher.locator("#workshop-target input")
     target.fill("50")

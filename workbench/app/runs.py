@@ -25,16 +25,37 @@ def list_runs(ctx: AppContext, user: str | None = None) -> dict[str, Any]:
     return {"headers": table.headers, "data": table.rows}
 
 
-def ledger_view(ctx: AppContext) -> str:
+def ledger_view(ctx: AppContext, user: str | None = None) -> str:
     """The privacy ledger as HTML: per dataset, every run that trained on it, its ε and the composed total
-    (store/ledger.py); deleted runs stay in it."""
+    (store/ledger.py); deleted runs stay in it. A workshop participant sees the datasets they trained on, each with
+    its total (every participant's runs on it compose) and their own runs, not the others'."""
     from workbench.present.ledger import ledger_html
     from workbench.store.ledger import Ledger
 
     try:
-        return ledger_html(Ledger(ctx.store).datasets())
+        datasets = Ledger(ctx.store).datasets()
+        if ctx.workshop is not None and not ctx.workshop.is_instructor(user):
+            return _own_ledger(datasets, {r.id for r in ctx.runs(user)})
+        return ledger_html(datasets)
     except Exception as err:  # noqa: BLE001 - a ledger problem must not break the Runs tab
         return error_text(err)
+
+
+def _own_ledger(datasets, mine: set[str]) -> str:
+    import html
+
+    from workbench.present.ledger import dataset_title, total_text
+
+    parts = []
+    for d in datasets:
+        own = [e for e in d.entries if e.run_id in mine]
+        if own:
+            runs = ", ".join(html.escape(e.label) for e in own)
+            parts.append(
+                f"<p><b>{html.escape(dataset_title(d))}</b>: {html.escape(total_text(d))}. Your runs on it: {runs}. "
+                "The total counts every participant's runs on these data (the Workshop tab's class view).</p>"
+            )
+    return "".join(parts) or "<p>None of your runs has trained yet.</p>"
 
 
 def export_zip(ctx: AppContext, run_id: str | None, user: str | None = None) -> tuple[str | None, str]:
@@ -142,11 +163,14 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
         ids = [row[0] for row in data["data"]]
         return data, gr.update(choices=ids, value=current if current in ids else (ids[0] if ids else None))
 
+    def ledger_for(request: gr.Request = None):
+        return ledger_view(ctx, user_of(request))
+
     tab.select(reload, picker, [table, picker], api_visibility="private", show_progress="hidden").then(
-        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden"
+        ledger_for, None, ledger, api_visibility="private", show_progress="hidden"
     )
     refresh.click(reload, picker, [table, picker], api_name="list_runs").then(
-        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden"
+        ledger_for, None, ledger, api_visibility="private", show_progress="hidden"
     )
 
     def row_chosen(evt: gr.SelectData):
@@ -194,6 +218,6 @@ def build(ctx: AppContext, tab: Any, selection: Any, dashboard: Any) -> dict[str
         return (gr.update(visible=False), delete_run(ctx, run_id, user_of(request)), *reload(None, request))
 
     confirm_btn.click(confirmed, picker, [confirm_row, message, table, picker], api_visibility="private").then(
-        lambda: ledger_view(ctx), None, ledger, api_visibility="private", show_progress="hidden"
+        ledger_for, None, ledger, api_visibility="private", show_progress="hidden"
     )
     return {"picker": picker, "table": table, "reload": reload, "opened": opened, "ledger": ledger, "refresh": refresh}
