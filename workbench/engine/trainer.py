@@ -285,6 +285,7 @@ class Trainer:
             handle.remove()
         self._block_hooks = []
         self.dp.close()
+        self.close_prefix_cache()
 
     def _make_audit(self, factory: AuditFactory | None) -> StepAudit:
         """The run's audit on rank 0 when the config asks for one (its canary stream comes from rank 0's key, and
