@@ -13,6 +13,7 @@ import uuid
 import pytest
 from factories import fake_run, free_port
 
+pytestmark = pytest.mark.slow  # a served app per test: about 8 s each here (`make test` and CI run them)
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("gradio")
 
