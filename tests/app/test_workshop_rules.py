@@ -151,3 +151,17 @@ def _dataset(ctx):
         entries = [type("E", (), {"run_id": r.id})() for r in ctx.store.list()]
 
     return Entries()
+
+
+def test_the_app_commands_workshop_flags_say_what_is_missing(_workbench_home):
+    from typer.testing import CliRunner
+
+    from workbench.cli.main import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["app", "--workshop"])
+    assert out.exit_code != 0 and "--participants-file FILE, --join-code CODE, or both" in out.output
+    out = runner.invoke(app, ["app", "--workshop", "--join-code", "C"])
+    assert out.exit_code != 0 and "needs an instructor login" in out.output
+    out = runner.invoke(app, ["app", "--join-code", "C"])
+    assert out.exit_code != 0 and "add --workshop" in out.output
