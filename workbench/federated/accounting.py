@@ -58,7 +58,9 @@ def client_mechanism(
 
 def local_config(config: RunConfig, *, rounds: int, local_steps: int, level: str) -> RunConfig:
     """The config a client trains each round with: non-private under client-level DP (the server's noise is the
-    mechanism), else the config's DP-SGD planned over every step it may take (R x local_steps)."""
+    mechanism), else the config's DP-SGD planned over every step it may take (R x local_steps). No prefix cache:
+    a client builds a trainer each round, so its cache would start cold every time."""
+    config = config.with_overrides({"prefix_cache": "off"})
     if level == "client":
         # plain local training: max_grad_norm is the clip of each client's update at the server, not of examples
         return config.with_overrides(

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 import traceback
@@ -78,11 +79,12 @@ def train_client(fed: Federation, client: int, arrays: dict, round_: int) -> tup
 
     fed.load(arrays)
     prepared = fed.prepared(client)
+    scratch = Path(tempfile.mkdtemp(prefix="workbench-client-"))  # mode 0700; removed with the round
     trainer = Trainer(
         prepared,
         run_id=f"client-{client}",
         emit=lambda event: None,
-        run_dir=Path(tempfile.gettempdir()) / "workbench-federated",
+        run_dir=scratch,
         randomness=client_randomness(fed.config, client, round_),
         collective=LocalCollective(),
     )
@@ -96,6 +98,7 @@ def train_client(fed: Federation, client: int, arrays: dict, round_: int) -> tup
                 losses.append(event.loss)
     finally:
         trainer.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     plan = prepared.plan
     metrics = {
         "num-examples": 1,  # equal weights: a client's size is not public (strategy.py)
