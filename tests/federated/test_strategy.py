@@ -166,3 +166,22 @@ def test_without_noise_the_update_is_the_plain_mean():
     s.current = {"a": np.zeros(2)}
     out = s.release([{"a": np.array([1.0, 0.0])}, {"a": np.array([3.0, 2.0])}], RoundResult(1, []))
     np.testing.assert_allclose(out["a"], [2.0, 1.0])
+
+
+class LateGrid(Grid):
+    """Nodes that register while the server starts: none on the first look."""
+
+    def __init__(self, nodes):
+        super().__init__(nodes)
+        self.looks = 0
+
+    def get_node_ids(self):
+        self.looks += 1
+        return [] if self.looks == 1 else list(self.nodes)
+
+
+def test_the_server_waits_for_every_client_to_connect(task_identity):
+    s = strategy(clients=3, q=1.0)
+    grid = LateGrid([4, 5, 6])
+    msgs = list(s.configure_train(1, _arrays([0.0]), ConfigRecord(), grid))
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [4, 5, 6] and grid.looks >= 2

@@ -34,6 +34,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,9 @@ class DPFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        nodes = list(grid.get_node_ids())
-        if len(nodes) < self.clients:
-            raise RuntimeError(f"{len(nodes)} of {self.clients} clients connected: the sampling needs all of them")
+        # Flower's own wait for the nodes to connect (in a simulation they register while the ServerApp starts):
+        # all K, since each is sampled at q = M/K; nothing is drawn from its public generator (a sample of size 0)
+        _, nodes = sample_nodes(grid, self.clients, 0)
         self.current = _arrays(arrays)
         sampled = self.sample(nodes)
         size = sum(a.nbytes for a in self.current.values())
