@@ -716,6 +716,12 @@ def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
 
     store = _store()
     rec = _get_run(store, run_id)
+    if (rec.summary or {}).get("federated"):
+        _fail(
+            f"run {rec.id} is a federated run, and replay retrains one data holder's run: it would train this "
+            "federation's data centrally, another mechanism (and at the record and subject levels the clients' keys are "
+            "not kept). Federated runs are not replayed; run `workbench federate` again instead."
+        )
     try:
         cfg = RunConfig.from_dict({**rec.config, "output_dir": None})  # never overwrite the original's adapter
         randomness = (  # the noise source the run used: a seeded run's summary says (none: source 1)
