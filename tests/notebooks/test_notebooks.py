@@ -42,6 +42,7 @@ def test_the_workshop_notebooks_exist_and_are_stored_without_outputs():
         "07_sweeps",
         "08_your_own_script",
         "09_workshop",
+        "10_federated",
     ):
         assert f"{stem}.ipynb" in names
     for path in NOTEBOOKS:
