@@ -258,7 +258,8 @@ def main() -> None:
     )
     started: dict[str, float] = {}
     room.queue.subscribe(lambda e: started.setdefault(e.run_id, e.time) if e.kind == "started" else None)
-    app = build_app(store, defaults=DEFAULTS, workshop=room)
+    # the controls open in steps (not epochs), so each Start's max-steps is the run's length
+    app = build_app(store, defaults={**DEFAULTS, "max_steps": args.short_steps}, workshop=room)
     _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
     before = {r.id for r in store.list()}
     path = home / "participants.json"
@@ -324,6 +325,7 @@ def main() -> None:
         "runs_asked": sum(len(rec["starts"]) for rec in records),
         "runs_stored": len(runs),
         "runs_by_status": statuses,
+        "runs_max_steps": sorted({r.config.get("max_steps") for r in runs}, key=str),
         "runs_left_active": sum(1 for r in runs if r.status in ACTIVE),
         "runs_started": len(started),
         "fairness_violations": fairness_violations(started, asked, firsts, seconds),
