@@ -34,6 +34,7 @@ from workbench.errors import UserError
 from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
 from workbench.federated.accounting import FederatedPrivacy, federated_privacy, local_config
 from workbench.federated.data import Federation, Settings
+from workbench.federated.ledger import record_ledger
 from workbench.federated.partition import FederatedError, parse_partition
 from workbench.store.runs import RunStore, new_run_id
 
@@ -336,6 +337,7 @@ class FederatedRun:
             status, reason = "failed", f"the simulation ended after round {self.round} of {self.settings.rounds}"
         adapter = self._save() if self.round and status != "failed" else None
         summary = self.summary(status, reason, adapter)
+        record_ledger(self, status)  # before RunEnded: whoever sees the run end finds its ledger row
         self.emit(RunEnded(run_id=self.run_id, status=status, reason=reason, summary=summary))
         return summary
 

@@ -429,6 +429,48 @@ class Ledger:
         self.record(entry)
         return entry
 
+    def record_release(
+        self,
+        *,
+        run_id: str,
+        name: str | None,
+        prepared,
+        event,
+        epsilon: float,
+        delta: float,
+        privacy_unit: str,
+        neighboring: str,
+        steps: int,
+        accountant: str | None,
+        non_private: bool,
+        note: str | None = None,
+    ) -> LedgerEntry:
+        """The row of a release whose DP event is not one plan's (a federated run, workbench/federated/ledger.py):
+        its data named by ``prepared``'s units as ``record_run`` names them, so it counts in one total with the
+        runs on the same people."""
+        fingerprint, digest, key_note = self._data_names(prepared)
+        notes = [n for n in (note, key_note) if n]
+        entry = LedgerEntry(
+            run_id=run_id,
+            name=name,
+            time=time.time(),
+            fingerprint=fingerprint,
+            dataset_name=prepared.dataset_name,
+            data_path=str(prepared.config.data),
+            privacy_unit=privacy_unit,
+            neighboring=neighboring,
+            delta=delta,
+            epsilon=math.inf if non_private else epsilon,
+            steps=steps,
+            accountant=accountant,
+            dp_event=event_to_json(_non_private_event() if non_private else event),
+            non_private=non_private,
+            note="; ".join(notes) or None,
+            records_digest=digest,
+        )
+        self.record(entry)
+        return entry
+
     # -- units: which people a row trained on ------------------------------------------------------------
     def _key(self) -> bytes:
         """The home's unit key (store/ledger_units.py); its check value is stored the first time."""
