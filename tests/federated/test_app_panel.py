@@ -30,3 +30,23 @@ def test_a_bad_setting_is_one_line_and_stores_nothing():
     job.thread.join(timeout=30)
     assert job.summary is None and "--clients-per-round 5 must be between 1" in job.text()
     assert ctx.store.list() == []
+
+
+def test_the_app_has_a_federated_tab_except_in_workshop_mode():
+    import gradio as gr
+
+    ctx = AppContext(store=RunStore())
+    with gr.Blocks(), gr.Tabs():
+        panel = federated.mount(ctx, {"batch_size": gr.Number(16, label="batch")})
+    assert panel is not None and panel["start"] is not None
+    ctx.workshop = object()  # workshop mode: runs go through its queue and owner rules, which this tab bypasses
+    with gr.Blocks(), gr.Tabs():
+        assert federated.mount(ctx, {}) is None
+
+
+def test_the_built_app_mounts_the_federated_tab():
+    from workbench.app import build_app
+
+    app = build_app(store=RunStore())
+    tabs = [b for b in app.blocks.values() if type(b).__name__ == "Tab"]
+    assert "Federated" in [t.label for t in tabs]

@@ -39,6 +39,7 @@ def build_app(
     import gradio as gr
 
     from workbench.app import compare as compare_tab
+    from workbench.app import federated as federated_tab
     from workbench.app import plan as plan_tab
     from workbench.app import runs as runs_tab
     from workbench.app import sweep_panel
@@ -64,6 +65,7 @@ def build_app(
                 compare = compare_tab.build(ctx, compare_page, selection, train.dashboard)
             with gr.Tab("Runs", id="runs") as runs_page:
                 runs = runs_tab.build(ctx, runs_page, selection, train.dashboard)
+            federated_tab.mount(ctx, {**plan.components, **train.components})  # none in workshop mode
             if ctx.workshop is not None:
                 from workbench.app import workshop as workshop_tab
 

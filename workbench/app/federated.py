@@ -1,5 +1,5 @@
-"""A Federated panel for the Train tab (not mounted yet: ``build(ctx, components)`` inside the tab's Blocks, then
-``wire``): K clients, R rounds, M per round, the layout, the privacy level and FFA-LoRA, and "Start federated run".
+"""The app's Federated tab (``mount``, in the app's tabs; not in workshop mode, where runs go through the
+workshop's fair queue and owner rules, which a federated run does not): K clients, R rounds, M per round, the layout, the privacy level and FFA-LoRA, and "Start federated run".
 
 The run is the one ``workbench federate`` runs (workbench/federated: Flower's simulation engine), on a background
 thread of the app's process, with the Plan and Train tabs' current settings as its config
@@ -71,11 +71,24 @@ def start(ctx: AppContext, values: dict[str, Any], **settings: Any) -> Federated
     return job
 
 
-def build(ctx: AppContext) -> dict[str, Any]:
+def mount(ctx: AppContext, components: dict[str, Any]) -> dict[str, Any] | None:
+    """The Federated tab, inside the app's ``gr.Tabs``, its Start reading ``components`` (the Plan and Train
+    controls, by field name); None in workshop mode (module docstring)."""
+    if ctx.workshop is not None:
+        return None
+    import gradio as gr
+
+    with gr.Tab("Federated", id="federated"):
+        panel = build(ctx, open=True)
+    wire(ctx, panel, components)
+    return panel
+
+
+def build(ctx: AppContext, *, open: bool = False) -> dict[str, Any]:
     """The panel's controls, in the Blocks being built (an Accordion); returns them by name for ``wire``."""
     import gradio as gr
 
-    with gr.Accordion("Federated (Flower): several data holders, one adapter", open=False):
+    with gr.Accordion("Federated (Flower): several data holders, one adapter", open=open):
         with gr.Row():
             clients = gr.Number(10, label="clients K", precision=0, minimum=1)
             rounds = gr.Number(20, label="rounds R", precision=0, minimum=1)
@@ -116,5 +129,9 @@ def wire(ctx: AppContext, panel: dict[str, Any], components: dict[str, Any]) -> 
         return job.text()
 
     panel["start"].click(
-        on_start, [*components.values(), *(panel[k] for k in knobs)], panel["status"], concurrency_limit=1
-    )
+        on_start,
+        [*components.values(), *(panel[k] for k in knobs)],
+        panel["status"],
+        concurrency_limit=1,
+        api_visibility="private",
+    )  # never on the API: it trains (tests/app/test_app.py::test_api_exposes_no_training_or_deletion)
