@@ -2,8 +2,8 @@
 
     python benchmarks/overhead.py [--model default|tiny] [--lora auto-r8|all-linear-r16] [--batch-size B]
                                   [--seq-len T] [--steps N] [--json]
-    python benchmarks/overhead.py --noise-only [--coordinates N]     # the noise's throughput per core, old vs new,
-                                                                     # where source 2's time goes, alternatives
+    python benchmarks/overhead.py --noise-only [--coordinates N]     # the noise's throughput per core, sources 1-3,
+                                                                     # where sources 2 and 3 spend it, alternatives
 
 ``--lora``: the adapter: ``auto-r8`` (peft's default targets, r = 8, 460,800 coordinates on the default model) or
 ``all-linear-r16`` (every linear layer, r = 16, about 4.9 million: issue 29's configuration, where the noise weighs).
@@ -11,8 +11,10 @@ The noise's share of the DP step is printed twice: what the step waited for it (
 is made on a background thread while the current one runs, engine/noise.py) and what making it costs on one thread
 (``noise_make``), each over the median DP step. ``--noise-only`` times the secret noise alone on one core (CPU time,
 torch and the source on one thread): source 1 (randomgen ChaCha20 + numpy, synchronous) against source 2 (OpenSSL
-ChaCha20 keystream + polar method), coordinates per CPU second and their ratio, measured interleaved in one run; then
-where source 2's CPU time goes, stage by stage (the same numpy calls as engine/noise.py, checked bit for bit against it),
+ChaCha20 keystream + polar method in numpy passes) and source 3 (the same keystream, then one compiled numba loop;
+its compilation or cache load is timed apart, before the rounds), coordinates per CPU second and their ratios to
+source 1, measured interleaved in one run; then source 3's split (keystream, compiled loop) and where source 2's CPU
+time goes, stage by stage (the same numpy calls as engine/noise.py, checked bit for bit against it),
 and the alternatives issue 29 asked to measure: AES-CTR keystreams and numpy's ziggurat over randomgen's AESCounter.
 
 The three methods train the same LoRA model (fresh copies), on the same batch of demo-data
@@ -98,7 +100,7 @@ def make_batch(tokenizer, batch_size: int, seq_len: int, device) -> dict[str, to
 
 def noise_cost(method: "Workbench", *, rounds: int) -> dict:
     """Seconds per step of the noise alone, for every LoRA parameter of the model, made on the calling thread: the
-    secret source as DPGradient draws it (source 2, one thread, nothing ahead), source 1 (what ran before issue 29)
+    secret source as DPGradient draws it (a new run's source, one thread, nothing ahead), source 1 (what ran before issue 29)
     and fp32 torch.normal from a seeded generator (not secret; for scale)."""
     shapes = [p.shape for p in method.params]
     sizes = [math.prod(s) for s in shapes]
@@ -133,19 +135,28 @@ def noise_throughput(coordinates: int, *, rounds: int) -> dict:
     made ahead), interleaved rounds, best of each: CPU time, so other processes on the machine count less."""
     torch.set_num_threads(1)
     secret = RunRandomness.secret()
-    sources = {"source_1": RunRandomness(secret.key, noise_version=1).noise(), "source_2": secret.noise(threads=1)}
+    sources = {
+        f"source_{v}": RunRandomness(secret.key, noise_version=v).noise(threads=1)
+        for v in sorted(noise_mod.NOISE_SOURCES)
+    }
+    t0 = time.perf_counter()  # source 3's first chunk: numba compiles its loop, or loads it from numba's cache
+    noise_mod.fill_chunk(secret.key, 1, 0, np.empty(noise_mod.CHUNK), version=3)
+    first_chunk = time.perf_counter() - t0
     best = {k: math.inf for k in sources}
     for _ in range(rounds):
         for name, src in sources.items():
             t0 = time.process_time()
             src.draw_step([coordinates], ahead=False)
             best[name] = min(best[name], time.process_time() - t0)
-    sources["source_2"].close()
+    for src in sources.values():
+        src.close()
     per_s = {k: coordinates / v for k, v in best.items()}
     return {
         "coordinates": coordinates,
         "coordinates_per_cpu_second": per_s,
-        "new_over_old": per_s["source_2"] / per_s["source_1"],
+        "over_source_1": {k: v / per_s["source_1"] for k, v in per_s.items() if k != "source_1"},
+        "new_over_old": per_s[f"source_{noise_mod.NOISE_VERSION}"] / per_s["source_1"],
+        "source_3_first_chunk_seconds": first_chunk,
         "load_average": os.getloadavg(),
         "cpus": os.cpu_count(),
     }
@@ -208,6 +219,27 @@ def _best_per(fn, count: int, rounds: int) -> float:
         fn()
         best = min(best, time.process_time() - t0)
     return best / count
+
+
+def source_3_split(*, chunks: int = 32, rounds: int = 5) -> dict:
+    """Source 3's CPU time per value on one core: chunk key and keystream (OpenSSL), then the compiled loop."""
+    key = RunRandomness.secret()._derive(b"gaussian-noise-v3")
+    ws, out = noise_mod._Workspace(), np.empty(noise_mod.CHUNK)
+    clock = {"chunk key + keystream (ChaCha20, OpenSSL)": 0.0, "compiled loop (words -> values, numba)": 0.0}
+    for r in range(rounds):
+        for c in range(chunks):
+            t0 = time.process_time()
+            noise_mod._encryptor(key, r + 1, c, 3).update_into(noise_mod._ZEROS, ws.bytes)
+            t1 = time.process_time()
+            assert noise_mod._fused_chunk(ws.words, out, ws.s, ws.f, ws.idx)
+            t2 = time.process_time()
+            clock["chunk key + keystream (ChaCha20, OpenSSL)"] += t1 - t0
+            clock["compiled loop (words -> values, numba)"] += t2 - t1
+    want = np.empty(noise_mod.CHUNK)
+    noise_mod.numpy_chunk(key, rounds, chunks - 1, want, noise_mod._Workspace(), version=3)
+    assert want.tobytes() == out.tobytes(), "the compiled loop no longer gives the numpy reference's bits"
+    values = rounds * chunks * noise_mod.CHUNK
+    return {k: v / values * 1e9 for k, v in clock.items()}
 
 
 def noise_profile(*, chunks: int = 32, rounds: int = 5) -> dict:
@@ -330,6 +362,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.noise_only:
         out = noise_throughput(args.coordinates, rounds=max(3, args.steps))
+        out["source_3_ns_per_value"] = split = source_3_split()
         out["source_2_profile"] = prof = noise_profile()
         if args.json:
             print(json.dumps(out, indent=2))
@@ -341,7 +374,15 @@ def main() -> None:
         )
         for k, v in per_s.items():
             print(f"  {k}  {v / 1e6:7.1f} M values per CPU second")
-        print(f"  new_over_old {out['new_over_old']:.2f}")
+        for k, v in out["over_source_1"].items():
+            print(f"  {k} over source_1: {v:.2f}x")
+        print(
+            f"  source 3's first chunk (numba compiles its loop or loads it from its cache): "
+            f"{out['source_3_first_chunk_seconds']:.2f} s wall, not in the figures above"
+        )
+        print(f"source 3, one core, CPU time ({sum(split.values()):.1f} ns per value in all):")
+        for k, v in split.items():
+            print(f"  {k:50} {v:5.2f} ns/value")
         print(f"source 2, one core, CPU time by stage ({prof['ns_per_value']:.1f} ns per value in all):")
         for k, v in prof["ns_per_value_by_stage"].items():
             print(f"  {k:50} {v:5.2f} ns/value {v / prof['ns_per_value']:6.1%}")

@@ -1,6 +1,7 @@
-"""Noise source 2 (engine/noise.py, issue 29): a ChaCha20 keystream per (step, chunk), Box-Muller in float64, four
-draws over two, made a step ahead on a thread (the KS, tail and frequency tests on it are in
-tests/privacy/test_true_epsilon.py). Its construction and single draws, replay independent of the number of
+"""Noise sources 2 and 3 (engine/noise.py, issue 29): a ChaCha20 keystream per (step, chunk), the polar method in
+float64, four draws over two, made a step ahead on a thread (the KS, tail and frequency tests on source 2 are in
+tests/privacy/test_true_epsilon.py; source 3's, here). Source 3 is source 2's construction with a log of its own
+(fdlibm's, IEEE operations only) in one compiled numba loop, checked bit for bit against its numpy reference. Its construction and single draws, replay independent of the number of
 threads, old runs replaying with source 1, the key staying in the process, and no thread left behind."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from workbench.cli import app
 from workbench.config import RunConfig
 from workbench.engine import noise as noise_mod
 from workbench.engine.dp_step import DPGradient
-from workbench.engine.noise import CHUNK, GaussianNoise, KeystreamNoise, single_draws
+from workbench.engine.noise import CHUNK, NOISE_VERSION, GaussianNoise, KeystreamNoise, single_draws
 from workbench.engine.randomness import KEY_FILE, ReplayError, RunRandomness
 from workbench.session import Session
 from workbench.store.runs import RunStore
@@ -44,9 +45,11 @@ def threads_now() -> frozenset:
     return frozenset(noise_threads())
 
 
-def reference_chunk(noise_key: bytes, step: int, chunk: int) -> np.ndarray:
-    """The construction written out plainly (an independent implementation of the module docstring)."""
-    key = hmac.new(noise_key, b"workbench/noise-v2/" + struct.pack("<QQ", step, chunk), hashlib.sha256).digest()
+def reference_chunk(noise_key: bytes, step: int, chunk: int, version: int = 2) -> np.ndarray:
+    """The construction written out plainly (an independent implementation of the module docstring); version 3's
+    log is noise.log_ieee (itself checked against the math library's log below)."""
+    label = b"workbench/noise-v%d/" % version
+    key = hmac.new(noise_key, label + struct.pack("<QQ", step, chunk), hashlib.sha256).digest()
     candidates = 2 * CHUNK * 21 // 16
     stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(16 * candidates))
     j = np.frombuffer(stream, dtype="<i8") >> 11  # signed top 53 bits
@@ -56,24 +59,71 @@ def reference_chunk(noise_key: bytes, step: int, chunk: int) -> np.ndarray:
     pairs = list(range(2 * CHUNK))  # pair p: candidate p, or (outside the disc) the next spare one inside it
     spares = iter(q for q in range(2 * CHUNK, candidates) if s[q] < 1.0)
     pairs = np.array([p if s[p] < 1.0 else next(spares) for p in pairs])
-    f = np.sqrt(-2.0 * np.log(s[pairs]) / s[pairs])
+    log = np.log if version == 2 else noise_mod.log_ieee
+    f = np.sqrt(-2.0 * log(s[pairs]) / s[pairs])
     z1, z2 = u[pairs] * f, v[pairs] * f  # pair p's two values
     n = CHUNK
     i = np.arange(n)
     return ((z1[i] + z1[n + i]) + (z2[(i + 1) % n] + z2[n + (i + 1) % n])) / 2
 
 
-def test_values_are_the_plain_construction_from_the_key_bit_for_bit():
+@pytest.mark.parametrize("version", [2, 3])
+def test_values_are_the_plain_construction_from_the_key_bit_for_bit(version):
     """Bit for bit, not within a tolerance: stored runs replay exactly, so any change to the arithmetic (an
     optimisation that reorders a sum, folds a constant differently) must fail here and become a new source version.
     The module folds the /2 into f (exact: a power of two), so only the order of the sums has to match."""
-    key = RunRandomness.secret()._derive(b"gaussian-noise-v2")
-    with KeystreamNoise(key, threads=2) as source:
+    key = RunRandomness.secret()._derive(b"gaussian-noise-v%d" % version)
+    with KeystreamNoise(key, threads=2, version=version) as source:
         first = source.draw_step([CHUNK + 5]).copy()
         second = source.draw_step([3]).copy()
-    np.testing.assert_array_equal(first[:CHUNK], reference_chunk(key, 1, 0))
-    np.testing.assert_array_equal(first[CHUNK:], reference_chunk(key, 1, 1)[:5])
-    np.testing.assert_array_equal(second, reference_chunk(key, 2, 0)[:3])
+    np.testing.assert_array_equal(first[:CHUNK], reference_chunk(key, 1, 0, version))
+    np.testing.assert_array_equal(first[CHUNK:], reference_chunk(key, 1, 1, version)[:5])
+    np.testing.assert_array_equal(second, reference_chunk(key, 2, 0, version)[:3])
+
+
+def test_the_compiled_loop_gives_the_numpy_passes_bits_on_many_chunks():
+    """Source 3's numba loop against the same construction in numpy passes (noise.numpy_chunk), 96 chunks of 3
+    steps: no fused multiply-add, no reordering, the same accept/reject replacement."""
+    key = RunRandomness.secret()._derive(b"gaussian-noise-v3")
+    ws, fast, slow = noise_mod._Workspace(), np.empty(CHUNK), np.empty(CHUNK)
+    for step in (1, 2, 2**40):
+        for c in range(32):
+            noise_mod.fill_chunk(key, step, c, fast, ws, version=3)
+            noise_mod.numpy_chunk(key, step, c, slow, noise_mod._Workspace(), version=3)
+            assert fast.tobytes() == slow.tobytes(), (step, c)
+
+
+def test_source_3_takes_the_numpy_path_when_the_spares_run_short(monkeypatch):
+    """The ~1e-32 case: the loop gives up and the numpy path reads more keystream; the chunk's values are the same."""
+    key = RunRandomness.secret()._derive(b"gaussian-noise-v3")
+    want = np.empty(CHUNK)
+    noise_mod.fill_chunk(key, 1, 0, want, version=3)
+    monkeypatch.setattr(noise_mod, "_fused_chunk", lambda *arrays: False)
+    got = np.empty(CHUNK)
+    noise_mod.fill_chunk(key, 1, 0, got, version=3)
+    assert got.tobytes() == want.tobytes()
+
+
+def test_source_3s_log_is_within_one_ulp_of_the_math_library():
+    """fdlibm's log in IEEE operations: within 1 ulp of libm's over (0, 1), from 2^-106 (the smallest s) up."""
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.random(200_000), 2.0 ** rng.uniform(-106, 0, 200_000), [2.0**-106, 0.5, 1 - 2**-53]])
+    want = np.array([math.log(x) for x in s])
+    got = noise_mod.log_ieee(s)
+    assert np.all(np.abs(got - want) <= np.spacing(np.abs(want)))
+
+
+def test_source_3s_draws_are_normal_with_the_tails():
+    """KS on 64 chunks of single draws, and the two-sided mass beyond 4 sigma within 5 sd of its binomial."""
+    key = RunRandomness.secret()._derive(b"gaussian-noise-v3")
+    z = np.concatenate([single_draws(key, 1, c, version=3) for c in range(64)])
+    assert stats.kstest(z, "norm").pvalue > 1e-4
+    p = 2 * stats.norm.sf(4.0)
+    k, n = int(np.sum(np.abs(z) > 4.0)), len(z)
+    assert abs(k - n * p) < 5 * math.sqrt(n * p * (1 - p))
+    values = np.empty(CHUNK)
+    noise_mod.fill_chunk(key, 1, 0, values, version=3)
+    assert stats.kstest(values, "norm").pvalue > 1e-4
 
 
 def test_single_draws_are_normal_and_reach_past_8_sigma_in_principle():
@@ -92,7 +142,7 @@ def test_single_draws_are_normal_and_reach_past_8_sigma_in_principle():
 @pytest.mark.parametrize("threads", [2, 4])
 def test_steps_are_bit_identical_with_1_2_and_4_threads(threads):
     before = threads_now()
-    key = RunRandomness.seeded(5)._derive(b"gaussian-noise-v2")
+    key = RunRandomness.seeded(5)._derive(b"gaussian-noise-v3")
     sizes = [[3 * CHUNK + 17, 4], [3 * CHUNK + 17, 4], [10], [3 * CHUNK + 17, 4]]  # a shorter step in between
     with KeystreamNoise(key, threads=1, prefetch=False) as one, KeystreamNoise(key, threads=threads) as many:
         for s in sizes:
@@ -124,7 +174,7 @@ def test_a_run_replays_bit_for_bit_with_1_and_4_noise_threads():
     for threads in (1, 4):  # the run config's knob (performance.noise_threads), as a user sets it
         config = RunConfig(**FAST).with_overrides([f"performance.noise_threads={threads}"])
         summary = Session(config, randomness=RunRandomness.seeded(11)).run()
-        assert summary["status"] == "finished" and summary["noise_source"] == 2
+        assert summary["status"] == "finished" and summary["noise_source"] == NOISE_VERSION
         adapters.append((Path(summary["adapter_dir"]) / "adapter_model.safetensors").read_bytes())
     assert adapters[0] == adapters[1]
 
@@ -170,8 +220,8 @@ def test_source_1_draws_as_it_always_did():
 def test_the_key_file_records_the_source_and_old_key_files_are_source_1(tmp_path):
     new = RunRandomness.secret()
     new.save(tmp_path)
-    assert (tmp_path / KEY_FILE).read_text().splitlines()[1] == "noise-source 2"
-    assert RunRandomness.load(tmp_path, run_id="r").noise_version == 2
+    assert (tmp_path / KEY_FILE).read_text().splitlines()[1] == f"noise-source {NOISE_VERSION}"
+    assert RunRandomness.load(tmp_path, run_id="r").noise_version == NOISE_VERSION == 3
     (tmp_path / KEY_FILE).write_text(new.key.hex() + "\n")  # as runs before issue 29 wrote it
     old = RunRandomness.load(tmp_path, run_id="r")
     assert old.key == new.key and old.noise_version == 1 and isinstance(old.noise(), GaussianNoise)
@@ -199,7 +249,7 @@ def test_a_run_stored_with_source_1_replays_identically():
 def test_a_seeded_run_replays_with_the_source_its_summary_names():
     store = RunStore()
     summary = Session(RunConfig(**FAST, noise_seed=7), store=store).run()
-    assert summary["noise_source"] == 2
+    assert summary["noise_source"] == NOISE_VERSION
     replay = CliRunner().invoke(app, ["runs", "replay", summary["run_id"], "--json"])
     assert replay.exit_code == 0, replay.output
     assert json.loads(replay.stdout[replay.stdout.index("{") :])["identical_adapter"] is True
@@ -216,7 +266,7 @@ def test_the_key_never_leaves_the_process():
     assert noise_threads(before) and not multiprocessing.active_children()
     with pytest.raises(TypeError, match="never pickled"):
         pickle.dumps(source)
-    noise_key = randomness._derive(b"gaussian-noise-v2")
+    noise_key = randomness._derive(b"gaussian-noise-v3")
     assert noise_key.hex() not in repr(source) and randomness.key.hex() not in repr(source)
     source.close()
     assert not noise_threads(before)
@@ -227,8 +277,8 @@ def test_a_run_leaves_no_key_in_its_store_but_the_key_file():
     randomness = RunRandomness.secret()
     session = Session(RunConfig(**FAST), store=store, randomness=randomness)
     assert session.run()["status"] == "finished"
-    noise_key = randomness._derive(b"gaussian-noise-v2")
-    secrets_ = [randomness.key, noise_key, noise_mod.chunk_key(noise_key, 1, 0)]
+    noise_key = randomness._derive(b"gaussian-noise-v3")
+    secrets_ = [randomness.key, noise_key, noise_mod.chunk_key(noise_key, 1, 0, 3)]
     files = [p for p in store.home.rglob("*") if p.is_file() and p.name != KEY_FILE]
     assert files
     for path in files:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from workbench import privacy
 from workbench.cli import app
 from workbench.config import ConfigError, RunConfig
-from workbench.engine.noise import CHUNK, single_draws
+from workbench.engine.noise import CHUNK, NOISE_VERSION, single_draws
 from workbench.engine.randomness import KEY_FILE, SEEDED_LABEL, RunRandomness
 from workbench.engine.report import CARD_START, place_card_section
 from workbench.planning.plan import make_plan
@@ -47,14 +47,15 @@ def test_noise_ks_accepts_sigma_and_rejects_30_percent_off():
 
 
 def test_noise_is_four_float64_draws_over_two():
-    """Source 2 (engine/noise.py, issue 29): each value is four float64 normal draws over two (polar method), from four
+    """The source of new runs (engine/noise.py, issue 29: 2, now 3): each value is four float64 normal draws over two (polar method), from four
     different pairs of a ChaCha20 keystream per (step, chunk). Opacus' one discarded draw guarded the alignment of a sequential
     generator's draws across calls; a keystream keyed per (step, chunk) carries no state from call to call (noise.py's
     docstring argues it), so nothing is discarded. tests/engine/test_noise_source.py checks the draws themselves
     against the construction written out in numpy."""
     key = RunRandomness.secret()
     got = key.noise().standard(1000)
-    z = single_draws(key._derive(b"gaussian-noise-v2"), 1, 0)  # step 1, chunk 0: the four draws of every value
+    v = NOISE_VERSION
+    z = single_draws(key._derive(b"gaussian-noise-v%d" % v), 1, 0, v)  # step 1, chunk 0: the four draws of every value
     n, i = CHUNK, np.arange(1000)
     first, second = z[: 2 * n], z[2 * n :]  # each pair's first and second value
     np.testing.assert_array_equal(got, ((first[i] + first[n + i]) + (second[i + 1] + second[n + i + 1])) / 2)
@@ -78,8 +79,8 @@ def test_noise_tail_beyond_6_sigma_is_present():
     of four float64 draws / 2 exceeds 6 sigma whenever the four draws sum to 12, typically four
     draws near 3 sigma, which the source produces plentifully. The four-fold convolution of the
     source's own empirical draw distribution (its single polar draws) must put the normal mass beyond 6 sigma."""
-    noise_key = RunRandomness.secret()._derive(b"gaussian-noise-v2")
-    draws = np.concatenate([single_draws(noise_key, 1, c) for c in range(4_000_000 // (4 * CHUNK) + 1)])
+    noise_key = RunRandomness.secret()._derive(b"gaussian-noise-v%d" % NOISE_VERSION)
+    draws = np.concatenate([single_draws(noise_key, 1, c, NOISE_VERSION) for c in range(4_000_000 // (4 * CHUNK) + 1)])
     width = 0.01
     edges = np.arange(-9.0, 9.0 + width, width)
     density = np.histogram(draws, bins=edges)[0] / len(draws)

@@ -22,7 +22,8 @@ labelled "seeded randomness" everywhere.
 The Gaussian noise (``noise.py``) is float64 and robust to the floating-point weaknesses of sampled normals the
 way Opacus' ``secure_mode`` is: each value is the sum of four float64 draws over 2 (Holohan and Braghin 2021,
 arXiv 2107.10138; REFERENCES.md section 7). Since issue 29 (noise source 2) it comes from a ChaCha20 keystream per
-(step, chunk) derived from the noise key, made a step ahead on a background thread; runs stored before keep source
+(step, chunk) derived from the noise key, made a step ahead on a background thread (source 3 since its fused
+numba loop; source 2 runs replay with source 2); runs stored before keep source
 1 (randomgen's ChaCha20 stream, one discarded draw) and replay with it. The source is recorded with the run: a
 second line of the key file, and ``noise_source`` in the summary (for seeded runs, which keep no key file).
 """
@@ -101,10 +102,11 @@ class RunRandomness:
 
     def noise(self, *, threads: int | None = None) -> "KeystreamNoise | GaussianNoise":
         """The source of the Gaussian noise (one per run), the version the run uses (noise.py). ``threads``: how
-        many threads make a step's noise (source 2; the values do not depend on it)."""
+        many threads make a step's noise (sources 2 and 3; the values do not depend on it)."""
         if self.noise_version == 1:
             return GaussianNoise(self._generator(b"gaussian-noise"))
-        return KeystreamNoise(self._derive(b"gaussian-noise-v2"), threads=threads)
+        label = b"gaussian-noise-v%d" % self.noise_version  # source 3 has a key of its own
+        return KeystreamNoise(self._derive(label), threads=threads, version=self.noise_version)
 
     def canary_rng(self) -> np.random.Generator:
         """The generator of secret audit coins (canary inclusion), independent of the other two."""
