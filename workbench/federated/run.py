@@ -9,8 +9,7 @@ round into the engine's events (a round is a step on the dashboard: the loss, th
 the clip, the noise, epsilon against the plan; an evaluation every ``eval_every`` rounds and at the end), written
 to the run store as they happen. ``flwr.simulation.run_simulation`` runs both: the ServerApp on a thread of this
 process, the K ClientApps as virtual SuperNodes in Ray actors (``flwr[simulation]``). Flower's deployment engine
-(a SuperLink and K SuperNodes on other machines) would run the same two apps; the module that names them for
-``flwr run`` (``module:attr`` references and the spec as the run config) is not written yet.
+(a SuperLink and K SuperNodes on other machines) runs the same two apps through deploy.py (``flwr run``).
 """
 
 from __future__ import annotations
@@ -114,23 +113,31 @@ def train_client(fed: Federation, client: int, arrays: dict, round_: int) -> tup
 def client_app(spec: dict, mods: Sequence[Callable] = ()):
     """The ClientApp: ``train`` messages carry the global adapter and the round; the node's ``partition-id`` is the
     client's index in the layout. ``mods``: Flower client mods (the tests' crashing client)."""
-    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
 
     app = ClientApp(mods=list(mods))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        fed = federation(spec)
-        client = int(context.node_config["partition-id"])
-        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-        out, metrics = train_client(fed, client, arrays, int(msg.content["config"]["server-round"]))
-        content = RecordDict(
-            {"arrays": ArrayRecord({k: Array(v) for k, v in out.items()}), "metrics": MetricRecord(metrics)}
-        )
-        return Message(content=content, reply_to=msg)
+        return reply(spec, msg, context)
 
     return app
+
+
+def reply(spec: dict, msg, context):
+    """A ``train`` message answered: the global adapter and the round in, ``local_steps`` steps on the node's
+    partition (``partition-id`` of its node config), its adapter and metrics out."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+    fed = federation(spec)
+    client = int(context.node_config["partition-id"])
+    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    out, metrics = train_client(fed, client, arrays, int(msg.content["config"]["server-round"]))
+    content = RecordDict(
+        {"arrays": ArrayRecord({k: Array(v) for k, v in out.items()}), "metrics": MetricRecord(metrics)}
+    )
+    return Message(content=content, reply_to=msg)
 
 
 # -- the server ----------------------------------------------------------------------------------------
@@ -280,53 +287,66 @@ class FederatedRun:
 
     # -- the ServerApp ----------------------------------------------------------------------------------
     def server_app(self):
-        from flwr.app import Array, ArrayRecord, Context
+        from flwr.app import Context
         from flwr.serverapp import Grid, ServerApp
-
-        from workbench.federated.strategy import DPFedAvg
 
         app = ServerApp()
 
         @app.main()
         def main(grid: Grid, context: Context) -> None:
-            try:
-                client = self.privacy.client
-                strategy = DPFedAvg(
-                    sample_rate=self.settings.clients_per_round / self.settings.clients,
-                    clients=self.settings.clients,
-                    clip=self.config.max_grad_norm,
-                    noise_multiplier=client.noise_multiplier if client is not None and client.private else 0.0,
-                    sampling_rng=self.randomness.sampling_rng(),
-                    noise=self.randomness.noise(threads=1),
-                    on_round=self.on_round,
-                )
-                self._round_started = time.time()
-                result = strategy.start(
-                    grid=grid,
-                    initial_arrays=ArrayRecord({k: Array(v) for k, v in self.fed.arrays().items()}),
-                    num_rounds=self.settings.rounds,
-                    evaluate_fn=self.evaluate,
-                )
-                self.fed.load({k: v.numpy() for k, v in result.arrays.items()})
-            except BaseException as err:  # noqa: BLE001 - reported as the run's end, never lost
-                self.error = err
-                self.traceback = traceback.format_exc()
-            finally:
-                strategy_noise = locals().get("strategy")
-                if strategy_noise is not None and strategy_noise.noise is not None:
-                    strategy_noise.noise.close()
+            self.serve(grid)
 
         return app
+
+    def serve(self, grid) -> None:
+        """The ServerApp's main on ``grid`` (Flower's simulation or deployment engine): DPFedAvg's rounds; an
+        error is kept for the run's end (``self.error``), never raised into Flower."""
+        from flwr.app import Array, ArrayRecord
+
+        from workbench.federated.strategy import DPFedAvg
+
+        strategy = None
+        try:
+            client = self.privacy.client
+            strategy = DPFedAvg(
+                sample_rate=self.settings.clients_per_round / self.settings.clients,
+                clients=self.settings.clients,
+                clip=self.config.max_grad_norm,
+                noise_multiplier=client.noise_multiplier if client is not None and client.private else 0.0,
+                sampling_rng=self.randomness.sampling_rng(),
+                noise=self.randomness.noise(threads=1),
+                on_round=self.on_round,
+            )
+            self._round_started = time.time()
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord({k: Array(v) for k, v in self.fed.arrays().items()}),
+                num_rounds=self.settings.rounds,
+                evaluate_fn=self.evaluate,
+            )
+            self.fed.load({k: v.numpy() for k, v in result.arrays.items()})
+        except BaseException as err:  # noqa: BLE001 - reported as the run's end, never lost
+            self.error = err
+            self.traceback = traceback.format_exc()
+        finally:
+            if strategy is not None and strategy.noise is not None:
+                strategy.noise.close()
 
     # -- the whole run ----------------------------------------------------------------------------------
     def run(self, *, client_mods: Sequence[Callable] = (), backend: dict | None = None) -> dict:
         """Store the run, run the simulation, store its end. Returns the summary."""
+        return self.stored(
+            lambda: simulate(self.server_app(), client_app(self.spec, client_mods), self.settings.clients, backend)
+        )
+
+    def stored(self, body: Callable[[], None]) -> dict:
+        """Store the run, run ``body`` (the simulation, or ``serve`` on a deployment's grid), store its end."""
         self.store.create_run(self.run_id, config=self.config.to_dict(), name=self.name, status="running")
         self.randomness.save(self.store.run_dir(self.run_id))
         self.emit(self.started_event())
         status, reason = "finished", f"completed {self.settings.rounds} rounds"
         try:
-            simulate(self.server_app(), client_app(self.spec, client_mods), self.settings.clients, backend)
+            body()
         except KeyboardInterrupt:
             self.error = self.error or KeyboardInterrupt()
         except BaseException as err:  # noqa: BLE001
