@@ -85,9 +85,17 @@ def plan_updates(ctx: AppContext, values: dict[str, Any], user: str | None = Non
     ``None`` marks a point where the caller may stop (the Gradio wrapper sends no-op updates
     there, so a newer knob change can cancel the rest).
     """
-    base = forms.ctx_base(ctx)
     try:
         _check_sources(ctx, values, user)
+    except Exception as err:  # noqa: BLE001 - shown beside the dataset choice
+        yield error_text(err), empty_figure(PLAN_TITLE, "choose a usable dataset"), "", ""
+        return
+    yield from plan_updates_for(values, forms.ctx_base(ctx))
+
+
+def plan_updates_for(values: dict[str, Any], base: RunConfig) -> Iterator[tuple[Any, ...] | None]:
+    """``plan_updates`` for data the caller may read (its sources checked), over the app's ``base`` config."""
+    try:
         info = chosen_data(values, base)
     except Exception as err:  # noqa: BLE001 - shown beside the dataset choice
         yield error_text(err), empty_figure(PLAN_TITLE, "choose a usable dataset"), "", ""
@@ -113,6 +121,70 @@ def plan_updates(ctx: AppContext, values: dict[str, Any], user: str | None = Non
             yield data_md, figure, text + "\n\n" + checks_markdown(config, info, stage), ""
     except Exception as err:  # noqa: BLE001 - shown under the knobs
         yield data_md, empty_figure(PLAN_TITLE, "no plan: see the message under the settings"), "", error_text(err)
+
+
+def plan_answer(values: dict[str, Any], defaults: dict[str, Any], first: bool = False) -> tuple[Any, ...]:
+    """The first (``first``) or the complete update of ``plan_updates_for`` (data info, plot, summary, error), from
+    plain values: what a worker process of app/plan_pool.py computes (the caller checked the data's sources)."""
+    answer = None
+    for update in plan_updates_for(values, RunConfig().with_overrides(defaults)):
+        if update is not None:
+            answer = update
+            if first:
+                break
+    return answer
+
+
+def pooled_updates(
+    ctx: AppContext, pool: Any, values: dict[str, Any], user: str | None, stale: Any = lambda: False
+) -> Iterator[tuple[Any, ...] | None]:
+    """``plan_updates`` in workshop mode: a cached answer at once, else the first answer and the complete one
+    from ``pool``'s worker processes (app/plan_pool.py), without holding the app's GIL; stops waiting when
+    ``stale()`` (a newer edit), leaving a complete answer under way to the cache. A pool that fails answers in process."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from workbench.app.plan_pool import settings_key
+
+    try:
+        _check_sources(ctx, values, user)
+    except Exception:  # noqa: BLE001 - plan_updates shows it, as outside a workshop
+        yield from plan_updates(ctx, values, user)
+        return
+    defaults = dict(ctx.defaults)
+    key = settings_key(values, defaults)
+    answer = pool.cached(key)
+    if answer is not None:
+        yield answer
+        return
+    first = pool.submit(plan_answer, dict(values), defaults, True)  # first in the workers' queue: RDP's answer
+    full = pool.submit(plan_answer, dict(values), defaults, False)
+    if full is None:
+        if first is not None:
+            first.cancel()
+        yield from plan_updates(ctx, values, user)
+        return
+
+    def keep(future):  # the complete answer is cached even when nobody waits for it any more
+        if not future.cancelled() and future.exception() is None and future.result() and not future.result()[3]:
+            pool.remember(key, future.result())
+
+    full.add_done_callback(keep)
+    pending = {full} if first is None else {full, first}
+    while full in pending:
+        done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+        if stale():  # the jobs not started yet are dropped; a running complete one still fills the cache
+            for job in (first, full):
+                if job is not None:
+                    job.cancel()
+            yield None  # the caller stops here
+            return
+        if first in done and full not in done and first.exception() is None:
+            yield first.result()
+    if full.exception() is not None:  # the pool failed, not the plan (its errors are answers)
+        pool.broken(full)
+        yield from plan_updates(ctx, values, user)
+        return
+    yield full.result()
 
 
 def _check_sources(ctx: AppContext, values: dict[str, Any], user: str | None) -> None:
@@ -537,6 +609,35 @@ _DEBOUNCED_JS = (  # the edit's number, sent after a pause: an edit typed meanwh
 )
 
 
+POOLED_CONCURRENCY = 16  # plan requests served at once in workshop mode (each waits on a worker or the cache)
+
+
+def plan_pool(ctx: AppContext) -> Any:
+    """In workshop mode the workshop's PlanPool (app/plan_pool.py), closed with the app (the Blocks being built,
+    when there is one, and at exit); None outside a workshop, where plans are computed in the app's process."""
+    if ctx.workshop is None:
+        return None
+    pool = ctx.workshop.plan_pool
+    try:
+        import gradio as gr
+
+        blocks = gr.context.Context.root_block
+    except Exception:  # noqa: BLE001 - no Blocks being built: the workshop's close and exit still close it
+        blocks = None
+    if blocks is not None and not getattr(blocks, "_wb_plan_pool", None):
+        close = blocks.close
+
+        def close_with_pool(*args, **kwargs):
+            try:
+                return close(*args, **kwargs)
+            finally:
+                pool.close()
+
+        blocks.close = close_with_pool
+        blocks._wb_plan_pool = pool
+    return pool
+
+
 def newest_first(session: dict, seq: Any) -> int | None:
     """Record edit number ``seq`` in a browser session's plan state; None when a newer edit is already known."""
     seq = int(seq or 0)
@@ -560,6 +661,8 @@ def _wire(
     seq = gr.Number(0, visible=False, elem_id="plan-seq")
     plan_inputs = dict(inputs=[seq, latest], inputs_kwargs=c, outputs=outputs)  # the controls by name
 
+    pool = plan_pool(ctx)
+
     def register(seq, session):  # unqueued: runs at once on every edit, so a running older plan stops
         newest_first(session, seq)
 
@@ -577,7 +680,12 @@ def _wire(
         if mine is None:
             yield skip
             return
-        for update in plan_updates(ctx, values, user_of(request)):
+        user = user_of(request)
+        if pool is not None:  # workshop mode: in worker processes, cached by settings
+            updates = pooled_updates(ctx, pool, values, user, stale=lambda: session.get("seq", 0) != mine)
+        else:
+            updates = plan_updates(ctx, values, user)
+        for update in updates:
             if session.get("seq", 0) != mine:
                 yield skip
                 return
@@ -598,6 +706,8 @@ def _wire(
     gr.on(at_once + keystrokes, None, None, summary, js=mark, **hidden)
     gr.on(at_once + as_typed, register, [seq, latest], None, js=_BUMP_JS, queue=False, **hidden)
     plan_event = dict(trigger_mode="always_last", concurrency_id="plan", show_progress="hidden")
+    if pool is not None:  # a new plan waits on a worker process, never blocking the cached answers of others
+        plan_event["concurrency_limit"] = POOLED_CONCURRENCY
     gr.on(at_once, refresh, **plan_inputs, js=_CURRENT_JS, api_name="plan", **plan_event)
     gr.on(as_typed, refresh, **plan_inputs, js=_DEBOUNCED_JS, api_visibility="private", **plan_event)
     if stale is not None:  # a shown recommendation is for the old settings: say so at once

@@ -141,6 +141,10 @@ class Workshop:
         self.target_epsilon = target_epsilon
         self._people = {p.name: p for p in people}
         self._lock = threading.Lock()
+        # the Plan tab's answers, in worker processes started on first use (app/plan_pool.py)
+        from workbench.app.plan_pool import PlanPool
+
+        self.plan_pool = PlanPool()
         self._joined_path = store.home / JOINED_FILE
         if join_code:
             for name, secret in self._load_joined().items():
@@ -171,6 +175,10 @@ class Workshop:
             people.append(Person(name.strip(), _hash(password), instructor=True))
         queue = FairQueue(store, slots=slots, max_queued=max_queued, session_factory=session_factory)
         return cls(store, people=people, queue=queue, join_code=join_code)
+
+    def close(self) -> None:
+        """Stop the Plan tab's worker processes (the app's close does it too)."""
+        self.plan_pool.close()
 
     # -- who is who ----------------------------------------------------------------------------------
     def auth(self, username: str, password: str) -> bool:
