@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -624,7 +625,7 @@ def plan_pool(ctx: AppContext) -> Any:
         blocks = gr.context.Context.root_block
     except Exception:  # noqa: BLE001 - no Blocks being built: the workshop's close and exit still close it
         blocks = None
-    if blocks is not None and not getattr(blocks, "_wb_plan_pool", None):
+    if blocks is not None and blocks not in _CLOSES_POOL:
         close = blocks.close
 
         def close_with_pool(*args, **kwargs):
@@ -634,8 +635,11 @@ def plan_pool(ctx: AppContext) -> Any:
                 pool.close()
 
         blocks.close = close_with_pool
-        blocks._wb_plan_pool = pool
+        _CLOSES_POOL.add(blocks)
     return pool
+
+
+_CLOSES_POOL: "weakref.WeakSet[Any]" = weakref.WeakSet()  # the Blocks whose close also closes the plan pool
 
 
 def newest_first(session: dict, seq: Any) -> int | None:

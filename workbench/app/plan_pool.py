@@ -124,10 +124,11 @@ class PlanPool:
             self._drop(pool)
 
     def processes(self) -> list[int]:
-        """The worker processes' ids (for tests and the benchmark)."""
+        """The worker processes' ids (for tests and the benchmark): this process's live child processes while the
+        pool is open (the executor's own list is private; the app starts no other multiprocessing children)."""
         with self._lock:
             pool = self._pool
-        return [p.pid for p in (pool._processes or {}).values()] if pool is not None else []  # noqa: SLF001
+        return [child.pid for child in multiprocessing.active_children()] if pool is not None else []
 
     def close(self) -> None:
         """Stop the workers and wait for them to end; later requests are computed in process."""
