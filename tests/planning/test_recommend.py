@@ -116,7 +116,8 @@ def test_cli_recommend_json_and_text():
     [
         (["--budget-examples", "5"], "too small for one step"),
         (["--budget-minutes", "3"], "examples per second"),
-        (["--budget-examples", "400", "--target-epsilon", "1e-8"], "unreachable"),
+        # replace-one: a typed -n is public (add/remove under auto), where huge sigma does reach 1e-8
+        (["--budget-examples", "400", "--target-epsilon", "1e-8", "--neighboring", "replace_one"], "unreachable"),
         (["--budget-examples", "400", "--accountant", "exact"], "accountant"),
     ],
 )
