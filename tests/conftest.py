@@ -76,6 +76,10 @@ def ctx(_workbench_home):
 # privacy accounting stay in the inner loop although they take 2 to 3 s (calibration against Opacus and
 # dp_accounting, the target never exceeded, the live stream).
 SLOW_TESTS = {
+    "test_a_plan_error_reads_as_in_process_and_a_failed_pool_answers_in_process",  # issue 31/32 additions over 2 s (CI --durations)
+    "test_the_workshop_plan_comes_from_a_worker_equals_the_in_process_one_and_is_cached",  # issue 31/32 additions over 2 s (CI --durations)
+    "test_closing_the_app_stops_the_plan_workers",  # issue 31/32 additions over 2 s (CI --durations)
+    "test_subject_level_sums_the_clients_holding_the_subject",  # issue 31/32 additions over 2 s (CI --durations)
     "test_a_calibration_that_overshoots_is_dropped_not_recommended",
     "test_a_dead_or_hung_rank_fails_the_run_in_bounded_time_and_leaves_no_process",
     "test_a_dp_run_at_epsilon_2_stays_below_its_claim",
