@@ -41,6 +41,7 @@ class Federation:
 
     def __init__(self, config: RunConfig, settings: Settings, spec: PartitionSpec, local: RunConfig) -> None:
         self.config, self.settings, self.spec, self.local = config, settings, spec, local
+        self._plans: dict[int, PrivacyPlan] = {}  # each client's local plan, made once (plan())
         train, _ = load_splits(config)  # the layout first: bad settings are messages before the model loads
         self.layout: Partition = layout(config, settings, spec, train)
         self.base: Prepared = prepare(config)  # the same split (neighbour-stable, keyed by the config's salt)
@@ -84,9 +85,12 @@ class Federation:
         return [[e.user_id for e in ex] for ex in self.examples]
 
     def plan(self, client: int) -> PrivacyPlan:
-        """The client's local plan: the local config on its data (non-private at client level)."""
-        n, users = self.sizes()[client]
-        return make_plan(self.local, dataset_size=n, num_users=users)
+        """The client's local plan: the local config on its data (non-private at client level). Made once per client
+        (a target epsilon calibrates sigma, seconds of accounting) and reused by every round the client takes part in."""
+        if client not in self._plans:
+            n, users = self.sizes()[client]
+            self._plans[client] = make_plan(self.local, dataset_size=n, num_users=users)
+        return self._plans[client]
 
     def prepared(self, client: int) -> Prepared:
         """The base run narrowed to one client: its examples, its plan, the local config."""
