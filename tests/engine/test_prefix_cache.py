@@ -321,6 +321,19 @@ def test_the_header_and_summary_report_it_and_a_stop_restores_the_model(tmp_path
     assert report["built"] > 0 and report["build_seconds"] >= 0
     assert len(trainer.prefix_cache.store) == 0, "closing frees the states"
 
+    # the app's header shows it: what will be cached while the run trains, what it did once it ended
+    from workbench.app.live import header_html
+    from workbench.events import RunEnded
+    from workbench.present import RunView
+
+    started = trainer._started_event()
+    running = header_html(RunView.from_events("t", [started]), "running", None, now=0.0)
+    assert 'id="wb-prefix-cache">prefix cache: layer 0 of 2 computed once per example' in running
+    ended = RunEnded(run_id="t", status="stopped", reason="stopped", summary=trainer.prefix_cache_report())
+    done = header_html(RunView.from_events("t", [started, ended]), "stopped", None, now=0.0)
+    assert f"prefix cache: layer 0 of 2 for {report['examples']} examples" in done
+    assert f"{report['hits']} of {report['hits'] + report['built']} example draws read it" in done
+
 
 def test_the_config_knobs_are_grouped_keys():
     cfg = RunConfig().with_overrides(["performance.prefix_cache=off", "performance.prefix_cache_mb=16"])

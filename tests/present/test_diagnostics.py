@@ -178,3 +178,14 @@ def test_baseline_text_and_the_epsilon_sentence():
     st = dataclasses.replace(started(), privacy_unit="user", config={"max_grad_norm": 1.0, "max_examples_per_user": 8})
     header = header_html(RunView.from_events("r1", [st, step(1), ended]), "finished", None, now=0)
     assert "one user added or removed (all of their examples, at most 8; one example alone: ε = 7.9)" in header
+
+
+def test_the_prefix_cache_line_every_surface_shows():
+    """The one line (present.diagnostics.prefix_cache_text) the CLI's summary, the app's header and the notebook
+    dashboard show: its doctest cases, the header's form and the summary's."""
+    import doctest
+
+    import workbench.present.diagnostics as diagnostics
+
+    result = doctest.testmod(diagnostics)
+    assert result.attempted >= 3 and result.failed == 0

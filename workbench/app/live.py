@@ -233,6 +233,7 @@ def header_html(view, status: str, reason: str | None, *, now: float, queued: st
     from workbench.engine.randomness import SEEDED_LABEL
     from workbench.planning.wording import relation_text
     from workbench.present import accountant_label, fmt_eps, progress
+    from workbench.present.diagnostics import prefix_cache_text
 
     final = view.final_epsilon if view.ended is not None else None  # an ended run: its summary's epsilon
     p = progress(view.started, view.latest_step, now, final_epsilon=final)
@@ -248,6 +249,13 @@ def header_html(view, status: str, reason: str | None, *, now: float, queued: st
         )
         if s.seeded_randomness:
             title += f'<br><b class="wb-seeded" style="color:#b91c1c">⚠ {SEEDED_LABEL} (noise_seed is set)</b>'
+        # the cached frozen prefix: what it will cache, then (ended) what it did; "" when it was off
+        summary = view.ended.summary if view.ended is not None else {}
+        cache = prefix_cache_text(summary.get("prefix_cache")) or prefix_cache_text(
+            s.prefix_cache, lora_layers=(view.config or {}).get("lora_layers")
+        )
+        if cache:
+            title += f'<br><small class="wb-prefix-cache" id="wb-prefix-cache">{html.escape(cache)}</small>'
     title += "</div>"
     target = f"<small> of {fmt_eps(p['target_epsilon'])}</small>" if p["target_epsilon"] is not None else ""
     eps_html = f'<div class="wb-eps" id="wb-epsilon">ε = {fmt_eps(p["epsilon"])}{target}</div>'

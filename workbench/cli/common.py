@@ -96,7 +96,9 @@ class _Progress:
                 f"neighbouring={event.neighboring} device={event.device}",
                 err=True,
             )
-            cache = prefix_cache_line(event.prefix_cache, lora_layers=event.config.get("lora_layers"))
+            from workbench.present.diagnostics import prefix_cache_text
+
+            cache = prefix_cache_text(event.prefix_cache, lora_layers=event.config.get("lora_layers"))
             if cache:
                 typer.echo(cache, err=True)
             if event.checks:
@@ -118,45 +120,6 @@ class _Progress:
             self.bar.write(f"{at}: val_loss={event.val_loss:.4f}{acc}", file=sys.stderr)
         elif kind == "run_ended" and self.bar is not None:
             self.bar.close()
-
-
-def prefix_cache_line(cache: dict, *, lora_layers: int | None = None) -> str:
-    """The header's line on the cached frozen prefix (engine/prefix_cache.py): what it caches, or why it is off when
-    the run adapts only its last layers (where one would expect it); "" otherwise.
-
-    >>> prefix_cache_line({"layers_cached": 26, "layers": 30, "full_mb": 150.2, "memory_cap_mb": 1024})
-    'prefix cache: layers 0-25 of 30 computed once per example (150.2 MiB for every example; memory cap 1024 MiB)'
-    """
-    if "layers_cached" in cache:
-        return (
-            f"prefix cache: {_first_layers(cache['layers_cached'])} of {cache['layers']} computed once per example ({cache['full_mb']} MiB "
-            f"for every example; memory cap {cache['memory_cap_mb']} MiB)"
-        )
-    if cache.get("off") and lora_layers:
-        return f"prefix cache: off ({cache['off']})"
-    return ""
-
-
-def _first_layers(k: int) -> str:
-    return "layer 0" if k == 1 else f"layers 0-{k - 1}"
-
-
-def prefix_cache_summary(cache: dict | None) -> str:
-    """The summary's line on what the cached frozen prefix did, "" when it was off.
-
-    >>> prefix_cache_summary({"layers_cached": 26, "layers": 30, "examples": 800, "memory_mb": 120.5,
-    ...     "spilled_mb": 0.0, "build_seconds": 61.2, "hits": 700, "built": 800, "recomputed": 0})
-    'prefix cache: layers 0-25 of 30 for 800 examples (120.5 MiB in memory, 0.0 MiB spilled), built in 61.2 s; 700 of 1500 example draws read it'
-    """
-    if not cache or "layers_cached" not in cache:
-        return ""
-    draws = cache["hits"] + cache["built"]
-    line = (
-        f"prefix cache: {_first_layers(cache['layers_cached'])} of {cache['layers']} for {cache['examples']} examples ({cache['memory_mb']} "
-        f"MiB in memory, {cache['spilled_mb']} MiB spilled), built in {cache['build_seconds']} s; {cache['hits']} of "
-        f"{draws} example draws read it"
-    )
-    return line + (f", {cache['recomputed']} recomputed (no room)" if cache.get("recomputed") else "")
 
 
 def _store():

@@ -22,7 +22,6 @@ from workbench.cli.common import (
     _Progress,
     _quiet_libraries,
     _store,
-    prefix_cache_summary,
 )
 from workbench.config import GROUPS, ConfigError, RunConfig
 from workbench.errors import UserError
@@ -104,7 +103,7 @@ def _print_summary(s: dict) -> None:
     if s.get("status") == "failed":
         return
     from workbench.planning.wording import epsilon_sentence, person_sentence
-    from workbench.present.diagnostics import baseline_text, class_prior_text
+    from workbench.present.diagnostics import baseline_text, class_prior_text, prefix_cache_text
 
     eps = s.get("epsilon")
     eps_text = "inf (non-private)" if isinstance(eps, float) and math.isinf(eps) else f"{eps:.4g}"
@@ -138,8 +137,8 @@ def _print_summary(s: dict) -> None:
             f"  stopped by hand: epsilon above is the planned one; the {s['steps_done_epsilon']:.4g} of the steps done "
             f"holds only if the stop used public information only. {s.get('stop_note')}"
         )
-    if prefix_cache_summary(s.get("prefix_cache")):
-        lines.append("  " + prefix_cache_summary(s.get("prefix_cache")))
+    if prefix_cache_text(s.get("prefix_cache")):
+        lines.append("  " + prefix_cache_text(s.get("prefix_cache")))
     metrics = [f"{k}={s[k]:.4f}" for k in ("val_loss", "perplexity", "accuracy") if isinstance(s.get(k), float)]
     if metrics:
         lines.append("  validation: " + " ".join(metrics))

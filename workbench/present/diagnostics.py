@@ -184,3 +184,44 @@ def class_prior_text(
 def untuned_eval(evals: Sequence[Any]) -> Any | None:
     """The untuned model's evaluation among ``evals`` (the one at step 0, engine/baseline.py), or None."""
     return next((e for e in evals if e.step == 0), None)
+
+
+def _first_layers(k: int) -> str:
+    return "layer 0" if k == 1 else f"layers 0-{k - 1}"
+
+
+def prefix_cache_text(cache: Mapping[str, Any] | None, *, lora_layers: int | None = None) -> str:
+    """One line on the cached frozen prefix (engine/prefix_cache.py), "" when it was off or not reported.
+
+    Before the first step (RunStarted.prefix_cache: what will be cached, or why it is off when the run adapts only
+    its last ``lora_layers``, where one would expect it) and after the run (the summary's report: what it did).
+    Every surface (the CLI's header and summary, the app's header, the notebook dashboard) shows this line.
+
+    >>> prefix_cache_text({"layers_cached": 26, "layers": 30, "full_mb": 118.0, "memory_cap_mb": 2048,
+    ...     "spill_cap_mb": 0.0})
+    'prefix cache: layers 0-25 of 30 computed once per example (118.0 MiB for every example, cap 2048 MiB in memory)'
+    >>> prefix_cache_text({"layers_cached": 26, "layers": 30, "examples": 800, "memory_mb": 120.5,
+    ...     "spilled_mb": 0.0, "build_seconds": 61.2, "hits": 700, "built": 800, "recomputed": 0})
+    'prefix cache: layers 0-25 of 30 for 800 examples (120.5 MiB in memory, 0.0 MiB spilled), built in 61.2 s; 700 of 1500 example draws read it'
+    >>> prefix_cache_text({"off": "the model is fully adapted"})
+    ''
+    >>> prefix_cache_text({"off": "prefix_cache is off"}, lora_layers=4)
+    'prefix cache: off (prefix_cache is off)'
+    """
+    if cache and cache.get("off") and lora_layers:
+        return f"prefix cache: off ({cache['off']})"
+    if not cache or "layers_cached" not in cache:
+        return ""
+    layers = f"prefix cache: {_first_layers(cache['layers_cached'])} of {cache['layers']}"
+    if "hits" not in cache:  # the header's: what the run will cache
+        spill = f", {cache['spill_cap_mb']} MiB spill" if cache.get("spill_cap_mb") else ""
+        return (
+            f"{layers} computed once per example ({cache['full_mb']} MiB for every example, cap "
+            f"{cache['memory_cap_mb']} MiB in memory{spill})"
+        )
+    draws = cache["hits"] + cache["built"]
+    line = (
+        f"{layers} for {cache['examples']} examples ({cache['memory_mb']} MiB in memory, {cache['spilled_mb']} MiB "
+        f"spilled), built in {cache['build_seconds']} s; {cache['hits']} of {draws} example draws read it"
+    )
+    return line + (f", {cache['recomputed']} recomputed (no room)" if cache.get("recomputed") else "")

@@ -25,6 +25,7 @@ from workbench.engine.randomness import SEEDED_LABEL
 from workbench.events import Event
 from workbench.planning.wording import relation_text
 from workbench.present import PANELS, STATUS_COLORS, RunView, generations_table, panels, progress
+from workbench.present.diagnostics import prefix_cache_text
 from workbench.session import Session
 from workbench.store.runs import ACTIVE, RunStore
 from workbench.widgets._html import status_html, table_html
@@ -297,6 +298,13 @@ class Dashboard:
         seeded = view.started is not None and view.started.seeded_randomness
         if seeded:
             line += f" · WARNING: {SEEDED_LABEL} (noise_seed is set)"
+        if view.started is not None:  # the cached frozen prefix: planned, then (ended) what it did
+            summary = view.ended.summary if view.ended is not None else {}
+            cache = prefix_cache_text(summary.get("prefix_cache")) or prefix_cache_text(
+                view.started.prefix_cache, lora_layers=(view.config or {}).get("lora_layers")
+            )
+            if cache:
+                line += f" · {cache}"
         self.status.value = status_html(
             line, color=STATUS_COLORS.get(status, "#333"), bold=status == "failed" or seeded
         )
