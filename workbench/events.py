@@ -17,6 +17,7 @@ __all__ = [
     "StepMetrics",
     "EvalMetrics",
     "RunEnded",
+    "ClientMetrics",
     "event_from_dict",
     "GRAD_NORM_BIN_EDGES",
     "GRAD_NORM_LOG_BIN_EDGES",
@@ -178,6 +179,21 @@ class RunEnded(Event):
     summary: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ClientMetrics(Event):
+    """One round of a federated run (workbench/federated): a row per client, what the server holds of it after the
+    round (the keys: workbench/federated/table.py). ``telemetry``: the row keys the run's epsilon does not cover
+    (computed from a client's raw data, or the server's secret client sampling), shown marked and exported only
+    with the telemetry, like a step's gradient norms."""
+
+    kind: ClassVar[str] = "clients"
+    step: int  # the round
+    level: str  # the privacy level: client, record or subject
+    rows: list[dict[str, Any]]
+    telemetry: list[str] = field(default_factory=list)
+    clip: float | None = None  # C of the server's clipping (client level), else None
+
+
 def stored_epsilon(summary: dict[str, Any] | None) -> float | None:
     """The epsilon an ended run's summary stores ('inf' read as inf; None when it stores none). It is the one value
     every surface shows for an ended run: read it, never recompute it (a stopped run may store another epsilon
@@ -191,7 +207,7 @@ def stored_epsilon(summary: dict[str, Any] | None) -> float | None:
         return None
 
 
-_KINDS: dict[str, type[Event]] = {c.kind: c for c in (RunStarted, StepMetrics, EvalMetrics, RunEnded)}
+_KINDS: dict[str, type[Event]] = {c.kind: c for c in (RunStarted, StepMetrics, EvalMetrics, RunEnded, ClientMetrics)}
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
