@@ -34,6 +34,7 @@ DATA_DEPENDENT_KEYS = (
     "reason",
     "adapter_dir",
     "prefix_cache",  # counts of the sampled examples and their tokens (engine/prefix_cache.py)
+    "clients",  # a federated run's per-client table: losses, update norms, sizes (workbench/federated/table.py)
 )
 PATH_KEYS = ("model", "data", "validation_data", "output_dir")  # exported by their last part only
 TELEMETRY_WARNING = """# Telemetry: not covered by the differential-privacy guarantee
