@@ -4,7 +4,9 @@ workshop's fair queue and owner rules, which a federated run does not): K client
 The run is the one ``workbench federate`` runs (workbench/federated: Flower's simulation engine), on a background
 thread of the app's process, with the Plan and Train tabs' current settings as its config
 (``forms.config_from_values``, as Start). It is stored like any run, so the Runs tab, Compare and the live
-dashboard (the rounds as its steps) show it; its per-client table is in its summary.
+dashboard (the rounds as its steps) show it. The tab's table shows each client after the latest round (the
+``ClientMetrics`` event each round emits, read back from the store, so a finished run shows the same table), updated
+by a ``gr.Timer`` that ticks only while the tab's run trains; telemetry columns are marked (federated/table.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from workbench.app import forms
 from workbench.app.common import error_text
 from workbench.app.state import AppContext
 from workbench.config import RunConfig
+from workbench.events import Event
+from workbench.federated.table import COLUMNS, TELEMETRY_CAPTION, stored_table
 
 log = logging.getLogger("workbench.app")
 
@@ -33,14 +37,24 @@ class FederatedJob:
     settings: dict[str, Any]
     summary: dict | None = None
     error: str | None = None
+    run_id: str | None = None  # from the run's RunStarted (the event bus), for the table
     thread: threading.Thread | None = field(default=None, repr=False)
+
+    def on_event(self, event: Event) -> None:
+        """A subscriber of the run's events: the run's id once it is stored."""
+        if event.kind == "run_started":
+            self.run_id = event.run_id
+
+    @property
+    def done(self) -> bool:
+        return self.summary is not None or self.error is not None
 
     def start(self, ctx: AppContext) -> None:
         def run() -> None:
             from workbench.federated import federate
 
             try:
-                self.summary = federate(self.config, store=ctx.store, **self.settings)
+                self.summary = federate(self.config, store=ctx.store, subscribers=(self.on_event,), **self.settings)
             except Exception as err:  # noqa: BLE001 - shown in the panel, never a traceback
                 self.error = error_text(err)
 
@@ -57,11 +71,24 @@ class FederatedJob:
         s = self.summary
         eps = s.get("epsilon")
         return (
-            f"Federated run {s['run_id']}: {s['status']} ({s['reason']}); {s['privacy_level']}-level epsilon "
-            f"{eps:.3g}. Its per-client table is in the Runs tab's summary."
+            f"Federated run {s['run_id']}: {s['status']} ({s['reason']}); {s['privacy_level']}-level epsilon {eps:.3g}."
             if isinstance(eps, float)
             else f"Federated run {s['run_id']}: {s['status']} ({s['reason']})."
         )
+
+
+EMPTY_TABLE = {"headers": [h for _, h in COLUMNS], "data": []}
+
+
+def update(ctx: AppContext, job: FederatedJob | None) -> tuple[str, dict, bool]:
+    """The tab's live state for ``job``: its status line, the per-client table after the run's latest round (from
+    the store: live or finished, the same rows; empty before the first round) as a Dataframe value, and whether
+    the tab should keep polling (the run is still under way)."""
+    if job is None:
+        return "", EMPTY_TABLE, False
+    shown = stored_table(ctx.store, job.run_id) if job.run_id is not None else None
+    value = EMPTY_TABLE if shown is None else {"headers": shown[0], "data": shown[1]}
+    return job.text(), value, not job.done
 
 
 def start(ctx: AppContext, values: dict[str, Any], **settings: Any) -> FederatedJob:
@@ -99,6 +126,10 @@ def build(ctx: AppContext, *, open: bool = False) -> dict[str, Any]:
             ffa = gr.Checkbox(False, label="FFA-LoRA (A frozen, only B trained)")
         start_button = gr.Button("Start federated run")
         status = gr.Markdown()
+        table = gr.Dataframe(value=EMPTY_TABLE, label="Clients after the latest round", interactive=False, wrap=True)
+        gr.Markdown(TELEMETRY_CAPTION)
+        timer = gr.Timer(2.0, active=False)  # ticks only while the tab's run trains
+        job = gr.State(None)
     return dict(
         clients=clients,
         rounds=rounds,
@@ -108,6 +139,9 @@ def build(ctx: AppContext, *, open: bool = False) -> dict[str, Any]:
         ffa=ffa,
         start=start_button,
         status=status,
+        table=table,
+        timer=timer,
+        job=job,
     )
 
 
@@ -116,7 +150,9 @@ def wire(ctx: AppContext, panel: dict[str, Any], components: dict[str, Any]) -> 
     names = list(components)
     knobs = ["clients", "rounds", "clients_per_round", "partition", "privacy_level", "ffa"]
 
-    def on_start(*args: Any) -> str:
+    import gradio as gr
+
+    def on_start(*args: Any):
         values = dict(zip(names, args[: len(names)]))
         settings = dict(zip(knobs, args[len(names) :]))
         for key in ("clients", "rounds", "clients_per_round"):
@@ -124,14 +160,26 @@ def wire(ctx: AppContext, panel: dict[str, Any], components: dict[str, Any]) -> 
         try:
             job = start(ctx, values, **settings)
         except Exception as err:  # noqa: BLE001 - a bad setting is one line in the panel
-            return f"**Federated run not started:** {error_text(err)}"
+            return None, f"**Federated run not started:** {error_text(err)}", EMPTY_TABLE, gr.Timer(active=False)
         job.thread.join(timeout=2.0)  # bad settings fail at once, before anything is stored
-        return job.text()
+        text, table, running = update(ctx, job)
+        return job, text, table, gr.Timer(active=running)
+
+    def on_tick(job: FederatedJob | None):
+        text, table, running = update(ctx, job)
+        return text, table, gr.Timer(active=running)
 
     panel["start"].click(
         on_start,
         [*components.values(), *(panel[k] for k in knobs)],
-        panel["status"],
+        [panel["job"], panel["status"], panel["table"], panel["timer"]],
         concurrency_limit=1,
         api_visibility="private",
     )  # never on the API: it trains (tests/app/test_app.py::test_api_exposes_no_training_or_deletion)
+    panel["timer"].tick(
+        on_tick,
+        panel["job"],
+        [panel["status"], panel["table"], panel["timer"]],
+        api_visibility="private",
+        show_progress="hidden",
+    )

@@ -30,11 +30,12 @@ import numpy as np
 
 from workbench.config import RunConfig
 from workbench.errors import UserError
-from workbench.events import EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
+from workbench.events import ClientMetrics, EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
 from workbench.federated.accounting import FederatedPrivacy, federated_privacy, local_config
 from workbench.federated.data import Federation, Settings
 from workbench.federated.ledger import record_ledger
 from workbench.federated.partition import FederatedError, parse_partition
+from workbench.federated.table import client_rows, telemetry_keys
 from workbench.store.runs import RunStore, new_run_id
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ class FederatedRun:
         self.subscribers = list(subscribers)
         self.events: list[Event] = []
         self.client_rows: dict[int, dict] = {}
+        self.client_rounds: dict[int, int] = {}  # the rounds each client was sampled in so far
+        self.node_client: dict[int, int] = {}  # a node's client index, from its replies (the server sees node ids)
         self.error: BaseException | None = None
         self.round, self.started = 0, time.time()
         self.bytes_per_round: list[int] = []
@@ -261,9 +264,36 @@ class FederatedRun:
             **norm_telemetry(norms, clip),
         )
 
+    def clients_event(self, result) -> ClientMetrics:
+        """The round's per-client table (table.py): a row per client, and one for each failed node whose client
+        the server has not heard from (it knows node ids; a client names its index in its replies)."""
+        level = self.privacy.level
+        clip = self.config.max_grad_norm if level == "client" else None
+        self.node_client.update((n, int(c["client"])) for n, c in zip(result.nodes, result.clients))
+        failed = [self.node_client[n] for n in result.failed_nodes if n in self.node_client]
+        rows = client_rows(
+            names=self.fed.names,
+            sizes=[n for n, _ in self.fed.sizes()],
+            replies=result.clients,
+            norms=result.norms,
+            failed=failed,
+            rounds=self.client_rounds,
+            clip=clip,
+            level=level,
+        )
+        rows += [
+            {"client": f"node {n} (no reply yet)", "index": None, "sampled": True, "failed": True}
+            for n in result.failed_nodes
+            if n not in self.node_client
+        ]
+        return ClientMetrics(
+            run_id=self.run_id, step=result.round, level=level, rows=rows, telemetry=telemetry_keys(level), clip=clip
+        )
+
     def on_round(self, result) -> None:
         self.round = result.round
         self.emit(self.round_event(result))
+        self.emit(self.clients_event(result))  # the dashboards' per-client table, stored with the run
         self._round_started = time.time()
 
     def evaluate(self, round_: int, arrays) -> Any:

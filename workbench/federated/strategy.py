@@ -52,6 +52,8 @@ class RoundResult:
     norms: list[float] = field(default_factory=list)  # each reply's update norm, before clipping
     clients: list[dict] = field(default_factory=list)  # each reply's metrics (name, loss, examples, ...)
     failures: list[str] = field(default_factory=list)
+    failed_nodes: list[int] = field(default_factory=list)  # the node ids of the failures
+    nodes: list[int] = field(default_factory=list)  # the node id of each reply in ``clients``
     noise_std: float = 0.0  # of the noise added to the sum of clipped updates
     clipped_sum_norm: float = 0.0
     update_norm: float = 0.0  # of the released update (after noise and the division)
@@ -118,6 +120,7 @@ class DPFedAvg(FedAvg):
         result = self.result if self.result is not None else RoundResult(server_round, [])
         good = [m for m in replies if not m.has_error()]
         result.failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+        result.failed_nodes = [int(m.metadata.src_node_id) for m in replies if m.has_error()]
         if result.sampled and not good:
             raise AllClientsFailed(
                 f"round {server_round}: every sampled client failed ({len(result.failures)}); the first: "
@@ -128,6 +131,7 @@ class DPFedAvg(FedAvg):
             sent = _arrays(next(iter(m.content.array_records.values())))
             updates.append({k: sent[k].astype(np.float64) - self.current[k] for k in self.current})
             result.clients.append(dict(next(iter(m.content.metric_records.values()))))
+            result.nodes.append(int(m.metadata.src_node_id))
         released = self.release(updates, result)
         self.on_round(result)
         new = {k: (self.current[k] + released[k]).astype(self.current[k].dtype) for k in self.current}
