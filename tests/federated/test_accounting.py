@@ -9,6 +9,7 @@ from dp_accounting.rdp import RdpAccountant
 
 from workbench.config import RunConfig
 from workbench.federated.accounting import client_mechanism, federated_privacy
+from workbench.federated.options import FederatedOptions
 from workbench.federated.partition import FederatedError
 
 
@@ -25,7 +26,7 @@ def config(**kw):
 
 
 def test_client_level_is_poisson_sampled_gaussian_composed_over_the_rounds():
-    fp = federated_privacy(config(), level="client", clients=10, rounds=20, clients_per_round=3, local_steps=2)
+    fp = federated_privacy(config(), FederatedOptions(10, 20, 3, privacy_level="client", local_steps=2))
     mech = fp.client
     assert mech.sample_rate == pytest.approx(0.3) and mech.steps == 20 and mech.privacy_unit == "client"
     event = dp_event.SelfComposedDpEvent(
@@ -53,7 +54,7 @@ def test_record_level_is_the_largest_clients_local_epsilon():
     """Each client's DP-SGD over R x local steps at q = B / N_c; a record is in one client (parallel composition)."""
     cfg = config(noise_multiplier=0.9, target_epsilon=None)
     sizes = [(40, None), (80, None), (20, None)]
-    fp = federated_privacy(cfg, level="record", clients=3, rounds=5, clients_per_round=2, local_steps=3, sizes=sizes)
+    fp = federated_privacy(cfg, FederatedOptions(3, 5, 2, privacy_level="record", local_steps=3), sizes=sizes)
     assert {p.neighboring for p in fp.plans} == {"replace_one"}  # no public size declared: the config's auto
     eps = [
         pld(
@@ -74,9 +75,8 @@ def test_subject_level_sums_the_clients_holding_the_subject():
     cfg = config(noise_multiplier=1.0, target_epsilon=None, privacy_unit="user", user_sampling="uls", delta=1e-4)
     sizes = [(30, 10), (30, 10), (30, 10)]
     subjects = [["u1", "u2"] * 15, ["u3"] * 30, ["u1", "u4"] * 15]
-    fp = federated_privacy(
-        cfg, level="subject", clients=3, rounds=4, clients_per_round=2, local_steps=2, sizes=sizes, subjects=subjects
-    )
+    options = FederatedOptions(3, 4, 2, privacy_level="subject", local_steps=2)
+    fp = federated_privacy(cfg, options, sizes=sizes, subjects=subjects)
     eps = fp.client_epsilons(4)
     for c in range(3):  # each client's user-level (ULS) event: q = B / users
         event = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(4 / 10, dp_event.GaussianDpEvent(1.0)), 8)
@@ -93,25 +93,19 @@ def test_subject_level_sums_the_clients_holding_the_subject():
 
 def test_subject_level_needs_the_user_unit():
     with pytest.raises(FederatedError, match="privacy.unit=user"):
-        federated_privacy(
-            config(), level="subject", clients=3, rounds=2, clients_per_round=1, local_steps=1, sizes=[(10, None)] * 3
-        )
+        federated_privacy(config(), FederatedOptions(3, 2, 1, privacy_level="subject"), sizes=[(10, None)] * 3)
 
 
 def test_a_delta_above_one_over_k_and_an_unknown_level_are_messages():
     with pytest.raises(FederatedError, match="1/K"):
         client_mechanism(config(delta=0.2), clients=10, rounds=2, clients_per_round=2)
     with pytest.raises(FederatedError, match="not a level"):
-        federated_privacy(config(), level="everyone", clients=3, rounds=2, clients_per_round=1, local_steps=1)
+        federated_privacy(config(), FederatedOptions(3, 2, 1, privacy_level="everyone"))
 
 
 def test_non_private_is_infinite():
     fp = federated_privacy(
         config(noise_multiplier=0, target_epsilon=None, max_grad_norm=None),
-        level="client",
-        clients=4,
-        rounds=3,
-        clients_per_round=2,
-        local_steps=1,
+        FederatedOptions(4, 3, 2, privacy_level="client"),
     )
     assert not fp.private and math.isinf(fp.epsilon())

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from workbench.config import RunConfig  # noqa: E402
-from workbench.federated.data import Settings  # noqa: E402
+from workbench.federated.options import FederatedOptions  # noqa: E402
 from workbench.federated.run import _spec, federation, train_client  # noqa: E402
 
 TINY = dict(model="tiny", batch_size=4, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8)
@@ -15,7 +15,7 @@ TINY = dict(model="tiny", batch_size=4, physical_batch_size=8, generate_max_new_
 
 def fed(level="client", ffa=False, **kw):
     config = RunConfig.from_dict({**TINY, "target_epsilon": 8.0, "max_grad_norm": 1.0, **kw})
-    return federation(_spec(config, Settings(3, 2, 2, "by-user", level, 2, ffa)))
+    return federation(_spec(config, FederatedOptions(3, 2, 2, "by-user", level, 2, ffa)))
 
 
 def test_ffa_sends_and_trains_b_only():

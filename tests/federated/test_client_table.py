@@ -15,7 +15,7 @@ from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 
 from workbench.config import RunConfig  # noqa: E402
 from workbench.events import ClientMetrics  # noqa: E402
-from workbench.federated.data import Settings  # noqa: E402
+from workbench.federated.options import FederatedOptions  # noqa: E402
 from workbench.federated.run import FederatedRun, client_app  # noqa: E402
 from workbench.federated.table import stored_table, table  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
@@ -75,7 +75,7 @@ def run_rounds(settings, *, crash=(), subscribers=(), **kw):
 
 
 def test_client_level_rounds_carry_a_row_per_sampled_client_marked_as_telemetry(tmp_path):
-    store, summary, tables = run_rounds(Settings(3, 2, 3, "by-user", "client"), crash={2})
+    store, summary, tables = run_rounds(FederatedOptions(3, 2, 3, "by-user", "client"), crash={2})
     assert [t.step for t in tables] == [1, 2] and all(t.level == "client" and t.clip == 1.0 for t in tables)
     assert {"update_norm", "clipped", "loss", "sampled"} <= set(tables[0].telemetry)
     for t in tables:  # q = 1: every client sampled; client 2 failed, unknown to the server (it never replied)
@@ -103,7 +103,7 @@ def test_client_level_rounds_carry_a_row_per_sampled_client_marked_as_telemetry(
 
 
 def test_record_level_rows_carry_each_clients_local_epsilon_and_no_server_clip():
-    settings = Settings(3, 2, 3, "by-user", "record")
+    settings = FederatedOptions(3, 2, 3, "by-user", "record")
     store, summary, tables = run_rounds(settings, noise_multiplier=1.0, target_epsilon=None)
     assert tables[0].telemetry == ["loss"] and tables[0].clip is None
     for t in tables:
@@ -118,7 +118,7 @@ def test_the_federated_tab_shows_the_table_after_the_first_round():
     from workbench.app import federated
     from workbench.app.state import AppContext
 
-    settings = Settings(2, 2, 2, "by-user", "client")
+    settings = FederatedOptions(2, 2, 2, "by-user", "client")
     config = RunConfig.from_dict({**TINY, "target_epsilon": 8.0, "max_grad_norm": 1.0})
     ctx = AppContext(store=RunStore())
     job = federated.FederatedJob(config, settings.to_dict())

@@ -10,6 +10,7 @@ from dp_accounting.pld import PLDAccountant
 from workbench.config import RunConfig
 from workbench.federated.accounting import federated_privacy
 from workbench.federated.ledger import ledger_release, spans
+from workbench.federated.options import FederatedOptions
 
 
 def pld(events, delta, relation="add_remove"):
@@ -25,7 +26,7 @@ def config(**kw):
 
 
 def test_client_level_row_is_dp_fedavg_for_a_replaced_client():
-    fp = federated_privacy(config(), level="client", clients=10, rounds=20, clients_per_round=3, local_steps=1)
+    fp = federated_privacy(config(), FederatedOptions(10, 20, 3, privacy_level="client"))
     subjects = [[f"u{c}-{i}" for i in range(5)] for c in range(10)]  # every person in one client
     row = ledger_release(fp, rounds=20, subjects=subjects, privacy_unit="user")
     sigma = fp.client.noise_multiplier
@@ -47,11 +48,7 @@ def test_record_level_row_is_the_largest_clients_event():
     sizes = [(40, None), (200, None), (90, None)]  # the smallest client has the largest q
     fp = federated_privacy(
         config(noise_multiplier=1.0, target_epsilon=None),
-        level="record",
-        clients=3,
-        rounds=6,
-        clients_per_round=2,
-        local_steps=2,
+        FederatedOptions(3, 6, 2, privacy_level="record", local_steps=2),
         sizes=sizes,
     )
     row = ledger_release(fp, rounds=6, subjects=[[None] * n for n, _ in sizes], privacy_unit="example")
@@ -68,9 +65,7 @@ def test_subject_level_row_composes_the_worst_subjects_clients():
     subjects = [[f"a{i}" for i in range(20)] * 3 for _ in range(3)]
     subjects[0][0] = subjects[1][0] = subjects[2][0] = "everywhere"  # one person in all three clients
     cfg = config(noise_multiplier=1.0, target_epsilon=None, privacy_unit="user", user_sampling="uls", delta=1e-4)
-    fp = federated_privacy(
-        cfg, level="subject", clients=3, rounds=4, clients_per_round=2, local_steps=1, sizes=sizes, subjects=subjects
-    )
+    fp = federated_privacy(cfg, FederatedOptions(3, 4, 2, privacy_level="subject"), sizes=sizes, subjects=subjects)
     row = ledger_release(fp, rounds=4, subjects=subjects, privacy_unit="user")
     assert (0, 1, 2) in spans(subjects) and (1,) not in spans(subjects)
     assert row["privacy_unit"] == "user" and row["epsilon"] == pytest.approx(fp.epsilon())
@@ -93,9 +88,7 @@ def test_a_federated_run_counts_in_one_total_with_a_centralised_run_on_the_same_
     central = Session(RunConfig(**tiny, max_steps=2, noise_multiplier=1.0), store=store, name="central").run()
     fed = federate(
         RunConfig.from_dict({**tiny, "target_epsilon": 8.0, "max_grad_norm": 1.0}),
-        clients=3,
-        rounds=2,
-        clients_per_round=2,
+        FederatedOptions(clients=3, rounds=2, clients_per_round=2),
         store=store,
         name="fed",
     )

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from workbench.engine.data.records import Record
+from workbench.federated.options import FederatedOptions
 from workbench.federated.partition import FederatedError, column_values, parse_partition, partition
-from workbench.federated.run import validate
 
 
 def records(n=240, users=40, labels=("a", "b", "c")):
@@ -78,9 +78,9 @@ def test_more_clients_than_units_is_one_message():
 
 def test_clients_per_round_above_clients_and_bad_counts_are_messages():
     with pytest.raises(FederatedError, match="--clients-per-round 12 must be between 1 and --clients \\(10\\)"):
-        validate(clients=10, rounds=3, clients_per_round=12, local_steps=1)
+        FederatedOptions(clients=10, rounds=3, clients_per_round=12, local_steps=1)
     with pytest.raises(FederatedError, match="--rounds must be at least 1"):
-        validate(clients=10, rounds=0, clients_per_round=2, local_steps=1)
+        FederatedOptions(clients=10, rounds=0, clients_per_round=2, local_steps=1)
 
 
 def test_a_missing_partition_column_is_one_message(tmp_path):

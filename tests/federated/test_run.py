@@ -8,7 +8,7 @@ pytest.importorskip("ray")
 
 from workbench.config import RunConfig  # noqa: E402
 from workbench.events import RunEnded, RunStarted, StepMetrics  # noqa: E402
-from workbench.federated import FederatedError, federate  # noqa: E402
+from workbench.federated import FederatedError, FederatedOptions, federate  # noqa: E402
 from workbench.store.runs import RunStore  # noqa: E402
 
 TINY = dict(model="tiny", batch_size=4, physical_batch_size=8, generate_max_new_tokens=0, eval_max_examples=8)
@@ -50,7 +50,11 @@ def test_a_client_level_run_is_stored_with_its_rounds_as_steps_and_survives_a_cr
 
     store = RunStore()
     summary = federate(
-        config(), clients=3, rounds=2, clients_per_round=3, store=store, client_mods=[crash({1})], name="fed"
+        config(),
+        FederatedOptions(clients=3, rounds=2, clients_per_round=3),
+        store=store,
+        client_mods=[crash({1})],
+        name="fed",
     )
     assert summary["status"] == "finished", summary["reason"]
     record = store.get(summary["run_id"])
@@ -83,7 +87,7 @@ def test_a_client_level_run_is_stored_with_its_rounds_as_steps_and_survives_a_cr
 @pytest.mark.slow
 def test_a_round_whose_every_client_crashes_fails_the_run_with_one_message():
     store = RunStore()
-    summary = federate(config(), clients=2, rounds=2, clients_per_round=2, store=store, client_mods=[crash({0, 1})])
+    summary = federate(config(), FederatedOptions(2, 2, 2), store=store, client_mods=[crash({0, 1})])
     assert summary["status"] == "failed", summary["reason"]
     assert "every sampled client failed" in summary["reason"], summary["reason"]
     assert "client lost its disk" in summary["reason"], summary["reason"]
@@ -94,7 +98,7 @@ def test_a_round_whose_every_client_crashes_fails_the_run_with_one_message():
 def test_bad_settings_fail_before_anything_is_stored():
     store = RunStore()
     with pytest.raises(FederatedError, match="more than the"):
-        federate(config(), clients=5000, rounds=2, clients_per_round=2, store=store)
+        federate(config(), FederatedOptions(clients=5000, rounds=2, clients_per_round=2), store=store)
     with pytest.raises(FederatedError, match="--clients-per-round"):
-        federate(config(), clients=3, rounds=2, clients_per_round=4, store=store)
+        federate(config(), FederatedOptions(clients=3, rounds=2, clients_per_round=4), store=store)
     assert store.list() == []

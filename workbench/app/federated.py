@@ -31,7 +31,8 @@ LEVELS.append(("subject: a person across clinics (privacy unit user)", "subject"
 
 @dataclass
 class FederatedJob:
-    """One federated run on a background thread: its settings, then its summary or its error message."""
+    """One federated run on a background thread: its options (FederatedOptions' fields, from the panel), then its
+    summary or its error message."""
 
     config: RunConfig
     settings: dict[str, Any]
@@ -51,10 +52,11 @@ class FederatedJob:
 
     def start(self, ctx: AppContext) -> None:
         def run() -> None:
-            from workbench.federated import federate
+            from workbench.federated import FederatedOptions, federate
 
-            try:
-                self.summary = federate(self.config, store=ctx.store, subscribers=(self.on_event,), **self.settings)
+            try:  # bad options: one message in the panel (FederatedOptions checks them), nothing stored
+                options = FederatedOptions(**self.settings)
+                self.summary = federate(self.config, options, store=ctx.store, subscribers=(self.on_event,))
             except Exception as err:  # noqa: BLE001 - shown in the panel, never a traceback
                 self.error = error_text(err)
 

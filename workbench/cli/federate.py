@@ -51,10 +51,10 @@ def federate_cmd(
             "`make install`."
         )
     from workbench.errors import UserError
+    from workbench.federated.options import FederatedOptions
 
     try:
-        summary = federate(
-            cfg,
+        options = FederatedOptions(
             clients=clients,
             rounds=rounds,
             clients_per_round=clients_per_round,
@@ -62,6 +62,10 @@ def federate_cmd(
             privacy_level=privacy_level,
             local_steps=local_steps,
             ffa=ffa,
+        )
+        summary = federate(
+            cfg,
+            options,
             name=name,
             store=common._store(),
             subscribers=(common._Progress(),) if sys.stderr.isatty() else (),

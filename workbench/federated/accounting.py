@@ -25,11 +25,10 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from workbench.config import RunConfig
+from workbench.federated.options import FederatedOptions
 from workbench.federated.partition import FederatedError
 from workbench.planning.mechanism import Mechanism
 from workbench.planning.plan import PrivacyPlan, make_plan
-
-LEVELS = ("client", "record", "subject")
 
 
 def client_mechanism(
@@ -186,28 +185,34 @@ class FederatedPrivacy:
         return out
 
 
+def local_plans(config: RunConfig, options: FederatedOptions, sizes: Sequence[tuple[int, int | None]]) -> tuple:
+    """Each client's local plan for ``sizes`` (its examples, users): the local config (``local_config``) on its data.
+    A run's Federation makes the same plans once (``Federation.plan``) and hands them to ``federated_privacy``."""
+    local = local_config(config, rounds=options.rounds, local_steps=options.local_steps, level=options.privacy_level)
+    return tuple(make_plan(local, dataset_size=n, num_users=u) for n, u in sizes)
+
+
 def federated_privacy(
     config: RunConfig,
+    options: FederatedOptions,
     *,
-    level: str,
-    clients: int,
-    rounds: int,
-    clients_per_round: int,
-    local_steps: int,
+    plans: Sequence[PrivacyPlan] | None = None,
     sizes: Sequence[tuple[int, int | None]] = (),
     subjects: Sequence[Sequence[str | None]] = (),
 ) -> FederatedPrivacy:
-    """The run's privacy. ``sizes``: each client's (examples, users); ``subjects``: each client's records' user ids
-    (the subject level's clients per subject)."""
-    if level not in LEVELS:
-        raise FederatedError(f"--privacy-level {level!r} is not a level: use one of {', '.join(LEVELS)}.")
+    """The run's privacy for ``options``. Record and subject level: the clients' local ``plans`` (the Federation's,
+    made once), or made here from ``sizes`` (each client's (examples, users)); ``subjects``: each client's records'
+    user ids (the subject level's clients per subject)."""
+    level, rounds, local_steps = options.privacy_level, options.rounds, options.local_steps
     if level == "client":
-        mech = client_mechanism(config, clients=clients, rounds=rounds, clients_per_round=clients_per_round)
+        mech = client_mechanism(
+            config, clients=options.clients, rounds=rounds, clients_per_round=options.clients_per_round
+        )
         if not config.is_private:
             mech = replace(mech, noise_multiplier=0.0)
         return FederatedPrivacy(level, rounds, local_steps, client=mech)
-    local = local_config(config, rounds=rounds, local_steps=local_steps, level=level)
-    plans = tuple(make_plan(local, dataset_size=n, num_users=u) for n, u in sizes)
+    local_config(config, rounds=rounds, local_steps=local_steps, level=level)  # the level's checks (subject: unit)
+    plans = tuple(plans) if plans is not None else local_plans(config, options, sizes)
     held: dict[str, set[int]] = defaultdict(set)
     for c, users in enumerate(subjects):
         for u in users:

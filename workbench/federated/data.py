@@ -8,7 +8,6 @@ function of them and of the data, never of a random draw), so a client reads its
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -16,36 +15,21 @@ import torch
 from workbench.config import RunConfig
 from workbench.engine import data as data_mod
 from workbench.engine.prepare import Prepared, load_splits, prepare
+from workbench.federated.options import FederatedOptions
 from workbench.federated.partition import Partition, PartitionSpec, column_values, partition
 from workbench.planning.plan import PrivacyPlan, make_plan
-
-
-@dataclass(frozen=True)
-class Settings:
-    """A federated run's public settings (what the CLI, the app and the store show)."""
-
-    clients: int
-    rounds: int
-    clients_per_round: int
-    partition: str = "by-user"
-    privacy_level: str = "client"
-    local_steps: int = 1
-    ffa: bool = False
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class Federation:
     """The prepared base run (model, tokenizer, splits) and the clients' data (module docstring)."""
 
-    def __init__(self, config: RunConfig, settings: Settings, spec: PartitionSpec, local: RunConfig) -> None:
-        self.config, self.settings, self.spec, self.local = config, settings, spec, local
+    def __init__(self, config: RunConfig, options: FederatedOptions, spec: PartitionSpec, local: RunConfig) -> None:
+        self.config, self.options, self.spec, self.local = config, options, spec, local
         self._plans: dict[int, PrivacyPlan] = {}  # each client's local plan, made once (plan())
         train, _ = load_splits(config)  # the layout first: bad settings are messages before the model loads
-        self.layout: Partition = layout(config, settings, spec, train)
+        self.layout: Partition = layout(config, options, spec, train)
         self.base: Prepared = prepare(config)  # the same split (neighbour-stable, keyed by the config's salt)
-        if settings.ffa:
+        if options.ffa:
             freeze_lora_a(self.base.model)
 
     @property
@@ -60,7 +44,7 @@ class Federation:
     def examples(self) -> list[list]:
         """Each client's tokenised training examples (capped per user under privacy.unit=user), as ``prepare``
         makes a run's."""
-        return [self._tokenize(self.records(c)) for c in range(self.settings.clients)]
+        return [self._tokenize(self.records(c)) for c in range(self.options.clients)]
 
     def _tokenize(self, ds: data_mod.Dataset) -> list:
         cfg, p = self.config, self.base
@@ -92,6 +76,10 @@ class Federation:
             self._plans[client] = make_plan(self.local, dataset_size=n, num_users=users)
         return self._plans[client]
 
+    def plans(self) -> tuple[PrivacyPlan, ...]:
+        """Every client's local plan (``plan``), in client order."""
+        return tuple(self.plan(c) for c in range(self.options.clients))
+
     def prepared(self, client: int) -> Prepared:
         """The base run narrowed to one client: its examples, its plan, the local config."""
         return dataclasses.replace(
@@ -113,14 +101,14 @@ class Federation:
                 params[name].copy_(torch.as_tensor(value, dtype=params[name].dtype))
 
 
-def layout(config: RunConfig, settings: Settings, spec: PartitionSpec, train: data_mod.Dataset) -> Partition:
+def layout(config: RunConfig, options: FederatedOptions, spec: PartitionSpec, train: data_mod.Dataset) -> Partition:
     """The training records over the clients (partition.py); the salt and seed are the config's public ones."""
     values = (
         column_values(config.data, spec.column, [r.line for r in train.records]) if spec.kind == "by-column" else None
     )
     return partition(
         train.records,
-        clients=settings.clients,
+        clients=options.clients,
         spec=spec,
         salt=f"workbench-federated/{config.split_salt}",
         seed=config.seed,

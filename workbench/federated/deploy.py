@@ -23,8 +23,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from workbench.config import RunConfig
-from workbench.federated.data import Settings
-from workbench.federated.partition import FederatedError, parse_partition
+from workbench.federated.options import FederatedOptions
+from workbench.federated.partition import FederatedError
 
 DEFAULTS = {
     "config": "",
@@ -40,8 +40,8 @@ DEFAULTS = {
 }
 
 
-def settings_from(run_config: dict) -> tuple[RunConfig, Settings, str | None]:
-    """(the workbench config, the federated settings, the run's name) from a Flower run config (module
+def settings_from(run_config: dict) -> tuple[RunConfig, FederatedOptions, str | None]:
+    """(the workbench config, the federated options, the run's name) from a Flower run config (module
     docstring); FederatedError or ConfigError (one message) for a bad one."""
     unknown = sorted(set(run_config) - set(DEFAULTS))
     if unknown:
@@ -51,26 +51,17 @@ def settings_from(run_config: dict) -> tuple[RunConfig, Settings, str | None]:
     values = {**DEFAULTS, **run_config}
     base = RunConfig.from_file(values["config"]) if values["config"] else RunConfig()
     config = base.with_overrides([s.strip() for s in str(values["set"]).split(";") if s.strip()])
-    from workbench.federated.run import validate
-
     counts = {k: int(values[k]) for k in ("clients", "rounds", "clients-per-round", "local-steps")}
-    validate(
+    options = FederatedOptions(
         clients=counts["clients"],
         rounds=counts["rounds"],
         clients_per_round=counts["clients-per-round"],
+        partition=str(values["partition"]),
+        privacy_level=str(values["privacy-level"]),
         local_steps=counts["local-steps"],
+        ffa=bool(values["ffa"]),
     )
-    parse_partition(str(values["partition"]))
-    settings = Settings(
-        counts["clients"],
-        counts["rounds"],
-        counts["clients-per-round"],
-        str(values["partition"]),
-        str(values["privacy-level"]),
-        counts["local-steps"],
-        bool(values["ffa"]),
-    )
-    return config, settings, str(values["name"]) or None
+    return config, options, str(values["name"]) or None
 
 
 server_app = ServerApp()
@@ -83,8 +74,8 @@ def main(grid: Grid, context: Context) -> None:
     from workbench.federated.run import FederatedRun
     from workbench.store.runs import RunStore
 
-    config, settings, name = settings_from(dict(context.run_config))
-    run = FederatedRun(config, settings, store=RunStore(), name=name)
+    config, options, name = settings_from(dict(context.run_config))
+    run = FederatedRun(config, options, store=RunStore(), name=name)
     summary = run.stored(lambda: run.serve(grid))
     print(f"workbench: federated run {summary['run_id']} {summary['status']}: {summary['reason']}")
 
@@ -94,5 +85,5 @@ def train(msg: Message, context: Context) -> Message:
     """A node's round on its partition (``partition-id`` of its node config), as in the simulation."""
     from workbench.federated.run import _spec, reply
 
-    config, settings, _ = settings_from(dict(context.run_config))
-    return reply(_spec(config, settings), msg, context)
+    config, options, _ = settings_from(dict(context.run_config))
+    return reply(_spec(config, options), msg, context)

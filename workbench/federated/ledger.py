@@ -112,7 +112,7 @@ def record_ledger(run, status: str) -> None:
     try:
         from workbench.store.ledger import Ledger
 
-        rounds = run.settings.rounds if status == "stopped" else run.round
+        rounds = run.options.rounds if status == "stopped" else run.round
         fields = ledger_release(
             run.privacy, rounds=rounds, subjects=run.fed.subjects(), privacy_unit=run.config.privacy_unit
         )

@@ -32,9 +32,10 @@ from workbench.config import RunConfig
 from workbench.errors import UserError
 from workbench.events import ClientMetrics, EvalMetrics, Event, RunEnded, RunStarted, StepMetrics
 from workbench.federated.accounting import FederatedPrivacy, federated_privacy, local_config
-from workbench.federated.data import Federation, Settings
+from workbench.federated.data import Federation
 from workbench.federated.ledger import record_ledger
-from workbench.federated.partition import FederatedError, parse_partition
+from workbench.federated.options import FederatedOptions
+from workbench.federated.partition import parse_partition
 from workbench.federated.table import client_rows, telemetry_keys
 from workbench.store.runs import RunStore, new_run_id
 
@@ -43,20 +44,20 @@ log = logging.getLogger(__name__)
 _FEDERATIONS: dict[str, Federation] = {}  # one per process and run settings: the model is loaded once
 
 
-def _spec(config: RunConfig, settings: Settings) -> dict:
-    return {"config": config.to_dict(), "settings": settings.to_dict()}
+def _spec(config: RunConfig, options: FederatedOptions) -> dict:
+    return {"config": config.to_dict(), "options": options.to_dict()}
 
 
 def federation(spec: dict) -> Federation:
     """This process's Federation for ``spec`` (built once: the model, the splits, the layout)."""
     key = json.dumps(spec, sort_keys=True)
     if key not in _FEDERATIONS:
-        config, settings = RunConfig.from_dict(spec["config"]), Settings(**spec["settings"])
+        config, options = RunConfig.from_dict(spec["config"]), FederatedOptions(**spec["options"])
         local = local_config(
-            config, rounds=settings.rounds, local_steps=settings.local_steps, level=settings.privacy_level
+            config, rounds=options.rounds, local_steps=options.local_steps, level=options.privacy_level
         )
         _FEDERATIONS.clear()  # one run's model at a time
-        _FEDERATIONS[key] = Federation(config, settings, parse_partition(settings.partition), local)
+        _FEDERATIONS[key] = Federation(config, options, parse_partition(options.partition), local)
     return _FEDERATIONS[key]
 
 
@@ -92,7 +93,7 @@ def train_client(fed: Federation, client: int, arrays: dict, round_: int) -> tup
     losses, examples = [], 0
     try:
         trainer.set_training_mode()
-        for step in range(1, fed.settings.local_steps + 1):
+        for step in range(1, fed.options.local_steps + 1):
             event = trainer.train_step(step)
             examples += event.batch_size
             if not math.isnan(event.loss):
@@ -106,7 +107,7 @@ def train_client(fed: Federation, client: int, arrays: dict, round_: int) -> tup
         "client": client,
         "loss": float(np.mean(losses)) if losses else math.nan,
         "examples": examples,
-        "epsilon": plan.epsilon_at(round_ * fed.settings.local_steps) if plan.private else math.inf,
+        "epsilon": plan.epsilon_at(round_ * fed.options.local_steps) if plan.private else math.inf,
     }
     return fed.arrays(), metrics
 
@@ -148,7 +149,7 @@ class FederatedRun:
     def __init__(
         self,
         config: RunConfig,
-        settings: Settings,
+        options: FederatedOptions,
         *,
         store: RunStore,
         name: str | None,
@@ -156,23 +157,19 @@ class FederatedRun:
     ) -> None:
         from workbench.engine.randomness import RunRandomness
 
-        self.config, self.settings, self.store = config, settings, store
-        self.spec = _spec(config, settings)
+        self.config, self.options, self.store = config, options, store
+        self.spec = _spec(config, options)
         self.fed = federation(self.spec)  # bad data or layout: a FederatedError before anything is stored
+        # each client's local plan (its batch size against its data), made once by the Federation before any round
+        plans = self.fed.plans()
         self.privacy: FederatedPrivacy = federated_privacy(
             config,
-            level=settings.privacy_level,
-            clients=settings.clients,
-            rounds=settings.rounds,
-            clients_per_round=settings.clients_per_round,
-            local_steps=settings.local_steps,
-            sizes=self.fed.sizes(),
-            subjects=self.fed.subjects() if settings.privacy_level == "subject" else (),
+            options,
+            plans=plans,
+            subjects=self.fed.subjects() if options.privacy_level == "subject" else (),
         )
-        for c in range(settings.clients):  # each client's local plan (batch size against its data) before any run
-            self.fed.plan(c)
         self.randomness = RunRandomness.for_config(config)  # the server's key: client sampling and the noise
-        self.run_id, self.name = new_run_id(), name or f"federated-{settings.clients}x{settings.rounds}"
+        self.run_id, self.name = new_run_id(), name or f"federated-{options.clients}x{options.rounds}"
         self.subscribers = list(subscribers)
         self.events: list[Event] = []
         self.client_rows: dict[int, dict] = {}
@@ -194,14 +191,14 @@ class FederatedRun:
                 log.exception("subscriber %r raised on %s", fn, event.kind)
 
     def started_event(self) -> RunStarted:
-        p, s = self.privacy, self.settings
+        p, s = self.privacy, self.options
         sizes = self.fed.sizes()
         client = p.client
         return RunStarted(
             run_id=self.run_id,
             config=self.config.to_dict(),
             dataset_size=sum(n for n, _ in sizes),
-            sample_rate=s.clients_per_round / s.clients,
+            sample_rate=s.sample_rate,
             noise_multiplier=client.noise_multiplier if client is not None else 0.0,
             delta=p.delta,
             planned_steps=s.rounds,
@@ -299,8 +296,8 @@ class FederatedRun:
     def evaluate(self, round_: int, arrays) -> Any:
         """Flower's evaluate_fn: the global adapter on the validation split every eval_every rounds and at the end
         (no privacy cost: the held-out users, which no client trains on; engine/validation.py)."""
-        every = self.config.eval_every or max(1, self.settings.rounds // 5)
-        if round_ == 0 or (round_ % every and round_ != self.settings.rounds):
+        every = self.config.eval_every or max(1, self.options.rounds // 5)
+        if round_ == 0 or (round_ % every and round_ != self.options.rounds):
             return None
         from flwr.app import MetricRecord
 
@@ -339,8 +336,8 @@ class FederatedRun:
         try:
             client = self.privacy.client
             strategy = DPFedAvg(
-                sample_rate=self.settings.clients_per_round / self.settings.clients,
-                clients=self.settings.clients,
+                sample_rate=self.options.sample_rate,
+                clients=self.options.clients,
                 clip=self.config.max_grad_norm,
                 noise_multiplier=client.noise_multiplier if client is not None and client.private else 0.0,
                 sampling_rng=self.randomness.sampling_rng(),
@@ -351,7 +348,7 @@ class FederatedRun:
             result = strategy.start(
                 grid=grid,
                 initial_arrays=ArrayRecord({k: Array(v) for k, v in self.fed.arrays().items()}),
-                num_rounds=self.settings.rounds,
+                num_rounds=self.options.rounds,
                 evaluate_fn=self.evaluate,
             )
             self.fed.load({k: v.numpy() for k, v in result.arrays.items()})
@@ -366,7 +363,7 @@ class FederatedRun:
     def run(self, *, client_mods: Sequence[Callable] = (), backend: dict | None = None) -> dict:
         """Store the run, run the simulation, store its end. Returns the summary."""
         return self.stored(
-            lambda: simulate(self.server_app(), client_app(self.spec, client_mods), self.settings.clients, backend)
+            lambda: simulate(self.server_app(), client_app(self.spec, client_mods), self.options.clients, backend)
         )
 
     def stored(self, body: Callable[[], None]) -> dict:
@@ -374,7 +371,7 @@ class FederatedRun:
         self.store.create_run(self.run_id, config=self.config.to_dict(), name=self.name, status="running")
         self.randomness.save(self.store.run_dir(self.run_id))
         self.emit(self.started_event())
-        status, reason = "finished", f"completed {self.settings.rounds} rounds"
+        status, reason = "finished", f"completed {self.options.rounds} rounds"
         try:
             body()
         except KeyboardInterrupt:
@@ -383,8 +380,8 @@ class FederatedRun:
             self.error, self.traceback = err, traceback.format_exc()
         if self.error is not None:
             status, reason = self._failure()
-        elif self.round < self.settings.rounds:
-            status, reason = "failed", f"the simulation ended after round {self.round} of {self.settings.rounds}"
+        elif self.round < self.options.rounds:
+            status, reason = "failed", f"the simulation ended after round {self.round} of {self.options.rounds}"
         adapter = self._save() if self.round and status != "failed" else None
         summary = self.summary(status, reason, adapter)
         record_ledger(self, status)  # before RunEnded: whoever sees the run end finds its ledger row
@@ -417,7 +414,7 @@ class FederatedRun:
             "run_id": self.run_id,
             "status": status,
             "reason": reason,
-            "federated": {**self.settings.to_dict(), "engine": "flower-simulation (ray)"},
+            "federated": {**self.options.to_dict(), "engine": "flower-simulation (ray)"},
             "adapter_dir": adapter,
             "steps": self.round,
             "seeded_randomness": self.randomness.is_seeded,
@@ -429,7 +426,7 @@ class FederatedRun:
             "clients": clients,
             **self.privacy.report(),
         }
-        if self.round < self.settings.rounds and self.privacy.private:
+        if self.round < self.options.rounds and self.privacy.private:
             out["steps_done_epsilon"] = self.privacy.epsilon(self.round)
         if self.last_eval is not None and self.last_eval.step == self.round:
             out.update(val_loss=self.last_eval.val_loss, accuracy=self.last_eval.accuracy)
@@ -459,42 +456,24 @@ def simulate(server, client, clients: int, backend: dict | None = None) -> None:
     run_simulation(server_app=server, client_app=client, num_supernodes=clients, backend_config=config)
 
 
-def validate(*, clients: int, rounds: int, clients_per_round: int, local_steps: int) -> None:
-    """The counts' checks (before any data is read): one message each."""
-    if clients < 1:
-        raise FederatedError(f"--clients must be at least 1. Found {clients}.")
-    if rounds < 1:
-        raise FederatedError(f"--rounds must be at least 1. Found {rounds}.")
-    if not 1 <= clients_per_round <= clients:
-        raise FederatedError(
-            f"--clients-per-round {clients_per_round} must be between 1 and --clients ({clients}): it is the "
-            "expected number of clients sampled each round (each client Poisson-sampled at rate M/K)."
-        )
-    if local_steps < 1:
-        raise FederatedError(f"--local-steps must be at least 1. Found {local_steps}.")
-
-
 def federate(
     config: RunConfig,
+    options: FederatedOptions | None = None,
     *,
-    clients: int,
-    rounds: int,
-    clients_per_round: int,
-    partition: str = "by-user",
-    privacy_level: str = "client",
-    local_steps: int = 1,
-    ffa: bool = False,
     name: str | None = None,
     store: RunStore | None = None,
     subscribers: Sequence[Callable[[Event], None]] = (),
     client_mods: Sequence[Callable] = (),
     backend: dict | None = None,
+    **settings: Any,
 ) -> dict:
     """Run federated DP-LoRA through Flower's simulation engine and store it as a run; returns its summary
-    (``summary["run_id"]``, ``["status"]``, ``["epsilon"]``, ...). FederatedError (a message) for bad settings,
-    before anything is stored."""
-    validate(clients=clients, rounds=rounds, clients_per_round=clients_per_round, local_steps=local_steps)
-    parse_partition(partition)
-    settings = Settings(clients, rounds, clients_per_round, partition, privacy_level, local_steps, ffa)
-    run = FederatedRun(config, settings, store=store or RunStore(), name=name, subscribers=subscribers)
+    (``summary["run_id"]``, ``["status"]``, ``["epsilon"]``, ...). ``options``: the federated options, or their
+    fields as keywords (``clients=10, rounds=20, clients_per_round=4, ...``: FederatedOptions). FederatedError (a
+    message) for bad options, before anything is stored."""
+    if options is None:
+        options = FederatedOptions(**settings)
+    elif settings:
+        raise TypeError(f"federate: pass the options as FederatedOptions or as keywords, not both ({sorted(settings)})")
+    run = FederatedRun(config, options, store=store or RunStore(), name=name, subscribers=subscribers)
     return run.run(client_mods=client_mods, backend=backend)
