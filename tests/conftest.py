@@ -76,6 +76,7 @@ def ctx(_workbench_home):
 # privacy accounting stay in the inner loop although they take 2 to 3 s under load (the calibrated target
 # never exceeded; replace-one values against dp_accounting).
 SLOW_TESTS = {
+    "test_record_level_row_dominates_every_client_in_any_total",  # calibrations of two clients, about 10 s
     "test_a_stopped_run_claims_the_planned_epsilon_everywhere",  # make test-fast over 2 s (--durations, 2026-12-06)
     "test_a_validation_file_is_read_with_the_same_columns_and_counted_apart",  # make test-fast over 2 s (--durations, 2026-12-06)
     "test_an_intermediate_recommendation_is_marked_and_claims_no_reasons",  # make test-fast over 2 s (--durations, 2026-12-06)

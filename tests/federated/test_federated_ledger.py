@@ -55,9 +55,35 @@ def test_record_level_row_is_the_largest_clients_event():
     events = fp.dp_events(6)
     eps = [pld([e], fp.plans[c].delta, fp.plans[c].neighboring) for c, e in enumerate(events)]
     worst = max(range(3), key=lambda c: eps[c])
+    # one sigma for all: the smallest client (largest q) dominates the others, and the row counts its event
     assert worst == 0 and row["event"] == events[0] and row["event"].count == 12  # R x local steps
     assert row["epsilon"] == pytest.approx(eps[0], rel=1e-2) == pytest.approx(fp.epsilon(), rel=1e-2)
     assert "differ" in row["note"]
+
+
+def test_record_level_row_dominates_every_client_in_any_total():
+    """Calibrated to one target, the small client has the largest q and the largest sigma, the big one the
+    smallest of both: neither dominates the other, so the row counts q_max with sigma_min, which does, composed
+    with another run's event, at every delta."""
+    sizes = [(40, None), (400, None)]
+    fp = federated_privacy(
+        config(noise_multiplier=None, target_epsilon=3.0),
+        FederatedOptions(2, 5, 1, privacy_level="record", local_steps=2),
+        sizes=sizes,
+    )
+    rates = [p.mechanism.sample_rate for p in fp.plans]
+    sigmas = [p.noise_multiplier for p in fp.plans]
+    assert rates[0] > rates[1] and sigmas[0] > sigmas[1]
+    row = ledger_release(fp, rounds=5, subjects=[[None] * n for n, _ in sizes], privacy_unit="example")
+    event = row["event"]
+    assert event.count == 10 and event.event.sampling_probability == pytest.approx(max(rates))
+    assert event.event.event.noise_multiplier == pytest.approx(min(sigmas))
+    assert row["epsilon"] == pytest.approx(fp.epsilon(), rel=1e-2)  # the run's own: the largest client's
+    other = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(0.3, dp_event.GaussianDpEvent(1.1)), 40)
+    for delta in (1e-3, 1e-5, 1e-8):
+        total = pld([event, other], delta, row["neighboring"])
+        for c in range(2):
+            assert total >= pld([fp.dp_events(5)[c], other], delta, row["neighboring"]) - 1e-9
 
 
 def test_subject_level_row_composes_the_worst_subjects_clients():

@@ -11,13 +11,20 @@ event, by level (accounting.py states each rule):
   one client), or a person-level one (``user``) under ``privacy.unit=user`` when every person's records sit in one
   client (``by-user``): the unit the config asks for, so the row composes with the centralised runs of that unit.
 - **record**: a record is in one client and the server only post-processes the clients' adapters (parallel
-  composition), so the row's epsilon is the largest client's (accounting.py). Its event is that client's DP-SGD
-  event over R x local_steps steps (each client counted as sampled every round). When the clients' events differ,
-  the worst client at the row's delta need not be the worst one in every composition with other runs: the row's
-  note says so.
+  composition), so the row's epsilon is the largest client's (accounting.py), each client's DP-SGD over
+  R x local_steps steps (each client counted as sampled every round). Its event must hold for every record in
+  every total with other runs, and the client worst at the row's delta need not be the worst in every composition.
+  So where the clients' events differ (they calibrate sigma to their own q) the row's event is one that dominates
+  every client's: Poisson sampling at the largest client q with the smallest client sigma. The privacy profile of
+  the Poisson-subsampled Gaussian grows with q (the hockey-stick divergence of the mixture (1-q)P + qQ against P is
+  convex in q and 0 at q = 0) and shrinks with sigma (more noise is post-processing), and a dominating pair stays
+  dominating under composition (Zhu, Dong and Wang 2022), so the ledger's total holds for every record; when the
+  clients' events are equal it is their event exactly.
 - **subject** (and a record-level run with ``privacy.unit=user`` whose people span clients): a person held by the
-  clients S is covered by the composition of their events; the row's event is the composition of the worst
-  subject's clients' events (PLD, what ``subject_pld_epsilon`` reports) and its epsilon the stated sum rule.
+  clients S is covered by the composition of their events. The row's epsilon is the stated sum rule for the worst
+  subject; its event is the composition of the worst subject's clients' events where every client's event is the
+  same, else, by the same dominance, the dominating event composed once for each client of the person held by the
+  most clients.
 
 A run stopped by hand counts as its planned rounds; seeded randomness or no noise: a non-private row.
 """
@@ -69,20 +76,21 @@ def ledger_release(privacy: FederatedPrivacy, *, rounds: int, subjects, privacy_
     neighboring = privacy.plans[0].neighboring
     accountant = privacy.plans[0].accountant
     by_subject = privacy.level == "subject" or (privacy_unit == "user" and not one_client_each)
+    same = len({str(e) for e in events}) == 1
+    dominating = None if same else _dominating_event(privacy, rounds)
     if not by_subject:
         worst = max(range(len(eps)), key=lambda c: eps[c])
-        same = len({str(e) for e in events}) == 1
         note = (
-            f"federated, record level: a {privacy_unit} is in one client (parallel composition); the row is the "
-            f"largest client's event (client {worst} of {len(eps)})"
+            f"federated, record level: a {privacy_unit} is in one client (parallel composition); its epsilon is the "
+            f"largest client's (client {worst} of {len(eps)})"
         )
         if not same:
             note += (
-                "; the clients' events differ, so in a total with other runs the worst client at this delta is "
-                "counted, which need not be the worst in every composition"
+                "; the clients' events differ, so the row counts one that dominates each of them in every total "
+                "(the largest client sampling rate with the smallest client noise multiplier)"
             )
         return dict(
-            event=events[worst],
+            event=events[worst] if same else dominating,
             epsilon=eps[worst],
             delta=privacy.plans[worst].delta,
             privacy_unit=privacy_unit,
@@ -93,8 +101,9 @@ def ledger_release(privacy: FederatedPrivacy, *, rounds: int, subjects, privacy_
     subject_privacy = privacy if privacy.level == "subject" else replace(privacy, level="subject", subject_clients=held)
     subject_privacy = replace(subject_privacy, rounds=rounds)
     worst = subject_privacy.worst_subject()
+    widest = max(len(c) for c in subject_privacy.subject_clients)
     return dict(
-        event=ComposedDpEvent([events[c] for c in worst]),
+        event=ComposedDpEvent([events[c] for c in worst] if same else [dominating] * widest),
         epsilon=subject_privacy.epsilon(rounds),
         delta=subject_privacy.delta,
         privacy_unit="user",
@@ -103,6 +112,28 @@ def ledger_release(privacy: FederatedPrivacy, *, rounds: int, subjects, privacy_
         note=f"federated, subject level: a person held by {len(worst)} client(s); the row composes their events "
         "(its total is their PLD composition); its epsilon is the stated sum of their epsilons (basic composition)",
     )
+
+
+def _dominating_event(privacy: FederatedPrivacy, rounds: int):
+    """One client's DP-SGD event over ``rounds`` rounds that dominates every client's (module docstring): the
+    largest client q with the smallest client sigma. The clients' plans come from one config, so they differ only
+    in q, sigma and delta (which no event reads); where they differ in more, the composition of every client's
+    event (which dominates each one)."""
+    from dp_accounting.dp_event import ComposedDpEvent
+
+    mechanisms = [p.mechanism for p in privacy.plans]
+    steps = rounds * privacy.local_steps
+    rest = {
+        replace(m, sample_rate=0.0, noise_multiplier=1.0, steps=0, delta=0.0) for m in mechanisms
+    }  # no event reads delta
+    if len(rest) > 1:
+        return ComposedDpEvent([m.dp_event(steps) for m in mechanisms])
+    worst = replace(
+        mechanisms[0],
+        sample_rate=max(m.sample_rate for m in mechanisms),
+        noise_multiplier=min(m.noise_multiplier for m in mechanisms),
+    )
+    return worst.dp_event(steps)
 
 
 def record_ledger(run, status: str) -> None:
