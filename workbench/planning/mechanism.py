@@ -150,6 +150,13 @@ class Mechanism:
     def calibrated(self, target_epsilon: float) -> Mechanism:
         """This mechanism with the smallest sigma whose upper-bound epsilon is within ``target_epsilon`` (the ELS
         mixture PLD for a user-level ELS target); never overshoots."""
+        from workbench.planning import disk_cache
+
+        inputs = (target_epsilon, self.sample_rate, self.steps, self.delta, self.accountant, self.neighboring)
+        inputs += (self.k,) if self.els else ()
+        kept = disk_cache.get("sigma", inputs)
+        if kept is not None and self.with_sigma(kept).epsilon() <= target_epsilon:  # checked by the exact bound
+            return self.with_sigma(kept)
         if self.els:
             sigma = calibrate_els(
                 target_epsilon=target_epsilon,
@@ -167,6 +174,7 @@ class Mechanism:
                 accountant=self.accountant,
                 neighboring=self.neighboring,
             )
+        disk_cache.put("sigma", inputs, sigma)
         return self.with_sigma(sigma)
 
     # -- for the ledger and the report ------------------------------------------------------------------

@@ -178,7 +178,14 @@ def user_level(user: UserLevel, mechanism: Mechanism) -> UserLevel:
             return replace(user, error=str(err))
     if user.sampling == "uls":  # the sampled unit is the user: the example-level accounting is user-level
         return replace(user, epsilon=user.example_epsilon)
+    from workbench.planning import disk_cache
+
+    inputs = (mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps, mechanism.delta, user.k)
+    kept = disk_cache.get("els_epsilon", inputs)
     try:
+        if kept is not None:  # the mixture PLD took seconds for these public inputs before
+            group = privacy.group_privacy_bound(epsilon=user.example_epsilon, delta=mechanism.delta, group_size=user.k)
+            return replace(user, epsilon=kept, group_epsilon=group[0], group_delta=group[1])
         eps, group = els_beside_group_bound(
             noise_multiplier=mechanism.noise_multiplier,
             sample_rate=mechanism.sample_rate,
@@ -189,6 +196,7 @@ def user_level(user: UserLevel, mechanism: Mechanism) -> UserLevel:
         )
     except privacy.PrivacyError as err:
         return replace(user, error=str(err))
+    disk_cache.put("els_epsilon", inputs, eps)
     return replace(user, epsilon=eps, group_epsilon=group[0], group_delta=group[1])
 
 
