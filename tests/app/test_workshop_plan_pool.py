@@ -97,3 +97,52 @@ def test_closing_the_app_stops_the_plan_workers(room):
     assert not any(_alive(p) for p in pids)
     answer = [u for u in plan_tab.pooled_updates(room, w.plan_pool, values(max_steps=50), "ann") if u]
     assert answer and not answer[-1][3]  # after the close: computed in process, as outside a workshop
+
+
+def _answer(values, defaults, first):
+    """A stand-in plan (module level: the spawned worker imports it by name)."""
+    time.sleep(0.2)
+    return ("data", None, f"{values['n']}-{'first' if first else 'complete'}", "")
+
+
+def test_requests_for_the_same_settings_share_one_computation_and_first_answers_go_first():
+    from workbench.app.plan_pool import BACKGROUND
+
+    pool = PlanPool(workers=1)
+    try:
+        order = []
+        blocker = pool.submit(time.sleep, 1.0, priority=BACKGROUND)  # the one worker is busy meanwhile
+        blocker.add_done_callback(lambda f: order.append("blocker"))
+        a = pool.answer("a", _answer, {"n": 1}, {})
+        assert pool.answer("a", _answer, {"n": 1}, {}) == a  # a second participant asking the same: shared
+        b = pool.answer("b", _answer, {"n": 2}, {})
+        gone = pool.answer("c", _answer, {"n": 3}, {})
+        pool.leave("c")  # nobody waits for c any more: its jobs, not started, are dropped
+        for name, (first, full) in {"a": a, "b": b}.items():
+            first.add_done_callback(lambda f, n=name: order.append(f"{n} first"))
+            full.add_done_callback(lambda f, n=name: order.append(f"{n} complete"))
+        assert b[1].result(timeout=120)[2] == "2-complete" and a[0].result()[2] == "1-first"
+        assert order == ["blocker", "a first", "b first", "a complete", "b complete"]
+        assert gone[0].cancelled() and gone[1].cancelled()
+        assert pool.stats()["shared"] == 1 and pool.stats()["jobs"] == 7
+        assert pool.cached("a") == a[1].result()  # the complete answer is kept
+    finally:
+        pool.close()
+
+
+def test_the_server_plans_the_likely_settings_before_the_room_asks(room, monkeypatch):
+    ctx, pool = room, room.workshop.plan_pool
+    opening = values(max_steps=37, batch_size=16)
+    likely = plan_tab.warm_values(opening)
+    assert likely[0] == opening and {v["batch_size"] for v in likely} >= {8, 16, 32, 64, 128}
+    assert {v["target_epsilon"] for v in likely} >= {2.0, 4.0, 8.0}
+    assert plan_tab.warm_plans(ctx, likely[:1]) == 1 and pool.wait_warm(300)
+    expected = plan_tab.update_plan(ctx, opening)
+
+    def computed(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(pool, "submit", computed)
+    answer = list(plan_tab.pooled_updates(ctx, pool, dict(opening, batch_size=16.0), "ann"))  # 16.0: the same
+    assert len(answer) == 1
+    _same(answer[0], expected)

@@ -37,6 +37,7 @@ class PlanControls:
     load: dict = field(default_factory=dict)  # the plan event's arguments (fn, inputs, ...), run on page load
     row_errors: dict[str, Any] = field(default_factory=dict)  # ERROR_ROWS name -> the Markdown under that row
     sweep: Any = None  # the Sweep panel (app/sweep_panel.py), wired by build_app once the Train tab exists
+    warm: list = field(default_factory=list)  # workshop mode: the settings whose plans the server computes first
 
 
 # -- callbacks (plain functions; the tests call them directly) ------------------------------------
@@ -157,31 +158,22 @@ def pooled_updates(
     if answer is not None:
         yield answer
         return
-    first = pool.submit(plan_answer, dict(values), defaults, True)  # first in the workers' queue: RDP's answer
-    full = pool.submit(plan_answer, dict(values), defaults, False)
+    # the first answer, then the complete one, shared with anyone asking for the same settings meanwhile
+    first, full = pool.answer(key, plan_answer, dict(values), defaults)
     if full is None:
-        if first is not None:
-            first.cancel()
         yield from plan_updates(ctx, values, user)
         return
-
-    def keep(future):  # the complete answer is cached even when nobody waits for it any more
-        if not future.cancelled() and future.exception() is None and future.result() and not future.result()[3]:
-            pool.remember(key, future.result())
-
-    full.add_done_callback(keep)
-    pending = {full} if first is None else {full, first}
+    pending = {full, first}
     while full in pending:
-        done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-        if stale():  # the jobs not started yet are dropped; a running complete one still fills the cache
-            for job in (first, full):
-                if job is not None:
-                    job.cancel()
+        done, pending = wait(pending, timeout=POOL_STALE_CHECK_S, return_when=FIRST_COMPLETED)
+        if stale():  # the jobs nobody else waits for and not started yet are dropped
+            pool.leave(key)
             yield None  # the caller stops here
             return
-        if first in done and full not in done and first.exception() is None:
+        if first in done and full not in done and not first.cancelled() and first.exception() is None:
             yield first.result()
-    if full.exception() is not None:  # the pool failed, not the plan (its errors are answers)
+    pool.leave(key)
+    if full.cancelled() or full.exception() is not None:  # the pool failed, not the plan (its errors are answers)
         pool.broken(full)
         yield from plan_updates(ctx, values, user)
         return
@@ -611,6 +603,32 @@ _DEBOUNCED_JS = (  # the edit's number, sent after a pause: an edit typed meanwh
 
 
 POOLED_CONCURRENCY = 16  # plan requests served at once in workshop mode (each waits on a worker or the cache)
+POOL_STALE_CHECK_S = 0.25  # a request waiting on the pool looks this often whether a newer edit made it stale
+WARM_BATCH_SIZES = (8, 16, 32, 64, 128)  # a room's first tries: round batch sizes...
+WARM_TARGETS = (2.0, 4.0, 8.0)  # ...and the lesson plan's targets (docs/workshop.md: "target epsilon 2 to 8")
+
+
+def warm_values(opening: dict[str, Any]) -> list[dict[str, Any]]:
+    """The settings a workshop's server plans before the room asks (``warm_plans``): the page's opening values
+    first, then with each of WARM_BATCH_SIZES, then each of WARM_TARGETS (when the page sets a target)."""
+    batches = dict.fromkeys([opening.get("batch_size"), *WARM_BATCH_SIZES])
+    targets = [opening.get("target_epsilon")]
+    if opening.get("privacy_mode") == "target":
+        targets = list(dict.fromkeys([*targets, *WARM_TARGETS]))
+    return [{**opening, "batch_size": b, "target_epsilon": t} for t in targets for b in batches]
+
+
+def warm_plans(ctx: AppContext, settings: list[dict[str, Any]]) -> int:
+    """Workshop mode: compute the complete plans of ``settings`` in the pool's workers, behind every participant's
+    request, into its cache (and the accounting into the workshop's disk cache); returns how many were queued.
+    The server starts it (app.serve); WORKBENCH_PLAN_WARM=0 turns it off."""
+    from workbench.app.plan_pool import settings_key
+
+    if ctx.workshop is None or os.environ.get("WORKBENCH_PLAN_WARM", "1") == "0":
+        return 0
+    defaults = dict(ctx.defaults)
+    jobs = [(settings_key(v, defaults), (dict(v), defaults)) for v in settings]
+    return ctx.workshop.plan_pool.warm(plan_answer, jobs)
 
 
 def plan_pool(ctx: AppContext) -> Any:
@@ -666,6 +684,8 @@ def _wire(
     plan_inputs = dict(inputs=[seq, latest], inputs_kwargs=c, outputs=outputs)  # the controls by name
 
     pool = plan_pool(ctx)
+    if pool is not None:  # what the server plans before the room asks (warm_plans)
+        controls.warm = warm_values({name: getattr(comp, "value", None) for name, comp in c.items()})
 
     def register(seq, session):  # unqueued: runs at once on every edit, so a running older plan stops
         newest_first(session, seq)

@@ -49,6 +49,7 @@ from workbench.store.runs import ACTIVE, RunNotFound, RunRecord, RunStore
 JOIN_PATH = "/workbench/join"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,31}$")
 JOINED_FILE = "workshop-participants.json"
+ACCOUNTING_CACHE = "cache/accounting.sqlite"  # calibrations kept for the Plan tab's workers (planning/disk_cache.py)
 
 
 class WorkshopError(UserError, ValueError):
@@ -144,7 +145,7 @@ class Workshop:
         # the Plan tab's answers, in worker processes started on first use (app/plan_pool.py)
         from workbench.app.plan_pool import PlanPool
 
-        self.plan_pool = PlanPool()
+        self.plan_pool = PlanPool(accounting_cache=store.home / ACCOUNTING_CACHE)
         self._joined_path = store.home / JOINED_FILE
         if join_code:
             for name, secret in self._load_joined().items():
