@@ -110,6 +110,7 @@ def build_app(
         )
         stream_key_api(ctx)  # the live stream's key, for logged-in pages (workbench/app/live.py)
     app.workbench = ctx
+    app.plan_warm = plan.warm
     app.poll_seconds = poll_seconds or float(os.environ.get("WORKBENCH_APP_POLL_SECONDS") or train_tab.POLL_SECONDS)
     app.max_upload_mb = max_upload_mb
     return app
@@ -124,10 +125,12 @@ def serve(
     auth: str | None = None,
     block: bool = True,
     quiet: bool = False,
+    warm: bool = False,
 ):
     """Launch a built app with the workbench's safety settings; returns (fastapi app, local url, share url).
     Only ``launch()``'s documented parameters: the live stream's routes go to Gradio's FastAPI app through
-    ``app_kwargs`` (workbench/app/live.py), behind the login when ``auth`` is set."""
+    ``app_kwargs`` (workbench/app/live.py), behind the login when ``auth`` is set. ``warm``: in workshop mode,
+    plan the settings a room is likely to try first in the background (app/plan.py, ``warm_plans``)."""
     from starlette.middleware import Middleware
 
     from workbench.app import frames, live
@@ -148,6 +151,10 @@ def serve(
             routes += join_routes(ctx)
             message += f' New here? <a href="{JOIN_PATH}">Join with the workshop\'s code</a> first.'
 
+    if warm and getattr(app, "plan_warm", None):  # workshop mode: the likely settings' plans, before the room asks
+        from workbench.app.plan import warm_plans
+
+        warm_plans(ctx, app.plan_warm)
     return app.launch(
         server_name=host,
         server_port=port,
@@ -203,4 +210,5 @@ def launch(
         share=share,
         auth=auth,
         block=True,
+        warm=True,
     )
