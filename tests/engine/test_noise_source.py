@@ -246,6 +246,28 @@ def test_a_run_stored_with_source_1_replays_identically():
 
 
 @pytest.mark.slow  # a few tiny runs: 10-30 s on 2 busy cores
+def test_a_replay_keeps_the_originals_calibrated_sigma_when_the_calibration_changes(monkeypatch):
+    """A run calibrated to a target replays with the sigma it calibrated, not a new calibration: a later version
+    may calibrate another sigma within its tolerance (issue 31 sped calibration up), and the noise must not move."""
+    from workbench.planning.mechanism import Mechanism
+
+    store = RunStore()
+    summary = Session(RunConfig(**{**FAST, "noise_multiplier": None, "target_epsilon": 6.0}), store=store).run()
+    assert summary["status"] == "finished" and summary["noise_multiplier"] > 0
+    calibrated = Mechanism.calibrated
+    monkeypatch.setattr(  # a calibration that lands elsewhere in its tolerance (still within the target)
+        Mechanism,
+        "calibrated",
+        lambda self, target: calibrated(self, target).with_sigma(calibrated(self, target).noise_multiplier * 1.00005),
+    )
+    replay = CliRunner().invoke(app, ["runs", "replay", summary["run_id"], "--json"])
+    assert replay.exit_code == 0, replay.output
+    out = json.loads(replay.stdout[replay.stdout.index("{") :])
+    assert out["identical_adapter"] is True
+    assert store.get(out["replay_id"]).summary["noise_multiplier"] == summary["noise_multiplier"]
+
+
+@pytest.mark.slow  # a few tiny runs: 10-30 s on 2 busy cores
 def test_a_seeded_run_replays_with_the_source_its_summary_names():
     store = RunStore()
     summary = Session(RunConfig(**FAST, noise_seed=7), store=store).run()

@@ -722,7 +722,13 @@ def runs_replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> N
             "not kept). Federated runs are not replayed; run `workbench federate` again instead."
         )
     try:
-        cfg = RunConfig.from_dict({**rec.config, "output_dir": None})  # never overwrite the original's adapter
+        pinned = {"output_dir": None}  # never overwrite the original's adapter
+        sigma = (rec.summary or {}).get("noise_multiplier")
+        if rec.config.get("noise_multiplier") is None and isinstance(sigma, (int, float)) and sigma > 0:
+            # the sigma the original calibrated to its target, not a new calibration: a later workbench may find
+            # another sigma within its tolerance (both within the target), and a replay must draw the same noise
+            pinned["noise_multiplier"] = float(sigma)
+        cfg = RunConfig.from_dict({**rec.config, **pinned})
         randomness = (  # the noise source the run used: a seeded run's summary says (none: source 1)
             RunRandomness.seeded(cfg.noise_seed, noise_version=(rec.summary or {}).get("noise_source", 1))
             if cfg.noise_seed is not None
