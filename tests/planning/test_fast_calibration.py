@@ -65,6 +65,7 @@ def test_calibration_agrees_with_dp_accounting_and_never_exceeds_the_target(targ
 def test_a_fresh_calibration_takes_few_exact_evaluations(monkeypatch):
     target, q, steps, delta, relation = CASES[0]
     privacy.accountants._epsilon_cached.cache_clear()
+    calibration._search.cache_clear()
     seen = []
     exact = calibration._epsilon_or_inf
 
@@ -77,6 +78,7 @@ def test_a_fresh_calibration_takes_few_exact_evaluations(monkeypatch):
     assert len(set(seen)) <= 5, seen  # the halving walk from 1 and Brent took 9 or more
     monkeypatch.setattr(calibration, "_hint", lambda *a: None)  # the old search, for the same answer
     privacy.accountants._epsilon_cached.cache_clear()
+    calibration._search.cache_clear()
     plain = privacy.calibrate(target_epsilon=target, sample_rate=q, steps=steps, delta=delta, neighboring=relation)
     assert sigma == pytest.approx(plain, rel=2e-4)
 
@@ -89,6 +91,7 @@ def test_a_wrong_hint_never_sets_the_noise(monkeypatch):
         coarse = calibration._coarse_pld_epsilon
         monkeypatch.setattr(calibration, "_coarse_pld_epsilon", lambda *a, f=factor, c=coarse: f * c(*a))
         privacy.accountants._epsilon_cached.cache_clear()
+        calibration._search.cache_clear()
         sigma = privacy.calibrate(target_epsilon=target, **kw)
         assert privacy.epsilon(noise_multiplier=sigma, **kw) <= target
         assert sigma == pytest.approx(right, rel=2e-4)

@@ -16,6 +16,7 @@ hint (rdp, or a coarse search that fails) the search walks from 1 as before.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -112,6 +113,12 @@ def calibrate(
             "calibrate with accountant=pld (or rdp, prv) and compare Edgeworth's estimate beside it."
         )
     neighboring = v.check_neighboring(neighboring, accountant=accountant)
+    return _search(target, q, steps, delta, accountant, neighboring)
+
+
+@functools.lru_cache(maxsize=256)
+def _search(target: float, q: float, steps: int, delta: float, accountant: str, neighboring: str) -> float:
+    """``calibrate`` for checked inputs (cached: a pure function of them; a run's start and the Plan tab ask again)."""
 
     def eps(sigma: float) -> float:
         return _epsilon_or_inf(accountant, sigma, q, steps, delta, neighboring)
