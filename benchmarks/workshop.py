@@ -16,8 +16,14 @@ interpreter lock; on a real workshop they sit at other machines), each with its 
 Measured, printed as JSON:
 
 - ``alone``: one ``--long-steps`` run with nobody else on the server: its steps per second (steps 3 to the end);
-- ``loaded``: participant 0's first run is ``--long-steps`` long, started first while the 20 follow their streams and
-  plan; its steps per second, and ``throughput_ratio`` = loaded / alone (the issue asks at least 0.9);
+- ``loaded``: participant 0's first run is ``--long-steps`` long, started first while the 20 arrive, follow their
+  streams and plan; its steps per second, and ``throughput_ratio`` = loaded / alone (the issue asks at least 0.9);
+- ``later``: participant 0's second run, as long, starts after every participant's first run (fair order): the same
+  ratio once the room has arrived (``later_throughput_ratio``);
+- ``lead_s``: the server starts ``--lead`` seconds at most before the room arrives and plans the likely settings
+  meanwhile (``serve(warm=True)``, as ``workbench app --workshop`` does); ``cpu_s``: the CPU seconds of the server
+  process, the plan workers and the simulated clients over the window; ``plan_pool``: its cache hits, jobs and
+  shared requests;
 - ``plan_latency_s``: the first and the complete answers' median, 95th percentile and maximum;
 - ``runs``: every run the participants asked for, by stored status once the window ended (queued runs still waiting
   then are cancelled by the instructor and stored 'stopped': nothing is lost or left 'queued');
@@ -68,11 +74,12 @@ def _login(url: str, name: str, password: str):
     return client
 
 
-def _event(client, fn_index: int, data: list) -> tuple[float | None, float, bool, list]:
-    """One Gradio event through its queue: (seconds to the first answer, seconds to completion, success, output)."""
+def _event(client, fn_index: int, data: list, session: str) -> tuple[float | None, float, bool, list]:
+    """One Gradio event through its queue: (seconds to the first answer, seconds to completion, success, output).
+    ``session``: the page's session hash (a browser keeps one per page load; a new one per event made Gradio build
+    a session state of the whole app for every request, about 40 ms of the server's CPU each)."""
     import json as _json
 
-    session = uuid.uuid4().hex[:10]
     t0 = time.perf_counter()
     body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
     client.post("/gradio_api/queue/join", json=body).raise_for_status()
@@ -152,16 +159,17 @@ def _participant(url, name, steps, plan_every, duration, out: list, lock: thread
     follower = threading.Thread(target=_follow, args=(_login(url, name, "pw-" + name), stop, counts), daemon=True)
     follower.start()
     record = {"name": name, "plans": [], "starts": [], "stream": counts}
+    page = uuid.uuid4().hex[:10]  # the participant's page: one Gradio session for its events
     for i, n in enumerate(steps):  # the first and the second run, at once
         t = time.time()
-        _, _, ok, output = _event(client, start_fn, _inputs(config, start_dep, {"max-steps": n}))
+        _, _, ok, output = _event(client, start_fn, _inputs(config, start_dep, {"max-steps": n}), page)
         record["starts"].append({"asked": t, "ok": ok, "message": str(output)[:300], "nth": i})
     rng = random.Random(name)
     end = time.monotonic() + duration
     time.sleep(rng.uniform(0, plan_every))
     while time.monotonic() < end:
         batch = rng.choice([8, 16, 24, 32, 48, 64])
-        first, done, ok, _ = _event(client, plan_fn, _inputs(config, plan_dep, {"batch-size": batch}))
+        first, done, ok, _ = _event(client, plan_fn, _inputs(config, plan_dep, {"batch-size": batch}), page)
         record["plans"].append({"first": first, "done": done, "ok": ok, "at": time.time()})
         time.sleep(max(0.0, rng.uniform(0.5, 1.5) * plan_every))
     stop.set()
@@ -175,7 +183,7 @@ def participants_process(url, names, long_steps, short_steps, plan_every, durati
     lock = threading.Lock()
     threads = []
     for i, name in enumerate(names):
-        steps = [long_steps if i == 0 else short_steps, short_steps]
+        steps = [long_steps, long_steps] if i == 0 else [short_steps, short_steps]  # participant 0's: measured
         t = threading.Thread(target=_participant, args=(url, name, steps, plan_every, duration, out, lock))
         threads.append(t)
         t.start()
@@ -183,7 +191,8 @@ def participants_process(url, names, long_steps, short_steps, plan_every, durati
             time.sleep(2.0)  # participant 0's first run is the measured one: it starts first
     for t in threads:
         t.join()
-    Path(path).write_text(json.dumps(out))
+    usage = os.times()  # the simulated clients' own CPU (on a real workshop, other machines')
+    Path(path).write_text(json.dumps({"records": out, "client_cpu_s": usage.user + usage.system}))
 
 
 # -- the server and the measurements -----------------------------------------------------------------------------
@@ -219,6 +228,28 @@ def fairness_violations(starts: dict, asked: dict, firsts: dict, seconds: dict) 
     return bad
 
 
+def _cpu_s() -> float:
+    """This process's CPU seconds (the server: its event loop, the plan requests' threads and the training)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _workers_cpu_s(pool) -> float | None:
+    """CPU seconds of the plan pool's worker processes so far (psutil; None without it or without workers)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    total = 0.0
+    for pid in pool.processes():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--participants", type=int, default=20)
@@ -227,6 +258,13 @@ def main() -> None:
     ap.add_argument("--plan-every", type=float, default=10.0)
     ap.add_argument("--window", type=float, default=360.0, help="seconds the participants stay")
     ap.add_argument("--slots", type=int, default=1)
+    ap.add_argument(
+        "--lead",
+        type=float,
+        default=600.0,
+        help="at most this many seconds between the server's start and the room's arrival, while it plans the "
+        "likely settings in the background (the instructor starts the server before the session); 0: none",
+    )
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -260,7 +298,10 @@ def main() -> None:
     room.queue.subscribe(lambda e: started.setdefault(e.run_id, e.time) if e.kind == "started" else None)
     # the controls open in steps (not epochs), so each Start's max-steps is the run's length
     app = build_app(store, defaults={**DEFAULTS, "max_steps": args.short_steps}, workshop=room)
-    _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
+    _, url, _ = serve(app, port=free_port(), block=False, quiet=True, warm=args.lead > 0)
+    lead0 = time.time()
+    warmed = room.plan_pool.wait_warm(args.lead) if args.lead > 0 else False
+    lead = time.time() - lead0
     before = {r.id for r in store.list()}
     path = home / "participants.json"
     ctx = mp.get_context("spawn")
@@ -269,8 +310,11 @@ def main() -> None:
         args=(url.rstrip("/"), names, args.long_steps, args.short_steps, args.plan_every, args.window, str(path)),
     )
     t0 = time.time()
+    server_cpu0 = _cpu_s()
     proc.start()
     proc.join(args.window + 300)
+    server_cpu = _cpu_s() - server_cpu0
+    workers_cpu = _workers_cpu_s(room.plan_pool)
     # the window is over: the instructor cancels what still waits; everything ends stored
     for q in room.queue.snapshot():
         try:
@@ -280,7 +324,8 @@ def main() -> None:
     room.queue.wait_idle(300)
     app.close()
 
-    records = json.loads(path.read_text())
+    written = json.loads(path.read_text())
+    records, client_cpu = written["records"], written["client_cpu_s"]
     runs = [r for r in store.list() if r.id not in before]
     by_owner: dict[str, list] = {}
     for r in sorted(runs, key=lambda r: r.created):
@@ -290,6 +335,8 @@ def main() -> None:
     asked = {r.id: r.created for r in runs}
     long_id = firsts.get("p00")
     loaded = steps_per_second(store, long_id) if long_id else None
+    later_id = seconds.get("p00")  # the same length, started after every participant's first run: the room settled
+    later = steps_per_second(store, later_id) if later_id else None
     firsts_t = [p["first"] for rec in records for p in rec["plans"] if p["ok"]]
     done_t = [p["done"] for rec in records for p in rec["plans"] if p["ok"]]
     warm = [p["first"] for rec in records for p in rec["plans"] if p["ok"] and p["at"] > t0 + 60]
@@ -302,9 +349,14 @@ def main() -> None:
         "slots": args.slots,
         "cpu_count": os.cpu_count(),
         "window_s": round(time.time() - t0, 1),
+        "lead_s": round(lead, 1),
+        "warm_up_finished": warmed,
+        "warm_settings": len(getattr(app, "plan_warm", None) or []),
         "alone_steps_per_s": alone,
         "loaded_steps_per_s": loaded,
         "throughput_ratio": (loaded / alone) if loaded and alone else None,
+        "later_steps_per_s": later,
+        "later_throughput_ratio": (later / alone) if later and alone else None,
         "plan_requests": len(firsts_t),
         "plan_failures": sum(1 for rec in records for p in rec["plans"] if not p["ok"]),
         "plan_latency_s": {
@@ -321,6 +373,12 @@ def main() -> None:
         },
         "plan_first_answer_within_1s_share": (sum(t <= 1.0 for t in firsts_t) / len(firsts_t)) if firsts_t else None,
         "plan_first_answer_p95_after_first_60s": percentile(warm, 0.95) if warm else None,
+        "cpu_s": {
+            "server_process": round(server_cpu, 1),
+            "plan_workers": None if workers_cpu is None else round(workers_cpu, 1),
+            "clients_process": round(client_cpu, 1),
+        },
+        "plan_pool": getattr(room.plan_pool, "stats", lambda: None)(),
         "stream_updates": sum(rec["stream"].get("updates", 0) for rec in records),
         "runs_asked": sum(len(rec["starts"]) for rec in records),
         "runs_stored": len(runs),
