@@ -18,8 +18,8 @@ Measured, printed as JSON:
 - ``alone``: one ``--long-steps`` run with nobody else on the server: its steps per second (steps 3 to the end);
 - ``loaded``: participant 0's first run is ``--long-steps`` long, started first while the 20 arrive, follow their
   streams and plan; its steps per second, and ``throughput_ratio`` = loaded / alone (the issue asks at least 0.9);
-- ``later``: participant 0's second run, as long, starts after every participant's first run (fair order): the same
-  ratio once the room has arrived (``later_throughput_ratio``);
+- ``later``: participant 0's second run, as long, asked for ``--later-at`` seconds after the room arrived (it
+  waits its fair turn behind the others' runs): the same ratio once the room has arrived (``later_throughput_ratio``);
 - ``lead_s``: the server starts ``--lead`` seconds at most before the room arrives and plans the likely settings
   meanwhile (``serve(warm=True)``, as ``workbench app --workshop`` does); ``cpu_s``: the CPU seconds of the server
   process, the plan workers and the simulated clients over the window; ``plan_pool``: its cache hits, jobs and
@@ -160,10 +160,19 @@ def _participant(url, name, steps, plan_every, duration, out: list, lock: thread
     follower.start()
     record = {"name": name, "plans": [], "starts": [], "stream": counts}
     page = uuid.uuid4().hex[:10]  # the participant's page: one Gradio session for its events
-    for i, n in enumerate(steps):  # the first and the second run, at once
+
+    def press_start(i: int, n: int) -> None:
         t = time.time()
         _, _, ok, output = _event(client, start_fn, _inputs(config, start_dep, {"max-steps": n}), page)
         record["starts"].append({"asked": t, "ok": ok, "message": str(output)[:300], "nth": i})
+
+    later = None
+    for i, (n, delay) in enumerate(steps):  # the first and the second run, at once (or the second after ``delay``)
+        if delay:
+            later = threading.Timer(delay, press_start, (i, n))
+            later.start()
+        else:
+            press_start(i, n)
     rng = random.Random(name)
     end = time.monotonic() + duration
     time.sleep(rng.uniform(0, plan_every))
@@ -172,18 +181,21 @@ def _participant(url, name, steps, plan_every, duration, out: list, lock: thread
         first, done, ok, _ = _event(client, plan_fn, _inputs(config, plan_dep, {"batch-size": batch}), page)
         record["plans"].append({"first": first, "done": done, "ok": ok, "at": time.time()})
         time.sleep(max(0.0, rng.uniform(0.5, 1.5) * plan_every))
+    if later is not None:
+        later.join()
     stop.set()
     with lock:
         out.append(record)
 
 
-def participants_process(url, names, long_steps, short_steps, plan_every, duration, path) -> None:
+def participants_process(url, names, long_steps, short_steps, plan_every, duration, path, later_at) -> None:
     """The N participants, one thread each; their records to ``path`` (JSON)."""
     out: list = []
     lock = threading.Lock()
     threads = []
     for i, name in enumerate(names):
-        steps = [long_steps, long_steps] if i == 0 else [short_steps, short_steps]  # participant 0's: measured
+        # participant 0's runs are the measured ones: the first at once, the second once the room has arrived
+        steps = [(long_steps, 0), (long_steps, later_at)] if i == 0 else [(short_steps, 0), (short_steps, 0)]
         t = threading.Thread(target=_participant, args=(url, name, steps, plan_every, duration, out, lock))
         threads.append(t)
         t.start()
@@ -259,6 +271,12 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=360.0, help="seconds the participants stay")
     ap.add_argument("--slots", type=int, default=1)
     ap.add_argument(
+        "--later-at",
+        type=float,
+        default=60.0,
+        help="seconds after the room arrives that participant 0 presses Start for its second (measured) run",
+    )
+    ap.add_argument(
         "--lead",
         type=float,
         default=600.0,
@@ -307,7 +325,16 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     proc = ctx.Process(
         target=participants_process,
-        args=(url.rstrip("/"), names, args.long_steps, args.short_steps, args.plan_every, args.window, str(path)),
+        args=(
+            url.rstrip("/"),
+            names,
+            args.long_steps,
+            args.short_steps,
+            args.plan_every,
+            args.window,
+            str(path),
+            args.later_at,
+        ),
     )
     t0 = time.time()
     server_cpu0 = _cpu_s()
