@@ -156,7 +156,11 @@ def _participant(url, name, steps, plan_every, duration, out: list, lock: thread
     start_fn, start_dep = _find(config, trigger_elem="start")
     stop = threading.Event()
     counts: dict = {}
-    follower = threading.Thread(target=_follow, args=(_login(url, name, "pw-" + name), stop, counts), daemon=True)
+    import httpx
+
+    # the page's live stream: its own connection with the page's login cookie (a browser logs in once)
+    page_client = httpx.Client(base_url=url, timeout=120, cookies=client.cookies)
+    follower = threading.Thread(target=_follow, args=(page_client, stop, counts), daemon=True)
     follower.start()
     record = {"name": name, "plans": [], "starts": [], "stream": counts}
     page = uuid.uuid4().hex[:10]  # the participant's page: one Gradio session for its events
