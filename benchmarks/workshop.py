@@ -2,6 +2,7 @@
 
     flock /tmp/bench.lock python benchmarks/workshop.py [--participants 20] [--long-steps 40] [--short-steps 4]
                                                        [--plan-every 10] [--window 360] [--slots 1]
+                                                       [--lead 600] [--later-at 60]
 
 The server runs in this process (tiny model, a temporary run store, a participants file of N participants and an
 instructor). The participants are HTTP clients in a second process (so their Python does not share the server's
@@ -10,7 +11,9 @@ interpreter lock; on a real workshop they sit at other machines), each with its 
 - follows the live stream (``/workbench/stream`` with its own key, following its newest run), as its Train tab does;
 - asks the Plan tab for a plan every ``--plan-every`` seconds (give or take half), with another batch size each time,
   through the event the page calls (Gradio's queue, ``fn_index`` of the ``plan`` endpoint); the latency is from the
-  request to the first answer (the RDP plan the page shows first) and to the complete one (PLD and PRV too);
+  request to the first answer (the first plan the page shows: the calibration and the bound's curve) and to the
+  complete one (every curve and the user-level epsilon); all of a participant's events share one Gradio session
+  (its page) and its stream uses the page's login;
 - presses Start twice at once (its first and second run), through the Train tab's Start event, as the page does.
 
 Measured, printed as JSON:
