@@ -145,20 +145,14 @@ def _search(target: float, q: float, steps: int, delta: float, accountant: str, 
 def _coarse_pld_epsilon(sigma: float, q: float, steps: int, delta: float, neighboring: str, target: float) -> float:
     """PLD's epsilon on a grid about HINT_GRID_FACTOR times coarser than ``epsilon``'s near ``target`` (and at most
     HINT_MAX_POINTS_PER_STEP points over one step's loss range): a cheap stand-in used only to place the exact
-    search (``_hint``), never as an answer."""
-    from dp_accounting.pld import privacy_loss_distribution
-
-    from workbench.privacy.accountants import PLD_GRID_PER_EPSILON, _one_step_loss_width
+    search (``_hint``), never as an answer. The exact accountant's one-step PLD, built without its cache: the
+    coarse ones would push the exact ones out of it."""
+    from workbench.privacy.accountants import PLD_GRID_PER_EPSILON, _one_step_loss_width, _pld_one_step
 
     grid = max(
         target * PLD_GRID_PER_EPSILON * HINT_GRID_FACTOR, _one_step_loss_width(sigma, q) / HINT_MAX_POINTS_PER_STEP
     )
-    one = privacy_loss_distribution.from_gaussian_mechanism(
-        standard_deviation=sigma,
-        sampling_prob=q,
-        value_discretization_interval=grid,
-        neighboring_relation=_RELATION[neighboring],
-    )
+    one = _pld_one_step.__wrapped__(sigma, q, grid, neighboring)
     return float(one.self_compose(steps).get_epsilon_for_delta(delta))
 
 
