@@ -85,8 +85,16 @@ def private_dir(path: Path) -> Path:
 
 def private_file(path: Path) -> Path:
     """``path`` created empty 0600 when missing, an existing one tightened to 0600 (SQLite gives the -wal and -shm
-    files it creates the mode of their database)."""
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    files it creates the mode of their database).
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX lock this process
+    holds on it, SQLite's included, and another process (a training worker, ``workbench train``, a notebook) could
+    then check the database out from under this one's connections and delete its write-ahead log (a malformed
+    database within seconds when the workshop's workers were first built; tests/store/test_store_processes.py)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    except FileExistsError:
+        pass
     _tighten(path, 0o600)
     return path
 
