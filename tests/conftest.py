@@ -76,6 +76,11 @@ def ctx(_workbench_home):
 # privacy accounting stay in the inner loop although they take 2 to 3 s under load (the calibrated target
 # never exceeded; replace-one values against dp_accounting).
 SLOW_TESTS = {
+    "test_a_queued_run_trains_in_the_worker_and_its_events_reach_the_server_once",  # training workers, 7-17 s each
+    "test_stop_reaches_the_worker_and_a_run_stopped_while_it_waits_never_trains",
+    "test_a_worker_that_dies_ends_its_run_failed_and_the_next_run_gets_a_new_worker",
+    "test_the_server_yields_the_cores_to_a_worker_started_before",
+    "test_two_processes_opening_the_store_keep_it_whole",  # two processes for 3 s
     "test_the_server_plans_the_likely_settings_before_the_room_asks",  # issue 31 additions, 3-22 s
     "test_requests_for_the_same_settings_share_one_computation_and_first_answers_go_first",  # issue 31 additions, 3-22 s
     "test_calibration_agrees_with_dp_accounting_and_never_exceeds_the_target",  # issue 31 additions, 3-22 s

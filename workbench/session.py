@@ -60,24 +60,30 @@ class Session:
         replay_of: str | None = None,
         owner: str | None = None,
         device_lock: threading.Lock | None = None,
+        run_id: str | None = None,
     ) -> None:
         """``randomness``: the run's key (default: a fresh secret one, or the labelled seeded mode when the
         config sets noise_seed); ``replay`` passes a stored run's key. ``stop_after``: stop after that many
         steps (a replay of a stopped run). ``replay_of``: the run whose key this replays; its data must be the
         data that run trained on (else ReplayError), and the ledger links the two as one release. ``owner``: the
         workshop participant who started it (stored with the run). ``device_lock``: the lock the run holds while it
-        trains (default: one per device); the workshop queue (running/queue.py) passes a gate of its own."""
+        trains (default: one per device); the workshop queue (running/queue.py) passes a gate of its own.
+        ``run_id``: a run another process registered (the workshop's training workers, training_pool.py): this
+        session trains it, reading its key from the run's folder, and does not register it again."""
         from workbench.engine.randomness import RunRandomness
 
         self.config = config
+        self.store = store or RunStore()
+        self._registered = run_id is not None
+        if randomness is None and run_id is not None and config.noise_seed is None:
+            randomness = RunRandomness.load(self.store.run_dir(run_id), run_id=run_id)
         self.randomness = randomness or RunRandomness.for_config(config)
         self.stop_after = stop_after
         self.replay_of = replay_of
         self.owner = owner
         self._device_lock = device_lock
         self.name = name or config.name
-        self.store = store or RunStore()
-        self.run_id = new_run_id()
+        self.run_id = run_id or new_run_id()
         self.events: list[Event] = []  # in-memory copy for notebooks and tests
         self._subscribers: list[Subscriber] = list(subscribers)
         self._stop = threading.Event()
@@ -121,6 +127,9 @@ class Session:
 
     # -- internals ---------------------------------------------------------------------------------
     def _register(self) -> None:
+        if self._registered:  # registered by the process that queued it (training_pool.py)
+            return
+        self._registered = True
         self.store.create_run(
             self.run_id, config=self.config.to_dict(), name=self.name, status="queued", owner=self.owner
         )

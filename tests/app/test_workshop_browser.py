@@ -1,5 +1,5 @@
 """Workshop mode in a real browser (issue 31): two participants and the instructor, each in a browser context of
-their own, on one `workbench app --workshop` server training the tiny model.
+their own, on one `workbench app --workshop` server training the tiny model in its training worker process.
 
 The instructor pauses the queue; ann starts two runs, then bob one: bob's first run is placed before ann's second
 (round-robin, not first come first served) and each page says its place ("2nd in line, ..."). Bob's Runs and
@@ -72,13 +72,13 @@ def workshop_tab(page):
 def workshop_url(_workbench_home, tmp_path):
     from workbench.app import build_app, serve
     from workbench.app.workshop import Workshop
-    from workbench.session import Session
     from workbench.store.runs import RunStore
 
     people = tmp_path / "people.csv"
     people.write_text(PEOPLE)
     store = RunStore(_workbench_home)
-    room = Workshop.from_options(store, session_factory=Session, participants_file=str(people), max_queued=2)
+    # as `workbench app --workshop` has it: the runs train in a worker process (training_pool.py)
+    room = Workshop.from_options(store, participants_file=str(people), max_queued=2)
     app = build_app(store, defaults=DEFAULTS, workshop=room)
     _, url, _ = serve(app, port=free_port(), block=False, quiet=True)
     yield url, store, room

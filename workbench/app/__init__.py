@@ -151,6 +151,8 @@ def serve(
             routes += join_routes(ctx)
             message += f' New here? <a href="{JOIN_PATH}">Join with the workshop\'s code</a> first.'
 
+    if ctx.workshop is not None:  # the runs train in worker processes: the server's own threads yield to them
+        ctx.workshop.yield_to_training()
     if warm and getattr(app, "plan_warm", None):  # workshop mode: the likely settings' plans, before the room asks
         from workbench.app.plan import warm_plans
 
@@ -199,10 +201,9 @@ def launch(
     room = None
     if workshop is not None:
         from workbench.app.workshop import Workshop
-        from workbench.session import Session
         from workbench.store.runs import RunStore
 
-        room = Workshop.from_options(RunStore(), session_factory=Session, **workshop)
+        room = Workshop.from_options(RunStore(), **workshop)  # runs train in worker processes (training_pool.py)
     serve(
         build_app(max_upload_mb=max_upload_mb, defaults=defaults, workshop=room),
         host=host,

@@ -646,11 +646,13 @@ def plan_pool(ctx: AppContext) -> Any:
     if blocks is not None and blocks not in _CLOSES_POOL:
         close = blocks.close
 
+        workshop = ctx.workshop
+
         def close_with_pool(*args, **kwargs):
             try:
                 return close(*args, **kwargs)
             finally:
-                pool.close()
+                workshop.close()  # the plan pool, and the training workers (training_pool.py)
 
         blocks.close = close_with_pool
         _CLOSES_POOL.add(blocks)

@@ -37,7 +37,7 @@ WARM_MODULE = "workbench.app.plan"  # a worker imports it once, before the first
 WORKERS_ENV = "WORKBENCH_PLAN_WORKERS"  # how many worker processes (default 2; 0: in the app's process)
 DEFAULT_WORKERS = 2
 CACHE_SIZE = 256
-PLAN_NICE = 10  # the workers' niceness: below training (0), above nothing else the server runs
+PLAN_NICE = 19  # the workers' niceness: the lowest, so training (0) keeps its cores and plans use what is left
 FIRST, COMPLETE, BACKGROUND = 0, 1, 2  # job priorities: a page's first answer, its complete one, a warm-up
 
 
@@ -294,10 +294,13 @@ class PlanPool:
 
     def processes(self) -> list[int]:
         """The worker processes' ids (for tests and the benchmark): this process's live child processes while the
-        pool is open (the executor's own list is private; the app starts no other multiprocessing children)."""
+        pool is open (the executor's own list is private), less the workshop's training workers (training_pool.py,
+        named ``workbench-training``)."""
         with self._lock:
             pool = self._pool
-        return [child.pid for child in multiprocessing.active_children()] if pool is not None else []
+        if pool is None:
+            return []
+        return [c.pid for c in multiprocessing.active_children() if not c.name.startswith("workbench-training")]
 
     def stats(self) -> dict[str, int]:
         """What the pool did so far (the benchmark prints it): cache hits and misses, jobs sent to the workers."""

@@ -156,14 +156,17 @@ class Workshop:
         cls,
         store: RunStore,
         *,
-        session_factory: Callable[..., Any],
+        session_factory: Callable[..., Any] | None = None,
         participants_file: str | None = None,
         join_code: str | None = None,
         instructor: str | None = None,
         slots: int = 1,
         max_queued: int = 2,
     ) -> "Workshop":
-        """What ``workbench app --workshop`` builds from its flags."""
+        """What ``workbench app --workshop`` builds from its flags. ``session_factory``: what makes a queued run's
+        session; by default a ``TrainingPool`` of one worker process a slot (training_pool.py), so that the runs
+        train outside the server's process and keep their speed while the room logs in and plans; ``Session``
+        trains them on threads of this process."""
         from workbench.running.queue import FairQueue
 
         if not participants_file and not join_code:
@@ -175,11 +178,25 @@ class Workshop:
                 raise WorkshopError("--instructor takes NAME:PASSWORD (a name of letters, digits, space, _ . -).")
             people.append(Person(name.strip(), _hash(password), instructor=True))
         queue = FairQueue(store, slots=slots, max_queued=max_queued, session_factory=session_factory)
+        if session_factory is None:  # the queue has checked its slots: one training worker each
+            from workbench.training_pool import TrainingPool, worker_threads
+
+            queue.session_factory = TrainingPool(store.home, workers=slots, threads=worker_threads(slots))
         return cls(store, people=people, queue=queue, join_code=join_code)
 
+    def yield_to_training(self) -> bool:
+        """When the runs train in worker processes (training_pool.py), lower the server's CPU priority below
+        theirs (``TrainingPool.yield_to_training``); False when they train in this process."""
+        pool = self.queue.session_factory
+        return bool(getattr(pool, "yield_to_training", None) and pool.yield_to_training())
+
     def close(self) -> None:
-        """Stop the Plan tab's worker processes (the app's close does it too)."""
+        """Stop the Plan tab's worker processes and the training workers, if any (the app's close does it
+        too)."""
         self.plan_pool.close()
+        close = getattr(self.queue.session_factory, "close", None)
+        if callable(close):
+            close()
 
     # -- who is who ----------------------------------------------------------------------------------
     def auth(self, username: str, password: str) -> bool:

@@ -111,7 +111,7 @@ class FairQueue:
         *,
         slots: int = 1,
         max_queued: int = 2,
-        session_factory: Callable[..., Any],
+        session_factory: Callable[..., Any] | None,
         cores: int | None = None,
     ) -> None:
         if slots < 1 or max_queued < 1:
@@ -122,7 +122,7 @@ class FairQueue:
         self.slots = slots
         self.max_queued = max_queued
         self.cores = cores or os.cpu_count() or 1
-        self._factory = session_factory
+        self.session_factory = session_factory  # what makes a run's session (the workshop closes it with the app)
         self._lock = threading.RLock()
         self._order: list[_Job] = []  # queued, in the order they start
         self._running: dict[str, _Job] = {}
@@ -182,7 +182,7 @@ class FairQueue:
                 )
             gate = threading.Lock()
             gate.acquire()  # opened by _dispatch when the run's turn comes
-            session = self._factory(config, store=self.store, owner=owner, name=name, device_lock=gate)
+            session = self.session_factory(config, store=self.store, owner=owner, name=name, device_lock=gate)
             session.subscribe(self._listener(session))
             job = _Job(
                 run_id=session.run_id,
