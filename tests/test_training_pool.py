@@ -17,7 +17,7 @@ from workbench.config import RunConfig
 from workbench.events import RunEnded, StepMetrics
 from workbench.running.queue import FairQueue
 from workbench.store.runs import ACTIVE, RunStore
-from workbench.training_pool import TrainingPool
+from workbench.training_pool import SERVER_NICE, TrainingPool
 
 TINY = {
     "model": "tiny",
@@ -128,4 +128,4 @@ def test_the_server_yields_the_cores_to_a_worker_started_before(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     before, server, new_thread, worker = map(int, out.stdout.split()[-4:])
     assert worker == before
-    assert server == new_thread == min(19, before + 5)
+    assert server == new_thread == min(19, before + SERVER_NICE)

@@ -46,7 +46,7 @@ __all__ = ["TrainingPool", "ProcessSession"]
 log = logging.getLogger(__name__)
 
 WARM_MODULE = "workbench.engine.trainer"  # what a worker imports before its first run
-SERVER_NICE = 5  # how much lower the server's own CPU priority goes once its workers run (``yield_to_training``)
+SERVER_NICE = 10  # how much lower the server's own CPU priority goes once its workers run (``yield_to_training``)
 
 
 def worker_threads(slots: int, cores: int | None = None) -> int:

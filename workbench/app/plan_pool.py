@@ -12,8 +12,8 @@ Each new setting asks for two jobs: the first answer (the calibration and the bo
 Participants who ask for settings already being computed share those jobs (``answer``): a room trying the same
 batch sizes costs one computation each, not one per participant. The pool keeps its own queue, first answers
 before complete ones (a worker busy with a complete answer never makes a first answer wait behind other
-complete ones), and sends a worker one job at a time. The workers run at a low CPU priority (``os.nice``,
-PLAN_NICE): a training run in the app's process keeps the cores it needs, and plans use what is left.
+complete ones), and sends a worker one job at a time. The workers run at the lowest CPU priority (``os.nice``,
+PLAN_NICE): the training worker (workbench/training_pool.py) keeps the cores it needs, and plans use what is left.
 A pool that fails (a worker killed, an answer that cannot be pickled) answers with the in-process computation,
 as outside a workshop; an error of the plan itself is the worker's answer, the same message the tab shows in
 process.
