@@ -270,8 +270,13 @@ def _workers_cpu_s(pool) -> float | None:
         import psutil
     except ImportError:
         return None
+    return _cpu_of(psutil, pool.processes())
+
+
+def _cpu_of(psutil, pids) -> float:
+    """The CPU seconds so far of the processes ``pids`` (those that ended meanwhile count nothing)."""
     total = 0.0
-    for pid in pool.processes():
+    for pid in pids:
         try:
             t = psutil.Process(pid).cpu_times()
             total += t.user + t.system
@@ -289,14 +294,7 @@ def _sample(room, clients_pid: int, out: list, done: threading.Event, every: flo
         return
 
     def cpu(pids) -> float:
-        total = 0.0
-        for pid in pids:
-            try:
-                t = psutil.Process(pid).cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
+        return _cpu_of(psutil, pids)
 
     factory = room.queue.session_factory
     training = getattr(factory, "processes", lambda: [])

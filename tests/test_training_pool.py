@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from factories import TINY_RUN
 
 from workbench.config import RunConfig
 from workbench.events import RunEnded, StepMetrics
@@ -19,16 +20,7 @@ from workbench.running.queue import FairQueue
 from workbench.store.runs import ACTIVE, RunStore
 from workbench.training_pool import SERVER_NICE, TrainingPool
 
-TINY = {
-    "model": "tiny",
-    "batch_size": 8,
-    "physical_batch_size": 8,
-    "max_seq_len": 64,
-    "eval_max_examples": 8,
-    "generate_max_new_tokens": 4,
-    "eval_every": 1000,
-    "baseline_eval": False,
-}
+TINY = dict(TINY_RUN, max_seq_len=64, eval_every=1000, baseline_eval=False)  # one evaluation, at the end
 
 
 @pytest.fixture

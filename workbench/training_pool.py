@@ -331,7 +331,7 @@ class TrainingPool:
         logs in and opens its pages, the run training keeps its cores and the pages wait milliseconds. The Plan
         tab's workers sit lower still (app/plan_pool.py). A worker started again after a crash has the server's
         lowered priority. Linux lowers each thread (``/proc/self/task``); elsewhere ``os.nice`` lowers the
-        process. False where the system refuses."""
+        process. False where the system refuses or has no priorities (Windows)."""
         try:
             tasks = [int(t) for t in os.listdir("/proc/self/task")]
         except OSError:
@@ -347,6 +347,6 @@ class TrainingPool:
                 except ProcessLookupError:  # a thread that ended meanwhile
                     pass
             return True
-        except OSError:
+        except (OSError, AttributeError):  # refused, or no os.nice (Windows)
             log.info("could not lower the server's CPU priority; the workers train at the same priority")
             return False

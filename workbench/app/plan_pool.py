@@ -47,7 +47,7 @@ def _start_worker(module: str, nice: int, cache_path: str | None) -> None:
     if nice:
         try:
             os.nice(nice)
-        except OSError:  # not allowed here: the worker runs at the server's priority
+        except (OSError, AttributeError):  # not allowed here, or no os.nice (Windows): the server's priority
             pass
     importlib.import_module(module)
     if cache_path:
