@@ -138,11 +138,15 @@ class Session:
         self.status = "queued"
 
     def _emit(self, event: Event) -> None:
-        self.events.append(event)
         try:
             self.store.append(event)
         except Exception:  # the store failing must not kill training either; it is logged
             log.exception("run store could not write %s", event.kind)
+        self._notify(event)
+
+    def _notify(self, event: Event) -> None:
+        """The in-memory copy and the subscribers (an event another process stored: training_pool.py)."""
+        self.events.append(event)
         for fn in list(self._subscribers):
             try:
                 fn(event)

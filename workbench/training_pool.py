@@ -46,6 +46,7 @@ __all__ = ["TrainingPool", "ProcessSession"]
 log = logging.getLogger(__name__)
 
 WARM_MODULE = "workbench.engine.trainer"  # what a worker imports before its first run
+WORKER_NAME = "workbench-training"  # the workers' process name (the plan pool tells its own children by it)
 SERVER_NICE = 10  # how much lower the server's own CPU priority goes once its workers run (``yield_to_training``)
 
 
@@ -177,12 +178,7 @@ class ProcessSession(Session):
         if isinstance(event, RunEnded):
             self.summary = event.summary
             self.status = event.status
-        self.events.append(event)
-        for fn in list(self._subscribers):
-            try:
-                fn(event)
-            except Exception:  # noqa: BLE001 - as in Session._emit: a subscriber never stops training
-                log.exception("subscriber %r raised on %s; training goes on", fn, event.kind)
+        self._notify(event)
         if isinstance(event, RunEnded):
             self._ended.set()
 
@@ -200,7 +196,7 @@ class ProcessSession(Session):
             if isinstance(end, RunEnded):
                 self._relay(end)
                 return
-        self._end("failed", why, {"run_id": self.run_id, "status": "failed"})
+        self._end("failed", why, {"run_id": self.run_id})
         self._ended.set()
 
 
@@ -215,7 +211,7 @@ class _Worker:
         self.process = ctx.Process(
             target=_worker_main,
             args=(inbox_read, outbox_write, str(pool.home), pool.threads),
-            name="workbench-training",
+            name=WORKER_NAME,
             daemon=True,
         )
         self.process.start()
@@ -281,7 +277,8 @@ class TrainingPool:
         self._workers = [_Worker(self) for _ in range(max(1, workers))]
 
     def __call__(self, config: RunConfig, **kwargs: Any) -> ProcessSession:
-        kwargs.setdefault("store", RunStore(self.home))
+        if "store" not in kwargs:  # the queue passes its own; a new store object opens the database again
+            kwargs["store"] = RunStore(self.home)
         return ProcessSession(config, pool=self, **kwargs)
 
     def _assign(self, session: ProcessSession) -> _Worker:

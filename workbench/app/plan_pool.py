@@ -295,12 +295,14 @@ class PlanPool:
     def processes(self) -> list[int]:
         """The worker processes' ids (for tests and the benchmark): this process's live child processes while the
         pool is open (the executor's own list is private), less the workshop's training workers (training_pool.py,
-        named ``workbench-training``)."""
+        ``WORKER_NAME``)."""
         with self._lock:
             pool = self._pool
         if pool is None:
             return []
-        return [c.pid for c in multiprocessing.active_children() if not c.name.startswith("workbench-training")]
+        from workbench.training_pool import WORKER_NAME
+
+        return [c.pid for c in multiprocessing.active_children() if c.name != WORKER_NAME]
 
     def stats(self) -> dict[str, int]:
         """What the pool did so far (the benchmark prints it): cache hits and misses, jobs sent to the workers."""
